@@ -1,0 +1,3 @@
+from distft.cli import main
+
+main()

@@ -1,0 +1,130 @@
+"""distft's Python API; the CLI is a thin layer over these functions.
+
+Example:
+    import distft
+    metrics = distft.train(model="base_model.h5", data="shards/*.tfrecord", output_dir="runs/a",
+                           num_classes=5, unfreeze="last:2", epochs=3, np=2)
+    print(metrics["validation"]["accuracy"])
+"""
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Optional
+
+from distft import log
+from distft.config import TrainConfig
+from distft.errors import DistftError
+from distft.launch.environment import detect
+
+
+def train(config: Optional[str] = None, **options: Any) -> dict[str, Any]:
+    """Fine-tune a model on this worker, or on `np` workers that it starts.
+
+    Options are the fields of `TrainConfig` (see `distft train --help`); `config` names a YAML
+    file of them, which `options` override. Returns the metrics saved in metrics.json.
+    """
+    cfg = TrainConfig.resolve(config, **options)
+    env = detect()
+    _setup_logging(env.rank, env.size, cfg.debug)
+    if cfg.np and not env.is_launched:
+        from distft.launch.spawn import spawn
+
+        args = ["train", *_flags(cfg)]
+        spawn(args, cfg.np, cfg.hosts, cfg.controller, cfg.debug)
+        with open(os.path.join(cfg.output_dir, "metrics.json")) as f:
+            return json.load(f)
+    if cfg.np and env.is_launched and cfg.np != env.size:
+        log.warning("--np=%d ignored: this is one of %d workers started by %s", cfg.np, env.size,
+                    env.name)
+    from distft.train.trainer import run
+
+    return run(cfg)
+
+
+def evaluate(model: str, data: str, batch_size: int = 256, label: str = "label",
+             unsafe_deserialization: bool = False) -> dict[str, float]:
+    """Loss and metrics of `model` over all of `data` (split across workers when launched)."""
+    from distft.data.dataset import DataSet
+    from distft.model.prepare import prepare
+    from distft.train.evaluation import evaluate_split
+    from distft.train.runtime import Worker
+
+    _setup_logging(detect().rank, detect().size, False)
+    worker = Worker.start()
+    ds = worker.all_ok(lambda: DataSet.open(data, label))
+    ds.count(worker.rank, worker.size, worker.gather)
+    ft = worker.all_ok(lambda: prepare(model, unfreeze="all",
+                                       unsafe_deserialization=unsafe_deserialization))
+    ft.model.compile(loss=ft.loss, metrics=ft.metrics)
+    stream = ds.stream(worker.rank, worker.size, batch_size, ft.input_shape, training=False)
+    metrics = evaluate_split(ft.model, stream, ds.share(worker.rank, worker.size).records, worker)
+    log.info("%s on %s (%d records): %s", model, data, sum(ds.part_counts()),
+             "  ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+    return metrics
+
+
+def predict(model: str, data: str, output: str, batch_size: int = 256, label: str = "label",
+            unsafe_deserialization: bool = False) -> str:
+    """Write the model's outputs for every record of `data`, in file order, to `output` (.npy)."""
+    import numpy as np
+
+    from distft.data.dataset import DataSet
+    from distft.model import loading
+    from distft.train.output import atomic_write
+    from distft.train.runtime import Worker
+
+    if not output.endswith(".npy"):
+        raise DistftError(f"--output={output} must end in .npy")
+    _setup_logging(detect().rank, detect().size, False)
+    worker = Worker.start()
+    ds = worker.all_ok(lambda: DataSet.open(data, label))
+    ds.count(worker.rank, worker.size, worker.gather)
+    net = worker.all_ok(lambda: loading.load(model, unsafe_deserialization=unsafe_deserialization))
+    # Split by record (every worker reads all files) so the outputs interleave back in order.
+    stream = ds.stream(worker.rank, worker.size, batch_size, tuple(net.input_shape[1:]),
+                       training=False, by_record=True).map(lambda x, y: x)
+    mine = net.predict(stream, verbose=0)
+    parts = worker.gather(mine)
+    if worker.rank == 0:
+        out = np.empty((sum(len(p) for p in parts), *mine.shape[1:]), mine.dtype)
+        for r, part in enumerate(parts):
+            out[r::worker.size] = part
+        atomic_write(output, lambda tmp: np.save(open(tmp, "wb"), out), suffix=".npy")
+        log.info("wrote %s: %s predictions of shape %s", output, len(out), out.shape[1:])
+    return output
+
+
+def inspect(model: str, num_classes: Optional[int] = None, unfreeze: Optional[str] = None,
+            train_bn: bool = False, weights: Optional[str] = None,
+            input_shape: Optional[tuple] = None, unsafe_deserialization: bool = False) -> list[dict]:
+    """The flattened layers (index, name, type, params, trainable) as `train` would set them."""
+    from distft.model import unfreeze as unfreezing
+    from distft.model.prepare import prepare
+
+    _setup_logging(0, 1, False)
+    ft = prepare(model, num_classes, unfreeze, train_bn=train_bn, weights=weights,
+                 input_shape=input_shape, unsafe_deserialization=unsafe_deserialization)
+    rows = [{"index": i, "name": l.name, "type": type(l).__name__,
+             "params": unfreezing.count_params(l.weights), "trainable": bool(l.trainable and l.weights)}
+            for i, l in enumerate(unfreezing.flatten(ft.model))]
+    return rows
+
+
+def _flags(cfg: TrainConfig) -> list[str]:
+    """The flags that reproduce `cfg` in a worker (defaults and launch options left out)."""
+    defaults = TrainConfig()
+    skip = {"np", "hosts", "controller"}
+    flags = []
+    for key, value in cfg.to_dict().items():
+        if key in skip or value == TrainConfig.to_dict(defaults)[key]:
+            continue
+        if isinstance(value, list):
+            value = ",".join(str(v) for v in value)
+        flags.append(f"--{key}={json.dumps(value) if isinstance(value, str) else value}")
+    return flags
+
+
+def _setup_logging(rank: int, size: int, debug: bool) -> None:
+    log.quiet_tensorflow(debug)
+    log.setup(rank, size, debug)

@@ -1,0 +1,101 @@
+"""The `distft` command (Fire): parse flags, call the Python API, turn errors into one line.
+
+    distft train    --model=PATH --data=PATTERN --output_dir=DIR [options]
+    distft evaluate --model=PATH --data=PATTERN [--batch_size=B]
+    distft predict  --model=PATH --data=PATTERN --output=FILE.npy
+    distft inspect  --model=PATH [--num_classes=K --unfreeze=SPEC]
+    distft demo
+"""
+from __future__ import annotations
+
+import dataclasses
+import sys
+import traceback
+from typing import Any, Optional
+
+from distft.config import TrainConfig, coerce
+from distft.errors import DistftError
+from distft.launch.environment import detect
+
+
+class Commands:
+    """Fine-tune Keras models on Horovod workers."""
+
+    def train(self, config: Optional[str] = None, **options: Any) -> None:
+        from distft import api
+
+        api.train(config, **options)
+
+    def evaluate(self, model: str, data: str, batch_size: int = 256, label: str = "label",
+                 unsafe_deserialization: bool = False) -> None:
+        """Loss and metrics of MODEL over DATA (all workers' shares when launched)."""
+        from distft import api
+
+        api.evaluate(model, data, int(batch_size), label, bool(unsafe_deserialization))
+
+    def predict(self, model: str, data: str, output: str, batch_size: int = 256,
+                label: str = "label", unsafe_deserialization: bool = False) -> None:
+        """Write MODEL's outputs for each record of DATA, in order, to OUTPUT (.npy)."""
+        from distft import api
+
+        api.predict(model, data, output, int(batch_size), label, bool(unsafe_deserialization))
+
+    def inspect(self, model: str, num_classes: Optional[int] = None, unfreeze: Optional[str] = None,
+                train_bn: bool = False, weights: Optional[str] = None,
+                input_shape: Optional[tuple] = None, unsafe_deserialization: bool = False) -> None:
+        """List MODEL's layers: index, name, type, params, trainable (as train would set them)."""
+        from distft import api
+
+        opts = {k: coerce(TrainConfig, k, v) for k, v in
+                (("num_classes", num_classes), ("unfreeze", unfreeze), ("train_bn", train_bn),
+                 ("weights", weights), ("input_shape", input_shape),
+                 ("unsafe_deserialization", unsafe_deserialization))}
+        rows = api.inspect(model, **opts)
+        width = max(len(r["name"]) for r in rows)
+        print(f"{'index':>5}  {'name':<{width}}  {'type':<22} {'params':>10}  trainable")
+        for r in rows:
+            print(f"{r['index']:>5}  {r['name']:<{width}}  {r['type']:<22} {r['params']:>10}  "
+                  f"{'yes' if r['trainable'] else 'no'}")
+        trainable = sum(r["params"] for r in rows if r["trainable"])
+        print(f"{len(rows)} layers; {trainable} trainable and "
+              f"{sum(r['params'] for r in rows) - trainable} frozen parameters")
+
+    def demo(self, output_dir: str = "distft-demo", np: int = 2, epochs: int = 10,
+             controller: str = "gloo") -> None:
+        """Built-in example: pretrain on digits 0-4, fine-tune a new head on 5-9 with NP workers."""
+        from distft.demo import run_demo
+
+        run_demo(output_dir, int(np), int(epochs), controller)
+
+
+def _train_help() -> str:
+    lines = ["Fine-tune a model: distft train --model=PATH --data=PATTERN --output_dir=DIR [options]",
+             "", "Options (also keys of --config=FILE.yaml; flags override the file):"]
+    for f in dataclasses.fields(TrainConfig):
+        default = "" if f.default in (None, "") else f" (default {f.default})"
+        lines.append(f"  --{f.name}: {f.metadata.get('help', '')}{default}")
+    return "\n".join(lines)
+
+
+Commands.train.__doc__ = _train_help()
+
+
+def main(argv: Optional[list[str]] = None) -> None:
+    import fire
+
+    argv = sys.argv[1:] if argv is None else argv
+    debug = any(a in ("--debug", "--debug=true", "--debug=True") for a in argv)
+    from distft import log
+
+    log.quiet_tensorflow(debug)  # before anything imports TensorFlow
+    try:
+        fire.Fire(Commands(), command=argv, name="distft")
+    except DistftError as e:
+        if debug:
+            traceback.print_exc()
+        if detect().rank == 0 and not e.reported:
+            print(f"distft: error: {e}", file=sys.stderr, flush=True)
+        sys.exit(e.exit_code)
+    except KeyboardInterrupt:
+        print("distft: interrupted", file=sys.stderr)
+        sys.exit(130)

@@ -1,0 +1,199 @@
+"""Training options: one dataclass, merged from a YAML file and flags, then checked.
+
+Example:
+    cfg = TrainConfig.resolve(config="sweep.yaml", epochs=5, lr=3e-4)
+    cfg.save("runs/a/config.yaml")
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+from dataclasses import dataclass, field
+from typing import Any, Optional, Union, get_args, get_origin, get_type_hints
+
+import yaml
+
+from distft.errors import DistftError
+
+OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
+SCHEDULES = ("constant", "cosine")
+COMPRESSIONS = ("none", "fp16")
+CONTROLLERS = ("gloo", "mpi")
+
+
+@dataclass
+class TrainConfig:
+    """Everything `distft train` accepts. Each field is also a `--flag` and a YAML key."""
+
+    # What to train on
+    model: str = field(default="", metadata={"help": ".keras, .h5, SavedModel folder, or app:NAME"})
+    data: str = field(default="", metadata={"help": "file, glob or folder of .tfrecord/.npz/.csv"})
+    output_dir: str = field(default="", metadata={"help": "run folder (checkpoints, tensorboard, model)"})
+    val_data: Optional[str] = field(default=None, metadata={"help": "validation data, same formats"})
+    val_split: float = field(default=0.0, metadata={"help": "hold out this fraction of --data"})
+    label: str = field(default="label", metadata={"help": "label column of CSV files"})
+    # Model surgery
+    weights: Optional[str] = field(default=None, metadata={"help": "app:NAME weights: FILE or none"})
+    input_shape: Optional[tuple] = field(default=None, metadata={"help": "app:NAME input H,W,C"})
+    num_classes: Optional[int] = field(default=None, metadata={"help": "replace the head: K classes"})
+    head_dropout: float = field(default=0.0, metadata={"help": "dropout before the new head"})
+    unfreeze: Optional[str] = field(
+        default=None,
+        metadata={"help": "none|all|last:N|from:NAME|re:PATTERN, comma-separated "
+                  "(default: none with a new head, else all)"},
+    )
+    train_bn: bool = field(default=False, metadata={"help": "let unfrozen BatchNorm layers train"})
+    loss: Optional[str] = field(default=None, metadata={"help": "Keras loss (default follows the head)"})
+    metrics: Optional[tuple] = field(default=None, metadata={"help": "Keras metrics, comma-separated"})
+    unsafe_deserialization: bool = field(
+        default=False, metadata={"help": "allow Lambda layers' code in .keras files"})
+    # Optimisation
+    epochs: int = field(default=3, metadata={"help": "epochs to train"})
+    batch_size: int = field(default=32, metadata={"help": "batch size per worker"})
+    lr: float = field(default=1e-3, metadata={"help": "learning rate for one worker"})
+    scale_lr: bool = field(default=True, metadata={"help": "multiply --lr by the number of workers"})
+    warmup_epochs: float = field(default=0.0, metadata={"help": "linear warm-up from --lr to scaled lr"})
+    optimizer: str = field(default="adam", metadata={"help": "|".join(OPTIMIZERS)})
+    weight_decay: float = field(default=0.004, metadata={"help": "adamw weight decay"})
+    momentum: float = field(default=0.9, metadata={"help": "sgd momentum"})
+    schedule: str = field(default="constant", metadata={"help": "|".join(SCHEDULES)})
+    grad_accum: int = field(default=1, metadata={"help": "batches per allreduce (backward passes)"})
+    compression: str = field(default="none", metadata={"help": "allreduce compression: none|fp16"})
+    seed: int = field(default=42, metadata={"help": "seed for weights of the new head and shuffling"})
+    shuffle_buffer: int = field(default=10000, metadata={"help": "records in each worker's shuffle buffer"})
+    # Run
+    threads: Optional[int] = field(default=None, metadata={"help": "CPU threads per worker"})
+    log_every: int = field(default=50, metadata={"help": "steps between step-level logs"})
+    keep_checkpoints: int = field(default=3, metadata={"help": "newest checkpoints kept (0: all)"})
+    resume: bool = field(default=False, metadata={"help": "continue from the last checkpoint"})
+    overwrite: bool = field(default=False, metadata={"help": "replace a finished run's outputs"})
+    # Launching (outside a launcher)
+    np: Optional[int] = field(default=None, metadata={"help": "start this many workers"})
+    hosts: Optional[str] = field(default=None, metadata={"help": "h1:2,h2:2 for --np"})
+    controller: str = field(default="gloo", metadata={"help": "--np controller: gloo|mpi"})
+    debug: bool = field(default=False, metadata={"help": "show tracebacks and all ranks' logs"})
+
+    @classmethod
+    def resolve(cls, config: str | None = None, **flags: Any) -> TrainConfig:
+        """Merge a YAML file and flags (flags win), coerce types, and check values."""
+        values: dict[str, Any] = {}
+        if config:
+            values.update(load_yaml(config))
+        values.update(flags)
+        check_names(values, cls)
+        cfg = cls(**{k: coerce(cls, k, v) for k, v in values.items()})
+        cfg.check()
+        return cfg
+
+    def check(self) -> None:
+        """Raise DistftError for values no run could use."""
+        for name in ("model", "data", "output_dir"):
+            if not getattr(self, name):
+                raise DistftError(f"--{name} is required: pass --{name}=...")
+        positive = {"epochs": self.epochs, "batch_size": self.batch_size, "lr": self.lr,
+                    "grad_accum": self.grad_accum, "log_every": self.log_every}
+        for name, value in positive.items():
+            if value <= 0:
+                raise DistftError(f"--{name} must be positive, got {value}: pass e.g. "
+                                  f"--{name}={getattr(TrainConfig, name)}")
+        if not 0.0 <= self.val_split < 1.0:
+            raise DistftError(f"--val_split must be in [0, 1), got {self.val_split}")
+        if self.val_split and self.val_data:
+            raise DistftError("--val_split and --val_data exclude each other: pass one")
+        if not 0.0 <= self.head_dropout < 1.0:
+            raise DistftError(f"--head_dropout must be in [0, 1), got {self.head_dropout}")
+        if self.num_classes is not None and self.num_classes < 2:
+            raise DistftError(f"--num_classes must be at least 2, got {self.num_classes}")
+        if self.warmup_epochs < 0 or self.keep_checkpoints < 0 or self.shuffle_buffer < 0:
+            raise DistftError("--warmup_epochs, --keep_checkpoints and --shuffle_buffer must be >= 0")
+        if self.threads is not None and self.threads < 1:
+            raise DistftError(f"--threads must be at least 1, got {self.threads}")
+        if self.np is not None and self.np < 1:
+            raise DistftError(f"--np must be at least 1, got {self.np}")
+        for name, allowed in (("optimizer", OPTIMIZERS), ("schedule", SCHEDULES),
+                              ("compression", COMPRESSIONS), ("controller", CONTROLLERS)):
+            if getattr(self, name) not in allowed:
+                raise DistftError(f"--{name}={getattr(self, name)} is not one of {'|'.join(allowed)}")
+        if self.resume and self.overwrite:
+            raise DistftError("--resume and --overwrite exclude each other: pass one")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+
+    def save(self, path: str) -> None:
+        """Write the resolved configuration as YAML (atomically)."""
+        tmp = f"{path}.tmp"
+        with open(tmp, "w") as f:
+            yaml.safe_dump(self.to_dict(), f, sort_keys=False)
+        os.replace(tmp, path)
+
+
+def load_yaml(path: str) -> dict[str, Any]:
+    """Read a YAML mapping of option names to values."""
+    try:
+        with open(path) as f:
+            data = yaml.safe_load(f)
+    except FileNotFoundError:
+        raise DistftError(f"config file {path} does not exist: check --config") from None
+    except yaml.YAMLError as e:
+        where = getattr(e, "problem_mark", None)
+        line = f" at line {where.line + 1}" if where else ""
+        raise DistftError(f"config file {path} is not valid YAML{line}: fix its syntax") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise DistftError(f"config file {path} must be a mapping of option: value")
+    return data
+
+
+def check_names(values: dict[str, Any], cls: type) -> None:
+    """Reject unknown option names, suggesting the closest known ones."""
+    known = [f.name for f in dataclasses.fields(cls)]
+    for name in values:
+        if name not in known:
+            close = difflib.get_close_matches(name, known, n=3)
+            hint = f"did you mean {', '.join('--' + c for c in close)}?" if close else \
+                "see 'distft train --help'"
+            raise DistftError(f"unknown option --{name}: {hint}")
+
+
+_TRUE = {"true", "yes", "1", "on"}
+_FALSE = {"false", "no", "0", "off"}
+
+
+def coerce(cls: type, name: str, value: Any) -> Any:
+    """Convert a flag or YAML value to the field's declared type."""
+    hint = get_type_hints(cls)[name]
+    optional = get_origin(hint) is Union and type(None) in get_args(hint)
+    if optional:
+        hint = next(a for a in get_args(hint) if a is not type(None))
+        if value is None or (isinstance(value, str) and value.lower() in ("", "null")):
+            return None
+    try:
+        if hint is bool:
+            if isinstance(value, bool):
+                return value
+            text = str(value).lower()
+            if text in _TRUE | _FALSE:
+                return text in _TRUE
+            raise ValueError
+        if hint is int:
+            if isinstance(value, bool) or float(value) != int(float(value)):
+                raise ValueError
+            return int(float(value))
+        if hint is float:
+            if isinstance(value, bool):
+                raise ValueError
+            return float(value)
+        if hint is tuple:
+            items = value.split(",") if isinstance(value, str) else list(value)
+            items = [i.strip() if isinstance(i, str) else i for i in items if i != ""]
+            if name == "input_shape":
+                return tuple(int(i) for i in items)
+            return tuple(str(i) for i in items)
+        return str(value)
+    except (TypeError, ValueError):
+        kind = {bool: "true or false", int: "an integer", float: "a number",
+                tuple: "a comma-separated list"}.get(hint, "a string")
+        raise DistftError(f"--{name}={value!r} is not {kind}: fix the value") from None

@@ -1,0 +1,49 @@
+"""Which records each worker reads, and how many steps an epoch has. Pure Python.
+
+With at least as many files as workers, whole files go to workers, balanced by record
+count (largest first to the least-loaded worker). With fewer files, every worker reads
+all files and keeps every `size`-th record. Either way every worker runs the same number
+of steps per epoch, so uneven shards never leave a worker waiting in an allreduce.
+
+Example:
+    share = assign([100, 80, 30, 10, 5], rank=1, size=2)
+    share.files, share.records       # ([1, 2], 110)
+    steps_per_epoch([100, 80, 30, 10, 5], size=2, batch_size=32)   # 4
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Share:
+    """One worker's part of a data set: file indices, and record stride when split by record."""
+
+    files: tuple[int, ...]
+    records: int
+    stride: int = 1  # >1: keep records offset, offset+stride, ... of the files' concatenation
+    offset: int = 0
+
+
+def assign(counts: list[int], rank: int, size: int, by_record: bool = False) -> Share:
+    """The share of worker `rank` of `size`, given each file's record count.
+
+    `by_record` forces the record split, whose order interleaves back to the files' order.
+    """
+    total = sum(counts)
+    nonempty = [i for i, c in enumerate(counts) if c > 0]
+    if len(nonempty) >= size and not by_record:
+        load = [0] * size
+        owned: list[list[int]] = [[] for _ in range(size)]
+        for i in sorted(nonempty, key=lambda i: (-counts[i], i)):
+            w = min(range(size), key=lambda w: (load[w], w))
+            owned[w].append(i)
+            load[w] += counts[i]
+        return Share(tuple(sorted(owned[rank])), load[rank])
+    return Share(tuple(nonempty), len(range(rank, total, size)), stride=size, offset=rank)
+
+
+def steps_per_epoch(counts: list[int], size: int, batch_size: int) -> int:
+    """Steps for one pass over all records by all workers (at least one)."""
+    return max(1, math.ceil(sum(counts) / (size * batch_size)))

@@ -1,0 +1,125 @@
+"""Detect how this process was started and read its rank, size and local rank.
+
+One small class per launcher, each knowing how to recognise itself from the environment,
+in the manner of Lightning's cluster environments. This is read *before* Horovod starts,
+so that logging, errors and device pinning know the rank early; Horovod's own view
+(`hvd.rank()`) is authoritative once it is initialised.
+
+Example:
+    env = detect()
+    if env.rank == 0:
+        print(f"{env.size} workers started by {env.name}")
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+
+def _int(name: str, default: int = 0) -> int:
+    value = os.environ.get(name)
+    return int(value) if value not in (None, "") else default
+
+
+@dataclass(frozen=True)
+class Environment:
+    """A single process started directly (no launcher)."""
+
+    name: str = "local"
+    rank: int = 0
+    size: int = 1
+    local_rank: int = 0
+    local_size: int = 1
+    node_rank: int = 0
+
+    @property
+    def is_launched(self) -> bool:
+        """True when a launcher started this process as one of its workers."""
+        return self.name != "local"
+
+    @classmethod
+    def detect(cls) -> Environment | None:
+        return cls()
+
+
+class HorovodRunEnvironment(Environment):
+    """`horovodrun` with the Gloo controller (or Horovod's Python launcher)."""
+
+    @classmethod
+    def detect(cls) -> Environment | None:
+        if "HOROVOD_RANK" not in os.environ or "HOROVOD_SIZE" not in os.environ:
+            return None
+        return Environment(
+            name="horovodrun",
+            rank=_int("HOROVOD_RANK"),
+            size=_int("HOROVOD_SIZE", 1),
+            local_rank=_int("HOROVOD_LOCAL_RANK"),
+            local_size=_int("HOROVOD_LOCAL_SIZE", 1),
+            node_rank=_int("HOROVOD_CROSS_RANK"),
+        )
+
+
+class MPIEnvironment(Environment):
+    """`mpirun` (Open MPI), also what `horovodrun --mpi` uses underneath."""
+
+    @classmethod
+    def detect(cls) -> Environment | None:
+        if "OMPI_COMM_WORLD_SIZE" not in os.environ:
+            return None
+        return Environment(
+            name="mpirun",
+            rank=_int("OMPI_COMM_WORLD_RANK"),
+            size=_int("OMPI_COMM_WORLD_SIZE", 1),
+            local_rank=_int("OMPI_COMM_WORLD_LOCAL_RANK"),
+            local_size=_int("OMPI_COMM_WORLD_LOCAL_SIZE", 1),
+            node_rank=_int("OMPI_COMM_WORLD_NODE_RANK"),
+        )
+
+
+class SlurmEnvironment(Environment):
+    """A task of a Slurm job step started by `srun` (for example `srun --mpi=pmix`)."""
+
+    @classmethod
+    def detect(cls) -> Environment | None:
+        # The batch script itself also has SLURM_PROCID; only a step started by srun
+        # has SLURM_STEP_ID other than the batch step.
+        step = os.environ.get("SLURM_STEP_ID", os.environ.get("SLURM_STEPID"))
+        if "SLURM_PROCID" not in os.environ or step in (None, "", "batch", "4294967294"):
+            return None
+        return Environment(
+            name="srun",
+            rank=_int("SLURM_PROCID"),
+            size=_int("SLURM_NTASKS", _int("SLURM_STEP_NUM_TASKS", 1)),
+            local_rank=_int("SLURM_LOCALID"),
+            local_size=_local_tasks_slurm(),
+            node_rank=_int("SLURM_NODEID"),
+        )
+
+
+def _local_tasks_slurm() -> int:
+    # SLURM_STEP_TASKS_PER_NODE looks like "2(x3),1"; the entry for our node is by node id.
+    spec = os.environ.get("SLURM_STEP_TASKS_PER_NODE") or os.environ.get("SLURM_TASKS_PER_NODE", "1")
+    counts: list[int] = []
+    for part in spec.split(","):
+        number, _, repeat = part.partition("(x")
+        counts += [int(number)] * (int(repeat.rstrip(")")) if repeat else 1)
+    node = _int("SLURM_NODEID")
+    return counts[node] if node < len(counts) else counts[-1]
+
+
+# Most specific first: horovodrun --mpi also sets OMPI_*, srun --mpi=pmix may set both.
+ENVIRONMENTS: tuple[type[Environment], ...] = (
+    HorovodRunEnvironment,
+    MPIEnvironment,
+    SlurmEnvironment,
+    Environment,
+)
+
+
+def detect() -> Environment:
+    """Return the environment of the first launcher that recognises itself."""
+    for cls in ENVIRONMENTS:
+        env = cls.detect()
+        if env is not None:
+            return env
+    raise AssertionError("the local environment always matches")

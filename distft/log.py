@@ -1,0 +1,55 @@
+"""One readable log: rank 0 speaks, other ranks only warn (rank-prefixed); TF kept quiet.
+
+Call `quiet_tensorflow()` before TensorFlow is imported, then `setup(rank, size)`.
+
+Example:
+    from distft import log
+    log.setup(rank=0, size=2)
+    log.info("trainable weights: %d", 1234)
+"""
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import warnings
+
+logger = logging.getLogger("distft")
+
+
+def quiet_tensorflow(debug: bool = False) -> None:
+    """Silence TensorFlow's C++ and Python chatter (and absl's) unless debugging."""
+    if debug:
+        return
+    # Level 3: TF 2.15 logs CUDA plugin registration clashes as errors at every import.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    os.environ.setdefault("AUTOGRAPH_VERBOSITY", "0")
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", message=".*is deprecated.*")
+    warnings.filterwarnings("ignore", message=".*HDF5 file via `model.save\(\)`.*")
+    for name in ("tensorflow", "absl", "h5py"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
+def setup(rank: int = 0, size: int = 1, debug: bool = False) -> None:
+    """Rank 0 logs INFO; other ranks log WARNING and up (INFO with --debug)."""
+    prefix = f"[rank {rank}] " if size > 1 and rank != 0 else ""
+    handler = logging.StreamHandler(sys.stdout if rank == 0 else sys.stderr)
+    handler.setFormatter(logging.Formatter(f"%(asctime)s distft {prefix}%(message)s", "%H:%M:%S"))
+    logger.handlers[:] = [handler]
+    logger.propagate = False
+    logger.setLevel(logging.INFO if rank == 0 or debug else logging.WARNING)
+    if not debug:
+        import absl.logging  # installed with TensorFlow
+
+        absl.logging.set_verbosity(absl.logging.ERROR)
+        logging.getLogger("tensorflow").setLevel(logging.ERROR)
+
+
+def info(msg: str, *args: object) -> None:
+    logger.info(msg, *args)
+
+
+def warning(msg: str, *args: object) -> None:
+    logger.warning(msg, *args)

@@ -1,0 +1,86 @@
+"""From a model file and options to the model to fine-tune: loaded, new head, layers unfrozen.
+
+Example:
+    ft = prepare("base_model.h5", num_classes=5, unfreeze="last:2")
+    ft.model.summary(); ft.trainable_params, ft.frozen_params
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+import numpy as np
+import tensorflow as tf
+
+from distft.errors import DistftError
+from distft.model import head as heads
+from distft.model import loading, unfreeze as unfreezing
+
+
+@dataclass
+class FineTuneModel:
+    model: tf.keras.Model
+    loss: str
+    metrics: list[str]
+    unfrozen: list[str] = field(default_factory=list)  # names of trainable leaf layers
+
+    @property
+    def trainable_params(self) -> int:
+        return unfreezing.count_params(self.model.trainable_weights)
+
+    @property
+    def frozen_params(self) -> int:
+        return unfreezing.count_params(self.model.non_trainable_weights)
+
+    @property
+    def input_shape(self) -> tuple:
+        return tuple(self.model.input_shape[1:])
+
+    @property
+    def classes(self) -> Optional[int]:
+        """Number of classes of a softmax output, else None."""
+        if heads.output_activation(self.model) != "softmax":
+            return None
+        return int(self.model.output_shape[-1])
+
+
+def prepare(model: str, num_classes: Optional[int] = None, unfreeze: Optional[str] = None,
+            head_dropout: float = 0.0, train_bn: bool = False, weights: Optional[str] = None,
+            input_shape: Optional[tuple] = None, loss: Optional[str] = None,
+            metrics: Optional[tuple] = None, seed: int = 0,
+            unsafe_deserialization: bool = False) -> FineTuneModel:
+    """Load `model`, replace its head if `num_classes`, and set which layers train."""
+    base = loading.load(model, weights, input_shape, unsafe_deserialization)
+    if len(base.inputs) != 1 or len(base.outputs) != 1:
+        raise DistftError(f"--model={model} has {len(base.inputs)} inputs and {len(base.outputs)} "
+                          "outputs: distft fine-tunes single-input, single-output models")
+    head: list[tf.keras.layers.Layer] = []
+    if num_classes:
+        full, head = heads.replace_head(base, num_classes, head_dropout, seed)
+    elif getattr(base, "_distft_headless", False):
+        raise DistftError(f"--model={model} has no classification head: pass --num_classes=K")
+    else:
+        full = base
+    head_ids = {id(l) for l in head}
+    body = [l for l in unfreezing.flatten(full) if id(l) not in head_ids]
+    spec = unfreeze if unfreeze is not None else ("none" if num_classes else "all")
+    chosen = unfreezing.select(body, spec, train_bn)
+    unfreezing.apply(full, body, chosen, train_bn)
+    for layer in head:
+        layer.trainable = True
+    if not full.trainable_weights:
+        raise DistftError(f"--unfreeze={spec} leaves no weight to train: unfreeze some layers "
+                          "(e.g. --unfreeze=last:2) or add a head with --num_classes")
+    default_loss, default_metrics = heads.default_objective(full)
+    return FineTuneModel(full, loss or default_loss, list(metrics) if metrics else default_metrics,
+                         [l.name for l in body if l.trainable and l.weights] + [l.name for l in head])
+
+
+def weights_checksum(model: tf.keras.Model) -> str:
+    """A digest of every weight's bytes: equal on two workers only if all weights are equal."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for w in model.get_weights():
+        digest.update(np.ascontiguousarray(w).tobytes())
+    return digest.hexdigest()[:16]

@@ -1,0 +1,87 @@
+"""Choose which layers train: `none`, `all`, `last:N`, `from:NAME`, `re:PATTERN`, comma-separated.
+
+Nested models are flattened to their leaf layers. BatchNormalization layers stay frozen
+(and so run in inference mode) unless `train_bn` is set; `last:N` counts layers with
+weights other than those frozen BatchNormalization layers.
+
+Example:
+    chosen = select(model, "last:2,re:^block_13")
+    apply(model, chosen, train_bn=False)
+"""
+from __future__ import annotations
+
+import difflib
+import re
+
+import tensorflow as tf
+
+from distft.errors import DistftError
+
+
+def flatten(layer: tf.keras.layers.Layer) -> list[tf.keras.layers.Layer]:
+    """The leaf layers of a (possibly nested) model, in order; InputLayers dropped."""
+    if isinstance(layer, tf.keras.Model):
+        return [leaf for sub in layer.layers for leaf in flatten(sub)]
+    return [] if isinstance(layer, tf.keras.layers.InputLayer) else [layer]
+
+
+def _is_bn(layer: tf.keras.layers.Layer) -> bool:
+    return isinstance(layer, tf.keras.layers.BatchNormalization)
+
+
+def select(layers: list[tf.keras.layers.Layer], spec: str, train_bn: bool = False) -> set[int]:
+    """Indices into `layers` chosen by `spec`; an unmatched name or pattern is an error."""
+    names = [l.name for l in layers]
+    chosen: set[int] = set()
+    for part in (p.strip() for p in spec.split(",")):
+        kind, _, arg = part.partition(":")
+        if part == "none":
+            continue
+        if part == "all":
+            chosen.update(range(len(layers)))
+        elif kind == "last":
+            if not arg.isdigit() or int(arg) < 1:
+                raise DistftError(f"--unfreeze={part}: N must be a positive integer, e.g. last:2")
+            weighted = [i for i, l in enumerate(layers) if l.weights and (train_bn or not _is_bn(l))]
+            chosen.update(weighted[-int(arg):])
+        elif kind == "from":
+            if arg not in names:
+                raise DistftError(f"--unfreeze={part}: no layer named '{arg}'{_close(arg, names)}")
+            chosen.update(range(names.index(arg), len(layers)))
+        elif kind == "re":
+            try:
+                pattern = re.compile(arg)
+            except re.error as e:
+                raise DistftError(f"--unfreeze={part}: bad regular expression ({e})") from None
+            hits = [i for i, n in enumerate(names) if pattern.search(n)]
+            if not hits:
+                raise DistftError(f"--unfreeze={part}: no layer name matches '{arg}'{_close(arg, names)}")
+            chosen.update(hits)
+        else:
+            raise DistftError(f"--unfreeze={part}: not understood; use none, all, last:N, "
+                              "from:NAME or re:PATTERN (comma-separated)")
+    return chosen
+
+
+def _close(word: str, names: list[str]) -> str:
+    close = difflib.get_close_matches(word, names, n=3, cutoff=0.5)
+    return f"; close matches: {', '.join(close)}" if close else "; see 'distft inspect --model=...'"
+
+
+def apply(model: tf.keras.Model, layers: list[tf.keras.layers.Layer], chosen: set[int],
+          train_bn: bool = False) -> None:
+    """Set `trainable` on every leaf layer; containers stay trainable so leaves decide."""
+    _containers_trainable(model)
+    for i, layer in enumerate(layers):
+        layer.trainable = i in chosen and (train_bn or not _is_bn(layer))
+
+
+def _containers_trainable(layer: tf.keras.layers.Layer) -> None:
+    if isinstance(layer, tf.keras.Model):
+        layer.trainable = True
+        for sub in layer.layers:
+            _containers_trainable(sub)
+
+
+def count_params(weights: list[tf.Variable]) -> int:
+    return int(sum(w.shape.num_elements() for w in weights))

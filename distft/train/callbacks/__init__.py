@@ -1,0 +1,1 @@
+"""Keras callbacks that make up a distft run, one concept a file."""

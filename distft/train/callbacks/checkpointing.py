@@ -1,0 +1,18 @@
+"""Rank 0 writes a checkpoint (model, optimizer, epoch) at the end of every epoch."""
+from __future__ import annotations
+
+import tensorflow as tf
+
+from distft.train.checkpoint import CheckpointStore
+
+
+class Checkpointing(tf.keras.callbacks.Callback):
+    """Example: Checkpointing(store, tf.train.Checkpoint(model=m, optimizer=o)) on rank 0."""
+
+    def __init__(self, store: CheckpointStore, checkpoint: tf.train.Checkpoint):
+        super().__init__()
+        self.store, self.checkpoint = store, checkpoint
+
+    def on_epoch_end(self, epoch, logs=None):
+        state = {"epoch": epoch + 1, "logs": {k: float(v) for k, v in (logs or {}).items()}}
+        self.store.save(self.checkpoint, state)

@@ -1,0 +1,80 @@
+"""Checkpoints on disk: written atomically (temporary folder, then rename), newest complete
+one found for `--resume`, old ones pruned to `keep`.
+
+A checkpoint folder `checkpoints/epoch-0003/` holds a TensorFlow checkpoint of the model and
+optimizer (state `ckpt.*`) and `state.json` (the epoch reached and other run state).
+
+Example:
+    store = CheckpointStore("runs/a/checkpoints", keep=3)
+    store.save(tf.train.Checkpoint(model=model, optimizer=opt), {"epoch": 3})
+    latest = store.latest()       # ("runs/a/checkpoints/epoch-0003", {"epoch": 3})
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from typing import Optional
+
+import tensorflow as tf
+
+_NAME = re.compile(r"^epoch-(\d+)$")
+
+
+class CheckpointStore:
+    def __init__(self, folder: str, keep: int = 3):
+        self.folder, self.keep = folder, keep
+
+    def save(self, checkpoint: tf.train.Checkpoint, state: dict) -> str:
+        """Write checkpoint + state for `state['epoch']`; return the final folder."""
+        os.makedirs(self.folder, exist_ok=True)
+        final = os.path.join(self.folder, f"epoch-{state['epoch']:04d}")
+        tmp = os.path.join(self.folder, f".tmp-epoch-{state['epoch']:04d}-{os.getpid()}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        checkpoint.write(os.path.join(tmp, "ckpt"))
+        with open(os.path.join(tmp, "state.json"), "w") as f:
+            json.dump(state, f)
+        if os.path.exists(final):  # the same epoch again (a resumed run): replace it whole
+            old = final + f".old-{os.getpid()}"
+            os.replace(final, old)
+            os.replace(tmp, final)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, final)
+        self._prune()
+        return final
+
+    def complete(self) -> list[tuple[int, str]]:
+        """(epoch, folder) of every complete checkpoint, oldest first."""
+        if not os.path.isdir(self.folder):
+            return []
+        found = []
+        for name in os.listdir(self.folder):
+            m = _NAME.match(name)
+            path = os.path.join(self.folder, name)
+            if m and os.path.exists(os.path.join(path, "state.json")):
+                found.append((int(m.group(1)), path))
+        return sorted(found)
+
+    def latest(self) -> Optional[tuple[str, dict]]:
+        """The newest complete checkpoint folder and its state, or None."""
+        for _, path in reversed(self.complete()):
+            try:
+                with open(os.path.join(path, "state.json")) as f:
+                    return path, json.load(f)
+            except (OSError, ValueError):
+                continue  # unreadable state: fall back to an older checkpoint
+        return None
+
+    @staticmethod
+    def restore(checkpoint: tf.train.Checkpoint, path: str) -> None:
+        checkpoint.read(os.path.join(path, "ckpt")).assert_existing_objects_matched()
+
+    def _prune(self) -> None:
+        for name in os.listdir(self.folder):
+            if name.startswith(".tmp-") or ".old-" in name:
+                shutil.rmtree(os.path.join(self.folder, name), ignore_errors=True)
+        if self.keep:
+            for _, path in self.complete()[:-self.keep]:
+                shutil.rmtree(path, ignore_errors=True)

@@ -1,0 +1,110 @@
+"""A worker's place in the job: Horovod started, devices and CPU threads set, and the
+collective checks that make all workers stop together on an error.
+
+Example:
+    worker = Worker.start(threads=None)
+    worker.agree(lambda: check_output_dir(cfg))   # runs on rank 0, raises on every rank
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any, Callable, Optional
+
+import tensorflow as tf
+
+from distft.errors import DistftError
+from distft.launch.environment import Environment, detect
+
+
+@dataclass
+class Worker:
+    """This process's rank, size and local rank, with Horovod initialised."""
+
+    rank: int
+    size: int
+    local_rank: int
+    local_size: int
+    env: Environment
+    threads: int
+    device: str
+
+    @classmethod
+    def start(cls, threads: Optional[int] = None, pin_cores: bool = True) -> Worker:
+        """Pin cores/GPU for this local rank, set TF threads, then `hvd.init()`."""
+        env = detect()
+        device, threads = _place(env, threads, pin_cores)
+        import horovod.tensorflow.keras as hvd
+
+        hvd.init()
+        return cls(hvd.rank(), hvd.size(), hvd.local_rank(), hvd.local_size(), env, threads, device)
+
+    @property
+    def hvd(self):
+        import horovod.tensorflow.keras as hvd
+
+        return hvd
+
+    def gather(self, obj: Any) -> list[Any]:
+        """Every worker's `obj`, in rank order, on every worker."""
+        import horovod.tensorflow as hvd_tf
+
+        return hvd_tf.allgather_object(obj) if self.size > 1 else [obj]
+
+    def broadcast(self, obj: Any) -> Any:
+        """Rank 0's `obj` on every worker."""
+        import horovod.tensorflow as hvd_tf
+
+        return hvd_tf.broadcast_object(obj, root_rank=0) if self.size > 1 else obj
+
+    def broadcast_variables(self, variables: list) -> None:
+        """Assign rank 0's values to `variables` on every worker."""
+        import horovod.tensorflow as hvd_tf
+
+        if self.size > 1 and variables:
+            hvd_tf.broadcast_variables(variables, root_rank=0)
+
+    def agree(self, fn: Callable[[], Any]) -> Any:
+        """Run `fn` on rank 0 only; its DistftError is raised on every rank, its value returned."""
+        result: tuple[Optional[str], Any] = (None, None)
+        if self.rank == 0:
+            try:
+                result = (None, fn())
+            except DistftError as e:
+                result = (str(e), None)
+        error, value = self.broadcast(result)
+        if error:
+            raise DistftError(error)
+        return value
+
+    def all_ok(self, fn: Callable[[], Any]) -> Any:
+        """Run `fn` on every rank; if any rank fails, every rank raises the lowest rank's error."""
+        try:
+            result: tuple[Optional[str], Any] = (None, fn())
+        except DistftError as e:
+            result = (f"{e}" if self.rank == 0 else f"rank {self.rank}: {e}", None)
+        errors = [err for err, _ in self.gather(result) if err]
+        if errors:
+            raise DistftError(errors[0])
+        return result[1]
+
+
+def _place(env: Environment, threads: Optional[int], pin_cores: bool) -> tuple[str, int]:
+    """One GPU per local rank (memory growth on); on CPU, a block of cores per local rank."""
+    gpus = tf.config.list_physical_devices("GPU")
+    if gpus:
+        for gpu in gpus:
+            tf.config.experimental.set_memory_growth(gpu, True)
+        gpu = gpus[env.local_rank % len(gpus)]
+        tf.config.set_visible_devices(gpu, "GPU")
+        return gpu.name, threads or 2
+    cores = sorted(os.sched_getaffinity(0))
+    share = max(1, len(cores) // max(1, env.local_size))
+    if pin_cores and env.local_size > 1 and len(cores) >= env.local_size:
+        # Workers on one node otherwise share every core, and their thread pools fight.
+        mine = cores[env.local_rank * share:(env.local_rank + 1) * share]
+        os.sched_setaffinity(0, mine)
+    threads = threads or share
+    tf.config.threading.set_intra_op_parallelism_threads(threads)
+    tf.config.threading.set_inter_op_parallelism_threads(max(2, threads))
+    return "CPU", threads

@@ -1,0 +1,187 @@
+"""One worker's fine-tuning run: the Horovod recipe, start to finish.
+
+Example (under `horovodrun -np 2`):
+    metrics = run(TrainConfig.resolve(model="base_model.h5", data="shards/", output_dir="runs/a",
+                                      num_classes=5, unfreeze="last:2"))
+"""
+from __future__ import annotations
+
+import math
+import time
+from typing import Any, Optional
+
+import tensorflow as tf
+
+from distft import log
+from distft.config import TrainConfig
+from distft.data.dataset import DataSet
+from distft.errors import DistftError
+from distft.model.prepare import FineTuneModel, prepare, weights_checksum
+from distft.train import optim
+from distft.train.callbacks.checkpointing import Checkpointing
+from distft.train.callbacks.progress import Progress
+from distft.train.callbacks.tensorboard import TensorBoardLogger
+from distft.train.callbacks.timing import Timing
+from distft.train.callbacks.validation import Validation
+from distft.train.evaluation import evaluate_split
+from distft.train.output import RunFolder
+from distft.train.runtime import Worker
+
+
+def run(cfg: TrainConfig, worker: Optional[Worker] = None) -> dict[str, Any]:
+    """Fine-tune as one worker of the job; returns the final metrics (same on every worker)."""
+    started = time.time()
+    worker = worker or Worker.start(cfg.threads)
+    hvd = worker.hvd
+    tf.keras.utils.set_random_seed(cfg.seed)
+    folder = RunFolder(cfg.output_dir, cfg.keep_checkpoints)
+    resume_from = worker.agree(lambda: folder.check(cfg.resume, cfg.overwrite))
+
+    train_data, val_data = worker.all_ok(lambda: _open_data(cfg))
+    counts = train_data.count(worker.rank, worker.size, worker.gather)
+    total = sum(counts.train)
+    if total < worker.size:
+        raise DistftError(f"--data has {total} training records for {worker.size} workers: "
+                          "give more data than workers, or fewer workers")
+    if cfg.val_split:
+        val_data = train_data.held_out()
+    elif val_data is not None:
+        val_data.count(worker.rank, worker.size, worker.gather)
+
+    ft = worker.all_ok(lambda: _prepare(cfg))
+    _check_fit(ft, train_data, cfg)
+    steps = math.ceil(total / (worker.size * cfg.batch_size))
+    optimizer = optim.build(cfg, worker.size, steps)
+    ft.model.compile(optimizer=optimizer, loss=ft.loss, metrics=ft.metrics)
+    optimizer.build(ft.model.trainable_variables)
+    checkpoint = tf.train.Checkpoint(model=ft.model, optimizer=optimizer)
+
+    initial_epoch = 0
+    if resume_from:
+        def restore():
+            try:
+                folder.checkpoints.restore(checkpoint, resume_from)
+            except Exception as e:  # a checkpoint from another model or options
+                raise DistftError(f"cannot resume from {resume_from} ({type(e).__name__}): "
+                                  "it does not match this model and options; pass --overwrite "
+                                  "to start again") from e
+            return folder.checkpoints.latest()[1]["epoch"]
+        initial_epoch = worker.agree(restore)
+    if initial_epoch >= cfg.epochs:
+        raise DistftError(f"the checkpoint in {cfg.output_dir} is at epoch {initial_epoch} and "
+                          f"--epochs={cfg.epochs}: raise --epochs to train further")
+    # All workers start from rank 0's weights and optimizer state (restored or fresh).
+    worker.broadcast_variables(ft.model.variables + list(optimizer.variables))
+
+    if worker.rank == 0:
+        folder.prepare(cfg.overwrite)
+        cfg.save(folder.file("config.yaml"))
+        _log_start(cfg, worker, ft, total, steps, resume_from, initial_epoch)
+
+    stream = train_data.stream(worker.rank, worker.size, cfg.batch_size, ft.input_shape,
+                               training=True, seed=cfg.seed, shuffle_buffer=cfg.shuffle_buffer)
+    validate = _validator(ft.model, val_data, cfg, worker)
+    before = validate() if validate else {}
+    if before:
+        log.info("validation before fine-tuning: %s", _fmt(before))
+
+    timing = Timing(cfg.batch_size * worker.size)
+    callbacks: list[tf.keras.callbacks.Callback] = [hvd.callbacks.MetricAverageCallback(), timing]
+    if validate:
+        callbacks.append(Validation(validate))
+    if worker.rank == 0:
+        tb = TensorBoardLogger(
+            folder.file("tensorboard"), timing, cfg.log_every, cfg.to_dict(),
+            {"params/trainable": ft.trainable_params, "params/frozen": ft.frozen_params,
+             "workers": worker.size}, initial_step=initial_epoch * steps)
+        if before and not initial_epoch:
+            tb.write_validation(before, 0)
+        callbacks += [tb, Progress(cfg.epochs, steps, cfg.log_every),
+                      Checkpointing(folder.checkpoints, checkpoint)]
+    history = ft.model.fit(stream, steps_per_epoch=steps, epochs=cfg.epochs,
+                           initial_epoch=initial_epoch, callbacks=callbacks, verbose=0)
+
+    checksums = worker.gather(weights_checksum(ft.model))
+    if len(set(checksums)) != 1:
+        raise DistftError(f"workers ended with different weights (checksums {checksums}): "
+                          "this is a bug in the run's set-up; please report it", exit_code=1)
+    last = {k: float(v[-1]) for k, v in history.history.items()}
+    metrics = {
+        "train": {k: v for k, v in last.items() if not k.startswith("val_") and
+                  k not in ("samples_per_sec", "step_time_ms", "epoch_seconds")},
+        "validation": {k[4:]: v for k, v in last.items() if k.startswith("val_")},
+        "validation_before": before,
+        "epochs": cfg.epochs, "initial_epoch": initial_epoch, "steps_per_epoch": steps,
+        "workers": worker.size, "launcher": worker.env.name,
+        "samples_per_sec": timing.samples_per_sec,
+        "params": {"trainable": ft.trainable_params, "frozen": ft.frozen_params},
+        "weights_checksum": checksums[0], "seconds": time.time() - started,
+    }
+    if worker.rank == 0:
+        path = folder.save_model(tf.keras.Model(ft.model.inputs, ft.model.outputs, name=ft.model.name))
+        folder.write_json("metrics.json", metrics)
+        log.info("weights identical on all %d workers (checksum %s)", worker.size, checksums[0])
+        log.info("done in %.0fs, %.0f samples/s: %s", metrics["seconds"], metrics["samples_per_sec"],
+                 _fmt({**metrics["train"], **{f"val_{k}": v for k, v in metrics["validation"].items()}}))
+        log.info("model: %s", path)
+        log.info("watch: tensorboard --logdir %s --host 127.0.0.1 --port 6006", folder.file("tensorboard"))
+    return metrics
+
+
+def _open_data(cfg: TrainConfig) -> tuple[DataSet, Optional[DataSet]]:
+    train = DataSet.open(cfg.data, cfg.label, holdout=cfg.val_split)
+    if cfg.val_data:
+        return train, DataSet.open(cfg.val_data, cfg.label)
+    return train, None
+
+
+def _prepare(cfg: TrainConfig) -> FineTuneModel:
+    return prepare(cfg.model, cfg.num_classes, cfg.unfreeze, cfg.head_dropout, cfg.train_bn,
+                   cfg.weights, cfg.input_shape, cfg.loss, cfg.metrics, cfg.seed,
+                   cfg.unsafe_deserialization)
+
+
+def _check_fit(ft: FineTuneModel, data: DataSet, cfg: TrainConfig) -> None:
+    """The data's records and labels must fit the model's input and output."""
+    schema, shape = data.schema, ft.input_shape
+    if schema.x_kind == "float" and math.prod(shape) != schema.x_size:
+        raise DistftError(f"--data records have {schema.x_size} features but the model's input "
+                          f"{shape} needs {math.prod(shape)}: use data made for this model")
+    if schema.x_kind == "image" and len(shape) != 3:
+        raise DistftError(f"--data holds images but the model's input is {shape}: "
+                          "use an image model (H,W,C input)")
+    classes = ft.classes
+    counts = data.counts
+    if classes and counts is not None:
+        if schema.y_float:
+            raise DistftError("--data labels are floats but the model is a classifier: "
+                              "write integer class labels")
+        if counts.y_min < 0 or counts.y_max >= classes:
+            raise DistftError(f"--data labels span [{counts.y_min:.0f}, {counts.y_max:.0f}] but the "
+                              f"model has {classes} classes: labels must be in [0, {classes}); "
+                              "set --num_classes to match the data")
+
+
+def _validator(model: tf.keras.Model, val_data: Optional[DataSet], cfg: TrainConfig, worker: Worker):
+    if val_data is None:
+        return None
+    share = val_data.share(worker.rank, worker.size)
+    stream = val_data.stream(worker.rank, worker.size, cfg.batch_size, tuple(model.input_shape[1:]),
+                             training=False)
+    return lambda: evaluate_split(model, stream, share.records, worker)
+
+
+def _log_start(cfg, worker, ft, total, steps, resume_from, initial_epoch) -> None:
+    log.info("%d worker(s) via %s, %s, %d thread(s) each", worker.size, worker.env.name,
+             worker.device, worker.threads)
+    log.info("model %s: %d layers trainable (%s)", cfg.model, len(ft.unfrozen),
+             ", ".join(ft.unfrozen[-6:]) + (" ..." if len(ft.unfrozen) > 6 else ""))
+    log.info("weights: %d trainable, %d frozen", ft.trainable_params, ft.frozen_params)
+    log.info("data %s: %d records, %d steps/epoch of %d per worker (global batch %d)",
+             cfg.data, total, steps, cfg.batch_size, cfg.batch_size * worker.size)
+    if resume_from:
+        log.info("resuming from %s at epoch %d", resume_from, initial_epoch)
+
+
+def _fmt(metrics: dict[str, float]) -> str:
+    return "  ".join(f"{k} {v:.4f}" for k, v in metrics.items())
