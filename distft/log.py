@@ -27,7 +27,7 @@ def quiet_tensorflow(debug: bool = False) -> None:
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", message=".*is deprecated.*")
-    warnings.filterwarnings("ignore", message=".*HDF5 file via `model.save\(\)`.*")
+    warnings.filterwarnings("ignore", message=r".*HDF5 file via `model.save\(\)`.*")
     for name in ("tensorflow", "absl", "h5py"):
         logging.getLogger(name).setLevel(logging.ERROR)
 

@@ -158,8 +158,8 @@ class DataSet:
             ds = ds.repeat()
         ds = ds.batch(batch_size, drop_remainder=training)
         schema = self.schema
-        ds = ds.map(lambda b: decode_batch(b, schema, tuple(input_shape)), num_parallel_calls=AUTOTUNE,
-                    deterministic=True)
+        ds = ds.map(lambda *b: decode_batch(b[0] if len(b) == 1 else b, schema, tuple(input_shape)),
+                    num_parallel_calls=AUTOTUNE, deterministic=True)
         options = tf.data.Options()
         options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
         return ds.with_options(options).prefetch(AUTOTUNE)

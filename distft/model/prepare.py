@@ -73,7 +73,7 @@ def prepare(model: str, num_classes: Optional[int] = None, unfreeze: Optional[st
                           "(e.g. --unfreeze=last:2) or add a head with --num_classes")
     default_loss, default_metrics = heads.default_objective(full)
     return FineTuneModel(full, loss or default_loss, list(metrics) if metrics else default_metrics,
-                         [l.name for l in body if l.trainable and l.weights] + [l.name for l in head])
+                         [l.name for l in body + head if l.trainable and l.weights])
 
 
 def weights_checksum(model: tf.keras.Model) -> str:

@@ -96,7 +96,7 @@ def run(cfg: TrainConfig, worker: Optional[Worker] = None) -> dict[str, Any]:
              "workers": worker.size}, initial_step=initial_epoch * steps)
         if before and not initial_epoch:
             tb.write_validation(before, 0)
-        callbacks += [tb, Progress(cfg.epochs, steps, cfg.log_every),
+        callbacks += [tb, Progress(cfg.epochs, steps, cfg.log_every, bar=not worker.env.is_launched),
                       Checkpointing(folder.checkpoints, checkpoint)]
     history = ft.model.fit(stream, steps_per_epoch=steps, epochs=cfg.epochs,
                            initial_epoch=initial_epoch, callbacks=callbacks, verbose=0)

@@ -10,12 +10,12 @@ from distft import log
 
 
 class Progress(tf.keras.callbacks.Callback):
-    """Example: Progress(epochs=3, steps_per_epoch=56, log_every=50)."""
+    """Example: Progress(epochs=3, steps_per_epoch=56, log_every=50, bar=not launched)."""
 
-    def __init__(self, epochs: int, steps_per_epoch: int, log_every: int):
+    def __init__(self, epochs: int, steps_per_epoch: int, log_every: int, bar: bool = True):
         super().__init__()
         self.epochs, self.steps, self.log_every = epochs, steps_per_epoch, log_every
-        self.interactive = sys.stdout.isatty()
+        self.interactive = bar and sys.stdout.isatty()
 
     def on_epoch_begin(self, epoch, logs=None):
         self.epoch = epoch

@@ -1,0 +1,22 @@
+# distft: every target sets up .venv first (quick when already done).
+PY := .venv/bin/python
+
+.PHONY: setup demo test unit bench clean
+
+setup:
+	@bash scripts/setup.sh
+
+demo: setup
+	$(PY) -m distft demo
+
+test: setup
+	$(PY) -m pytest -v -rA tests
+
+unit: setup
+	$(PY) -m pytest -v -m "not multiworker" tests
+
+bench: setup
+	$(PY) -m benchmarks
+
+clean:
+	rm -rf distft-demo .pytest_cache

@@ -1,0 +1,60 @@
+import pytest
+import yaml
+
+from distft.config import TrainConfig
+from distft.errors import DistftError
+
+REQUIRED = dict(model="m.h5", data="d/*.tfrecord", output_dir="out")
+
+
+def test_flags_override_yaml_and_types_are_coerced(tmp_path):
+    cfg_file = tmp_path / "c.yaml"
+    cfg_file.write_text(yaml.safe_dump({**REQUIRED, "epochs": 7, "lr": "0.01", "scale_lr": "false",
+                                        "unfreeze": "last:2"}))
+    cfg = TrainConfig.resolve(str(cfg_file), epochs="3", input_shape="96,96,3", metrics="accuracy,mae")
+    assert cfg.epochs == 3  # the flag wins
+    assert cfg.lr == 0.01 and cfg.scale_lr is False and cfg.unfreeze == "last:2"
+    assert cfg.input_shape == (96, 96, 3)
+    assert cfg.metrics == ("accuracy", "mae")
+
+
+def test_saved_config_round_trips(tmp_path):
+    cfg = TrainConfig.resolve(**REQUIRED, epochs=5, input_shape=(8, 8, 1))
+    cfg.save(str(tmp_path / "config.yaml"))
+    again = TrainConfig.resolve(str(tmp_path / "config.yaml"))
+    assert again == cfg
+
+
+@pytest.mark.parametrize("bad, message", [
+    ({"epoch": 3}, "unknown option --epoch: did you mean --epochs"),
+    ({"epochs": 0}, "--epochs must be positive"),
+    ({"batch_size": -1}, "--batch_size must be positive"),
+    ({"lr": 0}, "--lr must be positive"),
+    ({"epochs": "three"}, "is not an integer"),
+    ({"scale_lr": "maybe"}, "is not true or false"),
+    ({"optimizer": "lbfgs"}, "is not one of adam|adamw|sgd|rmsprop"),
+    ({"val_split": 1.5}, "--val_split must be in [0, 1)"),
+    ({"resume": True, "overwrite": True}, "exclude each other"),
+    ({"num_classes": 1}, "--num_classes must be at least 2"),
+])
+def test_bad_values_are_one_clear_error(bad, message):
+    with pytest.raises(DistftError) as e:
+        TrainConfig.resolve(**{**REQUIRED, **bad})
+    assert message in str(e.value)
+    assert "\n" not in str(e.value)
+
+
+def test_missing_required_option():
+    with pytest.raises(DistftError, match="--output_dir is required"):
+        TrainConfig.resolve(model="m.h5", data="x")
+
+
+def test_yaml_that_does_not_parse_or_names_unknown_option(tmp_path):
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("epochs: [3\n")
+    with pytest.raises(DistftError, match="not valid YAML"):
+        TrainConfig.resolve(str(broken))
+    unknown = tmp_path / "unknown.yaml"
+    unknown.write_text("learning_rate: 0.1\n")
+    with pytest.raises(DistftError, match="unknown option --learning_rate"):
+        TrainConfig.resolve(str(unknown), **REQUIRED)

@@ -1,0 +1,119 @@
+"""Reading real files of every format: records, counts, holdout split, and clear errors."""
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from distft.data.dataset import DataSet
+from distft.demo import write_tfrecords
+from distft.errors import DistftError
+
+
+def arrays(n=50, seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.random((n, 2, 3), dtype=np.float32), rng.integers(0, 4, n)
+
+
+def all_records(ds: DataSet, size=1, **kw):
+    out = []
+    for rank in range(size):
+        for x, y in ds.stream(rank, size, batch_size=7, input_shape=(2, 3), training=False, **kw):
+            out += list(zip(x.numpy().reshape(len(y), -1).tolist(), y.numpy().tolist()))
+    return sorted(out)
+
+
+def expected(x, y):
+    return sorted(zip(x.reshape(len(y), -1).tolist(), y.tolist()))
+
+
+@pytest.fixture
+def three_formats(tmp_path):
+    x, y = arrays()
+    write_tfrecords(x, y, str(tmp_path / "tf-{}.tfrecord"), 3)
+    np.savez(tmp_path / "a.npz", x=x[:20], y=y[:20])
+    np.savez(tmp_path / "b.npz", x=x[20:], y=y[20:])
+    header = ",".join([f"f{i}" for i in range(6)] + ["label"])
+    rows = [",".join(map(str, list(xi.ravel()) + [yi])) for xi, yi in zip(x, y)]
+    (tmp_path / "d.csv").write_text(header + "\n" + "\n".join(rows) + "\n")
+    return tmp_path, x, y
+
+
+@pytest.mark.parametrize("pattern", ["tf-*.tfrecord", "*.npz", "d.csv"])
+@pytest.mark.parametrize("size", [1, 2, 3])
+def test_every_record_once_over_all_workers(three_formats, pattern, size):
+    folder, x, y = three_formats
+    ds = DataSet.open(str(folder / pattern))
+    counts = ds.count()
+    assert sum(counts.train) == 50 and (counts.y_min, counts.y_max) == (y.min(), y.max())
+    got = all_records(ds, size)
+    assert len(got) == 50
+    np.testing.assert_allclose(np.array([g[0] for g in got]), np.array([e[0] for e in expected(x, y)]),
+                               rtol=1e-6)
+
+
+def test_holdout_is_deterministic_disjoint_and_about_the_fraction(tmp_path):
+    x, y = arrays(2000)
+    write_tfrecords(x, y, str(tmp_path / "p-{}.tfrecord"), 2)
+    train = DataSet.open(str(tmp_path), holdout=0.2)
+    counts = train.count()
+    val = train.held_out()
+    assert sum(counts.train) + sum(counts.held_out) == 2000
+    assert abs(sum(counts.held_out) - 400) <= 2
+    a, b = all_records(train), all_records(val)
+    assert len(a) == sum(counts.train) and len(b) == sum(counts.held_out)
+    assert not set(map(str, a)) & set(map(str, b))
+    again = DataSet.open(str(tmp_path), holdout=0.2)
+    again.count()
+    assert all_records(again.held_out()) == b
+
+
+def test_training_stream_repeats_and_batches_are_full(tmp_path):
+    x, y = arrays(10)
+    write_tfrecords(x, y, str(tmp_path / "p-{}.tfrecord"), 1)
+    ds = DataSet.open(str(tmp_path))
+    ds.count()
+    batches = list(ds.stream(0, 1, 4, (2, 3), training=True).take(5))
+    assert all(b[0].shape == (4, 2, 3) for b in batches)
+
+
+def test_no_matching_files(tmp_path):
+    with pytest.raises(DistftError, match="matches no data file"):
+        DataSet.open(str(tmp_path / "*.tfrecord"))
+
+
+def test_corrupt_tfrecord_names_the_file(tmp_path):
+    x, y = arrays(30)
+    write_tfrecords(x, y, str(tmp_path / "p-{}.tfrecord"), 2)
+    path = tmp_path / "p-1.tfrecord"
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+    ds = DataSet.open(str(tmp_path))
+    with pytest.raises(DistftError, match="p-1.tfrecord: corrupt or unreadable tfrecord"):
+        ds.count()
+
+
+def test_csv_with_non_numeric_column(tmp_path):
+    (tmp_path / "d.csv").write_text("a,b,label\n1,2,0\n3,oops,1\n")
+    with pytest.raises(DistftError, match=r"d.csv:3: column 'b' is not numeric \('oops'\)"):
+        DataSet.open(str(tmp_path / "d.csv"))
+    (tmp_path / "e.csv").write_text("a,b,target\n1,2,0\n")
+    with pytest.raises(DistftError, match="no label column 'label'.*--label=COLUMN"):
+        DataSet.open(str(tmp_path / "e.csv"))
+
+
+def test_images_are_decoded_and_resized(tmp_path):
+    img = np.zeros((10, 12, 3), np.uint8)
+    img[..., 0] = 255
+    png = tf.io.encode_png(img).numpy()
+    with tf.io.TFRecordWriter(str(tmp_path / "img.tfrecord")) as w:
+        for label in range(3):
+            w.write(tf.train.Example(features=tf.train.Features(feature={
+                "image": tf.train.Feature(bytes_list=tf.train.BytesList(value=[png])),
+                "y": tf.train.Feature(int64_list=tf.train.Int64List(value=[label]))})).SerializeToString())
+    ds = DataSet.open(str(tmp_path))
+    assert ds.schema.x_kind == "image"
+    ds.count()
+    x, y = next(iter(ds.stream(0, 1, 3, (8, 8, 3), training=False)))
+    assert x.shape == (3, 8, 8, 3) and y.numpy().tolist() == [0, 1, 2]
+    np.testing.assert_allclose(x.numpy()[..., 0], 1.0)
+    np.testing.assert_allclose(x.numpy()[..., 1], 0.0)

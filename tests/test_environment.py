@@ -1,0 +1,58 @@
+"""Launcher detection reads what each launcher really sets in a worker's environment."""
+import pytest
+
+from distft.launch import environment
+
+LAUNCHER_VARS = ("HOROVOD_", "OMPI_COMM_WORLD_", "SLURM_", "PMIX_")
+
+
+@pytest.fixture
+def clean_env(monkeypatch):
+    import os
+
+    for key in list(os.environ):
+        if key.startswith(LAUNCHER_VARS):
+            monkeypatch.delenv(key)
+    return monkeypatch
+
+
+def test_plain_process_is_local(clean_env):
+    env = environment.detect()
+    assert (env.name, env.rank, env.size, env.is_launched) == ("local", 0, 1, False)
+
+
+def test_horovodrun_gloo(clean_env):
+    for k, v in dict(HOROVOD_RANK="3", HOROVOD_SIZE="4", HOROVOD_LOCAL_RANK="1",
+                     HOROVOD_LOCAL_SIZE="2", HOROVOD_CROSS_RANK="1").items():
+        clean_env.setenv(k, v)
+    env = environment.detect()
+    assert (env.name, env.rank, env.size, env.local_rank, env.local_size, env.node_rank) == \
+        ("horovodrun", 3, 4, 1, 2, 1)
+
+
+def test_mpirun(clean_env):
+    for k, v in dict(OMPI_COMM_WORLD_RANK="1", OMPI_COMM_WORLD_SIZE="2",
+                     OMPI_COMM_WORLD_LOCAL_RANK="1", OMPI_COMM_WORLD_LOCAL_SIZE="2").items():
+        clean_env.setenv(k, v)
+    assert environment.detect().name == "mpirun"
+    assert environment.detect().rank == 1
+
+
+def test_srun_step_but_not_the_batch_script(clean_env):
+    for k, v in dict(SLURM_PROCID="0", SLURM_NTASKS="1", SLURM_JOB_ID="7").items():
+        clean_env.setenv(k, v)
+    clean_env.setenv("SLURM_STEP_ID", "batch")
+    assert environment.detect().name == "local"
+    for k, v in dict(SLURM_STEP_ID="0", SLURM_PROCID="3", SLURM_NTASKS="4", SLURM_LOCALID="1",
+                     SLURM_NODEID="1", SLURM_STEP_TASKS_PER_NODE="2(x2)").items():
+        clean_env.setenv(k, v)
+    env = environment.detect()
+    assert (env.name, env.rank, env.size, env.local_rank, env.local_size, env.node_rank) == \
+        ("srun", 3, 4, 1, 2, 1)
+
+
+def test_uneven_tasks_per_node(clean_env):
+    for k, v in dict(SLURM_STEP_ID="0", SLURM_PROCID="4", SLURM_NTASKS="5", SLURM_NODEID="2",
+                     SLURM_STEP_TASKS_PER_NODE="2(x2),1").items():
+        clean_env.setenv(k, v)
+    assert environment.detect().local_size == 1
