@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import sys
+import time
 import traceback
 from typing import Any, Optional
 
@@ -93,8 +94,13 @@ def main(argv: Optional[list[str]] = None) -> None:
     except DistftError as e:
         if debug:
             traceback.print_exc()
-        if detect().rank == 0 and not e.reported:
+        rank = detect().rank
+        if rank == 0 and not e.reported:
             print(f"distft: error: {e}", file=sys.stderr, flush=True)
+        elif rank:
+            # Every rank raised the same error; give rank 0 time to say it before a launcher,
+            # seeing this rank exit, stops the others.
+            time.sleep(2)
         sys.exit(e.exit_code)
     except KeyboardInterrupt:
         print("distft: interrupted", file=sys.stderr)

@@ -147,7 +147,7 @@ class DataSet:
         paths = tf.constant([self.files[i] for i in share.files] or [""], tf.string)
         idx = tf.constant(list(share.files) or [0], tf.int64)
         files = tf.data.Dataset.from_tensor_slices((paths, idx)).take(len(share.files))
-        if share.stride > 1:
+        if share.stride > 1 or by_record:  # files in order, then every stride-th record
             ds = files.flat_map(self._records).shard(share.stride, share.offset)
         else:
             ds = files.interleave(self._records, cycle_length=min(4, max(1, len(share.files))),

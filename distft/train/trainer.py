@@ -101,6 +101,7 @@ def run(cfg: TrainConfig, worker: Optional[Worker] = None) -> dict[str, Any]:
     history = ft.model.fit(stream, steps_per_epoch=steps, epochs=cfg.epochs,
                            initial_epoch=initial_epoch, callbacks=callbacks, verbose=0)
 
+    steps_run = worker.gather([s for s, _ in timing.epochs])  # per rank, per epoch
     checksums = worker.gather(weights_checksum(ft.model))
     if len(set(checksums)) != 1:
         raise DistftError(f"workers ended with different weights (checksums {checksums}): "
@@ -112,10 +113,10 @@ def run(cfg: TrainConfig, worker: Optional[Worker] = None) -> dict[str, Any]:
         "validation": {k[4:]: v for k, v in last.items() if k.startswith("val_")},
         "validation_before": before,
         "epochs": cfg.epochs, "initial_epoch": initial_epoch, "steps_per_epoch": steps,
-        "workers": worker.size, "launcher": worker.env.name,
+        "workers": worker.size, "launcher": worker.env.name, "steps_run": steps_run,
         "samples_per_sec": timing.samples_per_sec,
         "params": {"trainable": ft.trainable_params, "frozen": ft.frozen_params},
-        "weights_checksum": checksums[0], "seconds": time.time() - started,
+        "weights_checksums": checksums, "seconds": time.time() - started,
     }
     if worker.rank == 0:
         path = folder.save_model(tf.keras.Model(ft.model.inputs, ft.model.outputs, name=ft.model.name))

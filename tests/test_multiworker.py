@@ -1,0 +1,155 @@
+"""Real multi-worker fine-tuning: horovodrun over Gloo and MPI, and distft --np."""
+import json
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from conftest import distft, horovodrun
+from distft.demo import write_tfrecords
+
+pytestmark = pytest.mark.multiworker
+
+ACCEPTANCE = ["train", "--model=base_model.h5", "--data=shards/train-*.tfrecord", "--num_classes=5",
+              "--unfreeze=last:2", "--epochs=3"]
+
+
+def metrics_of(run_dir):
+    with open(os.path.join(run_dir, "metrics.json")) as f:
+        return json.load(f)
+
+
+def check_fine_tuned(folder, run_dir, result):
+    """Both ranks end equal; frozen layers bit-identical to the base; trainable ones changed."""
+    assert result.code == 0, result.out[-3000:]
+    m = metrics_of(run_dir)
+    assert m["workers"] == 2 and len(m["weights_checksums"]) == 2
+    assert len(set(m["weights_checksums"])) == 1
+    assert "weights identical on all 2 workers" in result.out
+    base = tf.keras.models.load_model(os.path.join(folder, "base_model.h5"), compile=False)
+    tuned = tf.keras.models.load_model(os.path.join(run_dir, "model.keras"), compile=False)
+    for name in ("conv1", "bn1"):  # frozen: before the last two weighted layers
+        for a, b in zip(base.get_layer(name).get_weights(), tuned.get_layer(name).get_weights()):
+            np.testing.assert_array_equal(a, b)
+    for name in ("conv2", "features"):  # last:2 of the kept layers
+        changed = [not np.array_equal(a, b) for a, b in
+                   zip(base.get_layer(name).get_weights(), tuned.get_layer(name).get_weights())]
+        assert all(changed), name
+    assert tuned.get_layer("distft_head").output_shape == (None, 5)
+    assert "classes" not in [l.name for l in tuned.layers]
+    assert m["epochs"] == 3 and m["train"]["accuracy"] > 0.5
+    return m
+
+
+@pytest.mark.parametrize("controller", ["gloo", "mpi"])
+def test_acceptance_command_under_horovodrun(demo_data, controller):
+    folder = demo_data["folder"]
+    run_dir = os.path.join(folder, f"runs/{controller}")
+    result = horovodrun([*ACCEPTANCE, f"--output_dir={run_dir}"], controller=controller, cwd=folder)
+    m = check_fine_tuned(folder, run_dir, result)
+    assert m["launcher"] == ("horovodrun" if controller == "gloo" else "mpirun")
+
+
+@pytest.mark.parametrize("controller", ["gloo", "mpi"])
+def test_acceptance_command_with_np(demo_data, controller):
+    folder = demo_data["folder"]
+    run_dir = os.path.join(folder, f"runs/np-{controller}")
+    result = distft([*ACCEPTANCE, f"--output_dir={run_dir}", "--np=2", f"--controller={controller}"],
+                    cwd=folder)
+    check_fine_tuned(folder, run_dir, result)
+    assert "<stdout>" not in result.out  # the launcher's prefixes are stripped
+    assert result.out.count("distft 2 worker(s)") == 1  # one log, from rank 0
+
+
+def uneven_shards(demo_data, folder, sizes):
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    keep = d.target >= 5
+    x, y = (d.images[keep] / 16.0).astype(np.float32), d.target[keep] - 5
+    os.makedirs(folder, exist_ok=True)
+    start = 0
+    for i, n in enumerate(sizes):
+        write_tfrecords(x[start:start + n], y[start:start + n], os.path.join(folder, f"part-{i}-{{}}.tfrecord"), 1)
+        start += n
+    return folder
+
+
+@pytest.mark.parametrize("sizes", [[400, 200, 80, 30, 6], [120]], ids=["5-uneven-files", "1-file"])
+def test_uneven_shards_equal_steps_no_hang(demo_data, tmp_path, sizes):
+    data = uneven_shards(demo_data, str(tmp_path / "data"), sizes)
+    run_dir = str(tmp_path / "run")
+    result = horovodrun(["train", f"--model={demo_data['model']}", f"--data={data}", "--num_classes=5",
+                         "--epochs=2", "--batch_size=16", f"--output_dir={run_dir}"], timeout=240)
+    assert result.code == 0, result.out[-3000:]
+    m = metrics_of(run_dir)
+    total = sum(sizes)
+    assert m["steps_per_epoch"] == -(-total // 32)
+    # Each rank ran exactly steps_per_epoch steps in every epoch (counted by the ranks themselves).
+    assert m["steps_run"] == [[m["steps_per_epoch"]] * 2] * 2
+
+
+def test_resume_continues_at_the_right_epoch(demo_data, tmp_path):
+    folder = demo_data["folder"]
+    run_dir = str(tmp_path / "run")
+    args = ["train", "--model=base_model.h5", "--data=shards/train-*.tfrecord", "--num_classes=5",
+            "--unfreeze=last:2", f"--output_dir={run_dir}", "--keep_checkpoints=0"]
+    first = horovodrun([*args, "--epochs=2"], cwd=folder)
+    assert first.code == 0, first.out[-3000:]
+    os.remove(os.path.join(run_dir, "metrics.json"))  # as if stopped after epoch 2 of 4
+    os.remove(os.path.join(run_dir, "model.keras"))
+    refused = horovodrun([*args, "--epochs=4"], cwd=folder, timeout=120)
+    assert refused.code != 0 and "pass --resume to continue it" in refused.out
+    second = horovodrun([*args, "--epochs=4", "--resume"], cwd=folder)
+    assert second.code == 0, second.out[-3000:]
+    assert "resuming from" in second.out and "at epoch 2" in second.out
+    assert "epoch 3/4" in second.out and "epoch 1/4" not in second.out
+    m = metrics_of(run_dir)
+    assert (m["initial_epoch"], m["epochs"]) == (2, 4)
+    ckpts = sorted(os.listdir(os.path.join(run_dir, "checkpoints")))
+    assert ckpts == ["epoch-0001", "epoch-0002", "epoch-0003", "epoch-0004"]
+    # The optimizer state came back: the step counter continued from epoch 2's.
+    reader = tf.train.load_checkpoint(os.path.join(run_dir, "checkpoints", "epoch-0004", "ckpt"))
+    iters = [k for k in reader.get_variable_to_shape_map() if k.startswith("optimizer/_iterations")]
+    assert reader.get_tensor(iters[0]) == 4 * m["steps_per_epoch"]
+
+
+def test_finished_run_is_not_overwritten(demo_data, tmp_path):
+    folder = demo_data["folder"]
+    run_dir = str(tmp_path / "run")
+    args = [*ACCEPTANCE[:-1], "--epochs=1", f"--output_dir={run_dir}"]
+    assert horovodrun(args, cwd=folder).code == 0
+    before = open(os.path.join(run_dir, "metrics.json")).read()
+    again = horovodrun(args, cwd=folder, timeout=120)
+    assert again.code != 0
+    errors = [l for l in again.lines if "error:" in l]
+    assert len(errors) == 1 and "holds a finished run: pass --overwrite" in errors[0]
+    assert not [l for l in again.lines if "]<std" in l and "Traceback" in l]  # none from a worker
+    assert open(os.path.join(run_dir, "metrics.json")).read() == before
+
+
+def test_evaluate_and_predict_split_across_workers(demo_data, tmp_path):
+    folder = demo_data["folder"]
+    model = demo_data["model"]
+    val = demo_data["val_data"]
+    single = distft(["predict", f"--model={model}", f"--data={val}", f"--output={tmp_path}/one.npy"])
+    assert single.code == 0, single.out[-2000:]
+    double = horovodrun(["predict", f"--model={model}", f"--data={demo_data['data']}",
+                         f"--output={tmp_path}/two.npy"])
+    assert double.code == 0, double.out[-2000:]
+    ref = tf.keras.models.load_model(model, compile=False)
+    import glob
+
+    records = tf.data.TFRecordDataset(sorted(glob.glob(demo_data["data"])))
+    spec = {"x": tf.io.FixedLenFeature([64], tf.float32)}
+    xs = np.stack([tf.io.parse_single_example(r, spec)["x"].numpy().reshape(8, 8, 1) for r in records])
+    np.testing.assert_allclose(np.load(f"{tmp_path}/two.npy"), ref.predict(xs, verbose=0), atol=1e-5)
+    assert np.load(f"{tmp_path}/one.npy").shape == (demo_data["val_records"], 5)
+
+    ev1 = distft(["evaluate", f"--model={model}", f"--data={demo_data['data']}"])
+    ev2 = horovodrun(["evaluate", f"--model={model}", f"--data={demo_data['data']}"])
+    assert ev1.code == 0 and ev2.code == 0, ev2.out[-2000:]
+    line = lambda r: next(l for l in r.lines if "records):" in l).split("records):")[1]
+    acc = lambda r: float(line(r).split("accuracy")[1].split()[0])
+    assert abs(acc(ev1) - acc(ev2)) < 1e-4  # exact over both workers' shares
