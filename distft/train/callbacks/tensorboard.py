@@ -1,7 +1,9 @@
 """Rank 0's TensorBoard log: scalars per epoch and every `log_every` steps, hyper-parameters once.
 
 Runs `train/` and `validation/` under the log folder hold the same tags (`epoch_loss`,
-`epoch_accuracy`, ...), so TensorBoard draws train and validation on one chart.
+`epoch_accuracy`, ...), so TensorBoard draws train and validation on one chart. Per-epoch tags
+start with `epoch_` (step = epoch), per-step ones with `batch_` (step = global step):
+loss and metrics, learning rate, samples/s over all workers, step time.
 
 Example:
     TensorBoardLogger("runs/a/tensorboard", timing, log_every=50, hparams=cfg.to_dict(),
@@ -48,18 +50,16 @@ class TensorBoardLogger(tf.keras.callbacks.Callback):
         with self.train_writer.as_default():
             for k, v in logs.items():
                 tf.summary.scalar(f"batch_{k}", float(v), step=self.step)
-            tf.summary.scalar("learning_rate", self._lr(), step=self.step)
-            tf.summary.scalar("throughput/samples_per_sec", rate, step=self.step)
-            tf.summary.scalar("throughput/step_time_ms", ms, step=self.step)
+            tf.summary.scalar("batch_learning_rate", self._lr(), step=self.step)
+            tf.summary.scalar("batch_samples_per_sec", rate, step=self.step)
+            tf.summary.scalar("batch_step_time_ms", ms, step=self.step)
 
     def on_epoch_end(self, epoch, logs=None):
         logs = logs or {}
         with self.train_writer.as_default():
             for k, v in logs.items():
                 if not k.startswith("val_"):
-                    group = "throughput/" if k in ("samples_per_sec", "step_time_ms", "epoch_seconds") \
-                        else "epoch_"
-                    tf.summary.scalar(f"{group}{k}", float(v), step=epoch + 1)
+                    tf.summary.scalar(f"epoch_{k}", float(v), step=epoch + 1)
             tf.summary.scalar("epoch_learning_rate", self._lr(), step=epoch + 1)
         self.write_validation({k[4:]: float(v) for k, v in logs.items() if k.startswith("val_")},
                               epoch + 1)

@@ -1,0 +1,1 @@
+"""Benchmarks of distft: `python -m benchmarks` runs them all."""

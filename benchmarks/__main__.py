@@ -1,0 +1,29 @@
+"""Run distft's benchmarks.
+
+Usage (from the repository root):
+    python -m benchmarks                       # every benchmark, default options
+    python -m benchmarks overhead [OPTIONS]    # one benchmark; `overhead --help` lists OPTIONS
+"""
+from __future__ import annotations
+
+import sys
+from typing import Callable
+
+from benchmarks import overhead
+
+BENCHMARKS: dict[str, Callable[[list[str]], int]] = {"overhead": overhead.main}
+
+
+def main(argv: list[str]) -> int:
+    """Run the benchmark named by argv[0] with the rest as its options, or all of them."""
+    if not argv:
+        return max(run([]) for run in BENCHMARKS.values())
+    name, options = argv[0], argv[1:]
+    if name not in BENCHMARKS:
+        print(f"usage: python -m benchmarks [{'|'.join(BENCHMARKS)} [OPTIONS]]", file=sys.stderr)
+        return 0 if name in ("-h", "--help") else 2
+    return BENCHMARKS[name](options)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,300 @@
+"""Overhead of distft: one-worker `distft train` against a bare Keras `model.fit` script.
+
+Both contenders fine-tune the same base CNN (new 10-class softmax head, the last two weighted
+layers unfrozen) on the same TFRecord shards, with the same batch size, epochs and CPU threads,
+and report steady-state throughput (samples/s over the epochs after the first). Each run is a
+fresh subprocess; the contenders alternate over several rounds (distft, keras, distft, keras,
+...) so machine drift hits both alike. Goal: median distft/keras ratio >= 0.97.
+
+Example (from the repository root):
+    python -m benchmarks overhead --rounds=5
+    python -m benchmarks.overhead --contender=keras --workdir=/tmp/w   # one run, one JSON line
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import glob
+import json
+import math
+import os
+import platform
+import shlex
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from importlib import metadata
+from typing import Any, Optional
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RESULTS = os.path.join(ROOT, "benchmarks", "results", "overhead.json")
+CONTENDERS = ("distft", "keras")
+GOAL = 0.97
+
+INPUT = (32, 32, 3)
+CLASSES = 10
+UNFREEZE = "last:2"
+LR = 1e-3
+SEED = 42  # distft's default --seed
+LOG_EVERY = 50  # distft's default --log_every
+SHUFFLE = 10000  # distft's default --shuffle_buffer
+CHILD_TIMEOUT = 900
+
+
+def main(argv: list[str]) -> int:
+    """Entry point: the whole comparison, or (with --prepare / --contender) one child step."""
+    args = _parser().parse_args(argv)
+    if args.prepare:
+        prepare(args.workdir, args.records, args.shards)
+        return 0
+    if args.contender:
+        result = (train_distft if args.contender == "distft" else train_keras)(
+            args.workdir, args.epochs, args.batch_size, args.threads)
+        print(json.dumps({"contender": args.contender, **result}))
+        return 0
+    compare(args)
+    return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m benchmarks overhead", description=__doc__.split("\n")[0])
+    p.add_argument("--rounds", type=int, default=5, help="runs of each contender")
+    p.add_argument("--epochs", type=int, default=4, help="epochs per run (the first is not timed)")
+    p.add_argument("--batch_size", type=int, default=64)
+    p.add_argument("--records", type=int, default=6000, help="training records (~94 steps/epoch)")
+    p.add_argument("--shards", type=int, default=4, help="TFRecord files")
+    p.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)),
+                   help="TF intra-op threads of both contenders (inter-op: max(2, threads))")
+    p.add_argument("--workdir", help="folder for the model and data (kept; default: a temp folder)")
+    p.add_argument("--output", default=RESULTS, help="result JSON")
+    p.add_argument("--prepare", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--contender", choices=CONTENDERS, help=argparse.SUPPRESS)
+    return p
+
+
+# --- the workload ------------------------------------------------------------------------------
+
+def prepare(workdir: str, records: int, shards: int) -> None:
+    """Write `base_model.h5` (a CNN, ~220k weights) and `records` synthetic images as TFRecords."""
+    import numpy as np
+    import tensorflow as tf
+
+    from distft.demo import write_tfrecords
+
+    spec = {"records": records, "shards": shards, "input": list(INPUT), "classes": CLASSES}
+    if _workload(workdir) == spec:
+        return
+    tf.keras.utils.set_random_seed(SEED)
+    L = tf.keras.layers
+    base = tf.keras.Sequential([
+        L.Input(INPUT, name="image"),
+        L.Conv2D(32, 3, padding="same", activation="relu", name="conv1"),
+        L.BatchNormalization(name="bn1"),
+        L.Conv2D(32, 3, padding="same", activation="relu", name="conv2"),
+        L.BatchNormalization(name="bn2"),
+        L.MaxPooling2D(name="pool2"),
+        L.Conv2D(64, 3, padding="same", activation="relu", name="conv3"),
+        L.BatchNormalization(name="bn3"),
+        L.MaxPooling2D(name="pool3"),
+        L.Conv2D(64, 3, padding="same", activation="relu", name="conv4"),
+        L.BatchNormalization(name="bn4"),
+        L.MaxPooling2D(name="pool4"),
+        L.Flatten(name="flatten"),
+        L.Dense(128, activation="relu", name="features"),
+        L.Dense(20, activation="softmax", name="classes"),
+    ], name="bench_base")
+    os.makedirs(os.path.join(workdir, "shards"), exist_ok=True)
+    base.save(os.path.join(workdir, "base_model.h5"), save_format="h5")
+    # Images of CLASSES noisy prototypes: learnable, and realistic in size (3072 floats each).
+    rng = np.random.default_rng(SEED)
+    y = rng.integers(0, CLASSES, records)
+    prototypes = rng.random((CLASSES, *INPUT), dtype=np.float32)
+    x = 0.5 * prototypes[y] + 0.5 * rng.random((records, *INPUT), dtype=np.float32)
+    write_tfrecords(x, y, os.path.join(workdir, "shards", "train-{:02d}.tfrecord"), shards)
+    with open(os.path.join(workdir, "workload.json"), "w") as f:
+        json.dump(spec, f)
+
+
+def _workload(workdir: str) -> Optional[dict]:
+    try:
+        with open(os.path.join(workdir, "workload.json")) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+# --- the contenders (each runs in its own process) ---------------------------------------------
+
+def train_distft(workdir: str, epochs: int, batch_size: int, threads: int) -> dict[str, Any]:
+    """One worker of `distft train`, in-process; its own steady-state samples/s."""
+    import distft
+
+    m = distft.train(model=os.path.join(workdir, "base_model.h5"),
+                     data=os.path.join(workdir, "shards", "train-*.tfrecord"),
+                     output_dir=os.path.join(workdir, "run-distft"), num_classes=CLASSES,
+                     unfreeze=UNFREEZE, epochs=epochs, batch_size=batch_size, lr=LR,
+                     threads=threads, log_every=LOG_EVERY, seed=SEED, overwrite=True)
+    return {"samples_per_sec": m["samples_per_sec"], "steps_per_epoch": m["steps_per_epoch"],
+            "trainable_params": m["params"]["trainable"], "loss": m["train"]["loss"]}
+
+
+def train_keras(workdir: str, epochs: int, batch_size: int, threads: int) -> dict[str, Any]:
+    """The same fine-tuning as a plain Keras script: tf.data, new head, freeze, compile, fit."""
+    import tensorflow as tf
+
+    tf.config.threading.set_intra_op_parallelism_threads(threads)
+    tf.config.threading.set_inter_op_parallelism_threads(max(2, threads))
+    tf.keras.utils.set_random_seed(SEED)
+
+    base = tf.keras.models.load_model(os.path.join(workdir, "base_model.h5"), compile=False)
+    head = tf.keras.layers.Dense(CLASSES, activation="softmax", name="head")
+    model = tf.keras.Model(base.inputs, head(base.layers[-2].output))
+    weighted = [l for l in base.layers[:-1]
+                if l.weights and not isinstance(l, tf.keras.layers.BatchNormalization)]
+    for layer in model.layers:
+        layer.trainable = layer is head or layer in weighted[-2:]
+    model.compile(optimizer=tf.keras.optimizers.Adam(LR), loss="sparse_categorical_crossentropy",
+                  metrics=["accuracy"])
+
+    features = {"x": tf.io.FixedLenFeature([math.prod(INPUT)], tf.float32),
+                "y": tf.io.FixedLenFeature([], tf.int64)}
+
+    def parse(batch):
+        parsed = tf.io.parse_example(batch, features)
+        return tf.reshape(parsed["x"], (-1, *INPUT)), parsed["y"]
+
+    files = sorted(glob.glob(os.path.join(workdir, "shards", "train-*.tfrecord")))
+    data = (tf.data.TFRecordDataset(files)
+            .shuffle(SHUFFLE, seed=SEED, reshuffle_each_iteration=True)
+            .repeat()
+            .batch(batch_size, drop_remainder=True)
+            .map(parse, num_parallel_calls=tf.data.AUTOTUNE)
+            .prefetch(tf.data.AUTOTUNE))
+
+    class EpochTimer(tf.keras.callbacks.Callback):
+        def __init__(self):
+            super().__init__()
+            self.seconds: list[float] = []
+
+        def on_epoch_begin(self, epoch, logs=None):
+            self.start = time.perf_counter()
+
+        def on_epoch_end(self, epoch, logs=None):
+            self.seconds.append(time.perf_counter() - self.start)
+
+    steps = math.ceil(_workload(workdir)["records"] / batch_size)
+    timer = EpochTimer()
+    history = model.fit(data, steps_per_epoch=steps, epochs=epochs, callbacks=[timer], verbose=0)
+    timed = timer.seconds[1:] or timer.seconds
+    return {"samples_per_sec": batch_size * steps * len(timed) / sum(timed), "steps_per_epoch": steps,
+            "trainable_params": int(sum(w.shape.num_elements() for w in model.trainable_weights)),
+            "loss": float(history.history["loss"][-1])}
+
+
+# --- the comparison ----------------------------------------------------------------------------
+
+def compare(args: argparse.Namespace) -> dict[str, Any]:
+    """Alternate the contenders over `args.rounds` rounds; print the table, write the JSON."""
+    workdir = args.workdir or tempfile.mkdtemp(prefix="distft-bench-")
+    common = [f"--workdir={workdir}", f"--epochs={args.epochs}", f"--batch_size={args.batch_size}",
+              f"--threads={args.threads}"]
+    commands = {c: [_python(), "-m", "benchmarks.overhead", f"--contender={c}", *common]
+                for c in CONTENDERS}
+    command = _invocation()
+    print(f"command: {command}", flush=True)
+    try:
+        _child([_python(), "-m", "benchmarks.overhead", "--prepare", f"--workdir={workdir}",
+                f"--records={args.records}", f"--shards={args.shards}"])
+        rounds = []
+        for r in range(1, args.rounds + 1):
+            row: dict[str, Any] = {"round": r, "load": os.getloadavg()[0]}
+            for c in CONTENDERS:
+                started = time.time()
+                row[c] = _child(commands[c])
+                row[c]["seconds"] = round(time.time() - started, 1)
+                print(f"  round {r}/{args.rounds} {c:6s}: {row[c]['samples_per_sec']:7.1f} samples/s "
+                      f"({row[c]['seconds']:.0f}s)", file=sys.stderr, flush=True)
+            row["ratio"] = row["distft"]["samples_per_sec"] / row["keras"]["samples_per_sec"]
+            rounds.append(row)
+    finally:
+        if not args.workdir:
+            shutil.rmtree(workdir, ignore_errors=True)
+    _check_same_work(rounds)
+
+    ratio = statistics.median(r["ratio"] for r in rounds)
+    result = {
+        "benchmark": "overhead", "command": command,
+        "contender_commands": {c: shlex.join(cmd) for c, cmd in commands.items()},
+        "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "settings": {"rounds": args.rounds, "epochs": args.epochs, "batch_size": args.batch_size,
+                     "records": args.records, "shards": args.shards, "threads": args.threads,
+                     "input": list(INPUT), "classes": CLASSES, "unfreeze": UNFREEZE, "lr": LR},
+        "environment": {"python": platform.python_version(), "cpus": os.cpu_count(),
+                        **{p: metadata.version(p) for p in ("tensorflow", "horovod")}},
+        "rounds": rounds,
+        "median": {c: statistics.median(r[c]["samples_per_sec"] for r in rounds) for c in CONTENDERS},
+        "median_ratio": ratio, "goal": GOAL, "met": ratio >= GOAL,
+    }
+    print(table(result))
+    os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
+    with open(args.output + ".tmp", "w") as f:
+        json.dump(result, f, indent=2)
+    os.replace(args.output + ".tmp", args.output)
+    print(f"\nwritten: {os.path.relpath(args.output)}")
+    return result
+
+
+def table(result: dict[str, Any]) -> str:
+    """The result as a Markdown table, one row per round, then the medians and the verdict."""
+    s = result["settings"]
+    lines = [f"\n### distft overhead: 1 worker vs bare Keras ({s['threads']} threads, batch "
+             f"{s['batch_size']}, {s['epochs']} epochs of {result['rounds'][0]['keras']['steps_per_epoch']}"
+             f" steps, first epoch not timed)\n",
+             "| round | load (1 min) | distft samples/s | keras samples/s | distft / keras |",
+             "|---:|---:|---:|---:|---:|"]
+    for r in result["rounds"]:
+        lines.append(f"| {r['round']} | {r['load']:.2f} | {r['distft']['samples_per_sec']:.1f} | "
+                     f"{r['keras']['samples_per_sec']:.1f} | {r['ratio']:.3f} |")
+    m = result["median"]
+    lines.append(f"| **median** | | {m['distft']:.1f} | {m['keras']:.1f} | **{result['median_ratio']:.3f}** |")
+    verdict = "met" if result["met"] else "NOT met"
+    lines.append(f"\ngoal: median distft / keras >= {result['goal']}: {verdict} "
+                 f"({result['median_ratio']:.3f})")
+    return "\n".join(lines)
+
+
+def _check_same_work(rounds: list[dict]) -> None:
+    """Both contenders must train the same weights for the same steps, or the ratio means nothing."""
+    seen = {(r[c]["steps_per_epoch"], r[c]["trainable_params"]) for r in rounds for c in CONTENDERS}
+    if len(seen) != 1:
+        raise RuntimeError(f"the contenders did different work (steps/epoch, trainable weights): {seen}")
+
+
+def _child(cmd: list[str]) -> dict[str, Any]:
+    """Run one step in a fresh process (TF quiet); its last output line is its JSON result."""
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          text=True, timeout=CHILD_TIMEOUT)
+    if proc.returncode:
+        raise RuntimeError(f"{shlex.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}")
+    last = proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else ""
+    return json.loads(last) if last.startswith("{") else {}
+
+
+def _python() -> str:
+    """This interpreter, relative to the repository root when inside it (e.g. .venv/bin/python)."""
+    rel = os.path.relpath(sys.executable, ROOT)
+    return sys.executable if rel.startswith("..") else rel
+
+
+def _invocation() -> str:
+    spec = getattr(sys.modules["__main__"], "__spec__", None)
+    module = spec.name.removesuffix(".__main__") if spec else "benchmarks"
+    return shlex.join([_python(), "-m", module, *sys.argv[1:]])
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
