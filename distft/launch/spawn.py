@@ -18,7 +18,7 @@ _PREFIX = re.compile(r"^\[(\d+)(?:,(\d+))?\]<(stdout|stderr)>:")
 # What the launcher itself says when a worker fails; our workers already said why.
 _LAUNCHER_NOISE = re.compile(r"Traceback|^\s+File |^\s+raise |^\s|RuntimeError: Horovod detected|"
                              r"^Process \d+ exit with status code|^Terminating remaining|"
-                             r"^Process name: |^Exit code: |^Primary job|^mpirun|^-{5,}|^Exception|horovod\.runner")
+                             r"^Terminated$|^Process name: |^Exit code: |^Primary job|^mpirun|^-{5,}|^Exception|horovod\.runner")
 
 
 def horovodrun_command(args: list[str], np: int, hosts: str | None, controller: str) -> list[str]:
@@ -46,7 +46,7 @@ def spawn(args: list[str], np: int, hosts: str | None = None, controller: str = 
             m = _PREFIX.match(line)
             if m:
                 text = line[m.end():]
-                worker_failed |= "distft: error:" in text or " error: " in text
+                worker_failed |= text.startswith("distft: error:")
                 (sys.stderr if m.group(3) == "stderr" else sys.stdout).write(text)
             elif debug or not _LAUNCHER_NOISE.search(line):
                 sys.stdout.write(line)
@@ -58,5 +58,6 @@ def spawn(args: list[str], np: int, hosts: str | None = None, controller: str = 
     if code:
         died = [l.rstrip(".") for l in launcher_lines if l.startswith("Process ")]
         detail = "; ".join(died) if died else "see the workers' output above"
-        raise DistftError(f"a worker failed ({detail}); the job was stopped", exit_code=code,
-                          reported=worker_failed)
+        # A worker that reported a DistftError exited 2 (bad input); the launcher says 1.
+        raise DistftError(f"a worker failed ({detail}); the job was stopped",
+                          exit_code=2 if worker_failed else code, reported=worker_failed)
