@@ -85,6 +85,8 @@ def main(argv: Optional[list[str]] = None) -> None:
     import fire
 
     argv = sys.argv[1:] if argv is None else argv
+    if any(a in ("--help", "-h") for a in argv) and "--" not in argv:
+        argv = [a for a in argv if a not in ("--help", "-h")] + ["--", "--help"]
     debug = any(a in ("--debug", "--debug=true", "--debug=True") for a in argv)
     from distft import log
 

@@ -178,8 +178,9 @@ def _log_start(cfg, worker, ft, total, steps, resume_from, initial_epoch) -> Non
     log.info("model %s: %d layers trainable (%s)", cfg.model, len(ft.unfrozen),
              ", ".join(ft.unfrozen[-6:]) + (" ..." if len(ft.unfrozen) > 6 else ""))
     log.info("weights: %d trainable, %d frozen", ft.trainable_params, ft.frozen_params)
-    log.info("data %s: %d records, %d steps/epoch of %d per worker (global batch %d)",
-             cfg.data, total, steps, cfg.batch_size, cfg.batch_size * worker.size)
+    log.info("data %s: %d records, %d steps/epoch of %d per worker (global batch %d%s)",
+             cfg.data, total, steps, cfg.batch_size, cfg.batch_size * worker.size,
+             f", {cfg.batch_size * worker.size * cfg.grad_accum} per update" if cfg.grad_accum > 1 else "")
     if resume_from:
         log.info("resuming from %s at epoch %d", resume_from, initial_epoch)
 
