@@ -44,24 +44,27 @@ if [[ ! -x $VENV/bin/python ]]; then
   "$PYTHON" -m venv "$VENV"
 fi
 PIP=("$VENV/bin/python" -m pip install -q --disable-pip-version-check)
+pip_install() {  # pip, without the warnings some machines' pip.conf causes for each package
+  "${PIP[@]}" "$@" 2> >(grep -v "is ignored: it is neither a file nor a directory" >&2)
+}
 # tensorboard 2.15 imports pkg_resources, which setuptools>=81 no longer ships.
-"${PIP[@]}" "setuptools<81" wheel
+pip_install "setuptools<81" wheel
 
 if ! "$VENV/bin/python" -c "import tensorflow" 2>/dev/null; then
   say "installing $TF_REQ"
-  "${PIP[@]}" "$TF_REQ"
+  pip_install "$TF_REQ"
 fi
 
 if ! "$VENV/bin/python" -c "import horovod.tensorflow.keras" 2>/dev/null; then
   say "building $HVD_REQ against TensorFlow (MPI + Gloo; a few minutes the first time)"
   HOROVOD_WITH_TENSORFLOW=1 HOROVOD_WITHOUT_PYTORCH=1 HOROVOD_WITHOUT_MXNET=1 \
   HOROVOD_WITH_GLOO=1 HOROVOD_WITH_MPI=1 \
-    "${PIP[@]}" --no-build-isolation "$HVD_REQ"
+    pip_install --no-build-isolation "$HVD_REQ"
 fi
 
 say "installing distft (editable, with dev extras)"
-"${PIP[@]}" -e ".[dev]"
+pip_install -e ".[dev]"
 
-"$VENV/bin/horovodrun" --check-build | grep -E '\[X\] (TensorFlow|MPI|Gloo)' >/dev/null \
+TF_CPP_MIN_LOG_LEVEL=3 "$VENV/bin/horovodrun" --check-build 2>/dev/null | grep -E '\[X\] (TensorFlow|MPI|Gloo)' >/dev/null \
   || die "Horovod lacks TensorFlow, MPI or Gloo support: see '$VENV/bin/horovodrun --check-build'"
 say "ready: source $VENV/bin/activate"

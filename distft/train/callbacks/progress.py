@@ -14,6 +14,8 @@ class Progress(tf.keras.callbacks.Callback):
 
     def __init__(self, epochs: int, steps_per_epoch: int, log_every: int, bar: bool = True):
         super().__init__()
+        # Keras then hands batch logs over as tensors: no device sync on steps we do not log.
+        self._supports_tf_logs = True
         self.epochs, self.steps, self.log_every = epochs, steps_per_epoch, log_every
         self.interactive = bar and sys.stdout.isatty()
 

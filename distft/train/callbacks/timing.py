@@ -17,6 +17,8 @@ class Timing(tf.keras.callbacks.Callback):
 
     def __init__(self, samples_per_step: int):
         super().__init__()
+        # Keras then hands batch logs over as tensors: no device sync on steps we do not log.
+        self._supports_tf_logs = True
         self.samples_per_step = samples_per_step
         self.epochs: list[tuple[int, float]] = []  # (steps, seconds) per epoch
 
