@@ -97,9 +97,11 @@ def main(argv: Optional[list[str]] = None) -> None:
         if debug:
             traceback.print_exc()
         rank = detect().rank
-        if rank == 0 and not e.reported:
-            print(f"distft: error: {e}", file=sys.stderr, flush=True)
-        elif rank:
+        if e.local and rank:
+            print(f"distft: {e.label}: rank {rank}: {e}", file=sys.stderr, flush=True)
+        elif rank == 0 and not e.reported:
+            print(f"distft: {e.label}: {e}", file=sys.stderr, flush=True)
+        if rank and not e.local:
             # Every rank raised the same error; give rank 0 time to say it before a launcher,
             # seeing this rank exit, stops the others.
             time.sleep(2)

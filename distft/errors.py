@@ -13,7 +13,21 @@ class DistftError(Exception):
 
     exit_code = 2
 
-    def __init__(self, message: str, exit_code: int = 2, reported: bool = False):
+    label = "error"
+
+    def __init__(self, message: str, exit_code: int = 2, reported: bool = False,
+                 local: bool = False):
         super().__init__(message)
         self.exit_code = exit_code
         self.reported = reported  # already printed (by a worker): the CLI stays quiet
+        self.local = local  # raised on this rank alone: this rank prints it, whatever its rank
+
+
+class Stopped(DistftError):
+    """The run stopped on a signal after writing a checkpoint; `--resume` continues it."""
+
+    label = "stopped"
+    EXIT_CODE = 75  # EX_TEMPFAIL: try again (resume) later
+
+    def __init__(self, message: str, reported: bool = False):
+        super().__init__(message, exit_code=self.EXIT_CODE, reported=reported)

@@ -8,10 +8,11 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 
-from distft.errors import DistftError
+from distft.errors import DistftError, Stopped
 
 # horovodrun prefixes worker lines: "[1]<stdout>:" (Gloo) or "[1,0]<stdout>:" (MPI).
 _PREFIX = re.compile(r"^\[(\d+)(?:,(\d+))?\]<(stdout|stderr)>:")
@@ -39,14 +40,19 @@ def spawn(args: list[str], np: int, hosts: str | None = None, controller: str = 
     cmd = horovodrun_command(args, np, hosts, controller)
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
                             text=True, bufsize=1)
+    # Forward a stop request: horovodrun (Gloo) relays SIGTERM to its workers, mpirun SIGUSR1.
+    relay = signal.SIGUSR1 if controller == "mpi" else signal.SIGTERM
+    for sig in (signal.SIGTERM, signal.SIGUSR1):
+        signal.signal(sig, lambda *_: proc.send_signal(relay))
     launcher_lines: list[str] = []
-    worker_failed = False
+    worker_failed = stopped = False
     try:
         for line in proc.stdout:
             m = _PREFIX.match(line)
             if m:
                 text = line[m.end():]
                 worker_failed |= text.startswith("distft: error:")
+                stopped |= text.startswith("distft: stopped:")
                 (sys.stderr if m.group(3) == "stderr" else sys.stdout).write(text)
             elif debug or not _LAUNCHER_NOISE.search(line):
                 sys.stdout.write(line)
@@ -55,6 +61,8 @@ def spawn(args: list[str], np: int, hosts: str | None = None, controller: str = 
     except KeyboardInterrupt:
         proc.terminate()
     code = proc.wait()
+    if stopped:
+        raise Stopped("the workers stopped on a signal; see above", reported=True)
     if code:
         died = [l.rstrip(".") for l in launcher_lines if l.startswith("Process ")]
         detail = "; ".join(died) if died else "see the workers' output above"

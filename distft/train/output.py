@@ -38,9 +38,11 @@ class RunFolder:
         if os.path.exists(self.path) and not os.path.isdir(self.path):
             raise DistftError(f"--output_dir={self.path} is a file: pass a folder path")
         parent = self.path if os.path.isdir(self.path) else _existing_parent(self.path)
-        if not os.access(parent, os.W_OK | os.X_OK):
-            raise DistftError(f"--output_dir={self.path} is not writable ({parent}): "
-                              "pass a folder you can write to")
+        try:  # a real write: permission bits say nothing for root or read-only mounts
+            os.rmdir(tempfile.mkdtemp(prefix=".distft-write-test-", dir=parent))
+        except OSError as e:
+            raise DistftError(f"--output_dir={self.path} is not writable ({parent}: "
+                              f"{e.strerror}): pass a folder you can write to") from None
         latest = self.checkpoints.latest()
         if overwrite:
             return None

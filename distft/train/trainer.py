@@ -15,11 +15,12 @@ import tensorflow as tf
 from distft import log
 from distft.config import TrainConfig
 from distft.data.dataset import DataSet
-from distft.errors import DistftError
+from distft.errors import DistftError, Stopped
 from distft.model.prepare import FineTuneModel, prepare, weights_checksum
 from distft.train import optim
 from distft.train.callbacks.checkpointing import Checkpointing
 from distft.train.callbacks.progress import Progress
+from distft.train.callbacks.stopping import GracefulStop
 from distft.train.callbacks.tensorboard import TensorBoardLogger
 from distft.train.callbacks.timing import Timing
 from distft.train.callbacks.validation import Validation
@@ -33,6 +34,8 @@ def run(cfg: TrainConfig, worker: Optional[Worker] = None) -> dict[str, Any]:
     started = time.time()
     worker = worker or Worker.start(cfg.threads)
     hvd = worker.hvd
+    stop = GracefulStop(None, None, worker.size)
+    stop.install()  # remember a signal that arrives while the run is being set up
     tf.keras.utils.set_random_seed(cfg.seed)
     folder = RunFolder(cfg.output_dir, cfg.keep_checkpoints)
     resume_from = worker.agree(lambda: folder.check(cfg.resume, cfg.overwrite))
@@ -86,20 +89,33 @@ def run(cfg: TrainConfig, worker: Optional[Worker] = None) -> dict[str, Any]:
         log.info("validation before fine-tuning: %s", _fmt(before))
 
     timing = Timing(cfg.batch_size * worker.size)
-    callbacks: list[tf.keras.callbacks.Callback] = [hvd.callbacks.MetricAverageCallback(), timing]
+    stop.checkpoint = checkpoint
+    stop.store = folder.checkpoints if worker.rank == 0 else None
+    callbacks: list[tf.keras.callbacks.Callback] = [hvd.callbacks.MetricAverageCallback(), timing, stop]
     if validate:
-        callbacks.append(Validation(validate))
+        callbacks.append(Validation(validate, stop))
     if worker.rank == 0:
         tb = TensorBoardLogger(
             folder.file("tensorboard"), timing, cfg.log_every, cfg.to_dict(),
             {"params/trainable": ft.trainable_params, "params/frozen": ft.frozen_params,
-             "workers": worker.size}, initial_step=initial_epoch * steps)
+             "workers": worker.size}, initial_step=initial_epoch * steps, stop=stop)
         if before and not initial_epoch:
             tb.write_validation(before, 0)
-        callbacks += [tb, Progress(cfg.epochs, steps, cfg.log_every, bar=not worker.env.is_launched),
-                      Checkpointing(folder.checkpoints, checkpoint)]
-    history = ft.model.fit(stream, steps_per_epoch=steps, epochs=cfg.epochs,
-                           initial_epoch=initial_epoch, callbacks=callbacks, verbose=0)
+        callbacks += [tb, Progress(cfg.epochs, steps, cfg.log_every, bar=not worker.env.is_launched,
+                                                stop=stop),
+                      Checkpointing(folder.checkpoints, checkpoint, stop)]
+    try:
+        history = ft.model.fit(stream, steps_per_epoch=steps, epochs=cfg.epochs,
+                               initial_epoch=initial_epoch, callbacks=callbacks, verbose=0)
+    except tf.errors.OpError as e:  # e.g. a shard that vanished or broke mid-run
+        raise DistftError(f"training failed: {type(e).__name__}: {_first_line(e.message)}",
+                          exit_code=1, local=True) from e
+    if stop.requested:
+        epoch, step = stop.where
+        raise Stopped(f"{stop.signal_name} received: stopped at epoch {epoch + (step > 0)}"
+                      f"{f' step {step}' if step else ''} with a checkpoint in "
+                      f"{folder.checkpoints.folder}; run the same command with --resume to "
+                      f"continue from epoch {epoch + 1}")
 
     steps_run = worker.gather([s for s, _ in timing.epochs])  # per rank, per epoch
     checksums = worker.gather(weights_checksum(ft.model))
@@ -182,7 +198,12 @@ def _log_start(cfg, worker, ft, total, steps, resume_from, initial_epoch) -> Non
              cfg.data, total, steps, cfg.batch_size, cfg.batch_size * worker.size,
              f", {cfg.batch_size * worker.size * cfg.grad_accum} per update" if cfg.grad_accum > 1 else "")
     if resume_from:
-        log.info("resuming from %s at epoch %d", resume_from, initial_epoch)
+        log.info("resuming from %s: %d epoch(s) done, %d to go", resume_from, initial_epoch,
+                 cfg.epochs - initial_epoch)
+
+
+def _first_line(text: str) -> str:
+    return (text or "").strip().splitlines()[0][:300] if (text or "").strip() else "no message"
 
 
 def _fmt(metrics: dict[str, float]) -> str:

@@ -9,10 +9,12 @@ from distft.train.checkpoint import CheckpointStore
 class Checkpointing(tf.keras.callbacks.Callback):
     """Example: Checkpointing(store, tf.train.Checkpoint(model=m, optimizer=o)) on rank 0."""
 
-    def __init__(self, store: CheckpointStore, checkpoint: tf.train.Checkpoint):
+    def __init__(self, store: CheckpointStore, checkpoint: tf.train.Checkpoint, stop=None):
         super().__init__()
-        self.store, self.checkpoint = store, checkpoint
+        self.store, self.checkpoint, self.stop = store, checkpoint, stop
 
     def on_epoch_end(self, epoch, logs=None):
+        if self.stop is not None and self.stop.mid_epoch:
+            return  # GracefulStop already wrote this step's checkpoint
         state = {"epoch": epoch + 1, "logs": {k: float(v) for k, v in (logs or {}).items()}}
         self.store.save(self.checkpoint, state)

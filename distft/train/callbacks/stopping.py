@@ -1,0 +1,77 @@
+"""Stop on SIGTERM or SIGUSR1 with a checkpoint that every worker agrees on.
+
+A signal may reach one worker or all of them (Slurm's `--signal`, `scancel --signal`, a
+launcher forwarding it). Every `every` steps the workers allreduce a "stop requested" flag,
+so all of them stop after the same step; rank 0 then writes a checkpoint of that step
+(state `epoch` = the epoch to resume at) and the run ends with exit code 75.
+
+Example:
+    stop = GracefulStop(store, checkpoint, rank=hvd.rank(), every=10)
+    stop.install()                      # signal handlers
+    model.fit(..., callbacks=[stop, ...])
+    if stop.requested: raise Stopped(...)
+"""
+from __future__ import annotations
+
+import signal
+from typing import Optional
+
+import tensorflow as tf
+
+from distft.train.checkpoint import CheckpointStore
+
+SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+
+
+class GracefulStop(tf.keras.callbacks.Callback):
+    def __init__(self, store: Optional[CheckpointStore], checkpoint: Optional[tf.train.Checkpoint],
+                 size: int, every: int = 10):
+        super().__init__()
+        self._supports_tf_logs = True
+        self.store, self.checkpoint, self.size, self.every = store, checkpoint, size, every
+        self.received: Optional[int] = None  # signal number seen by this worker
+        self.requested = False  # agreed by all workers
+        self.where: tuple[int, int] = (0, 0)  # (epoch, step in epoch) of the stop
+
+    @property
+    def mid_epoch(self) -> bool:
+        """Stopped inside an epoch (its end-of-epoch work is to be skipped)."""
+        return self.requested and self.where[1] > 0
+
+    def install(self) -> None:
+        for sig in SIGNALS:
+            signal.signal(sig, self._on_signal)
+
+    def _on_signal(self, signum, frame) -> None:
+        self.received = signum
+
+    @property
+    def signal_name(self) -> str:
+        return signal.Signals(self.received).name if self.received else "a signal"
+
+    def _agree(self) -> bool:
+        flag = 1 if self.received else 0
+        if self.size > 1:
+            import horovod.tensorflow as hvd_tf
+
+            flag = int(hvd_tf.allreduce(tf.constant(flag), op=hvd_tf.Max, name="distft_stop"))
+        return bool(flag)
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        if (batch + 1) % self.every == 0 and self._agree():
+            self.requested = True
+            self.where = (self.epoch, batch + 1)
+            if self.store is not None:  # rank 0; the epoch restarts on --resume
+                self.store.save(self.checkpoint, {"epoch": self.epoch, "step_in_epoch": batch + 1,
+                                                  "stopped_by": self.signal_name})
+            self.model.stop_training = True
+
+    def on_epoch_end(self, epoch, logs=None):
+        # A signal in the last steps of an epoch: the epoch's own checkpoint will do.
+        if not self.requested and self._agree():
+            self.requested = True
+            self.where = (epoch + 1, 0)
+            self.model.stop_training = True
