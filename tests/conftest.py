@@ -3,8 +3,10 @@ multi-worker jobs (horovodrun over Gloo or MPI, or distft --np) with a hard time
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 
 import pytest
@@ -57,3 +59,70 @@ def demo_data(tmp_path_factory) -> dict:
     paths = make_demo_data(folder)
     paths["folder"] = folder
     return paths
+
+
+class Job:
+    """A job started in the background, its output collected in a file, for fault tests."""
+
+    def __init__(self, cmd: list[str], log_path: str, cwd: str | None = None):
+        self.log_path = log_path
+        self.log = open(log_path, "w")
+        env = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
+                   PYTHONUNBUFFERED="1")
+        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, cwd=cwd,
+                                     env=env, start_new_session=True)
+
+    @property
+    def out(self) -> str:
+        with open(self.log_path) as f:
+            return f.read()
+
+    def wait_for(self, text: str, timeout: float = 180) -> None:
+        deadline = time.time() + timeout
+        while text not in self.out:
+            if self.proc.poll() is not None or time.time() > deadline:
+                self.kill()
+                pytest.fail(f"never saw {text!r}:\n{self.out[-3000:]}")
+            time.sleep(0.2)
+
+    def wait(self, timeout: float) -> int:
+        try:
+            return self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            pytest.fail(f"still running after {timeout}s (a hang):\n{self.out[-3000:]}")
+
+    def kill(self) -> None:
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+    def _descends(self, pid: int) -> bool:
+        while pid > 1:
+            if pid == self.proc.pid:
+                return True
+            try:
+                with open(f"/proc/{pid}/stat") as f:
+                    pid = int(f.read().rsplit(")", 1)[1].split()[1])
+            except OSError:
+                return False
+        return False
+
+    def worker_pid(self, rank: int) -> int:
+        """The pid of the worker of `rank` among this job's processes (Gloo or MPI)."""
+        keys = (f"HOROVOD_RANK={rank}".encode(), f"OMPI_COMM_WORLD_RANK={rank}".encode())
+        for pid in os.listdir("/proc"):
+            if not pid.isdigit():
+                continue
+            try:
+                with open(f"/proc/{pid}/cmdline", "rb") as f:
+                    cmd = f.read()
+                with open(f"/proc/{pid}/environ", "rb") as f:
+                    environ = f.read().split(b"\0")
+            except OSError:
+                continue
+            if b"distft" in cmd and b"horovodrun" not in cmd and any(k in environ for k in keys) \
+                    and self._descends(int(pid)):
+                return int(pid)
+        raise AssertionError(f"no worker of rank {rank} found")

@@ -16,10 +16,14 @@ from distft.errors import DistftError, Stopped
 
 # horovodrun prefixes worker lines: "[1]<stdout>:" (Gloo) or "[1,0]<stdout>:" (MPI).
 _PREFIX = re.compile(r"^\[(\d+)(?:,(\d+))?\]<(stdout|stderr)>:")
-# What the launcher itself says when a worker fails; our workers already said why.
+# What the launcher itself says when a worker fails; the summary line says it once.
 _LAUNCHER_NOISE = re.compile(r"Traceback|^\s+File |^\s+raise |^\s|RuntimeError: Horovod detected|"
-                             r"^Process \d+ exit with status code|^Terminating remaining|"
-                             r"^Terminated$|^Process name: |^Exit code: |^Primary job|^mpirun|^-{5,}|^Exception|horovod\.runner")
+                             r"^Terminat|^Killed$|^Process name: |^Exit code: |^Primary job|"
+                             r"^mpirun|^-{5,}|^Exception|horovod\.runner|^Process \d+ exit")
+# A worker's own reaction to a dead peer: Horovod's background loop reporting the lost link.
+_WORKER_NOISE = re.compile(r"Horovod background loop uncaught exception|^Terminated$")
+_GLOO_EXIT = re.compile(r"^Process (\d+) exit with status code (\d+)")
+_MPI_SIGNAL = re.compile(r"process rank (\d+) with PID \d+ on node \S+ exited on signal (\d+)")
 
 
 def horovodrun_command(args: list[str], np: int, hosts: str | None, controller: str) -> list[str]:
@@ -32,7 +36,12 @@ def horovodrun_command(args: list[str], np: int, hosts: str | None, controller: 
 
 def spawn(args: list[str], np: int, hosts: str | None = None, controller: str = "gloo",
           debug: bool = False) -> None:
-    """Run `distft ARGS` on `np` workers; raise DistftError if the job fails."""
+    """Run `distft ARGS` on `np` workers; raise DistftError if the job fails.
+
+    Worker lines are relayed without the launcher's prefixes. Error lines are held back to
+    the end, so that the one line printed names the cause: a worker that died (killed, out of
+    memory) rather than the errors it caused in the others, or else the first worker error.
+    """
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL=os.environ.get("TF_CPP_MIN_LOG_LEVEL", "3"),
                PYTHONUNBUFFERED="1")
     if controller == "mpi" and os.geteuid() == 0:
@@ -44,28 +53,49 @@ def spawn(args: list[str], np: int, hosts: str | None = None, controller: str = 
     relay = signal.SIGUSR1 if controller == "mpi" else signal.SIGTERM
     for sig in (signal.SIGTERM, signal.SIGUSR1):
         signal.signal(sig, lambda *_: proc.send_signal(relay))
-    launcher_lines: list[str] = []
-    worker_failed = stopped = False
+    errors: list[str] = []
+    deaths: list[str] = []
+    stopped = False
     try:
         for line in proc.stdout:
             m = _PREFIX.match(line)
-            if m:
-                text = line[m.end():]
-                worker_failed |= text.startswith("distft: error:")
+            text = line[m.end():] if m else line
+            death = _death(text)
+            if death:
+                deaths.append(death)
+            if m and text.startswith("distft: error:"):
+                errors.append(text.rstrip())
+            elif m and not (_WORKER_NOISE.search(text) and not debug):
                 stopped |= text.startswith("distft: stopped:")
                 (sys.stderr if m.group(3) == "stderr" else sys.stdout).write(text)
-            elif debug or not _LAUNCHER_NOISE.search(line):
+            elif debug or not (m or _LAUNCHER_NOISE.search(line)):
                 sys.stdout.write(line)
-            else:
-                launcher_lines.append(line.rstrip())
     except KeyboardInterrupt:
         proc.terminate()
     code = proc.wait()
     if stopped:
         raise Stopped("the workers stopped on a signal; see above", reported=True)
     if code:
-        died = [l.rstrip(".") for l in launcher_lines if l.startswith("Process ")]
-        detail = "; ".join(died) if died else "see the workers' output above"
-        # A worker that reported a DistftError exited 2 (bad input); the launcher says 1.
-        raise DistftError(f"a worker failed ({detail}); the job was stopped",
-                          exit_code=2 if worker_failed else code, reported=worker_failed)
+        if deaths:  # the launcher's own SIGTERMs to the survivors come last
+            deaths.sort(key=lambda d: "SIGTERM" in d)
+            raise DistftError(f"{deaths[0]}; the job was stopped", exit_code=code)
+        if errors:
+            print(errors[0], file=sys.stderr, flush=True)
+            # A worker that reported a DistftError exited 2 (bad input); the launcher says 1.
+            raise DistftError(errors[0], exit_code=2, reported=True)
+        raise DistftError("a worker failed (see its output above); the job was stopped",
+                          exit_code=code)
+
+
+def _death(line: str) -> str | None:
+    """'rank N died (...)' when the launcher reports a worker ended by a signal."""
+    m = _GLOO_EXIT.search(line)
+    if m and int(m.group(2)) > 128:
+        rank, sig = m.group(1), int(m.group(2)) - 128
+    else:
+        m = _MPI_SIGNAL.search(line)
+        if not m:
+            return None
+        rank, sig = m.group(1), int(m.group(2))
+    name = signal.Signals(sig).name if sig in signal.Signals._value2member_map_ else f"signal {sig}"
+    return f"rank {rank} died ({name}, exit code {128 + sig})"

@@ -108,7 +108,7 @@ def run(cfg: TrainConfig, worker: Optional[Worker] = None) -> dict[str, Any]:
         history = ft.model.fit(stream, steps_per_epoch=steps, epochs=cfg.epochs,
                                initial_epoch=initial_epoch, callbacks=callbacks, verbose=0)
     except tf.errors.OpError as e:  # e.g. a shard that vanished or broke mid-run
-        raise DistftError(f"training failed: {type(e).__name__}: {_first_line(e.message)}",
+        raise DistftError(f"training failed: {type(e).__name__}: {_root_cause(e.message)}",
                           exit_code=1, local=True) from e
     if stop.requested:
         epoch, step = stop.where
@@ -202,8 +202,12 @@ def _log_start(cfg, worker, ft, total, steps, resume_from, initial_epoch) -> Non
                  cfg.epochs - initial_epoch)
 
 
-def _first_line(text: str) -> str:
-    return (text or "").strip().splitlines()[0][:300] if (text or "").strip() else "no message"
+def _root_cause(message: str) -> str:
+    """The informative line of a TensorFlow error (not 'Graph execution error:' or a frame)."""
+    skip = ("Graph execution error", "Detected at node", "Defined at", "File ", "[[", "  ")
+    lines = [l.strip() for l in (message or "").splitlines()
+             if l.strip() and not l.startswith(skip) and not l.strip().startswith(skip)]
+    return lines[0][:300] if lines else "no message"
 
 
 def _fmt(metrics: dict[str, float]) -> str:
