@@ -20,8 +20,10 @@ def main(argv: list[str]) -> int:
         return max(run([]) for run in BENCHMARKS.values())
     name, options = argv[0], argv[1:]
     if name not in BENCHMARKS:
-        print(f"usage: python -m benchmarks [{'|'.join(BENCHMARKS)} [OPTIONS]]", file=sys.stderr)
-        return 0 if name in ("-h", "--help") else 2
+        asked = name in ("-h", "--help")
+        print(f"usage: python -m benchmarks [{'|'.join(BENCHMARKS)} [OPTIONS]]",
+              file=sys.stdout if asked else sys.stderr)
+        return 0 if asked else 2
     return BENCHMARKS[name](options)
 
 

@@ -49,6 +49,7 @@ def main(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
     if args.prepare:
         prepare(args.workdir, args.records, args.shards)
+        print("{}")
         return 0
     if args.contender:
         result = (train_distft if args.contender == "distft" else train_keras)(
@@ -78,7 +79,7 @@ def _parser() -> argparse.ArgumentParser:
 # --- the workload ------------------------------------------------------------------------------
 
 def prepare(workdir: str, records: int, shards: int) -> None:
-    """Write `base_model.h5` (a CNN, ~220k weights) and `records` synthetic images as TFRecords."""
+    """Write `base_model.h5` (a CNN, ~200k weights) and `records` synthetic images as TFRecords."""
     import numpy as np
     import tensorflow as tf
 
@@ -274,14 +275,17 @@ def _check_same_work(rounds: list[dict]) -> None:
 
 
 def _child(cmd: list[str]) -> dict[str, Any]:
-    """Run one step in a fresh process (TF quiet); its last output line is its JSON result."""
+    """Run one step in a fresh process (TF quiet); its last output line is its JSON result
+    (`--prepare` prints `{}`)."""
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
     proc = subprocess.run(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                           text=True, timeout=CHILD_TIMEOUT)
     if proc.returncode:
         raise RuntimeError(f"{shlex.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}")
-    last = proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else ""
-    return json.loads(last) if last.startswith("{") else {}
+    lines = proc.stdout.strip().splitlines()
+    if not lines or not lines[-1].startswith("{"):
+        raise RuntimeError(f"{shlex.join(cmd)} printed no JSON result:\n{proc.stdout[-3000:]}")
+    return json.loads(lines[-1])
 
 
 def _python() -> str:

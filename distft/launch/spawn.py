@@ -21,7 +21,7 @@ _LAUNCHER_NOISE = re.compile(r"Traceback|^\s+File |^\s+raise |^\s|RuntimeError: 
                              r"^Terminat|^Killed$|^Process name: |^Exit code: |^Primary job|"
                              r"^mpirun|^-{5,}|^Exception|horovod\.runner|^Process \d+ exit")
 # A worker's own reaction to a dead peer: Horovod's background loop reporting the lost link.
-_WORKER_NOISE = re.compile(r"Horovod background loop uncaught exception|^Terminated$")
+_WORKER_NOISE = re.compile(r"Horovod background loop uncaught exception|^(Terminated|Killed)$")
 _GLOO_EXIT = re.compile(r"^Process (\d+) exit with status code (\d+)")
 _MPI_SIGNAL = re.compile(r"process rank (\d+) with PID \d+ on node \S+ exited on signal (\d+)")
 

@@ -50,12 +50,15 @@ class GracefulStop(tf.keras.callbacks.Callback):
         return signal.Signals(self.received).name if self.received else "a signal"
 
     def _agree(self) -> bool:
-        flag = 1 if self.received else 0
+        """True on every worker if any worker received a signal (whose number all learn)."""
+        signum = self.received or 0
         if self.size > 1:
             import horovod.tensorflow as hvd_tf
 
-            flag = int(hvd_tf.allreduce(tf.constant(flag), op=hvd_tf.Max, name="distft_stop"))
-        return bool(flag)
+            signum = int(hvd_tf.allreduce(tf.constant(signum), op=hvd_tf.Max, name="distft_stop"))
+        if signum:
+            self.received = signum
+        return bool(signum)
 
     def on_epoch_begin(self, epoch, logs=None):
         self.epoch = epoch
