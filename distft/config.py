@@ -147,12 +147,19 @@ def load_yaml(path: str) -> dict[str, Any]:
     return data
 
 
+# Names other tools use for our options, for the "did you mean" hint.
+ALIASES = {"learning_rate": "lr", "num_workers": "np", "workers": "np", "nproc": "np",
+           "output": "output_dir", "out": "output_dir", "logdir": "output_dir",
+           "classes": "num_classes", "freeze": "unfreeze", "batch": "batch_size"}
+
+
 def check_names(values: dict[str, Any], cls: type) -> None:
     """Reject unknown option names, suggesting the closest known ones."""
     known = [f.name for f in dataclasses.fields(cls)]
     for name in values:
         if name not in known:
-            close = difflib.get_close_matches(name, known, n=3)
+            close = [ALIASES[name]] if ALIASES.get(name) in known else \
+                difflib.get_close_matches(name, known, n=3)
             hint = f"did you mean {', '.join('--' + c for c in close)}?" if close else \
                 "see 'distft train --help'"
             raise DistftError(f"unknown option --{name}: {hint}")

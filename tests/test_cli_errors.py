@@ -56,3 +56,68 @@ def test_bad_input_on_two_workers(demo_data, bad_inputs, tmp_path, change, expec
     result = distft(["train", *(f"{k}={v}" for k, v in args.items())], timeout=120)
     one_error(result, expected)
     assert not os.path.exists(tmp_path / "run" / "model.keras")
+
+
+def corrupt_copy(src: str, dst: str) -> None:
+    data = bytearray(open(src, "rb").read())
+    data[len(data) // 2] ^= 0xFF
+    open(dst, "wb").write(bytes(data))
+
+
+@pytest.fixture(scope="module")
+def broken_files(demo_data, tmp_path_factory):
+    import glob
+    import shutil
+
+    folder = tmp_path_factory.mktemp("broken")
+    (folder / "model.h5").write_text("this is not a model\n")
+    model = open(demo_data["model"], "rb").read()
+    (folder / "truncated.h5").write_bytes(model[: len(model) // 3])
+    os.makedirs(folder / "corrupt")
+    shards = sorted(glob.glob(demo_data["data"]))
+    for s in shards[:-1]:
+        shutil.copy(s, folder / "corrupt")
+    corrupt_copy(shards[-1], str(folder / "corrupt" / os.path.basename(shards[-1])))
+    rows = ["label," + ",".join(f"p{i}" for i in range(64))]
+    rows += [f"{i % 5}," + ",".join(["0.5"] * 64) for i in range(300)]
+    rows[250] = rows[250].replace("0.5", "oops", 1)  # past the rows read to learn the schema
+    (folder / "bad.csv").write_text("\n".join(rows) + "\n")
+    (folder / "a_file").write_text("x")
+    (folder / "broken.yaml").write_text("epochs: [3\n")
+    (folder / "unknown.yaml").write_text("learning_rate: 0.1\n")
+    return str(folder)
+
+
+@pytest.mark.multiworker
+@pytest.mark.parametrize("change, expected", [
+    ({"--model": "{b}/model.h5"}, "is neither a .keras (zip) nor an .h5 (HDF5) file"),
+    ({"--model": "{b}/truncated.h5"}, "is not a loadable Keras h5 model"),
+    ({"--data": "{b}/corrupt"}, "corrupt or unreadable tfrecord data"),
+    ({"--data": "{b}/bad.csv"}, "bad.csv: corrupt or unreadable csv data"),
+    ({"--output_dir": "{b}/a_file"}, "is a file: pass a folder path"),
+    ({"--output_dir": "/proc/distft-run"}, "is not writable"),
+    ({"--config": "{b}/broken.yaml"}, "is not valid YAML at line"),
+    ({"--config": "{b}/unknown.yaml"}, "unknown option --learning_rate"),
+    ({"--learning_rate": "0.1"}, "unknown option --learning_rate: did you mean --lr"),
+    ({"--epochs": "0"}, "--epochs must be positive"),
+    ({"--lr": "-0.1"}, "--lr must be positive"),
+    ({"--batch_size": "0"}, "--batch_size must be positive"),
+])
+def test_bad_input_under_horovodrun(demo_data, broken_files, tmp_path, change, expected):
+    from conftest import horovodrun
+
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "keep.txt").write_text("earlier work")
+    args = {"--model": demo_data["model"], "--data": demo_data["data"], "--num_classes": "5",
+            "--output_dir": str(out), "--label": "label"}
+    args.update({k: v.format(b=broken_files) for k, v in change.items()})
+    started = __import__("time").time()
+    result = horovodrun(["train", *(f"{k}={v}" for k, v in args.items())], timeout=90)
+    assert __import__("time").time() - started < 60
+    assert result.code != 0
+    errors = [l for l in result.lines if "distft: error:" in l]
+    assert len(errors) == 1 and expected in errors[0], result.out[-3000:]
+    assert errors[0].startswith("[0]<stderr>:")  # from rank 0
+    assert not [l for l in result.lines if "]<std" in l and "Traceback" in l]
+    assert sorted(os.listdir(out)) == ["keep.txt"] and (out / "keep.txt").read_text() == "earlier work"
