@@ -42,38 +42,35 @@ class Environment:
         return cls()
 
 
-class HorovodRunEnvironment(Environment):
+class _FromVariables(Environment):
+    """A launcher that exports rank, size, local rank, local size and node rank as variables."""
+
+    NAME = ""
+    VARS: tuple = ()  # rank, size, local rank, local size, node rank
+
+    @classmethod
+    def detect(cls) -> Environment | None:
+        rank, size, local_rank, local_size, node_rank = cls.VARS
+        if rank not in os.environ or size not in os.environ:
+            return None
+        return Environment(cls.NAME, _int(rank), _int(size, 1), _int(local_rank),
+                           _int(local_size, 1), _int(node_rank))
+
+
+class HorovodRunEnvironment(_FromVariables):
     """`horovodrun` with the Gloo controller (or Horovod's Python launcher)."""
 
-    @classmethod
-    def detect(cls) -> Environment | None:
-        if "HOROVOD_RANK" not in os.environ or "HOROVOD_SIZE" not in os.environ:
-            return None
-        return Environment(
-            name="horovodrun",
-            rank=_int("HOROVOD_RANK"),
-            size=_int("HOROVOD_SIZE", 1),
-            local_rank=_int("HOROVOD_LOCAL_RANK"),
-            local_size=_int("HOROVOD_LOCAL_SIZE", 1),
-            node_rank=_int("HOROVOD_CROSS_RANK"),
-        )
+    NAME = "horovodrun"
+    VARS = ("HOROVOD_RANK", "HOROVOD_SIZE", "HOROVOD_LOCAL_RANK", "HOROVOD_LOCAL_SIZE",
+            "HOROVOD_CROSS_RANK")
 
 
-class MPIEnvironment(Environment):
+class MPIEnvironment(_FromVariables):
     """`mpirun` (Open MPI), also what `horovodrun --mpi` uses underneath."""
 
-    @classmethod
-    def detect(cls) -> Environment | None:
-        if "OMPI_COMM_WORLD_SIZE" not in os.environ:
-            return None
-        return Environment(
-            name="mpirun",
-            rank=_int("OMPI_COMM_WORLD_RANK"),
-            size=_int("OMPI_COMM_WORLD_SIZE", 1),
-            local_rank=_int("OMPI_COMM_WORLD_LOCAL_RANK"),
-            local_size=_int("OMPI_COMM_WORLD_LOCAL_SIZE", 1),
-            node_rank=_int("OMPI_COMM_WORLD_NODE_RANK"),
-        )
+    NAME = "mpirun"
+    VARS = ("OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_LOCAL_RANK",
+            "OMPI_COMM_WORLD_LOCAL_SIZE", "OMPI_COMM_WORLD_NODE_RANK")
 
 
 class SlurmEnvironment(Environment):
