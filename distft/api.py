@@ -27,6 +27,10 @@ def train(config: Optional[str] = None, **options: Any) -> dict[str, Any]:
     cfg = TrainConfig.resolve(config, **options)
     env = detect()
     _setup_logging(env.rank, env.size, cfg.debug)
+    from distft.launch.slurm import mistakes
+
+    for warning in mistakes(env, cfg.np):
+        log.warning(warning)
     if cfg.np and not env.is_launched:
         from distft.launch.spawn import spawn
 

@@ -61,6 +61,35 @@ class Commands:
         print(f"{len(rows)} layers; {trainable} trainable and "
               f"{sum(r['params'] for r in rows) - trainable} frozen parameters")
 
+    def slurm(self, template: str = "multi-node", nodes: int = 2, gpus_per_node: int = 4,
+              cpus_per_task: int = 8, time: str = "04:00:00", partition: Optional[str] = None,
+              account: Optional[str] = None, script: str = "distft-job.sbatch",
+              submit: bool = False, cpu_only: bool = False, **train_options: Any) -> None:
+        """Write a Slurm batch script from slurm/TEMPLATE.sbatch with your train options; --submit sbatches it.
+
+        Templates: single-node, multi-node, multi-node-gloo, requeue, sweep. Example:
+            distft slurm --nodes=2 --gpus_per_node=4 --model=base.h5 --data='shards/*' --submit
+        """
+        import os
+
+        from distft.config import check_names
+        from distft.launch import slurm
+
+        check_names(train_options, TrainConfig)
+        path = slurm.write_script(template, script, int(nodes), int(gpus_per_node),
+                                  int(cpus_per_task), str(time), partition, account, train_options,
+                                  coerce(TrainConfig, "resume", cpu_only))
+        print(f"wrote {path} ({nodes} node(s) x {max(1, int(gpus_per_node))} worker(s), "
+              f"template slurm/{template}.sbatch)")
+        if coerce(TrainConfig, "resume", submit):
+            job = slurm.submit(path)
+            run_root = train_options.get("output_dir", "runs")
+            print(f"submitted job {job}")
+            print(f"log:        {os.path.abspath(f'slurm-{job}.out')}")
+            print(f"run folder: {os.path.join(run_root, job)}")
+            print(f"watch:      tensorboard --logdir {os.path.join(run_root, job, 'tensorboard')} "
+                  "--host 127.0.0.1 --port 6006")
+
     def demo(self, output_dir: str = "distft-demo", np: int = 2, epochs: int = 10,
              controller: str = "gloo") -> None:
         """Built-in example: pretrain on digits 0-4, fine-tune a new head on 5-9 with NP workers."""

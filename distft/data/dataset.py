@@ -120,11 +120,11 @@ class DataSet:
         return read_records(path, self.schema).enumerate().map(tag)
 
     def _records(self, path: tf.Tensor, index: tf.Tensor) -> tf.data.Dataset:
-        ds = self._enumerated(path, index)
-        if self.part != "all":
-            want = self.part == "held_out"
-            ds = ds.filter(lambda held, _: tf.equal(held, want))
-        return ds.map(lambda _, record: record)
+        if self.part == "all":  # no holdout: no per-record tagging on the hot path
+            return read_records(path, self.schema)
+        want = self.part == "held_out"
+        return self._enumerated(path, index).filter(
+            lambda held, _: tf.equal(held, want)).map(lambda _, record: record)
 
     def part_counts(self) -> list[int]:
         if self.counts is None:

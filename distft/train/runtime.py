@@ -8,11 +8,13 @@ Example:
 from __future__ import annotations
 
 import os
+import socket
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
 import tensorflow as tf
 
+from distft import log
 from distft.errors import DistftError
 from distft.launch.environment import Environment, detect
 
@@ -38,6 +40,16 @@ class Worker:
 
         hvd.init()
         return cls(hvd.rank(), hvd.size(), hvd.local_rank(), hvd.local_size(), env, threads, device)
+
+    @property
+    def node_name(self) -> str:
+        """This worker's node: Slurm's node name (with its node id) or the host name."""
+        if "HOROVOD_HOSTNAME" in os.environ:  # horovodrun's (it forwards Slurm's variables too)
+            return os.environ["HOROVOD_HOSTNAME"]
+        name = os.environ.get("SLURMD_NODENAME")
+        if name:
+            return f"{name} (SLURM_NODEID {os.environ.get('SLURM_NODEID', '?')})"
+        return socket.gethostname()
 
     @property
     def hvd(self):
@@ -93,6 +105,9 @@ def _place(env: Environment, threads: Optional[int], pin_cores: bool) -> tuple[s
     """One GPU per local rank (memory growth on); on CPU, a block of cores per local rank."""
     gpus = tf.config.list_physical_devices("GPU")
     if gpus:
+        if env.local_size > len(gpus):
+            log.warning("%d workers on this node share %d GPU(s): ask Slurm for one task per GPU "
+                        "(--ntasks-per-node = --gpus-per-node)", env.local_size, len(gpus))
         for gpu in gpus:
             tf.config.experimental.set_memory_growth(gpu, True)
         gpu = gpus[env.local_rank % len(gpus)]
@@ -100,6 +115,8 @@ def _place(env: Environment, threads: Optional[int], pin_cores: bool) -> tuple[s
         return gpu.name, threads or 2
     cores = sorted(os.sched_getaffinity(0))
     share = max(1, len(cores) // max(1, env.local_size))
+    if env.name == "srun" and os.environ.get("SLURM_CPUS_PER_TASK"):
+        share = int(os.environ["SLURM_CPUS_PER_TASK"])  # what Slurm gave each task
     if pin_cores and env.local_size > 1 and len(cores) >= env.local_size:
         # Workers on one node otherwise share every core, and their thread pools fight.
         mine = cores[env.local_rank * share:(env.local_rank + 1) * share]

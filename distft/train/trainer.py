@@ -76,10 +76,11 @@ def run(cfg: TrainConfig, worker: Optional[Worker] = None) -> dict[str, Any]:
     # All workers start from rank 0's weights and optimizer state (restored or fresh).
     worker.broadcast_variables(ft.model.variables + list(optimizer.variables))
 
+    placement = worker.gather(worker.node_name)
     if worker.rank == 0:
         folder.prepare(cfg.overwrite)
         cfg.save(folder.file("config.yaml"))
-        _log_start(cfg, worker, ft, total, steps, resume_from, initial_epoch)
+        _log_start(cfg, worker, ft, total, steps, resume_from, initial_epoch, placement)
 
     stream = train_data.stream(worker.rank, worker.size, cfg.batch_size, ft.input_shape,
                                training=True, seed=cfg.seed, shuffle_buffer=cfg.shuffle_buffer)
@@ -188,9 +189,10 @@ def _validator(model: tf.keras.Model, val_data: Optional[DataSet], cfg: TrainCon
     return lambda: evaluate_split(model, stream, share.records, worker)
 
 
-def _log_start(cfg, worker, ft, total, steps, resume_from, initial_epoch) -> None:
+def _log_start(cfg, worker, ft, total, steps, resume_from, initial_epoch, placement) -> None:
     log.info("%d worker(s) via %s, %s, %d thread(s) each", worker.size, worker.env.name,
              worker.device, worker.threads)
+    log.info("placement: %s", ", ".join(f"rank {r} on {p}" for r, p in enumerate(placement)))
     log.info("model %s: %d layers trainable (%s)", cfg.model, len(ft.unfrozen),
              ", ".join(ft.unfrozen[-6:]) + (" ..." if len(ft.unfrozen) > 6 else ""))
     log.info("weights: %d trainable, %d frozen", ft.trainable_params, ft.frozen_params)

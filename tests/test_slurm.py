@@ -1,0 +1,183 @@
+"""The slurm/ templates on a real two-node Slurm cluster started on this machine.
+
+Each template is submitted with CPU settings (its GPU line removed, one or two small workers
+per node) and a tiny fine-tune, exactly as a user would submit it otherwise.
+"""
+import glob
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+
+import pytest
+import tensorflow as tf
+
+from conftest import DISTFT, run
+
+pytestmark = pytest.mark.slurm
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SLURM = os.path.join(ROOT, "slurm")
+# n1 and n2 share one kernel here: Open MPI's shared-memory transport between the 4 workers of
+# a "node" crashes on segments it sees from the other "node", so those go over TCP.
+LOCAL_MPI = {"OMPI_MCA_btl": "self,tcp"}
+
+
+@pytest.fixture(scope="session")
+def cluster():
+    result = run(["bash", os.path.join(SLURM, "local-cluster.sh"), "up"], timeout=600)
+    assert result.code == 0, f"the local Slurm cluster did not start:\n{result.out}"
+    return True
+
+
+@pytest.fixture
+def workdir(cluster, demo_data, tmp_path):
+    for name in ("base_model.h5", "shards"):
+        os.symlink(os.path.join(demo_data["folder"], name), tmp_path / name)
+    return tmp_path
+
+
+def cpu_variant(template: str, dest, tasks_per_node: int = 1, **sbatch) -> str:
+    """The template with CPU settings: no GPU line, small workers; only its parameter block changes."""
+    text = open(os.path.join(SLURM, f"{template}.sbatch")).read()
+    text = re.sub(r"^#SBATCH --gpus-per-node=.*\n", "", text, flags=re.M)
+    text = re.sub(r"--ntasks-per-node=\d+", f"--ntasks-per-node={tasks_per_node}", text)
+    text = re.sub(r"--cpus-per-task=\d+", "--cpus-per-task=1", text)
+    text = re.sub(r"--time=\S+", "--time=00:20:00", text)
+    for option, value in sbatch.items():
+        text = re.sub(rf"^#SBATCH --{option}=\S+", f"#SBATCH --{option}={value}", text, flags=re.M)
+    path = os.path.join(dest, f"{template}.sbatch")
+    with open(path, "w") as f:
+        f.write(text)
+    return path
+
+
+def submit(script: str, workdir, **env) -> str:
+    exports = ",".join(["ALL", f"DISTFT={DISTFT}", "DATA=shards/train-*.tfrecord",
+                        *(f"{k}={v}" for k, v in env.items())])
+    out = subprocess.run(["sbatch", "--parsable", f"--export={exports}", script], cwd=workdir,
+                         capture_output=True, text=True, check=True).stdout
+    return out.strip().split(";")[0]
+
+
+def job_state(job: str) -> dict:
+    out = subprocess.run(["scontrol", "show", "job", job], capture_output=True, text=True).stdout
+    return dict(re.findall(r"(\w+)=(\S+)", out))
+
+
+def wait_done(job: str, workdir, timeout: float = 300) -> dict:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        state = job_state(job)
+        if state.get("JobState") in ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL",
+                                     "OUT_OF_MEMORY"):
+            return state
+        time.sleep(2)
+    subprocess.run(["scancel", job])
+    logs = run(["bash", os.path.join(SLURM, "local-cluster.sh"), "logs"]).out
+    pytest.fail(f"job {job} not done after {timeout}s: {job_state(job)}\n{log_of(job, workdir)}\n{logs}")
+
+
+def log_of(job: str, workdir) -> str:
+    paths = glob.glob(os.path.join(workdir, f"slurm-{job}*.out"))
+    return "\n".join(open(p).read() for p in sorted(paths))
+
+
+def check_run(run_dir: str, epochs: int) -> dict:
+    m = json.load(open(os.path.join(run_dir, "metrics.json")))
+    assert m["epochs"] == epochs and len(set(m["weights_checksums"])) == 1
+    assert os.path.exists(os.path.join(run_dir, "model.keras"))
+    assert glob.glob(os.path.join(run_dir, "tensorboard", "train", "events.out.tfevents.*"))
+    return m
+
+
+def test_multi_node_template_runs_one_worker_on_each_node(workdir):
+    job = submit(cpu_variant("multi-node", workdir), workdir, EPOCHS=2)
+    state = wait_done(job, workdir)
+    log = log_of(job, workdir)
+    assert state["JobState"] == "COMPLETED", log
+    assert "rank 0 on n1 (SLURM_NODEID 0), rank 1 on n2 (SLURM_NODEID 1)" in log
+    assert check_run(os.path.join(workdir, "runs", job), 2)["launcher"] == "srun"
+
+
+def test_single_node_template_runs_two_workers_on_one_node(workdir):
+    job = submit(cpu_variant("single-node", workdir, tasks_per_node=2), workdir, EPOCHS=2)
+    state = wait_done(job, workdir)
+    log = log_of(job, workdir)
+    assert state["JobState"] == "COMPLETED", log
+    assert re.search(r"rank 0 on (n\d) \(SLURM_NODEID \d\), rank 1 on \1 ", log), log
+    assert check_run(os.path.join(workdir, "runs", job), 2)["workers"] == 2
+
+
+def test_gloo_template_starts_workers_with_horovodrun_over_the_allocation(workdir):
+    job = submit(cpu_variant("multi-node-gloo", workdir), workdir, EPOCHS=2,
+                 HOROVODRUN=os.path.join(os.path.dirname(sys.executable), "horovodrun"))
+    state = wait_done(job, workdir)
+    log = log_of(job, workdir)
+    assert state["JobState"] == "COMPLETED", log
+    assert "2 workers on n1:1,n2:1" in log and "rank 0 on n1, rank 1 on n2" in log
+    assert check_run(os.path.join(workdir, "runs", job), 2)["launcher"] == "horovodrun"
+
+
+def epoch_steps(run_dir: str) -> list[int]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(os.path.join(run_dir, "tensorboard", "train"), size_guidance={"tensors": 0})
+    acc.Reload()
+    return [e.step for e in acc.Tensors("epoch_loss")]
+
+
+def test_requeue_template_checkpoints_on_usr1_requeues_and_finishes(workdir):
+    epochs = 30
+    job = submit(cpu_variant("requeue", workdir), workdir, EPOCHS=epochs, BATCH_SIZE=8,
+                 EXTRA_ARGS="--log_every=1000")
+    deadline = time.time() + 240
+    while f"epoch 3/{epochs}" not in log_of(job, workdir):
+        assert time.time() < deadline, log_of(job, workdir)
+        time.sleep(1)
+    subprocess.run(["scancel", "--signal=USR1", "--batch", job], check=True)
+    state = wait_done(job, workdir, timeout=600)
+    log = log_of(job, workdir)
+    assert state["JobState"] == "COMPLETED" and state["Restarts"] == "1", log
+    assert "SIGUSR1 received" in log and "requeueing job" in log and "(restart 1)" in log
+    run_dir = os.path.join(workdir, "runs", job)
+    m = check_run(run_dir, epochs)
+    assert 3 <= m["initial_epoch"] < epochs
+    assert epoch_steps(run_dir) == list(range(1, epochs + 1))  # continuous, none twice
+
+
+def test_sweep_template_one_run_folder_per_array_task(workdir):
+    job = submit(cpu_variant("sweep", workdir), workdir, EPOCHS=2, UNFREEZES="last:1 last:2",
+                 LRS="1e-3 3e-4")
+    deadline = time.time() + 600
+    while subprocess.run(["squeue", "-h", "-j", job], capture_output=True, text=True).stdout.strip():
+        assert time.time() < deadline
+        time.sleep(2)
+    runs = sorted(glob.glob(os.path.join(workdir, "runs", f"sweep-{job}", "task-*")))
+    assert [os.path.basename(r) for r in runs] == [
+        "task-0-unfreeze-last_1-lr-1e-3", "task-1-unfreeze-last_1-lr-3e-4",
+        "task-2-unfreeze-last_2-lr-1e-3", "task-3-unfreeze-last_2-lr-3e-4"], log_of(job, workdir)
+    configs = []
+    for r in runs:
+        check_run(r, 2)
+        configs.append(open(os.path.join(r, "config.yaml")).read())
+    assert len(set(configs)) == 4
+
+
+def test_distft_slurm_writes_and_submits_a_multi_node_job(workdir):
+    result = run([DISTFT, "slurm", "--nodes=2", "--gpus_per_node=4", "--cpu_only", "--cpus_per_task=1",
+                  "--time=00:20:00", "--model=base_model.h5", "--data=shards/train-*.tfrecord",
+                  "--num_classes=5", "--epochs=2", "--lr=0.002", "--submit"], cwd=str(workdir),
+                 env=LOCAL_MPI)
+    assert result.code == 0, result.out
+    job = re.search(r"submitted job (\d+)", result.out).group(1)
+    assert "tensorboard --logdir runs/" in result.out
+    state = wait_done(job, workdir, timeout=400)
+    log = log_of(job, workdir)
+    assert state["JobState"] == "COMPLETED", log
+    m = check_run(os.path.join(workdir, "runs", job), 2)
+    assert m["workers"] == 8
+    assert "rank 7 on n2 (SLURM_NODEID 1)" in log
+    assert json.load(open(os.path.join(workdir, "runs", job, "metrics.json")))["launcher"] == "srun"
+    assert "lr: 0.002" in open(os.path.join(workdir, "runs", job, "config.yaml")).read()
