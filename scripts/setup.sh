@@ -65,6 +65,11 @@ fi
 say "installing distft (editable, with dev extras)"
 pip_install -e ".[dev]"
 
-TF_CPP_MIN_LOG_LEVEL=3 "$VENV/bin/horovodrun" --check-build 2>/dev/null | grep -E '\[X\] (TensorFlow|MPI|Gloo)' >/dev/null \
-  || die "Horovod lacks TensorFlow, MPI or Gloo support: see '$VENV/bin/horovodrun --check-build'"
+check=$(TF_CPP_MIN_LOG_LEVEL=3 "$VENV/bin/horovodrun" --check-build 2>/dev/null)
+parts=(TensorFlow MPI Gloo)
+[[ ${HOROVOD_GPU_OPERATIONS:-} == NCCL ]] && parts+=(NCCL)
+for part in "${parts[@]}"; do
+  grep -q "\[X\] $part" <<<"$check" \
+    || die "Horovod lacks $part support: see '$VENV/bin/horovodrun --check-build'"
+done
 say "ready: source $VENV/bin/activate"

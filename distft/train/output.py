@@ -84,6 +84,9 @@ def atomic_write(path: str, write, suffix: str = "") -> None:
     os.close(fd)
     try:
         write(tmp)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it 0600; others (and containers) read it
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
