@@ -181,3 +181,25 @@ def test_distft_slurm_writes_and_submits_a_multi_node_job(workdir):
     assert "rank 7 on n2 (SLURM_NODEID 1)" in log
     assert json.load(open(os.path.join(workdir, "runs", job, "metrics.json")))["launcher"] == "srun"
     assert "lr: 0.002" in open(os.path.join(workdir, "runs", job, "config.yaml")).read()
+
+
+def test_distft_warns_about_starting_it_the_wrong_way_in_an_allocation(workdir):
+    script = os.path.join(workdir, "wrong.sbatch")
+    with open(script, "w") as f:
+        f.write(f"""#!/bin/bash
+#SBATCH --nodes=1
+#SBATCH --ntasks=2
+#SBATCH --cpus-per-task=1
+#SBATCH --output=slurm-%j.out
+{DISTFT} train --model=base_model.h5 --data='shards/train-*.tfrecord' --num_classes=5 \\
+  --epochs=1 --output_dir=runs/plain
+{DISTFT} train --model=base_model.h5 --data='shards/train-*.tfrecord' --num_classes=5 \\
+  --epochs=1 --output_dir=runs/np --np=2
+""")
+    job = submit(script, workdir)
+    state = wait_done(job, workdir)
+    log = log_of(job, workdir)
+    assert state["JobState"] == "COMPLETED", log
+    assert "this Slurm allocation has 2 tasks but distft runs as one process" in log
+    assert "--np inside a Slurm allocation starts the workers with horovodrun" in log
+    assert json.load(open(os.path.join(workdir, "runs", "np", "metrics.json")))["workers"] == 2
