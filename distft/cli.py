@@ -14,7 +14,7 @@ import time
 import traceback
 from typing import Any, Optional
 
-from distft.config import TrainConfig, coerce
+from distft.config import TrainConfig, coerce, to_bool
 from distft.errors import DistftError
 from distft.launch.environment import detect
 
@@ -78,10 +78,10 @@ class Commands:
         check_names(train_options, TrainConfig)
         path = slurm.write_script(template, script, int(nodes), int(gpus_per_node),
                                   int(cpus_per_task), str(time), partition, account, train_options,
-                                  coerce(TrainConfig, "resume", cpu_only))
+                                  to_bool(cpu_only))
         print(f"wrote {path} ({nodes} node(s) x {max(1, int(gpus_per_node))} worker(s), "
               f"template slurm/{template}.sbatch)")
-        if coerce(TrainConfig, "resume", submit):
+        if to_bool(submit):
             job = slurm.submit(path)
             run_root = train_options.get("output_dir", "runs")
             print(f"submitted job {job}")

@@ -169,6 +169,16 @@ _TRUE = {"true", "yes", "1", "on"}
 _FALSE = {"false", "no", "0", "off"}
 
 
+def to_bool(value: Any) -> bool:
+    """A flag's boolean: True/False, or true|yes|1|on / false|no|0|off; ValueError otherwise."""
+    if isinstance(value, bool):
+        return value
+    text = str(value).lower()
+    if text not in _TRUE | _FALSE:
+        raise ValueError(value)
+    return text in _TRUE
+
+
 def coerce(cls: type, name: str, value: Any) -> Any:
     """Convert a flag or YAML value to the field's declared type."""
     hint = get_type_hints(cls)[name]
@@ -179,12 +189,7 @@ def coerce(cls: type, name: str, value: Any) -> Any:
             return None
     try:
         if hint is bool:
-            if isinstance(value, bool):
-                return value
-            text = str(value).lower()
-            if text in _TRUE | _FALSE:
-                return text in _TRUE
-            raise ValueError
+            return to_bool(value)
         if hint is int:
             if isinstance(value, bool) or float(value) != int(float(value)):
                 raise ValueError

@@ -98,11 +98,11 @@ def _set(text: str, option: str, value: str) -> str:
                   flags=re.M)
 
 
-def submit(path: str, chdir: Optional[str] = None) -> str:
+def submit(path: str) -> str:
     """sbatch the script; return the job id."""
     try:
         out = subprocess.run(["sbatch", "--parsable", path], capture_output=True, text=True,
-                             cwd=chdir, check=True).stdout
+                             check=True).stdout
     except FileNotFoundError:
         raise DistftError("sbatch not found: run distft slurm --submit on a Slurm login node") from None
     except subprocess.CalledProcessError as e:
