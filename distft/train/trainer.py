@@ -20,7 +20,7 @@ from distft.model.prepare import FineTuneModel, prepare, weights_checksum
 from distft.train import optim
 from distft.train.callbacks.checkpointing import Checkpointing
 from distft.train.callbacks.progress import Progress
-from distft.train.callbacks.stopping import GracefulStop
+from distft.train.callbacks.stopping import GracefulStop, StopRequested
 from distft.train.callbacks.tensorboard import TensorBoardLogger
 from distft.train.callbacks.timing import Timing
 from distft.train.callbacks.validation import Validation
@@ -94,20 +94,22 @@ def run(cfg: TrainConfig, worker: Optional[Worker] = None) -> dict[str, Any]:
     stop.store = folder.checkpoints if worker.rank == 0 else None
     callbacks: list[tf.keras.callbacks.Callback] = [hvd.callbacks.MetricAverageCallback(), timing, stop]
     if validate:
-        callbacks.append(Validation(validate, stop))
+        callbacks.append(Validation(validate))
     if worker.rank == 0:
         tb = TensorBoardLogger(
             folder.file("tensorboard"), timing, cfg.log_every, cfg.to_dict(),
             {"params/trainable": ft.trainable_params, "params/frozen": ft.frozen_params,
-             "workers": worker.size}, initial_step=initial_epoch * steps, stop=stop)
+             "workers": worker.size}, initial_step=initial_epoch * steps)
         if before and not initial_epoch:
             tb.write_validation(before, 0)
-        callbacks += [tb, Progress(cfg.epochs, steps, cfg.log_every, bar=not worker.env.is_launched,
-                                                stop=stop),
-                      Checkpointing(folder.checkpoints, checkpoint, stop)]
+        callbacks += [tb, Progress(cfg.epochs, steps, cfg.log_every, bar=not worker.env.is_launched),
+                      Checkpointing(folder.checkpoints, checkpoint)]
     try:
         history = ft.model.fit(stream, steps_per_epoch=steps, epochs=cfg.epochs,
                                initial_epoch=initial_epoch, callbacks=callbacks, verbose=0)
+    except StopRequested:  # mid-epoch, checkpoint written: the partial epoch logs nothing
+        if worker.rank == 0:
+            tb.on_train_end()
     except tf.errors.OpError as e:  # e.g. a shard that vanished or broke mid-run
         raise DistftError(f"training failed: {type(e).__name__}: {_root_cause(e.message)}",
                           exit_code=1, local=True) from e

@@ -9,12 +9,10 @@ from distft.train.checkpoint import CheckpointStore
 class Checkpointing(tf.keras.callbacks.Callback):
     """Example: Checkpointing(store, tf.train.Checkpoint(model=m, optimizer=o)) on rank 0."""
 
-    def __init__(self, store: CheckpointStore, checkpoint: tf.train.Checkpoint, stop=None):
+    def __init__(self, store: CheckpointStore, checkpoint: tf.train.Checkpoint):
         super().__init__()
-        self.store, self.checkpoint, self.stop = store, checkpoint, stop
+        self.store, self.checkpoint = store, checkpoint
 
     def on_epoch_end(self, epoch, logs=None):
-        if self.stop is not None and self.stop.mid_epoch:
-            return  # GracefulStop already wrote this step's checkpoint
         state = {"epoch": epoch + 1, "logs": {k: float(v) for k, v in (logs or {}).items()}}
         self.store.save(self.checkpoint, state)

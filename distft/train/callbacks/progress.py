@@ -12,10 +12,8 @@ from distft import log
 class Progress(tf.keras.callbacks.Callback):
     """Example: Progress(epochs=3, steps_per_epoch=56, log_every=50, bar=not launched)."""
 
-    def __init__(self, epochs: int, steps_per_epoch: int, log_every: int, bar: bool = True,
-                 stop=None):
+    def __init__(self, epochs: int, steps_per_epoch: int, log_every: int, bar: bool = True):
         super().__init__()
-        self.stop = stop
         # Keras then hands batch logs over as tensors: no device sync on steps we do not log.
         self._supports_tf_logs = True
         self.epochs, self.steps, self.log_every = epochs, steps_per_epoch, log_every
@@ -36,10 +34,6 @@ class Progress(tf.keras.callbacks.Callback):
             log.info("epoch %d/%d  step %d/%d  %s", self.epoch + 1, self.epochs, step, self.steps, shown)
 
     def on_epoch_end(self, epoch, logs=None):
-        if self.stop is not None and self.stop.mid_epoch:
-            log.info("epoch %d/%d  interrupted at step %d/%d (%s)", epoch + 1, self.epochs,
-                     self.stop.where[1], self.steps, self.stop.signal_name)
-            return
         logs = dict(logs or {})
         rate = logs.pop("samples_per_sec", 0.0)
         seconds = logs.pop("epoch_seconds", 0.0)

@@ -3,12 +3,16 @@
 A signal may reach one worker or all of them (Slurm's `--signal`, `scancel --signal`, a
 launcher forwarding it). Every `every` steps the workers allreduce a "stop requested" flag,
 so all of them stop after the same step; rank 0 then writes a checkpoint of that step
-(state `epoch` = the epoch to resume at) and the run ends with exit code 75.
+(state `epoch` = the epoch to resume at) and `fit` is left at once with `StopRequested`, so
+no end-of-epoch work runs on a partial epoch. The run ends with exit code 75.
 
 Example:
     stop = GracefulStop(store, checkpoint, rank=hvd.rank(), every=10)
     stop.install()                      # signal handlers
-    model.fit(..., callbacks=[stop, ...])
+    try:
+        model.fit(..., callbacks=[stop, ...])
+    except StopRequested:
+        pass
     if stop.requested: raise Stopped(...)
 """
 from __future__ import annotations
@@ -23,6 +27,10 @@ from distft.train.checkpoint import CheckpointStore
 SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 
 
+class StopRequested(Exception):
+    """Raised out of `fit` on every worker at the agreed step, after the checkpoint."""
+
+
 class GracefulStop(tf.keras.callbacks.Callback):
     def __init__(self, store: Optional[CheckpointStore], checkpoint: Optional[tf.train.Checkpoint],
                  size: int, every: int = 10):
@@ -32,11 +40,6 @@ class GracefulStop(tf.keras.callbacks.Callback):
         self.received: Optional[int] = None  # signal number seen by this worker
         self.requested = False  # agreed by all workers
         self.where: tuple[int, int] = (0, 0)  # (epoch, step in epoch) of the stop
-
-    @property
-    def mid_epoch(self) -> bool:
-        """Stopped inside an epoch (its end-of-epoch work is to be skipped)."""
-        return self.requested and self.where[1] > 0
 
     def install(self) -> None:
         for sig in SIGNALS:
@@ -70,7 +73,7 @@ class GracefulStop(tf.keras.callbacks.Callback):
             if self.store is not None:  # rank 0; the epoch restarts on --resume
                 self.store.save(self.checkpoint, {"epoch": self.epoch, "step_in_epoch": batch + 1,
                                                   "stopped_by": self.signal_name})
-            self.model.stop_training = True
+            raise StopRequested()
 
     def on_epoch_end(self, epoch, logs=None):
         # A signal in the last steps of an epoch: the epoch's own checkpoint will do.

@@ -18,9 +18,8 @@ from distft.train.callbacks.timing import Timing
 
 class TensorBoardLogger(tf.keras.callbacks.Callback):
     def __init__(self, log_dir: str, timing: Timing, log_every: int, hparams: dict,
-                 info: dict[str, float], initial_step: int = 0, stop=None):
+                 info: dict[str, float], initial_step: int = 0):
         super().__init__()
-        self.stop = stop
         # Keras then hands batch logs over as tensors: no device sync on steps we do not log.
         self._supports_tf_logs = True
         self.timing, self.log_every = timing, log_every
@@ -58,8 +57,6 @@ class TensorBoardLogger(tf.keras.callbacks.Callback):
             tf.summary.scalar("batch_step_time_ms", ms, step=self.step)
 
     def on_epoch_end(self, epoch, logs=None):
-        if self.stop is not None and self.stop.mid_epoch:
-            return  # a partial epoch: its scalars would mislead
         logs = logs or {}
         with self.train_writer.as_default():
             for k, v in logs.items():

@@ -13,12 +13,10 @@ class Validation(tf.keras.callbacks.Callback):
         Validation(lambda: evaluate_split(model, val_stream, n, worker))
     """
 
-    def __init__(self, evaluate: Callable[[], dict[str, float]], stop=None):
+    def __init__(self, evaluate: Callable[[], dict[str, float]]):
         super().__init__()
-        self.evaluate, self.stop = evaluate, stop
+        self.evaluate = evaluate
 
     def on_epoch_end(self, epoch, logs=None):
-        if self.stop is not None and self.stop.mid_epoch:
-            return  # the epoch was cut short by a signal: it is run again on --resume
         if logs is not None:
             logs.update({f"val_{k}": v for k, v in self.evaluate().items()})
