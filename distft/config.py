@@ -20,6 +20,7 @@ OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
 SCHEDULES = ("constant", "cosine")
 COMPRESSIONS = ("none", "fp16")
 CONTROLLERS = ("gloo", "mpi")
+PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 
 
 @dataclass
@@ -62,6 +63,17 @@ class TrainConfig:
     compression: str = field(default="none", metadata={"help": "allreduce compression: none|fp16"})
     seed: int = field(default=42, metadata={"help": "seed for weights of the new head and shuffling"})
     shuffle_buffer: int = field(default=10000, metadata={"help": "records in each worker's shuffle buffer"})
+    # Fine-tuning methods
+    unfreeze_schedule: Optional[str] = field(
+        default=None, metadata={"help": "staged unfreezing EPOCH:SPEC,EPOCH:SPEC (SPEC as --unfreeze), "
+                                "e.g. 0:last:2,3:from:block_13,6:all"})
+    lr_mult: Optional[str] = field(
+        default=None, metadata={"help": "layer-wise learning rates SPEC=FACTOR,... e.g. re:^block_1=0.1"})
+    cache_frozen: bool = field(
+        default=False, metadata={"help": "compute the frozen prefix once per worker, train the rest"})
+    precision: str = field(default="float32", metadata={"help": "|".join(PRECISIONS)})
+    jit: bool = field(default=False, metadata={"help": "compile the train step with XLA"})
+    ema: float = field(default=0.0, metadata={"help": "moving average of the weights, e.g. 0.999 (0: off)"})
     # Run
     threads: Optional[int] = field(default=None, metadata={"help": "CPU threads per worker"})
     log_every: int = field(default=50, metadata={"help": "steps between step-level logs"})
@@ -117,6 +129,26 @@ class TrainConfig:
                 raise DistftError(f"--{name}={getattr(self, name)} is not one of {'|'.join(allowed)}")
         if self.resume and self.overwrite:
             raise DistftError("--resume and --overwrite exclude each other: pass one")
+        self._check_methods()
+
+    def _check_methods(self) -> None:
+        """The fine-tuning methods' flags (their layer specs are checked against the model later)."""
+        from distft.model import stages
+
+        if self.precision not in PRECISIONS:
+            raise DistftError(f"--precision={self.precision} is not one of {'|'.join(PRECISIONS)}")
+        if not 0.0 <= self.ema < 1.0:
+            raise DistftError(f"--ema must be in [0, 1) (e.g. 0.999; 0 turns it off), got {self.ema}")
+        if self.unfreeze_schedule is not None:
+            if self.unfreeze is not None:
+                raise DistftError("--unfreeze and --unfreeze_schedule exclude each other: "
+                                  "put the first stage in the schedule (0:SPEC,...)")
+            schedule = stages.parse_schedule(self.unfreeze_schedule)
+            if schedule[-1].epoch >= self.epochs:
+                raise DistftError(f"--unfreeze_schedule: stage at epoch {schedule[-1].epoch} is never "
+                                  f"reached with --epochs={self.epochs}: raise --epochs or drop it")
+        if self.lr_mult is not None:
+            stages.parse_lr_mult(self.lr_mult)
 
     def to_dict(self) -> dict[str, Any]:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}

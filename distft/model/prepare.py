@@ -14,7 +14,7 @@ import tensorflow as tf
 
 from distft.errors import DistftError
 from distft.model import head as heads
-from distft.model import loading, unfreeze as unfreezing
+from distft.model import loading, precision as mixed, unfreeze as unfreezing
 
 
 @dataclass
@@ -23,6 +23,7 @@ class FineTuneModel:
     loss: str
     metrics: list[str]
     unfrozen: list[str] = field(default_factory=list)  # names of trainable leaf layers
+    head: list[str] = field(default_factory=list)  # names of the new head's layers (always trained)
 
     @property
     def trainable_params(self) -> int:
@@ -48,9 +49,12 @@ def prepare(model: str, num_classes: Optional[int] = None, unfreeze: Optional[st
             head_dropout: float = 0.0, train_bn: bool = False, weights: Optional[str] = None,
             input_shape: Optional[tuple] = None, loss: Optional[str] = None,
             metrics: Optional[tuple] = None, seed: int = 0,
-            unsafe_deserialization: bool = False) -> FineTuneModel:
-    """Load `model`, replace its head if `num_classes`, and set which layers train."""
-    base = loading.load(model, weights, input_shape, unsafe_deserialization)
+            unsafe_deserialization: bool = False, precision: str = "float32") -> FineTuneModel:
+    """Load `model`, replace its head if `num_classes`, and set which layers train.
+
+    A mixed `precision` becomes Keras' global policy first (see model/precision.py)."""
+    mixed.use(precision)
+    base = mixed.cast(loading.load(model, weights, input_shape, unsafe_deserialization), precision)
     if len(base.inputs) != 1 or len(base.outputs) != 1:
         raise DistftError(f"--model={model} has {len(base.inputs)} inputs and {len(base.outputs)} "
                           "outputs: distft fine-tunes single-input, single-output models")
@@ -73,7 +77,8 @@ def prepare(model: str, num_classes: Optional[int] = None, unfreeze: Optional[st
                           "(e.g. --unfreeze=last:2) or add a head with --num_classes")
     default_loss, default_metrics = heads.default_objective(full)
     return FineTuneModel(full, loss or default_loss, list(metrics) if metrics else default_metrics,
-                         [l.name for l in body + head if l.trainable and l.weights])
+                         [l.name for l in body + head if l.trainable and l.weights],
+                         [l.name for l in head])
 
 
 def weights_checksum(model: tf.keras.Model) -> str:

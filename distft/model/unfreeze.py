@@ -29,8 +29,10 @@ def _is_bn(layer: tf.keras.layers.Layer) -> bool:
     return isinstance(layer, tf.keras.layers.BatchNormalization)
 
 
-def select(layers: list[tf.keras.layers.Layer], spec: str, train_bn: bool = False) -> set[int]:
-    """Indices into `layers` chosen by `spec`; an unmatched name or pattern is an error."""
+def select(layers: list[tf.keras.layers.Layer], spec: str, train_bn: bool = False,
+           flag: str = "--unfreeze") -> set[int]:
+    """Indices into `layers` chosen by `spec`; an unmatched name or pattern is an error
+    (its message names `flag`, the option the spec came from)."""
     names = [l.name for l in layers]
     chosen: set[int] = set()
     for part in (p.strip() for p in spec.split(",")):
@@ -41,24 +43,24 @@ def select(layers: list[tf.keras.layers.Layer], spec: str, train_bn: bool = Fals
             chosen.update(range(len(layers)))
         elif kind == "last":
             if not arg.isdigit() or int(arg) < 1:
-                raise DistftError(f"--unfreeze={part}: N must be a positive integer, e.g. last:2")
+                raise DistftError(f"{flag}={part}: N must be a positive integer, e.g. last:2")
             weighted = [i for i, l in enumerate(layers) if l.weights and (train_bn or not _is_bn(l))]
             chosen.update(weighted[-int(arg):])
         elif kind == "from":
             if arg not in names:
-                raise DistftError(f"--unfreeze={part}: no layer named '{arg}'{_close(arg, names)}")
+                raise DistftError(f"{flag}={part}: no layer named '{arg}'{_close(arg, names)}")
             chosen.update(range(names.index(arg), len(layers)))
         elif kind == "re":
             try:
                 pattern = re.compile(arg)
             except re.error as e:
-                raise DistftError(f"--unfreeze={part}: bad regular expression ({e})") from None
+                raise DistftError(f"{flag}={part}: bad regular expression ({e})") from None
             hits = [i for i, n in enumerate(names) if pattern.search(n)]
             if not hits:
-                raise DistftError(f"--unfreeze={part}: no layer name matches '{arg}'{_close(arg, names)}")
+                raise DistftError(f"{flag}={part}: no layer name matches '{arg}'{_close(arg, names)}")
             chosen.update(hits)
         else:
-            raise DistftError(f"--unfreeze={part}: not understood; use none, all, last:N, "
+            raise DistftError(f"{flag}={part}: not understood; use none, all, last:N, "
                               "from:NAME or re:PATTERN (comma-separated)")
     return chosen
 

@@ -15,7 +15,8 @@ from typing import Optional
 from distft.errors import DistftError
 from distft.train.checkpoint import CheckpointStore
 
-OUTPUTS = ("checkpoints", "tensorboard", "model.keras", "metrics.json", "config.yaml")
+OUTPUTS = ("checkpoints", "tensorboard", "model.keras", "model_ema.keras", "metrics.json",
+           "config.yaml")
 
 
 class RunFolder:
@@ -71,8 +72,8 @@ class RunFolder:
     def write_json(self, name: str, data: dict) -> None:
         atomic_write(self.file(name), lambda tmp: _dump_json(tmp, data))
 
-    def save_model(self, model) -> str:
-        path = self.file("model.keras")
+    def save_model(self, model, name: str = "model.keras") -> str:
+        path = self.file(name)
         atomic_write(path, lambda tmp: model.save(tmp), suffix=".keras")
         return path
 

@@ -17,12 +17,14 @@ from distft.config import TrainConfig
 from distft.data.dataset import DataSet
 from distft.errors import DistftError, Stopped
 from distft.model.prepare import FineTuneModel, prepare, weights_checksum
-from distft.train import optim
+from distft.train import methods, optim
 from distft.train.callbacks.checkpointing import Checkpointing
+from distft.train.callbacks.ema import EMA
 from distft.train.callbacks.progress import Progress
 from distft.train.callbacks.stopping import GracefulStop, StopRequested
 from distft.train.callbacks.tensorboard import TensorBoardLogger
 from distft.train.callbacks.timing import Timing
+from distft.train.callbacks.unfreezing import StagedUnfreezing
 from distft.train.callbacks.validation import Validation
 from distft.train.evaluation import evaluate_split
 from distft.train.output import RunFolder
@@ -52,12 +54,14 @@ def run(cfg: TrainConfig, worker: Optional[Worker] = None) -> dict[str, Any]:
         val_data.count(worker.rank, worker.size, worker.gather)
 
     ft = worker.all_ok(lambda: _prepare(cfg))
+    plan = worker.all_ok(lambda: methods.plan(ft, cfg))
     _check_fit(ft, train_data, cfg)
     steps = math.ceil(total / (worker.size * cfg.batch_size))
-    optimizer = optim.build(cfg, worker.size, steps)
-    ft.model.compile(optimizer=optimizer, loss=ft.loss, metrics=ft.metrics)
-    optimizer.build(ft.model.trainable_variables)
-    checkpoint = tf.train.Checkpoint(model=ft.model, optimizer=optimizer)
+    optimizer = methods.optimizer(cfg, optim.build(cfg, worker.size, steps), ft, worker.rank == 0)
+    optimizer.build(plan.variables())  # every stage's weights: their state survives switches
+    ema = EMA(plan.variables(), cfg.ema) if cfg.ema else None
+    checkpoint = tf.train.Checkpoint(model=ft.model, optimizer=optimizer,
+                                     **({"ema": ema.state} if ema else {}))
 
     initial_epoch = 0
     if resume_from:
@@ -73,14 +77,20 @@ def run(cfg: TrainConfig, worker: Optional[Worker] = None) -> dict[str, Any]:
     if initial_epoch >= cfg.epochs:
         raise DistftError(f"the checkpoint in {cfg.output_dir} is at epoch {initial_epoch} and "
                           f"--epochs={cfg.epochs}: raise --epochs to train further")
+    plan.apply(plan.index_at(initial_epoch))  # before compile: fit restores compile's trainable set
+    ft.model.compile(optimizer=optimizer, loss=ft.loss, metrics=ft.metrics, jit_compile=cfg.jit)
     # All workers start from rank 0's weights and optimizer state (restored or fresh).
-    worker.broadcast_variables(ft.model.variables + list(optimizer.variables))
+    worker.broadcast_variables(ft.model.variables + list(optimizer.variables) +
+                               (list(ema.state.variables) if ema else []))
+    if ema and not resume_from:
+        ema.reset()
 
     placement = worker.gather(worker.node_name)
     if worker.rank == 0:
         folder.prepare(cfg.overwrite)
         cfg.save(folder.file("config.yaml"))
         _log_start(cfg, worker, ft, total, steps, resume_from, initial_epoch, placement)
+        methods.describe(cfg, plan)
 
     stream = train_data.stream(worker.rank, worker.size, cfg.batch_size, ft.input_shape,
                                training=True, seed=cfg.seed, shuffle_buffer=cfg.shuffle_buffer)
@@ -92,9 +102,14 @@ def run(cfg: TrainConfig, worker: Optional[Worker] = None) -> dict[str, Any]:
     timing = Timing(cfg.batch_size * worker.size)
     stop.checkpoint = checkpoint
     stop.store = folder.checkpoints if worker.rank == 0 else None
-    callbacks: list[tf.keras.callbacks.Callback] = [hvd.callbacks.MetricAverageCallback(), timing, stop]
+    unfreezing = StagedUnfreezing(plan)
+    callbacks: list[tf.keras.callbacks.Callback] = [
+        unfreezing, hvd.callbacks.MetricAverageCallback(), timing, stop]
     if validate:
         callbacks.append(Validation(validate))
+    if ema:
+        ema.validate = validate
+        callbacks.append(ema)
     if worker.rank == 0:
         tb = TensorBoardLogger(
             folder.file("tensorboard"), timing, cfg.log_every, cfg.to_dict(),
@@ -102,8 +117,10 @@ def run(cfg: TrainConfig, worker: Optional[Worker] = None) -> dict[str, Any]:
              "workers": worker.size}, initial_step=initial_epoch * steps)
         if before and not initial_epoch:
             tb.write_validation(before, 0)
+        unfreezing.scalars = tb.write_epoch
         callbacks += [tb, Progress(cfg.epochs, steps, cfg.log_every, bar=not worker.env.is_launched),
-                      Checkpointing(folder.checkpoints, checkpoint)]
+                      Checkpointing(folder.checkpoints, checkpoint,
+                                    lambda epoch: {"stage": plan.index_at(epoch)})]
     try:
         history = ft.model.fit(stream, steps_per_epoch=steps, epochs=cfg.epochs,
                                initial_epoch=initial_epoch, callbacks=callbacks, verbose=0)
@@ -137,8 +154,16 @@ def run(cfg: TrainConfig, worker: Optional[Worker] = None) -> dict[str, Any]:
         "params": {"trainable": ft.trainable_params, "frozen": ft.frozen_params},
         "weights_checksums": checksums, "seconds": time.time() - started,
     }
+    if cfg.unfreeze_schedule:
+        metrics["stages"] = unfreezing.record
+    if ema:
+        metrics["ema_checksums"] = worker.gather(_ema_checksum(ft.model, ema))
     if worker.rank == 0:
         path = folder.save_model(tf.keras.Model(ft.model.inputs, ft.model.outputs, name=ft.model.name))
+        if ema:
+            with ema.swapped():
+                folder.save_model(tf.keras.Model(ft.model.inputs, ft.model.outputs,
+                                                 name=f"{ft.model.name}_ema"), "model_ema.keras")
         folder.write_json("metrics.json", metrics)
         log.info("weights identical on all %d workers (checksum %s)", worker.size, checksums[0])
         log.info("done in %.0fs, %.0f samples/s: %s", metrics["seconds"], metrics["samples_per_sec"],
@@ -158,7 +183,12 @@ def _open_data(cfg: TrainConfig) -> tuple[DataSet, Optional[DataSet]]:
 def _prepare(cfg: TrainConfig) -> FineTuneModel:
     return prepare(cfg.model, cfg.num_classes, cfg.unfreeze, cfg.head_dropout, cfg.train_bn,
                    cfg.weights, cfg.input_shape, cfg.loss, cfg.metrics, cfg.seed,
-                   cfg.unsafe_deserialization)
+                   cfg.unsafe_deserialization, cfg.precision)
+
+
+def _ema_checksum(model: tf.keras.Model, ema: EMA) -> str:
+    with ema.swapped():
+        return weights_checksum(model)
 
 
 def _check_fit(ft: FineTuneModel, data: DataSet, cfg: TrainConfig) -> None:

@@ -44,6 +44,12 @@ class TensorBoardLogger(tf.keras.callbacks.Callback):
             for k, v in metrics.items():
                 tf.summary.scalar(f"epoch_{k}", v, step=step)
 
+    def write_epoch(self, scalars: dict[str, float], epoch: int) -> None:
+        """Per-epoch scalars other callbacks report (as `epoch_<name>` in the train run)."""
+        with self.train_writer.as_default():
+            for k, v in scalars.items():
+                tf.summary.scalar(f"epoch_{k}", v, step=epoch + 1)
+
     def on_train_batch_end(self, batch, logs=None):
         self.step += 1
         if self.step % self.log_every or not logs:

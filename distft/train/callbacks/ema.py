@@ -1,0 +1,66 @@
+"""An exponential moving average (EMA) of the trainable weights, validated and saved beside them.
+
+After every step, shadow = d * shadow + (1 - d) * weight with d = min(decay, (1 + n) / (10 + n))
+at update n (the warm-up of tf.train.ExponentialMovingAverage's `num_updates`, so short runs
+are not dominated by the starting weights). The weights are identical on all workers, so the
+shadows are too. The shadows and n are part of the checkpoint (`ema=` in tf.train.Checkpoint),
+so `--resume` continues the average exactly. At each epoch end the validation runs again
+with the averaged weights (`val_ema_*` logs: TensorBoard `epoch_ema_*` in the validation run).
+
+Example:
+    ema = EMA(plan.variables(), decay=0.999, validate=validate)
+    checkpoint = tf.train.Checkpoint(model=model, optimizer=opt, ema=ema.state)
+    with ema.swapped(): model.save("model_ema.keras")
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import Callable, Iterator, Optional
+
+import tensorflow as tf
+
+
+class EMA(tf.keras.callbacks.Callback):
+    def __init__(self, variables: list[tf.Variable], decay: float,
+                 validate: Optional[Callable[[], dict[str, float]]] = None):
+        super().__init__()
+        self._supports_tf_logs = True  # no per-step sync of the logs for this callback
+        self.variables, self.decay, self.validate = variables, decay, validate
+        self.state = tf.Module()
+        self.state.shadows = [tf.Variable(tf.convert_to_tensor(v), trainable=False,
+                                          name=f"ema/{i}") for i, v in enumerate(variables)]
+        self.state.updates = tf.Variable(0, dtype=tf.int64, trainable=False, name="ema/updates")
+
+    def reset(self) -> None:
+        """Start the average at the current weights (after a fresh start's broadcast)."""
+        for s, v in zip(self.state.shadows, self.variables):
+            s.assign(tf.convert_to_tensor(v))
+        self.state.updates.assign(0)
+
+    @tf.function
+    def _update(self):
+        n = tf.cast(self.state.updates, tf.float32)
+        d = tf.minimum(self.decay, (1.0 + n) / (10.0 + n))
+        for s, v in zip(self.state.shadows, self.variables):
+            s.assign(d * s + (1.0 - d) * tf.convert_to_tensor(v))
+        self.state.updates.assign_add(1)
+
+    def on_train_batch_end(self, batch, logs=None):
+        self._update()
+
+    @contextlib.contextmanager
+    def swapped(self) -> Iterator[None]:
+        """The averaged weights in the model inside the block, the raw ones after it."""
+        raw = [tf.identity(v) for v in self.variables]
+        for v, s in zip(self.variables, self.state.shadows):
+            v.assign(s)
+        try:
+            yield
+        finally:
+            for v, r in zip(self.variables, raw):
+                v.assign(r)
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.validate is not None and logs is not None:
+            with self.swapped():
+                logs.update({f"val_ema_{k}": v for k, v in self.validate().items()})

@@ -1,0 +1,66 @@
+"""The fine-tuning methods a run can add (see model/stages.py, model/precision.py,
+train/layerwise.py, callbacks/unfreezing.py and callbacks/ema.py), set up from the config.
+
+Example (inside trainer.run, after `prepare`):
+    plan = worker.all_ok(lambda: methods.plan(ft, cfg))      # specs checked on every rank
+    optimizer = methods.optimizer(cfg, optim.build(...), ft)  # loss scaling, --lr_mult
+    ft.model.compile(optimizer=optimizer, ..., jit_compile=cfg.jit)
+    optimizer.build(plan.variables())
+"""
+from __future__ import annotations
+
+import tensorflow as tf
+
+from distft import log
+from distft.config import TrainConfig
+from distft.model import stages, unfreeze as unfreezing
+from distft.model.prepare import FineTuneModel
+from distft.train.layerwise import scale_updates
+
+
+def plan(ft: FineTuneModel, cfg: TrainConfig) -> stages.Plan:
+    """The stages bound to the model; also checks --lr_mult's specs against it."""
+    schedule = stages.parse_schedule(cfg.unfreeze_schedule) if cfg.unfreeze_schedule else None
+    if schedule and cfg.grad_accum > 1:
+        from distft.errors import DistftError
+
+        raise DistftError("--unfreeze_schedule does not work with --grad_accum > 1 yet "
+                          "(Horovod's accumulators are fixed at the first step): drop one")
+    result = stages.Plan(ft, schedule, cfg.train_bn)
+    if cfg.lr_mult:
+        stages.lr_groups(ft, stages.parse_lr_mult(cfg.lr_mult), cfg.train_bn)
+    return result
+
+
+def optimizer(cfg: TrainConfig, opt: tf.keras.optimizers.Optimizer, ft: FineTuneModel,
+              announce: bool) -> tf.keras.optimizers.Optimizer:
+    """`opt` (Horovod's) with loss scaling for mixed_float16 and --lr_mult's update scaling.
+
+    Loss scaling wraps Horovod's optimizer (as Keras' compile would): Horovod allreduces in
+    compute_gradients, which the LossScaleOptimizer calls on the scaled loss, so every worker
+    unscales the same averaged gradients and skips (or applies) the same steps.
+    """
+    if cfg.precision == "mixed_float16":
+        opt = tf.keras.mixed_precision.LossScaleOptimizer(opt)
+    if cfg.lr_mult:
+        groups = stages.lr_groups(ft, stages.parse_lr_mult(cfg.lr_mult), cfg.train_bn)
+        scale_updates(opt, {v.ref(): factor for _, factor, _, vs in groups for v in vs})
+        if announce:
+            for spec, factor, names, vs in groups:
+                log.info("lr x%g for %s: %d layers, %d weights (%s)", factor, spec, len(names),
+                         unfreezing.count_params(vs),
+                         ", ".join(names[:6]) + (" ..." if len(names) > 6 else ""))
+    return opt
+
+
+def describe(cfg: TrainConfig, the_plan: stages.Plan) -> None:
+    """Rank 0's start-of-run lines about the methods in use."""
+    if cfg.unfreeze_schedule:
+        log.info("staged unfreezing: %s; now %s", ", ".join(
+            f"epoch {s.epoch + 1}: {s.spec}" for s in the_plan.stages),
+            the_plan.describe(the_plan.current))
+    if cfg.precision != "float32" or cfg.jit:
+        log.info("precision %s%s", cfg.precision, ", XLA (jit_compile)" if cfg.jit else "")
+    if cfg.ema:
+        log.info("EMA of the weights, decay %g: validated as val_ema_*, saved as model_ema.keras",
+                 cfg.ema)
