@@ -91,14 +91,15 @@ class Worker:
 
     def all_ok(self, fn: Callable[[], Any]) -> Any:
         """Run `fn` on every rank; if any rank fails, every rank raises the lowest rank's error."""
+        value, error = None, None
         try:
-            result: tuple[Optional[str], Any] = (None, fn())
+            value = fn()
         except DistftError as e:
-            result = (f"{e}" if self.rank == 0 else f"rank {self.rank}: {e}", None)
-        errors = [err for err, _ in self.gather(result) if err]
+            error = f"{e}" if self.rank == 0 else f"rank {self.rank}: {e}"
+        errors = [err for err in self.gather(error) if err]  # only the errors travel, not values
         if errors:
             raise DistftError(errors[0])
-        return result[1]
+        return value
 
 
 def _place(env: Environment, threads: Optional[int], pin_cores: bool) -> tuple[str, int]:
