@@ -4,10 +4,12 @@ train/layerwise.py, callbacks/unfreezing.py and callbacks/ema.py), set up from t
 Example (inside trainer.run, after `prepare`):
     plan = worker.all_ok(lambda: methods.plan(ft, cfg))      # specs checked on every rank
     optimizer = methods.optimizer(cfg, optim.build(...), ft)  # loss scaling, --lr_mult
-    ft.model.compile(optimizer=optimizer, ..., jit_compile=cfg.jit)
+    ft.model.compile(optimizer=optimizer, ...)
     optimizer.build(plan.variables())
 """
 from __future__ import annotations
+
+import os
 
 import tensorflow as tf
 
@@ -53,6 +55,15 @@ def optimizer(cfg: TrainConfig, opt: tf.keras.optimizers.Optimizer, ft: FineTune
     return opt
 
 
+def use_xla(jit: bool) -> None:
+    """XLA auto-clustering: TensorFlow compiles every part of the train step it can and leaves
+    Horovod's collectives (which have no XLA kernel on CPU) outside; a whole-step
+    `jit_compile=True` fails on them. On CPU it needs TF_XLA_FLAGS=--tf_xla_cpu_global_jit
+    before TensorFlow starts (api.train sets it)."""
+    if jit:
+        tf.config.optimizer.set_jit("autoclustering")
+
+
 def describe(cfg: TrainConfig, the_plan: stages.Plan) -> None:
     """Rank 0's start-of-run lines about the methods in use."""
     if cfg.unfreeze_schedule:
@@ -60,7 +71,7 @@ def describe(cfg: TrainConfig, the_plan: stages.Plan) -> None:
             f"epoch {s.epoch + 1}: {s.spec}" for s in the_plan.stages),
             the_plan.describe(the_plan.current))
     if cfg.precision != "float32" or cfg.jit:
-        log.info("precision %s%s", cfg.precision, ", XLA (jit_compile)" if cfg.jit else "")
+        log.info("precision %s%s", cfg.precision, ", XLA auto-clustering" if cfg.jit else "")
     if cfg.ema:
         log.info("EMA of the weights, decay %g: validated as val_ema_*, saved as model_ema.keras",
                  cfg.ema)

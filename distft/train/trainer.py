@@ -53,6 +53,7 @@ def run(cfg: TrainConfig, worker: Optional[Worker] = None) -> dict[str, Any]:
     elif val_data is not None:
         val_data.count(worker.rank, worker.size, worker.gather)
 
+    methods.use_xla(cfg.jit)
     ft = worker.all_ok(lambda: _prepare(cfg))
     plan = worker.all_ok(lambda: methods.plan(ft, cfg))
     _check_fit(ft, train_data, cfg)
@@ -78,7 +79,7 @@ def run(cfg: TrainConfig, worker: Optional[Worker] = None) -> dict[str, Any]:
         raise DistftError(f"the checkpoint in {cfg.output_dir} is at epoch {initial_epoch} and "
                           f"--epochs={cfg.epochs}: raise --epochs to train further")
     plan.apply(plan.index_at(initial_epoch))  # before compile: fit restores compile's trainable set
-    ft.model.compile(optimizer=optimizer, loss=ft.loss, metrics=ft.metrics, jit_compile=cfg.jit)
+    ft.model.compile(optimizer=optimizer, loss=ft.loss, metrics=ft.metrics)
     # All workers start from rank 0's weights and optimizer state (restored or fresh).
     worker.broadcast_variables(ft.model.variables + list(optimizer.variables) +
                                (list(ema.state.variables) if ema else []))
