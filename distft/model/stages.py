@@ -129,6 +129,14 @@ class Plan:
         self.apply(current)
         return out
 
+    def ever_trainable(self) -> set[str]:
+        """Names of the layers that train in some stage."""
+        current, names = self.current, set()
+        for i in range(len(self.stages)):
+            names.update(self.apply(i))
+        self.apply(current)
+        return names
+
     def describe(self, index: int) -> str:
         stage = self.stages[index]
         return f"stage {index} (from epoch {stage.epoch + 1}: {stage.spec or 'as --unfreeze'})"

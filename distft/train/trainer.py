@@ -17,7 +17,7 @@ from distft.config import TrainConfig
 from distft.data.dataset import DataSet
 from distft.errors import DistftError, Stopped
 from distft.model.prepare import FineTuneModel, prepare, weights_checksum
-from distft.train import methods, optim
+from distft.train import frozen_cache, methods, optim
 from distft.train.callbacks.checkpointing import Checkpointing
 from distft.train.callbacks.ema import EMA
 from distft.train.callbacks.progress import Progress
@@ -93,8 +93,12 @@ def run(cfg: TrainConfig, worker: Optional[Worker] = None) -> dict[str, Any]:
         _log_start(cfg, worker, ft, total, steps, resume_from, initial_epoch, placement)
         methods.describe(cfg, plan)
 
-    stream = train_data.stream(worker.rank, worker.size, cfg.batch_size, ft.input_shape,
-                               training=True, seed=cfg.seed, shuffle_buffer=cfg.shuffle_buffer)
+    fit_model = ft.model
+    if cfg.cache_frozen:
+        fit_model, stream = frozen_cache.cached(ft, plan, train_data, cfg, worker, optimizer)
+    else:
+        stream = train_data.stream(worker.rank, worker.size, cfg.batch_size, ft.input_shape,
+                                   training=True, seed=cfg.seed, shuffle_buffer=cfg.shuffle_buffer)
     validate = _validator(ft.model, val_data, cfg, worker)
     before = validate() if validate else {}
     if before:
@@ -123,7 +127,7 @@ def run(cfg: TrainConfig, worker: Optional[Worker] = None) -> dict[str, Any]:
                       Checkpointing(folder.checkpoints, checkpoint,
                                     lambda epoch: {"stage": plan.index_at(epoch)})]
     try:
-        history = ft.model.fit(stream, steps_per_epoch=steps, epochs=cfg.epochs,
+        history = fit_model.fit(stream, steps_per_epoch=steps, epochs=cfg.epochs,
                                initial_epoch=initial_epoch, callbacks=callbacks, verbose=0)
     except StopRequested:  # mid-epoch, checkpoint written: the partial epoch logs nothing
         if worker.rank == 0:

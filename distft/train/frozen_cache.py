@@ -1,0 +1,66 @@
+"""--cache_frozen: run the frozen prefix once over each worker's share, then train the rest
+on the cached features.
+
+Each worker streams its own share once (at inference, as the frozen layers run in training
+too), keeps the prefix's outputs and labels in memory, and trains the trainable rest on them,
+shuffled and repeated, for the same steps per epoch as without the cache. Validation, the
+checkpoints and model.keras use the full model (the rest shares its layers).
+
+Example:
+    fit_model, stream = cached(ft, plan, train_data, cfg, worker, optimizer)
+    fit_model.fit(stream, steps_per_epoch=steps, ...)
+"""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import tensorflow as tf
+
+from distft import log
+from distft.config import TrainConfig
+from distft.data.dataset import DataSet
+from distft.errors import DistftError
+from distft.model.prepare import FineTuneModel
+from distft.model.split import split
+from distft.model.stages import Plan
+from distft.train.runtime import Worker
+
+
+def check_pipeline(cfg: TrainConfig) -> None:
+    """The input pipeline must give the same inputs every epoch for a cache to be exact.
+    Nothing in distft's pipeline is random yet; a random augmentation option is refused here."""
+
+
+def cached(ft: FineTuneModel, plan: Plan, data: DataSet, cfg: TrainConfig, worker: Worker,
+           optimizer: tf.keras.optimizers.Optimizer) -> tuple[tf.keras.Model, tf.data.Dataset]:
+    """The model to fit (the trainable rest, compiled) and its stream of cached features."""
+    check_pipeline(cfg)
+    prefix, rest = worker.all_ok(lambda: split(ft.model, plan.ever_trainable()))
+    started = time.perf_counter()
+    stream = data.stream(worker.rank, worker.size, cfg.batch_size, ft.input_shape, training=False)
+    features, labels = worker.all_ok(lambda: _features(prefix, stream))
+    counts = worker.gather(len(labels))
+    log.info("cached the frozen prefix's output %s for %d records (%s per worker) in %.1fs: "
+             "training %d layers on it", tuple(prefix.output_shape[1:]), sum(counts),
+             "/".join(map(str, counts)), time.perf_counter() - started,
+             len([l for l in rest.layers if l.trainable_weights]))
+    ds = tf.data.Dataset.from_tensor_slices((features, labels))
+    if cfg.shuffle_buffer > 1:
+        ds = ds.shuffle(min(len(labels), cfg.shuffle_buffer), seed=cfg.seed + worker.rank,
+                        reshuffle_each_iteration=True)
+    ds = ds.repeat().batch(cfg.batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+    rest.compile(optimizer=optimizer, loss=ft.loss, metrics=ft.metrics)
+    return rest, ds
+
+
+def _features(prefix: tf.keras.Model, stream: tf.data.Dataset) -> tuple[np.ndarray, np.ndarray]:
+    run = tf.function(lambda x: prefix(x, training=False))
+    xs, ys = [], []
+    for x, y in stream:
+        xs.append(run(x).numpy())
+        ys.append(y.numpy())
+    if not xs:
+        raise DistftError("--cache_frozen: this worker's share of --data is empty: use fewer "
+                          "workers or more data files")
+    return np.concatenate(xs), np.concatenate(ys)
