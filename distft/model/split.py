@@ -28,20 +28,24 @@ def split(model: tf.keras.Model, trainable: set[str]) -> tuple[tf.keras.Model, t
         raise DistftError(f"{why}: the model is not a functional Keras model, so distft cannot "
                           "find its frozen prefix: leave out --cache_frozen")
     tainted: set[str] = set()  # layers fed (directly or not) by a trainable layer, and those
+    inputs_of = {}
     for layer in model.layers:  # functional models list layers in topological order
-        if len(layer._inbound_nodes) > 1:
+        nodes = [i for i in range(len(layer._inbound_nodes))
+                 if f"{layer.name}_ib-{i}" in model._network_nodes]  # this model's calls
+        if len(nodes) > 1:
             raise DistftError(f"{why}: layer '{layer.name}' is used more than once, so the "
                               "model cannot be split: leave out --cache_frozen")
-        parents = _parents(layer)
+        inputs_of[layer.name] = [] if isinstance(layer, tf.keras.layers.InputLayer) else \
+            tf.nest.flatten(layer.get_input_at(nodes[0]))
+        parents = {t._keras_history.layer.name for t in inputs_of[layer.name]}
         leaves = {l.name for l in unfreezing.flatten(layer)}
         if leaves & trainable or tainted & parents:
             tainted.add(layer.name)
     boundary = {}  # the prefix tensors the rest reads
     for layer in model.layers:
         if layer.name in tainted:
-            for tensor in tf.nest.flatten(layer.input):
-                source = tensor._keras_history.layer
-                if source.name not in tainted:
+            for tensor in inputs_of[layer.name]:
+                if tensor._keras_history.layer.name not in tainted:
                     boundary[id(tensor)] = tensor
     inputs = {id(t) for t in model.inputs}
     if len(boundary) != 1:
@@ -60,9 +64,3 @@ def split(model: tf.keras.Model, trainable: set[str]) -> tuple[tf.keras.Model, t
                           "so their output cannot be computed once: leave out --cache_frozen")
     return prefix, tf.keras.Model(tensor, model.outputs, name=f"{model.name}_rest")
 
-
-def _parents(layer: tf.keras.layers.Layer) -> set[str]:
-    if not layer._inbound_nodes:
-        return set()
-    return {t._keras_history.layer.name for t in tf.nest.flatten(layer.input)} \
-        if not isinstance(layer, tf.keras.layers.InputLayer) else set()
