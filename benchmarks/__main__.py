@@ -9,9 +9,10 @@ from __future__ import annotations
 import sys
 from typing import Callable
 
-from benchmarks import overhead
+from benchmarks import frozen_cache, overhead
 
-BENCHMARKS: dict[str, Callable[[list[str]], int]] = {"overhead": overhead.main}
+BENCHMARKS: dict[str, Callable[[list[str]], int]] = {"overhead": overhead.main,
+                                                     "frozen_cache": frozen_cache.main}
 
 
 def main(argv: list[str]) -> int:
