@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Iterator
 
 from distft.errors import DistftError
 
@@ -91,10 +91,10 @@ class Plan:
                            for s in stages]
         else:
             self.chosen = [{i for i, l in enumerate(self.body) if l.trainable}]
-        self.current = -1
-        for i, stage in enumerate(self.stages):
-            self.apply(i)
+        self.current = 0
+        for i in self._each_stage():
             if not ft.model.trainable_weights:
+                stage = self.stages[i]
                 raise DistftError(f"--unfreeze_schedule stage {stage.epoch}:{stage.spec} leaves no "
                                   "weight to train: unfreeze some layers or add a head with "
                                   "--num_classes")
@@ -116,26 +116,30 @@ class Plan:
 
         return [l.name for l in unfreezing.flatten(self.ft.model) if l.trainable and l.weights]
 
+    def _each_stage(self) -> Iterator[int]:
+        """Apply each stage in turn, yielding its index; then the current one again."""
+        current = self.current
+        try:
+            for i in range(len(self.stages)):
+                self.apply(i)
+                yield i
+        finally:
+            self.apply(current)
+
     def variables(self) -> list[tf.Variable]:
         """Every variable trainable in some stage, in a fixed order: the optimizer keeps state
         (slots) for all of them from the start, so a stage switch keeps what it learnt."""
-        current, seen, out = self.current, set(), []
-        for i in range(len(self.stages)):
-            self.apply(i)
+        seen, out = set(), []
+        for _ in self._each_stage():
             for v in self.ft.model.trainable_variables:
                 if v.ref() not in seen:
                     seen.add(v.ref())
                     out.append(v)
-        self.apply(current)
         return out
 
     def ever_trainable(self) -> set[str]:
         """Names of the layers that train in some stage."""
-        current, names = self.current, set()
-        for i in range(len(self.stages)):
-            names.update(self.apply(i))
-        self.apply(current)
-        return names
+        return {name for _ in self._each_stage() for name in self.trainable_layers()}
 
     def describe(self, index: int) -> str:
         stage = self.stages[index]

@@ -15,6 +15,7 @@ import tensorflow as tf
 
 from distft import log
 from distft.config import TrainConfig
+from distft.errors import DistftError
 from distft.model import stages, unfreeze as unfreezing
 from distft.model.prepare import FineTuneModel
 from distft.train.layerwise import scale_updates
@@ -24,8 +25,6 @@ def plan(ft: FineTuneModel, cfg: TrainConfig) -> stages.Plan:
     """The stages bound to the model; also checks --lr_mult's specs against it."""
     schedule = stages.parse_schedule(cfg.unfreeze_schedule) if cfg.unfreeze_schedule else None
     if schedule and cfg.grad_accum > 1:
-        from distft.errors import DistftError
-
         raise DistftError("--unfreeze_schedule does not work with --grad_accum > 1 yet "
                           "(Horovod's accumulators are fixed at the first step): drop one")
     result = stages.Plan(ft, schedule, cfg.train_bn)

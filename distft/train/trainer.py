@@ -162,7 +162,7 @@ def run(cfg: TrainConfig, worker: Optional[Worker] = None) -> dict[str, Any]:
     if cfg.unfreeze_schedule:
         metrics["stages"] = unfreezing.record
     if ema:
-        metrics["ema_checksums"] = worker.gather(_ema_checksum(ft.model, ema))
+        metrics["ema_checksums"] = worker.gather(ema.checksum(ft.model))
     if worker.rank == 0:
         path = folder.save_model(tf.keras.Model(ft.model.inputs, ft.model.outputs, name=ft.model.name))
         if ema:
@@ -189,11 +189,6 @@ def _prepare(cfg: TrainConfig) -> FineTuneModel:
     return prepare(cfg.model, cfg.num_classes, cfg.unfreeze, cfg.head_dropout, cfg.train_bn,
                    cfg.weights, cfg.input_shape, cfg.loss, cfg.metrics, cfg.seed,
                    cfg.unsafe_deserialization, cfg.precision)
-
-
-def _ema_checksum(model: tf.keras.Model, ema: EMA) -> str:
-    with ema.swapped():
-        return weights_checksum(model)
 
 
 def _check_fit(ft: FineTuneModel, data: DataSet, cfg: TrainConfig) -> None:

@@ -60,6 +60,13 @@ class EMA(tf.keras.callbacks.Callback):
             for v, r in zip(self.variables, raw):
                 v.assign(r)
 
+    def checksum(self, model: tf.keras.Model) -> str:
+        """`weights_checksum` of `model` with the averaged weights (equal on in-sync workers)."""
+        from distft.model.prepare import weights_checksum
+
+        with self.swapped():
+            return weights_checksum(model)
+
     def on_epoch_end(self, epoch, logs=None):
         if self.validate is not None and logs is not None:
             with self.swapped():
