@@ -75,14 +75,23 @@ def prepare(workdir: str, records: int) -> None:
 
     tf.keras.utils.set_random_seed(SEED)
     base = tf.keras.applications.MobileNetV2(input_shape=INPUT, alpha=0.35, weights=None, classes=20)
-    os.makedirs(os.path.join(workdir, "shards"), exist_ok=True)
-    base.save(os.path.join(workdir, "base_model.keras"))
     rng = np.random.default_rng(SEED)
     prototypes = rng.random((CLASSES, *INPUT), dtype=np.float32)
+    images = lambda y: 0.5 * prototypes[y] + 0.5 * rng.random((len(y), *INPUT), dtype=np.float32)
+    # Random weights with BatchNorm's initial statistics give near-constant features (and
+    # chance accuracy for both contenders); set the statistics from one batch of the data.
+    norms = [l for l in base.layers if isinstance(l, tf.keras.layers.BatchNormalization)]
+    for layer in norms:
+        layer.momentum = 0.0
+    base(images(rng.integers(0, CLASSES, 128)), training=True)
+    for layer in norms:
+        layer.momentum = 0.999
+    os.makedirs(os.path.join(workdir, "shards"), exist_ok=True)
+    base.save(os.path.join(workdir, "base_model.keras"))
     for name, n, shards in (("train", records, 4), ("val", records // 4, 1)):
         y = rng.integers(0, CLASSES, n)
-        x = 0.5 * prototypes[y] + 0.5 * rng.random((n, *INPUT), dtype=np.float32)
-        write_tfrecords(x, y, os.path.join(workdir, "shards", f"{name}-{{:02d}}.tfrecord"), shards)
+        write_tfrecords(images(y), y, os.path.join(workdir, "shards", f"{name}-{{:02d}}.tfrecord"),
+                        shards)
 
 
 def train(workdir: str, cache: bool, epochs: int, batch_size: int, threads: int) -> dict[str, Any]:
