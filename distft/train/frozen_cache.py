@@ -7,7 +7,8 @@ shuffled and repeated, for the same steps per epoch as without the cache. Valida
 checkpoints and model.keras use the full model (the rest shares its layers).
 
 Example:
-    fit_model, stream = cached(ft, plan, train_data, cfg, worker, optimizer)
+    parts = worker.all_ok(lambda: split_model(ft, plan, cfg))   # before anything is written
+    fit_model, stream = cached(parts, ft, train_data, cfg, worker, optimizer)
     fit_model.fit(stream, steps_per_epoch=steps, ...)
 """
 from __future__ import annotations
@@ -32,11 +33,18 @@ def check_pipeline(cfg: TrainConfig) -> None:
     Nothing in distft's pipeline is random yet; a random augmentation option is refused here."""
 
 
-def cached(ft: FineTuneModel, plan: Plan, data: DataSet, cfg: TrainConfig, worker: Worker,
+def split_model(ft: FineTuneModel, plan: Plan, cfg: TrainConfig) -> tuple[tf.keras.Model, tf.keras.Model]:
+    """(frozen prefix, trainable rest), or a DistftError saying why the run cannot be cached.
+    With a schedule, the prefix is what stays frozen in every stage."""
+    check_pipeline(cfg)
+    return split(ft.model, plan.ever_trainable())
+
+
+def cached(parts: tuple[tf.keras.Model, tf.keras.Model], ft: FineTuneModel, data: DataSet,
+           cfg: TrainConfig, worker: Worker,
            optimizer: tf.keras.optimizers.Optimizer) -> tuple[tf.keras.Model, tf.data.Dataset]:
     """The model to fit (the trainable rest, compiled) and its stream of cached features."""
-    check_pipeline(cfg)
-    prefix, rest = worker.all_ok(lambda: split(ft.model, plan.ever_trainable()))
+    prefix, rest = parts
     started = time.perf_counter()
     stream = data.stream(worker.rank, worker.size, cfg.batch_size, ft.input_shape, training=False)
     features, labels = worker.all_ok(lambda: _features(prefix, stream))

@@ -56,6 +56,7 @@ def run(cfg: TrainConfig, worker: Optional[Worker] = None) -> dict[str, Any]:
     methods.use_xla(cfg.jit)
     ft = worker.all_ok(lambda: _prepare(cfg))
     plan = worker.all_ok(lambda: methods.plan(ft, cfg))
+    parts = worker.all_ok(lambda: frozen_cache.split_model(ft, plan, cfg)) if cfg.cache_frozen else None
     _check_fit(ft, train_data, cfg)
     steps = math.ceil(total / (worker.size * cfg.batch_size))
     optimizer = methods.optimizer(cfg, optim.build(cfg, worker.size, steps), ft, worker.rank == 0)
@@ -95,7 +96,7 @@ def run(cfg: TrainConfig, worker: Optional[Worker] = None) -> dict[str, Any]:
 
     fit_model = ft.model
     if cfg.cache_frozen:
-        fit_model, stream = frozen_cache.cached(ft, plan, train_data, cfg, worker, optimizer)
+        fit_model, stream = frozen_cache.cached(parts, ft, train_data, cfg, worker, optimizer)
     else:
         stream = train_data.stream(worker.rank, worker.size, cfg.batch_size, ft.input_shape,
                                    training=True, seed=cfg.seed, shuffle_buffer=cfg.shuffle_buffer)
