@@ -76,9 +76,11 @@ def spawn(args: list[str], np: int, hosts: str | None = None, controller: str = 
     if stopped:
         raise Stopped("the workers stopped on a signal; see above", reported=True)
     if code:
-        if deaths:  # the launcher's own SIGTERMs to the survivors come last
-            deaths.sort(key=lambda d: "SIGTERM" in d)
-            raise DistftError(f"{deaths[0]}; the job was stopped", exit_code=code)
+        # The launcher SIGTERMs the survivors once one worker exits: those deaths are
+        # consequences, so a worker's own error line explains the failure better.
+        killed = [d for d in deaths if "SIGTERM" not in d]
+        if killed or (deaths and not errors):
+            raise DistftError(f"{(killed or deaths)[0]}; the job was stopped", exit_code=code)
         if errors:
             print(errors[0], file=sys.stderr, flush=True)
             # A worker that reported a DistftError exited 2 (bad input); the launcher says 1.
