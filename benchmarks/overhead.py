@@ -89,8 +89,25 @@ def prepare(workdir: str, records: int, shards: int) -> None:
     if _workload(workdir) == spec:
         return
     tf.keras.utils.set_random_seed(SEED)
+    base = base_model()
+    os.makedirs(os.path.join(workdir, "shards"), exist_ok=True)
+    base.save(os.path.join(workdir, "base_model.h5"), save_format="h5")
+    # Images of CLASSES noisy prototypes: learnable, and realistic in size (3072 floats each).
+    rng = np.random.default_rng(SEED)
+    y = rng.integers(0, CLASSES, records)
+    prototypes = rng.random((CLASSES, *INPUT), dtype=np.float32)
+    x = 0.5 * prototypes[y] + 0.5 * rng.random((records, *INPUT), dtype=np.float32)
+    write_tfrecords(x, y, os.path.join(workdir, "shards", "train-{:02d}.tfrecord"), shards)
+    with open(os.path.join(workdir, "workload.json"), "w") as f:
+        json.dump(spec, f)
+
+
+def base_model():
+    """The base CNN (~200k weights) on 32x32x3 images, with a 20-class top."""
+    import tensorflow as tf
+
     L = tf.keras.layers
-    base = tf.keras.Sequential([
+    return tf.keras.Sequential([
         L.Input(INPUT, name="image"),
         L.Conv2D(32, 3, padding="same", activation="relu", name="conv1"),
         L.BatchNormalization(name="bn1"),
@@ -107,16 +124,6 @@ def prepare(workdir: str, records: int, shards: int) -> None:
         L.Dense(128, activation="relu", name="features"),
         L.Dense(20, activation="softmax", name="classes"),
     ], name="bench_base")
-    os.makedirs(os.path.join(workdir, "shards"), exist_ok=True)
-    base.save(os.path.join(workdir, "base_model.h5"), save_format="h5")
-    # Images of CLASSES noisy prototypes: learnable, and realistic in size (3072 floats each).
-    rng = np.random.default_rng(SEED)
-    y = rng.integers(0, CLASSES, records)
-    prototypes = rng.random((CLASSES, *INPUT), dtype=np.float32)
-    x = 0.5 * prototypes[y] + 0.5 * rng.random((records, *INPUT), dtype=np.float32)
-    write_tfrecords(x, y, os.path.join(workdir, "shards", "train-{:02d}.tfrecord"), shards)
-    with open(os.path.join(workdir, "workload.json"), "w") as f:
-        json.dump(spec, f)
 
 
 def _workload(workdir: str) -> Optional[dict]:
