@@ -9,9 +9,10 @@ from __future__ import annotations
 import sys
 from typing import Callable
 
-from benchmarks import overhead
+from benchmarks import overhead, report, tuning
 
-BENCHMARKS: dict[str, Callable[[list[str]], int]] = {"overhead": overhead.main}
+BENCHMARKS: dict[str, Callable[[list[str]], int]] = {"overhead": overhead.main, "report": report.main,
+                                                     "tuning": tuning.main}
 
 
 def main(argv: list[str]) -> int:

@@ -281,10 +281,10 @@ def _check_same_work(rounds: list[dict]) -> None:
         raise RuntimeError(f"the contenders did different work (steps/epoch, trainable weights): {seen}")
 
 
-def _child(cmd: list[str]) -> dict[str, Any]:
-    """Run one step in a fresh process (TF quiet); its last output line is its JSON result
-    (`--prepare` prints `{}`)."""
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+def _child(cmd: list[str], env: Optional[dict[str, str]] = None) -> dict[str, Any]:
+    """Run one step in a fresh process (TF quiet, `env` added); its last output line is its
+    JSON result (`--prepare` prints `{}`)."""
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", **(env or {}))
     proc = subprocess.run(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                           text=True, timeout=CHILD_TIMEOUT)
     if proc.returncode:
