@@ -69,13 +69,13 @@ def main(argv: list[str]) -> int:
     parts = a.parts.split(",")
     if "throughput" in parts:
         report["throughput"] = {w: throughput(s, a.rounds, a.epochs) for w, s in specs.items()}
-    if "communication" in parts:
-        report["communication"] = {w: comm(s) for w, s in specs.items()}
+    if "communication" in parts:  # bytes per step do not depend on the records: 8 steps
+        report["communication"] = {w: comm(_spec(workdir, w, 16 * BATCH)) for w in specs}
     if "startup" in parts:
         report["startup"] = startup(_spec(workdir, "mobilenet", 2 * BATCH))
     if "size" in parts:
-        report["size"] = size_sweep(workdir, specs["mobilenet" if "mobilenet" in specs else next(iter(specs))],
-                                     a.epochs)
+        w = "mobilenet" if "mobilenet" in specs else next(iter(specs))
+        report["size"] = size_sweep(workdir, specs[w], a.epochs, report.get("throughput", {}).get(w))
     report["minutes"] = round((time.time() - started) / 60, 1)
     os.makedirs(a.output, exist_ok=True)
     with open(os.path.join(a.output, "report.json"), "w") as f:
@@ -190,17 +190,21 @@ def startup(spec: str, rounds: int = 2) -> dict[str, Any]:
 
 # --- 4. epoch time against data size -----------------------------------------------------------
 
-def size_sweep(workdir: str, spec: str, epochs: int) -> dict[str, Any]:
-    """Steady-state epoch seconds of distft x2 and Keras x1 at 1/4, 1/2 and all the records."""
+def size_sweep(workdir: str, spec: str, epochs: int, measured: Optional[dict] = None) -> dict[str, Any]:
+    """Steady-state epoch seconds of distft x2 and Keras x1 at 1/4, 1/2 and all the records
+    (all: the throughput part's medians when given)."""
     with open(spec) as f:
         w = json.load(f)
     rows = []
     for records in (w["records"] // 4, w["records"] // 2, w["records"]):
-        s = _spec(workdir, w["name"], records)
         row: dict[str, Any] = {"records": records}
         for c, n in (("keras", 1), ("distft", 2)):
-            res = _run(s, c, n, epochs)
-            row[f"{c}{n}"] = res["steps_per_epoch"] * n * BATCH / res["samples_per_sec"]
+            steps = -(-records // (n * BATCH))
+            if records == w["records"] and measured:
+                sps = measured["median"][f"{c}{n}"]
+            else:
+                sps = _run(_spec(workdir, w["name"], records), c, n, epochs)["samples_per_sec"]
+            row[f"{c}{n}"] = steps * n * BATCH / sps
         print(f"  size {records}: {row}", file=sys.stderr, flush=True)
         rows.append(row)
     return {"workload": w["name"], "rows": rows}
