@@ -4,7 +4,8 @@ Candidates, alternated round by round on one workload (each a fresh process; see
 benchmarks/contenders.py): a bare Keras baseline (1 worker, 1 thread, pinned), the same
 script under `horovodrun --gloo` as a stock job (no pinning, TensorFlow's default threads)
 and with one change at a time (pinned one worker per core with 1 thread, HOROVOD_CYCLE_TIME,
-fusion off), MultiWorkerMirroredStrategy, and distft with its defaults. Each candidate's
+fusion off), MultiWorkerMirroredStrategy, and distft with its defaults and with each cycle
+time. Each candidate's
 samples/s is divided by the baseline's of the same round (speed-up from 2 workers).
 
 Example (from the repository root):
@@ -33,6 +34,8 @@ CANDIDATES: dict[str, tuple[str, int, int, int, dict[str, str]]] = {
     "horovod pinned, fusion off": ("horovod", 2, 1, 1, {"HOROVOD_FUSION_THRESHOLD": "0"}),
     "mwms pinned, 1 thread": ("mwms", 2, 1, 1, {}),
     "distft defaults": ("distft", 2, 1, 1, {}),
+    "distft, cycle 1 ms": ("distft", 2, 1, 1, {"HOROVOD_CYCLE_TIME": "1"}),
+    "distft, cycle 5 ms": ("distft", 2, 1, 1, {"HOROVOD_CYCLE_TIME": "5"}),
 }
 
 
@@ -42,11 +45,11 @@ def main(argv: list[str]) -> int:
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--workload", default="mobilenet")
     p.add_argument("--records", type=int, default=1024)
-    p.add_argument("--only", default="", help="comma-separated candidate names (default: all)")
+    p.add_argument("--only", default="", help="candidate names separated by ; (default: all)")
     p.add_argument("--workdir", default="/tmp/distft-tuning", help="models and data (kept)")
     p.add_argument("--output", default=os.path.join(RESULTS, "tuning.json"))
     a = p.parse_args(argv)
-    names = [n for n in CANDIDATES if not a.only or n in a.only.split(",")]
+    names = [n for n in CANDIDATES if not a.only or n in a.only.split(";")]
     spec = _spec(a.workdir, a.workload, a.records)
     print(f"command: {_invocation()}", flush=True)
     rounds = []
