@@ -14,9 +14,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import glob
 import json
-import math
 import os
 import platform
 import shlex
@@ -40,7 +38,6 @@ UNFREEZE = "last:2"
 LR = 1e-3
 SEED = 42  # distft's default --seed
 LOG_EVERY = 50  # distft's default --log_every
-SHUFFLE = 10000  # distft's default --shuffle_buffer
 CHILD_TIMEOUT = 900
 
 
@@ -150,56 +147,14 @@ def train_distft(workdir: str, epochs: int, batch_size: int, threads: int) -> di
 
 
 def train_keras(workdir: str, epochs: int, batch_size: int, threads: int) -> dict[str, Any]:
-    """The same fine-tuning as a plain Keras script: tf.data, new head, freeze, compile, fit."""
-    import tensorflow as tf
+    """The same fine-tuning as a plain Keras script: tf.data, new head, freeze, compile, fit
+    (the report's bare Keras contender, on this benchmark's files and threads, unpinned)."""
+    from benchmarks.contenders import keras_fit
 
-    tf.config.threading.set_intra_op_parallelism_threads(threads)
-    tf.config.threading.set_inter_op_parallelism_threads(max(2, threads))
-    tf.keras.utils.set_random_seed(SEED)
-
-    base = tf.keras.models.load_model(os.path.join(workdir, "base_model.h5"), compile=False)
-    head = tf.keras.layers.Dense(CLASSES, activation="softmax", name="head")
-    model = tf.keras.Model(base.inputs, head(base.layers[-2].output))
-    weighted = [l for l in base.layers[:-1]
-                if l.weights and not isinstance(l, tf.keras.layers.BatchNormalization)]
-    for layer in model.layers:
-        layer.trainable = layer is head or layer in weighted[-2:]
-    model.compile(optimizer=tf.keras.optimizers.Adam(LR), loss="sparse_categorical_crossentropy",
-                  metrics=["accuracy"])
-
-    features = {"x": tf.io.FixedLenFeature([math.prod(INPUT)], tf.float32),
-                "y": tf.io.FixedLenFeature([], tf.int64)}
-
-    def parse(batch):
-        parsed = tf.io.parse_example(batch, features)
-        return tf.reshape(parsed["x"], (-1, *INPUT)), parsed["y"]
-
-    files = sorted(glob.glob(os.path.join(workdir, "shards", "train-*.tfrecord")))
-    data = (tf.data.TFRecordDataset(files)
-            .shuffle(SHUFFLE, seed=SEED, reshuffle_each_iteration=True)
-            .repeat()
-            .batch(batch_size, drop_remainder=True)
-            .map(parse, num_parallel_calls=tf.data.AUTOTUNE)
-            .prefetch(tf.data.AUTOTUNE))
-
-    class EpochTimer(tf.keras.callbacks.Callback):
-        def __init__(self):
-            super().__init__()
-            self.seconds: list[float] = []
-
-        def on_epoch_begin(self, epoch, logs=None):
-            self.start = time.perf_counter()
-
-        def on_epoch_end(self, epoch, logs=None):
-            self.seconds.append(time.perf_counter() - self.start)
-
-    steps = math.ceil(_workload(workdir)["records"] / batch_size)
-    timer = EpochTimer()
-    history = model.fit(data, steps_per_epoch=steps, epochs=epochs, callbacks=[timer], verbose=0)
-    timed = timer.seconds[1:] or timer.seconds
-    return {"samples_per_sec": batch_size * steps * len(timed) / sum(timed), "steps_per_epoch": steps,
-            "trainable_params": int(sum(w.shape.num_elements() for w in model.trainable_weights)),
-            "loss": float(history.history["loss"][-1])}
+    spec = {"model": os.path.join(workdir, "base_model.h5"), "classes": CLASSES, "input": INPUT,
+            "data": os.path.join(workdir, "shards", "train-*.tfrecord"), "first_trainable": "conv4",
+            "records": _workload(workdir)["records"]}
+    return keras_fit(spec, epochs, batch_size, threads, pin=0, mode="keras")
 
 
 # --- the comparison ----------------------------------------------------------------------------

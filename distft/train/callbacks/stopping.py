@@ -3,7 +3,7 @@
 A signal may reach one worker or all of them (Slurm's `--signal`, `scancel --signal`, a
 launcher forwarding it). Every `every` steps the workers allreduce a "stop requested" flag
 (and their step time, from which all set the same next `every`: about one check per
-`interval` seconds, at least 10 steps apart, so the check costs nothing on short steps), so all
+`interval` seconds, a multiple of 10 steps, so the check costs nothing on short steps), so all
 of them stop after the same step; rank 0 then writes a checkpoint of that step
 (state `epoch` = the epoch to resume at) and `fit` is left at once with `StopRequested`, so
 no end-of-epoch work runs on a partial epoch. The run ends with exit code 75.
@@ -67,8 +67,8 @@ class GracefulStop(tf.keras.callbacks.Callback):
                 tf.constant([float(signum), step_seconds], tf.float64), op=hvd_tf.Max,
                 name="distft_stop").numpy()
             signum = int(signum)
-        if step_seconds > 0:
-            self.every = max(10, min(1000, int(self.interval / step_seconds)))
+        if step_seconds > 0:  # a multiple of 10: checks fall on steps 10, 20, ... of an epoch
+            self.every = 10 * max(1, min(100, int(self.interval / step_seconds / 10)))
         if signum:
             self.received = signum
         return bool(signum)
