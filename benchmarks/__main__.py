@@ -1,6 +1,7 @@
 """Run distft's benchmarks.
 
 Usage (from the repository root):
+    python -m benchmarks report                # the performance report (make bench)
     python -m benchmarks                       # every benchmark, default options
     python -m benchmarks overhead [OPTIONS]    # one benchmark; `overhead --help` lists OPTIONS
 """
