@@ -2,8 +2,9 @@
 
 Horovod 0.28.1's timeline is Chrome trace JSON: one "process" per tensor (its metadata event
 `process_name` holds the tensor's name) and, per collective, an `ALLREDUCE` span whose end
-event carries `args: {"dtype", "shape"}`. Gradients are the tensors whose name contains
-`HorovodAllreduce_grads`; their bytes per step should be 4 x trainable weights (2 with
+event carries `args: {"dtype", "shape"}`. Gradients are the tensors allreduced inside the
+optimizer's scope (`.../DistributedAdam_Allreduce/cond_3/HorovodAllreduce_grads_3_0`, or
+`..._Cast_1_0` when compressed); their bytes per step should be 4 x trainable weights (2 with
 `--compression=fp16`), and there should be exactly one gradient tensor per trainable
 variable (a frozen layer's would be extra tensors and bytes).
 
@@ -15,9 +16,11 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections import defaultdict
 from typing import Any
 
+GRADIENT = re.compile(r"Distributed\w*_Allreduce/")  # horovod.keras's DistributedOptimizer scope
 DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2, "float64": 8, "int32": 4, "int64": 8,
                "uint8": 1, "int8": 1, "bool": 1}
 
@@ -47,7 +50,7 @@ def allreduced(path: str, steps: int) -> dict[str, Any]:
                 shape = json.loads(args["shape"]) if args["shape"].startswith("[") else []
                 sizes[names.get(pid, str(pid))].append(
                     math.prod(shape) * DTYPE_BYTES.get(args["dtype"], 4))
-    grads = {n: s for n, s in sizes.items() if "HorovodAllreduce_grads" in n}
+    grads = {n: s for n, s in sizes.items() if GRADIENT.search(n)}
     return {
         "gradient_tensors": len(grads),
         "gradient_bytes_per_step": sum(sum(s) for s in grads.values()) / max(1, steps),
