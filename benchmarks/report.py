@@ -65,12 +65,14 @@ def main(argv: list[str]) -> int:
                         **{p: metadata.version(p) for p in ("tensorflow", "horovod")}},
     }
     print(f"command: {report['command']}", flush=True)
-    specs = {w: _spec(workdir, w, n) for w, n in report["settings"]["records"].items()}
     parts = a.parts.split(",")
+    specs = {w: _spec(workdir, w, n) for w, n in report["settings"]["records"].items()
+             if {"throughput", "size"} & set(parts)}
     if "throughput" in parts:
         report["throughput"] = {w: throughput(s, a.rounds, a.epochs) for w, s in specs.items()}
     if "communication" in parts:  # bytes per step do not depend on the records: 8 steps
-        report["communication"] = {w: comm(_spec(workdir, w, 16 * BATCH)) for w in specs}
+        report["communication"] = {w: comm(_spec(workdir, w, 16 * BATCH))
+                                   for w in report["settings"]["records"]}
     if "startup" in parts:
         report["startup"] = startup(_spec(workdir, "mobilenet", 2 * BATCH))
     if "size" in parts:
