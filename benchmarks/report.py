@@ -12,7 +12,7 @@ Parts (each run is a fresh subprocess printing one JSON line; see benchmarks/con
 Writes benchmarks/results/report.json, report.md and throughput.png, scaling.png, epoch_time.png.
 
 Example (from the repository root):
-    python -m benchmarks report                      # the full report (~15 min on 2 cores)
+    python -m benchmarks report                      # the full report (sized for < 20 min on 2 quiet cores)
     python -m benchmarks report --rounds=1 --epochs=2 --workloads=cnn   # a quick look
 """
 from __future__ import annotations
