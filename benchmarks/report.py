@@ -167,7 +167,8 @@ def startup(spec: str, rounds: int = 2) -> dict[str, Any]:
         w = json.load(f)
     launcher = [os.path.join(os.path.dirname(sys.executable), "horovodrun"), "-np", "2",
                 "-H", "localhost:2", "--gloo", _python()]
-    out_dir = tempfile.mkdtemp(prefix="distft-startup-")
+    out = tempfile.TemporaryDirectory(prefix="distft-startup-")
+    out_dir = out.name
     commands = {
         "distft": launcher + ["-m", "distft", "train", f"--model={w['model']}", f"--data={w['data']}",
                               f"--output_dir={out_dir}", "--overwrite", f"--num_classes={w['classes']}",
@@ -186,6 +187,7 @@ def startup(spec: str, rounds: int = 2) -> dict[str, Any]:
                 raise RuntimeError(f"{shlex.join(cmd)} failed:\n{proc.stdout[-3000:]}")
             times[name].append(round(time.time() - started, 1))
             print(f"  startup {name}: {times[name][-1]:.1f}s", file=sys.stderr, flush=True)
+    out.cleanup()
     return {"seconds": times, "median": {k: statistics.median(v) for k, v in times.items()},
             "commands": {k: shlex.join(v) for k, v in commands.items()}}
 
