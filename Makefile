@@ -16,7 +16,7 @@ unit: setup
 	$(PY) -m pytest -v -m "not multiworker" tests
 
 bench: setup
-	$(PY) -m benchmarks
+	$(PY) -m benchmarks report
 
 clean:
 	rm -rf distft-demo .pytest_cache

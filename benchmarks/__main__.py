@@ -1,6 +1,7 @@
 """Run distft's benchmarks.
 
 Usage (from the repository root):
+    python -m benchmarks report                # the performance report (make bench)
     python -m benchmarks                       # every benchmark, default options
     python -m benchmarks overhead [OPTIONS]    # one benchmark; `overhead --help` lists OPTIONS
 """
@@ -9,10 +10,11 @@ from __future__ import annotations
 import sys
 from typing import Callable
 
-from benchmarks import frozen_cache, overhead
+from benchmarks import frozen_cache, overhead, report, tuning
 
-BENCHMARKS: dict[str, Callable[[list[str]], int]] = {"overhead": overhead.main,
-                                                     "frozen_cache": frozen_cache.main}
+BENCHMARKS: dict[str, Callable[[list[str]], int]] = {
+    "report": report.main, "overhead": overhead.main, "tuning": tuning.main,
+    "frozen_cache": frozen_cache.main}
 
 
 def main(argv: list[str]) -> int:

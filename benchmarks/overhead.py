@@ -14,9 +14,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import glob
 import json
-import math
 import os
 import platform
 import shlex
@@ -40,7 +38,6 @@ UNFREEZE = "last:2"
 LR = 1e-3
 SEED = 42  # distft's default --seed
 LOG_EVERY = 50  # distft's default --log_every
-SHUFFLE = 10000  # distft's default --shuffle_buffer
 CHILD_TIMEOUT = 900
 
 
@@ -89,8 +86,25 @@ def prepare(workdir: str, records: int, shards: int) -> None:
     if _workload(workdir) == spec:
         return
     tf.keras.utils.set_random_seed(SEED)
+    base = base_model()
+    os.makedirs(os.path.join(workdir, "shards"), exist_ok=True)
+    base.save(os.path.join(workdir, "base_model.h5"), save_format="h5")
+    # Images of CLASSES noisy prototypes: learnable, and realistic in size (3072 floats each).
+    rng = np.random.default_rng(SEED)
+    y = rng.integers(0, CLASSES, records)
+    prototypes = rng.random((CLASSES, *INPUT), dtype=np.float32)
+    x = 0.5 * prototypes[y] + 0.5 * rng.random((records, *INPUT), dtype=np.float32)
+    write_tfrecords(x, y, os.path.join(workdir, "shards", "train-{:02d}.tfrecord"), shards)
+    with open(os.path.join(workdir, "workload.json"), "w") as f:
+        json.dump(spec, f)
+
+
+def base_model():
+    """The base CNN (~200k weights) on 32x32x3 images, with a 20-class top."""
+    import tensorflow as tf
+
     L = tf.keras.layers
-    base = tf.keras.Sequential([
+    return tf.keras.Sequential([
         L.Input(INPUT, name="image"),
         L.Conv2D(32, 3, padding="same", activation="relu", name="conv1"),
         L.BatchNormalization(name="bn1"),
@@ -107,16 +121,6 @@ def prepare(workdir: str, records: int, shards: int) -> None:
         L.Dense(128, activation="relu", name="features"),
         L.Dense(20, activation="softmax", name="classes"),
     ], name="bench_base")
-    os.makedirs(os.path.join(workdir, "shards"), exist_ok=True)
-    base.save(os.path.join(workdir, "base_model.h5"), save_format="h5")
-    # Images of CLASSES noisy prototypes: learnable, and realistic in size (3072 floats each).
-    rng = np.random.default_rng(SEED)
-    y = rng.integers(0, CLASSES, records)
-    prototypes = rng.random((CLASSES, *INPUT), dtype=np.float32)
-    x = 0.5 * prototypes[y] + 0.5 * rng.random((records, *INPUT), dtype=np.float32)
-    write_tfrecords(x, y, os.path.join(workdir, "shards", "train-{:02d}.tfrecord"), shards)
-    with open(os.path.join(workdir, "workload.json"), "w") as f:
-        json.dump(spec, f)
 
 
 def _workload(workdir: str) -> Optional[dict]:
@@ -143,56 +147,14 @@ def train_distft(workdir: str, epochs: int, batch_size: int, threads: int) -> di
 
 
 def train_keras(workdir: str, epochs: int, batch_size: int, threads: int) -> dict[str, Any]:
-    """The same fine-tuning as a plain Keras script: tf.data, new head, freeze, compile, fit."""
-    import tensorflow as tf
+    """The same fine-tuning as a plain Keras script: tf.data, new head, freeze, compile, fit
+    (the report's bare Keras contender, on this benchmark's files and threads, unpinned)."""
+    from benchmarks.contenders import keras_fit
 
-    tf.config.threading.set_intra_op_parallelism_threads(threads)
-    tf.config.threading.set_inter_op_parallelism_threads(max(2, threads))
-    tf.keras.utils.set_random_seed(SEED)
-
-    base = tf.keras.models.load_model(os.path.join(workdir, "base_model.h5"), compile=False)
-    head = tf.keras.layers.Dense(CLASSES, activation="softmax", name="head")
-    model = tf.keras.Model(base.inputs, head(base.layers[-2].output))
-    weighted = [l for l in base.layers[:-1]
-                if l.weights and not isinstance(l, tf.keras.layers.BatchNormalization)]
-    for layer in model.layers:
-        layer.trainable = layer is head or layer in weighted[-2:]
-    model.compile(optimizer=tf.keras.optimizers.Adam(LR), loss="sparse_categorical_crossentropy",
-                  metrics=["accuracy"])
-
-    features = {"x": tf.io.FixedLenFeature([math.prod(INPUT)], tf.float32),
-                "y": tf.io.FixedLenFeature([], tf.int64)}
-
-    def parse(batch):
-        parsed = tf.io.parse_example(batch, features)
-        return tf.reshape(parsed["x"], (-1, *INPUT)), parsed["y"]
-
-    files = sorted(glob.glob(os.path.join(workdir, "shards", "train-*.tfrecord")))
-    data = (tf.data.TFRecordDataset(files)
-            .shuffle(SHUFFLE, seed=SEED, reshuffle_each_iteration=True)
-            .repeat()
-            .batch(batch_size, drop_remainder=True)
-            .map(parse, num_parallel_calls=tf.data.AUTOTUNE)
-            .prefetch(tf.data.AUTOTUNE))
-
-    class EpochTimer(tf.keras.callbacks.Callback):
-        def __init__(self):
-            super().__init__()
-            self.seconds: list[float] = []
-
-        def on_epoch_begin(self, epoch, logs=None):
-            self.start = time.perf_counter()
-
-        def on_epoch_end(self, epoch, logs=None):
-            self.seconds.append(time.perf_counter() - self.start)
-
-    steps = math.ceil(_workload(workdir)["records"] / batch_size)
-    timer = EpochTimer()
-    history = model.fit(data, steps_per_epoch=steps, epochs=epochs, callbacks=[timer], verbose=0)
-    timed = timer.seconds[1:] or timer.seconds
-    return {"samples_per_sec": batch_size * steps * len(timed) / sum(timed), "steps_per_epoch": steps,
-            "trainable_params": int(sum(w.shape.num_elements() for w in model.trainable_weights)),
-            "loss": float(history.history["loss"][-1])}
+    spec = {"model": os.path.join(workdir, "base_model.h5"), "classes": CLASSES, "input": INPUT,
+            "data": os.path.join(workdir, "shards", "train-*.tfrecord"), "first_trainable": "conv4",
+            "records": _workload(workdir)["records"]}
+    return keras_fit(spec, epochs, batch_size, threads, pin=0, mode="keras")
 
 
 # --- the comparison ----------------------------------------------------------------------------
@@ -274,10 +236,10 @@ def _check_same_work(rounds: list[dict]) -> None:
         raise RuntimeError(f"the contenders did different work (steps/epoch, trainable weights): {seen}")
 
 
-def _child(cmd: list[str]) -> dict[str, Any]:
-    """Run one step in a fresh process (TF quiet); its last output line is its JSON result
-    (`--prepare` prints `{}`)."""
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+def _child(cmd: list[str], env: Optional[dict[str, str]] = None) -> dict[str, Any]:
+    """Run one step in a fresh process (TF quiet, `env` added); its last output line is its
+    JSON result (`--prepare` prints `{}`)."""
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", **(env or {}))
     proc = subprocess.run(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                           text=True, timeout=CHILD_TIMEOUT)
     if proc.returncode:

@@ -18,6 +18,10 @@ from distft import log
 from distft.errors import DistftError
 from distft.launch.environment import Environment, detect
 
+# Horovod settings for distft's workers unless set in the environment; chosen with
+# benchmarks/tuning.py (figures in the README's Performance section).
+HOROVOD_DEFAULTS = {"HOROVOD_CYCLE_TIME": "5"}
+
 
 @dataclass
 class Worker:
@@ -30,16 +34,20 @@ class Worker:
     env: Environment
     threads: int
     device: str
+    horovod: dict  # the HOROVOD_DEFAULTS settings in effect (the user's or distft's)
 
     @classmethod
     def start(cls, threads: Optional[int] = None, pin_cores: bool = True) -> Worker:
         """Pin cores/GPU for this local rank, set TF threads, then `hvd.init()`."""
         env = detect()
         device, threads = _place(env, threads, pin_cores)
+        for name, value in HOROVOD_DEFAULTS.items():  # read by hvd.init()
+            os.environ.setdefault(name, value)
         import horovod.tensorflow.keras as hvd
 
         hvd.init()
-        return cls(hvd.rank(), hvd.size(), hvd.local_rank(), hvd.local_size(), env, threads, device)
+        return cls(hvd.rank(), hvd.size(), hvd.local_rank(), hvd.local_size(), env, threads, device,
+                   {name: os.environ[name] for name in HOROVOD_DEFAULTS})
 
     @property
     def node_name(self) -> str:
@@ -50,6 +58,13 @@ class Worker:
         if name:
             return f"{name} (SLURM_NODEID {os.environ.get('SLURM_NODEID', '?')})"
         return socket.gethostname()
+
+    @property
+    def placement(self) -> str:
+        """Node and, on CPU, the cores this worker may run on."""
+        if self.device != "CPU":
+            return f"{self.node_name} {self.device}"
+        return f"{self.node_name} cores {','.join(map(str, sorted(os.sched_getaffinity(0))))}"
 
     @property
     def hvd(self):

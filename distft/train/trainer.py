@@ -87,7 +87,7 @@ def run(cfg: TrainConfig, worker: Optional[Worker] = None) -> dict[str, Any]:
     if ema and not resume_from:
         ema.reset()
 
-    placement = worker.gather(worker.node_name)
+    placement = worker.gather(worker.placement)
     if worker.rank == 0:
         folder.prepare(cfg.overwrite)
         cfg.save(folder.file("config.yaml"))
@@ -226,6 +226,7 @@ def _log_start(cfg, worker, ft, total, steps, resume_from, initial_epoch, placem
     log.info("%d worker(s) via %s, %s, %d thread(s) each", worker.size, worker.env.name,
              worker.device, worker.threads)
     log.info("placement: %s", ", ".join(f"rank {r} on {p}" for r, p in enumerate(placement)))
+    log.info("horovod: %s", " ".join(f"{k}={v}" for k, v in worker.horovod.items()))
     log.info("model %s: %d layers trainable (%s)", cfg.model, len(ft.unfrozen),
              ", ".join(ft.unfrozen[-6:]) + (" ..." if len(ft.unfrozen) > 6 else ""))
     log.info("weights: %d trainable, %d frozen", ft.trainable_params, ft.frozen_params)

@@ -1,13 +1,15 @@
 """Stop on SIGTERM or SIGUSR1 with a checkpoint that every worker agrees on.
 
 A signal may reach one worker or all of them (Slurm's `--signal`, `scancel --signal`, a
-launcher forwarding it). Every `every` steps the workers allreduce a "stop requested" flag,
-so all of them stop after the same step; rank 0 then writes a checkpoint of that step
+launcher forwarding it). Every `every` steps the workers allreduce a "stop requested" flag
+(and their step time, from which all set the same next `every`: about one check per
+`interval` seconds, a multiple of 10 steps, so the check costs nothing on short steps), so all
+of them stop after the same step; rank 0 then writes a checkpoint of that step
 (state `epoch` = the epoch to resume at) and `fit` is left at once with `StopRequested`, so
 no end-of-epoch work runs on a partial epoch. The run ends with exit code 75.
 
 Example:
-    stop = GracefulStop(store, checkpoint, rank=hvd.rank(), every=10)
+    stop = GracefulStop(store, checkpoint, size=hvd.size())
     stop.install()                      # signal handlers
     try:
         model.fit(..., callbacks=[stop, ...])
@@ -18,6 +20,7 @@ Example:
 from __future__ import annotations
 
 import signal
+import time
 from typing import Optional
 
 import tensorflow as tf
@@ -33,10 +36,11 @@ class StopRequested(Exception):
 
 class GracefulStop(tf.keras.callbacks.Callback):
     def __init__(self, store: Optional[CheckpointStore], checkpoint: Optional[tf.train.Checkpoint],
-                 size: int, every: int = 10):
+                 size: int, every: int = 10, interval: float = 1.0):
         super().__init__()
         self._supports_tf_logs = True
         self.store, self.checkpoint, self.size, self.every = store, checkpoint, size, every
+        self.interval = interval
         self.received: Optional[int] = None  # signal number seen by this worker
         self.requested = False  # agreed by all workers
         self.where: tuple[int, int] = (0, 0)  # (epoch, step in epoch) of the stop
@@ -52,22 +56,34 @@ class GracefulStop(tf.keras.callbacks.Callback):
     def signal_name(self) -> str:
         return signal.Signals(self.received).name if self.received else "a signal"
 
-    def _agree(self) -> bool:
-        """True on every worker if any worker received a signal (whose number all learn)."""
+    def _agree(self, step_seconds: float = 0.0) -> bool:
+        """True on every worker if any worker received a signal (whose number all learn);
+        every worker sets the same `every` from the slowest worker's `step_seconds`."""
         signum = self.received or 0
         if self.size > 1:
             import horovod.tensorflow as hvd_tf
 
-            signum = int(hvd_tf.allreduce(tf.constant(signum), op=hvd_tf.Max, name="distft_stop"))
+            signum, step_seconds = hvd_tf.allreduce(
+                tf.constant([float(signum), step_seconds], tf.float64), op=hvd_tf.Max,
+                name="distft_stop").numpy()
+            signum = int(signum)
+        if step_seconds > 0:  # a multiple of 10: checks fall on steps 10, 20, ... of an epoch
+            self.every = 10 * max(1, min(100, int(self.interval / step_seconds / 10)))
         if signum:
             self.received = signum
         return bool(signum)
 
     def on_epoch_begin(self, epoch, logs=None):
         self.epoch = epoch
+        self._since, self._start = 0, time.perf_counter()
 
     def on_train_batch_end(self, batch, logs=None):
-        if (batch + 1) % self.every == 0 and self._agree():
+        self._since += 1
+        if self._since < self.every:
+            return
+        now = time.perf_counter()
+        seconds, self._since, self._start = (now - self._start) / self._since, 0, now
+        if self._agree(seconds):
             self.requested = True
             self.where = (self.epoch, batch + 1)
             if self.store is not None:  # rank 0; the epoch restarts on --resume

@@ -1,0 +1,60 @@
+"""Bytes allreduced per step, read from Horovod's timeline (`HOROVOD_TIMELINE`).
+
+Horovod 0.28.1's timeline is Chrome trace JSON: one "process" per tensor (its metadata event
+`process_name` holds the tensor's name) and, per collective, an `ALLREDUCE` span whose end
+event carries `args: {"dtype", "shape"}`. Gradients are the tensors allreduced inside the
+optimizer's scope (`.../DistributedAdam_Allreduce/cond_3/HorovodAllreduce_grads_3_0`, or
+`..._Cast_1_0` when compressed); their bytes per step should be 4 x trainable weights (2 with
+`--compression=fp16`), and there should be exactly one gradient tensor per trainable
+variable (a frozen layer's would be extra tensors and bytes).
+
+Example:
+    stats = allreduced("/tmp/timeline.json", steps=16)
+    stats["gradient_bytes_per_step"], stats["gradient_tensors"], stats["other"]
+"""
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections import defaultdict
+from typing import Any
+
+GRADIENT = re.compile(r"Distributed\w*_Allreduce/")  # horovod.keras's DistributedOptimizer scope
+DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2, "float64": 8, "int32": 4, "int64": 8,
+               "uint8": 1, "int8": 1, "bool": 1}
+
+
+def load(path: str) -> list[dict]:
+    """The timeline's events; Horovod leaves the JSON array unterminated while running."""
+    with open(path) as f:
+        text = f.read().strip().rstrip(",")
+    return json.loads(text if text.endswith("]") else text + "]")
+
+
+def allreduced(path: str, steps: int) -> dict[str, Any]:
+    """Per-tensor allreduce counts and bytes; gradient bytes per training step."""
+    names: dict[int, str] = {}
+    open_spans: dict[int, list[str]] = defaultdict(list)
+    sizes: dict[str, list[int]] = defaultdict(list)
+    for e in load(path):
+        pid = e.get("pid")
+        if e.get("ph") == "M" and e.get("name") == "process_name" and "name" in e.get("args", {}):
+            names[pid] = e["args"]["name"]
+        elif e.get("ph") == "B":
+            open_spans[pid].append(e.get("name", ""))
+        elif e.get("ph") == "E" and open_spans[pid]:
+            span = open_spans[pid].pop()
+            args = e.get("args") or {}
+            if span == "ALLREDUCE" and "shape" in args:
+                shape = json.loads(args["shape"]) if args["shape"].startswith("[") else []
+                sizes[names.get(pid, str(pid))].append(
+                    math.prod(shape) * DTYPE_BYTES.get(args["dtype"], 4))
+    grads = {n: s for n, s in sizes.items() if GRADIENT.search(n)}
+    return {
+        "gradient_tensors": len(grads),
+        "gradient_bytes_per_step": sum(sum(s) for s in grads.values()) / max(1, steps),
+        "gradient_bytes_per_allreduce": sum(s[0] for s in grads.values()),
+        "allreduces_per_gradient": sorted({len(s) for s in grads.values()}),
+        "other": {n: {"count": len(s), "bytes": sum(s)} for n, s in sizes.items() if n not in grads},
+    }

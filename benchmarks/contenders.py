@@ -1,0 +1,219 @@
+"""The report's contenders: one training run each, in a fresh process, printing one JSON line.
+
+- `distft`: `distft.train(...)`: in-process for 1 worker, `--np=2` (horovodrun) for 2.
+- `keras`: a bare Keras `model.fit` script (1 worker).
+- `mwms`: the same script under `tf.distribute.MultiWorkerMirroredStrategy`, 2 processes on
+  localhost with `TF_CONFIG`.
+- `horovod`: the same script with Horovod's `DistributedOptimizer`, under `horovodrun --gloo`
+  (the "stock Horovod job" of the tuning benchmark).
+
+Every contender runs one compute thread per worker (`--threads`), each worker pinned to its
+own core (`--pin`, the default; distft pins its workers itself), the same per-worker batch,
+the same files split the same way, and reports steady-state samples/s over all workers
+(epochs after the first).
+
+Example (from the repository root):
+    python -m benchmarks.contenders --contender=mwms --workers=2 --spec=/tmp/w/mobilenet-2048/workload.json
+"""
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import math
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Any, Optional
+
+CONTENDERS = ("distft", "keras", "mwms", "horovod")
+LR = 1e-3
+SHUFFLE = 10000  # distft's default --shuffle_buffer
+LOG_EVERY = 50  # distft's default --log_every
+
+
+def main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.contenders", description=__doc__.split("\n")[0])
+    p.add_argument("--contender", choices=CONTENDERS, required=True)
+    p.add_argument("--spec", required=True, help="a workload.json written by benchmarks.workloads")
+    p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--batch_size", type=int, default=32)
+    p.add_argument("--threads", type=int, default=1, help="intra-op threads per worker (0: TF default)")
+    p.add_argument("--pin", type=int, default=1, help="pin each worker to its own core (0: no)")
+    p.add_argument("--index", type=int, default=-1, help=argparse.SUPPRESS)  # a worker of mwms
+    p.add_argument("--extra", default="", help="distft: more options as JSON, e.g. '{\"compression\": \"fp16\"}'")
+    a = p.parse_args(argv)
+    with open(a.spec) as f:
+        spec = json.load(f)
+    if a.contender == "distft":
+        result = run_distft(spec, a.workers, a.epochs, a.batch_size, a.threads, a.pin,
+                            json.loads(a.extra or "{}"))
+    elif a.contender == "keras" or a.index >= 0:
+        result = keras_fit(spec, a.epochs, a.batch_size, a.threads, a.pin, "mwms" if a.index >= 0 else "keras",
+                           a.workers, max(0, a.index))
+    elif a.contender == "horovod" and "HOROVOD_RANK" in os.environ:
+        result = keras_fit(spec, a.epochs, a.batch_size, a.threads, a.pin, "horovod", a.workers,
+                           int(os.environ["HOROVOD_LOCAL_RANK"]))
+    else:
+        result = _launch(a.contender, argv, a.workers)
+    if result is not None:
+        print(json.dumps({"contender": a.contender, "workers": a.workers, **result}), flush=True)
+    return 0
+
+
+# --- distft ------------------------------------------------------------------------------------
+
+def run_distft(spec: dict, workers: int, epochs: int, batch_size: int, threads: int, pin: int,
+               extra: dict) -> dict[str, Any]:
+    """`distft train` on `workers` workers; its own steady-state samples/s."""
+    if pin and workers == 1:
+        _pin(0)
+    import distft
+
+    with tempfile.TemporaryDirectory(prefix="distft-bench-run-") as out:
+        m = distft.train(model=spec["model"], data=spec["data"], output_dir=out,
+                         num_classes=spec["classes"], unfreeze=spec["unfreeze"], epochs=epochs,
+                         batch_size=batch_size, lr=LR, threads=threads, log_every=LOG_EVERY,
+                         overwrite=True, np=workers if workers > 1 else None, **extra)
+    return {"samples_per_sec": m["samples_per_sec"], "steps_per_epoch": m["steps_per_epoch"],
+            "trainable_params": m["params"]["trainable"], "loss": m["train"]["loss"]}
+
+
+# --- the bare Keras script, alone, under MWMS, or with Horovod ---------------------------------
+
+def keras_fit(spec: dict, epochs: int, batch_size: int, threads: int, pin: int, mode: str,
+              workers: int = 1, index: int = 0) -> Optional[dict[str, Any]]:
+    """Fine-tune as a plain Keras script would: load, new head, freeze, compile, fit.
+    Worker `index` of `workers` reads files index::workers; worker 0 returns the result."""
+    if pin:
+        _pin(index)
+    import tensorflow as tf
+
+    if threads:  # 0: TensorFlow's default (all cores), as a stock script has
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(max(2, threads))
+    strategy = tf.distribute.MultiWorkerMirroredStrategy() if mode == "mwms" else None
+    if mode == "horovod":
+        import horovod.tensorflow.keras as hvd
+
+        hvd.init()
+    tf.keras.utils.set_random_seed(42)
+
+    def build():
+        base = tf.keras.models.load_model(spec["model"], compile=False)
+        head = tf.keras.layers.Dense(spec["classes"], activation="softmax", name="head")
+        model = tf.keras.Model(base.inputs, head(base.layers[-2].output))
+        first = [l.name for l in model.layers].index(spec["first_trainable"])
+        for i, layer in enumerate(model.layers):
+            layer.trainable = i >= first and not isinstance(layer, tf.keras.layers.BatchNormalization)
+        optimizer = tf.keras.optimizers.Adam(LR * workers)
+        if mode == "horovod":
+            optimizer = hvd.DistributedOptimizer(optimizer)
+        model.compile(optimizer=optimizer, loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+        return model
+
+    shape = tuple(spec["input"])
+    features = {"x": tf.io.FixedLenFeature([math.prod(shape)], tf.float32),
+                "y": tf.io.FixedLenFeature([], tf.int64)}
+    files = sorted(glob.glob(spec["data"]))[index::workers]
+
+    def dataset(_context=None):
+        def parse(batch):
+            parsed = tf.io.parse_example(batch, features)
+            return tf.reshape(parsed["x"], (-1, *shape)), parsed["y"]
+
+        return (tf.data.TFRecordDataset(files)
+                .shuffle(SHUFFLE, seed=42 + index, reshuffle_each_iteration=True)
+                .repeat()
+                .batch(batch_size, drop_remainder=True)
+                .map(parse, num_parallel_calls=tf.data.AUTOTUNE)
+                .prefetch(tf.data.AUTOTUNE))
+
+    if strategy:
+        with strategy.scope():
+            model = build()
+        data = tf.keras.utils.experimental.DatasetCreator(dataset)
+    else:
+        model, data = build(), dataset()
+    timer = EpochTimer()
+    callbacks = [timer]
+    if mode == "horovod":
+        callbacks.insert(0, hvd.callbacks.BroadcastGlobalVariablesCallback(0))
+    steps = math.ceil(spec["records"] / (workers * batch_size))
+    history = model.fit(data, steps_per_epoch=steps, epochs=epochs, callbacks=callbacks, verbose=0)
+    if index:
+        return None
+    timed = timer.seconds[1:] or timer.seconds
+    return {"samples_per_sec": workers * batch_size * steps * len(timed) / sum(timed),
+            "steps_per_epoch": steps,
+            "trainable_params": int(sum(w.shape.num_elements() for w in model.trainable_weights)),
+            "loss": float(history.history["loss"][-1])}
+
+
+def _launch(contender: str, argv: list[str], workers: int) -> dict[str, Any]:
+    """Start the workers of `mwms` (TF_CONFIG, one process each) or `horovod` (horovodrun)
+    and return worker 0's result."""
+    me = [sys.executable, "-m", "benchmarks.contenders", *argv]
+    if contender == "horovod":
+        launcher = os.path.join(os.path.dirname(sys.executable), "horovodrun")
+        out = subprocess.run([launcher, "-np", str(workers), "-H", f"localhost:{workers}", "--gloo", *me],
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, check=False)
+        return _result(out.returncode, out.stdout)
+    ports = [_free_port() for _ in range(workers)]
+    cluster = {"worker": [f"localhost:{p}" for p in ports]}
+    procs = []
+    for i in range(workers):
+        env = dict(os.environ, TF_CONFIG=json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}}))
+        procs.append(subprocess.Popen([*me, f"--index={i}"], env=env, stdout=subprocess.PIPE,
+                                      stderr=subprocess.STDOUT, text=True))
+    outputs = [p.communicate()[0] for p in procs]
+    return _result(max(p.returncode for p in procs), outputs[0] + "".join(outputs[1:]))
+
+
+def _result(code: int, output: str) -> dict[str, Any]:
+    lines = [re.sub(r"^\[\d+\]<stdout>:", "", l) for l in output.splitlines()]
+    found = [l for l in lines if l.startswith('{"contender"')]
+    if code or not found:
+        raise RuntimeError(f"workers failed ({code}):\n{output[-3000:]}")
+    return {k: v for k, v in json.loads(found[0]).items() if k not in ("contender", "workers")}
+
+
+class EpochTimer:
+    """Seconds of each epoch (a Keras callback; built lazily so that TF loads after pinning)."""
+
+    def __new__(cls):
+        import tensorflow as tf
+
+        class _Timer(tf.keras.callbacks.Callback):
+            def __init__(self):
+                super().__init__()
+                self.seconds: list[float] = []
+
+            def on_epoch_begin(self, epoch, logs=None):
+                self.start = time.perf_counter()
+
+            def on_epoch_end(self, epoch, logs=None):
+                self.seconds.append(time.perf_counter() - self.start)
+
+        return _Timer()
+
+
+def _pin(core_index: int) -> None:
+    cores = sorted(os.sched_getaffinity(0))
+    os.sched_setaffinity(0, {cores[core_index % len(cores)]})
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return s.getsockname()[1]
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

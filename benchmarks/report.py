@@ -1,0 +1,297 @@
+"""The performance report: every goal of distft's performance issue, measured in one session.
+
+Parts (each run is a fresh subprocess printing one JSON line; see benchmarks/contenders.py):
+1. throughput: per workload, round by round, bare Keras (1 worker), distft (1 worker),
+   distft (2 workers), MultiWorkerMirroredStrategy (2 workers); one compute thread per worker,
+   each worker on its own core. Goals: distft/Keras >= 0.97, distft 2/1 >= 1.70 (scaling
+   efficiency >= 0.85), distft/MWMS >= 1.10.
+2. communication: bytes allreduced per step from Horovod's timeline against 4 (fp16: 2) bytes
+   per trainable weight, and one gradient tensor per trainable variable.
+3. startup: a one-step job under `horovodrun -np 2`, distft against a bare Horovod Keras script.
+4. data size: epoch time of distft (2 workers) and Keras (1 worker) against records.
+Writes benchmarks/results/report.json, report.md and throughput.png, scaling.png, epoch_time.png.
+
+Example (from the repository root):
+    python -m benchmarks report                      # the full report (sized for < 20 min on 2 quiet cores)
+    python -m benchmarks report --rounds=1 --epochs=2 --workloads=cnn   # a quick look
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import shlex
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from importlib import metadata
+from typing import Any, Optional
+
+from benchmarks import communication
+from benchmarks.overhead import _child, _invocation, _python
+from benchmarks.workloads import WORKLOADS
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RESULTS = os.path.join(ROOT, "benchmarks", "results")
+THROUGHPUT = (("keras", 1), ("distft", 1), ("distft", 2), ("mwms", 2))
+GOALS = {"overhead": 0.97, "scaling": 1.70, "vs_mwms": 1.10}
+BATCH = 32
+RECORDS = {"mobilenet": 2048, "cnn": 4096}
+
+
+def main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks report", description=__doc__.split("\n")[0])
+    p.add_argument("--rounds", type=int, default=3, help="rounds of the throughput contenders")
+    p.add_argument("--epochs", type=int, default=3, help="epochs per run (the first is not timed)")
+    p.add_argument("--workloads", default="mobilenet,cnn", help=f"comma-separated: {','.join(WORKLOADS)}")
+    p.add_argument("--scale", type=float, default=1.0, help="multiply the records of every workload")
+    p.add_argument("--parts", default="throughput,communication,startup,size")
+    p.add_argument("--workdir", help="models and data (kept and reused; default: a temp folder)")
+    p.add_argument("--output", default=RESULTS, help="folder for report.json, report.md, *.png")
+    a = p.parse_args(argv)
+    workdir = a.workdir or tempfile.mkdtemp(prefix="distft-report-")
+    started = time.time()
+    report: dict[str, Any] = {
+        "benchmark": "report", "command": _invocation(),
+        "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "settings": {"rounds": a.rounds, "epochs": a.epochs, "batch_size": BATCH, "threads": 1,
+                     "records": {w: int(RECORDS[w] * a.scale) for w in a.workloads.split(",")}},
+        "environment": {"python": platform.python_version(), "cpus": os.cpu_count(),
+                        "load_at_start": os.getloadavg(),
+                        **{p: metadata.version(p) for p in ("tensorflow", "horovod")}},
+    }
+    print(f"command: {report['command']}", flush=True)
+    parts = a.parts.split(",")
+    specs = {w: _spec(workdir, w, n) for w, n in report["settings"]["records"].items()
+             if {"throughput", "size"} & set(parts)}
+    if "throughput" in parts:
+        report["throughput"] = {w: throughput(s, a.rounds, a.epochs) for w, s in specs.items()}
+    if "communication" in parts:  # bytes per step do not depend on the records: 8 steps
+        report["communication"] = {w: comm(_spec(workdir, w, 16 * BATCH))
+                                   for w in report["settings"]["records"]}
+    if "startup" in parts:
+        report["startup"] = startup(_spec(workdir, "mobilenet", 2 * BATCH))
+    if "size" in parts:
+        w = "mobilenet" if "mobilenet" in specs else next(iter(specs))
+        report["size"] = size_sweep(workdir, specs[w], a.epochs, report.get("throughput", {}).get(w))
+    report["minutes"] = round((time.time() - started) / 60, 1)
+    os.makedirs(a.output, exist_ok=True)
+    with open(os.path.join(a.output, "report.json"), "w") as f:
+        json.dump(report, f, indent=2)
+    text = markdown(report)
+    with open(os.path.join(a.output, "report.md"), "w") as f:
+        f.write(text + "\n")
+    plots(report, a.output)
+    print(text)
+    print(f"\nwritten: {os.path.relpath(a.output)}/report.json, report.md, *.png "
+          f"({report['minutes']} min)")
+    return 0
+
+
+def _spec(workdir: str, workload: str, records: int) -> str:
+    """Write the workload (once) in a child process; the path of its workload.json."""
+    code = (f"import json; from benchmarks.workloads import prepare; "
+            f"print(json.dumps(prepare({workdir!r}, {workload!r}, {records})))")
+    _child([_python(), "-c", code])
+    return os.path.join(workdir, f"{workload}-{records}", "workload.json")
+
+
+def _run(spec: str, contender: str, workers: int, epochs: int, threads: int = 1, pin: int = 1,
+         env: Optional[dict[str, str]] = None, **extra: Any) -> dict[str, Any]:
+    """One contender's run in a fresh process, with `env` added; its result and seconds."""
+    cmd = [_python(), "-m", "benchmarks.contenders", f"--contender={contender}", f"--spec={spec}",
+           f"--workers={workers}", f"--epochs={epochs}", f"--batch_size={BATCH}",
+           f"--threads={threads}", f"--pin={pin}"]
+    if extra:
+        cmd.append(f"--extra={json.dumps(extra)}")
+    started = time.time()
+    result = _child(cmd, env)
+    result["seconds"] = round(time.time() - started, 1)
+    return result
+
+
+# --- 1. throughput -----------------------------------------------------------------------------
+
+def throughput(spec: str, rounds: int, epochs: int) -> dict[str, Any]:
+    """Alternate the contenders round by round; per-round ratios and their medians."""
+    rows = []
+    for r in range(1, rounds + 1):
+        row: dict[str, Any] = {"round": r, "load": os.getloadavg()[0]}
+        for c, n in THROUGHPUT:
+            row[f"{c}{n}"] = res = _run(spec, c, n, epochs)
+            print(f"  {os.path.basename(os.path.dirname(spec))} round {r}/{rounds} {c} x{n}: "
+                  f"{res['samples_per_sec']:.1f} samples/s ({res['seconds']:.0f}s)", file=sys.stderr, flush=True)
+        sps = {k: v["samples_per_sec"] for k, v in row.items() if isinstance(v, dict)}
+        row["ratios"] = {"overhead": sps["distft1"] / sps["keras1"], "scaling": sps["distft2"] / sps["distft1"],
+                         "mwms_scaling": sps["mwms2"] / sps["keras1"], "vs_mwms": sps["distft2"] / sps["mwms2"]}
+        rows.append(row)
+    work = {(v["steps_per_epoch"] * v["workers"], v["trainable_params"])
+            for row in rows for v in row.values() if isinstance(v, dict) and "workers" in v}
+    if len(work) != 1:
+        raise RuntimeError(f"the contenders did different work (steps x workers, trainable weights): {work}")
+    keys = [f"{c}{n}" for c, n in THROUGHPUT]
+    return {"rounds": rows,
+            "median": {k: statistics.median(r[k]["samples_per_sec"] for r in rows) for k in keys},
+            "ratios": {k: statistics.median(r["ratios"][k] for r in rows) for k in rows[0]["ratios"]},
+            "trainable_params": rows[0]["distft1"]["trainable_params"]}
+
+
+# --- 2. communication --------------------------------------------------------------------------
+
+def comm(spec: str) -> dict[str, Any]:
+    """A short 2-worker distft run per compression, with Horovod's timeline on."""
+    out = {}
+    for compression, width in (("none", 4), ("fp16", 2)):
+        with tempfile.TemporaryDirectory(prefix="distft-timeline-") as tmp:
+            path = os.path.join(tmp, "timeline.json")
+            res = _run(spec, "distft", 2, 1, env={"HOROVOD_TIMELINE": path}, compression=compression)
+            stats = communication.allreduced(path, res["steps_per_epoch"])
+        expected = width * res["trainable_params"]
+        out[compression] = {**stats, "expected_bytes_per_step": expected,
+                            "trainable_params": res["trainable_params"],
+                            "met": stats["gradient_bytes_per_step"] == expected}
+        print(f"  communication {compression}: {stats['gradient_bytes_per_step']:.0f} bytes/step "
+              f"(expected {expected})", file=sys.stderr, flush=True)
+    return out
+
+
+# --- 3. startup --------------------------------------------------------------------------------
+
+def startup(spec: str, rounds: int = 2) -> dict[str, Any]:
+    """Wall time of a one-step job under `horovodrun -np 2`: distft against the bare script."""
+    with open(spec) as f:
+        w = json.load(f)
+    launcher = [os.path.join(os.path.dirname(sys.executable), "horovodrun"), "-np", "2",
+                "-H", "localhost:2", "--gloo", _python()]
+    out = tempfile.TemporaryDirectory(prefix="distft-startup-")
+    out_dir = out.name
+    commands = {
+        "distft": launcher + ["-m", "distft", "train", f"--model={w['model']}", f"--data={w['data']}",
+                              f"--output_dir={out_dir}", "--overwrite", f"--num_classes={w['classes']}",
+                              f"--unfreeze={w['unfreeze']}", "--epochs=1", f"--batch_size={BATCH}",
+                              "--threads=1"],
+        "bare": launcher + ["-m", "benchmarks.contenders", "--contender=horovod", f"--spec={spec}",
+                            "--workers=2", "--epochs=1", f"--batch_size={BATCH}", "--threads=1"],
+    }
+    times: dict[str, list[float]] = {k: [] for k in commands}
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    for _ in range(rounds):
+        for name, cmd in commands.items():
+            started = time.time()
+            proc = subprocess.run(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            if proc.returncode:
+                raise RuntimeError(f"{shlex.join(cmd)} failed:\n{proc.stdout[-3000:]}")
+            times[name].append(round(time.time() - started, 1))
+            print(f"  startup {name}: {times[name][-1]:.1f}s", file=sys.stderr, flush=True)
+    out.cleanup()
+    return {"seconds": times, "median": {k: statistics.median(v) for k, v in times.items()},
+            "commands": {k: shlex.join(v) for k, v in commands.items()}}
+
+
+# --- 4. epoch time against data size -----------------------------------------------------------
+
+def size_sweep(workdir: str, spec: str, epochs: int, measured: Optional[dict] = None) -> dict[str, Any]:
+    """Steady-state epoch seconds of distft x2 and Keras x1 at 1/4, 1/2 and all the records
+    (all: the throughput part's medians when given)."""
+    with open(spec) as f:
+        w = json.load(f)
+    rows = []
+    for records in (w["records"] // 4, w["records"] // 2, w["records"]):
+        row: dict[str, Any] = {"records": records}
+        for c, n in (("keras", 1), ("distft", 2)):
+            steps = -(-records // (n * BATCH))
+            if records == w["records"] and measured:
+                sps = measured["median"][f"{c}{n}"]
+            else:
+                sps = _run(_spec(workdir, w["name"], records), c, n, epochs)["samples_per_sec"]
+            row[f"{c}{n}"] = steps * n * BATCH / sps
+        print(f"  size {records}: {row}", file=sys.stderr, flush=True)
+        rows.append(row)
+    return {"workload": w["name"], "rows": rows}
+
+
+# --- output ------------------------------------------------------------------------------------
+
+def markdown(r: dict[str, Any]) -> str:
+    s = r["settings"]
+    lines = [f"## distft performance report ({r['date']}, {r['environment']['cpus']} CPUs, "
+             f"load at start {r['environment']['load_at_start'][0]:.2f}, {r['minutes']} min)\n",
+             f"command: `{r['command']}`; batch {s['batch_size']} per worker, 1 compute thread per "
+             f"worker, each worker pinned to its own core; {s['rounds']} round(s) of {s['epochs']} "
+             "epochs (first not timed); figures are medians over rounds.\n",
+             "| goal | workload | measured | goal | met |", "|---|---|---:|---:|:---:|"]
+    for w, t in r.get("throughput", {}).items():
+        q = t["ratios"]
+        lines += [f"| 1. overhead: distft 1 worker / bare Keras | {w} | {q['overhead']:.3f} | >= {GOALS['overhead']} | {_ok(q['overhead'] >= GOALS['overhead'])} |",
+                  f"| 2. scaling: distft 2 / 1 workers (efficiency) | {w} | {q['scaling']:.2f} ({q['scaling'] / 2:.2f}) | >= {GOALS['scaling']} (0.85) | {_ok(q['scaling'] >= GOALS['scaling'])} |",
+                  f"| 3. distft 2 workers / MWMS 2 workers | {w} | {q['vs_mwms']:.3f} | >= {GOALS['vs_mwms']} | {_ok(q['vs_mwms'] >= GOALS['vs_mwms'])} |"]
+    for w, c in r.get("communication", {}).items():
+        for comp, v in c.items():
+            lines.append(f"| 4. bytes allreduced/step ({comp}), gradient tensors | {w} | "
+                         f"{v['gradient_bytes_per_step']:.0f}, {v['gradient_tensors']} | "
+                         f"{v['expected_bytes_per_step']} | {_ok(v['met'])} |")
+    if "startup" in r:
+        m = r["startup"]["median"]
+        lines.append(f"| 5. one-step job under horovodrun -np 2: distft / bare script (s) | mobilenet | "
+                     f"{m['distft']:.1f} / {m['bare']:.1f} | report | - |")
+    for w, t in r.get("throughput", {}).items():
+        lines += [f"\n### {w}: samples/s per round (load = 1-min load average at the round's start)\n",
+                  "| round | load | keras x1 | distft x1 | distft x2 | mwms x2 | distft/keras | distft 2/1 | mwms 2/keras 1 | distft/mwms |",
+                  "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        for row in t["rounds"] + [{"round": "**median**", "load": None, **{k: {"samples_per_sec": v} for k, v in t["median"].items()}, "ratios": t["ratios"]}]:
+            q = row["ratios"]
+            load = "" if row["load"] is None else f"{row['load']:.2f}"
+            lines.append(f"| {row['round']} | {load} | " + " | ".join(f"{row[f'{c}{n}']['samples_per_sec']:.1f}" for c, n in THROUGHPUT)
+                         + f" | {q['overhead']:.3f} | {q['scaling']:.2f} | {q['mwms_scaling']:.2f} | {q['vs_mwms']:.3f} |")
+    if "size" in r:
+        lines += [f"\n### epoch seconds against records ({r['size']['workload']})\n",
+                  "| records | keras x1 | distft x2 |", "|---:|---:|---:|"]
+        lines += [f"| {row['records']} | {row['keras1']:.1f} | {row['distft2']:.1f} |" for row in r["size"]["rows"]]
+    return "\n".join(lines)
+
+
+def _ok(met: bool) -> str:
+    return "yes" if met else "**no**"
+
+
+def plots(r: dict[str, Any], folder: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if "throughput" in r:
+        t = r["throughput"]
+        fig, axes = plt.subplots(1, len(t), figsize=(5 * len(t), 4), squeeze=False)
+        for ax, (w, v) in zip(axes[0], t.items()):
+            names = [f"{c} x{n}" for c, n in THROUGHPUT]
+            ax.bar(names, [v["median"][f"{c}{n}"] for c, n in THROUGHPUT], color=["grey", "C0", "C0", "C1"])
+            ax.set_title(f"{w}: samples/s (median)")
+        fig.tight_layout()
+        fig.savefig(os.path.join(folder, "throughput.png"))
+        fig, ax = plt.subplots(figsize=(6, 4))
+        names = list(t)
+        ax.bar([i - 0.2 for i in range(len(names))], [t[w]["ratios"]["scaling"] / 2 for w in names], 0.4, label="distft 2 / distft 1")
+        ax.bar([i + 0.2 for i in range(len(names))], [t[w]["ratios"]["mwms_scaling"] / 2 for w in names], 0.4, label="MWMS 2 / Keras 1")
+        ax.axhline(0.85, color="k", ls="--", label="goal 0.85")
+        ax.set_xticks(range(len(names)), names)
+        ax.set_ylabel("scaling efficiency (2 workers)")
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(os.path.join(folder, "scaling.png"))
+    if "size" in r:
+        rows = r["size"]["rows"]
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for k, label in (("keras1", "Keras, 1 worker"), ("distft2", "distft, 2 workers")):
+            ax.plot([x["records"] for x in rows], [x[k] for x in rows], "o-", label=label)
+        ax.set_xlabel("records")
+        ax.set_ylabel("epoch seconds")
+        ax.set_title(f"{r['size']['workload']}: epoch time against data size")
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(os.path.join(folder, "epoch_time.png"))
+    plt.close("all")
