@@ -115,6 +115,19 @@ def inspect(model: str, num_classes: Optional[int] = None, unfreeze: Optional[st
     return rows
 
 
+def shard(input: str, output_dir: str, num_shards: int, compression: str = "", label: str = "label",
+          seed: int = 0, workers: int = 1, overwrite: bool = False) -> str:
+    """Write `num_shards` balanced TFRecord shards of `input` and a manifest.json; return its path.
+
+    `input`: a folder of class subfolders of JPEG/PNG images, or TFRecord, .npz or .csv files.
+    """
+    from distft.data.writer import write
+
+    _setup_logging(0, 1, False)
+    m = write(input, output_dir, num_shards, compression, label, seed, workers, overwrite)
+    return os.path.join(m.folder, "manifest.json")
+
+
 def _flags(cfg: TrainConfig) -> list[str]:
     """The flags that reproduce `cfg` in a worker (defaults and launch options left out)."""
     defaults = TrainConfig()

@@ -4,6 +4,7 @@
     distft evaluate --model=PATH --data=PATTERN [--batch_size=B]
     distft predict  --model=PATH --data=PATTERN --output=FILE.npy
     distft inspect  --model=PATH [--num_classes=K --unfreeze=SPEC]
+    distft shard    --input=SRC --output_dir=DIR --num_shards=K [--compression=GZIP]
     distft demo
 """
 from __future__ import annotations
@@ -61,6 +62,20 @@ class Commands:
         print(f"{len(rows)} layers; {trainable} trainable and "
               f"{sum(r['params'] for r in rows) - trainable} frozen parameters")
 
+    def shard(self, input: str, output_dir: str, num_shards: int, compression: str = "",
+              label: str = "label", seed: int = 0, workers: int = 1, overwrite: bool = False) -> None:
+        """Write NUM_SHARDS balanced TFRecord shards of INPUT (image folder with one subfolder per
+        class, or TFRecord/.npz/.csv files) and a manifest.json into OUTPUT_DIR.
+
+        Example:
+            distft shard --input=flowers/ --output_dir=shards/ --num_shards=64 --workers=2
+        """
+        from distft import api
+
+        api.shard(str(input), str(output_dir), _integer("num_shards", num_shards),
+                  str(compression or ""), str(label), _integer("seed", seed),
+                  _integer("workers", workers), to_bool(overwrite))
+
     def slurm(self, template: str = "multi-node", nodes: int = 2, gpus_per_node: int = 4,
               cpus_per_task: int = 8, time: str = "04:00:00", partition: Optional[str] = None,
               account: Optional[str] = None, script: str = "distft-job.sbatch",
@@ -96,6 +111,12 @@ class Commands:
         from distft.demo import run_demo
 
         run_demo(output_dir, int(np), int(epochs), controller)
+
+
+def _integer(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not str(value).lstrip("-").isdigit():
+        raise DistftError(f"--{name}={value!r} is not an integer: fix the value")
+    return int(value)
 
 
 def _train_help() -> str:
