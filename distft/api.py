@@ -47,8 +47,9 @@ def train(config: Optional[str] = None, **options: Any) -> dict[str, Any]:
 
 
 def evaluate(model: str, data: str, batch_size: int = 256, label: str = "label",
-             unsafe_deserialization: bool = False) -> dict[str, float]:
-    """Loss and metrics of `model` over all of `data` (split across workers when launched)."""
+             unsafe_deserialization: bool = False, preprocess: str = "scale") -> dict[str, float]:
+    """Loss and metrics of `model` over all of `data` (split across workers when launched);
+    images are preprocessed as in training (`preprocess`)."""
     from distft.data.dataset import DataSet
     from distft.model.prepare import prepare
     from distft.train.evaluation import evaluate_split
@@ -61,7 +62,8 @@ def evaluate(model: str, data: str, batch_size: int = 256, label: str = "label",
     ft = worker.all_ok(lambda: prepare(model, unfreeze="all",
                                        unsafe_deserialization=unsafe_deserialization))
     ft.model.compile(loss=ft.loss, metrics=ft.metrics)
-    stream = ds.stream(worker.rank, worker.size, batch_size, ft.input_shape, training=False)
+    stream = ds.stream(worker.rank, worker.size, batch_size, ft.input_shape, training=False,
+                       preprocess=preprocess)
     metrics = evaluate_split(ft.model, stream, ds.share(worker.rank, worker.size).records, worker)
     log.info("%s on %s (%d records): %s", model, data, sum(ds.part_counts()),
              "  ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
@@ -69,7 +71,7 @@ def evaluate(model: str, data: str, batch_size: int = 256, label: str = "label",
 
 
 def predict(model: str, data: str, output: str, batch_size: int = 256, label: str = "label",
-            unsafe_deserialization: bool = False) -> str:
+            unsafe_deserialization: bool = False, preprocess: str = "scale") -> str:
     """Write the model's outputs for every record of `data`, in file order, to `output` (.npy)."""
     import numpy as np
 
@@ -87,7 +89,7 @@ def predict(model: str, data: str, output: str, batch_size: int = 256, label: st
     net = worker.all_ok(lambda: loading.load(model, unsafe_deserialization=unsafe_deserialization))
     # Split by record (every worker reads all files) so the outputs interleave back in order.
     stream = ds.stream(worker.rank, worker.size, batch_size, tuple(net.input_shape[1:]),
-                       training=False, by_record=True).map(lambda x, y: x)
+                       training=False, by_record=True, preprocess=preprocess).map(lambda x, y: x)
     mine = net.predict(stream, verbose=0)
     parts = worker.gather(mine)
     if worker.rank == 0:

@@ -29,18 +29,21 @@ class Commands:
         api.train(config, **options)
 
     def evaluate(self, model: str, data: str, batch_size: int = 256, label: str = "label",
-                 unsafe_deserialization: bool = False) -> None:
+                 unsafe_deserialization: bool = False, preprocess: str = "scale") -> None:
         """Loss and metrics of MODEL over DATA (all workers' shares when launched)."""
         from distft import api
 
-        api.evaluate(model, data, int(batch_size), label, bool(unsafe_deserialization))
+        api.evaluate(model, data, int(batch_size), label, bool(unsafe_deserialization),
+                     _preprocess(preprocess))
 
     def predict(self, model: str, data: str, output: str, batch_size: int = 256,
-                label: str = "label", unsafe_deserialization: bool = False) -> None:
+                label: str = "label", unsafe_deserialization: bool = False,
+                preprocess: str = "scale") -> None:
         """Write MODEL's outputs for each record of DATA, in order, to OUTPUT (.npy)."""
         from distft import api
 
-        api.predict(model, data, output, int(batch_size), label, bool(unsafe_deserialization))
+        api.predict(model, data, output, int(batch_size), label, bool(unsafe_deserialization),
+                    _preprocess(preprocess))
 
     def inspect(self, model: str, num_classes: Optional[int] = None, unfreeze: Optional[str] = None,
                 train_bn: bool = False, weights: Optional[str] = None,
@@ -111,6 +114,11 @@ class Commands:
         from distft.demo import run_demo
 
         run_demo(output_dir, int(np), int(epochs), controller)
+
+
+def _preprocess(value: str) -> str:
+    """A checked --preprocess value (as train checks it)."""
+    return TrainConfig.resolve(model="-", data="-", output_dir="-", preprocess=value).preprocess
 
 
 def _integer(name: str, value: Any) -> int:

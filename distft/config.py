@@ -20,6 +20,11 @@ OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
 SCHEDULES = ("constant", "cosine")
 COMPRESSIONS = ("none", "fp16")
 CONTROLLERS = ("gloo", "mpi")
+PREPROCESSING = ("scale", "convnext", "densenet", "efficientnet", "efficientnet_v2",
+                 "inception_resnet_v2", "inception_v3", "mobilenet", "mobilenet_v2", "mobilenet_v3",
+                 "nasnet", "regnet", "resnet", "resnet50", "resnet_rs", "resnet_v2", "vgg16", "vgg19",
+                 "xception")
+AUGMENTATIONS = ("flip", "crop", "rotate", "color")
 
 
 @dataclass
@@ -62,6 +67,14 @@ class TrainConfig:
     compression: str = field(default="none", metadata={"help": "allreduce compression: none|fp16"})
     seed: int = field(default=42, metadata={"help": "seed for weights of the new head and shuffling"})
     shuffle_buffer: int = field(default=10000, metadata={"help": "records in each worker's shuffle buffer"})
+    # Data pipeline
+    preprocess: str = field(default="scale", metadata={
+        "help": "images: scale to [0,1], or a keras.applications family's preprocess_input "
+                "(mobilenet_v2, resnet50, efficientnet, ...)"})
+    augment: Optional[tuple] = field(default=None, metadata={
+        "help": "images, training only: any of flip,crop,rotate,color"})
+    cache: Optional[str] = field(default=None, metadata={
+        "help": "memory|DIR: cache each worker's decoded share (the share then stays fixed)"})
     # Run
     threads: Optional[int] = field(default=None, metadata={"help": "CPU threads per worker"})
     log_every: int = field(default=50, metadata={"help": "steps between step-level logs"})
@@ -115,6 +128,14 @@ class TrainConfig:
                               ("compression", COMPRESSIONS), ("controller", CONTROLLERS)):
             if getattr(self, name) not in allowed:
                 raise DistftError(f"--{name}={getattr(self, name)} is not one of {'|'.join(allowed)}")
+        if self.preprocess not in PREPROCESSING:
+            raise DistftError(f"--preprocess={self.preprocess} is not one of {'|'.join(PREPROCESSING)}")
+        unknown = sorted(set(self.augment or ()) - set(AUGMENTATIONS))
+        if unknown:
+            raise DistftError(f"--augment={','.join(self.augment)}: {', '.join(unknown)} unknown; "
+                              f"use any of {','.join(AUGMENTATIONS)}")
+        if self.cache == "":
+            raise DistftError("--cache needs a value: --cache=memory or --cache=DIR")
         if self.resume and self.overwrite:
             raise DistftError("--resume and --overwrite exclude each other: pass one")
 

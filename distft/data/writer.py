@@ -178,10 +178,14 @@ def open_source(path: str, label: str, seed: int) -> Source:
     except DistftError:
         raise DistftError(f"--input={path} matches no data file: pass an image folder (one "
                           "subfolder per class), or TFRecord, .npz or .csv files") from None
+    files = [f for f in files if os.path.basename(f) != NAME]
     formats = {format_of(f) for f in files}
     if len(formats) > 1:
         raise DistftError(f"--input={path} mixes formats {sorted(formats)}: use one format")
-    return Files([f for f in files if os.path.basename(f) != NAME], label)
+    source = Files(files, label)
+    previous = Manifest.find(path)  # re-sharding shards that have class names keeps them
+    source.class_names = previous.class_names if previous else []
+    return source
 
 
 def _example(y, image: Optional[bytes] = None, x: Optional[np.ndarray] = None) -> bytes:

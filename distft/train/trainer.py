@@ -81,9 +81,15 @@ def run(cfg: TrainConfig, worker: Optional[Worker] = None) -> dict[str, Any]:
         folder.prepare(cfg.overwrite)
         cfg.save(folder.file("config.yaml"))
         _log_start(cfg, worker, ft, total, steps, resume_from, initial_epoch, placement)
+        classes = train_data.manifest.class_names if train_data.manifest else []
+        if classes:  # the names of the model's outputs, in order
+            folder.write_json("classes.json", {"class_names": classes})
+            log.info("classes (from the data's manifest): %s", ", ".join(classes))
 
     stream = train_data.stream(worker.rank, worker.size, cfg.batch_size, ft.input_shape,
-                               training=True, seed=cfg.seed, shuffle_buffer=cfg.shuffle_buffer)
+                               training=True, seed=cfg.seed, shuffle_buffer=cfg.shuffle_buffer,
+                               steps=steps, epochs=(initial_epoch, cfg.epochs),
+                               preprocess=cfg.preprocess, augment=cfg.augment or (), cache=cfg.cache)
     validate = _validator(ft.model, val_data, cfg, worker)
     before = validate() if validate else {}
     if before:
@@ -170,6 +176,8 @@ def _check_fit(ft: FineTuneModel, data: DataSet, cfg: TrainConfig) -> None:
     if schema.x_kind == "image" and len(shape) != 3:
         raise DistftError(f"--data holds images but the model's input is {shape}: "
                           "use an image model (H,W,C input)")
+    if data.manifest is not None:
+        data.manifest.check_classes(cfg.num_classes, ft.classes)
     classes = ft.classes
     counts = data.counts
     if classes and counts is not None:
@@ -187,7 +195,7 @@ def _validator(model: tf.keras.Model, val_data: Optional[DataSet], cfg: TrainCon
         return None
     share = val_data.share(worker.rank, worker.size)
     stream = val_data.stream(worker.rank, worker.size, cfg.batch_size, tuple(model.input_shape[1:]),
-                             training=False)
+                             training=False, preprocess=cfg.preprocess)
     return lambda: evaluate_split(model, stream, share.records, worker)
 
 
