@@ -351,6 +351,9 @@ def _run_workers(source: Source, total: int, folder: str, num_shards: int, compr
             if p.is_alive():
                 p.terminate()
             p.join()
+        for f in os.listdir(folder):  # temporary files of writers stopped early
+            if f.startswith(".shard-"):
+                os.remove(os.path.join(folder, f))
     bar.finish()
     shards.sort(key=lambda s: s["file"])
     return shards, (min(lows) if lows else 0.0, max(highs) if highs else 0.0)
@@ -379,8 +382,8 @@ def _worker(source: Source, total: int, folder: str, num_shards: int, compressio
             return permute(pos, total, seed) % num_shards % workers == index
 
         for pos, examples, labels in source.read(keep):
-            if os.getppid() != parent:  # the parent was killed: stop, leaving no shard complete
-                os._exit(1)
+            if os.getppid() != parent:  # the parent was killed: stop (removing the temporary files)
+                sys.exit(1)
             targets = permute(pos, total, seed) % num_shards
             for s, example in zip(targets, examples):
                 for out in buffers[s].add(example):
