@@ -9,9 +9,13 @@ from __future__ import annotations
 import sys
 from typing import Callable
 
-from benchmarks import overhead
+from benchmarks import bytes_read, input, memory, overhead
 
-BENCHMARKS: dict[str, Callable[[list[str]], int]] = {"overhead": overhead.main}
+BENCHMARKS: dict[str, Callable[[list[str]], int]] = {
+    "overhead": overhead.main,
+    # Large data sets
+    "memory": memory.main, "input": input.main, "bytes_read": bytes_read.main,
+}
 
 
 def main(argv: list[str]) -> int:
