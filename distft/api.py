@@ -117,16 +117,27 @@ def inspect(model: str, num_classes: Optional[int] = None, unfreeze: Optional[st
     return rows
 
 
-def shard(input: str, output_dir: str, num_shards: int, compression: str = "", label: str = "label",
-          seed: int = 0, workers: int = 1, overwrite: bool = False) -> str:
+def shard(input: Optional[str], output_dir: str, num_shards: int = 0, compression: str = "",
+          label: str = "label", seed: int = 0, workers: int = 1, overwrite: bool = False,
+          verify: bool = False) -> str:
     """Write `num_shards` balanced TFRecord shards of `input` and a manifest.json; return its path.
 
     `input`: a folder of class subfolders of JPEG/PNG images, or TFRecord, .npz or .csv files.
+    `verify`: instead, check the shards in `output_dir` against their manifest (sizes, sha256).
     """
+    from distft.data.manifest import Manifest
     from distft.data.writer import write
 
     _setup_logging(0, 1, False)
-    m = write(input, output_dir, num_shards, compression, label, seed, workers, overwrite)
+    if verify:
+        m = Manifest.load(output_dir)
+        m.verify(full=True)
+        log.info("%s: %d shards, %d records: sizes and sha256 match the manifest", output_dir,
+                 len(m.shards), sum(m.counts()))
+    else:
+        if not input:
+            raise DistftError("--input is required: pass --input=SRC (or --verify to check shards)")
+        m = write(input, output_dir, num_shards, compression, label, seed, workers, overwrite)
     return os.path.join(m.folder, "manifest.json")
 
 

@@ -65,19 +65,22 @@ class Commands:
         print(f"{len(rows)} layers; {trainable} trainable and "
               f"{sum(r['params'] for r in rows) - trainable} frozen parameters")
 
-    def shard(self, input: str, output_dir: str, num_shards: int, compression: str = "",
-              label: str = "label", seed: int = 0, workers: int = 1, overwrite: bool = False) -> None:
+    def shard(self, output_dir: str, input: Optional[str] = None, num_shards: int = 0,
+              compression: str = "", label: str = "label", seed: int = 0, workers: int = 1,
+              overwrite: bool = False, verify: bool = False) -> None:
         """Write NUM_SHARDS balanced TFRecord shards of INPUT (image folder with one subfolder per
-        class, or TFRecord/.npz/.csv files) and a manifest.json into OUTPUT_DIR.
+        class, or TFRecord/.npz/.csv files) and a manifest.json into OUTPUT_DIR; --verify checks
+        the shards of OUTPUT_DIR against their manifest (sizes and sha256).
 
         Example:
             distft shard --input=flowers/ --output_dir=shards/ --num_shards=64 --workers=2
+            distft shard --output_dir=shards/ --verify
         """
         from distft import api
 
-        api.shard(str(input), str(output_dir), _integer("num_shards", num_shards),
+        api.shard(input and str(input), str(output_dir), _integer("num_shards", num_shards),
                   str(compression or ""), str(label), _integer("seed", seed),
-                  _integer("workers", workers), to_bool(overwrite))
+                  _integer("workers", workers), to_bool(overwrite), to_bool(verify))
 
     def slurm(self, template: str = "multi-node", nodes: int = 2, gpus_per_node: int = 4,
               cpus_per_task: int = 8, time: str = "04:00:00", partition: Optional[str] = None,

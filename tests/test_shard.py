@@ -204,3 +204,18 @@ def test_uneven_manifest_same_steps_on_every_worker(demo_data, tmp_path):
     steps = metrics["steps_per_epoch"]
     assert steps == -(-demo_data["train_records"] // 32)
     assert metrics["steps_run"] == [[steps] * 3, [steps] * 3]
+
+
+def test_verify_finds_a_changed_shard(tmp_path):
+    np.savez(tmp_path / "d.npz", x=np.zeros((30, 4), np.float32), y=np.arange(30) % 3)
+    out = str(tmp_path / "out")
+    distft.shard(str(tmp_path / "d.npz"), out, num_shards=2)
+    r = run_distft(["shard", f"--output_dir={out}", "--verify"])
+    assert r.code == 0 and "2 shards, 30 records: sizes and sha256 match" in r.out
+    path = Manifest.load(out).paths()[1]
+    data = bytearray(open(path, "rb").read())
+    data[-5] ^= 1  # same size, other bytes
+    open(path, "wb").write(bytes(data))
+    r = run_distft(["shard", f"--output_dir={out}", "--verify"])
+    assert r.code == 2 and r.lines == [f"distft: error: {path}: sha256 differs from manifest.json: "
+                                       "the shard is corrupt; rewrite with distft shard --overwrite"]
