@@ -1,5 +1,5 @@
-"""Peak memory per worker does not grow with the data set: the same 2-worker training job over
-a generated ~1 GB and ~8 GB data set (TFRecord shards with a manifest).
+"""Peak memory per worker does not grow with the data set: the same 2-worker training job (the
+same epochs and steps) over a generated ~1 GB and ~8 GB data set (TFRecord shards, manifest).
 
 Goal: **peak RSS (8 GB) / peak RSS (1 GB) within 10%**, for every worker.
 
@@ -7,7 +7,9 @@ Usage (from the repository root):
     .venv/bin/python -m benchmarks memory [--small_gb=1 --large_gb=8 --np=2 --rounds=1]
 
 Each job is a fresh `horovodrun -np NP python -m benchmarks.memory --worker ...`; every worker
-runs `distft.train` in-process, then prints one JSON line with its own peak RSS
+runs `distft.train` in-process (`--epochs` epochs of `--steps_per_epoch` steps: one pass over
+the small set per epoch; the large set is 8 times longer, and each epoch reads other files),
+then prints one JSON line with its own peak RSS
 (`ru_maxrss`) and the bytes it read (`/proc/self/io` rchar, before and after). The data is
 written into a temporary folder and deleted afterwards.
 """
@@ -25,7 +27,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import Any
+from typing import Any, Optional
 
 from benchmarks.overhead import ROOT, _invocation, _python
 
@@ -82,12 +84,14 @@ def write_model(path: str) -> None:
                         ).save(path, save_format="h5")
 
 
-def worker(data: str, model: str, output_dir: str) -> dict[str, Any]:
-    """One worker of the job (under horovodrun): train one epoch, report peak RSS and reads."""
+def worker(data: str, model: str, output_dir: str, epochs: int, steps: Optional[int] = None
+           ) -> dict[str, Any]:
+    """One worker of the job (under horovodrun): train, report peak RSS and bytes read."""
     import distft
 
     before = _io()
-    metrics = distft.train(model=model, data=data, output_dir=output_dir, epochs=1,
+    metrics = distft.train(model=model, data=data, output_dir=output_dir, epochs=epochs,
+                           steps_per_epoch=steps,
                            batch_size=BATCH, shuffle_buffer=SHUFFLE, overwrite=True, log_every=10**6)
     after = _io()
     return {"bench": "worker", "rank": int(os.environ.get("HOROVOD_RANK", 0)),
@@ -102,12 +106,14 @@ def _io() -> dict[str, int]:
         return {k: int(v) for k, v in (line.split(":") for line in f)}
 
 
-def run_job(workdir: str, data: str, np_: int) -> tuple[list[dict], str]:
+def run_job(workdir: str, data: str, np_: int, epochs: int = 1, steps: Optional[int] = None
+            ) -> tuple[list[dict], str]:
     """Run the training job on `np_` workers; every worker's JSON result, and the command."""
     cmd = [os.path.join(os.path.dirname(sys.executable), "horovodrun"), "-np", str(np_), "-H",
            f"localhost:{np_}", "--gloo", sys.executable, "-m", "benchmarks.memory", "--worker",
            f"--data={data}", f"--model={os.path.join(workdir, 'model.h5')}",
-           f"--output_dir={os.path.join(workdir, 'run')}"]
+           f"--output_dir={os.path.join(workdir, 'run')}", f"--epochs={epochs}",
+           *([f"--steps={steps}"] if steps else [])]
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", OMPI_ALLOW_RUN_AS_ROOT="1",
                OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1", PYTHONUNBUFFERED="1")
     proc = subprocess.run(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
@@ -135,8 +141,10 @@ def compare(args: argparse.Namespace) -> dict[str, Any]:
         rounds = []
         for r in range(1, args.rounds + 1):
             row: dict[str, Any] = {"round": r, "load": os.getloadavg()[0]}
+            steps = data["small"]["records"] // (args.np * BATCH)
             for name in sets:
-                row[name], row["worker_command"] = run_job(workdir, os.path.join(workdir, name), args.np)
+                row[name], row[f"{name}_command"] = run_job(workdir, os.path.join(workdir, name),
+                                                            args.np, args.epochs, steps)
                 print(f"  round {r} {name}: peak RSS " + ", ".join(
                     f"rank {w['rank']} {w['peak_rss_mb']:.0f} MB" for w in row[name]) +
                     f" ({row[name][0]['seconds']:.0f}s)", file=sys.stderr, flush=True)
@@ -147,16 +155,16 @@ def compare(args: argparse.Namespace) -> dict[str, Any]:
     worst = max(abs(x - 1) for r in rounds for x in r["ratio"])
     result = {"benchmark": "memory", "command": command,
               "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-              "settings": {"np": args.np, "batch_size": BATCH, "shuffle_buffer": SHUFFLE,
+              "settings": {"np": args.np, "epochs": args.epochs, "batch_size": BATCH, "shuffle_buffer": SHUFFLE,
                            "record_shape": list(SHAPE), "shard_mb": SHARD_MB},
               "data": data, "rounds": rounds, "worst_ratio_deviation": worst, "goal": 0.10,
               "passed": worst <= 0.10}
-    print(f"\n| round | data | GiB | steps/worker | " + " | ".join(f"rank {i} peak RSS MB" for i in range(args.np))
+    print(f"\n| round | data | GiB | epochs x steps/worker | " + " | ".join(f"rank {i} peak RSS MB" for i in range(args.np))
           + " | load |\n|---|---|---|---|" + "---|" * args.np + "---|")
     for r in rounds:
         for name in sets:
             print(f"| {r['round']} | {name} | {data[name]['bytes'] / 2**30:.2f} | "
-                  f"{r[name][0]['steps'][0][0]} | " + " | ".join(f"{w['peak_rss_mb']:.0f}" for w in r[name])
+                  f"{len(r[name][0]['steps'][0])} x {r[name][0]['steps'][0][0]} | " + " | ".join(f"{w['peak_rss_mb']:.0f}" for w in r[name])
                   + f" | {r['load']:.1f} |")
         print(f"| {r['round']} | ratio large/small | | | " + " | ".join(f"{x:.3f}" for x in r["ratio"]) + " | |")
     print(f"\nworst |ratio - 1| = {worst:.3f} (goal <= 0.10): {'PASS' if result['passed'] else 'FAIL'}")
@@ -176,9 +184,12 @@ def main(argv: list[str]) -> int:
     p.add_argument("--data", help=argparse.SUPPRESS)
     p.add_argument("--model", help=argparse.SUPPRESS)
     p.add_argument("--output_dir", help=argparse.SUPPRESS)
+    p.add_argument("--epochs", type=int, default=2)
+    p.add_argument("--steps", type=int, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.worker:
-        print(json.dumps(worker(args.data, args.model, args.output_dir)), flush=True)
+        print(json.dumps(worker(args.data, args.model, args.output_dir, args.epochs, args.steps)),
+              flush=True)
         return 0
     return 0 if compare(args)["passed"] else 1
 

@@ -75,6 +75,8 @@ class TrainConfig:
         "help": "images, training only: any of flip,crop,rotate,color"})
     cache: Optional[str] = field(default=None, metadata={
         "help": "memory|DIR: cache each worker's decoded share (the share then stays fixed)"})
+    steps_per_epoch: Optional[int] = field(default=None, metadata={
+        "help": "steps of each worker per epoch (default: one pass over the data by all workers)"})
     # Run
     threads: Optional[int] = field(default=None, metadata={"help": "CPU threads per worker"})
     log_every: int = field(default=50, metadata={"help": "steps between step-level logs"})
@@ -134,6 +136,8 @@ class TrainConfig:
         if unknown:
             raise DistftError(f"--augment={','.join(self.augment)}: {', '.join(unknown)} unknown; "
                               f"use any of {','.join(AUGMENTATIONS)}")
+        if self.steps_per_epoch is not None and self.steps_per_epoch < 1:
+            raise DistftError(f"--steps_per_epoch must be at least 1, got {self.steps_per_epoch}")
         if self.cache == "":
             raise DistftError("--cache needs a value: --cache=memory or --cache=DIR")
         if self.resume and self.overwrite:

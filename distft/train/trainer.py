@@ -53,7 +53,7 @@ def run(cfg: TrainConfig, worker: Optional[Worker] = None) -> dict[str, Any]:
 
     ft = worker.all_ok(lambda: _prepare(cfg))
     _check_fit(ft, train_data, cfg)
-    steps = math.ceil(total / (worker.size * cfg.batch_size))
+    steps = cfg.steps_per_epoch or math.ceil(total / (worker.size * cfg.batch_size))
     optimizer = optim.build(cfg, worker.size, steps)
     ft.model.compile(optimizer=optimizer, loss=ft.loss, metrics=ft.metrics)
     optimizer.build(ft.model.trainable_variables)
