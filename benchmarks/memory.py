@@ -87,10 +87,14 @@ def write_model(path: str) -> None:
 def worker(data: str, model: str, output_dir: str, epochs: int, steps: Optional[int] = None
            ) -> dict[str, Any]:
     """One worker of the job (under horovodrun): train, report peak RSS and bytes read."""
-    import distft
+    import horovod.tensorflow.keras  # noqa: F401 - imported before the count: not data reads
+    import tensorflow  # noqa: F401
+
+    from distft.api import train
+    from distft.train import trainer  # noqa: F401 (it also rebinds the name distft.train)
 
     before = _io()
-    metrics = distft.train(model=model, data=data, output_dir=output_dir, epochs=epochs,
+    metrics = train(model=model, data=data, output_dir=output_dir, epochs=epochs,
                            steps_per_epoch=steps,
                            batch_size=BATCH, shuffle_buffer=SHUFFLE, overwrite=True, log_every=10**6)
     after = _io()

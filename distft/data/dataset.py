@@ -240,7 +240,7 @@ class DataSet:
             files = tf.data.Dataset.from_tensor_slices((tf.gather(paths, idx), idx)).repeat()
             ds = files.interleave(self._records, cycle_length=cycle, num_parallel_calls=AUTOTUNE,
                                   deterministic=True)
-            return shuffle(ds).take(records)
+            return shuffle(ds.take(records))  # take first: no read-ahead past the epoch
 
         ds = tf.data.Dataset.range(len(shares)).flat_map(epoch)
         return ds if epochs else ds.repeat()
