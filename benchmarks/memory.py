@@ -29,7 +29,7 @@ import tempfile
 import time
 from typing import Any, Optional
 
-from benchmarks.overhead import ROOT, _invocation, _python
+from benchmarks.overhead import ROOT, _invocation
 
 SHAPE = (128, 128, 1)  # 64 KiB of floats per record
 CLASSES = 10
