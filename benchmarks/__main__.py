@@ -10,11 +10,14 @@ from __future__ import annotations
 import sys
 from typing import Callable
 
-from benchmarks import frozen_cache, overhead, report, tuning
+from benchmarks import bytes_read, frozen_cache, input, memory, overhead, report, tuning
 
 BENCHMARKS: dict[str, Callable[[list[str]], int]] = {
     "report": report.main, "overhead": overhead.main, "tuning": tuning.main,
-    "frozen_cache": frozen_cache.main}
+    "frozen_cache": frozen_cache.main,
+    # Large data sets
+    "memory": memory.main, "input": input.main, "bytes_read": bytes_read.main,
+}
 
 
 def main(argv: list[str]) -> int:

@@ -5,9 +5,9 @@ Example:
     distft.train(model="base_model.h5", data="shards/", output_dir="runs/a",
                  num_classes=5, unfreeze="last:2", np=2)
 """
-from distft.api import evaluate, inspect, predict, train
+from distft.api import evaluate, inspect, predict, shard, train
 from distft.config import TrainConfig
 from distft.errors import DistftError
 
 __version__ = "0.1.0"
-__all__ = ["train", "evaluate", "predict", "inspect", "TrainConfig", "DistftError", "__version__"]
+__all__ = ["train", "evaluate", "predict", "inspect", "shard", "TrainConfig", "DistftError", "__version__"]

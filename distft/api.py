@@ -50,8 +50,9 @@ def train(config: Optional[str] = None, **options: Any) -> dict[str, Any]:
 
 
 def evaluate(model: str, data: str, batch_size: int = 256, label: str = "label",
-             unsafe_deserialization: bool = False) -> dict[str, float]:
-    """Loss and metrics of `model` over all of `data` (split across workers when launched)."""
+             unsafe_deserialization: bool = False, preprocess: str = "scale") -> dict[str, float]:
+    """Loss and metrics of `model` over all of `data` (split across workers when launched);
+    images are preprocessed as in training (`preprocess`)."""
     from distft.data.dataset import DataSet
     from distft.model.prepare import prepare
     from distft.train.evaluation import evaluate_split
@@ -64,7 +65,8 @@ def evaluate(model: str, data: str, batch_size: int = 256, label: str = "label",
     ft = worker.all_ok(lambda: prepare(model, unfreeze="all",
                                        unsafe_deserialization=unsafe_deserialization))
     ft.model.compile(loss=ft.loss, metrics=ft.metrics)
-    stream = ds.stream(worker.rank, worker.size, batch_size, ft.input_shape, training=False)
+    stream = ds.stream(worker.rank, worker.size, batch_size, ft.input_shape, training=False,
+                       preprocess=preprocess)
     metrics = evaluate_split(ft.model, stream, ds.share(worker.rank, worker.size).records, worker)
     log.info("%s on %s (%d records): %s", model, data, sum(ds.part_counts()),
              "  ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
@@ -72,7 +74,7 @@ def evaluate(model: str, data: str, batch_size: int = 256, label: str = "label",
 
 
 def predict(model: str, data: str, output: str, batch_size: int = 256, label: str = "label",
-            unsafe_deserialization: bool = False) -> str:
+            unsafe_deserialization: bool = False, preprocess: str = "scale") -> str:
     """Write the model's outputs for every record of `data`, in file order, to `output` (.npy)."""
     import numpy as np
 
@@ -90,7 +92,7 @@ def predict(model: str, data: str, output: str, batch_size: int = 256, label: st
     net = worker.all_ok(lambda: loading.load(model, unsafe_deserialization=unsafe_deserialization))
     # Split by record (every worker reads all files) so the outputs interleave back in order.
     stream = ds.stream(worker.rank, worker.size, batch_size, tuple(net.input_shape[1:]),
-                       training=False, by_record=True).map(lambda x, y: x)
+                       training=False, by_record=True, preprocess=preprocess).map(lambda x, y: x)
     mine = net.predict(stream, verbose=0)
     parts = worker.gather(mine)
     if worker.rank == 0:
@@ -116,6 +118,30 @@ def inspect(model: str, num_classes: Optional[int] = None, unfreeze: Optional[st
              "params": unfreezing.count_params(l.weights), "trainable": bool(l.trainable and l.weights)}
             for i, l in enumerate(unfreezing.flatten(ft.model))]
     return rows
+
+
+def shard(input: Optional[str], output_dir: str, num_shards: int = 0, compression: str = "",
+          label: str = "label", seed: int = 0, workers: int = 1, overwrite: bool = False,
+          verify: bool = False) -> str:
+    """Write `num_shards` balanced TFRecord shards of `input` and a manifest.json; return its path.
+
+    `input`: a folder of class subfolders of JPEG/PNG images, or TFRecord, .npz or .csv files.
+    `verify`: instead, check the shards in `output_dir` against their manifest (sizes, sha256).
+    """
+    from distft.data.manifest import Manifest
+    from distft.data.writer import write
+
+    _setup_logging(0, 1, False)
+    if verify:
+        m = Manifest.load(output_dir)
+        m.verify(full=True)
+        log.info("%s: %d shards, %d records: sizes and sha256 match the manifest", output_dir,
+                 len(m.shards), sum(m.counts()))
+    else:
+        if not input:
+            raise DistftError("--input is required: pass --input=SRC (or --verify to check shards)")
+        m = write(input, output_dir, num_shards, compression, label, seed, workers, overwrite)
+    return os.path.join(m.folder, "manifest.json")
 
 
 def _flags(cfg: TrainConfig) -> list[str]:

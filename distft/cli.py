@@ -4,6 +4,7 @@
     distft evaluate --model=PATH --data=PATTERN [--batch_size=B]
     distft predict  --model=PATH --data=PATTERN --output=FILE.npy
     distft inspect  --model=PATH [--num_classes=K --unfreeze=SPEC]
+    distft shard    --input=SRC --output_dir=DIR --num_shards=K [--compression=GZIP]
     distft demo
 """
 from __future__ import annotations
@@ -28,18 +29,21 @@ class Commands:
         api.train(config, **options)
 
     def evaluate(self, model: str, data: str, batch_size: int = 256, label: str = "label",
-                 unsafe_deserialization: bool = False) -> None:
+                 unsafe_deserialization: bool = False, preprocess: str = "scale") -> None:
         """Loss and metrics of MODEL over DATA (all workers' shares when launched)."""
         from distft import api
 
-        api.evaluate(model, data, int(batch_size), label, bool(unsafe_deserialization))
+        api.evaluate(model, data, int(batch_size), label, bool(unsafe_deserialization),
+                     _preprocess(preprocess))
 
     def predict(self, model: str, data: str, output: str, batch_size: int = 256,
-                label: str = "label", unsafe_deserialization: bool = False) -> None:
+                label: str = "label", unsafe_deserialization: bool = False,
+                preprocess: str = "scale") -> None:
         """Write MODEL's outputs for each record of DATA, in order, to OUTPUT (.npy)."""
         from distft import api
 
-        api.predict(model, data, output, int(batch_size), label, bool(unsafe_deserialization))
+        api.predict(model, data, output, int(batch_size), label, bool(unsafe_deserialization),
+                    _preprocess(preprocess))
 
     def inspect(self, model: str, num_classes: Optional[int] = None, unfreeze: Optional[str] = None,
                 train_bn: bool = False, weights: Optional[str] = None,
@@ -60,6 +64,23 @@ class Commands:
         trainable = sum(r["params"] for r in rows if r["trainable"])
         print(f"{len(rows)} layers; {trainable} trainable and "
               f"{sum(r['params'] for r in rows) - trainable} frozen parameters")
+
+    def shard(self, output_dir: str, input: Optional[str] = None, num_shards: int = 0,
+              compression: str = "", label: str = "label", seed: int = 0, workers: int = 1,
+              overwrite: bool = False, verify: bool = False) -> None:
+        """Write NUM_SHARDS balanced TFRecord shards of INPUT (image folder with one subfolder per
+        class, or TFRecord/.npz/.csv files) and a manifest.json into OUTPUT_DIR; --verify checks
+        the shards of OUTPUT_DIR against their manifest (sizes and sha256).
+
+        Example:
+            distft shard --input=flowers/ --output_dir=shards/ --num_shards=64 --workers=2
+            distft shard --output_dir=shards/ --verify
+        """
+        from distft import api
+
+        api.shard(input and str(input), str(output_dir), _integer("num_shards", num_shards),
+                  str(compression or ""), str(label), _integer("seed", seed),
+                  _integer("workers", workers), to_bool(overwrite), to_bool(verify))
 
     def slurm(self, template: str = "multi-node", nodes: int = 2, gpus_per_node: int = 4,
               cpus_per_task: int = 8, time: str = "04:00:00", partition: Optional[str] = None,
@@ -96,6 +117,17 @@ class Commands:
         from distft.demo import run_demo
 
         run_demo(output_dir, int(np), int(epochs), controller)
+
+
+def _preprocess(value: str) -> str:
+    """A checked --preprocess value (as train checks it)."""
+    return TrainConfig.resolve(model="-", data="-", output_dir="-", preprocess=value).preprocess
+
+
+def _integer(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not str(value).lstrip("-").isdigit():
+        raise DistftError(f"--{name}={value!r} is not an integer: fix the value")
+    return int(value)
 
 
 def _train_help() -> str:

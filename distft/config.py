@@ -20,6 +20,11 @@ OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
 SCHEDULES = ("constant", "cosine")
 COMPRESSIONS = ("none", "fp16")
 CONTROLLERS = ("gloo", "mpi")
+PREPROCESSING = ("scale", "convnext", "densenet", "efficientnet", "efficientnet_v2",
+                 "inception_resnet_v2", "inception_v3", "mobilenet", "mobilenet_v2", "mobilenet_v3",
+                 "nasnet", "regnet", "resnet", "resnet50", "resnet_rs", "resnet_v2", "vgg16", "vgg19",
+                 "xception")
+AUGMENTATIONS = ("flip", "crop", "rotate", "color")
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 
 
@@ -63,6 +68,16 @@ class TrainConfig:
     compression: str = field(default="none", metadata={"help": "allreduce compression: none|fp16"})
     seed: int = field(default=42, metadata={"help": "seed for weights of the new head and shuffling"})
     shuffle_buffer: int = field(default=10000, metadata={"help": "records in each worker's shuffle buffer"})
+    # Data pipeline
+    preprocess: str = field(default="scale", metadata={
+        "help": "images: scale to [0,1], or a keras.applications family's preprocess_input "
+                "(mobilenet_v2, resnet50, efficientnet, ...)"})
+    augment: Optional[tuple] = field(default=None, metadata={
+        "help": "images, training only: any of flip,crop,rotate,color"})
+    cache: Optional[str] = field(default=None, metadata={
+        "help": "memory|DIR: cache each worker's decoded share (the share then stays fixed)"})
+    steps_per_epoch: Optional[int] = field(default=None, metadata={
+        "help": "steps of each worker per epoch (default: one pass over the data by all workers)"})
     # Fine-tuning methods
     unfreeze_schedule: Optional[str] = field(
         default=None, metadata={"help": "staged unfreezing EPOCH:SPEC,EPOCH:SPEC (SPEC as --unfreeze), "
@@ -127,6 +142,16 @@ class TrainConfig:
                               ("compression", COMPRESSIONS), ("controller", CONTROLLERS)):
             if getattr(self, name) not in allowed:
                 raise DistftError(f"--{name}={getattr(self, name)} is not one of {'|'.join(allowed)}")
+        if self.preprocess not in PREPROCESSING:
+            raise DistftError(f"--preprocess={self.preprocess} is not one of {'|'.join(PREPROCESSING)}")
+        unknown = sorted(set(self.augment or ()) - set(AUGMENTATIONS))
+        if unknown:
+            raise DistftError(f"--augment={','.join(self.augment)}: {', '.join(unknown)} unknown; "
+                              f"use any of {','.join(AUGMENTATIONS)}")
+        if self.steps_per_epoch is not None and self.steps_per_epoch < 1:
+            raise DistftError(f"--steps_per_epoch must be at least 1, got {self.steps_per_epoch}")
+        if self.cache == "":
+            raise DistftError("--cache needs a value: --cache=memory or --cache=DIR")
         if self.resume and self.overwrite:
             raise DistftError("--resume and --overwrite exclude each other: pass one")
         self._check_methods()

@@ -1,4 +1,7 @@
-"""Reading real files of every format: records, counts, holdout split, and clear errors."""
+"""Reading real files of every format: records, counts, holdout split, per-epoch streams,
+image preprocessing, augmentation and caching, and clear errors."""
+import os
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -117,3 +120,70 @@ def test_images_are_decoded_and_resized(tmp_path):
     assert x.shape == (3, 8, 8, 3) and y.numpy().tolist() == [0, 1, 2]
     np.testing.assert_allclose(x.numpy()[..., 0], 1.0)
     np.testing.assert_allclose(x.numpy()[..., 1], 0.0)
+
+
+def image_records(tmp_path, n=12, shards=3):
+    """n PNG images 10x12x3 with labels 0..n-1, in TFRecord shards; their pixel arrays."""
+    rng = np.random.default_rng(0)
+    imgs = rng.integers(0, 256, (n, 10, 12, 3), dtype=np.uint8)
+    for s in range(shards):
+        with tf.io.TFRecordWriter(str(tmp_path / f"img-{s}.tfrecord")) as w:
+            for i in range(s, n, shards):
+                w.write(tf.train.Example(features=tf.train.Features(feature={
+                    "image": tf.train.Feature(bytes_list=tf.train.BytesList(
+                        value=[tf.io.encode_png(imgs[i]).numpy()])),
+                    "y": tf.train.Feature(int64_list=tf.train.Int64List(value=[i]))})).SerializeToString())
+    ds = DataSet.open(str(tmp_path))
+    ds.count()
+    return ds, imgs
+
+
+def test_training_stream_gives_exact_steps_per_epoch_from_that_epochs_files(tmp_path):
+    x, y = arrays(30)
+    write_tfrecords(x, np.arange(30), str(tmp_path / "p-{}.tfrecord"), 5)  # file = y % 5
+    ds = DataSet.open(str(tmp_path))
+    ds.count()
+    from distft.data.sharding import assign
+
+    stream = ds.stream(1, 2, batch_size=4, input_shape=(2, 3), training=True, seed=3, steps=5,
+                       epochs=(2, 5), shuffle_buffer=4)
+    batches = [b[1].numpy() for b in stream]
+    assert len(batches) == 15 and all(len(b) == 4 for b in batches)  # epochs 2, 3, 4
+    for e in range(3):
+        files = {int(v) % 5 for b in batches[5 * e:5 * e + 5] for v in b}
+        assert files == set(assign(ds.counts.train, 1, 2, epoch=2 + e, seed=3).files)
+
+
+def test_image_preprocess_augment_and_cache(tmp_path):
+    ds, imgs = image_records(tmp_path)
+
+    def first(**kw):
+        stream = ds.stream(0, 1, 12, (10, 12, 3), seed=0, shuffle_buffer=0, **kw)
+        x, y = next(iter(stream))
+        return x.numpy()[np.argsort(y.numpy())]
+
+    plain = first(training=False)
+    np.testing.assert_allclose(plain * 255, imgs, atol=1e-3)
+    mobilenet = first(training=False, preprocess="mobilenet_v2")
+    np.testing.assert_allclose(mobilenet, plain * 2 - 1, atol=1e-5)
+    augmented = first(training=True, augment=("flip", "crop", "rotate", "color"), epochs=(0, 1))
+    assert augmented.shape == plain.shape and 0 <= augmented.min() and augmented.max() <= 1
+    assert not np.allclose(augmented, plain, atol=0.05)
+    np.testing.assert_array_equal(
+        augmented, first(training=True, augment=("flip", "crop", "rotate", "color"), epochs=(0, 1)))
+    cached = first(training=True, cache="memory")
+    np.testing.assert_allclose(cached, plain, atol=1e-6)
+    on_disk = ds.stream(0, 1, 12, (10, 12, 3), training=True, shuffle_buffer=0,
+                        cache=str(tmp_path / "cache"))
+    for x, y in on_disk.take(2):  # the second pass reads the cache file the first one wrote
+        np.testing.assert_allclose(x.numpy()[np.argsort(y.numpy())], plain, atol=1e-6)
+    assert os.listdir(tmp_path / "cache")
+
+
+def test_augment_on_float_records_is_refused(tmp_path):
+    x, y = arrays(10)
+    write_tfrecords(x, y, str(tmp_path / "p-{}.tfrecord"), 1)
+    ds = DataSet.open(str(tmp_path))
+    ds.count()
+    with pytest.raises(DistftError, match="--augment and --preprocess apply to image data"):
+        ds.stream(0, 1, 4, (2, 3), training=True, augment=("flip",))

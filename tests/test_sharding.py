@@ -57,3 +57,17 @@ def test_by_record_split_interleaves_back_in_file_order():
         merged[r::2] = part
     assert merged == order
     assert list(itertools.chain(*parts)) != order  # a real split, not a copy
+
+
+@pytest.mark.parametrize("counts, size", [([5, 5, 4, 4, 4, 4, 4], 2), ([100, 80, 30, 10, 5], 2),
+                                          ([9] * 12, 4)])
+def test_epoch_assignment_changes_but_covers_every_file_each_epoch(counts, size):
+    per_epoch = []
+    for epoch in range(6):
+        shares = [assign(counts, r, size, epoch=epoch, seed=7) for r in range(size)]
+        assert sorted(f for s in shares for f in s.files) == list(range(len(counts)))
+        assert shares == [assign(counts, r, size, epoch=epoch, seed=7) for r in range(size)]
+        loads = [s.records for s in shares]
+        assert max(loads) - min(loads) <= max(counts)  # still balanced by the greedy
+        per_epoch.append(tuple(s.files for s in shares))
+    assert len(set(per_epoch)) > 1  # each worker sees other files over the epochs

@@ -13,9 +13,11 @@ import os
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
+import numpy as np
 import tensorflow as tf
 
-from distft.data import sharding
+from distft.data import images, sharding
+from distft.data.manifest import Manifest
 from distft.data.formats import FORMATS, Schema, decode_batch, format_of, infer_schema, label_of, \
     read_records
 from distft.errors import DistftError
@@ -43,10 +45,19 @@ class DataSet:
     holdout: float = 0.0
     part: str = "all"  # all | train | held_out (of the holdout split)
     counts: Optional[Counts] = field(default=None, repr=False)
+    manifest: Optional[Manifest] = field(default=None, repr=False)
 
     @classmethod
     def open(cls, pattern: str, label: str = "label", holdout: float = 0.0) -> DataSet:
-        """Resolve a file, folder or glob; check the files share one format and schema."""
+        """Resolve a file, folder or glob; check the files share one format and schema.
+
+        Shards with a manifest (see data/manifest.py) take their file list, schema and
+        counts from it, after a cheap check of each shard's size.
+        """
+        m = Manifest.find(pattern)
+        if m is not None:
+            m.verify()
+            return cls(m.paths(), m.to_schema(), holdout, "train" if holdout else "all", manifest=m)
         files = resolve_files(pattern)
         formats = {format_of(f) for f in files}
         if len(formats) > 1:
@@ -56,7 +67,7 @@ class DataSet:
 
     def held_out(self) -> DataSet:
         """The held-out fraction of this data set (for --val_split)."""
-        return DataSet(self.files, self.schema, self.holdout, "held_out", self.counts)
+        return DataSet(self.files, self.schema, self.holdout, "held_out", self.counts, self.manifest)
 
     def count(self, rank: int = 0, size: int = 1,
               gather: Callable[[object], list] = lambda x: [x]) -> Counts:
@@ -64,7 +75,11 @@ class DataSet:
 
         Each worker reports its results or its error, so every worker sees a bad file at
         the same moment and they stop together instead of leaving the others waiting.
+        With a manifest nothing is read: the counts are the manifest's.
         """
+        if self.manifest is not None:
+            self.counts = self._manifest_counts()
+            return self.counts
         mine: dict[int, tuple] = {}
         error = None
         for i in range(rank, len(self.files), size):
@@ -85,6 +100,18 @@ class DataSet:
         self.counts = Counts([p[0] for p in per_file], [p[1] for p in per_file],
                              min(lo for lo, _ in y) if y else 0.0, max(hi for _, hi in y) if y else 0.0)
         return self.counts
+
+    def _manifest_counts(self) -> Counts:
+        fraction = int(round(self.holdout * HOLDOUT_BASE))
+        train, held = [], []
+        for index, n in enumerate(self.manifest.counts()):
+            k = 0
+            for start in range(0, n if fraction else 0, 1 << 20):  # the same tags as _enumerated
+                i = np.arange(start, min(n, start + (1 << 20)), dtype=np.int64)
+                k += int(np.count_nonzero((i * 7919 + index * 104729) % HOLDOUT_BASE < fraction))
+            train.append(n - k)
+            held.append(k)
+        return Counts(train, held, *self.manifest.label_range())
 
     def _count_file(self, index: int) -> tuple[int, int, float, float]:
         path = self.files[index]
@@ -127,36 +154,113 @@ class DataSet:
 
     def stream(self, rank: int, size: int, batch_size: int, input_shape: tuple,
                training: bool, seed: int = 0, shuffle_buffer: int = 10000,
-               by_record: bool = False) -> tf.data.Dataset:
+               by_record: bool = False, steps: Optional[int] = None,
+               epochs: Optional[tuple[int, int]] = None,
+               preprocess: str = "scale", augment: tuple = (), cache: Optional[str] = None
+               ) -> tf.data.Dataset:
         """Worker `rank`'s batches of (x, y).
 
-        Training streams repeat forever (Keras runs a fixed number of steps per epoch, the
-        same on every worker) and shuffle in a bounded buffer; evaluation streams are
-        finite and keep every record of the worker's share exactly once.
+        Training streams give `steps` batches (default: one pass over the data by all
+        workers) for each epoch in range(*epochs) (default: epoch 0 again and again), the
+        same number on every worker, reading that epoch's assignment of files (which changes
+        every epoch) repeated as needed, interleaved and shuffled in a bounded buffer. With
+        `cache` ("memory" or a folder) the worker's decoded share is cached before
+        augmentation and stays fixed over the epochs; with fewer files than workers each
+        worker keeps every `size`-th record of all files. Evaluation streams are finite and
+        keep every record of the worker's share exactly once. Images are decoded, resized to
+        `input_shape`, augmented (training only) and preprocessed record by record.
         """
+        if self.schema.x_kind != "image" and (augment or preprocess != "scale"):
+            raise DistftError("--augment and --preprocess apply to image data, and --data holds "
+                              "float records: leave them out")
         share = self.share(rank, size, by_record)
-        paths = tf.constant([self.files[i] for i in share.files] or [""], tf.string)
-        idx = tf.constant(list(share.files) or [0], tf.int64)
-        files = tf.data.Dataset.from_tensor_slices((paths, idx)).take(len(share.files))
-        # Plain TF ops: autograph's conversion would add seconds to every start.
-        records = tf.autograph.experimental.do_not_convert(self._records)
-        if share.stride > 1 or by_record:  # files in order, then every stride-th record
-            ds = files.flat_map(records).shard(share.stride, share.offset)
+        steps = steps or sharding.steps_per_epoch(self.part_counts(), size, batch_size)
+        shuffle = (lambda d: d.shuffle(shuffle_buffer, seed=seed + rank)) if shuffle_buffer > 1 \
+            else (lambda d: d)
+        if not training:
+            ds = self._decoded(self._share_records(share), input_shape)
+        elif cache is not None:
+            ds = self._decoded(self._share_records(share), input_shape)
+            ds = shuffle(ds.cache(self._cache_path(cache, share, rank, input_shape)).repeat())
+        elif share.stride > 1:
+            ds = self._decoded(shuffle(self._share_records(share)).repeat(), input_shape)
         else:
-            ds = files.interleave(records, cycle_length=min(4, max(1, len(share.files))),
-                                  num_parallel_calls=AUTOTUNE, deterministic=True)
-        if training:
-            if shuffle_buffer > 1:
-                ds = ds.shuffle(shuffle_buffer, seed=seed + rank, reshuffle_each_iteration=True)
-            ds = ds.repeat()
+            ds = self._epochs(rank, size, seed, steps * batch_size, epochs, shuffle)
+            ds = self._decoded(ds, input_shape)
+        if self.schema.x_kind == "image":
+            if training and augment:
+                fn = images.augmenter(tuple(augment), seed)
+                first = (epochs or (0,))[0] * steps * batch_size  # a resumed run continues the seeds
+                ds = ds.enumerate(first).map(
+                    lambda i, r: (fn(r[0], tf.stack([tf.cast(rank, tf.int64), i])), r[1]),
+                    num_parallel_calls=AUTOTUNE, deterministic=True)
+            prep = images.preprocessor(preprocess)
+            ds = ds.map(lambda x, y: (prep(x), y), num_parallel_calls=AUTOTUNE, deterministic=True)
         ds = ds.batch(batch_size, drop_remainder=training)
-        schema = self.schema
-        decode = tf.autograph.experimental.do_not_convert(
-            lambda *b: decode_batch(b[0] if len(b) == 1 else b, schema, tuple(input_shape)))
-        ds = ds.map(decode, num_parallel_calls=AUTOTUNE, deterministic=True)
+        if self.schema.x_kind != "image":
+            schema = self.schema
+            # Plain TF ops: autograph's conversion would add seconds to every start.
+            decode = tf.autograph.experimental.do_not_convert(
+                lambda *b: decode_batch(b[0] if len(b) == 1 else b, schema, tuple(input_shape)))
+            ds = ds.map(decode, num_parallel_calls=AUTOTUNE, deterministic=True)
         options = tf.data.Options()
         options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
         return ds.with_options(options).prefetch(AUTOTUNE)
+
+    def _share_records(self, share: sharding.Share) -> tf.data.Dataset:
+        """The raw records of a share, once: files interleaved, or every stride-th record."""
+        paths = tf.constant([self.files[i] for i in share.files] or [""], tf.string)
+        idx = tf.constant(list(share.files) or [0], tf.int64)
+        files = tf.data.Dataset.from_tensor_slices((paths, idx)).take(len(share.files))
+        records = tf.autograph.experimental.do_not_convert(self._records)
+        if share.stride > 1:  # files in order, then every stride-th record
+            return files.flat_map(records).shard(share.stride, share.offset)
+        return files.interleave(records, cycle_length=min(4, max(1, len(share.files))),
+                                num_parallel_calls=AUTOTUNE, deterministic=True)
+
+    def _epochs(self, rank: int, size: int, seed: int, records: int,
+                epochs: Optional[tuple[int, int]], shuffle: Callable) -> tf.data.Dataset:
+        """`records` raw records for each epoch, from that epoch's files (repeated as needed)."""
+        shares = [sharding.assign(self.part_counts(), rank, size, epoch=e, seed=seed).files
+                  for e in range(*(epochs or (0, 1)))]
+        flat = tf.constant([f for files in shares for f in files], tf.int64)
+        splits = tf.constant(np.cumsum([0] + [len(f) for f in shares]), tf.int64)
+        paths = tf.constant(self.files, tf.string)
+        cycle = min(4, max(len(f) for f in shares))
+
+        def epoch(e):
+            idx = flat[splits[e]:splits[e + 1]]
+            files = tf.data.Dataset.from_tensor_slices((tf.gather(paths, idx), idx)).repeat()
+            ds = files.interleave(tf.autograph.experimental.do_not_convert(self._records),
+                                  cycle_length=cycle, num_parallel_calls=AUTOTUNE,
+                                  deterministic=True)
+            return shuffle(ds.take(records))  # take first: no read-ahead past the epoch
+
+        ds = tf.data.Dataset.range(len(shares)).flat_map(epoch)
+        return ds if epochs else ds.repeat()
+
+    def _decoded(self, records: tf.data.Dataset, input_shape: tuple) -> tf.data.Dataset:
+        """Images: (float32 image in [0, 255] of input_shape, y) per record; else unchanged."""
+        if self.schema.x_kind != "image":
+            return records
+        spec = {"image": tf.io.FixedLenFeature([], tf.string),
+                "y": tf.io.FixedLenFeature([], tf.float32 if self.schema.y_float else tf.int64)}
+
+        def decode(record):
+            parsed = tf.io.parse_single_example(record, spec)
+            return images.decode(parsed["image"], tuple(input_shape)), parsed["y"]
+
+        return records.map(decode, num_parallel_calls=AUTOTUNE, deterministic=True)
+
+    def _cache_path(self, cache: str, share: sharding.Share, rank: int, input_shape: tuple) -> str:
+        """"" (memory) or a file in the folder `cache`, named for what it holds."""
+        if cache == "memory":
+            return ""
+        import hashlib
+
+        key = repr((self.files, share, self.part, self.holdout, tuple(input_shape)))
+        os.makedirs(cache, exist_ok=True)
+        return os.path.join(cache, f"distft-{hashlib.sha256(key.encode()).hexdigest()[:16]}-rank{rank}")
 
 
 def resolve_files(pattern: str) -> list[str]:

@@ -153,31 +153,14 @@ def label_of(record, schema: Schema) -> tf.Tensor:
 
 
 def decode_batch(batch, schema: Schema, input_shape: tuple) -> tuple[tf.Tensor, tf.Tensor]:
-    """Turn a batch of raw records into model inputs `x` (float32, input_shape) and labels."""
+    """Turn a batch of raw float records into model inputs `x` (float32, input_shape) and
+    labels. (Image records are decoded one by one: see data/images.py.)"""
     y_dtype = tf.float32 if schema.y_float else tf.int64
     if schema.format == "tfrecord":
-        spec = {"y": tf.io.FixedLenFeature([], y_dtype)}
-        if schema.x_kind == "image":
-            spec["image"] = tf.io.FixedLenFeature([], tf.string)
-        else:
-            spec["x"] = tf.io.FixedLenFeature([schema.x_size], tf.float32)
+        spec = {"y": tf.io.FixedLenFeature([], y_dtype), "x": tf.io.FixedLenFeature([schema.x_size], tf.float32)}
         parsed = tf.io.parse_example(batch, spec)
-        y = parsed["y"]
-        if schema.x_kind == "image":
-            x = tf.map_fn(lambda b: _decode_image(b, input_shape), parsed["image"],
-                          fn_output_signature=tf.TensorSpec(input_shape, tf.float32))
-        else:
-            x = parsed["x"]
+        x, y = parsed["x"], parsed["y"]
     else:
         x, y = batch
         y = tf.cast(y, y_dtype)
-    if schema.x_kind == "float":
-        x = tf.reshape(x, (-1, *input_shape))
-    return x, y
-
-
-def _decode_image(data: tf.Tensor, input_shape: tuple) -> tf.Tensor:
-    h, w, c = input_shape
-    img = tf.io.decode_image(data, channels=c, expand_animations=False)
-    img = tf.image.resize(tf.cast(img, tf.float32) / 255.0, (h, w))
-    return tf.ensure_shape(img, (h, w, c))
+    return tf.reshape(x, (-1, *input_shape)), y

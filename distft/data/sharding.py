@@ -1,7 +1,9 @@
 """Which records each worker reads, and how many steps an epoch has. Pure Python.
 
 With at least as many files as workers, whole files go to workers, balanced by record
-count (largest first to the least-loaded worker). With fewer files, every worker reads
+count (largest first to the least-loaded worker). Given an `epoch`, files and workers are
+first put in an order seeded by (seed, epoch), the same on every worker, so each epoch gives
+each worker other files. With fewer files, every worker reads
 all files and keeps every `size`-th record. Either way every worker runs the same number
 of steps per epoch, so uneven shards never leave a worker waiting in an allreduce.
 
@@ -13,7 +15,9 @@ Example:
 from __future__ import annotations
 
 import math
+import random
 from dataclasses import dataclass
+from typing import Optional
 
 
 @dataclass(frozen=True)
@@ -26,18 +30,26 @@ class Share:
     offset: int = 0
 
 
-def assign(counts: list[int], rank: int, size: int, by_record: bool = False) -> Share:
+def assign(counts: list[int], rank: int, size: int, by_record: bool = False,
+           epoch: Optional[int] = None, seed: int = 0) -> Share:
     """The share of worker `rank` of `size`, given each file's record count.
 
     `by_record` forces the record split, whose order interleaves back to the files' order.
+    `epoch` (with `seed`) permutes the files before the balanced assignment.
     """
     total = sum(counts)
     nonempty = [i for i, c in enumerate(counts) if c > 0]
     if len(nonempty) >= size and not by_record:
+        files, workers = list(range(len(counts))), list(range(size))
+        if epoch is not None:
+            rng = random.Random(seed * 1000003 + epoch)
+            rng.shuffle(files)
+            rng.shuffle(workers)
+        file_pos = {f: k for k, f in enumerate(files)}
         load = [0] * size
         owned: list[list[int]] = [[] for _ in range(size)]
-        for i in sorted(nonempty, key=lambda i: (-counts[i], i)):
-            w = min(range(size), key=lambda w: (load[w], w))
+        for i in sorted(nonempty, key=lambda i: (-counts[i], file_pos[i])):
+            w = min(workers, key=lambda w: load[w])
             owned[w].append(i)
             load[w] += counts[i]
         return Share(tuple(sorted(owned[rank])), load[rank])

@@ -29,8 +29,10 @@ from distft.train.runtime import Worker
 
 
 def check_pipeline(cfg: TrainConfig) -> None:
-    """The input pipeline must give the same inputs every epoch for a cache to be exact.
-    Nothing in distft's pipeline is random yet; a random augmentation option is refused here."""
+    """The input pipeline must give the same inputs every epoch for a cache to be exact."""
+    if cfg.augment:
+        raise DistftError(f"--cache_frozen needs the same inputs every epoch, and --augment="
+                          f"{','.join(cfg.augment)} changes them: drop one of the two")
 
 
 def split_model(ft: FineTuneModel, plan: Plan, cfg: TrainConfig) -> tuple[tf.keras.Model, tf.keras.Model]:
@@ -46,7 +48,8 @@ def cached(parts: tuple[tf.keras.Model, tf.keras.Model], ft: FineTuneModel, data
     """The model to fit (the trainable rest, compiled) and its stream of cached features."""
     prefix, rest = parts
     started = time.perf_counter()
-    stream = data.stream(worker.rank, worker.size, cfg.batch_size, ft.input_shape, training=False)
+    stream = data.stream(worker.rank, worker.size, cfg.batch_size, ft.input_shape, training=False,
+                         preprocess=cfg.preprocess)
     features, labels = worker.all_ok(lambda: _features(prefix, stream))
     counts = worker.gather(len(labels))
     log.info("cached the frozen prefix's output %s for %d records (%s per worker) in %.1fs: "

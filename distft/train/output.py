@@ -2,7 +2,8 @@
 and write final files atomically. Rank 0 only.
 
 Layout: `config.yaml`, `checkpoints/epoch-NNNN/`, `tensorboard/{train,validation}/`,
-`model.keras`, `metrics.json` (its presence marks a finished run).
+`model.keras`, `metrics.json` (its presence marks a finished run), `classes.json` (class names,
+when the data's manifest has them).
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from distft.errors import DistftError
 from distft.train.checkpoint import CheckpointStore
 
 OUTPUTS = ("checkpoints", "tensorboard", "model.keras", "model_ema.keras", "metrics.json",
-           "config.yaml")
+           "config.yaml", "classes.json")
 
 
 class RunFolder:

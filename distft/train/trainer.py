@@ -58,7 +58,7 @@ def run(cfg: TrainConfig, worker: Optional[Worker] = None) -> dict[str, Any]:
     plan = worker.all_ok(lambda: methods.plan(ft, cfg))
     parts = worker.all_ok(lambda: frozen_cache.split_model(ft, plan, cfg)) if cfg.cache_frozen else None
     _check_fit(ft, train_data, cfg)
-    steps = math.ceil(total / (worker.size * cfg.batch_size))
+    steps = cfg.steps_per_epoch or math.ceil(total / (worker.size * cfg.batch_size))
     optimizer = methods.optimizer(cfg, optim.build(cfg, worker.size, steps), ft, worker.rank == 0)
     optimizer.build(plan.variables())  # every stage's weights: their state survives switches
     ema = EMA(plan.variables(), cfg.ema) if cfg.ema else None
@@ -93,13 +93,20 @@ def run(cfg: TrainConfig, worker: Optional[Worker] = None) -> dict[str, Any]:
         cfg.save(folder.file("config.yaml"))
         _log_start(cfg, worker, ft, total, steps, resume_from, initial_epoch, placement)
         methods.describe(cfg, plan)
+        classes = train_data.manifest.class_names if train_data.manifest else []
+        if classes:  # the names of the model's outputs, in order
+            folder.write_json("classes.json", {"class_names": classes})
+            log.info("classes (from the data's manifest): %s", ", ".join(classes))
 
     fit_model = ft.model
     if cfg.cache_frozen:
         fit_model, stream = frozen_cache.cached(parts, ft, train_data, cfg, worker, optimizer)
     else:
         stream = train_data.stream(worker.rank, worker.size, cfg.batch_size, ft.input_shape,
-                                   training=True, seed=cfg.seed, shuffle_buffer=cfg.shuffle_buffer)
+                                   training=True, seed=cfg.seed, shuffle_buffer=cfg.shuffle_buffer,
+                                   steps=steps, epochs=(initial_epoch, cfg.epochs),
+                                   preprocess=cfg.preprocess, augment=cfg.augment or (),
+                                   cache=cfg.cache)
     validate = _validator(ft.model, val_data, cfg, worker)
     before = validate() if validate else {}
     if before:
@@ -201,6 +208,8 @@ def _check_fit(ft: FineTuneModel, data: DataSet, cfg: TrainConfig) -> None:
     if schema.x_kind == "image" and len(shape) != 3:
         raise DistftError(f"--data holds images but the model's input is {shape}: "
                           "use an image model (H,W,C input)")
+    if data.manifest is not None:
+        data.manifest.check_classes(cfg.num_classes, ft.classes)
     classes = ft.classes
     counts = data.counts
     if classes and counts is not None:
@@ -218,7 +227,7 @@ def _validator(model: tf.keras.Model, val_data: Optional[DataSet], cfg: TrainCon
         return None
     share = val_data.share(worker.rank, worker.size)
     stream = val_data.stream(worker.rank, worker.size, cfg.batch_size, tuple(model.input_shape[1:]),
-                             training=False)
+                             training=False, preprocess=cfg.preprocess)
     return lambda: evaluate_split(model, stream, share.records, worker)
 
 

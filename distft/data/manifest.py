@@ -1,0 +1,141 @@
+"""`manifest.json`: what `distft shard` wrote, so training needs no counting pass.
+
+A folder of shards is a data set with a manifest: each shard's file name, record count,
+size and sha256; the records' schema; class names (image folders); the source; the
+compression and the seed. The manifest is written last and atomically, so its presence
+means every shard it lists is complete.
+
+Example:
+    m = Manifest.find("shards/")                  # or "shards/shard-*.tfrecord", or None
+    m.counts(), m.class_names, m.to_schema()
+    m.verify(full=True)                           # sizes, and every shard's sha256
+"""
+from __future__ import annotations
+
+import dataclasses
+import glob
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from distft.data.formats import Schema
+from distft.errors import DistftError
+
+NAME = "manifest.json"
+VERSION = 1
+
+
+@dataclass
+class Manifest:
+    """The contents of a `manifest.json`; `folder` is where it was found (not saved)."""
+
+    shards: list[dict[str, Any]]  # {file, records, bytes, sha256}
+    schema: dict[str, Any]  # {features: {name: {dtype, shape}}, y_min, y_max}
+    class_names: list[str] = field(default_factory=list)
+    source: str = ""
+    compression: str = ""
+    seed: int = 0
+    version: int = VERSION
+    folder: str = field(default="", compare=False)
+
+    @classmethod
+    def load(cls, folder: str) -> Manifest:
+        """Read `folder/manifest.json`; DistftError if it is not a readable manifest."""
+        path = os.path.join(folder, NAME)
+        try:
+            with open(path) as f:
+                data = json.load(f)
+            known = {f.name for f in dataclasses.fields(cls)} - {"folder"}
+            m = cls(**{k: v for k, v in data.items() if k in known}, folder=folder)
+            if any(not {"file", "records", "bytes"} <= set(s) for s in m.shards):
+                raise KeyError("a shard lacks file, records or bytes")
+        except (OSError, ValueError, TypeError, KeyError) as e:
+            raise DistftError(f"{path} is not a readable distft manifest ({type(e).__name__}: "
+                              f"{e}): rewrite the shards with distft shard --overwrite") from None
+        return m
+
+    @classmethod
+    def find(cls, pattern: str) -> Optional[Manifest]:
+        """The manifest describing `pattern` (its folder, or a glob of files all listed in the
+        manifest of their folder), restricted to those files; None when there is none."""
+        if os.path.isdir(pattern):
+            return cls.load(pattern) if os.path.exists(os.path.join(pattern, NAME)) else None
+        files = sorted(glob.glob(os.path.expanduser(pattern)))
+        folders = {os.path.dirname(f) for f in files}
+        if len(folders) != 1 or not os.path.exists(os.path.join(folders.pop() or ".", NAME)):
+            return None
+        m = cls.load(os.path.dirname(files[0]) or ".")
+        listed = {os.path.basename(f) for f in files}
+        if not listed <= {s["file"] for s in m.shards}:
+            return None
+        m.shards = [s for s in m.shards if s["file"] in listed]
+        return m
+
+    def save(self, folder: str) -> str:
+        """Write `folder/manifest.json` atomically (a reader sees the old file or the new)."""
+        from distft.train.output import atomic_write
+
+        data = {k: v for k, v in dataclasses.asdict(self).items() if k != "folder"}
+        path = os.path.join(folder, NAME)
+        atomic_write(path, lambda tmp: _dump(tmp, data))
+        return path
+
+    def paths(self) -> list[str]:
+        return [os.path.join(self.folder, s["file"]) for s in self.shards]
+
+    def counts(self) -> list[int]:
+        return [int(s["records"]) for s in self.shards]
+
+    def to_schema(self) -> Schema:
+        """The formats.Schema of the shards (TFRecord: `image` bytes or `x` floats, and `y`)."""
+        feats = self.schema["features"]
+        y_float = feats["y"]["dtype"].startswith("float")
+        if "image" in feats:
+            return Schema("tfrecord", "image", 0, y_float, self.compression)
+        return Schema("tfrecord", "float", int(feats["x"]["shape"][0]), y_float, self.compression)
+
+    def label_range(self) -> tuple[float, float]:
+        return float(self.schema.get("y_min", 0.0)), float(self.schema.get("y_max", 0.0))
+
+    def verify(self, full: bool = False) -> None:
+        """Check each shard exists with its recorded size (cheap); `full` also its sha256."""
+        for s, path in zip(self.shards, self.paths()):
+            try:
+                size = os.path.getsize(path)
+            except OSError:
+                raise DistftError(f"{path} is listed in {NAME} but missing: restore it or rewrite "
+                                  "the shards with distft shard --overwrite") from None
+            if size != s["bytes"]:
+                raise DistftError(f"{path} has {size} bytes but {NAME} says {s['bytes']}: the shard "
+                                  "changed or is incomplete; rewrite with distft shard --overwrite")
+            if full and sha256(path) != s["sha256"]:
+                raise DistftError(f"{path}: sha256 differs from {NAME}: the shard is corrupt; "
+                                  "rewrite with distft shard --overwrite")
+
+    def check_classes(self, num_classes: Optional[int], model_classes: Optional[int]) -> None:
+        """The run's class count must be the manifest's (when it names classes)."""
+        k = len(self.class_names)
+        if not k:
+            return
+        names = ", ".join(self.class_names[:5]) + (", ..." if k > 5 else "")
+        if num_classes is not None and num_classes != k:
+            raise DistftError(f"--num_classes={num_classes} but the data's manifest lists {k} "
+                              f"classes ({names}): pass --num_classes={k}")
+        if num_classes is None and model_classes != k:
+            raise DistftError(f"the model outputs {model_classes or 'no'} classes but the data's "
+                              f"manifest lists {k} ({names}): pass --num_classes={k} for a new head")
+
+
+def sha256(path: str, block: int = 1 << 22) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(block), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _dump(path: str, data: dict) -> None:
+    with open(path, "w") as f:
+        json.dump(data, f, indent=1)

@@ -1,0 +1,462 @@
+"""`distft shard`: write K balanced TFRecord shards and their manifest, streaming.
+
+Record at position i of the source goes to shard permute(i) % K, where `permute` is a
+seeded bijection of [0, N) computed on the fly (a Feistel network with cycle walking): shard
+sizes differ by at most one record and memory does not grow with N. Within a shard, records
+pass through a seeded shuffle buffer bounded in bytes. Image folders are read in a seeded
+shuffled order of their paths (the only list that grows with N: one path per image).
+
+Each of `workers` processes reads the source and writes the shards s with s % workers == its
+index, each to a temporary file renamed when complete. The parent shows progress and writes
+manifest.json last, atomically, so an interrupted run never leaves a manifest.
+
+Example:
+    write("flowers/", "shards/", num_shards=8, compression="GZIP", workers=2)
+"""
+from __future__ import annotations
+
+import gzip
+import multiprocessing
+import os
+import queue
+import random
+import struct
+import sys
+import time
+import traceback
+import zipfile
+from typing import Callable, Iterator, Optional
+
+import numpy as np
+
+from distft import log
+from distft.data import images
+from distft.data.formats import FORMATS, format_of, infer_schema
+from distft.data.manifest import NAME, Manifest, sha256
+from distft.errors import DistftError
+
+CHUNK = 1024  # records per read
+BUFFER_BYTES = 64 << 20  # shuffle buffer per writing process, split among its shards
+COMPRESSIONS = ("", "GZIP")
+
+
+def shard_name(index: int, num_shards: int) -> str:
+    return f"shard-{index:05d}-of-{num_shards:05d}.tfrecord"
+
+
+def permute(positions: np.ndarray, n: int, seed: int) -> np.ndarray:
+    """A seeded bijection of [0, n), applied elementwise (4-round Feistel, cycle walking)."""
+    bits = max(2, (n - 1).bit_length())
+    half = (bits + 1) // 2
+    mask = np.uint64((1 << half) - 1)
+    keys = np.random.default_rng(seed).integers(0, 1 << 32, 4, dtype=np.uint64)
+
+    def feistel(x: np.ndarray) -> np.ndarray:
+        left, right = x >> np.uint64(half), x & mask
+        for k in keys:
+            mixed = ((right ^ k) * np.uint64(0x9E3779B97F4A7C15)) >> np.uint64(29)
+            left, right = right, left ^ (mixed & mask)
+        return (left << np.uint64(half)) | right
+
+    out = feistel(np.asarray(positions, np.uint64))
+    outside = out >= n
+    while outside.any():  # walk the cycle back into [0, n): still a bijection of [0, n)
+        out[outside] = feistel(out[outside])
+        outside = out >= n
+    return out.astype(np.int64)
+
+
+# --- sources: count cheaply, then read kept positions in order -----------------------------
+
+class Source:
+    """Records of the input, by position: `count()`, then `read(keep)` in position order."""
+
+    description = ""
+    class_names: list[str] = []
+
+    def count(self) -> int:
+        raise NotImplementedError
+
+    def features(self) -> dict:
+        raise NotImplementedError
+
+    def read(self, keep: Callable[[np.ndarray], np.ndarray]) -> Iterator[tuple[np.ndarray, list, np.ndarray]]:
+        """(positions, serialized Examples, labels) of the positions `keep` marks, chunk by chunk."""
+        raise NotImplementedError
+
+
+class ImageFolder(Source):
+    """One subfolder per class of JPEG/PNG files, in a seeded shuffled order."""
+
+    def __init__(self, folder: str, seed: int):
+        paths, labels, self.class_names = images.scan(folder)
+        order = list(range(len(paths)))
+        random.Random(seed).shuffle(order)
+        self.paths = [paths[i] for i in order]
+        self.labels = np.array([labels[i] for i in order], np.int64)
+        self.description = f"image folder {folder} ({len(self.class_names)} classes)"
+
+    def count(self) -> int:
+        return len(self.paths)
+
+    def features(self) -> dict:
+        return {"image": {"dtype": "string", "shape": []}, "y": {"dtype": "int64", "shape": []}}
+
+    def read(self, keep):
+        for start in range(0, len(self.paths), CHUNK):
+            pos = np.arange(start, min(start + CHUNK, len(self.paths)))
+            pos = pos[keep(pos)]
+            examples = []
+            for p in pos:
+                with open(self.paths[p], "rb") as f:
+                    examples.append(_example(image=f.read(), y=int(self.labels[p])))
+            yield pos, examples, self.labels[pos]
+
+
+class Files(Source):
+    """TFRecord, .npz or .csv files, their records concatenated in file order."""
+
+    def __init__(self, files: list[str], label: str):
+        self.files, self.label = files, label
+        self.schema = infer_schema(files[0], label)
+        self.description = f"{len(files)} {self.schema.format} file(s) from {os.path.dirname(files[0])}"
+
+    def count(self) -> int:
+        return sum(self.file_counts())
+
+    def file_counts(self) -> list[int]:
+        if not hasattr(self, "_counts"):
+            self._counts = [_count(f, self.schema) for f in self.files]
+        return self._counts
+
+    def features(self) -> dict:
+        s = self.schema
+        y = {"dtype": "float32" if s.y_float else "int64", "shape": []}
+        if s.x_kind == "image":
+            return {"image": {"dtype": "string", "shape": []}, "y": y}
+        return {"x": {"dtype": "float32", "shape": [s.x_size]}, "y": y}
+
+    def read(self, keep):
+        start = 0
+        for path in self.files:
+            for examples, labels in self._chunks(path):
+                pos = np.arange(start, start + len(labels))
+                start += len(labels)
+                kept = keep(pos)
+                yield pos[kept], [e for e, k in zip(examples, kept) if k], labels[kept]
+
+    def _chunks(self, path: str) -> Iterator[tuple[list, np.ndarray]]:
+        s = self.schema
+        if s.format == "tfrecord":  # kept as they are: only the label is parsed
+            import tensorflow as tf
+
+            dtype = tf.float32 if s.y_float else tf.int64
+            for batch in tf.data.TFRecordDataset(path, s.compression, 1 << 20).batch(CHUNK):
+                y = tf.io.parse_example(batch, {"y": tf.io.FixedLenFeature([], dtype)})["y"]
+                yield list(batch.numpy()), y.numpy()
+        elif s.format == "npz":
+            for x, y in _npz_chunks(path):
+                yield self._floats(x, y)
+        else:
+            for x, y in _csv_chunks(path, s.label_index):
+                yield self._floats(x, y)
+
+    def _floats(self, x: np.ndarray, y: np.ndarray) -> tuple[list, np.ndarray]:
+        y = y.astype(np.float32 if self.schema.y_float else np.int64)
+        return [_example(x=row, y=label) for row, label in zip(x.reshape(len(x), -1), y)], y
+
+
+def open_source(path: str, label: str, seed: int) -> Source:
+    """An image folder (class subfolders), or a file, folder or glob of TFRecord/.npz/.csv."""
+    from distft.data.dataset import resolve_files
+
+    if os.path.isdir(path) and not any(os.path.splitext(f)[1].lower() in FORMATS
+                                       for f in os.listdir(path)):
+        return ImageFolder(path, seed)
+    try:
+        files = resolve_files(path)
+    except DistftError:
+        raise DistftError(f"--input={path} matches no data file: pass an image folder (one "
+                          "subfolder per class), or TFRecord, .npz or .csv files") from None
+    files = [f for f in files if os.path.basename(f) != NAME]
+    formats = {format_of(f) for f in files}
+    if len(formats) > 1:
+        raise DistftError(f"--input={path} mixes formats {sorted(formats)}: use one format")
+    source = Files(files, label)
+    previous = Manifest.find(path)  # re-sharding shards that have class names keeps them
+    source.class_names = previous.class_names if previous else []
+    return source
+
+
+def _example(y, image: Optional[bytes] = None, x: Optional[np.ndarray] = None) -> bytes:
+    import tensorflow as tf
+
+    f = tf.train.Feature
+    feats = {"y": f(float_list=tf.train.FloatList(value=[y])) if isinstance(y, (float, np.floating))
+             else f(int64_list=tf.train.Int64List(value=[int(y)]))}
+    if image is not None:
+        feats["image"] = f(bytes_list=tf.train.BytesList(value=[image]))
+    else:
+        feats["x"] = f(float_list=tf.train.FloatList(value=x))
+    return tf.train.Example(features=tf.train.Features(feature=feats)).SerializeToString()
+
+
+def _count(path: str, schema) -> int:
+    """Records in one file without decoding them."""
+    if schema.format == "npz":
+        with zipfile.ZipFile(path) as z, z.open("y.npy") as f:
+            return _npy_header(f)[0][0]
+    if schema.format == "csv":
+        opener = gzip.open if path.endswith(".gz") else open
+        with opener(path, "rb") as f:
+            lines, last = 0, b"\n"
+            for block in iter(lambda: f.read(1 << 22), b""):
+                lines, last = lines + block.count(b"\n"), block[-1:]
+        return lines + (last != b"\n") - 1  # minus the header
+    opener = gzip.open if schema.compression == "GZIP" else open
+    n = 0
+    with opener(path, "rb") as f:  # TFRecord framing: length (8), crc (4), data, crc (4)
+        while header := f.read(8):
+            if len(header) < 8:
+                raise DistftError(f"{path}: truncated TFRecord file: regenerate it")
+            f.seek(struct.unpack("<Q", header)[0] + 8, os.SEEK_CUR)
+            n += 1
+    return n
+
+
+def _npy_header(f) -> tuple[tuple, np.dtype]:
+    version = np.lib.format.read_magic(f)
+    shape, fortran, dtype = np.lib.format._read_array_header(f, version)
+    if fortran:
+        raise DistftError("Fortran-ordered arrays in .npz are not supported: save with np.savez(x=np.ascontiguousarray(x))")
+    return shape, dtype
+
+
+def _npz_chunks(path: str) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Rows of `x` and `y` read CHUNK at a time from the zip members (no whole-array load)."""
+    with zipfile.ZipFile(path) as z, z.open("x.npy") as fx, z.open("y.npy") as fy:
+        (xs, xd), (ys, yd) = _npy_header(fx), _npy_header(fy)
+        row = int(np.prod(xs[1:]))
+        for start in range(0, xs[0], CHUNK):
+            n = min(CHUNK, xs[0] - start)
+            x = np.frombuffer(fx.read(n * row * xd.itemsize), xd).reshape(n, row)
+            yield x.astype(np.float32), np.frombuffer(fy.read(n * yd.itemsize), yd)
+
+
+def _csv_chunks(path: str, label_index: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    import csv
+
+    opener = gzip.open if path.endswith(".gz") else open
+    with opener(path, "rt", newline="") as f:
+        reader = csv.reader(f)
+        next(reader)
+        while rows := [r for _, r in zip(range(CHUNK), reader)]:
+            table = np.array(rows, np.float64)
+            yield np.delete(table, label_index, axis=1).astype(np.float32), table[:, label_index]
+
+
+# --- writing ----------------------------------------------------------------------------------
+
+def write(input: str, output_dir: str, num_shards: int, compression: str = "", label: str = "label",
+          seed: int = 0, workers: int = 1, overwrite: bool = False) -> Manifest:
+    """Write `num_shards` balanced shards of `input` and their manifest into `output_dir`."""
+    compression = (compression or "").upper().replace("NONE", "")
+    if compression not in COMPRESSIONS:
+        raise DistftError(f"--compression={compression} is not one of GZIP or none")
+    if num_shards < 1 or workers < 1:
+        raise DistftError(f"--num_shards and --workers must be at least 1, got {num_shards} and {workers}")
+    _check_output(output_dir, overwrite)
+    started = time.time()
+    source = open_source(input, label, seed)
+    total = source.count()
+    if total < num_shards:
+        raise DistftError(f"--input has {total} records for --num_shards={num_shards}: ask for "
+                          "at most as many shards as records")
+    _clear(output_dir)
+    log.info("sharding %s: %d records into %d shards with %d process(es)", source.description,
+             total, num_shards, min(workers, num_shards))
+    shards, y_range = _run_workers(source, total, output_dir, num_shards, compression, seed,
+                                   min(workers, num_shards))
+    feats = source.features()
+    m = Manifest(shards=shards, schema={"features": feats, "y_min": y_range[0], "y_max": y_range[1]},
+                 class_names=list(source.class_names), source=os.path.abspath(input),
+                 compression=compression, seed=seed, folder=output_dir)
+    m.save(output_dir)
+    size = sum(s["bytes"] for s in shards)
+    log.info("wrote %d shards (%d to %d records, %.1f MB) and %s to %s in %.1fs", num_shards,
+             min(m.counts()), max(m.counts()), size / 1e6, NAME, output_dir, time.time() - started)
+    return m
+
+
+def _check_output(folder: str, overwrite: bool) -> None:
+    if os.path.exists(folder) and not os.path.isdir(folder):
+        raise DistftError(f"--output_dir={folder} is a file: pass a folder path")
+    if overwrite or not os.path.isdir(folder):
+        return
+    if os.path.exists(os.path.join(folder, NAME)):
+        raise DistftError(f"--output_dir={folder} already holds shards and {NAME}: pass "
+                          "--overwrite to replace them, or choose another folder")
+    if any(f.startswith("shard-") for f in os.listdir(folder)):
+        raise DistftError(f"--output_dir={folder} holds shard files of an unfinished run: pass "
+                          "--overwrite to replace them")
+
+
+def _clear(folder: str) -> None:
+    """Remove a previous manifest first (so no manifest can list new, unfinished shards),
+    then old shards and temporary files."""
+    os.makedirs(folder, exist_ok=True)
+    if os.path.exists(os.path.join(folder, NAME)):
+        os.remove(os.path.join(folder, NAME))
+    for f in os.listdir(folder):
+        if f.startswith(("shard-", ".shard-")):
+            os.remove(os.path.join(folder, f))
+
+
+def _run_workers(source: Source, total: int, folder: str, num_shards: int, compression: str,
+                 seed: int, workers: int) -> tuple[list[dict], tuple[float, float]]:
+    ctx = multiprocessing.get_context("spawn")  # TensorFlow does not survive fork
+    messages = ctx.Queue()
+    procs = [ctx.Process(target=_worker, daemon=True,
+                         args=(source, total, folder, num_shards, compression, seed, w, workers,
+                               messages, os.getpid()))
+             for w in range(workers)]
+    for p in procs:
+        p.start()
+    bar = _Progress(total)
+    shards: list[dict] = []
+    lows, highs = [], []
+    done = 0
+    try:
+        while done < workers:
+            try:
+                kind, value = messages.get(timeout=1.0)
+            except queue.Empty:
+                dead = [p for p in procs if p.exitcode not in (None, 0)]
+                if dead:
+                    raise DistftError(f"a shard writer died (exit code {dead[0].exitcode}): no "
+                                      "manifest written; rerun with --overwrite") from None
+                continue
+            if kind == "records":
+                bar.add(value)
+            elif kind == "error":
+                raise DistftError(value)
+            else:
+                done += 1
+                shards += value[0]
+                if value[1] is not None:
+                    lows.append(value[1][0])
+                    highs.append(value[1][1])
+    finally:
+        for p in procs:
+            if p.is_alive():
+                p.terminate()
+            p.join()
+        for f in os.listdir(folder):  # temporary files of writers stopped early
+            if f.startswith(".shard-"):
+                os.remove(os.path.join(folder, f))
+    bar.finish()
+    shards.sort(key=lambda s: s["file"])
+    return shards, (min(lows) if lows else 0.0, max(highs) if highs else 0.0)
+
+
+def _worker(source: Source, total: int, folder: str, num_shards: int, compression: str, seed: int,
+            index: int, workers: int, messages, parent: int) -> None:
+    """Write shards index, index + workers, ...; report progress, then the shards' entries."""
+    from distft import log as logs
+
+    logs.quiet_tensorflow()
+    tmp_paths: dict[int, str] = {}
+    try:
+        import tensorflow as tf
+
+        mine = list(range(index, num_shards, workers))
+        tmp_paths = {s: os.path.join(folder, f".{shard_name(s, num_shards)}.tmp-{os.getpid()}")
+                     for s in mine}
+        options = tf.io.TFRecordOptions(compression_type=compression)
+        writers = {s: tf.io.TFRecordWriter(tmp_paths[s], options) for s in mine}
+        buffers = {s: _ShuffleBuffer(BUFFER_BYTES // len(mine), seed * 1000003 + s) for s in mine}
+        counts = dict.fromkeys(mine, 0)
+        low, high = float("inf"), float("-inf")
+
+        def keep(pos: np.ndarray) -> np.ndarray:
+            return permute(pos, total, seed) % num_shards % workers == index
+
+        for pos, examples, labels in source.read(keep):
+            if os.getppid() != parent:  # the parent was killed: stop (removing the temporary files)
+                sys.exit(1)
+            targets = permute(pos, total, seed) % num_shards
+            for s, example in zip(targets, examples):
+                for out in buffers[s].add(example):
+                    writers[s].write(out)
+                counts[s] += 1
+            if len(labels):
+                low, high = min(low, float(labels.min())), max(high, float(labels.max()))
+            messages.put(("records", len(examples)))
+        entries = []
+        for s in mine:
+            for out in buffers[s].drain():
+                writers[s].write(out)
+            writers[s].close()
+            path = os.path.join(folder, shard_name(s, num_shards))
+            os.replace(tmp_paths[s], path)
+            entries.append({"file": os.path.basename(path), "records": counts[s],
+                            "bytes": os.path.getsize(path), "sha256": sha256(path)})
+        messages.put(("done", (entries, (low, high) if low <= high else None)))
+    except DistftError as e:
+        messages.put(("error", str(e)))
+    except Exception as e:
+        detail = traceback.format_exception_only(type(e), e)[-1].strip()
+        messages.put(("error", f"shard writer failed: {detail}"))
+    finally:
+        for tmp in tmp_paths.values():
+            if os.path.exists(tmp):
+                os.remove(tmp)
+
+
+class _ShuffleBuffer:
+    """Holds records up to `capacity` bytes; once full, each new record evicts a random one."""
+
+    def __init__(self, capacity: int, seed: int):
+        self.items: list[bytes] = []
+        self.bytes, self.capacity = 0, capacity
+        self.rng = random.Random(seed)
+
+    def add(self, item: bytes) -> list[bytes]:
+        self.items.append(item)
+        self.bytes += len(item)
+        out = []
+        while self.bytes > self.capacity and self.items:
+            i = self.rng.randrange(len(self.items))
+            self.items[i], self.items[-1] = self.items[-1], self.items[i]
+            out.append(self.items.pop())
+            self.bytes -= len(out[-1])
+        return out
+
+    def drain(self) -> list[bytes]:
+        self.rng.shuffle(self.items)
+        items, self.items, self.bytes = self.items, [], 0
+        return items
+
+
+class _Progress:
+    """A bar on a terminal, else a log line every 10%."""
+
+    def __init__(self, total: int):
+        self.total, self.done, self.logged = total, 0, 0
+        self.bar = None
+        if sys.stdout.isatty():
+            import tensorflow as tf
+
+            self.bar = tf.keras.utils.Progbar(total, unit_name="record")
+
+    def add(self, n: int) -> None:
+        self.done += n
+        if self.bar is not None:
+            self.bar.update(self.done)
+        elif self.done * 10 // self.total > self.logged:
+            self.logged = self.done * 10 // self.total
+            log.info("sharding: %d/%d records (%d%%)", self.done, self.total, 100 * self.done // self.total)
+
+    def finish(self) -> None:
+        if self.bar is not None and self.done < self.total:
+            self.bar.update(self.total)
