@@ -5,6 +5,9 @@ Example:
     distft.train(model="base_model.h5", data="shards/", output_dir="runs/a",
                  num_classes=5, unfreeze="last:2", np=2)
 """
+# The subpackage distft.train first: loading it later (the trainer does) would rebind the
+# package attribute `distft.train` from the function to the subpackage.
+import distft.train  # noqa: F401  isort: skip
 from distft.api import evaluate, inspect, predict, shard, train
 from distft.config import TrainConfig
 from distft.errors import DistftError

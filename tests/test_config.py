@@ -68,3 +68,10 @@ def test_data_pipeline_options_are_checked():
     with pytest.raises(DistftError, match="--augment=flip,blur: blur unknown; use any of "
                                           "flip,crop,rotate,color"):
         TrainConfig.resolve(**REQUIRED, augment="flip,blur")
+
+
+def test_api_train_stays_the_function_after_the_trainer_loads():
+    import distft
+    import distft.train.trainer  # noqa: F401  (what a first distft.train() call imports)
+
+    assert callable(distft.train) and distft.train is distft.api.train
