@@ -164,8 +164,9 @@ def main(argv: Optional[list[str]] = None) -> None:
             print(f"distft: {e.label}: {e}", file=sys.stderr, flush=True)
         if rank and not e.local:
             # Every rank raised the same error; give rank 0 time to say it before a launcher,
-            # seeing this rank exit, stops the others.
-            time.sleep(2)
+            # seeing this rank exit, stops the others (horovodrun and mpirun end this rank as
+            # soon as rank 0 exits, so the wait only bounds a slow rank 0 on a loaded machine).
+            time.sleep(10)
         sys.exit(e.exit_code)
     except KeyboardInterrupt:
         print("distft: interrupted", file=sys.stderr)
