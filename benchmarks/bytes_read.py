@@ -14,20 +14,19 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import os
 import shutil
 import sys
 import tempfile
 from typing import Any
 
+from benchmarks.common import RESULTS, invocation, save
 from benchmarks.memory import generate, run_job, write_model
-from benchmarks.overhead import ROOT, _invocation
 
 
 def measure(args: argparse.Namespace) -> dict[str, Any]:
     workdir = tempfile.mkdtemp(prefix="distft-bench-bytes-")
-    command = _invocation()
+    command = invocation()
     print(f"command: {command}", flush=True)
     try:
         write_model(os.path.join(workdir, "model.h5"))
@@ -48,9 +47,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     for w in workers:
         print(f"| {w['rank']} | {w['rchar'] / 2**20:.0f} | {w['ratio']:.3f} | {w['read_bytes'] / 2**20:.0f} |")
     print(f"\n{'PASS' if passed else 'FAIL'} (goal: every ratio within 0.9-1.1)")
-    os.makedirs(os.path.join(ROOT, "benchmarks", "results"), exist_ok=True)
-    with open(os.path.join(ROOT, "benchmarks", "results", "bytes_read.json"), "w") as f:
-        json.dump(result, f, indent=2)
+    save(result, os.path.join(RESULTS, "bytes_read.json"))
     return result
 
 

@@ -16,19 +16,17 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import shlex
 import shutil
 import statistics
 import sys
 import tempfile
 import time
-from importlib import metadata
 from typing import Any
 
-from benchmarks.overhead import ROOT, _child, _invocation, _python
+from benchmarks.common import RESULTS as FOLDER, child, environment, invocation, python, save
 
-RESULTS = os.path.join(ROOT, "benchmarks", "results", "frozen_cache.json")
+RESULTS = os.path.join(FOLDER, "frozen_cache.json")
 CONTENDERS = ("plain", "cached")
 GOAL = 10.0
 INPUT = (96, 96, 3)
@@ -113,19 +111,19 @@ def compare(args: argparse.Namespace) -> dict[str, Any]:
     workdir = args.workdir or tempfile.mkdtemp(prefix="distft-bench-")
     common = [f"--workdir={workdir}", f"--epochs={args.epochs}", f"--batch_size={args.batch_size}",
               f"--threads={args.threads}"]
-    commands = {c: [_python(), "-m", "benchmarks.frozen_cache", f"--contender={c}", *common]
+    commands = {c: [python(), "-m", "benchmarks.frozen_cache", f"--contender={c}", *common]
                 for c in CONTENDERS}
-    command = _invocation()
+    command = invocation()
     print(f"command: {command}", flush=True)
     try:
-        _child([_python(), "-m", "benchmarks.frozen_cache", "--prepare", f"--workdir={workdir}",
+        child([python(), "-m", "benchmarks.frozen_cache", "--prepare", f"--workdir={workdir}",
                 f"--records={args.records}"])
         rounds = []
         for r in range(1, args.rounds + 1):
             row: dict[str, Any] = {"round": r, "load": os.getloadavg()[0]}
             for c in CONTENDERS:
                 started = time.time()
-                row[c] = _child(commands[c])
+                row[c] = child(commands[c])
                 print(f"  round {r}/{args.rounds} {c:6s}: {row[c]['samples_per_sec']:8.1f} samples/s "
                       f"({time.time() - started:.0f}s)", file=sys.stderr, flush=True)
             row["ratio"] = row["cached"]["samples_per_sec"] / row["plain"]["samples_per_sec"]
@@ -146,17 +144,12 @@ def compare(args: argparse.Namespace) -> dict[str, Any]:
         "settings": {"rounds": args.rounds, "epochs": args.epochs, "batch_size": args.batch_size,
                      "records": args.records, "threads": args.threads, "input": list(INPUT),
                      "model": "MobileNetV2 alpha=0.35 weights=None", "unfreeze": "none"},
-        "environment": {"python": platform.python_version(), "cpus": os.cpu_count(),
-                        **{p: metadata.version(p) for p in ("tensorflow", "horovod")}},
+        "environment": environment(),
         "rounds": rounds, "median_ratio": ratio, "max_accuracy_gap": gap, "goal": GOAL,
         "met": ratio >= GOAL and gap <= 0.005,
     }
     print(table(result))
-    os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
-    with open(args.output + ".tmp", "w") as f:
-        json.dump(result, f, indent=2)
-    os.replace(args.output + ".tmp", args.output)
-    print(f"\nwritten: {os.path.relpath(args.output)}")
+    save(result, args.output)
     return result
 
 

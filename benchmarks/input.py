@@ -32,7 +32,7 @@ import tempfile
 import time
 from typing import Any
 
-from benchmarks.overhead import ROOT, _child, _invocation, _python
+from benchmarks.common import RESULTS, child, invocation, python, save
 
 SHAPE = (96, 96, 3)
 CLASSES = 10
@@ -110,17 +110,17 @@ def compare(args: argparse.Namespace) -> dict[str, Any]:
     workdir = tempfile.mkdtemp(prefix="distft-bench-input-")
     common = [f"--workdir={workdir}", f"--batch_size={args.batch_size}", f"--steps={args.steps}",
               f"--threads={args.threads}"]
-    commands = {c: [_python(), "-m", "benchmarks.input", f"--contender={c}", *common] for c in CONTENDERS}
-    command = _invocation()
+    commands = {c: [python(), "-m", "benchmarks.input", f"--contender={c}", *common] for c in CONTENDERS}
+    command = invocation()
     print(f"command: {command}", flush=True)
     try:
-        _child([_python(), "-m", "benchmarks.input", "--prepare", f"--workdir={workdir}",
+        child([python(), "-m", "benchmarks.input", "--prepare", f"--workdir={workdir}",
                 f"--images={args.images}"])
         rounds = []
         for r in range(1, args.rounds + 1):
             row: dict[str, Any] = {"round": r, "load": os.getloadavg()[0]}
             for c in CONTENDERS:
-                row[c] = _child(commands[c])
+                row[c] = child(commands[c])
                 print(f"  round {r} {c:8s}: {row[c]['records_per_sec']:7.1f} records/s",
                       file=sys.stderr, flush=True)
             row["ratio"] = row["pipeline"]["records_per_sec"] / row["train"]["records_per_sec"]
@@ -139,9 +139,7 @@ def compare(args: argparse.Namespace) -> dict[str, Any]:
         print(f"| {r['round']} | {r['pipeline']['records_per_sec']:.1f} | "
               f"{r['train']['records_per_sec']:.1f} | {r['ratio']:.2f} | {r['load']:.1f} |")
     print(f"\nmedian ratio {ratio:.2f} (goal >= 2): {'PASS' if result['passed'] else 'FAIL'}")
-    os.makedirs(os.path.join(ROOT, "benchmarks", "results"), exist_ok=True)
-    with open(os.path.join(ROOT, "benchmarks", "results", "input.json"), "w") as f:
-        json.dump(result, f, indent=2)
+    save(result, os.path.join(RESULTS, "input.json"))
     return result
 
 

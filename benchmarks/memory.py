@@ -29,7 +29,7 @@ import tempfile
 import time
 from typing import Any, Optional
 
-from benchmarks.overhead import ROOT, _invocation
+from benchmarks.common import RESULTS, ROOT, invocation, save
 
 SHAPE = (128, 128, 1)  # 64 KiB of floats per record
 CLASSES = 10
@@ -91,7 +91,6 @@ def worker(data: str, model: str, output_dir: str, epochs: int, steps: Optional[
     import tensorflow  # noqa: F401
 
     from distft.api import train
-    from distft.train import trainer  # noqa: F401 (it also rebinds the name distft.train)
 
     before = _io()
     metrics = train(model=model, data=data, output_dir=output_dir, epochs=epochs,
@@ -131,7 +130,7 @@ def run_job(workdir: str, data: str, np_: int, epochs: int = 1, steps: Optional[
 
 def compare(args: argparse.Namespace) -> dict[str, Any]:
     workdir = tempfile.mkdtemp(prefix="distft-bench-memory-")
-    command = _invocation()
+    command = invocation()
     print(f"command: {command}", flush=True)
     try:
         sets = {"small": args.small_gb, "large": args.large_gb}
@@ -163,7 +162,7 @@ def compare(args: argparse.Namespace) -> dict[str, Any]:
                            "record_shape": list(SHAPE), "shard_mb": SHARD_MB},
               "data": data, "rounds": rounds, "worst_ratio_deviation": worst, "goal": 0.10,
               "passed": worst <= 0.10}
-    print(f"\n| round | data | GiB | epochs x steps/worker | " + " | ".join(f"rank {i} peak RSS MB" for i in range(args.np))
+    print("\n| round | data | GiB | epochs x steps/worker | " + " | ".join(f"rank {i} peak RSS MB" for i in range(args.np))
           + " | load |\n|---|---|---|---|" + "---|" * args.np + "---|")
     for r in rounds:
         for name in sets:
@@ -172,9 +171,7 @@ def compare(args: argparse.Namespace) -> dict[str, Any]:
                   + f" | {r['load']:.1f} |")
         print(f"| {r['round']} | ratio large/small | | | " + " | ".join(f"{x:.3f}" for x in r["ratio"]) + " | |")
     print(f"\nworst |ratio - 1| = {worst:.3f} (goal <= 0.10): {'PASS' if result['passed'] else 'FAIL'}")
-    os.makedirs(os.path.join(ROOT, "benchmarks", "results"), exist_ok=True)
-    with open(os.path.join(ROOT, "benchmarks", "results", "memory.json"), "w") as f:
-        json.dump(result, f, indent=2)
+    save(result, os.path.join(RESULTS, "memory.json"))
     return result
 
 

@@ -16,19 +16,18 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import shlex
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-from importlib import metadata
 from typing import Any, Optional
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-RESULTS = os.path.join(ROOT, "benchmarks", "results", "overhead.json")
+from benchmarks import common
+from benchmarks.common import child, environment, invocation, python, save
+
+RESULTS = os.path.join(common.RESULTS, "overhead.json")
 CONTENDERS = ("distft", "keras")
 GOAL = 0.97
 
@@ -38,7 +37,6 @@ UNFREEZE = "last:2"
 LR = 1e-3
 SEED = 42  # distft's default --seed
 LOG_EVERY = 50  # distft's default --log_every
-CHILD_TIMEOUT = 900
 
 
 def main(argv: list[str]) -> int:
@@ -164,19 +162,19 @@ def compare(args: argparse.Namespace) -> dict[str, Any]:
     workdir = args.workdir or tempfile.mkdtemp(prefix="distft-bench-")
     common = [f"--workdir={workdir}", f"--epochs={args.epochs}", f"--batch_size={args.batch_size}",
               f"--threads={args.threads}"]
-    commands = {c: [_python(), "-m", "benchmarks.overhead", f"--contender={c}", *common]
+    commands = {c: [python(), "-m", "benchmarks.overhead", f"--contender={c}", *common]
                 for c in CONTENDERS}
-    command = _invocation()
+    command = invocation()
     print(f"command: {command}", flush=True)
     try:
-        _child([_python(), "-m", "benchmarks.overhead", "--prepare", f"--workdir={workdir}",
+        child([python(), "-m", "benchmarks.overhead", "--prepare", f"--workdir={workdir}",
                 f"--records={args.records}", f"--shards={args.shards}"])
         rounds = []
         for r in range(1, args.rounds + 1):
             row: dict[str, Any] = {"round": r, "load": os.getloadavg()[0]}
             for c in CONTENDERS:
                 started = time.time()
-                row[c] = _child(commands[c])
+                row[c] = child(commands[c])
                 row[c]["seconds"] = round(time.time() - started, 1)
                 print(f"  round {r}/{args.rounds} {c:6s}: {row[c]['samples_per_sec']:7.1f} samples/s "
                       f"({row[c]['seconds']:.0f}s)", file=sys.stderr, flush=True)
@@ -195,18 +193,13 @@ def compare(args: argparse.Namespace) -> dict[str, Any]:
         "settings": {"rounds": args.rounds, "epochs": args.epochs, "batch_size": args.batch_size,
                      "records": args.records, "shards": args.shards, "threads": args.threads,
                      "input": list(INPUT), "classes": CLASSES, "unfreeze": UNFREEZE, "lr": LR},
-        "environment": {"python": platform.python_version(), "cpus": os.cpu_count(),
-                        **{p: metadata.version(p) for p in ("tensorflow", "horovod")}},
+        "environment": environment(),
         "rounds": rounds,
         "median": {c: statistics.median(r[c]["samples_per_sec"] for r in rounds) for c in CONTENDERS},
         "median_ratio": ratio, "goal": GOAL, "met": ratio >= GOAL,
     }
     print(table(result))
-    os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
-    with open(args.output + ".tmp", "w") as f:
-        json.dump(result, f, indent=2)
-    os.replace(args.output + ".tmp", args.output)
-    print(f"\nwritten: {os.path.relpath(args.output)}")
+    save(result, args.output)
     return result
 
 
@@ -235,31 +228,6 @@ def _check_same_work(rounds: list[dict]) -> None:
     if len(seen) != 1:
         raise RuntimeError(f"the contenders did different work (steps/epoch, trainable weights): {seen}")
 
-
-def _child(cmd: list[str], env: Optional[dict[str, str]] = None) -> dict[str, Any]:
-    """Run one step in a fresh process (TF quiet, `env` added); its last output line is its
-    JSON result (`--prepare` prints `{}`)."""
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", **(env or {}))
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                          text=True, timeout=CHILD_TIMEOUT)
-    if proc.returncode:
-        raise RuntimeError(f"{shlex.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}")
-    lines = proc.stdout.strip().splitlines()
-    if not lines or not lines[-1].startswith("{"):
-        raise RuntimeError(f"{shlex.join(cmd)} printed no JSON result:\n{proc.stdout[-3000:]}")
-    return json.loads(lines[-1])
-
-
-def _python() -> str:
-    """This interpreter, relative to the repository root when inside it (e.g. .venv/bin/python)."""
-    rel = os.path.relpath(sys.executable, ROOT)
-    return sys.executable if rel.startswith("..") else rel
-
-
-def _invocation() -> str:
-    spec = getattr(sys.modules["__main__"], "__spec__", None)
-    module = spec.name.removesuffix(".__main__") if spec else "benchmarks"
-    return shlex.join([_python(), "-m", module, *sys.argv[1:]])
 
 
 if __name__ == "__main__":

@@ -21,22 +21,18 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import shlex
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from importlib import metadata
 from typing import Any, Optional
 
 from benchmarks import communication
-from benchmarks.overhead import _child, _invocation, _python
+from benchmarks.common import RESULTS, ROOT, child, environment, invocation, python
 from benchmarks.workloads import WORKLOADS
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-RESULTS = os.path.join(ROOT, "benchmarks", "results")
 THROUGHPUT = (("keras", 1), ("distft", 1), ("distft", 2), ("mwms", 2))
 GOALS = {"overhead": 0.97, "scaling": 1.70, "vs_mwms": 1.10}
 BATCH = 32
@@ -56,13 +52,11 @@ def main(argv: list[str]) -> int:
     workdir = a.workdir or tempfile.mkdtemp(prefix="distft-report-")
     started = time.time()
     report: dict[str, Any] = {
-        "benchmark": "report", "command": _invocation(),
+        "benchmark": "report", "command": invocation(),
         "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
         "settings": {"rounds": a.rounds, "epochs": a.epochs, "batch_size": BATCH, "threads": 1,
                      "records": {w: int(RECORDS[w] * a.scale) for w in a.workloads.split(",")}},
-        "environment": {"python": platform.python_version(), "cpus": os.cpu_count(),
-                        "load_at_start": os.getloadavg(),
-                        **{p: metadata.version(p) for p in ("tensorflow", "horovod")}},
+        "environment": {**environment(), "load_at_start": os.getloadavg()},
     }
     print(f"command: {report['command']}", flush=True)
     parts = a.parts.split(",")
@@ -96,20 +90,20 @@ def _spec(workdir: str, workload: str, records: int) -> str:
     """Write the workload (once) in a child process; the path of its workload.json."""
     code = (f"import json; from benchmarks.workloads import prepare; "
             f"print(json.dumps(prepare({workdir!r}, {workload!r}, {records})))")
-    _child([_python(), "-c", code])
+    child([python(), "-c", code])
     return os.path.join(workdir, f"{workload}-{records}", "workload.json")
 
 
 def _run(spec: str, contender: str, workers: int, epochs: int, threads: int = 1, pin: int = 1,
          env: Optional[dict[str, str]] = None, **extra: Any) -> dict[str, Any]:
     """One contender's run in a fresh process, with `env` added; its result and seconds."""
-    cmd = [_python(), "-m", "benchmarks.contenders", f"--contender={contender}", f"--spec={spec}",
+    cmd = [python(), "-m", "benchmarks.contenders", f"--contender={contender}", f"--spec={spec}",
            f"--workers={workers}", f"--epochs={epochs}", f"--batch_size={BATCH}",
            f"--threads={threads}", f"--pin={pin}"]
     if extra:
         cmd.append(f"--extra={json.dumps(extra)}")
     started = time.time()
-    result = _child(cmd, env)
+    result = child(cmd, env)
     result["seconds"] = round(time.time() - started, 1)
     return result
 
@@ -166,7 +160,7 @@ def startup(spec: str, rounds: int = 2) -> dict[str, Any]:
     with open(spec) as f:
         w = json.load(f)
     launcher = [os.path.join(os.path.dirname(sys.executable), "horovodrun"), "-np", "2",
-                "-H", "localhost:2", "--gloo", _python()]
+                "-H", "localhost:2", "--gloo", python()]
     out = tempfile.TemporaryDirectory(prefix="distft-startup-")
     out_dir = out.name
     commands = {

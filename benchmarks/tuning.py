@@ -14,13 +14,12 @@ Example (from the repository root):
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
 from typing import Any
 
-from benchmarks.overhead import _invocation
+from benchmarks.common import invocation, save
 from benchmarks.report import RESULTS, _run, _spec
 
 # name: (contender, workers, threads, pin, extra environment)
@@ -51,7 +50,7 @@ def main(argv: list[str]) -> int:
     a = p.parse_args(argv)
     names = [n for n in CANDIDATES if not a.only or n in a.only.split(";")]
     spec = _spec(a.workdir, a.workload, a.records)
-    print(f"command: {_invocation()}", flush=True)
+    print(f"command: {invocation()}", flush=True)
     rounds = []
     for r in range(1, a.rounds + 1):
         row: dict[str, Any] = {"round": r, "load": os.getloadavg()[0]}
@@ -63,14 +62,12 @@ def main(argv: list[str]) -> int:
     base = "keras x1 (baseline)"
     median = {n: statistics.median(r[n] for r in rounds) for n in names}
     speedup = {n: statistics.median(r[n] / r[base] for r in rounds) for n in names} if base in names else {}
-    result = {"benchmark": "tuning", "command": _invocation(), "workload": a.workload,
+    result = {"benchmark": "tuning", "command": invocation(), "workload": a.workload,
               "records": a.records, "epochs": a.epochs, "candidates": {n: CANDIDATES[n] for n in names},
               "rounds": rounds, "median": median, "speedup": speedup}
     lines = [f"\n### 2-worker settings on {a.workload} ({a.records} records, batch 32 per worker)\n",
              "| candidate | samples/s (median) | / keras x1 |", "|---|---:|---:|"]
     lines += [f"| {n} | {median[n]:.1f} | {speedup.get(n, float('nan')):.2f} |" for n in names]
     print("\n".join(lines))
-    os.makedirs(os.path.dirname(a.output), exist_ok=True)
-    with open(a.output, "w") as f:
-        json.dump(result, f, indent=2)
+    save(result, a.output)
     return 0
