@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import dataclasses
+import signal
 import sys
 import time
 import traceback
@@ -164,8 +165,10 @@ def main(argv: Optional[list[str]] = None) -> None:
             print(f"distft: {e.label}: {e}", file=sys.stderr, flush=True)
         if rank and not e.local:
             # Every rank raised the same error; give rank 0 time to say it before a launcher,
-            # seeing this rank exit, stops the others (horovodrun and mpirun end this rank as
-            # soon as rank 0 exits, so the wait only bounds a slow rank 0 on a loaded machine).
+            # seeing this rank exit, stops the others. horovodrun and mpirun end this rank with
+            # SIGTERM as soon as rank 0 exits (so the default action, not the stop handler), so
+            # the wait only bounds a slow rank 0 on a loaded machine.
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
             time.sleep(10)
         sys.exit(e.exit_code)
     except KeyboardInterrupt:
