@@ -60,6 +60,18 @@ def test_bad_input_on_two_workers(demo_data, bad_inputs, tmp_path, change, expec
     assert not os.path.exists(tmp_path / "run" / "model.keras")
 
 
+@pytest.mark.multiworker
+@pytest.mark.parametrize("controller", ["gloo", "mpi"])
+def test_bad_input_prints_nothing_but_the_error(demo_data, tmp_path, controller):
+    """distft --np relays no launcher chatter (mpirun's abort notice, Horovod's tracebacks)."""
+    result = distft(["train", "--model=missing.h5", f"--data={demo_data['data']}",
+                     "--num_classes=5", f"--output_dir={tmp_path}/run", "--np=2",
+                     f"--controller={controller}"], timeout=120)
+    assert result.code == 2, result.out[-3000:]
+    assert [l for l in result.lines if l.strip()] == \
+        [l for l in result.lines if l.startswith("distft: error: --model=missing.h5")], result.out
+
+
 def corrupt_copy(src: str, dst: str) -> None:
     data = bytearray(open(src, "rb").read())
     data[len(data) // 2] ^= 0xFF

@@ -19,7 +19,8 @@ _PREFIX = re.compile(r"^\[(\d+)(?:,(\d+))?\]<(stdout|stderr)>:")
 # What the launcher itself says when a worker fails; the summary line says it once.
 _LAUNCHER_NOISE = re.compile(r"Traceback|^\s+File |^\s+raise |^\s|RuntimeError: Horovod detected|"
                              r"^Terminat|^Killed$|^Process name: |^Exit code: |^Primary job|"
-                             r"^mpirun|^-{5,}|^Exception|horovod\.runner|^Process \d+ exit")
+                             r"^mpirun|^-{5,}|^Exception|horovod\.runner|^Process \d+ exit|"
+                             r"^a non-zero exit code|^the job to be terminated")
 # A worker's own reaction to a dead peer: Horovod's background loop reporting the lost link.
 _WORKER_NOISE = re.compile(r"Horovod background loop uncaught exception|^(Terminated|Killed)$")
 _GLOO_EXIT = re.compile(r"^Process (\d+) exit with status code (\d+)")
