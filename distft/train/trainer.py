@@ -133,7 +133,7 @@ def run(cfg: TrainConfig, worker: Optional[Worker] = None) -> dict[str, Any]:
         unfreezing.scalars = tb.write_epoch
         callbacks += [tb, Progress(cfg.epochs, steps, cfg.log_every, bar=not worker.env.is_launched),
                       Checkpointing(folder.checkpoints, checkpoint,
-                                    lambda epoch: {"stage": plan.index_at(epoch)})]
+                                    lambda epoch: {"stage": plan.index_at(epoch), **stop.state})]
     try:
         history = fit_model.fit(stream, steps_per_epoch=steps, epochs=cfg.epochs,
                                initial_epoch=initial_epoch, callbacks=callbacks, verbose=0)

@@ -53,6 +53,12 @@ class GracefulStop(tf.keras.callbacks.Callback):
         self.received = signum
 
     @property
+    def state(self) -> dict:
+        """What a checkpoint records of an agreed stop (also one taken at an epoch's end)."""
+        return {"stopped_by": self.signal_name, "step_in_epoch": self.where[1]} \
+            if self.requested else {}
+
+    @property
     def signal_name(self) -> str:
         return signal.Signals(self.received).name if self.received else "a signal"
 
@@ -87,8 +93,7 @@ class GracefulStop(tf.keras.callbacks.Callback):
             self.requested = True
             self.where = (self.epoch, batch + 1)
             if self.store is not None:  # rank 0; the epoch restarts on --resume
-                self.store.save(self.checkpoint, {"epoch": self.epoch, "step_in_epoch": batch + 1,
-                                                  "stopped_by": self.signal_name})
+                self.store.save(self.checkpoint, {"epoch": self.epoch, **self.state})
             raise StopRequested()
 
     def on_epoch_end(self, epoch, logs=None):
