@@ -14,6 +14,7 @@ import platform
 import shlex
 import subprocess
 import sys
+import time
 from importlib import metadata
 from typing import Any, Optional
 
@@ -34,6 +35,22 @@ def child(cmd: list[str], env: Optional[dict[str, str]] = None) -> dict[str, Any
     if not lines or not lines[-1].startswith("{"):
         raise RuntimeError(f"{shlex.join(cmd)} printed no JSON result:\n{proc.stdout[-3000:]}")
     return json.loads(lines[-1])
+
+
+def alternate(commands: dict[str, list[str]], rounds: int, unit: str) -> list[dict[str, Any]]:
+    """Run every contender's command once per round, in turn, each in a fresh process, so that
+    drift of the machine hits all alike; rows of {round, load, CONTENDER: its JSON result}."""
+    rows = []
+    for r in range(1, rounds + 1):
+        row: dict[str, Any] = {"round": r, "load": os.getloadavg()[0]}
+        for name, cmd in commands.items():
+            started = time.time()
+            row[name] = child(cmd)
+            row[name]["seconds"] = round(time.time() - started, 1)
+            print(f"  round {r}/{rounds} {name:8s}: {row[name][unit]:8.1f} {unit.replace('_per_sec', '/s')} "
+                  f"({row[name]['seconds']:.0f}s)", file=sys.stderr, flush=True)
+        rows.append(row)
+    return rows
 
 
 def python() -> str:

@@ -21,10 +21,9 @@ import shutil
 import statistics
 import sys
 import tempfile
-import time
 from typing import Any
 
-from benchmarks.common import RESULTS as FOLDER, child, environment, invocation, python, save
+from benchmarks.common import RESULTS as FOLDER, alternate, child, environment, invocation, python, save
 
 RESULTS = os.path.join(FOLDER, "frozen_cache.json")
 CONTENDERS = ("plain", "cached")
@@ -118,17 +117,10 @@ def compare(args: argparse.Namespace) -> dict[str, Any]:
     try:
         child([python(), "-m", "benchmarks.frozen_cache", "--prepare", f"--workdir={workdir}",
                 f"--records={args.records}"])
-        rounds = []
-        for r in range(1, args.rounds + 1):
-            row: dict[str, Any] = {"round": r, "load": os.getloadavg()[0]}
-            for c in CONTENDERS:
-                started = time.time()
-                row[c] = child(commands[c])
-                print(f"  round {r}/{args.rounds} {c:6s}: {row[c]['samples_per_sec']:8.1f} samples/s "
-                      f"({time.time() - started:.0f}s)", file=sys.stderr, flush=True)
+        rounds = alternate(commands, args.rounds, "samples_per_sec")
+        for row in rounds:
             row["ratio"] = row["cached"]["samples_per_sec"] / row["plain"]["samples_per_sec"]
             row["accuracy_gap"] = abs(row["cached"]["val_accuracy"] - row["plain"]["val_accuracy"])
-            rounds.append(row)
     finally:
         if not args.workdir:
             shutil.rmtree(workdir, ignore_errors=True)

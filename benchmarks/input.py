@@ -32,7 +32,7 @@ import tempfile
 import time
 from typing import Any
 
-from benchmarks.common import RESULTS, child, invocation, python, save
+from benchmarks.common import RESULTS, alternate, child, invocation, python, save
 
 SHAPE = (96, 96, 3)
 CLASSES = 10
@@ -116,15 +116,9 @@ def compare(args: argparse.Namespace) -> dict[str, Any]:
     try:
         child([python(), "-m", "benchmarks.input", "--prepare", f"--workdir={workdir}",
                 f"--images={args.images}"])
-        rounds = []
-        for r in range(1, args.rounds + 1):
-            row: dict[str, Any] = {"round": r, "load": os.getloadavg()[0]}
-            for c in CONTENDERS:
-                row[c] = child(commands[c])
-                print(f"  round {r} {c:8s}: {row[c]['records_per_sec']:7.1f} records/s",
-                      file=sys.stderr, flush=True)
+        rounds = alternate(commands, args.rounds, "records_per_sec")
+        for row in rounds:
             row["ratio"] = row["pipeline"]["records_per_sec"] / row["train"]["records_per_sec"]
-            rounds.append(row)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     ratio = statistics.median(r["ratio"] for r in rounds)

@@ -21,11 +21,10 @@ import shutil
 import statistics
 import sys
 import tempfile
-import time
 from typing import Any, Optional
 
 from benchmarks import common
-from benchmarks.common import child, environment, invocation, python, save
+from benchmarks.common import alternate, child, environment, invocation, python, save
 
 RESULTS = os.path.join(common.RESULTS, "overhead.json")
 CONTENDERS = ("distft", "keras")
@@ -169,17 +168,9 @@ def compare(args: argparse.Namespace) -> dict[str, Any]:
     try:
         child([python(), "-m", "benchmarks.overhead", "--prepare", f"--workdir={workdir}",
                 f"--records={args.records}", f"--shards={args.shards}"])
-        rounds = []
-        for r in range(1, args.rounds + 1):
-            row: dict[str, Any] = {"round": r, "load": os.getloadavg()[0]}
-            for c in CONTENDERS:
-                started = time.time()
-                row[c] = child(commands[c])
-                row[c]["seconds"] = round(time.time() - started, 1)
-                print(f"  round {r}/{args.rounds} {c:6s}: {row[c]['samples_per_sec']:7.1f} samples/s "
-                      f"({row[c]['seconds']:.0f}s)", file=sys.stderr, flush=True)
+        rounds = alternate(commands, args.rounds, "samples_per_sec")
+        for row in rounds:
             row["ratio"] = row["distft"]["samples_per_sec"] / row["keras"]["samples_per_sec"]
-            rounds.append(row)
     finally:
         if not args.workdir:
             shutil.rmtree(workdir, ignore_errors=True)
