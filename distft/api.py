@@ -80,7 +80,7 @@ def predict(model: str, data: str, output: str, batch_size: int = 256, label: st
 
     from distft.data.dataset import DataSet
     from distft.model import loading
-    from distft.train.output import atomic_write
+    from distft.files import atomic_write
     from distft.train.runtime import Worker
 
     if not output.endswith(".npy"):

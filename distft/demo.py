@@ -17,7 +17,7 @@ import numpy as np
 
 from distft import log
 from distft.api import _setup_logging
-from distft.train.output import atomic_write
+from distft.files import atomic_write
 
 SHARDS = 4
 

@@ -22,6 +22,7 @@ from typing import Any, Optional
 
 from distft.data.formats import Schema
 from distft.errors import DistftError
+from distft.files import write_json
 
 NAME = "manifest.json"
 VERSION = 1
@@ -75,11 +76,9 @@ class Manifest:
 
     def save(self, folder: str) -> str:
         """Write `folder/manifest.json` atomically (a reader sees the old file or the new)."""
-        from distft.train.output import atomic_write
-
         data = {k: v for k, v in dataclasses.asdict(self).items() if k != "folder"}
         path = os.path.join(folder, NAME)
-        atomic_write(path, lambda tmp: _dump(tmp, data))
+        write_json(path, data, indent=1)
         return path
 
     def paths(self) -> list[str]:
@@ -135,7 +134,3 @@ def sha256(path: str, block: int = 1 << 22) -> str:
             digest.update(chunk)
     return digest.hexdigest()
 
-
-def _dump(path: str, data: dict) -> None:
-    with open(path, "w") as f:
-        json.dump(data, f, indent=1)

@@ -235,7 +235,7 @@ def _npy_header(f) -> tuple[tuple, np.dtype]:
 def _npz_chunks(path: str) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Rows of `x` and `y` read CHUNK at a time from the zip members (no whole-array load)."""
     with zipfile.ZipFile(path) as z, z.open("x.npy") as fx, z.open("y.npy") as fy:
-        (xs, xd), (ys, yd) = _npy_header(fx), _npy_header(fy)
+        (xs, xd), (_, yd) = _npy_header(fx), _npy_header(fy)
         row = int(np.prod(xs[1:]))
         for start in range(0, xs[0], CHUNK):
             n = min(CHUNK, xs[0] - start)

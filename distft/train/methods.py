@@ -9,7 +9,6 @@ Example (inside trainer.run, after `prepare`):
 """
 from __future__ import annotations
 
-import os
 
 import tensorflow as tf
 

@@ -7,13 +7,13 @@ when the data's manifest has them).
 """
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import tempfile
 from typing import Optional
 
 from distft.errors import DistftError
+from distft.files import atomic_write, write_json
 from distft.train.checkpoint import CheckpointStore
 
 OUTPUTS = ("checkpoints", "tensorboard", "model.keras", "model_ema.keras", "metrics.json",
@@ -71,33 +71,12 @@ class RunFolder:
         os.makedirs(self.path, exist_ok=True)
 
     def write_json(self, name: str, data: dict) -> None:
-        atomic_write(self.file(name), lambda tmp: _dump_json(tmp, data))
+        write_json(self.file(name), data)
 
     def save_model(self, model, name: str = "model.keras") -> str:
         path = self.file(name)
         atomic_write(path, lambda tmp: model.save(tmp), suffix=".keras")
         return path
-
-
-def atomic_write(path: str, write, suffix: str = "") -> None:
-    """Call `write(tmp)` on a temporary path beside `path`, then rename it into place."""
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=suffix, dir=folder)
-    os.close(fd)
-    try:
-        write(tmp)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it 0600; others (and containers) read it
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
-def _dump_json(path: str, data: dict) -> None:
-    with open(path, "w") as f:
-        json.dump(data, f, indent=2)
 
 
 def _existing_parent(path: str) -> str:
