@@ -1,12 +1,14 @@
 """distft's performance defaults take effect in real workers: one core per local rank, one
 compute thread each, Horovod's settings from HOROVOD_DEFAULTS, and a value the user set wins."""
+import json
 import os
 import re
+import time
 
 import pytest
 
 from conftest import distft, horovodrun
-from distft.train.runtime import HOROVOD_DEFAULTS
+from distft.train.runtime import HOROVOD_DEFAULTS, INTER_OP_THREADS
 
 pytestmark = pytest.mark.multiworker
 
@@ -26,24 +28,32 @@ def test_workers_pinned_one_core_each_with_distft_horovod_defaults(demo_data, ho
     folder = demo_data["folder"]
     args = [*TRAIN, f"--output_dir={os.path.join(folder, 'runs', f'defaults-{how}')}"]
     assert not any(k in os.environ for k in HOROVOD_DEFAULTS), "the test needs them unset"
+    started = time.time()
     result = distft([*args, "--np=2"], cwd=folder) if how == "np" else horovodrun(args, cwd=folder)
+    wall = time.time() - started
     assert result.code == 0, result.out[-3000:]
+    # Time to the first step, from the launch (distft --np) or the worker's start (horovodrun).
+    with open(os.path.join(args[-1].split("=", 1)[1], "metrics.json")) as f:
+        first = json.load(f)["first_step_seconds"]
+    assert 1 < first < wall, (first, wall)
+    assert re.search(rf"first step {first:.1f}s after launch", result.out), result.out[-2000:]
     lines = start_lines(result.out)
     for rank in (0, 1):
         assert re.search(rf"rank {rank} on [^,]* cores {CORES[rank]}(, rank|$)", lines, re.M), lines
-    assert "1 thread(s) each" in lines, lines
+    assert f"1 thread(s) each (inter-op {INTER_OP_THREADS})" in lines, lines
     for name, value in HOROVOD_DEFAULTS.items():
         assert f"{name}={value}" in lines, lines
 
 
-def test_user_set_horovod_value_is_kept(demo_data):
+def test_user_set_horovod_and_inter_op_values_are_kept(demo_data):
     folder = demo_data["folder"]
     name = next(iter(HOROVOD_DEFAULTS))
     mine = "7" if HOROVOD_DEFAULTS[name] != "7" else "8"
     result = distft([*TRAIN, f"--output_dir={os.path.join(folder, 'runs', 'user-horovod')}", "--np=2"],
-                    cwd=folder, env={name: mine})
+                    cwd=folder, env={name: mine, "TF_NUM_INTEROP_THREADS": "3"})
     assert result.code == 0, result.out[-3000:]
-    assert f"{name}={mine}" in start_lines(result.out)
+    lines = start_lines(result.out)
+    assert f"{name}={mine}" in lines and "(inter-op 3)" in lines, lines
 
 
 def test_stop_check_runs_about_once_a_second_but_at_least_every_10_steps():
@@ -62,3 +72,24 @@ def test_stop_check_runs_about_once_a_second_but_at_least_every_10_steps():
         for batch in range(1000):
             stop.on_train_batch_end(batch)
     assert stop.requested and stop.where == (1, 1000)
+
+
+@pytest.mark.parametrize("prebuilt", [True, False])
+def test_train_step_traced_once_when_loss_and_metrics_are_built_first(prebuilt):
+    import numpy as np
+    import tensorflow as tf
+
+    from distft.train.trainer import _build_compiled
+
+    inputs = tf.keras.Input((6,))
+    model = tf.keras.Model(inputs, tf.keras.layers.Dense(3, activation="softmax")(inputs))
+    optimizer = tf.keras.optimizers.SGD()
+    optimizer.build(model.trainable_variables)  # as distft builds it, before compile
+    model.compile(optimizer=optimizer, loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    stream = tf.data.Dataset.from_tensor_slices(
+        (np.ones((8, 6), np.float32), np.arange(8) % 3)).batch(4, drop_remainder=True)
+    if prebuilt:
+        _build_compiled(model, stream)
+    model.fit(stream, epochs=1, verbose=0)
+    # Variables created inside the first step make tf.function trace it a second time.
+    assert model.train_function.experimental_get_tracing_count() == (1 if prebuilt else 2)

@@ -13,7 +13,22 @@ Example:
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass
+
+LAUNCHED_AT = "DISTFT_LAUNCHED_AT"  # set by `distft --np` for its workers
+
+
+def launched_at() -> float:
+    """When the job started, as time.time(): `distft --np`'s own start for its workers,
+    else this process's start (read from /proc)."""
+    if os.environ.get(LAUNCHED_AT):
+        return float(os.environ[LAUNCHED_AT])
+    with open("/proc/self/stat") as f:  # field 22: start, in clock ticks after boot
+        ticks = int(f.read().rsplit(")", 1)[1].split()[19])
+    with open("/proc/uptime") as f:
+        uptime = float(f.read().split()[0])
+    return time.time() - (uptime - ticks / os.sysconf("SC_CLK_TCK"))
 
 
 def _int(name: str, default: int = 0) -> int:

@@ -13,6 +13,7 @@ import subprocess
 import sys
 
 from distft.errors import DistftError, Stopped
+from distft.launch.environment import LAUNCHED_AT, launched_at
 
 # horovodrun prefixes worker lines: "[1]<stdout>:" (Gloo) or "[1,0]<stdout>:" (MPI).
 _PREFIX = re.compile(r"^\[(\d+)(?:,(\d+))?\]<(stdout|stderr)>:")
@@ -44,7 +45,7 @@ def spawn(args: list[str], np: int, hosts: str | None = None, controller: str = 
     memory) rather than the errors it caused in the others, or else the first worker error.
     """
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL=os.environ.get("TF_CPP_MIN_LOG_LEVEL", "3"),
-               PYTHONUNBUFFERED="1")
+               PYTHONUNBUFFERED="1", **{LAUNCHED_AT: str(launched_at())})
     if controller == "mpi" and os.geteuid() == 0:
         env.update(OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
     cmd = horovodrun_command(args, np, hosts, controller)

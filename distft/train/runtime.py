@@ -21,6 +21,7 @@ from distft.launch.environment import Environment, detect
 # Horovod settings for distft's workers unless set in the environment; chosen with
 # benchmarks/tuning.py (figures in the README's Performance section).
 HOROVOD_DEFAULTS = {"HOROVOD_CYCLE_TIME": "5"}
+INTER_OP_THREADS = 1  # on CPU; TF_NUM_INTEROP_THREADS overrides
 
 
 @dataclass
@@ -139,5 +140,8 @@ def _place(env: Environment, threads: Optional[int], pin_cores: bool) -> tuple[s
         os.sched_setaffinity(0, mine)
     threads = threads or share
     tf.config.threading.set_intra_op_parallelism_threads(threads)
-    tf.config.threading.set_inter_op_parallelism_threads(max(2, threads))
+    if "TF_NUM_INTEROP_THREADS" not in os.environ:  # else TensorFlow reads the user's value
+        # One op at a time, each using the worker's cores: a second inter-op thread on a
+        # worker's one core cost distft 20% (README, Performance).
+        tf.config.threading.set_inter_op_parallelism_threads(INTER_OP_THREADS)
     return "CPU", threads

@@ -1,7 +1,9 @@
-"""Throughput and step time, measured on rank 0, for the log, TensorBoard and metrics.json."""
+"""Throughput, step time and time to the first step, measured on rank 0, for the log,
+TensorBoard and metrics.json."""
 from __future__ import annotations
 
 import time
+from typing import Optional
 
 import tensorflow as tf
 
@@ -13,6 +15,7 @@ class Timing(tf.keras.callbacks.Callback):
         timing = Timing(samples_per_step=32 * hvd.size())
         model.fit(..., callbacks=[timing])
         timing.window()   # (samples/s, ms/step) since the previous call
+        timing.first_step_at   # time.time() when the run's first step ended
     """
 
     def __init__(self, samples_per_step: int):
@@ -21,12 +24,15 @@ class Timing(tf.keras.callbacks.Callback):
         self._supports_tf_logs = True
         self.samples_per_step = samples_per_step
         self.epochs: list[tuple[int, float]] = []  # (steps, seconds) per epoch
+        self.first_step_at: Optional[float] = None
 
     def on_epoch_begin(self, epoch, logs=None):
         self._epoch_start = self._window_start = time.perf_counter()
         self._steps = self._window_steps = 0
 
     def on_train_batch_end(self, batch, logs=None):
+        if self.first_step_at is None:
+            self.first_step_at = time.time()
         self._steps += 1
         self._window_steps += 1
 
