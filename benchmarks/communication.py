@@ -8,15 +8,21 @@ optimizer's scope (`.../DistributedAdam_Allreduce/cond_3/HorovodAllreduce_grads_
 `--compression=fp16`), and there should be exactly one gradient tensor per trainable
 variable (a frozen layer's would be extra tensors and bytes).
 
+The same spans time each step's communication as rank 0 (Horovod's coordinator, which
+writes the timeline) saw it: NEGOTIATE_ALLREDUCE runs from rank 0's gradient being ready to
+every rank's being ready (waiting for the slower worker), ALLREDUCE is the reduction itself.
+
 Example:
     stats = allreduced("/tmp/timeline.json", steps=16)
     stats["gradient_bytes_per_step"], stats["gradient_tensors"], stats["other"]
+    stats["ms_per_step"]   # {"waiting_for_other_ranks": ..., "allreduce": ...}, medians over steps
 """
 from __future__ import annotations
 
 import json
 import math
 import re
+import statistics
 from collections import defaultdict
 from typing import Any
 
@@ -35,26 +41,44 @@ def load(path: str) -> list[dict]:
 def allreduced(path: str, steps: int) -> dict[str, Any]:
     """Per-tensor allreduce counts and bytes; gradient bytes per training step."""
     names: dict[int, str] = {}
-    open_spans: dict[int, list[str]] = defaultdict(list)
+    open_spans: dict[int, list[tuple[str, int]]] = defaultdict(list)
     sizes: dict[str, list[int]] = defaultdict(list)
+    spans: dict[str, dict[str, list[tuple[int, int]]]] = defaultdict(lambda: defaultdict(list))
     for e in load(path):
         pid = e.get("pid")
         if e.get("ph") == "M" and e.get("name") == "process_name" and "name" in e.get("args", {}):
             names[pid] = e["args"]["name"]
         elif e.get("ph") == "B":
-            open_spans[pid].append(e.get("name", ""))
+            open_spans[pid].append((e.get("name", ""), e["ts"]))
         elif e.get("ph") == "E" and open_spans[pid]:
-            span = open_spans[pid].pop()
+            span, start = open_spans[pid].pop()
+            name = names.get(pid, str(pid))
+            spans[span][name].append((start, e["ts"]))
             args = e.get("args") or {}
             if span == "ALLREDUCE" and "shape" in args:
                 shape = json.loads(args["shape"]) if args["shape"].startswith("[") else []
-                sizes[names.get(pid, str(pid))].append(
-                    math.prod(shape) * DTYPE_BYTES.get(args["dtype"], 4))
+                sizes[name].append(math.prod(shape) * DTYPE_BYTES.get(args["dtype"], 4))
     grads = {n: s for n, s in sizes.items() if GRADIENT.search(n)}
     return {
+        "ms_per_step": {"waiting_for_other_ranks": _per_step(spans["NEGOTIATE_ALLREDUCE"], grads),
+                        "allreduce": _per_step(spans["ALLREDUCE"], grads)},
         "gradient_tensors": len(grads),
         "gradient_bytes_per_step": sum(sum(s) for s in grads.values()) / max(1, steps),
         "gradient_bytes_per_allreduce": sum(s[0] for s in grads.values()),
         "allreduces_per_gradient": sorted({len(s) for s in grads.values()}),
         "other": {n: {"count": len(s), "bytes": sum(s)} for n, s in sizes.items() if n not in grads},
     }
+
+
+def _per_step(spans: dict[str, list[tuple[int, int]]], tensors: dict) -> float:
+    """Median over steps (the k-th span of every gradient tensor is step k's) of the time the
+    step's spans cover together, in ms; the first step (tracing, start-up) is left out."""
+    steps = zip(*(spans[n] for n in tensors))
+    covered = []
+    for step in list(steps)[1:]:
+        total, end = 0, -1
+        for a, b in sorted(step):
+            total += max(0, b - max(a, end))
+            end = max(end, b)
+        covered.append(total / 1000)
+    return statistics.median(covered) if covered else float("nan")

@@ -8,9 +8,11 @@
   (the "stock Horovod job" of the tuning benchmark).
 
 Every contender runs one compute thread per worker (`--threads`), each worker pinned to its
-own core (`--pin`, the default; distft pins its workers itself), the same per-worker batch,
-the same files split the same way, and reports steady-state samples/s over all workers
-(epochs after the first).
+own core (`--pin`, the default; distft pins its workers itself; a 1-worker run takes core
+`--core`, so that two can run side by side), the same per-worker batch, the same files split
+the same way, and reports steady-state samples/s over all workers (epochs after the first) and
+`first_step_at`, the time.time() at which its first step ended. The bare scripts run
+`--inter` inter-op threads (2, their best here; distft's own default is 1).
 
 Example (from the repository root):
     python -m benchmarks.contenders --contender=mwms --workers=2 --spec=/tmp/w/mobilenet-2048/workload.json
@@ -44,6 +46,8 @@ def main(argv: list[str]) -> int:
     p.add_argument("--batch_size", type=int, default=32)
     p.add_argument("--threads", type=int, default=1, help="intra-op threads per worker (0: TF default)")
     p.add_argument("--pin", type=int, default=1, help="pin each worker to its own core (0: no)")
+    p.add_argument("--core", type=int, default=0, help="1 worker: the core to pin it to (an index)")
+    p.add_argument("--inter", type=int, default=2, help="the bare scripts' inter-op threads")
     p.add_argument("--index", type=int, default=-1, help=argparse.SUPPRESS)  # a worker of mwms
     p.add_argument("--extra", default="", help="distft: more options as JSON, e.g. '{\"compression\": \"fp16\"}'")
     a = p.parse_args(argv)
@@ -51,13 +55,14 @@ def main(argv: list[str]) -> int:
         spec = json.load(f)
     if a.contender == "distft":
         result = run_distft(spec, a.workers, a.epochs, a.batch_size, a.threads, a.pin,
-                            json.loads(a.extra or "{}"))
+                            json.loads(a.extra or "{}"), a.core)
     elif a.contender == "keras" or a.index >= 0:
-        result = keras_fit(spec, a.epochs, a.batch_size, a.threads, a.pin, "mwms" if a.index >= 0 else "keras",
-                           a.workers, max(0, a.index))
+        result = keras_fit(spec, a.epochs, a.batch_size, (a.threads, a.inter), a.pin,
+                           "mwms" if a.index >= 0 else "keras", a.workers, max(0, a.index), a.core)
     elif a.contender == "horovod" and "HOROVOD_RANK" in os.environ:
-        result = keras_fit(spec, a.epochs, a.batch_size, a.threads, a.pin, "horovod", a.workers,
-                           int(os.environ["HOROVOD_LOCAL_RANK"]))
+        rank = int(os.environ["HOROVOD_LOCAL_RANK"])
+        result = keras_fit(spec, a.epochs, a.batch_size, (a.threads, a.inter), a.pin, "horovod",
+                           a.workers, rank, rank)
     else:
         result = _launch(a.contender, argv, a.workers)
     if result is not None:
@@ -68,10 +73,10 @@ def main(argv: list[str]) -> int:
 # --- distft ------------------------------------------------------------------------------------
 
 def run_distft(spec: dict, workers: int, epochs: int, batch_size: int, threads: int, pin: int,
-               extra: dict) -> dict[str, Any]:
+               extra: dict, core: int = 0) -> dict[str, Any]:
     """`distft train` on `workers` workers; its own steady-state samples/s."""
     if pin and workers == 1:
-        _pin(0)
+        _pin(core)
     import distft
 
     with tempfile.TemporaryDirectory(prefix="distft-bench-run-") as out:
@@ -80,22 +85,24 @@ def run_distft(spec: dict, workers: int, epochs: int, batch_size: int, threads: 
                          batch_size=batch_size, lr=LR, threads=threads, log_every=LOG_EVERY,
                          overwrite=True, np=workers if workers > 1 else None, **extra)
     return {"samples_per_sec": m["samples_per_sec"], "steps_per_epoch": m["steps_per_epoch"],
-            "trainable_params": m["params"]["trainable"], "loss": m["train"]["loss"]}
+            "trainable_params": m["params"]["trainable"], "loss": m["train"]["loss"],
+            "first_step_at": m["first_step_at"]}
 
 
 # --- the bare Keras script, alone, under MWMS, or with Horovod ---------------------------------
 
-def keras_fit(spec: dict, epochs: int, batch_size: int, threads: int, pin: int, mode: str,
-              workers: int = 1, index: int = 0) -> Optional[dict[str, Any]]:
+def keras_fit(spec: dict, epochs: int, batch_size: int, threads: tuple[int, int], pin: int, mode: str,
+              workers: int = 1, index: int = 0, core: int = 0) -> Optional[dict[str, Any]]:
     """Fine-tune as a plain Keras script would: load, new head, freeze, compile, fit.
-    Worker `index` of `workers` reads files index::workers; worker 0 returns the result."""
+    Worker `index` of `workers` reads files index::workers; worker 0 returns the result.
+    `threads` is (intra-op, inter-op); intra-op 0 leaves both at TensorFlow's default."""
     if pin:
-        _pin(index)
+        _pin(core + index)
     import tensorflow as tf
 
-    if threads:  # 0: TensorFlow's default (all cores), as a stock script has
-        tf.config.threading.set_intra_op_parallelism_threads(threads)
-        tf.config.threading.set_inter_op_parallelism_threads(max(2, threads))
+    if threads[0]:  # 0: TensorFlow's default (all cores), as a stock script has
+        tf.config.threading.set_intra_op_parallelism_threads(threads[0])
+        tf.config.threading.set_inter_op_parallelism_threads(threads[1])
     strategy = tf.distribute.MultiWorkerMirroredStrategy() if mode == "mwms" else None
     if mode == "horovod":
         import horovod.tensorflow.keras as hvd
@@ -151,7 +158,7 @@ def keras_fit(spec: dict, epochs: int, batch_size: int, threads: int, pin: int, 
     return {"samples_per_sec": workers * batch_size * steps * len(timed) / sum(timed),
             "steps_per_epoch": steps,
             "trainable_params": int(sum(w.shape.num_elements() for w in model.trainable_weights)),
-            "loss": float(history.history["loss"][-1])}
+            "loss": float(history.history["loss"][-1]), "first_step_at": timer.first_step_at}
 
 
 def _launch(contender: str, argv: list[str], workers: int) -> dict[str, Any]:
@@ -192,9 +199,15 @@ class EpochTimer:
             def __init__(self):
                 super().__init__()
                 self.seconds: list[float] = []
+                self.first_step_at: Optional[float] = None
+                self._supports_tf_logs = True  # no per-step conversion of the logs to numpy
 
             def on_epoch_begin(self, epoch, logs=None):
                 self.start = time.perf_counter()
+
+            def on_train_batch_end(self, batch, logs=None):
+                if self.first_step_at is None:
+                    self.first_step_at = time.time()
 
             def on_epoch_end(self, epoch, logs=None):
                 self.seconds.append(time.perf_counter() - self.start)

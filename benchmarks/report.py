@@ -1,14 +1,17 @@
 """The performance report: every goal of distft's performance issue, measured in one session.
 
 Parts (each run is a fresh subprocess printing one JSON line; see benchmarks/contenders.py):
-1. throughput: per workload, round by round, bare Keras (1 worker), distft (1 worker),
-   distft (2 workers), MultiWorkerMirroredStrategy (2 workers); one compute thread per worker,
-   each worker on its own core. Goals: distft/Keras >= 0.97, distft 2/1 >= 1.70 (scaling
-   efficiency >= 0.85), distft/MWMS >= 1.10.
+1. throughput: per workload, round by round: bare Keras (1 worker) and distft (1 worker) side
+   by side, each on its own core (they swap cores every round: the same moment's machine for
+   both, and the other core busy as it is for 2 workers), then distft (2 workers) and
+   MultiWorkerMirroredStrategy (2 workers); one compute thread per worker, each worker on its
+   own core. Goals: distft/Keras >= 0.97, distft 2/1 >= 1.70 (scaling efficiency >= 0.85),
+   distft/MWMS >= 1.10. The same runs give each contender's time from launch to the end of
+   its first step (distft x2 starts through horovodrun -np 2; Keras x1 is a bare script's
+   import, build and first step).
 2. communication: bytes allreduced per step from Horovod's timeline against 4 (fp16: 2) bytes
    per trainable weight, and one gradient tensor per trainable variable.
-3. startup: a one-step job under `horovodrun -np 2`, distft against a bare Horovod Keras script.
-4. data size: epoch time of distft (2 workers) and Keras (1 worker) against records.
+3. data size: epoch time of distft (2 workers) and Keras (1 worker) against records.
 Writes benchmarks/results/report.json, report.md and throughput.png, scaling.png, epoch_time.png.
 
 Example (from the repository root):
@@ -18,19 +21,18 @@ Example (from the repository root):
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import datetime
 import json
 import os
-import shlex
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from typing import Any, Optional
 
 from benchmarks import communication
-from benchmarks.common import RESULTS, ROOT, child, environment, invocation, python
+from benchmarks.common import RESULTS, child, environment, invocation, python
 from benchmarks.workloads import WORKLOADS
 
 THROUGHPUT = (("keras", 1), ("distft", 1), ("distft", 2), ("mwms", 2))
@@ -45,11 +47,12 @@ def main(argv: list[str]) -> int:
     p.add_argument("--epochs", type=int, default=3, help="epochs per run (the first is not timed)")
     p.add_argument("--workloads", default="mobilenet,cnn", help=f"comma-separated: {','.join(WORKLOADS)}")
     p.add_argument("--scale", type=float, default=1.0, help="multiply the records of every workload")
-    p.add_argument("--parts", default="throughput,communication,startup,size")
-    p.add_argument("--workdir", help="models and data (kept and reused; default: a temp folder)")
+    p.add_argument("--parts", default="throughput,communication,size")
+    p.add_argument("--workdir", default=os.path.join(tempfile.gettempdir(), "distft-report"),
+                   help="models and data, written once and reused")
     p.add_argument("--output", default=RESULTS, help="folder for report.json, report.md, *.png")
     a = p.parse_args(argv)
-    workdir = a.workdir or tempfile.mkdtemp(prefix="distft-report-")
+    workdir = a.workdir
     started = time.time()
     report: dict[str, Any] = {
         "benchmark": "report", "command": invocation(),
@@ -64,11 +67,9 @@ def main(argv: list[str]) -> int:
              if {"throughput", "size"} & set(parts)}
     if "throughput" in parts:
         report["throughput"] = {w: throughput(s, a.rounds, a.epochs) for w, s in specs.items()}
-    if "communication" in parts:  # bytes per step do not depend on the records: 8 steps
-        report["communication"] = {w: comm(_spec(workdir, w, 16 * BATCH))
+    if "communication" in parts:  # bytes per step do not depend on the records: 16 steps
+        report["communication"] = {w: comm(_spec(workdir, w, 32 * BATCH))
                                    for w in report["settings"]["records"]}
-    if "startup" in parts:
-        report["startup"] = startup(_spec(workdir, "mobilenet", 2 * BATCH))
     if "size" in parts:
         w = "mobilenet" if "mobilenet" in specs else next(iter(specs))
         report["size"] = size_sweep(workdir, specs[w], a.epochs, report.get("throughput", {}).get(w))
@@ -94,18 +95,32 @@ def _spec(workdir: str, workload: str, records: int) -> str:
     return os.path.join(workdir, f"{workload}-{records}", "workload.json")
 
 
-def _run(spec: str, contender: str, workers: int, epochs: int, threads: int = 1, pin: int = 1,
-         env: Optional[dict[str, str]] = None, **extra: Any) -> dict[str, Any]:
-    """One contender's run in a fresh process, with `env` added; its result and seconds."""
+def _command(spec: str, contender: str, workers: int, epochs: int, threads: int = 1, pin: int = 1,
+             core: int = 0, inter: int = 2, **extra: Any) -> list[str]:
+    """The command line of one contender's run (`inter`: the bare scripts' inter-op threads;
+    `extra`: more distft options)."""
     cmd = [python(), "-m", "benchmarks.contenders", f"--contender={contender}", f"--spec={spec}",
            f"--workers={workers}", f"--epochs={epochs}", f"--batch_size={BATCH}",
-           f"--threads={threads}", f"--pin={pin}"]
-    if extra:
-        cmd.append(f"--extra={json.dumps(extra)}")
+           f"--threads={threads}", f"--pin={pin}", f"--core={core}", f"--inter={inter}"]
+    return cmd + ([f"--extra={json.dumps(extra)}"] if extra else [])
+
+
+def _run(spec: str, contender: str, workers: int, epochs: int, threads: int = 1, pin: int = 1,
+         env: Optional[dict[str, str]] = None, **options: Any) -> dict[str, Any]:
+    """One contender's run in a fresh process, with `env` added; its result, seconds and time
+    from launch to the end of its first step."""
+    return _timed([_command(spec, contender, workers, epochs, threads, pin, **options)], env)[0]
+
+
+def _timed(commands: list[list[str]], env: Optional[dict[str, str]] = None) -> list[dict[str, Any]]:
+    """Run the commands at the same time (each on its own cores); their results, timed."""
     started = time.time()
-    result = child(cmd, env)
-    result["seconds"] = round(time.time() - started, 1)
-    return result
+    with concurrent.futures.ThreadPoolExecutor(len(commands)) as pool:
+        results = list(pool.map(lambda cmd: child(cmd, env), commands))
+    for result in results:
+        result["seconds"] = round(time.time() - started, 1)
+        result["first_step_seconds"] = round(result.pop("first_step_at") - started, 1)
+    return results
 
 
 # --- 1. throughput -----------------------------------------------------------------------------
@@ -115,10 +130,14 @@ def throughput(spec: str, rounds: int, epochs: int) -> dict[str, Any]:
     rows = []
     for r in range(1, rounds + 1):
         row: dict[str, Any] = {"round": r, "load": os.getloadavg()[0]}
-        for c, n in THROUGHPUT:
-            row[f"{c}{n}"] = res = _run(spec, c, n, epochs)
+        singles, multis = [t for t in THROUGHPUT if t[1] == 1], [t for t in THROUGHPUT if t[1] > 1]
+        results = _timed([_command(spec, c, n, epochs, core=(r + i) % 2) for i, (c, n) in enumerate(singles)])
+        results += [_run(spec, c, n, epochs) for c, n in multis]
+        for (c, n), res in zip(singles + multis, results):
+            row[f"{c}{n}"] = res
             print(f"  {os.path.basename(os.path.dirname(spec))} round {r}/{rounds} {c} x{n}: "
-                  f"{res['samples_per_sec']:.1f} samples/s ({res['seconds']:.0f}s)", file=sys.stderr, flush=True)
+                  f"{res['samples_per_sec']:.1f} samples/s, first step {res['first_step_seconds']:.1f}s "
+                  f"({res['seconds']:.0f}s)", file=sys.stderr, flush=True)
         sps = {k: v["samples_per_sec"] for k, v in row.items() if isinstance(v, dict)}
         row["ratios"] = {"overhead": sps["distft1"] / sps["keras1"], "scaling": sps["distft2"] / sps["distft1"],
                          "mwms_scaling": sps["mwms2"] / sps["keras1"], "vs_mwms": sps["distft2"] / sps["mwms2"]}
@@ -130,6 +149,7 @@ def throughput(spec: str, rounds: int, epochs: int) -> dict[str, Any]:
     keys = [f"{c}{n}" for c, n in THROUGHPUT]
     return {"rounds": rows,
             "median": {k: statistics.median(r[k]["samples_per_sec"] for r in rows) for k in keys},
+            "first_step_seconds": {k: statistics.median(r[k]["first_step_seconds"] for r in rows) for k in keys},
             "ratios": {k: statistics.median(r["ratios"][k] for r in rows) for k in rows[0]["ratios"]},
             "trainable_params": rows[0]["distft1"]["trainable_params"]}
 
@@ -153,40 +173,7 @@ def comm(spec: str) -> dict[str, Any]:
     return out
 
 
-# --- 3. startup --------------------------------------------------------------------------------
-
-def startup(spec: str, rounds: int = 2) -> dict[str, Any]:
-    """Wall time of a one-step job under `horovodrun -np 2`: distft against the bare script."""
-    with open(spec) as f:
-        w = json.load(f)
-    launcher = [os.path.join(os.path.dirname(sys.executable), "horovodrun"), "-np", "2",
-                "-H", "localhost:2", "--gloo", python()]
-    out = tempfile.TemporaryDirectory(prefix="distft-startup-")
-    out_dir = out.name
-    commands = {
-        "distft": launcher + ["-m", "distft", "train", f"--model={w['model']}", f"--data={w['data']}",
-                              f"--output_dir={out_dir}", "--overwrite", f"--num_classes={w['classes']}",
-                              f"--unfreeze={w['unfreeze']}", "--epochs=1", f"--batch_size={BATCH}",
-                              "--threads=1"],
-        "bare": launcher + ["-m", "benchmarks.contenders", "--contender=horovod", f"--spec={spec}",
-                            "--workers=2", "--epochs=1", f"--batch_size={BATCH}", "--threads=1"],
-    }
-    times: dict[str, list[float]] = {k: [] for k in commands}
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-    for _ in range(rounds):
-        for name, cmd in commands.items():
-            started = time.time()
-            proc = subprocess.run(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-            if proc.returncode:
-                raise RuntimeError(f"{shlex.join(cmd)} failed:\n{proc.stdout[-3000:]}")
-            times[name].append(round(time.time() - started, 1))
-            print(f"  startup {name}: {times[name][-1]:.1f}s", file=sys.stderr, flush=True)
-    out.cleanup()
-    return {"seconds": times, "median": {k: statistics.median(v) for k, v in times.items()},
-            "commands": {k: shlex.join(v) for k, v in commands.items()}}
-
-
-# --- 4. epoch time against data size -----------------------------------------------------------
+# --- 3. epoch time against data size -----------------------------------------------------------
 
 def size_sweep(workdir: str, spec: str, epochs: int, measured: Optional[dict] = None) -> dict[str, Any]:
     """Steady-state epoch seconds of distft x2 and Keras x1 at 1/4, 1/2 and all the records
@@ -215,8 +202,9 @@ def markdown(r: dict[str, Any]) -> str:
     lines = [f"## distft performance report ({r['date']}, {r['environment']['cpus']} CPUs, "
              f"load at start {r['environment']['load_at_start'][0]:.2f}, {r['minutes']} min)\n",
              f"command: `{r['command']}`; batch {s['batch_size']} per worker, 1 compute thread per "
-             f"worker, each worker pinned to its own core; {s['rounds']} round(s) of {s['epochs']} "
-             "epochs (first not timed); figures are medians over rounds.\n",
+             f"worker, each worker pinned to its own core (the two 1-worker runs side by side, one per "
+             f"core); bare scripts at 2 inter-op threads, distft at its default; {s['rounds']} "
+             f"round(s) of {s['epochs']} epochs (first not timed); figures are medians over rounds.\n",
              "| goal | workload | measured | goal | met |", "|---|---|---:|---:|:---:|"]
     for w, t in r.get("throughput", {}).items():
         q = t["ratios"]
@@ -228,10 +216,24 @@ def markdown(r: dict[str, Any]) -> str:
             lines.append(f"| 4. bytes allreduced/step ({comp}), gradient tensors | {w} | "
                          f"{v['gradient_bytes_per_step']:.0f}, {v['gradient_tensors']} | "
                          f"{v['expected_bytes_per_step']} | {_ok(v['met'])} |")
-    if "startup" in r:
-        m = r["startup"]["median"]
-        lines.append(f"| 5. one-step job under horovodrun -np 2: distft / bare script (s) | mobilenet | "
-                     f"{m['distft']:.1f} / {m['bare']:.1f} | report | - |")
+    for w, t in r.get("throughput", {}).items():
+        f = t["first_step_seconds"]
+        lines.append(f"| 5. seconds from launch to the first step's end: distft x2 (horovodrun -np 2) / "
+                     f"bare Keras x1 (import, build, first step) | {w} | {f['distft2']:.1f} / {f['keras1']:.1f} "
+                     f"(distft x1 {f['distft1']:.1f}, MWMS x2 {f['mwms2']:.1f}) | report | - |")
+    if r.get("communication") and r.get("throughput"):
+        lines += ["\n### where 2 workers lose time: a step's milliseconds\n",
+                  "Steps from the throughput medians (distft x2: 2 x 32 samples per step); waiting and "
+                  "allreduce from rank 0's Horovod timeline in the communication run (no compression), "
+                  "medians over its steps: waiting runs from rank 0's gradients being ready to the "
+                  "other rank's.\n",
+                  "| workload | distft x1 step | distft x2 step | rank 0 waiting for rank 1 | allreduce |",
+                  "|---|---:|---:|---:|---:|"]
+        for w, c in r["communication"].items():
+            m, ms = r["throughput"].get(w, {}).get("median"), c["none"]["ms_per_step"]
+            if m:
+                lines.append(f"| {w} | {1000 * BATCH / m['distft1']:.1f} | {2000 * BATCH / m['distft2']:.1f} | "
+                             f"{ms['waiting_for_other_ranks']:.1f} | {ms['allreduce']:.1f} |")
     for w, t in r.get("throughput", {}).items():
         lines += [f"\n### {w}: samples/s per round (load = 1-min load average at the round's start)\n",
                   "| round | load | keras x1 | distft x1 | distft x2 | mwms x2 | distft/keras | distft 2/1 | mwms 2/keras 1 | distft/mwms |",

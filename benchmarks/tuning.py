@@ -1,15 +1,17 @@
-"""Which settings make a 2-worker Horovod Keras job fast on a small CPU machine?
+"""Which settings make a 2-worker Horovod Keras job fast on a small CPU machine, and what
+limits 2 workers on 2 cores?
 
 Candidates, alternated round by round on one workload (each a fresh process; see
-benchmarks/contenders.py): a bare Keras baseline (1 worker, 1 thread, pinned), the same
-script under `horovodrun --gloo` as a stock job (no pinning, TensorFlow's default threads)
-and with one change at a time (pinned one worker per core with 1 thread, HOROVOD_CYCLE_TIME,
-fusion off), MultiWorkerMirroredStrategy, and distft with its defaults and with each cycle
-time. Each candidate's
-samples/s is divided by the baseline's of the same round (speed-up from 2 workers).
+benchmarks/contenders.py): a bare Keras baseline (1 worker, 1 thread, pinned) and the same
+with one inter-op thread; two such baselines side by side, one per core, with no
+communication (the machine's own ceiling for 2 workers); the same script under
+`horovodrun --gloo` as a stock job (no pinning, TensorFlow's default threads) and with one
+change at a time (pinned one worker per core with 1 thread, HOROVOD_CYCLE_TIME, fusion off);
+MultiWorkerMirroredStrategy; distft on 1 and 2 workers with its defaults and with one
+setting changed. Each candidate's samples/s is divided by the baseline's of the same round.
 
 Example (from the repository root):
-    python -m benchmarks tuning --rounds=2
+    python -m benchmarks tuning --rounds=3 --only="keras x1 (baseline);keras x1 side by side (no communication)"
 """
 from __future__ import annotations
 
@@ -20,22 +22,39 @@ import sys
 from typing import Any
 
 from benchmarks.common import invocation, save
-from benchmarks.report import RESULTS, _run, _spec
+from benchmarks.report import RESULTS, _command, _run, _spec, _timed
 
-# name: (contender, workers, threads, pin, extra environment)
-CANDIDATES: dict[str, tuple[str, int, int, int, dict[str, str]]] = {
-    "keras x1 (baseline)": ("keras", 1, 1, 1, {}),
-    "horovod stock": ("horovod", 2, 0, 0, {}),
-    "horovod stock, cycle 5 ms": ("horovod", 2, 0, 0, {"HOROVOD_CYCLE_TIME": "5"}),
-    "horovod 1 thread, unpinned": ("horovod", 2, 1, 0, {}),
-    "horovod pinned, 1 thread": ("horovod", 2, 1, 1, {}),
-    "horovod pinned, cycle 5 ms": ("horovod", 2, 1, 1, {"HOROVOD_CYCLE_TIME": "5"}),
-    "horovod pinned, fusion off": ("horovod", 2, 1, 1, {"HOROVOD_FUSION_THRESHOLD": "0"}),
-    "mwms pinned, 1 thread": ("mwms", 2, 1, 1, {}),
-    "distft defaults": ("distft", 2, 1, 1, {}),
-    "distft, cycle 1 ms": ("distft", 2, 1, 1, {"HOROVOD_CYCLE_TIME": "1"}),
-    "distft, cycle 5 ms": ("distft", 2, 1, 1, {"HOROVOD_CYCLE_TIME": "5"}),
+INTER_2 = {"TF_NUM_INTEROP_THREADS": "2"}  # distft's default is 1
+# name: options of report._run (contender, workers; threads, pin, inter, env: as the defaults)
+CANDIDATES: dict[str, dict[str, Any]] = {
+    "keras x1 (baseline)": dict(contender="keras", workers=1),
+    "keras x1, inter-op 1": dict(contender="keras", workers=1, inter=1),
+    "keras x1 side by side (no communication)": dict(contender="keras", workers=1, side_by_side=True),
+    "horovod stock": dict(contender="horovod", workers=2, threads=0, pin=0),
+    "horovod stock, cycle 5 ms": dict(contender="horovod", workers=2, threads=0, pin=0,
+                                      env={"HOROVOD_CYCLE_TIME": "5"}),
+    "horovod 1 thread, unpinned": dict(contender="horovod", workers=2, pin=0),
+    "horovod pinned, 1 thread": dict(contender="horovod", workers=2),
+    "horovod pinned, cycle 5 ms": dict(contender="horovod", workers=2, env={"HOROVOD_CYCLE_TIME": "5"}),
+    "horovod pinned, fusion off": dict(contender="horovod", workers=2, env={"HOROVOD_FUSION_THRESHOLD": "0"}),
+    "mwms pinned, 1 thread": dict(contender="mwms", workers=2),
+    "distft x1": dict(contender="distft", workers=1),
+    "distft x1, inter-op 2": dict(contender="distft", workers=1, env=INTER_2),
+    "distft defaults": dict(contender="distft", workers=2),
+    "distft, inter-op 2": dict(contender="distft", workers=2, env=INTER_2),
+    "distft, cycle 1 ms": dict(contender="distft", workers=2, env={"HOROVOD_CYCLE_TIME": "1"}),
+    "distft, cycle 20 ms": dict(contender="distft", workers=2, env={"HOROVOD_CYCLE_TIME": "20"}),
 }
+
+
+def measure(spec: str, epochs: int, options: dict[str, Any]) -> float:
+    """One candidate's samples/s (side by side: the sum of two runs, one per core)."""
+    options = dict(options)
+    if options.pop("side_by_side", False):
+        env = options.pop("env", None)
+        runs = _timed([_command(spec, epochs=epochs, core=core, **options) for core in (0, 1)], env)
+        return sum(r["samples_per_sec"] for r in runs)
+    return _run(spec, epochs=epochs, **options)["samples_per_sec"]
 
 
 def main(argv: list[str]) -> int:
@@ -55,8 +74,7 @@ def main(argv: list[str]) -> int:
     for r in range(1, a.rounds + 1):
         row: dict[str, Any] = {"round": r, "load": os.getloadavg()[0]}
         for name in names:
-            contender, workers, threads, pin, env = CANDIDATES[name]
-            row[name] = _run(spec, contender, workers, a.epochs, threads, pin, env)["samples_per_sec"]
+            row[name] = measure(spec, a.epochs, CANDIDATES[name])
             print(f"  round {r}: {name}: {row[name]:.1f} samples/s", file=sys.stderr, flush=True)
         rounds.append(row)
     base = "keras x1 (baseline)"
@@ -65,8 +83,8 @@ def main(argv: list[str]) -> int:
     result = {"benchmark": "tuning", "command": invocation(), "workload": a.workload,
               "records": a.records, "epochs": a.epochs, "candidates": {n: CANDIDATES[n] for n in names},
               "rounds": rounds, "median": median, "speedup": speedup}
-    lines = [f"\n### 2-worker settings on {a.workload} ({a.records} records, batch 32 per worker)\n",
-             "| candidate | samples/s (median) | / keras x1 |", "|---|---:|---:|"]
+    lines = [f"\n### settings on {a.workload} ({a.records} records, batch 32 per worker)\n",
+             "| candidate | samples/s (median) | / keras x1 (median of rounds) |", "|---|---:|---:|"]
     lines += [f"| {n} | {median[n]:.1f} | {speedup.get(n, float('nan')):.2f} |" for n in names]
     print("\n".join(lines))
     save(result, a.output)
