@@ -8,14 +8,16 @@ optimizer's scope (`.../DistributedAdam_Allreduce/cond_3/HorovodAllreduce_grads_
 `--compression=fp16`), and there should be exactly one gradient tensor per trainable
 variable (a frozen layer's would be extra tensors and bytes).
 
-The same spans time each step's communication as rank 0 (Horovod's coordinator, which
-writes the timeline) saw it: NEGOTIATE_ALLREDUCE runs from rank 0's gradient being ready to
-every rank's being ready (waiting for the slower worker), ALLREDUCE is the reduction itself.
+The same spans time what each step's communication adds on rank 0 (Horovod's coordinator,
+which writes the timeline): a tensor's NEGOTIATE_ALLREDUCE runs from rank 0's gradient being
+ready to every rank's, so from rank 0's last gradient of the step to the end of the last
+negotiation rank 0 waits for the other ranks; from there to the end of the last ALLREDUCE it
+waits for the reduction.
 
 Example:
     stats = allreduced("/tmp/timeline.json", steps=16)
     stats["gradient_bytes_per_step"], stats["gradient_tensors"], stats["other"]
-    stats["ms_per_step"]   # {"waiting_for_other_ranks": ..., "allreduce": ...}, medians over steps
+    stats["ms_per_step"]   # {"waiting_for_other_ranks": ..., "allreduce": ...}: medians over steps
 """
 from __future__ import annotations
 
@@ -60,8 +62,7 @@ def allreduced(path: str, steps: int) -> dict[str, Any]:
                 sizes[name].append(math.prod(shape) * DTYPE_BYTES.get(args["dtype"], 4))
     grads = {n: s for n, s in sizes.items() if GRADIENT.search(n)}
     return {
-        "ms_per_step": {"waiting_for_other_ranks": _per_step(spans["NEGOTIATE_ALLREDUCE"], grads),
-                        "allreduce": _per_step(spans["ALLREDUCE"], grads)},
+        "ms_per_step": _per_step(spans["NEGOTIATE_ALLREDUCE"], spans["ALLREDUCE"], grads),
         "gradient_tensors": len(grads),
         "gradient_bytes_per_step": sum(sum(s) for s in grads.values()) / max(1, steps),
         "gradient_bytes_per_allreduce": sum(s[0] for s in grads.values()),
@@ -70,15 +71,16 @@ def allreduced(path: str, steps: int) -> dict[str, Any]:
     }
 
 
-def _per_step(spans: dict[str, list[tuple[int, int]]], tensors: dict) -> float:
-    """Median over steps (the k-th span of every gradient tensor is step k's) of the time the
-    step's spans cover together, in ms; the first step (tracing, start-up) is left out."""
-    steps = zip(*(spans[n] for n in tensors))
-    covered = []
-    for step in list(steps)[1:]:
-        total, end = 0, -1
-        for a, b in sorted(step):
-            total += max(0, b - max(a, end))
-            end = max(end, b)
-        covered.append(total / 1000)
-    return statistics.median(covered) if covered else float("nan")
+def _per_step(negotiations: dict[str, list[tuple[int, int]]], reductions: dict[str, list[tuple[int, int]]],
+              tensors: dict) -> dict[str, float]:
+    """Medians over steps (the k-th span of every gradient tensor is step k's; the first step,
+    with tracing, is left out) of rank 0's waits after its last gradient, in ms."""
+    waits, reduces = [], []
+    for negotiated, reduced in list(zip(zip(*(negotiations[n] for n in tensors)),
+                                        zip(*(reductions[n] for n in tensors))))[1:]:
+        ready, agreed = max(a for a, _ in negotiated), max(b for _, b in negotiated)
+        waits.append((agreed - ready) / 1000)
+        reduces.append((max(b for _, b in reduced) - agreed) / 1000)
+    median = statistics.median
+    return {"waiting_for_other_ranks": median(waits) if waits else float("nan"),
+            "allreduce": median(reduces) if reduces else float("nan")}

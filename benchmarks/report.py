@@ -24,6 +24,7 @@ import argparse
 import concurrent.futures
 import datetime
 import json
+import math
 import os
 import statistics
 import sys
@@ -126,31 +127,53 @@ def _timed(commands: list[list[str]], env: Optional[dict[str, str]] = None) -> l
 # --- 1. throughput -----------------------------------------------------------------------------
 
 def throughput(spec: str, rounds: int, epochs: int) -> dict[str, Any]:
-    """Alternate the contenders round by round; per-round ratios and their medians."""
+    """Alternate the contenders round by round; per-round ratios and their summary."""
     rows = []
     for r in range(1, rounds + 1):
         row: dict[str, Any] = {"round": r, "load": os.getloadavg()[0]}
         singles, multis = [t for t in THROUGHPUT if t[1] == 1], [t for t in THROUGHPUT if t[1] > 1]
-        results = _timed([_command(spec, c, n, epochs, core=(r + i) % 2) for i, (c, n) in enumerate(singles)])
+        cores = [(r + i) % 2 for i in range(len(singles))]
+        results = _timed([_command(spec, c, n, epochs, core=k) for (c, n), k in zip(singles, cores)])
+        for res, k in zip(results, cores):
+            res["core"] = k
         results += [_run(spec, c, n, epochs) for c, n in multis]
         for (c, n), res in zip(singles + multis, results):
             row[f"{c}{n}"] = res
             print(f"  {os.path.basename(os.path.dirname(spec))} round {r}/{rounds} {c} x{n}: "
                   f"{res['samples_per_sec']:.1f} samples/s, first step {res['first_step_seconds']:.1f}s "
                   f"({res['seconds']:.0f}s)", file=sys.stderr, flush=True)
-        sps = {k: v["samples_per_sec"] for k, v in row.items() if isinstance(v, dict)}
-        row["ratios"] = {"overhead": sps["distft1"] / sps["keras1"], "scaling": sps["distft2"] / sps["distft1"],
-                         "mwms_scaling": sps["mwms2"] / sps["keras1"], "vs_mwms": sps["distft2"] / sps["mwms2"]}
         rows.append(row)
     work = {(v["steps_per_epoch"] * v["workers"], v["trainable_params"])
             for row in rows for v in row.values() if isinstance(v, dict) and "workers" in v}
     if len(work) != 1:
         raise RuntimeError(f"the contenders did different work (steps x workers, trainable weights): {work}")
+    return summary(rows)
+
+
+def summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per-round ratios; medians over rounds; each goal's ratio.
+
+    A ratio with a 1-worker run in it is the geometric mean, over the two core assignments of
+    the side-by-side runs, of its median within each: in some sessions one core of this VM ran
+    ~10% slower than the other, and with an odd number of rounds one assignment counts twice.
+    """
+    for row in rows:
+        sps = {k: v["samples_per_sec"] for k, v in row.items() if isinstance(v, dict) and "samples_per_sec" in v}
+        row["ratios"] = {"overhead": sps["distft1"] / sps["keras1"], "scaling": sps["distft2"] / sps["distft1"],
+                         "mwms_scaling": sps["mwms2"] / sps["keras1"], "vs_mwms": sps["distft2"] / sps["mwms2"]}
+
+    def balanced(key: str) -> float:
+        by_core: dict[int, list[float]] = {}
+        for row in rows:
+            by_core.setdefault(row["distft1"]["core"], []).append(row["ratios"][key])
+        return math.prod(statistics.median(v) for v in by_core.values()) ** (1 / len(by_core))
+
     keys = [f"{c}{n}" for c, n in THROUGHPUT]
     return {"rounds": rows,
             "median": {k: statistics.median(r[k]["samples_per_sec"] for r in rows) for k in keys},
             "first_step_seconds": {k: statistics.median(r[k]["first_step_seconds"] for r in rows) for k in keys},
-            "ratios": {k: statistics.median(r["ratios"][k] for r in rows) for k in rows[0]["ratios"]},
+            "ratios": {k: statistics.median(r["ratios"][k] for r in rows) if k == "vs_mwms" else balanced(k)
+                       for k in rows[0]["ratios"]},
             "trainable_params": rows[0]["distft1"]["trainable_params"]}
 
 
@@ -204,7 +227,10 @@ def markdown(r: dict[str, Any]) -> str:
              f"command: `{r['command']}`; batch {s['batch_size']} per worker, 1 compute thread per "
              f"worker, each worker pinned to its own core (the two 1-worker runs side by side, one per "
              f"core); bare scripts at 2 inter-op threads, distft at its default; {s['rounds']} "
-             f"round(s) of {s['epochs']} epochs (first not timed); figures are medians over rounds.\n",
+             f"round(s) of {s['epochs']} epochs (first not timed). Ratios with a 1-worker run: the "
+             "geometric mean over the two core assignments of the median ratio within each; other "
+             "figures: medians over rounds.\n",
+             *[f"note: {n}\n" for n in r.get("notes", [])],
              "| goal | workload | measured | goal | met |", "|---|---|---:|---:|:---:|"]
     for w, t in r.get("throughput", {}).items():
         q = t["ratios"]
@@ -225,8 +251,8 @@ def markdown(r: dict[str, Any]) -> str:
         lines += ["\n### where 2 workers lose time: a step's milliseconds\n",
                   "Steps from the throughput medians (distft x2: 2 x 32 samples per step); waiting and "
                   "allreduce from rank 0's Horovod timeline in the communication run (no compression), "
-                  "medians over its steps: waiting runs from rank 0's gradients being ready to the "
-                  "other rank's.\n",
+                  "medians over its steps: from rank 0's last gradient of the step to every rank's "
+                  "being ready (waiting for the other worker), then to the end of the reduction.\n",
                   "| workload | distft x1 step | distft x2 step | rank 0 waiting for rank 1 | allreduce |",
                   "|---|---:|---:|---:|---:|"]
         for w, c in r["communication"].items():
@@ -236,12 +262,12 @@ def markdown(r: dict[str, Any]) -> str:
                              f"{ms['waiting_for_other_ranks']:.1f} | {ms['allreduce']:.1f} |")
     for w, t in r.get("throughput", {}).items():
         lines += [f"\n### {w}: samples/s per round (load = 1-min load average at the round's start)\n",
-                  "| round | load | keras x1 | distft x1 | distft x2 | mwms x2 | distft/keras | distft 2/1 | mwms 2/keras 1 | distft/mwms |",
-                  "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
-        for row in t["rounds"] + [{"round": "**median**", "load": None, **{k: {"samples_per_sec": v} for k, v in t["median"].items()}, "ratios": t["ratios"]}]:
+                  "| round | load | distft x1's core | keras x1 | distft x1 | distft x2 | mwms x2 | distft/keras | distft 2/1 | mwms 2/keras 1 | distft/mwms |",
+                  "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        for row in t["rounds"] + [{"round": "**summary**", "load": None, **{k: {"samples_per_sec": v} for k, v in t["median"].items()}, "ratios": t["ratios"]}]:
             q = row["ratios"]
             load = "" if row["load"] is None else f"{row['load']:.2f}"
-            lines.append(f"| {row['round']} | {load} | " + " | ".join(f"{row[f'{c}{n}']['samples_per_sec']:.1f}" for c, n in THROUGHPUT)
+            lines.append(f"| {row['round']} | {load} | {row['distft1'].get('core', '')} | " + " | ".join(f"{row[f'{c}{n}']['samples_per_sec']:.1f}" for c, n in THROUGHPUT)
                          + f" | {q['overhead']:.3f} | {q['scaling']:.2f} | {q['mwms_scaling']:.2f} | {q['vs_mwms']:.3f} |")
     if "size" in r:
         lines += [f"\n### epoch seconds against records ({r['size']['workload']})\n",
