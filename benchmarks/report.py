@@ -155,7 +155,7 @@ def summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
 
     A ratio with a 1-worker run in it is the geometric mean, over the two core assignments of
     the side-by-side runs, of its median within each: in some sessions one core of this VM ran
-    ~10% slower than the other, and with an odd number of rounds one assignment counts twice.
+    ~12% slower than the other, and with an odd number of rounds one assignment counts twice.
     """
     for row in rows:
         sps = {k: v["samples_per_sec"] for k, v in row.items() if isinstance(v, dict) and "samples_per_sec" in v}

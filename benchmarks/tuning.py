@@ -7,8 +7,8 @@ with one inter-op thread; two such baselines side by side, one per core, with no
 communication (the machine's own ceiling for 2 workers); the same script under
 `horovodrun --gloo` as a stock job (no pinning, TensorFlow's default threads) and with one
 change at a time (pinned one worker per core with 1 thread, HOROVOD_CYCLE_TIME, fusion off);
-MultiWorkerMirroredStrategy; distft on 1 and 2 workers with its defaults and with one
-setting changed. Each candidate's samples/s is divided by the baseline's of the same round.
+MultiWorkerMirroredStrategy (2 and 1 inter-op threads); distft on 1 and 2 workers with its
+defaults and with one setting changed. Each candidate's samples/s is divided by the baseline's of the same round.
 
 Example (from the repository root):
     python -m benchmarks tuning --rounds=3 --only="keras x1 (baseline);keras x1 side by side (no communication)"
@@ -38,6 +38,7 @@ CANDIDATES: dict[str, dict[str, Any]] = {
     "horovod pinned, cycle 5 ms": dict(contender="horovod", workers=2, env={"HOROVOD_CYCLE_TIME": "5"}),
     "horovod pinned, fusion off": dict(contender="horovod", workers=2, env={"HOROVOD_FUSION_THRESHOLD": "0"}),
     "mwms pinned, 1 thread": dict(contender="mwms", workers=2),
+    "mwms pinned, inter-op 1": dict(contender="mwms", workers=2, inter=1),
     "distft x1": dict(contender="distft", workers=1),
     "distft x1, inter-op 2": dict(contender="distft", workers=1, env=INTER_2),
     "distft defaults": dict(contender="distft", workers=2),

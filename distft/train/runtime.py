@@ -142,6 +142,6 @@ def _place(env: Environment, threads: Optional[int], pin_cores: bool) -> tuple[s
     tf.config.threading.set_intra_op_parallelism_threads(threads)
     if "TF_NUM_INTEROP_THREADS" not in os.environ:  # else TensorFlow reads the user's value
         # One op at a time, each using the worker's cores: a second inter-op thread on a
-        # worker's one core cost distft 20% (README, Performance).
+        # worker's one core cost distft 15-25% (README, Performance).
         tf.config.threading.set_inter_op_parallelism_threads(INTER_OP_THREADS)
     return "CPU", threads

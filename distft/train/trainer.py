@@ -197,7 +197,7 @@ def run(cfg: TrainConfig, worker: Optional[Worker] = None) -> dict[str, Any]:
 
 def _build_compiled(model: tf.keras.Model, stream: tf.data.Dataset) -> None:
     """Create the compiled loss's and metrics' variables now, on one zero record: created inside
-    the first train step, they make tf.function trace the step twice (7 s of MobileNetV2's
+    the first train step, they make tf.function trace the step twice (about 4 s of MobileNetV2's
     start-up here)."""
     def zeros(spec: tf.TensorSpec) -> tf.Tensor:
         return tf.zeros([1, *spec.shape[1:]], spec.dtype)
