@@ -62,11 +62,12 @@ def main(argv: list[str]) -> int:
     elif a.contender == "horovod" and "HOROVOD_RANK" in os.environ:
         rank = int(os.environ["HOROVOD_LOCAL_RANK"])
         result = keras_fit(spec, a.epochs, a.batch_size, (a.threads, a.inter), a.pin, "horovod",
-                           a.workers, rank, rank)
+                           a.workers, rank)
     else:
         result = _launch(a.contender, argv, a.workers)
     if result is not None:
-        print(json.dumps({"contender": a.contender, "workers": a.workers, **result}), flush=True)
+        core = {"core": a.core} if a.workers == 1 else {}
+        print(json.dumps({"contender": a.contender, "workers": a.workers, **core, **result}), flush=True)
     return 0
 
 

@@ -132,10 +132,7 @@ def throughput(spec: str, rounds: int, epochs: int) -> dict[str, Any]:
     for r in range(1, rounds + 1):
         row: dict[str, Any] = {"round": r, "load": os.getloadavg()[0]}
         singles, multis = [t for t in THROUGHPUT if t[1] == 1], [t for t in THROUGHPUT if t[1] > 1]
-        cores = [(r + i) % 2 for i in range(len(singles))]
-        results = _timed([_command(spec, c, n, epochs, core=k) for (c, n), k in zip(singles, cores)])
-        for res, k in zip(results, cores):
-            res["core"] = k
+        results = _timed([_command(spec, c, n, epochs, core=(r + i) % 2) for i, (c, n) in enumerate(singles)])
         results += [_run(spec, c, n, epochs) for c, n in multis]
         for (c, n), res in zip(singles + multis, results):
             row[f"{c}{n}"] = res

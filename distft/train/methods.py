@@ -9,7 +9,6 @@ Example (inside trainer.run, after `prepare`):
 """
 from __future__ import annotations
 
-
 import tensorflow as tf
 
 from distft import log

@@ -22,6 +22,7 @@ from distft.launch.environment import Environment, detect
 # benchmarks/tuning.py (figures in the README's Performance section).
 HOROVOD_DEFAULTS = {"HOROVOD_CYCLE_TIME": "5"}
 INTER_OP_THREADS = 1  # on CPU; TF_NUM_INTEROP_THREADS overrides
+_INTER_OP_VARIABLE = "TF_NUM_INTEROP_THREADS"
 
 
 @dataclass
@@ -34,6 +35,7 @@ class Worker:
     local_size: int
     env: Environment
     threads: int
+    inter_op: str  # TF inter-op threads in effect, for the log
     device: str
     horovod: dict  # the HOROVOD_DEFAULTS settings in effect (the user's or distft's)
 
@@ -41,14 +43,14 @@ class Worker:
     def start(cls, threads: Optional[int] = None, pin_cores: bool = True) -> Worker:
         """Pin cores/GPU for this local rank, set TF threads, then `hvd.init()`."""
         env = detect()
-        device, threads = _place(env, threads, pin_cores)
+        device, threads, inter_op = _place(env, threads, pin_cores)
         for name, value in HOROVOD_DEFAULTS.items():  # read by hvd.init()
             os.environ.setdefault(name, value)
         import horovod.tensorflow.keras as hvd
 
         hvd.init()
-        return cls(hvd.rank(), hvd.size(), hvd.local_rank(), hvd.local_size(), env, threads, device,
-                   {name: os.environ[name] for name in HOROVOD_DEFAULTS})
+        return cls(hvd.rank(), hvd.size(), hvd.local_rank(), hvd.local_size(), env, threads, inter_op,
+                   device, {name: os.environ[name] for name in HOROVOD_DEFAULTS})
 
     @property
     def node_name(self) -> str:
@@ -118,8 +120,9 @@ class Worker:
         return value
 
 
-def _place(env: Environment, threads: Optional[int], pin_cores: bool) -> tuple[str, int]:
-    """One GPU per local rank (memory growth on); on CPU, a block of cores per local rank."""
+def _place(env: Environment, threads: Optional[int], pin_cores: bool) -> tuple[str, int, str]:
+    """One GPU per local rank (memory growth on); on CPU, a block of cores per local rank.
+    Returns the device, the intra-op threads and the inter-op threads in effect."""
     gpus = tf.config.list_physical_devices("GPU")
     if gpus:
         if env.local_size > len(gpus):
@@ -129,7 +132,7 @@ def _place(env: Environment, threads: Optional[int], pin_cores: bool) -> tuple[s
             tf.config.experimental.set_memory_growth(gpu, True)
         gpu = gpus[env.local_rank % len(gpus)]
         tf.config.set_visible_devices(gpu, "GPU")
-        return gpu.name, threads or 2
+        return gpu.name, threads or 2, os.environ.get(_INTER_OP_VARIABLE, "TensorFlow's default")
     cores = sorted(os.sched_getaffinity(0))
     share = max(1, len(cores) // max(1, env.local_size))
     if env.name == "srun" and os.environ.get("SLURM_CPUS_PER_TASK"):
@@ -140,8 +143,9 @@ def _place(env: Environment, threads: Optional[int], pin_cores: bool) -> tuple[s
         os.sched_setaffinity(0, mine)
     threads = threads or share
     tf.config.threading.set_intra_op_parallelism_threads(threads)
-    if "TF_NUM_INTEROP_THREADS" not in os.environ:  # else TensorFlow reads the user's value
-        # One op at a time, each using the worker's cores: a second inter-op thread on a
-        # worker's one core cost distft 15-25% (README, Performance).
-        tf.config.threading.set_inter_op_parallelism_threads(INTER_OP_THREADS)
-    return "CPU", threads
+    if _INTER_OP_VARIABLE in os.environ:  # TensorFlow reads the user's value
+        return "CPU", threads, os.environ[_INTER_OP_VARIABLE]
+    # One op at a time, each using the worker's cores: a second inter-op thread on a worker's
+    # one core cost distft 15-25% (README, Performance).
+    tf.config.threading.set_inter_op_parallelism_threads(INTER_OP_THREADS)
+    return "CPU", threads, str(INTER_OP_THREADS)

@@ -7,7 +7,6 @@ Example (under `horovodrun -np 2`):
 from __future__ import annotations
 
 import math
-import os
 import time
 from typing import Any, Optional
 
@@ -254,9 +253,8 @@ def _validator(model: tf.keras.Model, val_data: Optional[DataSet], cfg: TrainCon
 
 
 def _log_start(cfg, worker, ft, total, steps, resume_from, initial_epoch, placement) -> None:
-    inter = os.environ.get("TF_NUM_INTEROP_THREADS") or tf.config.threading.get_inter_op_parallelism_threads()
     log.info("%d worker(s) via %s, %s, %d thread(s) each (inter-op %s)", worker.size, worker.env.name,
-             worker.device, worker.threads, inter or "TensorFlow's default")
+             worker.device, worker.threads, worker.inter_op)
     log.info("placement: %s", ", ".join(f"rank {r} on {p}" for r, p in enumerate(placement)))
     log.info("horovod: %s", " ".join(f"{k}={v}" for k, v in worker.horovod.items()))
     log.info("model %s: %d layers trainable (%s)", cfg.model, len(ft.unfrozen),
