@@ -1,6 +1,6 @@
 """The built-in example: a real fine-tuning on real data shipped inside scikit-learn.
 
-1. Pretrain a small CNN on handwritten digits 0-4 (`base_model.h5`).
+1. Pretrain a small CNN on handwritten digits 0-4 (`base_model.keras`, Keras 3 format).
 2. Write digits 5-9 as TFRecord shards (train and validation).
 3. Fine-tune the base on them with a new 5-class head and its early layers frozen,
    on several Horovod workers.
@@ -24,11 +24,11 @@ SHARDS = 4
 
 def build_base_model(classes: int = 5, seed: int = 0):
     """The 'pretrained' model: a small CNN for 8x8 grey digits, with BatchNormalization."""
-    import tensorflow as tf
+    import keras
 
-    tf.keras.utils.set_random_seed(seed)
-    L = tf.keras.layers
-    return tf.keras.Sequential([
+    keras.utils.set_random_seed(seed)
+    L = keras.layers
+    return keras.Sequential([
         L.Input((8, 8, 1), name="pixels"),
         L.Conv2D(16, 3, padding="same", activation="relu", name="conv1"),
         L.BatchNormalization(name="bn1"),
@@ -58,7 +58,7 @@ def write_tfrecords(x: np.ndarray, y: np.ndarray, pattern: str, shards: int) -> 
 
 
 def make_demo_data(folder: str, seed: int = 0) -> dict[str, str]:
-    """Write base_model.h5 and the shards; return their paths."""
+    """Write base_model.keras and the shards; return their paths."""
     from sklearn.datasets import load_digits
 
     digits = load_digits()
@@ -69,10 +69,10 @@ def make_demo_data(folder: str, seed: int = 0) -> dict[str, str]:
 
     low = y < 5
     base = build_base_model(seed=seed)
-    base.compile("adam", "sparse_categorical_crossentropy", ["accuracy"])
+    base.compile(optimizer="adam", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     base.fit(x[low], y[low], epochs=15, batch_size=32, verbose=0)
-    model_path = os.path.join(folder, "base_model.h5")
-    atomic_write(model_path, lambda tmp: base.save(tmp, save_format="h5"), suffix=".h5")
+    model_path = os.path.join(folder, "base_model.keras")
+    atomic_write(model_path, base.save, suffix=".keras")
 
     order = rng.permutation(np.flatnonzero(~low))
     split = int(0.8 * len(order))

@@ -1,27 +1,27 @@
 #!/usr/bin/env bash
-# Set up distft in ./.venv: system packages, TensorFlow, Horovod (MPI + Gloo), distft[dev].
+# Set up distft in ./.venv: system packages, TensorFlow (Keras 3), Horovod (MPI + Gloo), distft[dev].
 # Re-running is quick: each step is skipped when already done.
 #
 # Environment:
-#   PYTHON                   interpreter to build the venv from (default: python3)
-#   DISTFT_TF                TensorFlow requirement (default: tensorflow==2.15.1;
-#                            use 'tensorflow[and-cuda]==2.15.1' on GPU machines)
+#   PYTHON                   interpreter to build the venv from (default: python3; 3.10-3.13)
+#   DISTFT_TF                TensorFlow requirement (default: tensorflow-cpu==2.21.0;
+#                            use 'tensorflow[and-cuda]==2.21.0' on GPU machines)
 #   HOROVOD_GPU_OPERATIONS   set to NCCL on GPU machines to build Horovod with NCCL
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PYTHON=${PYTHON:-python3}
-TF_REQ=${DISTFT_TF:-tensorflow==2.15.1}
-HVD_REQ=horovod==0.28.1
+TF_REQ=${DISTFT_TF:-tensorflow-cpu==2.21.0}
+HVD_VERSION=0.28.1
 VENV=.venv
 
 say() { printf '[setup] %s\n' "$*"; }
 die() { printf '[setup] error: %s\n' "$*" >&2; exit 1; }
 
-command -v "$PYTHON" >/dev/null || die "'$PYTHON' not found; install Python 3.11 or set PYTHON=/path/to/python3.11"
-"$PYTHON" - <<'PY' || die "Python 3.9-3.11 is required (TensorFlow 2.15 supports no other); set PYTHON=/path/to/python3.11"
+command -v "$PYTHON" >/dev/null || die "'$PYTHON' not found; install Python 3.10-3.13 or set PYTHON=/path/to/python3.12"
+"$PYTHON" - <<'PY' || die "Python 3.10-3.13 is required (TensorFlow 2.21 supports no other); set PYTHON=/path/to/python3.12"
 import sys
-sys.exit(0 if (3, 9) <= sys.version_info[:2] <= (3, 11) else 1)
+sys.exit(0 if (3, 10) <= sys.version_info[:2] <= (3, 13) else 1)
 PY
 
 APT_PKGS=(cmake g++ make libopenmpi-dev openmpi-bin)
@@ -39,27 +39,50 @@ if ((${#missing[@]})); then
   fi
 fi
 
+if [[ -x $VENV/bin/python ]] && ! "$VENV/bin/python" -c 'import sys; sys.exit(sys.version_info < (3, 10))'; then
+  die "$VENV was made by an older Python (the Keras 2 stack); remove it (rm -rf $VENV) and run again"
+fi
 if [[ ! -x $VENV/bin/python ]]; then
-  say "creating $VENV"
+  say "creating $VENV with $("$PYTHON" --version)"
   "$PYTHON" -m venv "$VENV"
 fi
 PIP=("$VENV/bin/python" -m pip install -q --disable-pip-version-check)
 pip_install() {  # pip, without the warnings some machines' pip.conf causes for each package
   "${PIP[@]}" "$@" 2> >(grep -v "is ignored: it is neither a file nor a directory" >&2)
 }
-# tensorboard 2.15 imports pkg_resources, which setuptools>=81 no longer ships.
+# Horovod's setup.py needs setuptools (<81 still ships pkg_resources) and wheel in the venv.
 pip_install "setuptools<81" wheel
 
-if ! "$VENV/bin/python" -c "import tensorflow" 2>/dev/null; then
+if ! "$VENV/bin/python" -c "import keras, tensorflow; assert keras.__version__ >= '3'" 2>/dev/null; then
   say "installing $TF_REQ"
   pip_install "$TF_REQ"
 fi
 
-if ! "$VENV/bin/python" -c "import horovod.tensorflow.keras" 2>/dev/null; then
-  say "building $HVD_REQ against TensorFlow (MPI + Gloo; a few minutes the first time)"
-  HOROVOD_WITH_TENSORFLOW=1 HOROVOD_WITHOUT_PYTORCH=1 HOROVOD_WITHOUT_MXNET=1 \
-  HOROVOD_WITH_GLOO=1 HOROVOD_WITH_MPI=1 \
-    pip_install --no-build-isolation "$HVD_REQ"
+if ! "$VENV/bin/python" -c "import horovod.tensorflow" 2>/dev/null; then
+  # The wheel built here is kept per Python and TensorFlow version, so a second set-up on this
+  # machine (another clone, CI) installs it in seconds instead of compiling again.
+  tag=$("$VENV/bin/python" -c 'import sys, tensorflow as tf; print(f"py{sys.version_info[0]}{sys.version_info[1]}-tf{tf.__version__}")')
+  wheels=${DISTFT_WHEEL_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/distft/wheels}/$tag-${HOROVOD_GPU_OPERATIONS:-cpu}
+  if ! ls "$wheels"/horovod-"$HVD_VERSION"-*.whl >/dev/null 2>&1; then
+    say "building horovod==$HVD_VERSION against TensorFlow (MPI + Gloo; a few minutes the first time)"
+    src=$(mktemp -d)
+    trap 'rm -rf "$src"' EXIT
+    "$VENV/bin/python" -m pip download -q --disable-pip-version-check --no-deps --no-binary :all: \
+      -d "$src" "horovod==$HVD_VERSION"
+    tar -xzf "$src/horovod-$HVD_VERSION.tar.gz" -C "$src"
+    # Horovod 0.28.1 always compiles xla_mpi_ops.cc, its XLA custom-call ops (GPU only, off unless
+    # HOROVOD_ENABLE_XLA_OPS=1). Since TensorFlow 2.19 the wheels no longer ship the XLA headers
+    # it includes, so the build fails there; leaving that one file out is the whole change.
+    sed -i '/xla_mpi_ops.cc/d' "$src/horovod-$HVD_VERSION/horovod/tensorflow/CMakeLists.txt"
+    mkdir -p "$wheels"
+    HOROVOD_WITH_TENSORFLOW=1 HOROVOD_WITHOUT_PYTORCH=1 HOROVOD_WITHOUT_MXNET=1 \
+    HOROVOD_WITH_GLOO=1 HOROVOD_WITH_MPI=1 \
+      "$VENV/bin/python" -m pip wheel -q --disable-pip-version-check --no-build-isolation --no-deps \
+      -w "$src/wheel" "$src/horovod-$HVD_VERSION" 2> >(grep -v "is ignored: it is neither" >&2)
+    mv "$src"/wheel/horovod-*.whl "$wheels/"
+  fi
+  say "installing horovod==$HVD_VERSION from $wheels"
+  pip_install "$wheels"/horovod-"$HVD_VERSION"-*.whl
 fi
 
 say "installing distft (editable, with dev extras)"

@@ -13,6 +13,7 @@ import math
 import os
 from typing import Callable
 
+import keras
 import tensorflow as tf
 
 from distft.errors import DistftError
@@ -53,7 +54,7 @@ def preprocessor(name: str) -> Callable[[tf.Tensor], tf.Tensor]:
     """`scale`: x / 255; else keras.applications.<name>.preprocess_input (x in [0, 255])."""
     if name == "scale":
         return lambda x: x / 255.0
-    family = getattr(tf.keras.applications, name, None)
+    family = getattr(keras.applications, name, None)
     if family is None or not hasattr(family, "preprocess_input"):
         raise DistftError(f"--preprocess={name} is not a keras.applications family: use scale "
                           "or e.g. mobilenet_v2, resnet50, efficientnet")

@@ -445,9 +445,9 @@ class _Progress:
         self.total, self.done, self.logged = total, 0, 0
         self.bar = None
         if sys.stdout.isatty():
-            import tensorflow as tf
+            import keras
 
-            self.bar = tf.keras.utils.Progbar(total, unit_name="record")
+            self.bar = keras.utils.Progbar(total, unit_name="record")
 
     def add(self, n: int) -> None:
         self.done += n

@@ -6,6 +6,7 @@ Example:
 """
 from __future__ import annotations
 
+import keras
 import tensorflow as tf
 
 from distft.errors import DistftError
@@ -13,8 +14,8 @@ from distft.errors import DistftError
 HEAD_NAME = "distft_head"
 
 
-def replace_head(base: tf.keras.Model, num_classes: int, dropout: float = 0.0,
-                 seed: int = 0) -> tuple[tf.keras.Model, list[tf.keras.layers.Layer]]:
+def replace_head(base: keras.Model, num_classes: int, dropout: float = 0.0,
+                 seed: int = 0) -> tuple[keras.Model, list[keras.layers.Layer]]:
     """A model ending in a new Dense softmax head of `num_classes`; returns (model, head layers).
 
     The base's last layer is dropped (with a weight-less activation layer after it, if any),
@@ -26,23 +27,23 @@ def replace_head(base: tf.keras.Model, num_classes: int, dropout: float = 0.0,
     features = _features(base)
     x = features
     if len(x.shape) > 2:
-        x = tf.keras.layers.GlobalAveragePooling2D(name="distft_pool")(x) if len(x.shape) == 4 \
-            else tf.keras.layers.Flatten(name="distft_flatten")(x)
-    head: list[tf.keras.layers.Layer] = []
+        x = keras.layers.GlobalAveragePooling2D(name="distft_pool")(x) if len(x.shape) == 4 \
+            else keras.layers.Flatten(name="distft_flatten")(x)
+    head: list[keras.layers.Layer] = []
     if dropout:
-        head.append(tf.keras.layers.Dropout(dropout, seed=seed, name="distft_head_dropout"))
-    head.append(tf.keras.layers.Dense(
+        head.append(keras.layers.Dropout(dropout, seed=seed, name="distft_head_dropout"))
+    head.append(keras.layers.Dense(
         num_classes, activation="softmax", dtype="float32", name=HEAD_NAME,
-        kernel_initializer=tf.keras.initializers.GlorotUniform(seed=seed)))
+        kernel_initializer=keras.initializers.GlorotUniform(seed=seed)))
     for layer in head:
         x = layer(x)
-    return tf.keras.Model(base.inputs, x, name=f"{base.name}_ft"), head
+    return keras.Model(base.inputs, x, name=f"{base.name}_ft"), head
 
 
-def _features(base: tf.keras.Model) -> tf.Tensor:
+def _features(base: keras.Model) -> tf.Tensor:
     if getattr(base, "_distft_headless", False):
         return base.outputs[0]
-    layers = [l for l in base.layers if not isinstance(l, tf.keras.layers.InputLayer)]
+    layers = [l for l in base.layers if not isinstance(l, keras.layers.InputLayer)]
     if len(base.outputs) != 1 or not layers:
         raise DistftError("--num_classes needs a model with one output")
     last = layers[-1]
@@ -54,19 +55,19 @@ def _features(base: tf.keras.Model) -> tf.Tensor:
     return node_input
 
 
-def output_activation(model: tf.keras.Model) -> str:
+def output_activation(model: keras.Model) -> str:
     """'softmax', 'sigmoid' or 'linear': the activation that produces the model's output."""
     last = model.layers[-1]
-    while isinstance(last, tf.keras.Model):
+    while isinstance(last, keras.Model):
         last = last.layers[-1]
     act = getattr(last, "activation", None)
-    if isinstance(last, tf.keras.layers.Softmax):
+    if isinstance(last, keras.layers.Softmax):
         return "softmax"
     name = getattr(act, "__name__", str(act)) if act is not None else "linear"
     return name if name in ("softmax", "sigmoid") else "linear"
 
 
-def default_objective(model: tf.keras.Model) -> tuple[str, list[str]]:
+def default_objective(model: keras.Model) -> tuple[str, list[str]]:
     """Loss and metrics that follow the head: classification or regression."""
     act = output_activation(model)
     if act == "softmax":

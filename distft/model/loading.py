@@ -1,5 +1,9 @@
 """Load the model to fine-tune: a .keras file, a legacy .h5, a SavedModel folder, or app:NAME.
 
+Files written by Keras 3 load as they are; files written by Keras 2 (TensorFlow <= 2.15), .h5
+or .keras, are rebuilt on Keras 3 (model/keras2.py). An unreadable file's error names the
+Keras version that wrote it, or says the file is damaged.
+
 Example:
     model = load("base_model.h5")
     model = load("app:MobileNetV2", weights="none", input_shape=(96, 96, 3))
@@ -9,33 +13,49 @@ from __future__ import annotations
 import os
 import zipfile
 
-import tensorflow as tf
+import keras
 
 from distft.errors import DistftError
+from distft.model import keras2
 
 
 def load(path: str, weights: str | None = None, input_shape: tuple | None = None,
-         unsafe_deserialization: bool = False) -> tf.keras.Model:
+         unsafe_deserialization: bool = False) -> keras.Model:
     """Return an uncompiled Keras model, or raise DistftError naming the problem and the fix."""
     if path.startswith("app:"):
         return _application(path[4:], weights, input_shape)
     if not os.path.exists(path):
         raise DistftError(f"--model={path} does not exist: check the path")
     kind = _kind(path)
+    if kind == "SavedModel":
+        return _saved_model(path)
+    version = keras2.written_by(path)
+    by = f"written by Keras {version}" if version else "of no known Keras version"
     try:
-        if kind == "keras":
-            return tf.keras.models.load_model(path, compile=False, safe_mode=not unsafe_deserialization)
-        return tf.keras.models.load_model(path, compile=False)
-    except ValueError as e:
-        if "safe_mode" in str(e) or "Lambda" in str(e):
+        if version and version.startswith("2."):
+            try:  # Keras 3 reads most Keras 2 .h5 files itself; keras2 fixes the rest
+                if kind == "h5":
+                    return keras.models.load_model(path, compile=False, safe_mode=not unsafe_deserialization)
+            except Exception:
+                pass
+            return (keras2.load_h5 if kind == "h5" else keras2.load_keras_zip)(
+                path, safe_mode=not unsafe_deserialization)
+        return keras.models.load_model(path, compile=False, safe_mode=not unsafe_deserialization)
+    except Exception as e:
+        text = str(e)
+        if "safe_mode" in text or "Lambda" in text and "unsafe" in text:
             raise DistftError(f"--model={path} contains a Lambda layer, whose code Keras will not "
                               "run in safe mode: pass --unsafe_deserialization if you trust "
                               "the file") from e
-        raise DistftError(f"--model={path} is not a loadable Keras {kind} model "
-                          f"({_first_line(e)}): check the file") from e
-    except Exception as e:
-        raise DistftError(f"--model={path} is not a loadable Keras {kind} model "
-                          f"({type(e).__name__}: {_first_line(e)}): check the file") from e
+        if isinstance(e, (OSError, zipfile.BadZipFile, EOFError, KeyError)) or "truncated" in text \
+                or "CRC" in text or "unable to" in text.lower():
+            raise DistftError(f"--model={path} is a damaged {kind} file ({type(e).__name__}: "
+                              f"{_first_line(e)}): copy or save it again") from e
+        fix = ("re-save it with Keras 2 as .h5 (model.save('model.h5')), or with Keras 3"
+               if version and version.startswith("2.") else
+               "load it with the Keras that wrote it and save it again with Keras 3")
+        raise DistftError(f"--model={path} ({kind}, {by}) cannot be rebuilt by Keras "
+                          f"{keras.__version__} ({type(e).__name__}: {_first_line(e)}): {fix}") from e
 
 
 def _kind(path: str) -> str:
@@ -48,18 +68,48 @@ def _kind(path: str) -> str:
         head = f.read(8)
     if head.startswith(b"\x89HDF"):
         return "h5"
-    if zipfile.is_zipfile(path):
+    if head.startswith(b"PK"):
         return "keras"
     raise DistftError(f"--model={path} is neither a .keras (zip) nor an .h5 (HDF5) file: "
                       "pass a Keras model file")
 
 
-def _application(name: str, weights: str | None, input_shape: tuple | None) -> tf.keras.Model:
-    builder = getattr(tf.keras.applications, name, None)
+def _saved_model(path: str) -> keras.Model:
+    """A SavedModel as Keras 3 allows: its serving function as one layer (`TFSMLayer`), whose
+    variables train as a whole. Keras 3 keeps no layers of a SavedModel, so neither
+    `--unfreeze` inside it nor a new head on it can work."""
+    import tensorflow as tf
+
+    try:
+        loaded = tf.saved_model.load(path)
+        endpoint = "serving_default"
+        specs = loaded.signatures[endpoint].structured_input_signature[1]
+        if len(specs) != 1:
+            raise ValueError(f"its {endpoint} signature has {len(specs)} inputs, not one")
+        (spec,) = specs.values()
+        layer = keras.layers.TFSMLayer(path, call_endpoint=endpoint, trainable=True,
+                                       name="saved_model")
+        inputs = keras.Input(batch_shape=tuple(spec.shape), dtype=spec.dtype.name, name="input")
+        outputs = layer(inputs)
+        if isinstance(outputs, dict):
+            if len(outputs) != 1:
+                raise ValueError(f"its {endpoint} signature has {len(outputs)} outputs, not one")
+            (outputs,) = outputs.values()
+        model = keras.Model(inputs, outputs, name=os.path.basename(os.path.normpath(path)))
+        model._distft_saved_model = True
+        return model
+    except Exception as e:
+        raise DistftError(f"--model={path}: Keras {keras.__version__} cannot use this SavedModel "
+                          f"({type(e).__name__}: {_first_line(e)}): save the model as .keras "
+                          "(Keras 3) or .h5 (Keras 2) and pass that") from e
+
+
+def _application(name: str, weights: str | None, input_shape: tuple | None) -> keras.Model:
+    builder = getattr(keras.applications, name, None)
     if builder is None or not callable(builder):
         import difflib
 
-        names = [n for n in dir(tf.keras.applications) if n[0].isupper()]
+        names = [n for n in dir(keras.applications) if n[0].isupper()]
         close = difflib.get_close_matches(name, names, n=3)
         raise DistftError(f"--model=app:{name} is not a keras.applications model"
                           + (f": did you mean {', '.join('app:' + c for c in close)}?" if close else ""))

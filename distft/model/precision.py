@@ -8,13 +8,14 @@ advises for a numerically stable loss.
 
 Example:
     use("mixed_bfloat16")
-    model = cast(tf.keras.models.load_model("base.h5"), "mixed_bfloat16")
+    model = cast(keras.models.load_model("base.h5"), "mixed_bfloat16")
     model.layers[1].compute_dtype, model.output.dtype    # 'bfloat16', float32
 """
 from __future__ import annotations
 
 from typing import Any
 
+import keras
 import tensorflow as tf
 
 FLOAT32 = "float32"
@@ -22,15 +23,15 @@ FLOAT32 = "float32"
 
 def use(policy: str) -> None:
     """Make `policy` Keras' global dtype policy (before any model is built or loaded)."""
-    tf.keras.mixed_precision.set_global_policy(policy)
+    keras.mixed_precision.set_global_policy(policy)
 
 
-def cast(model: tf.keras.Model, policy: str) -> tf.keras.Model:
+def cast(model: keras.Model, policy: str) -> keras.Model:
     """`model` with every layer (nested ones too) computing in `policy`, weights kept."""
     if policy == FLOAT32 or all(l.dtype_policy.name == policy for l in _leaves(model)):
         return model
     config = model.get_config()
-    output_layer = model.output._keras_history.layer.name
+    output_layer = model.output._keras_history.operation.name
     _set_dtype(config, policy, keep=output_layer)
     rebuilt = model.__class__.from_config(config)
     rebuilt.set_weights(model.get_weights())
@@ -39,10 +40,10 @@ def cast(model: tf.keras.Model, policy: str) -> tf.keras.Model:
     return rebuilt
 
 
-def _leaves(model: tf.keras.layers.Layer) -> list[tf.keras.layers.Layer]:
-    if isinstance(model, tf.keras.Model):
+def _leaves(model: keras.layers.Layer) -> list[keras.layers.Layer]:
+    if isinstance(model, keras.Model):
         return [leaf for sub in model.layers for leaf in _leaves(sub)]
-    return [] if isinstance(model, tf.keras.layers.InputLayer) else [model]
+    return [] if isinstance(model, keras.layers.InputLayer) else [model]
 
 
 def _set_dtype(node: Any, policy: str, keep: str) -> None:

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 import numpy as np
+import keras
 import tensorflow as tf
 
 from distft.errors import DistftError
@@ -19,7 +20,7 @@ from distft.model import loading, precision as mixed, unfreeze as unfreezing
 
 @dataclass
 class FineTuneModel:
-    model: tf.keras.Model
+    model: keras.Model
     loss: str
     metrics: list[str]
     unfrozen: list[str] = field(default_factory=list)  # names of trainable leaf layers
@@ -58,7 +59,13 @@ def prepare(model: str, num_classes: Optional[int] = None, unfreeze: Optional[st
     if len(base.inputs) != 1 or len(base.outputs) != 1:
         raise DistftError(f"--model={model} has {len(base.inputs)} inputs and {len(base.outputs)} "
                           "outputs: distft fine-tunes single-input, single-output models")
-    head: list[tf.keras.layers.Layer] = []
+    head: list[keras.layers.Layer] = []
+    if num_classes and getattr(base, "_distft_saved_model", False):
+        raise DistftError(f"--model={model} is a SavedModel, which Keras 3 loads as one opaque "
+                          "layer whose head cannot be replaced: drop --num_classes to fine-tune "
+                          "it whole, or save the model as .keras or .h5 and pass that")
+    if isinstance(base, keras.Sequential):  # one graph of leaf layers, as functional models are
+        base = keras.Model(base.inputs, base.outputs, name=base.name)
     if num_classes:
         full, head = heads.replace_head(base, num_classes, head_dropout, seed)
     elif getattr(base, "_distft_headless", False):
@@ -81,7 +88,7 @@ def prepare(model: str, num_classes: Optional[int] = None, unfreeze: Optional[st
                          [l.name for l in head])
 
 
-def weights_checksum(model: tf.keras.Model) -> str:
+def weights_checksum(model: keras.Model) -> str:
     """A digest of every weight's bytes: equal on two workers only if all weights are equal."""
     import hashlib
 

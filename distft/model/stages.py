@@ -132,8 +132,8 @@ class Plan:
         seen, out = set(), []
         for _ in self._each_stage():
             for v in self.ft.model.trainable_variables:
-                if v.ref() not in seen:
-                    seen.add(v.ref())
+                if id(v) not in seen:
+                    seen.add(id(v))
                     out.append(v)
         return out
 

@@ -13,23 +13,24 @@ from __future__ import annotations
 import difflib
 import re
 
+import keras
 import tensorflow as tf
 
 from distft.errors import DistftError
 
 
-def flatten(layer: tf.keras.layers.Layer) -> list[tf.keras.layers.Layer]:
+def flatten(layer: keras.layers.Layer) -> list[keras.layers.Layer]:
     """The leaf layers of a (possibly nested) model, in order; InputLayers dropped."""
-    if isinstance(layer, tf.keras.Model):
+    if isinstance(layer, keras.Model):
         return [leaf for sub in layer.layers for leaf in flatten(sub)]
-    return [] if isinstance(layer, tf.keras.layers.InputLayer) else [layer]
+    return [] if isinstance(layer, keras.layers.InputLayer) else [layer]
 
 
-def _is_bn(layer: tf.keras.layers.Layer) -> bool:
-    return isinstance(layer, tf.keras.layers.BatchNormalization)
+def _is_bn(layer: keras.layers.Layer) -> bool:
+    return isinstance(layer, keras.layers.BatchNormalization)
 
 
-def select(layers: list[tf.keras.layers.Layer], spec: str, train_bn: bool = False,
+def select(layers: list[keras.layers.Layer], spec: str, train_bn: bool = False,
            flag: str = "--unfreeze") -> set[int]:
     """Indices into `layers` chosen by `spec`; an unmatched name or pattern is an error
     (its message names `flag`, the option the spec came from)."""
@@ -70,7 +71,7 @@ def _close(word: str, names: list[str]) -> str:
     return f"; close matches: {', '.join(close)}" if close else "; see 'distft inspect --model=...'"
 
 
-def apply(model: tf.keras.Model, layers: list[tf.keras.layers.Layer], chosen: set[int],
+def apply(model: keras.Model, layers: list[keras.layers.Layer], chosen: set[int],
           train_bn: bool = False) -> None:
     """Set `trainable` on every leaf layer; containers stay trainable so leaves decide."""
     _containers_trainable(model)
@@ -78,8 +79,8 @@ def apply(model: tf.keras.Model, layers: list[tf.keras.layers.Layer], chosen: se
         layer.trainable = i in chosen and (train_bn or not _is_bn(layer))
 
 
-def _containers_trainable(layer: tf.keras.layers.Layer) -> None:
-    if isinstance(layer, tf.keras.Model):
+def _containers_trainable(layer: keras.layers.Layer) -> None:
+    if isinstance(layer, keras.Model):
         layer.trainable = True
         for sub in layer.layers:
             _containers_trainable(sub)

@@ -9,15 +9,20 @@ Example:
 """
 from __future__ import annotations
 
+import warnings
+
+import keras
 import tensorflow as tf
 
 from distft.train.runtime import Worker
 
 
-def evaluate_split(model: tf.keras.Model, stream: tf.data.Dataset, records: int,
+def evaluate_split(model: keras.Model, stream: tf.data.Dataset, records: int,
                    worker: Worker) -> dict[str, float]:
     """Metrics of `model` over all workers' records, the same dict on every worker."""
-    local = model.evaluate(stream, verbose=0, return_dict=True) if records else {}
+    with warnings.catch_warnings():  # Keras 3 warns when a finite stream ends, as it must here
+        warnings.filterwarnings("ignore", message="Your input ran out of data")
+        local = model.evaluate(stream, verbose=0, return_dict=True) if records else {}
     parts = worker.gather((records, {k: float(v) for k, v in local.items()}))
     total = sum(n for n, _ in parts)
     names = next((m.keys() for n, m in parts if n), [])

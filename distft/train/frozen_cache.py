@@ -8,14 +8,16 @@ checkpoints and model.keras use the full model (the rest shares its layers).
 
 Example:
     parts = worker.all_ok(lambda: split_model(ft, plan, cfg))   # before anything is written
-    fit_model, stream = cached(parts, ft, train_data, cfg, worker, optimizer)
+    fit_model, stream = cached(parts, ft, train_data, cfg, worker, compile=compile_for_workers)
     fit_model.fit(stream, steps_per_epoch=steps, ...)
 """
 from __future__ import annotations
 
 import time
+from typing import Callable
 
 import numpy as np
+import keras
 import tensorflow as tf
 
 from distft import log
@@ -35,17 +37,18 @@ def check_pipeline(cfg: TrainConfig) -> None:
                           f"{','.join(cfg.augment)} changes them: drop one of the two")
 
 
-def split_model(ft: FineTuneModel, plan: Plan, cfg: TrainConfig) -> tuple[tf.keras.Model, tf.keras.Model]:
+def split_model(ft: FineTuneModel, plan: Plan, cfg: TrainConfig) -> tuple[keras.Model, keras.Model]:
     """(frozen prefix, trainable rest), or a DistftError saying why the run cannot be cached.
     With a schedule, the prefix is what stays frozen in every stage."""
     check_pipeline(cfg)
     return split(ft.model, plan.ever_trainable())
 
 
-def cached(parts: tuple[tf.keras.Model, tf.keras.Model], ft: FineTuneModel, data: DataSet,
+def cached(parts: tuple[keras.Model, keras.Model], ft: FineTuneModel, data: DataSet,
            cfg: TrainConfig, worker: Worker,
-           optimizer: tf.keras.optimizers.Optimizer) -> tuple[tf.keras.Model, tf.data.Dataset]:
-    """The model to fit (the trainable rest, compiled) and its stream of cached features."""
+           compile: Callable[[keras.Model], None]) -> tuple[keras.Model, tf.data.Dataset]:
+    """The model to fit (the trainable rest, compiled by `compile`) and its stream of cached
+    features."""
     prefix, rest = parts
     started = time.perf_counter()
     stream = data.stream(worker.rank, worker.size, cfg.batch_size, ft.input_shape, training=False,
@@ -61,11 +64,11 @@ def cached(parts: tuple[tf.keras.Model, tf.keras.Model], ft: FineTuneModel, data
         ds = ds.shuffle(min(len(labels), cfg.shuffle_buffer), seed=cfg.seed + worker.rank,
                         reshuffle_each_iteration=True)
     ds = ds.repeat().batch(cfg.batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
-    rest.compile(optimizer=optimizer, loss=ft.loss, metrics=ft.metrics)
+    compile(rest)
     return rest, ds
 
 
-def _features(prefix: tf.keras.Model, stream: tf.data.Dataset) -> tuple[np.ndarray, np.ndarray]:
+def _features(prefix: keras.Model, stream: tf.data.Dataset) -> tuple[np.ndarray, np.ndarray]:
     run = tf.function(lambda x: prefix(x, training=False))
     xs, ys = [], []
     for x, y in stream:

@@ -7,30 +7,30 @@ training that weight with `f * lr` (f = 0 leaves it bit-identical). Scaling the 
 would not be: Adam and RMSprop divide by the gradient's own scale, and AdamW's decay ignores it.
 
 Example:
-    scale_updates(optimizer, {v.ref(): 0.1 for v in model.get_layer("conv1").trainable_weights})
+    scale_updates(optimizer, {id(v): 0.1 for v in model.get_layer("conv1").trainable_weights})
     model.compile(optimizer=optimizer, ...)
 """
 from __future__ import annotations
 
+import keras
 import tensorflow as tf
 
 
-def scale_updates(optimizer: tf.keras.optimizers.Optimizer, factors: dict) -> None:
-    """Scale the updates `optimizer.apply_gradients` makes to the variables keyed (by `ref()`)
-    in `factors`. Horovod builds its optimizer's class at run time, so this wraps the instance's
-    method rather than subclassing; gradients are allreduced before it runs."""
+def scale_updates(optimizer: keras.optimizers.Optimizer, factors: dict) -> None:
+    """Scale the updates `optimizer.apply` makes to the variables keyed (by `id`) in `factors`.
+    This wraps the instance's method, so it works on any optimizer class (a LossScaleOptimizer
+    too); the gradients it receives are already averaged over the workers."""
     factors = {k: f for k, f in factors.items() if f != 1.0}
     if not factors:
         return
-    apply = optimizer.apply_gradients
+    apply = optimizer.apply
 
-    def apply_gradients(grads_and_vars, *args, **kwargs):
-        grads_and_vars = list(grads_and_vars)
-        scaled = [(v, factors[v.ref()]) for _, v in grads_and_vars if v.ref() in factors]
+    def scaled_apply(grads, trainable_variables=None):
+        scaled = [(v, factors[id(v)]) for v in trainable_variables or () if id(v) in factors]
         before = [tf.identity(v) for v, _ in scaled]
-        result = apply(grads_and_vars, *args, **kwargs)
+        result = apply(grads, trainable_variables)
         for (v, factor), old in zip(scaled, before):
             v.assign(old + factor * (tf.convert_to_tensor(v) - old))
         return result
 
-    optimizer.apply_gradients = apply_gradients
+    optimizer.apply = scaled_apply

@@ -9,11 +9,11 @@ Example (inside trainer.run, after `prepare`):
 """
 from __future__ import annotations
 
+import keras
 import tensorflow as tf
 
 from distft import log
 from distft.config import TrainConfig
-from distft.errors import DistftError
 from distft.model import stages, unfreeze as unfreezing
 from distft.model.prepare import FineTuneModel
 from distft.train.layerwise import scale_updates
@@ -22,28 +22,25 @@ from distft.train.layerwise import scale_updates
 def plan(ft: FineTuneModel, cfg: TrainConfig) -> stages.Plan:
     """The stages bound to the model; also checks --lr_mult's specs against it."""
     schedule = stages.parse_schedule(cfg.unfreeze_schedule) if cfg.unfreeze_schedule else None
-    if schedule and cfg.grad_accum > 1:
-        raise DistftError("--unfreeze_schedule does not work with --grad_accum > 1 yet "
-                          "(Horovod's accumulators are fixed at the first step): drop one")
     result = stages.Plan(ft, schedule, cfg.train_bn)
     if cfg.lr_mult:
         stages.lr_groups(ft, stages.parse_lr_mult(cfg.lr_mult), cfg.train_bn)
     return result
 
 
-def optimizer(cfg: TrainConfig, opt: tf.keras.optimizers.Optimizer, ft: FineTuneModel,
-              announce: bool) -> tf.keras.optimizers.Optimizer:
-    """`opt` (Horovod's) with loss scaling for mixed_float16 and --lr_mult's update scaling.
+def optimizer(cfg: TrainConfig, opt: keras.optimizers.Optimizer, ft: FineTuneModel,
+              announce: bool) -> keras.optimizers.Optimizer:
+    """`opt` with Keras 3's loss scaling for mixed_float16 and --lr_mult's update scaling.
 
-    Loss scaling wraps Horovod's optimizer (as Keras' compile would): Horovod allreduces in
-    compute_gradients, which the LossScaleOptimizer calls on the scaled loss, so every worker
-    unscales the same averaged gradients and skips (or applies) the same steps.
+    The train step (train/step.py) averages the scaled gradients over the workers before the
+    LossScaleOptimizer sees them, so every worker unscales the same values and skips (or
+    applies) the same steps.
     """
     if cfg.precision == "mixed_float16":
-        opt = tf.keras.mixed_precision.LossScaleOptimizer(opt)
+        opt = keras.mixed_precision.LossScaleOptimizer(opt)
     if cfg.lr_mult:
         groups = stages.lr_groups(ft, stages.parse_lr_mult(cfg.lr_mult), cfg.train_bn)
-        scale_updates(opt, {v.ref(): factor for _, factor, _, vs in groups for v in vs})
+        scale_updates(opt, {id(v): factor for _, factor, _, vs in groups for v in vs})
         if announce:
             for spec, factor, names, vs in groups:
                 log.info("lr x%g for %s: %d layers, %d weights (%s)", factor, spec, len(names),
@@ -54,8 +51,8 @@ def optimizer(cfg: TrainConfig, opt: tf.keras.optimizers.Optimizer, ft: FineTune
 
 def use_xla(jit: bool) -> None:
     """XLA auto-clustering: TensorFlow compiles every part of the train step it can and leaves
-    Horovod's collectives (which have no XLA kernel on CPU) outside; a whole-step
-    `jit_compile=True` fails on them. On CPU it needs TF_XLA_FLAGS=--tf_xla_cpu_global_jit
+    Horovod's collectives (which have no XLA kernel) outside; a whole-step `jit_compile=True`
+    (Keras 3's default on GPUs) fails on them, so distft compiles with `jit_compile=False`. On CPU it needs TF_XLA_FLAGS=--tf_xla_cpu_global_jit
     before TensorFlow starts (api.train sets it)."""
     if jit:
         tf.config.optimizer.set_jit("autoclustering")

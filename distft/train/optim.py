@@ -1,19 +1,21 @@
-"""The optimizer: learning-rate scaling, warm-up and schedule, wrapped by Horovod.
+"""The optimizer: learning-rate scaling, warm-up and schedule. A plain Keras 3 optimizer: the
+gradients it receives are already averaged over the workers (train/step.py).
 
 Example:
-    opt = build(cfg, workers=2, steps_per_epoch=100)   # hvd.DistributedOptimizer(Adam(...))
+    opt = build(cfg, workers=2, steps_per_epoch=100)   # Adam(WarmupSchedule(...))
 """
 from __future__ import annotations
 
 import math
 
+import keras
 import tensorflow as tf
 
 from distft.config import TrainConfig
 
 
-@tf.keras.saving.register_keras_serializable("distft")
-class WarmupSchedule(tf.keras.optimizers.schedules.LearningRateSchedule):
+@keras.saving.register_keras_serializable("distft")
+class WarmupSchedule(keras.optimizers.schedules.LearningRateSchedule):
     """Linear warm-up from `start` to `peak` over `warmup` steps, then constant or cosine to 0.
 
     Example:
@@ -40,37 +42,19 @@ class WarmupSchedule(tf.keras.optimizers.schedules.LearningRateSchedule):
 
 
 def schedule(cfg: TrainConfig, workers: int, steps_per_epoch: int) -> WarmupSchedule:
+    """The schedule over optimizer updates: one every `grad_accum` steps."""
+    updates = steps_per_epoch / cfg.grad_accum
     peak = cfg.lr * (workers if cfg.scale_lr else 1)
-    return WarmupSchedule(start=cfg.lr, peak=peak, warmup=int(cfg.warmup_epochs * steps_per_epoch),
-                          total=cfg.epochs * steps_per_epoch, cosine=cfg.schedule == "cosine")
+    return WarmupSchedule(start=cfg.lr, peak=peak, warmup=int(cfg.warmup_epochs * updates),
+                          total=int(cfg.epochs * updates), cosine=cfg.schedule == "cosine")
 
 
-def build(cfg: TrainConfig, workers: int, steps_per_epoch: int):
-    """A Horovod DistributedOptimizer: allreduce of trainable gradients, every grad_accum steps."""
-    import horovod.tensorflow.keras as hvd
-
-    _trace_horovod_as_is()
+def build(cfg: TrainConfig, workers: int, steps_per_epoch: int) -> keras.optimizers.Optimizer:
+    """The optimizer of `cfg.optimizer` with the scaled, scheduled learning rate."""
     lr = schedule(cfg, workers, steps_per_epoch)
-    base = {
-        "adam": lambda: tf.keras.optimizers.Adam(lr),
-        "adamw": lambda: tf.keras.optimizers.AdamW(lr, weight_decay=cfg.weight_decay),
-        "sgd": lambda: tf.keras.optimizers.SGD(lr, momentum=cfg.momentum),
-        "rmsprop": lambda: tf.keras.optimizers.RMSprop(lr),
+    return {
+        "adam": lambda: keras.optimizers.Adam(lr),
+        "adamw": lambda: keras.optimizers.AdamW(lr, weight_decay=cfg.weight_decay),
+        "sgd": lambda: keras.optimizers.SGD(lr, momentum=cfg.momentum),
+        "rmsprop": lambda: keras.optimizers.RMSprop(lr),
     }[cfg.optimizer]()
-    compression = hvd.Compression.fp16 if cfg.compression == "fp16" else hvd.Compression.none
-    return hvd.DistributedOptimizer(base, compression=compression,
-                                    backward_passes_per_step=cfg.grad_accum,
-                                    average_aggregated_gradients=True)
-
-
-def _trace_horovod_as_is() -> None:
-    """Keep autograph out of Horovod's gradient code, as TensorFlow keeps it out of its own.
-
-    That code is plain graph code (it also serves TF1 graphs, which have no autograph), and
-    converting it cost 3.8 s of MobileNetV2's 25 s to the first step on 2 workers here.
-    """
-    from tensorflow.python.autograph.core import config  # TF's own tests extend it the same way
-
-    rule = config.DoNotConvert("horovod")
-    if str(rule) not in map(str, config.CONVERSION_RULES):
-        config.CONVERSION_RULES = (rule, *config.CONVERSION_RULES)

@@ -46,7 +46,7 @@ class Worker:
         device, threads, inter_op = _place(env, threads, pin_cores)
         for name, value in HOROVOD_DEFAULTS.items():  # read by hvd.init()
             os.environ.setdefault(name, value)
-        import horovod.tensorflow.keras as hvd
+        import horovod.tensorflow as hvd  # the core ops: Horovod's Keras layer breaks on Keras 3
 
         hvd.init()
         return cls(hvd.rank(), hvd.size(), hvd.local_rank(), hvd.local_size(), env, threads, inter_op,
@@ -71,28 +71,32 @@ class Worker:
 
     @property
     def hvd(self):
-        import horovod.tensorflow.keras as hvd
+        import horovod.tensorflow as hvd
 
         return hvd
 
     def gather(self, obj: Any) -> list[Any]:
         """Every worker's `obj`, in rank order, on every worker."""
-        import horovod.tensorflow as hvd_tf
-
-        return hvd_tf.allgather_object(obj) if self.size > 1 else [obj]
+        return self.hvd.allgather_object(obj) if self.size > 1 else [obj]
 
     def broadcast(self, obj: Any) -> Any:
         """Rank 0's `obj` on every worker."""
-        import horovod.tensorflow as hvd_tf
-
-        return hvd_tf.broadcast_object(obj, root_rank=0) if self.size > 1 else obj
+        return self.hvd.broadcast_object(obj, root_rank=0) if self.size > 1 else obj
 
     def broadcast_variables(self, variables: list) -> None:
-        """Assign rank 0's values to `variables` on every worker."""
-        import horovod.tensorflow as hvd_tf
-
+        """Assign rank 0's values to `variables` (tf.Variables or Keras 3 Variables) on every
+        worker, in one traced group of broadcasts."""
         if self.size > 1 and variables:
-            hvd_tf.broadcast_variables(variables, root_rank=0)
+            self.hvd.broadcast_variables([_tf_variable(v) for v in variables], root_rank=0)
+
+    def average(self, values: dict[str, float], name: str) -> dict[str, float]:
+        """The mean over all workers of each of `values` (the same keys on every worker)."""
+        if self.size == 1 or not values:
+            return dict(values)
+        keys = sorted(values)
+        mean = self.hvd.allreduce(tf.constant([float(values[k]) for k in keys], tf.float64),
+                                  op=self.hvd.Average, name=name)
+        return dict(zip(keys, map(float, mean.numpy())))
 
     def agree(self, fn: Callable[[], Any]) -> Any:
         """Run `fn` on rank 0 only; its DistftError is raised on every rank, its value returned."""
@@ -118,6 +122,12 @@ class Worker:
         if errors:
             raise DistftError(errors[0])
         return value
+
+
+def _tf_variable(v: Any) -> tf.Variable:
+    """The tf.Variable behind a Keras 3 Variable (TensorFlow backend), or `v` itself."""
+    inner = getattr(v, "_value", None)
+    return inner if isinstance(inner, tf.Variable) else v
 
 
 def _place(env: Environment, threads: Optional[int], pin_cores: bool) -> tuple[str, int, str]:

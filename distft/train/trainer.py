@@ -10,6 +10,7 @@ import math
 import time
 from typing import Any, Optional
 
+import keras
 import tensorflow as tf
 
 from distft import log
@@ -19,6 +20,7 @@ from distft.errors import DistftError, Stopped
 from distft.launch.environment import launched_at
 from distft.model.prepare import FineTuneModel, prepare, weights_checksum
 from distft.train import frozen_cache, methods, optim
+from distft.train.callbacks.averaging import MetricAverage
 from distft.train.callbacks.checkpointing import Checkpointing
 from distft.train.callbacks.ema import EMA
 from distft.train.callbacks.progress import Progress
@@ -30,16 +32,16 @@ from distft.train.callbacks.validation import Validation
 from distft.train.evaluation import evaluate_split
 from distft.train.output import RunFolder
 from distft.train.runtime import Worker
+from distft.train.step import GradientAverager
 
 
 def run(cfg: TrainConfig, worker: Optional[Worker] = None) -> dict[str, Any]:
     """Fine-tune as one worker of the job; returns the final metrics (same on every worker)."""
     started = time.time()
     worker = worker or Worker.start(cfg.threads)
-    hvd = worker.hvd
     stop = GracefulStop(None, None, worker.size)
     stop.install()  # remember a signal that arrives while the run is being set up
-    tf.keras.utils.set_random_seed(cfg.seed)
+    keras.utils.set_random_seed(cfg.seed)
     folder = RunFolder(cfg.output_dir, cfg.keep_checkpoints)
     resume_from = worker.agree(lambda: folder.check(cfg.resume, cfg.overwrite))
 
@@ -62,9 +64,10 @@ def run(cfg: TrainConfig, worker: Optional[Worker] = None) -> dict[str, Any]:
     steps = cfg.steps_per_epoch or math.ceil(total / (worker.size * cfg.batch_size))
     optimizer = methods.optimizer(cfg, optim.build(cfg, worker.size, steps), ft, worker.rank == 0)
     optimizer.build(plan.variables())  # every stage's weights: their state survives switches
+    averager = GradientAverager(worker.size, plan.variables(), cfg.grad_accum, cfg.compression)
     ema = EMA(plan.variables(), cfg.ema) if cfg.ema else None
-    checkpoint = tf.train.Checkpoint(model=ft.model, optimizer=optimizer,
-                                     **({"ema": ema.state} if ema else {}))
+    checkpoint = tf.train.Checkpoint(model=ft.model, optimizer=optimizer, **(
+        {"ema": ema.state} if ema else {}), **({"grads": averager.state} if cfg.grad_accum > 1 else {}))
 
     initial_epoch = 0
     if resume_from:
@@ -81,10 +84,10 @@ def run(cfg: TrainConfig, worker: Optional[Worker] = None) -> dict[str, Any]:
         raise DistftError(f"the checkpoint in {cfg.output_dir} is at epoch {initial_epoch} and "
                           f"--epochs={cfg.epochs}: raise --epochs to train further")
     plan.apply(plan.index_at(initial_epoch))  # before compile: fit restores compile's trainable set
-    ft.model.compile(optimizer=optimizer, loss=ft.loss, metrics=ft.metrics)
-    # All workers start from rank 0's weights and optimizer state (restored or fresh).
+    compile_for_workers(ft.model, optimizer, ft, averager)
+    # All workers start from rank 0's weights, optimizer state and averages (restored or fresh).
     worker.broadcast_variables(ft.model.variables + list(optimizer.variables) +
-                               (list(ema.state.variables) if ema else []))
+                               list(averager.state.variables) + (list(ema.state.variables) if ema else []))
     if ema and not resume_from:
         ema.reset()
 
@@ -101,14 +104,14 @@ def run(cfg: TrainConfig, worker: Optional[Worker] = None) -> dict[str, Any]:
 
     fit_model = ft.model
     if cfg.cache_frozen:
-        fit_model, stream = frozen_cache.cached(parts, ft, train_data, cfg, worker, optimizer)
+        fit_model, stream = frozen_cache.cached(parts, ft, train_data, cfg, worker,
+                                                lambda rest: compile_for_workers(rest, optimizer, ft, averager))
     else:
         stream = train_data.stream(worker.rank, worker.size, cfg.batch_size, ft.input_shape,
                                    training=True, seed=cfg.seed, shuffle_buffer=cfg.shuffle_buffer,
                                    steps=steps, epochs=(initial_epoch, cfg.epochs),
                                    preprocess=cfg.preprocess, augment=cfg.augment or (),
                                    cache=cfg.cache)
-    _build_compiled(fit_model, stream)
     validate = _validator(ft.model, val_data, cfg, worker)
     before = validate() if validate else {}
     if before:
@@ -118,8 +121,8 @@ def run(cfg: TrainConfig, worker: Optional[Worker] = None) -> dict[str, Any]:
     stop.checkpoint = checkpoint
     stop.store = folder.checkpoints if worker.rank == 0 else None
     unfreezing = StagedUnfreezing(plan)
-    callbacks: list[tf.keras.callbacks.Callback] = [
-        unfreezing, hvd.callbacks.MetricAverageCallback(), timing, stop]
+    callbacks: list[keras.callbacks.Callback] = [
+        unfreezing, MetricAverage(worker), timing, stop]
     if validate:
         callbacks.append(Validation(validate))
     if ema:
@@ -138,7 +141,8 @@ def run(cfg: TrainConfig, worker: Optional[Worker] = None) -> dict[str, Any]:
                                     lambda epoch: {"stage": plan.index_at(epoch), **stop.state})]
     try:
         history = fit_model.fit(stream, steps_per_epoch=steps, epochs=cfg.epochs,
-                               initial_epoch=initial_epoch, callbacks=callbacks, verbose=0)
+                               initial_epoch=initial_epoch, callbacks=callbacks, verbose=0,
+                                shuffle=False)  # each worker's stream is shuffled already
     except StopRequested:  # mid-epoch, checkpoint written: the partial epoch logs nothing
         if worker.rank == 0:
             tb.on_train_end()
@@ -178,11 +182,10 @@ def run(cfg: TrainConfig, worker: Optional[Worker] = None) -> dict[str, Any]:
     if ema:
         metrics["ema_checksums"] = worker.gather(ema.checksum(ft.model))
     if worker.rank == 0:
-        path = folder.save_model(tf.keras.Model(ft.model.inputs, ft.model.outputs, name=ft.model.name))
+        path = folder.save_model(_plain(ft.model))
         if ema:
             with ema.swapped():
-                folder.save_model(tf.keras.Model(ft.model.inputs, ft.model.outputs,
-                                                 name=f"{ft.model.name}_ema"), "model_ema.keras")
+                folder.save_model(_plain(ft.model, f"{ft.model.name}_ema"), "model_ema.keras")
         folder.write_json("metrics.json", metrics)
         log.info("weights identical on all %d workers (checksum %s)", worker.size, checksums[0])
         first = metrics["first_step_seconds"]
@@ -194,17 +197,18 @@ def run(cfg: TrainConfig, worker: Optional[Worker] = None) -> dict[str, Any]:
     return metrics
 
 
-def _build_compiled(model: tf.keras.Model, stream: tf.data.Dataset) -> None:
-    """Create the compiled loss's and metrics' variables now, on one zero record: created inside
-    the first train step, they make tf.function trace the step twice (about 4 s of MobileNetV2's
-    start-up here)."""
-    def zeros(spec: tf.TensorSpec) -> tf.Tensor:
-        return tf.zeros([1, *spec.shape[1:]], spec.dtype)
+def compile_for_workers(model: keras.Model, optimizer: keras.optimizers.Optimizer,
+                        ft: FineTuneModel, averager: GradientAverager) -> None:
+    """Compile `model` with distft's train step, which averages gradients over the workers.
 
-    x, y = (tf.nest.map_structure(zeros, s) for s in stream.element_spec[:2])
-    y_pred = model(x, training=False)
-    model.compiled_loss.build(y_pred)
-    model.compiled_metrics.build(y_pred, y)
+    Not XLA as a whole (Keras 3's default on GPUs): Horovod's ops have no XLA kernel."""
+    model.compile(optimizer=optimizer, loss=ft.loss, metrics=ft.metrics, jit_compile=False)
+    model.train_step = averager.train_step(model)
+
+
+def _plain(model: keras.Model, name: Optional[str] = None) -> keras.Model:
+    """`model` as a plain functional model, for saving: no distft train step or compile state."""
+    return keras.Model(model.inputs, model.outputs, name=name or model.name)
 
 
 def _open_data(cfg: TrainConfig) -> tuple[DataSet, Optional[DataSet]]:
@@ -243,7 +247,7 @@ def _check_fit(ft: FineTuneModel, data: DataSet, cfg: TrainConfig) -> None:
                               "set --num_classes to match the data")
 
 
-def _validator(model: tf.keras.Model, val_data: Optional[DataSet], cfg: TrainConfig, worker: Worker):
+def _validator(model: keras.Model, val_data: Optional[DataSet], cfg: TrainConfig, worker: Worker):
     if val_data is None:
         return None
     share = val_data.share(worker.rank, worker.size)

@@ -3,12 +3,13 @@ from __future__ import annotations
 
 from typing import Callable, Optional
 
+import keras
 import tensorflow as tf
 
 from distft.train.checkpoint import CheckpointStore
 
 
-class Checkpointing(tf.keras.callbacks.Callback):
+class Checkpointing(keras.callbacks.Callback):
     """Example: Checkpointing(store, tf.train.Checkpoint(model=m, optimizer=o)) on rank 0."""
 
     def __init__(self, store: CheckpointStore, checkpoint: tf.train.Checkpoint,

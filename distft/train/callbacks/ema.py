@@ -17,14 +17,14 @@ from __future__ import annotations
 import contextlib
 from typing import Callable, Iterator, Optional
 
+import keras
 import tensorflow as tf
 
 
-class EMA(tf.keras.callbacks.Callback):
+class EMA(keras.callbacks.Callback):
     def __init__(self, variables: list[tf.Variable], decay: float,
                  validate: Optional[Callable[[], dict[str, float]]] = None):
         super().__init__()
-        self._supports_tf_logs = True  # no per-step sync of the logs for this callback
         self.variables, self.decay, self.validate = variables, decay, validate
         self.state = tf.Module()
         self.state.shadows = [tf.Variable(tf.convert_to_tensor(v), trainable=False,
@@ -60,7 +60,7 @@ class EMA(tf.keras.callbacks.Callback):
             for v, r in zip(self.variables, raw):
                 v.assign(r)
 
-    def checksum(self, model: tf.keras.Model) -> str:
+    def checksum(self, model: keras.Model) -> str:
         """`weights_checksum` of `model` with the averaged weights (equal on in-sync workers)."""
         from distft.model.prepare import weights_checksum
 

@@ -4,25 +4,24 @@ from __future__ import annotations
 
 import sys
 
+import keras
 import tensorflow as tf
 
 from distft import log
 
 
-class Progress(tf.keras.callbacks.Callback):
+class Progress(keras.callbacks.Callback):
     """Example: Progress(epochs=3, steps_per_epoch=56, log_every=50, bar=not launched)."""
 
     def __init__(self, epochs: int, steps_per_epoch: int, log_every: int, bar: bool = True):
         super().__init__()
-        # Keras then hands batch logs over as tensors: no device sync on steps we do not log.
-        self._supports_tf_logs = True
         self.epochs, self.steps, self.log_every = epochs, steps_per_epoch, log_every
         self.interactive = bar and sys.stdout.isatty()
 
     def on_epoch_begin(self, epoch, logs=None):
         self.epoch = epoch
         if self.interactive:
-            self.bar = tf.keras.utils.Progbar(self.steps, stateful_metrics=["loss"], unit_name="step")
+            self.bar = keras.utils.Progbar(self.steps, stateful_metrics=["loss"], unit_name="step")
 
     def on_train_batch_end(self, batch, logs=None):
         step = batch + 1

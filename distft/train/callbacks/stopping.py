@@ -23,6 +23,7 @@ import signal
 import time
 from typing import Optional
 
+import keras
 import tensorflow as tf
 
 from distft.train.checkpoint import CheckpointStore
@@ -34,11 +35,10 @@ class StopRequested(Exception):
     """Raised out of `fit` on every worker at the agreed step, after the checkpoint."""
 
 
-class GracefulStop(tf.keras.callbacks.Callback):
+class GracefulStop(keras.callbacks.Callback):
     def __init__(self, store: Optional[CheckpointStore], checkpoint: Optional[tf.train.Checkpoint],
                  size: int, every: int = 10, interval: float = 1.0):
         super().__init__()
-        self._supports_tf_logs = True
         self.store, self.checkpoint, self.size, self.every = store, checkpoint, size, every
         self.interval = interval
         self.received: Optional[int] = None  # signal number seen by this worker

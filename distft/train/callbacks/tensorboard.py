@@ -11,17 +11,16 @@ Example:
 """
 from __future__ import annotations
 
+import keras
 import tensorflow as tf
 
 from distft.train.callbacks.timing import Timing
 
 
-class TensorBoardLogger(tf.keras.callbacks.Callback):
+class TensorBoardLogger(keras.callbacks.Callback):
     def __init__(self, log_dir: str, timing: Timing, log_every: int, hparams: dict,
                  info: dict[str, float], initial_step: int = 0):
         super().__init__()
-        # Keras then hands batch logs over as tensors: no device sync on steps we do not log.
-        self._supports_tf_logs = True
         self.timing, self.log_every = timing, log_every
         self.hparams, self.info = hparams, info
         self.train_writer = tf.summary.create_file_writer(f"{log_dir}/train")

@@ -5,10 +5,11 @@ from __future__ import annotations
 import time
 from typing import Optional
 
+import keras
 import tensorflow as tf
 
 
-class Timing(tf.keras.callbacks.Callback):
+class Timing(keras.callbacks.Callback):
     """Adds `samples_per_sec` (all workers) and `step_time_ms` to each epoch's logs.
 
     Example:
@@ -20,8 +21,6 @@ class Timing(tf.keras.callbacks.Callback):
 
     def __init__(self, samples_per_step: int):
         super().__init__()
-        # Keras then hands batch logs over as tensors: no device sync on steps we do not log.
-        self._supports_tf_logs = True
         self.samples_per_step = samples_per_step
         self.epochs: list[tuple[int, float]] = []  # (steps, seconds) per epoch
         self.first_step_at: Optional[float] = None

@@ -12,13 +12,14 @@ from __future__ import annotations
 
 from typing import Callable, Optional
 
+import keras
 import tensorflow as tf
 
 from distft import log
 from distft.model.stages import Plan
 
 
-class StagedUnfreezing(tf.keras.callbacks.Callback):
+class StagedUnfreezing(keras.callbacks.Callback):
     def __init__(self, plan: Plan, scalars: Optional[Callable[[dict, int], None]] = None):
         super().__init__()
         self.plan, self.scalars = plan, scalars
@@ -28,7 +29,7 @@ class StagedUnfreezing(tf.keras.callbacks.Callback):
         index = self.plan.index_at(epoch)
         if index != self.plan.current:
             names = self.plan.apply(index)
-            self.model.train_function = self.model.make_train_function(force=True)
+            self.model.make_train_function(force=True)  # traced again for the new set
             log.info("epoch %d: %s, %d layers / %d weights trainable (%s)", epoch + 1,
                      self.plan.describe(index), len(names), self.plan.ft.trainable_params,
                      ", ".join(names[-6:]) + (" ..." if len(names) > 6 else ""))

@@ -3,10 +3,11 @@ from __future__ import annotations
 
 from typing import Callable
 
+import keras
 import tensorflow as tf
 
 
-class Validation(tf.keras.callbacks.Callback):
+class Validation(keras.callbacks.Callback):
     """Adds `val_<metric>` to each epoch's logs, the same on every worker.
 
     Example:

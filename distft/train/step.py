@@ -1,0 +1,84 @@
+"""The compiled train step, the Horovod way, for Keras 3: the trainable gradients are averaged
+over all workers by one fused allreduce inside the step, then applied by the Keras optimizer.
+
+It is Keras 3's own TensorFlow `train_step` (keras/src/backend/tensorflow/trainer.py) with the
+allreduce between `tape.gradient` and the optimizer, as Horovod's DistributedOptimizer did for
+Keras 2. With `accumulate=K` each worker sums its gradients over K batches and the mean is
+allreduced and applied on every K-th batch (Horovod's `backward_passes_per_step`): one update
+equals one of a batch K times larger. Mixed float16 uses Keras 3's loss scaling: the scaled
+gradients are averaged, so every worker unscales the same values and skips the same steps.
+
+Example:
+    model.compile(optimizer=opt, loss=..., metrics=[...], jit_compile=False)
+    averager = GradientAverager(hvd.size(), plan.variables(), accumulate=4, compression="fp16")
+    model.train_step = averager.train_step(model)
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import keras
+import tensorflow as tf
+
+
+class GradientAverager:
+    """Allreduce (and, with `accumulate` > 1, accumulate) gradients for `variables`: every
+    variable that is trainable in some stage of the run."""
+
+    def __init__(self, size: int, variables: list, accumulate: int = 1, compression: str = "none"):
+        import horovod.tensorflow as hvd
+
+        self.hvd, self.size, self.accumulate = hvd, size, accumulate
+        self.compression = hvd.Compression.fp16 if compression == "fp16" else hvd.Compression.none
+        # Checkpointed (`state`), so a resume continues a partly accumulated update exactly.
+        self.state = tf.Module()
+        self.state.sums = [tf.Variable(tf.zeros(v.shape, v.dtype), trainable=False,
+                                       name=f"grad_sum/{i}")
+                           for i, v in enumerate(variables)] if accumulate > 1 else []
+        self.state.count = tf.Variable(0, dtype=tf.int64, trainable=False, name="grad_count")
+        self._sum_of = {id(v): s for v, s in zip(variables, self.state.sums)}
+
+    def allreduce(self, grads: list[tf.Tensor]) -> list[tf.Tensor]:
+        """The mean of `grads` over all workers, in one fused group."""
+        if self.size == 1:
+            return grads
+        return self.hvd.grouped_allreduce(grads, op=self.hvd.Average, compression=self.compression)
+
+    def apply(self, optimizer: keras.optimizers.Optimizer, grads: list, variables: list) -> None:
+        """Average `grads` of `variables` (now, or every `accumulate` calls) and apply them."""
+        grads = [tf.zeros_like(v) if g is None else tf.convert_to_tensor(g)  # dense IndexedSlices
+                 for g, v in zip(grads, variables)]
+        if self.accumulate == 1:
+            optimizer.apply(self.allreduce(grads), variables)
+            return
+        sums = [self._sum_of[id(v)] for v in variables]
+        for s, g in zip(sums, grads):
+            s.assign_add(g)
+        self.state.count.assign_add(1)
+
+        def update() -> tf.Tensor:
+            optimizer.apply(self.allreduce([s / self.accumulate for s in sums]), variables)
+            for s in sums:
+                s.assign(tf.zeros_like(s))
+            return tf.constant(True)
+
+        # Every worker counts the same batches, so all of them allreduce on the same ones.
+        tf.cond(self.state.count % self.accumulate == 0, update, lambda: tf.constant(False))
+
+    def train_step(self, model: keras.Model) -> Callable:
+        """A `train_step` for `model` (compiled) that averages its gradients over the workers."""
+        loss_tracker = next(m for m in model.metrics if m.name == "loss")
+
+        def step(data):
+            x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+            with tf.GradientTape() as tape:
+                y_pred = model(x, training=True)
+                loss = model.compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=sample_weight,
+                                          training=True)
+                loss_tracker.update_state(loss, sample_weight=tf.shape(tf.nest.flatten(x)[0])[0])
+                scaled = model.optimizer.scale_loss(loss)
+            variables = model.trainable_variables
+            self.apply(model.optimizer, tape.gradient(scaled, variables), variables)
+            return model.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
+
+        return step
