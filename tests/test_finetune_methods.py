@@ -6,6 +6,7 @@ import shutil
 
 import numpy as np
 import pytest
+import keras
 import tensorflow as tf
 
 from conftest import distft, horovodrun
@@ -24,7 +25,7 @@ def metrics_of(run_dir):
 
 
 def layer_weights(model_or_path, name):
-    model = tf.keras.models.load_model(model_or_path, compile=False) \
+    model = keras.models.load_model(model_or_path, compile=False) \
         if isinstance(model_or_path, str) else model_or_path
     return model.get_layer(name).get_weights()
 
@@ -64,9 +65,9 @@ def test_bad_method_flags_are_one_line_before_any_work(tmp_path, flags, expected
 # ---- mechanisms, in-process ----
 
 def tiny(optimizer, factor):
-    tf.keras.utils.set_random_seed(0)
-    model = tf.keras.Sequential([tf.keras.Input((4,)), tf.keras.layers.Dense(3, name="a"),
-                                 tf.keras.layers.Dense(2, name="b")])
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, name="a"),
+                                 keras.layers.Dense(2, name="b")])
     scale_updates(optimizer, {v.ref(): factor for v in model.get_layer("a").trainable_weights})
     model.compile(optimizer, "mse")
     x, y = np.random.default_rng(0).random((8, 4)), np.random.default_rng(1).random((8, 2))
@@ -74,8 +75,8 @@ def tiny(optimizer, factor):
 
 
 @pytest.mark.parametrize("factor", [0.0, 0.1])
-@pytest.mark.parametrize("make", [lambda: tf.keras.optimizers.SGD(0.1, momentum=0.9),
-                                  lambda: tf.keras.optimizers.Adam(0.01)], ids=["sgd", "adam"])
+@pytest.mark.parametrize("make", [lambda: keras.optimizers.SGD(0.1, momentum=0.9),
+                                  lambda: keras.optimizers.Adam(0.01)], ids=["sgd", "adam"])
 def test_lr_mult_scales_the_update_like_the_learning_rate(make, factor):
     ref, x, y = tiny(make(), 1.0)
     got, _, _ = tiny(make(), factor)
@@ -90,7 +91,7 @@ def test_lr_mult_scales_the_update_like_the_learning_rate(make, factor):
 
 
 def test_lr_mult_zero_holds_weights_under_adamw_weight_decay():
-    model, x, y = tiny(tf.keras.optimizers.AdamW(0.01, weight_decay=0.5), 0.0)
+    model, x, y = tiny(keras.optimizers.AdamW(0.01, weight_decay=0.5), 0.0)
     start = model.get_weights()
     model.fit(x, y, epochs=2, batch_size=4, verbose=0)
     assert same(model.get_layer("a").get_weights(), start[:2])
@@ -100,7 +101,7 @@ def test_lr_mult_zero_holds_weights_under_adamw_weight_decay():
 def test_stage_switch_keeps_adam_moments_of_weights_already_training(demo_data):
     ft = prepare(demo_data["model"], num_classes=5)
     plan = stages.Plan(ft, stages.parse_schedule("0:none,1:last:1"))
-    opt = tf.keras.optimizers.Adam(1e-3)
+    opt = keras.optimizers.Adam(1e-3)
     opt.build(plan.variables())
     plan.apply(0)
     ft.model.compile(opt, ft.loss)
@@ -108,7 +109,7 @@ def test_stage_switch_keeps_adam_moments_of_weights_already_training(demo_data):
         ft.model.get_layer(layer).kernel)]].numpy().copy()
     seen = {}
 
-    class Probe(tf.keras.callbacks.Callback):
+    class Probe(keras.callbacks.Callback):
         def on_epoch_begin(self, epoch, logs=None):
             seen[("begin", epoch)] = (moment("distft_head"), moment("features"),
                                       ft.model.get_layer("features").kernel.numpy().copy())
@@ -174,7 +175,7 @@ def test_staged_unfreezing_trains_the_stage_layers_each_epoch(demo_data, staged)
               for e in (1, 2, 3)]
     assert [s["stage"] for s in states] == [0, 1, 2]
     # Weights per epoch, from the checkpoints: each layer moves only once its stage starts.
-    base = tf.keras.models.load_model(demo_data["model"], compile=False)
+    base = keras.models.load_model(demo_data["model"], compile=False)
     at = {}
     for e in (1, 2, 3):
         ft = prepare(demo_data["model"], num_classes=5)
@@ -195,8 +196,8 @@ def test_staged_unfreezing_trains_the_stage_layers_each_epoch(demo_data, staged)
 def test_lr_mult_zero_keeps_a_trainable_layer_unchanged(demo_data, staged):
     out, result = staged
     assert "lr x0 for re:^conv1$: 1 layers, 160 weights (conv1)" in result.out
-    tuned = tf.keras.models.load_model(os.path.join(out, "model.keras"), compile=False)
-    base = tf.keras.models.load_model(demo_data["model"], compile=False)
+    tuned = keras.models.load_model(os.path.join(out, "model.keras"), compile=False)
+    base = keras.models.load_model(demo_data["model"], compile=False)
     assert same(tuned.get_layer("conv1").get_weights(), base.get_layer("conv1").get_weights())
     assert not same(tuned.get_layer("conv2").get_weights(), base.get_layer("conv2").get_weights())
 
@@ -241,7 +242,7 @@ def test_cache_frozen_gives_the_same_accuracy(demo_data, tmp_path):
     a, b = metrics_of(str(tmp_path / "plain")), metrics_of(str(tmp_path / "cached"))
     assert len(set(b["weights_checksums"])) == 1
     assert abs(a["validation"]["accuracy"] - b["validation"]["accuracy"]) <= 0.005
-    full = tf.keras.models.load_model(str(tmp_path / "cached" / "model.keras"), compile=False)
+    full = keras.models.load_model(str(tmp_path / "cached" / "model.keras"), compile=False)
     assert full.input_shape == (None, 8, 8, 1)  # the full model, usable on raw inputs
 
 
@@ -254,7 +255,7 @@ def test_mixed_bfloat16_with_xla_on_two_workers(demo_data, tmp_path):
     m = metrics_of(out)
     assert len(set(m["weights_checksums"])) == 1
     assert m["validation"]["loss"] < m["validation_before"]["loss"]
-    model = tf.keras.models.load_model(os.path.join(out, "model.keras"), compile=False)
+    model = keras.models.load_model(os.path.join(out, "model.keras"), compile=False)
     assert model.get_layer("conv2").compute_dtype == "bfloat16"
     assert model.output.dtype == tf.float32
 

@@ -1,22 +1,27 @@
-"""Model surgery on real Keras models: load formats, head replacement, unfreeze specs."""
+"""Model surgery on real Keras models: load formats (Keras 3's, and Keras 2's committed in
+tests/data), head replacement, unfreeze specs."""
+import json
+import os
+
 import numpy as np
 import pytest
+import keras
 import tensorflow as tf
 
 from distft.errors import DistftError
 from distft.model.prepare import prepare
 from distft.model.unfreeze import flatten, select
 
-L = tf.keras.layers
+L = keras.layers
 
 
 def nested_model():
-    inner = tf.keras.Sequential([L.Input((4,)), L.Dense(8, name="inner_a"),
+    inner = keras.Sequential([L.Input((4,)), L.Dense(8, name="inner_a"),
                                  L.BatchNormalization(name="inner_bn"), L.Dense(8, name="inner_b")],
                                 name="backbone")
     x = L.Input((4,), name="x")
     y = L.Dense(3, activation="softmax", name="out")(L.Dense(6, name="neck")(inner(x)))
-    return tf.keras.Model(x, y)
+    return keras.Model(x, y)
 
 
 @pytest.fixture
@@ -26,16 +31,46 @@ def saved(tmp_path):
              "savedmodel": str(tmp_path / "sm")}
     model.save(paths["h5"])
     model.save(paths["keras"])
-    model.save(paths["savedmodel"], save_format="tf")
+    model.export(paths["savedmodel"], verbose=False)  # Keras 3's SavedModel
     return model, paths
 
 
-@pytest.mark.parametrize("kind", ["h5", "keras", "savedmodel"])
-def test_every_format_loads_with_the_same_weights(saved, kind):
+@pytest.mark.parametrize("kind", ["h5", "keras"])
+def test_keras3_files_load_with_the_same_weights(saved, kind):
     model, paths = saved
     ft = prepare(paths[kind], unfreeze="all")
+    assert len(model.get_weights()) == len(ft.model.get_weights()) == 12  # BN has 4
     for a, b in zip(model.get_weights(), ft.model.get_weights()):
         np.testing.assert_array_equal(a, b)
+
+
+def test_a_savedmodel_loads_as_one_layer_that_trains_whole(saved):
+    model, paths = saved
+    ft = prepare(paths["savedmodel"])
+    x = np.random.default_rng(0).normal(size=(5, 4)).astype("float32")
+    np.testing.assert_allclose(ft.model.predict(x, verbose=0), model.predict(x, verbose=0), rtol=1e-5)
+    assert [l.name for l in flatten(ft.model)] == ["saved_model"] and ft.trainable_params > 0
+    with pytest.raises(DistftError, match="SavedModel, which Keras 3 loads as one opaque layer"):
+        prepare(paths["savedmodel"], num_classes=3)
+
+
+DATA = os.path.join(os.path.dirname(__file__), "data")
+
+
+@pytest.mark.parametrize("name", ["keras2_cnn.h5", "keras2_cnn.keras"])
+def test_keras2_files_load_with_their_weights(name):
+    """Written by tf.keras 2.15 (tests/data/make_keras2_models.py): a functional model with a
+    nested Sequential, which Keras 3 alone cannot rebuild from either file."""
+    with open(os.path.join(DATA, "keras2_cnn.json")) as f:
+        sums = json.load(f)["weight_sums"]
+    ft = prepare(os.path.join(DATA, name), num_classes=3, unfreeze="from:conv2")
+    layers = {l.name: l for l in flatten(ft.model)}
+    for layer, expected in sums.items():
+        if layer != "classes":  # replaced by the new head
+            got = sum(np.sum(w, dtype=np.float64) for w in layers[layer].get_weights())
+            assert got == pytest.approx(expected, abs=1e-5), layer
+    assert ft.unfrozen == ["conv2", "features", "distft_head"]
+    assert "classes" not in layers and ft.model.output_shape == (None, 3)
 
 
 def test_nested_models_are_flattened_and_bn_stays_frozen(saved):
@@ -97,7 +132,7 @@ def test_nothing_to_train_is_an_error(saved):
 def test_regression_output_defaults_to_mse(tmp_path):
     x = L.Input((3,))
     path = str(tmp_path / "reg.keras")
-    tf.keras.Model(x, L.Dense(1, name="y")(L.Dense(4)(x))).save(path)
+    keras.Model(x, L.Dense(1, name="y")(L.Dense(4)(x))).save(path)
     assert prepare(path).loss == "mean_squared_error"
 
 
@@ -112,14 +147,36 @@ def test_bad_model_files(tmp_path):
     nested_model().save(good)
     truncated = tmp_path / "truncated.h5"
     truncated.write_bytes(open(good, "rb").read()[:2000])
-    with pytest.raises(DistftError, match="not a loadable Keras h5 model"):
+    with pytest.raises(DistftError, match="is a damaged h5 file.*copy or save it again"):
         prepare(str(truncated))
+    good_zip = str(tmp_path / "good.keras")
+    nested_model().save(good_zip)
+    cut = tmp_path / "cut.keras"
+    cut.write_bytes(open(good_zip, "rb").read()[:3000])
+    with pytest.raises(DistftError, match="is a damaged keras file"):
+        prepare(str(cut))
+
+
+def test_a_file_keras_cannot_rebuild_names_the_version_that_wrote_it(tmp_path):
+    import zipfile
+
+    path = str(tmp_path / "future.keras")
+    with zipfile.ZipFile(os.path.join(DATA, "keras2_cnn.keras")) as src, \
+            zipfile.ZipFile(path, "w") as dst:
+        for item in src.namelist():
+            data = src.read(item)
+            if item == "metadata.json":
+                data = json.dumps({"keras_version": "9.1.0"}).encode()
+            dst.writestr(item, data)
+    with pytest.raises(DistftError, match=r"written by Keras 9\.1\.0\) cannot be rebuilt by Keras 3") as e:
+        prepare(path)
+    assert "check the file" not in str(e.value)
 
 
 def test_lambda_layers_need_unsafe_deserialization(tmp_path):
     x = L.Input((3,))
     path = str(tmp_path / "lambda.keras")
-    tf.keras.Model(x, L.Dense(2, activation="softmax")(L.Lambda(lambda t: t * 2)(x))).save(path)
+    keras.Model(x, L.Dense(2, activation="softmax")(L.Lambda(lambda t: t * 2)(x))).save(path)
     with pytest.raises(DistftError, match="--unsafe_deserialization"):
         prepare(path)
     assert prepare(path, unsafe_deserialization=True).model.output_shape == (None, 2)

@@ -4,6 +4,7 @@ import os
 
 import numpy as np
 import pytest
+import keras
 import tensorflow as tf
 
 from conftest import distft, horovodrun
@@ -11,7 +12,7 @@ from distft.demo import write_tfrecords
 
 pytestmark = pytest.mark.multiworker
 
-ACCEPTANCE = ["train", "--model=base_model.h5", "--data=shards/train-*.tfrecord", "--num_classes=5",
+ACCEPTANCE = ["train", "--model=base_model.keras", "--data=shards/train-*.tfrecord", "--num_classes=5",
               "--unfreeze=last:2", "--epochs=3"]
 
 
@@ -27,8 +28,8 @@ def check_fine_tuned(folder, run_dir, result):
     assert m["workers"] == 2 and len(m["weights_checksums"]) == 2
     assert len(set(m["weights_checksums"])) == 1
     assert "weights identical on all 2 workers" in result.out
-    base = tf.keras.models.load_model(os.path.join(folder, "base_model.h5"), compile=False)
-    tuned = tf.keras.models.load_model(os.path.join(run_dir, "model.keras"), compile=False)
+    base = keras.models.load_model(os.path.join(folder, "base_model.keras"), compile=False)
+    tuned = keras.models.load_model(os.path.join(run_dir, "model.keras"), compile=False)
     for name in ("conv1", "bn1"):  # frozen: before the last two weighted layers
         for a, b in zip(base.get_layer(name).get_weights(), tuned.get_layer(name).get_weights()):
             np.testing.assert_array_equal(a, b)
@@ -93,7 +94,7 @@ def test_uneven_shards_equal_steps_no_hang(demo_data, tmp_path, sizes):
 def test_resume_continues_at_the_right_epoch(demo_data, tmp_path):
     folder = demo_data["folder"]
     run_dir = str(tmp_path / "run")
-    args = ["train", "--model=base_model.h5", "--data=shards/train-*.tfrecord", "--num_classes=5",
+    args = ["train", "--model=base_model.keras", "--data=shards/train-*.tfrecord", "--num_classes=5",
             "--unfreeze=last:2", f"--output_dir={run_dir}", "--keep_checkpoints=0"]
     first = horovodrun([*args, "--epochs=2"], cwd=folder)
     assert first.code == 0, first.out[-3000:]
@@ -138,7 +139,7 @@ def test_evaluate_and_predict_split_across_workers(demo_data, tmp_path):
     double = horovodrun(["predict", f"--model={model}", f"--data={demo_data['data']}",
                          f"--output={tmp_path}/two.npy"])
     assert double.code == 0, double.out[-2000:]
-    ref = tf.keras.models.load_model(model, compile=False)
+    ref = keras.models.load_model(model, compile=False)
     import glob
 
     records = tf.data.TFRecordDataset(sorted(glob.glob(demo_data["data"])))

@@ -33,7 +33,7 @@ def cluster():
 
 @pytest.fixture
 def workdir(cluster, demo_data, tmp_path):
-    for name in ("base_model.h5", "shards"):
+    for name in ("base_model.keras", "shards"):
         os.symlink(os.path.join(demo_data["folder"], name), tmp_path / name)
     return tmp_path
 
@@ -167,7 +167,7 @@ def test_sweep_template_one_run_folder_per_array_task(workdir):
 
 def test_distft_slurm_writes_and_submits_a_multi_node_job(workdir):
     result = run([DISTFT, "slurm", "--nodes=2", "--gpus_per_node=4", "--cpu_only", "--cpus_per_task=1",
-                  "--time=00:20:00", "--model=base_model.h5", "--data=shards/train-*.tfrecord",
+                  "--time=00:20:00", "--model=base_model.keras", "--data=shards/train-*.tfrecord",
                   "--num_classes=5", "--epochs=2", "--lr=0.002", "--submit"], cwd=str(workdir),
                  env=LOCAL_MPI)
     assert result.code == 0, result.out
@@ -191,9 +191,9 @@ def test_distft_warns_about_starting_it_the_wrong_way_in_an_allocation(workdir):
 #SBATCH --ntasks=2
 #SBATCH --cpus-per-task=1
 #SBATCH --output=slurm-%j.out
-{DISTFT} train --model=base_model.h5 --data='shards/train-*.tfrecord' --num_classes=5 \\
+{DISTFT} train --model=base_model.keras --data='shards/train-*.tfrecord' --num_classes=5 \\
   --epochs=1 --output_dir=runs/plain
-{DISTFT} train --model=base_model.h5 --data='shards/train-*.tfrecord' --num_classes=5 \\
+{DISTFT} train --model=base_model.keras --data='shards/train-*.tfrecord' --num_classes=5 \\
   --epochs=1 --output_dir=runs/np --np=2
 """)
     job = submit(script, workdir)

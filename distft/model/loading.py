@@ -29,6 +29,7 @@ def load(path: str, weights: str | None = None, input_shape: tuple | None = None
     kind = _kind(path)
     if kind == "SavedModel":
         return _saved_model(path)
+    _check_intact(path, kind)
     version = keras2.written_by(path)
     by = f"written by Keras {version}" if version else "of no known Keras version"
     try:
@@ -47,10 +48,6 @@ def load(path: str, weights: str | None = None, input_shape: tuple | None = None
             raise DistftError(f"--model={path} contains a Lambda layer, whose code Keras will not "
                               "run in safe mode: pass --unsafe_deserialization if you trust "
                               "the file") from e
-        if isinstance(e, (OSError, zipfile.BadZipFile, EOFError, KeyError)) or "truncated" in text \
-                or "CRC" in text or "unable to" in text.lower():
-            raise DistftError(f"--model={path} is a damaged {kind} file ({type(e).__name__}: "
-                              f"{_first_line(e)}): copy or save it again") from e
         fix = ("re-save it with Keras 2 as .h5 (model.save('model.h5')), or with Keras 3"
                if version and version.startswith("2.") else
                "load it with the Keras that wrote it and save it again with Keras 3")
@@ -72,6 +69,24 @@ def _kind(path: str) -> str:
         return "keras"
     raise DistftError(f"--model={path} is neither a .keras (zip) nor an .h5 (HDF5) file: "
                       "pass a Keras model file")
+
+
+def _check_intact(path: str, kind: str) -> None:
+    """A file cut short or corrupted in transfer is called damaged, before Keras reads it."""
+    import h5py
+
+    try:
+        if kind == "h5":
+            with h5py.File(path, "r") as f:
+                f.attrs.get("keras_version")
+            return
+        with zipfile.ZipFile(path) as z:
+            bad = z.testzip()
+            if bad:
+                raise zipfile.BadZipFile(f"bad CRC in {bad}")
+    except (OSError, zipfile.BadZipFile, EOFError) as e:
+        raise DistftError(f"--model={path} is a damaged {kind} file ({type(e).__name__}: "
+                          f"{_first_line(e)}): copy or save it again") from None
 
 
 def _saved_model(path: str) -> keras.Model:
