@@ -29,5 +29,5 @@ class Stopped(DistftError):
     label = "stopped"
     EXIT_CODE = 75  # EX_TEMPFAIL: try again (resume) later
 
-    def __init__(self, message: str, reported: bool = False):
-        super().__init__(message, exit_code=self.EXIT_CODE, reported=reported)
+    def __init__(self, message: str, reported: bool = False, exit_code: int = EXIT_CODE):
+        super().__init__(message, exit_code=exit_code, reported=reported)

@@ -107,3 +107,36 @@ def test_sigusr1_to_one_worker_stops_all_at_the_same_step(demo_data, tmp_path, c
     _, state = CheckpointStore(os.path.join(run_dir, "checkpoints")).latest()
     assert state["stopped_by"] == "SIGUSR1"  # rank 0 saw no signal: the workers agreed
     assert state["step_in_epoch"] % 10 == 0 or state["step_in_epoch"] == 0
+
+
+@pytest.mark.parametrize("attempt", range(3))  # a race before: repeat it
+def test_ctrl_c_is_a_stop_request_every_time(demo_data, tmp_path, attempt):
+    run_dir = str(tmp_path / "run")
+    job = Job([DISTFT, *train_args(demo_data, run_dir, 500), "--np=2"], str(tmp_path / "log"))
+    job.wait_for(f"epoch {2 + attempt}/500")
+    os.killpg(job.proc.pid, signal.SIGINT)  # what the terminal sends its foreground group
+    assert job.wait(60) == 75, job.out[-3000:]
+    line = one_line(job.out, "distft: stopped:")
+    assert "Ctrl-C (SIGINT) received" in line and "--resume" in line, line
+    assert "distft: error:" not in job.out and "died" not in job.out, job.out[-3000:]
+    from distft.train.checkpoint import CheckpointStore
+
+    _, state = CheckpointStore(os.path.join(run_dir, "checkpoints")).latest()
+    assert state["stopped_by"] == "Ctrl-C (SIGINT)" and state["epoch"] >= 1 + attempt
+
+
+def test_a_second_ctrl_c_stops_at_once(demo_data, tmp_path):
+    import psutil
+
+    job = Job([DISTFT, *train_args(demo_data, tmp_path / "run", 500), "--np=2"],
+              str(tmp_path / "log"))
+    job.wait_for("epoch 2/500")
+    workers = [job.worker_pid(0), job.worker_pid(1)]
+    os.killpg(job.proc.pid, signal.SIGINT)
+    os.killpg(job.proc.pid, signal.SIGINT)
+    started = time.time()
+    assert job.wait(30) == 130, job.out[-3000:]
+    assert time.time() - started < 15
+    assert "Ctrl-C (SIGINT) twice" in one_line(job.out, "distft: stopped:")
+    time.sleep(1)
+    assert not any(psutil.pid_exists(p) and psutil.Process(p).status() != "zombie" for p in workers)

@@ -49,12 +49,13 @@ def spawn(args: list[str], np: int, hosts: str | None = None, controller: str = 
     if controller == "mpi" and os.geteuid() == 0:
         env.update(OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
     cmd = horovodrun_command(args, np, hosts, controller)
+    # Its own session: a Ctrl-C at the terminal reaches this process alone, which turns it into
+    # a stop request, instead of horovodrun tearing the workers down (SIGKILL after 5 s).
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
-                            text=True, bufsize=1)
-    # Forward a stop request: horovodrun (Gloo) relays SIGTERM to its workers, mpirun SIGUSR1.
-    relay = signal.SIGUSR1 if controller == "mpi" else signal.SIGTERM
-    for sig in (signal.SIGTERM, signal.SIGUSR1):
-        signal.signal(sig, lambda *_: proc.send_signal(relay))
+                            text=True, bufsize=1, start_new_session=True)
+    stop = _StopRelay(proc, relay=signal.SIGUSR1 if controller == "mpi" else signal.SIGTERM)
+    for sig in (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT):
+        signal.signal(sig, stop.handle)
     errors: list[str] = []
     deaths: list[str] = []
     stopped = False
@@ -72,9 +73,12 @@ def spawn(args: list[str], np: int, hosts: str | None = None, controller: str = 
                 (sys.stderr if m.group(3) == "stderr" else sys.stdout).write(text)
             elif debug or not (m or _LAUNCHER_NOISE.search(line)):
                 sys.stdout.write(line)
-    except KeyboardInterrupt:
-        proc.terminate()
+    except KeyboardInterrupt:  # not raised by Ctrl-C (handled above); kept for other paths
+        stop.kill()
     code = proc.wait()
+    if stop.killed:
+        raise Stopped("Ctrl-C (SIGINT) twice: the workers were killed at once, without a "
+                      "checkpoint; --resume continues from the last one written", exit_code=130)
     if stopped:
         raise Stopped("the workers stopped on a signal; see above", reported=True)
     if code:
@@ -89,6 +93,71 @@ def spawn(args: list[str], np: int, hosts: str | None = None, controller: str = 
             raise DistftError(errors[0], exit_code=2, reported=True)
         raise DistftError("a worker failed (see its output above); the job was stopped",
                           exit_code=code)
+
+
+class _StopRelay:
+    """Turns a signal to `distft --np` into a stop request to the workers on this machine (sent
+    to them directly, so the launcher cannot kill them while they write the checkpoint; to the
+    launcher, which relays `relay`, when none runs here). Ctrl-C is sent on as SIGINT, which
+    workers name in their `stopped:` line; a second Ctrl-C kills the whole job at once."""
+
+    def __init__(self, proc: subprocess.Popen, relay: signal.Signals):
+        self.proc, self.relay = proc, relay
+        self.interrupts, self.killed = 0, False
+
+    def handle(self, signum: int, frame) -> None:
+        if signum == signal.SIGINT:
+            self.interrupts += 1
+            if self.interrupts > 1:
+                self.kill()
+                return
+            print("\ndistft: Ctrl-C: the workers stop at their next agreed step and write a "
+                  "checkpoint (Ctrl-C again to stop at once)", file=sys.stderr, flush=True)
+        workers = _local_workers(self.proc.pid)
+        for pid in workers:
+            _signal(pid, signum)
+        if not workers:
+            self.proc.send_signal(self.relay)
+
+    def kill(self) -> None:
+        """SIGKILL the launcher and everything it started on this machine."""
+        import psutil
+
+        self.killed = True
+        try:
+            family = [psutil.Process(self.proc.pid)]
+            family += family[0].children(recursive=True)
+        except psutil.NoSuchProcess:
+            return
+        for p in family:
+            _signal(p.pid, signal.SIGKILL)
+
+
+def _local_workers(launcher: int) -> list[int]:
+    """Pids of the distft workers (Python processes with a Horovod or Open MPI rank) below
+    `launcher` on this machine."""
+    import psutil
+
+    found = []
+    try:
+        children = psutil.Process(launcher).children(recursive=True)
+    except psutil.NoSuchProcess:
+        return []
+    for p in children:
+        try:
+            if p.name().startswith("python") and "distft" in " ".join(p.cmdline()) and \
+                    any(k in p.environ() for k in ("HOROVOD_RANK", "OMPI_COMM_WORLD_RANK")):
+                found.append(p.pid)
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    return found
+
+
+def _signal(pid: int, signum: int) -> None:
+    try:
+        os.kill(pid, signum)
+    except ProcessLookupError:
+        pass
 
 
 def _death(line: str) -> str | None:

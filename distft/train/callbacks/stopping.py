@@ -1,4 +1,4 @@
-"""Stop on SIGTERM or SIGUSR1 with a checkpoint that every worker agrees on.
+"""Stop on SIGTERM, SIGUSR1 or Ctrl-C (SIGINT) with a checkpoint that every worker agrees on.
 
 A signal may reach one worker or all of them (Slurm's `--signal`, `scancel --signal`, a
 launcher forwarding it). Every `every` steps the workers allreduce a "stop requested" flag
@@ -6,7 +6,8 @@ launcher forwarding it). Every `every` steps the workers allreduce a "stop reque
 `interval` seconds, a multiple of 10 steps, so the check costs nothing on short steps), so all
 of them stop after the same step; rank 0 then writes a checkpoint of that step
 (state `epoch` = the epoch to resume at) and `fit` is left at once with `StopRequested`, so
-no end-of-epoch work runs on a partial epoch. The run ends with exit code 75.
+no end-of-epoch work runs on a partial epoch. The run ends with exit code 75. A second
+Ctrl-C at a worker stops it at once (KeyboardInterrupt), without a checkpoint.
 
 Example:
     stop = GracefulStop(store, checkpoint, size=hvd.size())
@@ -28,7 +29,7 @@ import tensorflow as tf
 
 from distft.train.checkpoint import CheckpointStore
 
-SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
 
 
 class StopRequested(Exception):
@@ -50,6 +51,8 @@ class GracefulStop(keras.callbacks.Callback):
             signal.signal(sig, self._on_signal)
 
     def _on_signal(self, signum, frame) -> None:
+        if signum == signal.SIGINT and self.received == signal.SIGINT:
+            raise KeyboardInterrupt  # Ctrl-C twice: stop now
         self.received = signum
 
     @property
@@ -60,7 +63,10 @@ class GracefulStop(keras.callbacks.Callback):
 
     @property
     def signal_name(self) -> str:
-        return signal.Signals(self.received).name if self.received else "a signal"
+        if not self.received:
+            return "a signal"
+        name = signal.Signals(self.received).name
+        return f"Ctrl-C ({name})" if self.received == signal.SIGINT else name
 
     def _agree(self, step_seconds: float = 0.0) -> bool:
         """True on every worker if any worker received a signal (whose number all learn);
