@@ -29,7 +29,7 @@ def train(config: Optional[str] = None, **options: Any) -> dict[str, Any]:
         # XLA auto-clustering on CPU too; read when TensorFlow starts, so set before importing it.
         os.environ["TF_XLA_FLAGS"] = f"{os.environ.get('TF_XLA_FLAGS', '')} --tf_xla_cpu_global_jit"
     env = detect()
-    _setup_logging(env.rank, env.size, cfg.debug)
+    _setup_logging(env.rank, env.size, cfg.debug, tensorflow=False)
     from distft.launch.slurm import mistakes
 
     for warning in mistakes(env, cfg.np):
@@ -44,6 +44,7 @@ def train(config: Optional[str] = None, **options: Any) -> dict[str, Any]:
     if cfg.np and env.is_launched and cfg.np != env.size:
         log.warning("--np=%d ignored: this is one of %d workers started by %s", cfg.np, env.size,
                     env.name)
+    log.import_tensorflow(cfg.debug)
     from distft.train.trainer import run
 
     return run(cfg)
@@ -53,12 +54,13 @@ def evaluate(model: str, data: str, batch_size: int = 256, label: str = "label",
              unsafe_deserialization: bool = False, preprocess: str = "scale") -> dict[str, float]:
     """Loss and metrics of `model` over all of `data` (split across workers when launched);
     images are preprocessed as in training (`preprocess`)."""
+    _setup_logging(detect().rank, detect().size, False)
+
     from distft.data.dataset import DataSet
     from distft.model.prepare import prepare
     from distft.train.evaluation import evaluate_split
     from distft.train.runtime import Worker
 
-    _setup_logging(detect().rank, detect().size, False)
     worker = Worker.start()
     ds = worker.all_ok(lambda: DataSet.open(data, label))
     ds.count(worker.rank, worker.size, worker.gather)
@@ -76,6 +78,8 @@ def evaluate(model: str, data: str, batch_size: int = 256, label: str = "label",
 def predict(model: str, data: str, output: str, batch_size: int = 256, label: str = "label",
             unsafe_deserialization: bool = False, preprocess: str = "scale") -> str:
     """Write the model's outputs for every record of `data`, in file order, to `output` (.npy)."""
+    _setup_logging(detect().rank, detect().size, False)
+
     import numpy as np
 
     from distft.data.dataset import DataSet
@@ -85,7 +89,6 @@ def predict(model: str, data: str, output: str, batch_size: int = 256, label: st
 
     if not output.endswith(".npy"):
         raise DistftError(f"--output={output} must end in .npy")
-    _setup_logging(detect().rank, detect().size, False)
     worker = Worker.start()
     ds = worker.all_ok(lambda: DataSet.open(data, label))
     ds.count(worker.rank, worker.size, worker.gather)
@@ -108,10 +111,10 @@ def inspect(model: str, num_classes: Optional[int] = None, unfreeze: Optional[st
             train_bn: bool = False, weights: Optional[str] = None,
             input_shape: Optional[tuple] = None, unsafe_deserialization: bool = False) -> list[dict]:
     """The flattened layers (index, name, type, params, trainable) as `train` would set them."""
+    _setup_logging(0, 1, False)
     from distft.model import unfreeze as unfreezing
     from distft.model.prepare import prepare
 
-    _setup_logging(0, 1, False)
     ft = prepare(model, num_classes, unfreeze, train_bn=train_bn, weights=weights,
                  input_shape=input_shape, unsafe_deserialization=unsafe_deserialization)
     rows = [{"index": i, "name": l.name, "type": type(l).__name__,
@@ -128,10 +131,11 @@ def shard(input: Optional[str], output_dir: str, num_shards: int = 0, compressio
     `input`: a folder of class subfolders of JPEG/PNG images, or TFRecord, .npz or .csv files.
     `verify`: instead, check the shards in `output_dir` against their manifest (sizes, sha256).
     """
+    _setup_logging(0, 1, False)
+
     from distft.data.manifest import Manifest
     from distft.data.writer import write
 
-    _setup_logging(0, 1, False)
     if verify:
         m = Manifest.load(output_dir)
         m.verify(full=True)
@@ -158,6 +162,8 @@ def _flags(cfg: TrainConfig) -> list[str]:
     return flags
 
 
-def _setup_logging(rank: int, size: int, debug: bool) -> None:
+def _setup_logging(rank: int, size: int, debug: bool, tensorflow: bool = True) -> None:
     log.quiet_tensorflow(debug)
     log.setup(rank, size, debug)
+    if tensorflow:
+        log.import_tensorflow(debug)

@@ -32,6 +32,23 @@ def quiet_tensorflow(debug: bool = False) -> None:
         logging.getLogger(name).setLevel(logging.ERROR)
 
 
+def import_tensorflow(debug: bool = False) -> None:
+    """Import TensorFlow now, its C++ start-up lines (printed before TensorFlow sets up its
+    logging, so TF_CPP_MIN_LOG_LEVEL does not reach them: 'oneDNN custom operations are on',
+    twice per process) sent to /dev/null. Errors still surface as Python exceptions."""
+    if debug or "tensorflow" in sys.modules:
+        return
+    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    sys.stderr.flush()
+    os.dup2(devnull, 2)
+    try:
+        import tensorflow  # noqa: F401
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
 def setup(rank: int = 0, size: int = 1, debug: bool = False) -> None:
     """Rank 0 logs INFO; other ranks log WARNING and up (INFO with --debug)."""
     prefix = f"[rank {rank}] " if size > 1 and rank != 0 else ""

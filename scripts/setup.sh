@@ -87,6 +87,10 @@ fi
 
 say "installing distft (editable, with dev extras)"
 pip_install -e ".[dev]"
+# tf-keras (Keras 2 on this TensorFlow) for the benchmark's MultiWorkerMirroredStrategy contender,
+# without its dependencies: it requires the 'tensorflow' package, which pip would install over
+# tensorflow-cpu (the same files), breaking TensorFlow.
+pip_install --no-deps "tf-keras==${TF_REQ##*==}"
 
 check=$(TF_CPP_MIN_LOG_LEVEL=3 "$VENV/bin/horovodrun" --check-build 2>/dev/null)
 parts=(TensorFlow MPI Gloo)

@@ -105,7 +105,7 @@ def broken_files(demo_data, tmp_path_factory):
 @pytest.mark.multiworker
 @pytest.mark.parametrize("change, expected", [
     ({"--model": "{b}/model.h5"}, "is neither a .keras (zip) nor an .h5 (HDF5) file"),
-    ({"--model": "{b}/truncated.h5"}, "is not a loadable Keras h5 model"),
+    ({"--model": "{b}/truncated.h5"}, "is a damaged keras file"),
     ({"--data": "{b}/corrupt"}, "corrupt or unreadable tfrecord data"),
     ({"--data": "{b}/bad.csv"}, "bad.csv: corrupt or unreadable csv data"),
     ({"--output_dir": "{b}/a_file"}, "is a file: pass a folder path"),

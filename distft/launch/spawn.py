@@ -21,7 +21,9 @@ _PREFIX = re.compile(r"^\[(\d+)(?:,(\d+))?\]<(stdout|stderr)>:")
 _LAUNCHER_NOISE = re.compile(r"Traceback|^\s+File |^\s+raise |^\s|RuntimeError: Horovod detected|"
                              r"^Terminat|^Killed$|^Process name: |^Exit code: |^Primary job|"
                              r"^mpirun|^-{5,}|^Exception|horovod\.runner|^Process \d+ exit|"
-                             r"^a non-zero exit code|^the job to be terminated")
+                             r"^a non-zero exit code|^the job to be terminated|"
+                             # TensorFlow's C++ start-up lines, from the launcher's own imports
+                             r"^WARNING: All log messages before absl|^[IWE]\d{4} [\d:.]+\s+\d+ \S+\.cc:\d+\]")
 # A worker's own reaction to a dead peer: Horovod's background loop reporting the lost link.
 _WORKER_NOISE = re.compile(r"Horovod background loop uncaught exception|^(Terminated|Killed)$")
 _GLOO_EXIT = re.compile(r"^Process (\d+) exit with status code (\d+)")
