@@ -1,5 +1,6 @@
 """Static checks of the container files in docker/ (no Docker engine needed): the Dockerfiles
-copy files that exist, pin what pyproject.toml pins, install through scripts/setup.sh, check
+copy files that exist, pin what pyproject.toml and scripts/setup.sh pin (TensorFlow 2.21 and
+the CUDA/cuDNN it is built with, Horovod 0.28.1), build Horovod through scripts/setup.sh, check
 Horovod's build, end in a non-root stage without compilers, and pass hadolint; the Apptainer
 definition starts from the documented GPU image; the Slurm template is valid bash whose
 #SBATCH defaults match its parameters."""
@@ -27,9 +28,19 @@ GPU, CPU = "Dockerfile", "Dockerfile.cpu"
 DOCKERFILES = (GPU, CPU)
 # What Horovod's check-build must show built in, per image.
 REQUIRED_BUILD = {GPU: ("TensorFlow", "MPI", "Gloo", "NCCL"), CPU: ("TensorFlow", "MPI", "Gloo")}
-# TensorFlow's tested CUDA and cuDNN (tensorflow.org/install/source#gpu): the GPU base image must
-# match the TensorFlow that pyproject.toml pins.
-TF_CUDA = {"2.15": ("12.2", "8")}
+# TensorFlow's tested CUDA and cuDNN (major.minor), per TensorFlow minor version: the GPU image
+# must carry those of the TensorFlow it installs. 2.21: tensorflow.org/install/source, "Tested
+# build configurations" (CUDA 12.5, cuDNN 9.3; the row as quoted elsewhere, the page itself was
+# not at hand), matching the 2.21.0 wheel's `and-cuda` extra
+# (nvidia-cuda-runtime-cu12>=12.5.82, nvidia-cudnn-cu12>=9.3.0.75) and TensorFlow's .bazelrc
+# (HERMETIC_CUDA_VERSION 12.5.1, HERMETIC_CUDNN_VERSION 9.3.0). The cuDNN minor counts:
+# TensorFlow refuses a runtime cuDNN older than the one it was compiled with.
+TF_CUDA = {"2.21": ("12.5", "9.3")}
+# The python3 of each Ubuntu release the GPU image may be based on (no deadsnakes).
+UBUNTU_PYTHON = {"22.04": "3.10", "24.04": "3.12"}
+NVIDIA_CUDA_IMAGE = re.compile(
+    r"nvidia/cuda:(?P<cuda>\d+\.\d+)\.\d+-(?:(?P<cudnn>cudnn\d*)-)?(?P<flavour>devel|runtime)"
+    r"-ubuntu(?P<ubuntu>\d\d\.\d\d)")
 BUILD_TOOLS = {"g++", "gcc", "cc", "cmake", "make", "build-essential", "clang", "gfortran",
                "libopenmpi-dev", "cuda-nvcc", "cuda-toolkit", "cuda-compiler", "git"}
 
@@ -141,6 +152,40 @@ def pinned(name: str) -> Requirement:
     raise AssertionError(f"pyproject.toml does not list {name}")
 
 
+def extra_pin(extra: str) -> Requirement:
+    """The TensorFlow requirement of one of pyproject.toml's extras (`cpu`, `gpu`)."""
+    reqs = [Requirement(r) for r in pyproject()["project"]["optional-dependencies"].get(extra, [])]
+    tf = [r for r in reqs if r.name in ("tensorflow", "tensorflow-cpu")]
+    assert len(tf) == 1, f"pyproject.toml's [{extra}] extra should name one TensorFlow: {reqs}"
+    return tf[0]
+
+
+def setup_sh_default(pattern: str) -> str:
+    """The value a line of scripts/setup.sh gives, e.g. TF_REQ=${DISTFT_TF:-(.+)}."""
+    m = re.search(rf"^{pattern}$", read("scripts/setup.sh"), re.M)
+    assert m, f"scripts/setup.sh has no line matching {pattern!r}"
+    return m.group(1)
+
+
+def single_version(req: Requirement, where: str) -> str:
+    specs = list(req.specifier)
+    assert len(specs) == 1 and specs[0].operator == "==", f"{where} should pin one version: {req}"
+    return specs[0].version
+
+
+def apt_pins(run: str, args: dict[str, str]) -> dict[str, str]:
+    """name -> version of the `apt-get install NAME=VERSION` words in a RUN (ARGs expanded)."""
+    pins = {}
+    for command in re.split(r"&&|;|\|\|", run):
+        words = shlex.split(command)
+        if "apt-get" in words and "install" in words:
+            for w in words[words.index("install") + 1:]:
+                name, eq, version = expand(w, args).partition("=")
+                if eq and not name.startswith("-"):
+                    pins[name] = version
+    return pins
+
+
 def final(name: str) -> Stage:
     return stages(name)[-1]
 
@@ -196,24 +241,50 @@ def dockerignore_hides(path: str, patterns: list[str]) -> bool:
     return hidden
 
 
+def test_tensorflow_comes_from_setup_sh_not_from_dependencies():
+    # Horovod is compiled against the TensorFlow installed before it: setup.sh installs TensorFlow
+    # first, so `pip install -e .` must not pull in (or move) a TensorFlow of its own.
+    deps = {Requirement(d).name for d in pyproject()["project"]["dependencies"]}
+    assert not deps & {"tensorflow", "tensorflow-cpu", "tf-nightly"}, (
+        f"pyproject.toml's dependencies name TensorFlow: {sorted(deps)}")
+    default = Requirement(setup_sh_default(r"TF_REQ=\$\{DISTFT_TF:-(\S+)\}"))
+    assert default.name == "tensorflow-cpu", default
+    version = single_version(default, "scripts/setup.sh's default DISTFT_TF")
+    assert extra_pin("cpu").specifier.contains(version), (
+        f"setup.sh installs {default}; pyproject.toml's cpu extra is {extra_pin('cpu')}")
+    assert extra_pin("gpu").specifier.contains(version), (
+        f"setup.sh installs {default}; pyproject.toml's gpu extra is {extra_pin('gpu')}")
+    assert "and-cuda" in extra_pin("gpu").extras
+
+
 @pytest.mark.parametrize("dockerfile", DOCKERFILES)
-def test_pinned_versions_agree_with_pyproject(dockerfile):
+def test_pinned_versions_agree_with_pyproject_and_setup_sh(dockerfile):
     build, last = stages(dockerfile)[0], final(dockerfile)
-    tf_pin, hvd_pin = pinned("tensorflow"), pinned("horovod")
 
     tf_req = Requirement(build.args()["DISTFT_TF"])
-    assert tf_req.name == "tensorflow", tf_req
-    (tf_spec,) = list(tf_req.specifier)
-    assert tf_spec.operator == "==", f"{dockerfile}: DISTFT_TF should pin one version: {tf_req}"
-    assert tf_pin.specifier.contains(tf_spec.version), (
-        f"{dockerfile} installs tensorflow {tf_spec.version}; pyproject.toml wants {tf_pin.specifier}")
+    tf_version = single_version(tf_req, f"{dockerfile}'s DISTFT_TF")
+    setup_default = Requirement(setup_sh_default(r"TF_REQ=\$\{DISTFT_TF:-(\S+)\}"))
+    # the same TensorFlow release as `make setup` and CI (setup.sh's default)
+    assert tf_version == single_version(setup_default, "setup.sh"), (
+        f"{dockerfile} installs TensorFlow {tf_version}; scripts/setup.sh installs {setup_default}")
+    if dockerfile == CPU:
+        assert tf_req.name == "tensorflow-cpu", f"{dockerfile}: the CPU image wants the CPU wheel: {tf_req}"
+        assert extra_pin("cpu").specifier.contains(tf_version)
+    else:
+        # The plain wheel: it loads CUDA, cuDNN and NCCL from the base image; [and-cuda] would
+        # pip-install a second, unpinned set of them.
+        assert tf_req.name == "tensorflow" and not tf_req.extras, (
+            f"{dockerfile}: DISTFT_TF should be the plain tensorflow wheel: {tf_req}")
+        assert extra_pin("gpu").specifier.contains(tf_version), (
+            f"{dockerfile} installs TensorFlow {tf_version}; pyproject.toml's gpu extra is "
+            f"{extra_pin('gpu')}")
 
-    (hvd_spec,) = list(hvd_pin.specifier)
-    assert last.args().get("HOROVOD_VERSION") == hvd_spec.version, (
+    hvd_version = single_version(pinned("horovod"), "pyproject.toml's horovod")
+    assert last.args().get("HOROVOD_VERSION") == hvd_version, (
         f"{dockerfile} checks for Horovod {last.args().get('HOROVOD_VERSION')}; "
-        f"pyproject.toml pins {hvd_pin}")
-    # ... and it is what the set-up script the images run installs
-    assert f'HVD_REQ=horovod=={hvd_spec.version}' in read("scripts/setup.sh")
+        f"pyproject.toml pins {hvd_version}")
+    # ... and it is what the set-up script the images run builds
+    assert setup_sh_default(r"HVD_VERSION=(\S+)") == hvd_version
 
     requires_python = SpecifierSet(pyproject()["project"]["requires-python"])
     if dockerfile == CPU:
@@ -224,15 +295,52 @@ def test_pinned_versions_agree_with_pyproject(dockerfile):
     else:
         python = build.args()["PYTHON_VERSION"]
         assert last.args()["PYTHON_VERSION"] == python, "build and final stage need one Python"
-        tf_minor = ".".join(tf_spec.version.split(".")[:2])
+        tf_minor = ".".join(tf_version.split(".")[:2])
+        assert tf_minor in TF_CUDA, f"TF_CUDA does not know TensorFlow {tf_minor}'s CUDA and cuDNN"
         cuda, cudnn = TF_CUDA[tf_minor]
+        ubuntus = set()
         for stage in stages(dockerfile):
-            m = re.fullmatch(r"nvidia/cuda:(\d+\.\d+)\.\d+-cudnn(\d+)-(devel|runtime)-ubuntu22\.04",
-                             stage.image)
+            m = NVIDIA_CUDA_IMAGE.fullmatch(stage.image)
             assert m, f"{dockerfile}: unexpected base image {stage.image}"
-            assert m.group(1, 2) == (cuda, cudnn), (
-                f"{stage.image}: TensorFlow {tf_minor} wants CUDA {cuda} and cuDNN {cudnn}")
+            assert m["cuda"] == cuda, f"{stage.image}: TensorFlow {tf_minor} wants CUDA {cuda}"
+            ubuntus.add(m["ubuntu"])
+        assert len(ubuntus) == 1, f"{dockerfile}: stages on different Ubuntu releases {ubuntus}"
+        (ubuntu,) = ubuntus
+        assert UBUNTU_PYTHON.get(ubuntu) == python, (
+            f"{dockerfile}: Ubuntu {ubuntu}'s python3 is {UBUNTU_PYTHON.get(ubuntu)}, not {python}")
+        # cuDNN: since CUDA 12.5 the `-cudnn-` tags no longer say which cuDNN they carry, so the
+        # final stage must pin it; its major.minor must be TensorFlow's.
+        pins = {}
+        for ins in last.all("RUN"):
+            pins.update(apt_pins(ins.args, last.args()))
+        cudnn_pins = {k: v for k, v in pins.items() if re.fullmatch(r"libcudnn\d+-cuda-\d+", k)}
+        assert len(cudnn_pins) == 1, f"{dockerfile}: the final stage pins no (or several) cuDNN {pins}"
+        ((package, version),) = cudnn_pins.items()
+        assert package == f"libcudnn{cudnn.split('.')[0]}-cuda-{cuda.split('.')[0]}", package
+        assert ".".join(version.split(".")[:2]) == cudnn, (
+            f"{dockerfile} installs cuDNN {version}; TensorFlow {tf_minor} wants {cudnn}")
+        if NVIDIA_CUDA_IMAGE.fullmatch(last.image)["cudnn"]:
+            # the -cudnn- images hold their cuDNN package: changing it needs this flag
+            assert any("--allow-change-held-packages" in i.args for i in last.all("RUN")
+                       if package in i.args), f"{dockerfile}: {package} is held in {last.image}"
     assert Version(python) in requires_python, f"Python {python} is outside {requires_python}"
+
+
+def test_gpu_image_cuda_paths_match_its_cuda():
+    """ptxas and libdevice (XLA, for `--jit`), XLA_FLAGS and the driver stub all name the CUDA
+    folder of the base image, which is versioned: a stale path fails the build or XLA."""
+    all_stages = stages(GPU)
+    cuda = NVIDIA_CUDA_IMAGE.fullmatch(all_stages[0].image)["cuda"]
+    text = " ".join(i.args for st in all_stages for i in st.instructions)
+    named = set(re.findall(r"/usr/local/cuda-(\d+\.\d+)", text))
+    assert named == {cuda}, f"{GPU} names CUDA folders {named}; its base image is CUDA {cuda}"
+    last = all_stages[-1]
+    copied = [copy_sources(i)[0] for i in last.all("COPY") if copy_sources(i)[1].get("from")]
+    copied = [src for sources in copied for src in sources]
+    for needed in (f"/usr/local/cuda-{cuda}/bin/ptxas", f"/usr/local/cuda-{cuda}/nvvm/libdevice"):
+        assert needed in copied, f"{GPU}: the final stage does not copy {needed} from the build stage"
+    env = " ".join(i.args for i in last.all("ENV"))
+    assert f"--xla_gpu_cuda_data_dir=/usr/local/cuda-{cuda}" in env, env
 
 
 @pytest.mark.parametrize("dockerfile", DOCKERFILES)
@@ -247,6 +355,21 @@ def test_installs_with_setup_sh_and_checks_horovods_build(dockerfile):
         assert "DISTFT_TF=" in ins.args
     if dockerfile == GPU:
         assert any("HOROVOD_GPU_OPERATIONS=NCCL" in i.args for _, i in setup_runs)
+    # Horovod only through setup.sh: a plain `pip install horovod` compiles xla_mpi_ops.cc, which
+    # includes XLA headers that TensorFlow >= 2.19 wheels no longer ship, and fails.
+    for stage in all_stages:
+        for ins in stage.all("RUN"):
+            for command in re.split(r"&&|;|\|\|", ins.args):
+                assert not re.search(r"\bpip\d*(\.\d+)?\b.*\b(install|wheel|download)\b.*\bhorovod\b",
+                                     command), (
+                    f"{dockerfile}:{ins.line}: installs Horovod itself, not through scripts/setup.sh")
+    # ... and setup.sh builds it from the sdist, without that file, against the TensorFlow
+    # already installed (no build isolation).
+    setup = read("scripts/setup.sh")
+    assert re.search(r"--no-binary :all:.*\n.*horovod==\$HVD_VERSION", setup), "setup.sh: no sdist download"
+    assert re.search(r"sed -i '/xla_mpi_ops\.cc/d' \S*horovod/tensorflow/CMakeLists\.txt", setup), (
+        "scripts/setup.sh no longer leaves xla_mpi_ops.cc out of Horovod's build")
+    assert re.search(r"pip wheel\b.*--no-build-isolation", setup), "setup.sh: Horovod built in isolation"
 
     checks = [i for i in all_stages[-1].all("RUN") if "horovodrun --check-build" in i.args]
     assert checks, f"{dockerfile}: the final stage does not run horovodrun --check-build"
