@@ -13,7 +13,7 @@ from distft.data.dataset import DataSet
 from distft.data.manifest import Manifest, sha256
 from distft.demo import write_tfrecords
 from distft.errors import DistftError
-from tests.conftest import Job, distft as run_distft, DISTFT
+from conftest import DISTFT, Job, distft as run_distft
 
 
 def records_of(folder):
