@@ -23,10 +23,9 @@ import sys
 import tempfile
 from typing import Any, Optional
 
-from benchmarks import common
-from benchmarks.common import alternate, child, environment, invocation, python, save
+from benchmarks.common import alternate, child, environment, invocation, python, result_file, save
 
-RESULTS = os.path.join(common.RESULTS, "overhead.json")
+RESULTS = result_file("overhead.json")
 CONTENDERS = ("distft", "keras")
 GOAL = 0.97
 

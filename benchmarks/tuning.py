@@ -21,8 +21,8 @@ import statistics
 import sys
 from typing import Any
 
-from benchmarks.common import invocation, save
-from benchmarks.report import RESULTS, _command, _run, _spec, _timed
+from benchmarks.common import invocation, result_file, save
+from benchmarks.report import _command, _run, _spec, _timed
 
 INTER_2 = {"TF_NUM_INTEROP_THREADS": "2"}  # distft's default is 1
 # name: options of report._run (contender, workers; threads, pin, inter, env: as the defaults)
@@ -66,7 +66,7 @@ def main(argv: list[str]) -> int:
     p.add_argument("--records", type=int, default=1024)
     p.add_argument("--only", default="", help="candidate names separated by ; (default: all)")
     p.add_argument("--workdir", default="/tmp/distft-tuning", help="models and data (kept)")
-    p.add_argument("--output", default=os.path.join(RESULTS, "tuning.json"))
+    p.add_argument("--output", default=result_file("tuning.json"))
     a = p.parse_args(argv)
     names = [n for n in CANDIDATES if not a.only or n in a.only.split(";")]
     spec = _spec(a.workdir, a.workload, a.records)
