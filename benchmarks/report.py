@@ -1,5 +1,6 @@
-"""The performance report: every goal of distft's performance issue, measured in one session,
-set beside the previous report's figures (TensorFlow 2.15 / Keras 2).
+"""The performance report: every goal of distft's performance issue, beside the previous report.
+
+Measured in one session, and set beside the previous report's figures (TensorFlow 2.15 / Keras 2).
 
 Parts (each run is a fresh subprocess printing one JSON line; see benchmarks/contenders.py):
 1. throughput: per workload, round by round: bare Keras 3 (1 worker) and distft (1 worker) side
@@ -332,12 +333,12 @@ def comparison(prev: dict[str, Any], cur: dict[str, Any]) -> list[list[str]]:
             "communication", w, "none", "ms_per_step", "waiting_for_other_ranks")
         add("ms per step: allreduce (no compression)", ".1f", "communication", w, "none", "ms_per_step", "allreduce")
         add("trainable weights", "d", "throughput", w, "trainable_params")
-    sizes = [{row["records"]: row for row in _get(r, "size", "rows") or []} for r in (prev, cur)]
-    size_workload = _get(cur, "size", "workload") or _get(prev, "size", "workload")
-    for records in sorted(set(sizes[0]) | set(sizes[1])):
+    sizes = [{(_get(r, "size", "workload"), row["records"]): row for row in _get(r, "size", "rows") or []}
+             for r in (prev, cur)]
+    for w, records in sorted(set(sizes[0]) | set(sizes[1])):
         for key, name in (("keras1", "keras x1"), ("distft2", "distft x2")):
-            rows.append([f"epoch seconds at {records} records: {name}", size_workload,
-                         *(fmt(_get(sz, records, key), ".1f") for sz in sizes)])
+            rows.append([f"epoch seconds at {records} records: {name}", w,
+                         *(fmt(_get(sz, (w, records), key), ".1f") for sz in sizes)])
     return rows
 
 
@@ -475,6 +476,8 @@ def plots(r: dict[str, Any], files: dict[str, str], previous: Optional[dict[str,
     if "size" in r:
         fig, ax = plt.subplots(figsize=(6, 4))
         for name, rep, style in runs:
+            if _get(rep, "size", "workload") != r["size"]["workload"]:
+                continue
             rows = _get(rep, "size", "rows") or []
             for k, who, color in (("keras1", "Keras, 1 worker", "grey"), ("distft2", "distft, 2 workers", "C0")):
                 ax.plot([x["records"] for x in rows], [x[k] for x in rows], "o-" if rep is r else "o--",
