@@ -2,13 +2,16 @@
 limits 2 workers on 2 cores?
 
 Candidates, alternated round by round on one workload (each a fresh process; see
-benchmarks/contenders.py): a bare Keras baseline (1 worker, 1 thread, pinned) and the same
+benchmarks/contenders.py): a bare Keras 3 baseline (1 worker, 1 thread, pinned) and the same
 with one inter-op thread; two such baselines side by side, one per core, with no
-communication (the machine's own ceiling for 2 workers); the same script under
-`horovodrun --gloo` as a stock job (no pinning, TensorFlow's default threads) and with one
-change at a time (pinned one worker per core with 1 thread, HOROVOD_CYCLE_TIME, fusion off);
-MultiWorkerMirroredStrategy (2 and 1 inter-op threads); distft on 1 and 2 workers with its
-defaults and with one setting changed. Each candidate's samples/s is divided by the baseline's of the same round.
+communication (the machine's own ceiling for 2 workers); the same script on Horovod's core ops
+(one `hvd.grouped_allreduce` of the gradients in its train step: Horovod's Keras layer does not
+work on Keras 3) under `horovodrun --gloo` as a stock job (no pinning, TensorFlow's default
+threads) and with one change at a time (pinned one worker per core with 1 thread,
+HOROVOD_CYCLE_TIME, fusion off); MultiWorkerMirroredStrategy on tf_keras (Keras 2; 2 and 1
+inter-op threads); distft on 1 and 2 workers with its defaults and with one setting changed.
+Each candidate's samples/s is divided by the baseline's of the same round. Writes
+benchmarks/results/tuning-TAG.json (tuning-tf221.json on TF 2.21).
 
 Example (from the repository root):
     python -m benchmarks tuning --rounds=3 --only="keras x1 (baseline);keras x1 side by side (no communication)"
