@@ -152,7 +152,7 @@ def train_keras(workdir: str, epochs: int, batch_size: int, threads: int) -> dic
     spec = {"model": os.path.join(workdir, "base_model.keras"), "classes": CLASSES, "input": INPUT,
             "data": os.path.join(workdir, "shards", "train-*.tfrecord"), "first_trainable": "conv4",
             "records": _workload(workdir)["records"]}
-    return keras_fit(spec, epochs, batch_size, threads, pin=0, mode="keras")
+    return keras_fit(spec, epochs, batch_size, (threads, max(2, threads)), pin=0, mode="keras")
 
 
 # --- the comparison ----------------------------------------------------------------------------
