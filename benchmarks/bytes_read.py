@@ -20,7 +20,7 @@ import sys
 import tempfile
 from typing import Any
 
-from benchmarks.common import RESULTS, invocation, save
+from benchmarks.common import invocation, result_file, save
 from benchmarks.memory import generate, run_job, write_model
 
 
@@ -29,7 +29,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     command = invocation()
     print(f"command: {command}", flush=True)
     try:
-        write_model(os.path.join(workdir, "model.h5"))
+        write_model(os.path.join(workdir, "model.keras"))
         data = generate(os.path.join(workdir, "data"), args.gb)
         workers, worker_command = run_job(workdir, os.path.join(workdir, "data"), args.np)
     finally:
@@ -47,7 +47,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     for w in workers:
         print(f"| {w['rank']} | {w['rchar'] / 2**20:.0f} | {w['ratio']:.3f} | {w['read_bytes'] / 2**20:.0f} |")
     print(f"\n{'PASS' if passed else 'FAIL'} (goal: every ratio within 0.9-1.1)")
-    save(result, os.path.join(RESULTS, "bytes_read.json"))
+    save(result, result_file("bytes_read.json"))
     return result
 
 

@@ -1,10 +1,14 @@
 """What every benchmark shares: fresh child processes, its own command line, the machine's
 description, and the results folder.
 
+Result files are named after the TensorFlow they were measured on (`result_file("overhead.json")`
+is `benchmarks/results/overhead-tf221.json` on TF 2.21), so a run does not overwrite the figures
+of another TensorFlow: the files without a tag are the TF 2.15 / Keras 2 figures.
+
 Example:
     result = child([python(), "-m", "benchmarks.overhead", "--contender=keras", ...])
     save({"benchmark": "overhead", "command": invocation(), "environment": environment(), ...},
-         os.path.join(RESULTS, "overhead.json"))
+         result_file("overhead.json"))
 """
 from __future__ import annotations
 
@@ -21,6 +25,26 @@ from typing import Any, Optional
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS = os.path.join(ROOT, "benchmarks", "results")
 CHILD_TIMEOUT = 900
+
+
+def version(*distributions: str) -> Optional[str]:
+    """The installed version of the first of `distributions` that is installed, or None."""
+    for name in distributions:
+        try:
+            return metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    return None
+
+
+TENSORFLOW = version("tensorflow", "tensorflow-cpu", "tensorflow-intel", "tensorflow-macos") or "0.0"
+TAG = "tf" + "".join(TENSORFLOW.split(".")[:2])  # e.g. tf221
+
+
+def result_file(name: str) -> str:
+    """`benchmarks/results/NAME-TAG.EXT` for `name` NAME.EXT: this TensorFlow's result file."""
+    base, ext = os.path.splitext(name)
+    return os.path.join(RESULTS, f"{base}-{TAG}{ext}")
 
 
 def child(cmd: list[str], env: Optional[dict[str, str]] = None) -> dict[str, Any]:
@@ -67,8 +91,9 @@ def invocation() -> str:
 
 
 def environment() -> dict[str, Any]:
-    return {"python": platform.python_version(), "cpus": os.cpu_count(),
-            **{p: metadata.version(p) for p in ("tensorflow", "horovod")}}
+    """Python, CPUs and the versions of TensorFlow, Keras 3, tf_keras (Keras 2) and Horovod."""
+    return {"python": platform.python_version(), "cpus": os.cpu_count(), "tensorflow": TENSORFLOW,
+            "keras": version("keras"), "tf_keras": version("tf-keras"), "horovod": version("horovod")}
 
 
 def save(result: dict[str, Any], path: str) -> str:

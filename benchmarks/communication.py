@@ -2,11 +2,16 @@
 
 Horovod 0.28.1's timeline is Chrome trace JSON: one "process" per tensor (its metadata event
 `process_name` holds the tensor's name) and, per collective, an `ALLREDUCE` span whose end
-event carries `args: {"dtype", "shape"}`. Gradients are the tensors allreduced inside the
-optimizer's scope (`.../DistributedAdam_Allreduce/cond_3/HorovodAllreduce_grads_3_0`, or
-`..._Cast_1_0` when compressed); their bytes per step should be 4 x trainable weights (2 with
-`--compression=fp16`), and there should be exactly one gradient tensor per trainable
-variable (a frozen layer's would be extra tensors and bytes).
+event carries `args: {"dtype", "shape"}`. Gradients are the tensors of distft's train step's
+one `hvd.grouped_allreduce` (Keras 3, distft/train/step.py), each named after the group and
+its place in it:
+`StatefulPartitionedCall/HorovodGroupedAllreduce_<first gradient>_<last gradient>_0_3of6`
+(with `--compression=fp16` the gradients are cast first, which shows in the names). Timelines
+of the TF 2.15 / Keras 2 version (Horovod's `DistributedOptimizer`:
+`.../DistributedAdam_Allreduce/cond_3/HorovodAllreduce_grads_3_0`) are read too. Gradient bytes
+per step should be 4 x trainable weights (2 with `--compression=fp16`), and there should be
+exactly one gradient tensor per trainable variable (a frozen layer's would be extra tensors and
+bytes).
 
 The same spans time what each step's communication adds on rank 0 (Horovod's coordinator,
 which writes the timeline): a tensor's NEGOTIATE_ALLREDUCE runs from rank 0's gradient being
@@ -28,7 +33,8 @@ import statistics
 from collections import defaultdict
 from typing import Any
 
-GRADIENT = re.compile(r"Distributed\w*_Allreduce/")  # horovod.keras's DistributedOptimizer scope
+# distft's train step (one group; Keras 3), or horovod.keras's DistributedOptimizer scope (Keras 2)
+GRADIENT = re.compile(r"HorovodGroupedAllreduce_.*_\d+of\d+$|Distributed\w*_Allreduce/")
 DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2, "float64": 8, "int32": 4, "int64": 8,
                "uint8": 1, "int8": 1, "bool": 1}
 

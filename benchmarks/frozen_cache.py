@@ -23,9 +23,9 @@ import sys
 import tempfile
 from typing import Any
 
-from benchmarks.common import RESULTS as FOLDER, alternate, child, environment, invocation, python, save
+from benchmarks.common import alternate, child, environment, invocation, python, result_file, save
 
-RESULTS = os.path.join(FOLDER, "frozen_cache.json")
+RESULTS = result_file("frozen_cache.json")
 CONTENDERS = ("plain", "cached")
 GOAL = 10.0
 INPUT = (96, 96, 3)
@@ -65,19 +65,19 @@ def _parser() -> argparse.ArgumentParser:
 
 def prepare(workdir: str, records: int) -> None:
     """base_model.keras (MobileNetV2 0.35 with a 20-class top) and noisy-prototype images."""
+    import keras
     import numpy as np
-    import tensorflow as tf
 
     from distft.demo import write_tfrecords
 
-    tf.keras.utils.set_random_seed(SEED)
-    base = tf.keras.applications.MobileNetV2(input_shape=INPUT, alpha=0.35, weights=None, classes=20)
+    keras.utils.set_random_seed(SEED)
+    base = keras.applications.MobileNetV2(input_shape=INPUT, alpha=0.35, weights=None, classes=20)
     rng = np.random.default_rng(SEED)
     prototypes = rng.random((CLASSES, *INPUT), dtype=np.float32)
     images = lambda y: 0.5 * prototypes[y] + 0.5 * rng.random((len(y), *INPUT), dtype=np.float32)
     # Random weights with BatchNorm's initial statistics give near-constant features (and
     # chance accuracy for both contenders); set the statistics from one batch of the data.
-    norms = [l for l in base.layers if isinstance(l, tf.keras.layers.BatchNormalization)]
+    norms = [l for l in base.layers if isinstance(l, keras.layers.BatchNormalization)]
     for layer in norms:
         layer.momentum = 0.0
     base(images(rng.integers(0, CLASSES, 128)), training=True)

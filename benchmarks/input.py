@@ -32,7 +32,7 @@ import tempfile
 import time
 from typing import Any
 
-from benchmarks.common import RESULTS, alternate, child, invocation, python, save
+from benchmarks.common import alternate, child, invocation, python, result_file, save
 
 SHAPE = (96, 96, 3)
 CLASSES = 10
@@ -43,6 +43,7 @@ CONTENDERS = ("pipeline", "train")
 
 def prepare(workdir: str, images: int) -> None:
     """An image folder of JPEGs, its shards (distft shard), and the MobileNetV2 base."""
+    import keras
     import numpy as np
     import tensorflow as tf
 
@@ -59,10 +60,10 @@ def prepare(workdir: str, images: int) -> None:
             f.write(tf.io.encode_jpeg(img, quality=90).numpy())
     distft.shard(os.path.join(workdir, "images"), os.path.join(workdir, "shards"), num_shards=8,
                  workers=2)
-    base = tf.keras.applications.MobileNetV2(alpha=0.35, input_shape=SHAPE, include_top=False,
-                                             weights=None, pooling="avg")
-    tf.keras.Model(base.inputs, tf.keras.layers.Dense(CLASSES, activation="softmax")(base.output)
-                   ).save(os.path.join(workdir, "base.h5"), save_format="h5")
+    base = keras.applications.MobileNetV2(alpha=0.35, input_shape=SHAPE, include_top=False,
+                                          weights=None, pooling="avg")
+    keras.Model(base.inputs, keras.layers.Dense(CLASSES, activation="softmax")(base.output)
+                ).save(os.path.join(workdir, "base.keras"))
 
 
 def _threads(threads: int) -> None:
@@ -90,12 +91,13 @@ def pipeline(workdir: str, batch_size: int, steps: int, threads: int) -> dict[st
 
 def train(workdir: str, batch_size: int, steps: int, threads: int) -> dict[str, Any]:
     _threads(threads)
+    import keras
     import tensorflow as tf
 
     from distft.model.prepare import prepare as prepare_model
 
-    ft = prepare_model(os.path.join(workdir, "base.h5"), num_classes=CLASSES, unfreeze=UNFREEZE)
-    ft.model.compile(optimizer=tf.keras.optimizers.Adam(1e-3), loss=ft.loss, metrics=ft.metrics)
+    ft = prepare_model(os.path.join(workdir, "base.keras"), num_classes=CLASSES, unfreeze=UNFREEZE)
+    ft.model.compile(optimizer=keras.optimizers.Adam(learning_rate=1e-3), loss=ft.loss, metrics=ft.metrics)
     x = tf.random.uniform((batch_size, *SHAPE), -1, 1)
     y = tf.random.uniform((batch_size,), 0, CLASSES, tf.int64)
     data = tf.data.Dataset.from_tensors((x, y)).repeat()
@@ -133,7 +135,7 @@ def compare(args: argparse.Namespace) -> dict[str, Any]:
         print(f"| {r['round']} | {r['pipeline']['records_per_sec']:.1f} | "
               f"{r['train']['records_per_sec']:.1f} | {r['ratio']:.2f} | {r['load']:.1f} |")
     print(f"\nmedian ratio {ratio:.2f} (goal >= 2): {'PASS' if result['passed'] else 'FAIL'}")
-    save(result, os.path.join(RESULTS, "input.json"))
+    save(result, result_file("input.json"))
     return result
 
 

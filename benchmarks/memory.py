@@ -29,7 +29,7 @@ import tempfile
 import time
 from typing import Any, Optional
 
-from benchmarks.common import RESULTS, ROOT, invocation, save
+from benchmarks.common import ROOT, invocation, result_file, save
 
 SHAPE = (128, 128, 1)  # 64 KiB of floats per record
 CLASSES = 10
@@ -76,18 +76,19 @@ def generate(folder: str, gigabytes: float, seed: int = 0) -> dict[str, Any]:
 
 
 def write_model(path: str) -> None:
-    import tensorflow as tf
+    """A small CNN, saved by Keras 3 at `path` (a .keras file)."""
+    import keras
 
-    L = tf.keras.layers
-    tf.keras.Sequential([L.Input(SHAPE), L.Conv2D(4, 4, strides=4, activation="relu"),
-                         L.GlobalAveragePooling2D(), L.Dense(CLASSES, activation="softmax")]
-                        ).save(path, save_format="h5")
+    L = keras.layers
+    keras.Sequential([L.Input(SHAPE), L.Conv2D(4, 4, strides=4, activation="relu"),
+                      L.GlobalAveragePooling2D(), L.Dense(CLASSES, activation="softmax")]
+                     ).save(path)
 
 
 def worker(data: str, model: str, output_dir: str, epochs: int, steps: Optional[int] = None
            ) -> dict[str, Any]:
     """One worker of the job (under horovodrun): train, report peak RSS and bytes read."""
-    import horovod.tensorflow.keras  # noqa: F401 - imported before the count: not data reads
+    import horovod.tensorflow  # noqa: F401 - imported before the count: not data reads
     import tensorflow  # noqa: F401
 
     from distft.api import train
@@ -114,7 +115,7 @@ def run_job(workdir: str, data: str, np_: int, epochs: int = 1, steps: Optional[
     """Run the training job on `np_` workers; every worker's JSON result, and the command."""
     cmd = [os.path.join(os.path.dirname(sys.executable), "horovodrun"), "-np", str(np_), "-H",
            f"localhost:{np_}", "--gloo", sys.executable, "-m", "benchmarks.memory", "--worker",
-           f"--data={data}", f"--model={os.path.join(workdir, 'model.h5')}",
+           f"--data={data}", f"--model={os.path.join(workdir, 'model.keras')}",
            f"--output_dir={os.path.join(workdir, 'run')}", f"--epochs={epochs}",
            *([f"--steps={steps}"] if steps else [])]
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", OMPI_ALLOW_RUN_AS_ROOT="1",
@@ -134,7 +135,7 @@ def compare(args: argparse.Namespace) -> dict[str, Any]:
     print(f"command: {command}", flush=True)
     try:
         sets = {"small": args.small_gb, "large": args.large_gb}
-        write_model(os.path.join(workdir, "model.h5"))
+        write_model(os.path.join(workdir, "model.keras"))
         data = {}
         for name, gb in sets.items():
             started = time.time()
@@ -171,7 +172,7 @@ def compare(args: argparse.Namespace) -> dict[str, Any]:
                   + f" | {r['load']:.1f} |")
         print(f"| {r['round']} | ratio large/small | | | " + " | ".join(f"{x:.3f}" for x in r["ratio"]) + " | |")
     print(f"\nworst |ratio - 1| = {worst:.3f} (goal <= 0.10): {'PASS' if result['passed'] else 'FAIL'}")
-    save(result, os.path.join(RESULTS, "memory.json"))
+    save(result, result_file("memory.json"))
     return result
 
 

@@ -23,10 +23,9 @@ import sys
 import tempfile
 from typing import Any, Optional
 
-from benchmarks import common
-from benchmarks.common import alternate, child, environment, invocation, python, save
+from benchmarks.common import alternate, child, environment, invocation, python, result_file, save
 
-RESULTS = os.path.join(common.RESULTS, "overhead.json")
+RESULTS = result_file("overhead.json")
 CONTENDERS = ("distft", "keras")
 GOAL = 0.97
 
@@ -73,19 +72,19 @@ def _parser() -> argparse.ArgumentParser:
 # --- the workload ------------------------------------------------------------------------------
 
 def prepare(workdir: str, records: int, shards: int) -> None:
-    """Write `base_model.h5` (a CNN, ~200k weights) and `records` synthetic images as TFRecords."""
+    """Write `base_model.keras` (a CNN, ~200k weights) and `records` synthetic images as TFRecords."""
+    import keras
     import numpy as np
-    import tensorflow as tf
 
     from distft.demo import write_tfrecords
 
     spec = {"records": records, "shards": shards, "input": list(INPUT), "classes": CLASSES}
-    if _workload(workdir) == spec:
+    if _workload(workdir) == spec and os.path.exists(os.path.join(workdir, "base_model.keras")):
         return
-    tf.keras.utils.set_random_seed(SEED)
+    keras.utils.set_random_seed(SEED)
     base = base_model()
     os.makedirs(os.path.join(workdir, "shards"), exist_ok=True)
-    base.save(os.path.join(workdir, "base_model.h5"), save_format="h5")
+    base.save(os.path.join(workdir, "base_model.keras"))
     # Images of CLASSES noisy prototypes: learnable, and realistic in size (3072 floats each).
     rng = np.random.default_rng(SEED)
     y = rng.integers(0, CLASSES, records)
@@ -96,12 +95,14 @@ def prepare(workdir: str, records: int, shards: int) -> None:
         json.dump(spec, f)
 
 
-def base_model():
-    """The base CNN (~200k weights) on 32x32x3 images, with a 20-class top."""
-    import tensorflow as tf
+def base_model(keras_module=None):
+    """The base CNN (~200k weights) on 32x32x3 images, with a 20-class top, built with
+    `keras_module` (default: Keras 3's `keras`; the report also builds it with `tf_keras`)."""
+    if keras_module is None:
+        import keras as keras_module
 
-    L = tf.keras.layers
-    return tf.keras.Sequential([
+    L = keras_module.layers
+    return keras_module.Sequential([
         L.Input(INPUT, name="image"),
         L.Conv2D(32, 3, padding="same", activation="relu", name="conv1"),
         L.BatchNormalization(name="bn1"),
@@ -134,7 +135,7 @@ def train_distft(workdir: str, epochs: int, batch_size: int, threads: int) -> di
     """One worker of `distft train`, in-process; its own steady-state samples/s."""
     import distft
 
-    m = distft.train(model=os.path.join(workdir, "base_model.h5"),
+    m = distft.train(model=os.path.join(workdir, "base_model.keras"),
                      data=os.path.join(workdir, "shards", "train-*.tfrecord"),
                      output_dir=os.path.join(workdir, "run-distft"), num_classes=CLASSES,
                      unfreeze=UNFREEZE, epochs=epochs, batch_size=batch_size, lr=LR,
@@ -144,14 +145,14 @@ def train_distft(workdir: str, epochs: int, batch_size: int, threads: int) -> di
 
 
 def train_keras(workdir: str, epochs: int, batch_size: int, threads: int) -> dict[str, Any]:
-    """The same fine-tuning as a plain Keras script: tf.data, new head, freeze, compile, fit
+    """The same fine-tuning as a plain Keras 3 script: tf.data, new head, freeze, compile, fit
     (the report's bare Keras contender, on this benchmark's files and threads, unpinned)."""
     from benchmarks.contenders import keras_fit
 
-    spec = {"model": os.path.join(workdir, "base_model.h5"), "classes": CLASSES, "input": INPUT,
+    spec = {"model": os.path.join(workdir, "base_model.keras"), "classes": CLASSES, "input": INPUT,
             "data": os.path.join(workdir, "shards", "train-*.tfrecord"), "first_trainable": "conv4",
             "records": _workload(workdir)["records"]}
-    return keras_fit(spec, epochs, batch_size, threads, pin=0, mode="keras")
+    return keras_fit(spec, epochs, batch_size, (threads, max(2, threads)), pin=0, mode="keras")
 
 
 # --- the comparison ----------------------------------------------------------------------------

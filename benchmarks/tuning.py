@@ -2,13 +2,16 @@
 limits 2 workers on 2 cores?
 
 Candidates, alternated round by round on one workload (each a fresh process; see
-benchmarks/contenders.py): a bare Keras baseline (1 worker, 1 thread, pinned) and the same
+benchmarks/contenders.py): a bare Keras 3 baseline (1 worker, 1 thread, pinned) and the same
 with one inter-op thread; two such baselines side by side, one per core, with no
-communication (the machine's own ceiling for 2 workers); the same script under
-`horovodrun --gloo` as a stock job (no pinning, TensorFlow's default threads) and with one
-change at a time (pinned one worker per core with 1 thread, HOROVOD_CYCLE_TIME, fusion off);
-MultiWorkerMirroredStrategy (2 and 1 inter-op threads); distft on 1 and 2 workers with its
-defaults and with one setting changed. Each candidate's samples/s is divided by the baseline's of the same round.
+communication (the machine's own ceiling for 2 workers); the same script on Horovod's core ops
+(one `hvd.grouped_allreduce` of the gradients in its train step: Horovod's Keras layer does not
+work on Keras 3) under `horovodrun --gloo` as a stock job (no pinning, TensorFlow's default
+threads) and with one change at a time (pinned one worker per core with 1 thread,
+HOROVOD_CYCLE_TIME, fusion off); MultiWorkerMirroredStrategy on tf_keras (Keras 2; 2 and 1
+inter-op threads); distft on 1 and 2 workers with its defaults and with one setting changed.
+Each candidate's samples/s is divided by the baseline's of the same round. Writes
+benchmarks/results/tuning-TAG.json (tuning-tf221.json on TF 2.21).
 
 Example (from the repository root):
     python -m benchmarks tuning --rounds=3 --only="keras x1 (baseline);keras x1 side by side (no communication)"
@@ -21,8 +24,8 @@ import statistics
 import sys
 from typing import Any
 
-from benchmarks.common import invocation, save
-from benchmarks.report import RESULTS, _command, _run, _spec, _timed
+from benchmarks.common import invocation, result_file, save
+from benchmarks.report import _command, _run, _spec, _timed
 
 INTER_2 = {"TF_NUM_INTEROP_THREADS": "2"}  # distft's default is 1
 # name: options of report._run (contender, workers; threads, pin, inter, env: as the defaults)
@@ -66,7 +69,7 @@ def main(argv: list[str]) -> int:
     p.add_argument("--records", type=int, default=1024)
     p.add_argument("--only", default="", help="candidate names separated by ; (default: all)")
     p.add_argument("--workdir", default="/tmp/distft-tuning", help="models and data (kept)")
-    p.add_argument("--output", default=os.path.join(RESULTS, "tuning.json"))
+    p.add_argument("--output", default=result_file("tuning.json"))
     a = p.parse_args(argv)
     names = [n for n in CANDIDATES if not a.only or n in a.only.split(";")]
     spec = _spec(a.workdir, a.workload, a.records)
