@@ -37,7 +37,7 @@ def check_fine_tuned(folder, run_dir, result):
         changed = [not np.array_equal(a, b) for a, b in
                    zip(base.get_layer(name).get_weights(), tuned.get_layer(name).get_weights())]
         assert all(changed), name
-    assert tuned.get_layer("distft_head").output_shape == (None, 5)
+    assert tuned.get_layer("distft_head").output.shape == (None, 5)
     assert "classes" not in [l.name for l in tuned.layers]
     assert m["epochs"] == 3 and m["train"]["accuracy"] > 0.5
     return m
