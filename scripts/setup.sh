@@ -18,7 +18,13 @@ VENV=.venv
 say() { printf '[setup] %s\n' "$*"; }
 die() { printf '[setup] error: %s\n' "$*" >&2; exit 1; }
 
-command -v "$PYTHON" >/dev/null || die "'$PYTHON' not found; install Python 3.10-3.13 or set PYTHON=/path/to/python3.12"
+# A pyenv shim for a version that is installed but not selected (python3.12 with pyenv's global
+# 3.11): use that version's interpreter directly.
+if ! "$PYTHON" --version >/dev/null 2>&1 && command -v pyenv >/dev/null && [[ $PYTHON =~ ^python(3\.[0-9]+)$ ]]; then
+  version=$(pyenv versions --bare | grep -E "^${BASH_REMATCH[1]}(\.|$)" | sort -V | tail -1)
+  [[ -n $version ]] && PYTHON=$(pyenv root)/versions/$version/bin/$PYTHON
+fi
+"$PYTHON" --version >/dev/null 2>&1 || die "'$PYTHON' not found; install Python 3.10-3.13 or set PYTHON=/path/to/python3.12"
 "$PYTHON" - <<'PY' || die "Python 3.10-3.13 is required (TensorFlow 2.21 supports no other); set PYTHON=/path/to/python3.12"
 import sys
 sys.exit(0 if (3, 10) <= sys.version_info[:2] <= (3, 13) else 1)
