@@ -74,7 +74,7 @@ if ! "$VENV/bin/python" -c "import horovod.tensorflow" 2>/dev/null; then
     src=$(mktemp -d)
     trap 'rm -rf "$src"' EXIT
     "$VENV/bin/python" -m pip download -q --disable-pip-version-check --no-deps --no-binary :all: \
-      -d "$src" "horovod==$HVD_VERSION"
+      -d "$src" "horovod==$HVD_VERSION" 2> >(grep -v "is ignored: it is neither" >&2)
     tar -xzf "$src/horovod-$HVD_VERSION.tar.gz" -C "$src"
     # Horovod 0.28.1 always compiles xla_mpi_ops.cc, its XLA custom-call ops (GPU only, off unless
     # HOROVOD_ENABLE_XLA_OPS=1). Since TensorFlow 2.19 the wheels no longer ship the XLA headers

@@ -8,7 +8,8 @@ checkpoints and model.keras use the full model (the rest shares its layers).
 
 Example:
     parts = worker.all_ok(lambda: split_model(ft, plan, cfg))   # before anything is written
-    fit_model, stream = cached(parts, ft, train_data, cfg, worker, compile=compile_for_workers)
+    fit_model, stream = cached(parts, ft, train_data, cfg, worker,
+                               compile=lambda rest: rest.compile(optimizer=opt, loss=ft.loss))
     fit_model.fit(stream, steps_per_epoch=steps, ...)
 """
 from __future__ import annotations
