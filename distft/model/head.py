@@ -37,7 +37,7 @@ def replace_head(base: keras.Model, num_classes: int, dropout: float = 0.0,
         kernel_initializer=keras.initializers.GlorotUniform(seed=seed)))
     for layer in head:
         x = layer(x)
-    return keras.Model(base.inputs, x, name=f"{base.name}_ft"), head
+    return keras.Model(base.inputs[0], x, name=f"{base.name}_ft"), head
 
 
 def _features(base: keras.Model) -> tf.Tensor:

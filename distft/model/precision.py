@@ -31,7 +31,7 @@ def cast(model: keras.Model, policy: str) -> keras.Model:
     if policy == FLOAT32 or all(l.dtype_policy.name == policy for l in _leaves(model)):
         return model
     config = model.get_config()
-    output_layer = model.output._keras_history.operation.name
+    output_layer = model.outputs[0]._keras_history.operation.name
     _set_dtype(config, policy, keep=output_layer)
     rebuilt = model.__class__.from_config(config)
     rebuilt.set_weights(model.get_weights())

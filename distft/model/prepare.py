@@ -55,7 +55,10 @@ def prepare(model: str, num_classes: Optional[int] = None, unfreeze: Optional[st
 
     A mixed `precision` becomes Keras' global policy first (see model/precision.py)."""
     mixed.use(precision)
-    base = mixed.cast(loading.load(model, weights, input_shape, unsafe_deserialization), precision)
+    base = loading.load(model, weights, input_shape, unsafe_deserialization)
+    if isinstance(base, keras.Sequential):  # one graph of leaf layers, as functional models are
+        base = keras.Model(base.inputs[0], base.outputs[0], name=base.name)
+    base = mixed.cast(base, precision)
     if len(base.inputs) != 1 or len(base.outputs) != 1:
         raise DistftError(f"--model={model} has {len(base.inputs)} inputs and {len(base.outputs)} "
                           "outputs: distft fine-tunes single-input, single-output models")
@@ -64,8 +67,6 @@ def prepare(model: str, num_classes: Optional[int] = None, unfreeze: Optional[st
         raise DistftError(f"--model={model} is a SavedModel, which Keras 3 loads as one opaque "
                           "layer whose head cannot be replaced: drop --num_classes to fine-tune "
                           "it whole, or save the model as .keras or .h5 and pass that")
-    if isinstance(base, keras.Sequential):  # one graph of leaf layers, as functional models are
-        base = keras.Model(base.inputs, base.outputs, name=base.name)
     if num_classes:
         full, head = heads.replace_head(base, num_classes, head_dropout, seed)
     elif getattr(base, "_distft_headless", False):

@@ -59,7 +59,7 @@ def split(model: keras.Model, trainable: set[str]) -> tuple[keras.Model, keras.M
     if id(tensor) in inputs:
         raise DistftError(f"{why}: no frozen layer comes before the first trainable one, so "
                           "there is nothing to cache: leave out --cache_frozen")
-    prefix = keras.Model(model.inputs, tensor, name=f"{model.name}_frozen")
+    prefix = keras.Model(model.inputs[0], tensor, name=f"{model.name}_frozen")
     random = [l.name for l in prefix.layers if type(l).__name__.startswith(RANDOM_IN_TRAINING)]
     if random:
         raise DistftError(f"{why}: frozen layers {', '.join(random)} are random while training, "

@@ -161,5 +161,12 @@ def lr_groups(ft: FineTuneModel, groups: list[tuple[str, float]],
     for g, (spec, factor) in enumerate(groups):
         mine = [layers[i] for i in sorted(owner) if owner[i] == g]
         out.append((spec, factor, [l.name for l in mine],
-                    [w for l in mine for w in l.weights if w.trainable]))
+                    [w for l in mine for w in _trainable_kind(l)]))
     return out
+
+
+def _trainable_kind(layer) -> list:
+    """The weights `layer` trains when unfrozen (not e.g. BatchNormalization's moving
+    statistics), whether or not it is frozen now: Keras 3 sets a frozen layer's variables'
+    `trainable` to False, so that flag cannot tell."""
+    return list(layer._trainable_variables)

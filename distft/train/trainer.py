@@ -219,7 +219,12 @@ def _build_compiled(model: keras.Model, stream: tf.data.Dataset) -> None:
 
 def _plain(model: keras.Model, name: Optional[str] = None) -> keras.Model:
     """`model` as a plain functional model, for saving: no distft train step or compile state."""
-    return keras.Model(model.inputs, model.outputs, name=name or model.name)
+    return keras.Model(_single(model.inputs), _single(model.outputs), name=name or model.name)
+
+
+def _single(tensors: list) -> Any:
+    """The one tensor of a one-element list (so the saved model's `output` is a tensor)."""
+    return tensors[0] if len(tensors) == 1 else tensors
 
 
 def _open_data(cfg: TrainConfig) -> tuple[DataSet, Optional[DataSet]]:
