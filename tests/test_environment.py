@@ -1,4 +1,7 @@
-"""Launcher detection reads what each launcher really sets in a worker's environment."""
+"""Launcher detection reads what each launcher really sets in a worker's environment; the
+installed Horovod has what distft needs."""
+import os
+
 import pytest
 
 from distft.launch import environment
@@ -56,3 +59,30 @@ def test_uneven_tasks_per_node(clean_env):
                      SLURM_STEP_TASKS_PER_NODE="2(x2),1").items():
         clean_env.setenv(k, v)
     assert environment.detect().local_size == 1
+
+
+def test_installed_horovod_has_tensorflow_mpi_and_gloo_and_no_keras_layer_in_use():
+    """The Horovod that scripts/setup.sh built (without xla_mpi_ops.cc) against this TensorFlow."""
+    import subprocess
+    import sys
+
+    import horovod
+    import keras
+    import tensorflow as tf
+
+    out = subprocess.run([os.path.join(os.path.dirname(sys.executable), "horovodrun"), "--check-build"],
+                         capture_output=True, text=True, timeout=120).stdout
+    assert f"Horovod v{horovod.__version__}:" in out and horovod.__version__ == "0.28.1", out
+    for part in ("TensorFlow", "MPI", "Gloo"):
+        assert f"[X] {part}" in out, out
+    assert tf.__version__.startswith("2.21") and keras.__version__.startswith("3."), (tf.__version__, keras.__version__)
+    import horovod.tensorflow as hvd  # its ops library loads against this TensorFlow
+
+    assert callable(hvd.grouped_allreduce)
+    import distft
+
+    root = os.path.dirname(distft.__file__)
+    for folder, _, files in os.walk(root):
+        for name in files:
+            if name.endswith(".py"):
+                assert "horovod.tensorflow.keras" not in open(os.path.join(folder, name)).read(), name
