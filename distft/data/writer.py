@@ -225,8 +225,9 @@ def _count(path: str, schema) -> int:
 
 
 def _npy_header(f) -> tuple[tuple, np.dtype]:
-    version = np.lib.format.read_magic(f)
-    shape, fortran, dtype = np.lib.format._read_array_header(f, version)
+    fmt = np.lib.format
+    version = fmt.read_magic(f)
+    shape, fortran, dtype = (fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0)(f)
     if fortran:
         raise DistftError("Fortran-ordered arrays in .npz are not supported: save with np.savez(x=np.ascontiguousarray(x))")
     return shape, dtype
