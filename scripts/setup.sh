@@ -67,7 +67,7 @@ fi
 if ! "$VENV/bin/python" -c "import horovod.tensorflow" 2>/dev/null; then
   # The wheel built here is kept per Python and TensorFlow version, so a second set-up on this
   # machine (another clone, CI) installs it in seconds instead of compiling again.
-  tag=$("$VENV/bin/python" -c 'import sys, tensorflow as tf; print(f"py{sys.version_info[0]}{sys.version_info[1]}-tf{tf.__version__}")')
+  tag=$("$VENV/bin/python" -c 'import sys, tensorflow as tf; print(f"py{sys.version_info[0]}{sys.version_info[1]}-tf{tf.__version__}")' 2>/dev/null)
   wheels=${DISTFT_WHEEL_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/distft/wheels}/$tag-${HOROVOD_GPU_OPERATIONS:-cpu}
   if ! ls "$wheels"/horovod-"$HVD_VERSION"-*.whl >/dev/null 2>&1; then
     say "building horovod==$HVD_VERSION against TensorFlow (MPI + Gloo; a few minutes the first time)"
