@@ -12,6 +12,8 @@ import signal
 import subprocess
 import sys
 
+import psutil  # Horovod's own dependency; imported now, not inside a signal handler
+
 from distft.errors import DistftError, Stopped
 from distft.launch.environment import LAUNCHED_AT, launched_at
 
@@ -123,8 +125,6 @@ class _StopRelay:
 
     def kill(self) -> None:
         """SIGKILL the launcher and everything it started on this machine."""
-        import psutil
-
         self.killed = True
         try:
             family = [psutil.Process(self.proc.pid)]
@@ -138,8 +138,6 @@ class _StopRelay:
 def _local_workers(launcher: int) -> list[int]:
     """Pids of the distft workers (Python processes with a Horovod or Open MPI rank) below
     `launcher` on this machine."""
-    import psutil
-
     found = []
     try:
         children = psutil.Process(launcher).children(recursive=True)
