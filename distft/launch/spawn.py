@@ -63,22 +63,19 @@ def spawn(args: list[str], np: int, hosts: str | None = None, controller: str = 
     errors: list[str] = []
     deaths: list[str] = []
     stopped = False
-    try:
-        for line in proc.stdout:
-            m = _PREFIX.match(line)
-            text = line[m.end():] if m else line
-            death = _death(text)
-            if death:
-                deaths.append(death)
-            if m and text.startswith("distft: error:"):
-                errors.append(text.rstrip())
-            elif m and not (_WORKER_NOISE.search(text) and not debug):
-                stopped |= text.startswith("distft: stopped:")
-                (sys.stderr if m.group(3) == "stderr" else sys.stdout).write(text)
-            elif debug or not (m or _LAUNCHER_NOISE.search(line)):
-                sys.stdout.write(line)
-    except KeyboardInterrupt:  # not raised by Ctrl-C (handled above); kept for other paths
-        stop.kill()
+    for line in proc.stdout:
+        m = _PREFIX.match(line)
+        text = line[m.end():] if m else line
+        death = _death(text)
+        if death:
+            deaths.append(death)
+        if m and text.startswith("distft: error:"):
+            errors.append(text.rstrip())
+        elif m and not (_WORKER_NOISE.search(text) and not debug):
+            stopped |= text.startswith("distft: stopped:")
+            (sys.stderr if m.group(3) == "stderr" else sys.stdout).write(text)
+        elif debug or not (m or _LAUNCHER_NOISE.search(line)):
+            sys.stdout.write(line)
     code = proc.wait()
     if stop.killed:
         raise Stopped("Ctrl-C (SIGINT) twice: the workers were killed at once, without a "

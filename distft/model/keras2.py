@@ -9,7 +9,7 @@ and path, as Keras saved them.
 
 Example:
     model = load_keras_zip("old.keras", safe_mode=True)     # a Keras 2.15 .keras file
-    model = load_h5("old.h5", safe_mode=True)               # a Keras 2 .h5 that Keras 3 refuses
+    model = load_h5("old.h5", safe_mode=True)               # a Keras 2 .h5 file
 """
 from __future__ import annotations
 
@@ -17,24 +17,9 @@ import json
 import os
 import tempfile
 import zipfile
-from typing import Any, Optional
+from typing import Any
 
 import keras
-
-
-def written_by(path: str) -> Optional[str]:
-    """The Keras version recorded in a .keras or .h5 model file, if any."""
-    try:
-        if zipfile.is_zipfile(path):
-            with zipfile.ZipFile(path) as z:
-                return json.loads(z.read("metadata.json")).get("keras_version")
-        import h5py
-
-        with h5py.File(path, "r") as f:
-            version = f.attrs.get("keras_version")
-            return version.decode() if isinstance(version, bytes) else version
-    except Exception:  # an unreadable file has no version to tell
-        return None
 
 
 def load_keras_zip(path: str, safe_mode: bool = True) -> keras.Model:

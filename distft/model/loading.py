@@ -10,8 +10,10 @@ Example:
 """
 from __future__ import annotations
 
+import json
 import os
 import zipfile
+from typing import NoReturn, Optional
 
 import keras
 
@@ -29,25 +31,21 @@ def load(path: str, weights: str | None = None, input_shape: tuple | None = None
     kind = _kind(path)
     if kind == "SavedModel":
         return _saved_model(path)
-    _check_intact(path, kind)
-    version = keras2.written_by(path)
-    by = f"written by Keras {version}" if version else "of no known Keras version"
+    version = _written_by(path, kind)
+    safe = not unsafe_deserialization
     try:
-        if version and version.startswith("2."):
-            try:  # Keras 3 reads most Keras 2 .h5 files itself; keras2 fixes the rest
-                if kind == "h5":
-                    return keras.models.load_model(path, compile=False, safe_mode=not unsafe_deserialization)
-            except Exception:
-                pass
-            return (keras2.load_h5 if kind == "h5" else keras2.load_keras_zip)(
-                path, safe_mode=not unsafe_deserialization)
-        return keras.models.load_model(path, compile=False, safe_mode=not unsafe_deserialization)
+        if version and version.startswith("2."):  # rebuilt from its upgraded config
+            return (keras2.load_h5 if kind == "h5" else keras2.load_keras_zip)(path, safe_mode=safe)
+        return keras.models.load_model(path, compile=False, safe_mode=safe)
     except Exception as e:
         text = str(e)
         if "safe_mode" in text or "Lambda" in text and "unsafe" in text:
             raise DistftError(f"--model={path} contains a Lambda layer, whose code Keras will not "
                               "run in safe mode: pass --unsafe_deserialization if you trust "
                               "the file") from e
+        if kind == "keras":
+            _check_members(path)
+        by = f"written by Keras {version}" if version else "of no known Keras version"
         fix = ("re-save it with Keras 2 as .h5 (model.save('model.h5')), or with Keras 3"
                if version and version.startswith("2.") else
                "load it with the Keras that wrote it and save it again with Keras 3")
@@ -71,22 +69,41 @@ def _kind(path: str) -> str:
                       "pass a Keras model file")
 
 
-def _check_intact(path: str, kind: str) -> None:
-    """A file cut short or corrupted in transfer is called damaged, before Keras reads it."""
+def _written_by(path: str, kind: str) -> Optional[str]:
+    """The Keras version recorded in a .h5 or .keras file, if any. Opening the file also finds
+    one cut short in a copy, which is called damaged."""
     import h5py
 
     try:
         if kind == "h5":
             with h5py.File(path, "r") as f:
-                f.attrs.get("keras_version")
-            return
+                version = f.attrs.get("keras_version")
+            return version.decode() if isinstance(version, bytes) else version
+        with zipfile.ZipFile(path) as z:
+            if "metadata.json" not in z.namelist():
+                return None
+            return json.loads(z.read("metadata.json")).get("keras_version")
+    except (OSError, zipfile.BadZipFile, EOFError) as e:
+        _damaged(path, kind, e)
+    except ValueError:  # metadata that is not JSON: no version to tell
+        return None
+
+
+def _check_members(path: str) -> None:
+    """After Keras failed on a .keras file: a member whose CRC does not match is damage, not a
+    version problem (read only then, not on every load)."""
+    try:
         with zipfile.ZipFile(path) as z:
             bad = z.testzip()
-            if bad:
-                raise zipfile.BadZipFile(f"bad CRC in {bad}")
     except (OSError, zipfile.BadZipFile, EOFError) as e:
-        raise DistftError(f"--model={path} is a damaged {kind} file ({type(e).__name__}: "
-                          f"{_first_line(e)}): copy or save it again") from None
+        _damaged(path, "keras", e)
+    if bad:
+        _damaged(path, "keras", zipfile.BadZipFile(f"bad CRC in {bad}"))
+
+
+def _damaged(path: str, kind: str, e: BaseException) -> NoReturn:
+    raise DistftError(f"--model={path} is a damaged {kind} file ({type(e).__name__}: "
+                      f"{_first_line(e)}): copy or save it again") from None
 
 
 def _saved_model(path: str) -> keras.Model:

@@ -32,8 +32,7 @@ def split(model: keras.Model, trainable: set[str]) -> tuple[keras.Model, keras.M
     tainted: set[str] = set()  # layers fed (directly or not) by a trainable layer, and those
     inputs_of = {}
     for layer in model.layers:  # functional models list layers in topological order
-        nodes = [n for i, n in enumerate(layer._inbound_nodes)
-                 if make_node_key(layer, i) in model._nodes]  # this model's calls
+        nodes = _calls_in(model, layer)
         if len(nodes) > 1:
             raise DistftError(f"{why}: layer '{layer.name}' is used more than once, so the "
                               "model cannot be split: leave out --cache_frozen")
@@ -79,21 +78,23 @@ def _replay(model: keras.Model, boundary, new_input):
     only from its own Input tensors."""
     computed = {id(boundary): new_input}
 
-    def value(t):
-        return computed[id(t)]
+    def value(x):
+        return computed[id(x)] if isinstance(x, keras.KerasTensor) else x
 
     for layer in model.layers:
-        nodes = [n for i, n in enumerate(layer._inbound_nodes) if make_node_key(layer, i) in model._nodes]
+        nodes = _calls_in(model, layer)
         if not nodes or isinstance(layer, keras.layers.InputLayer):
             continue
         node = nodes[0]
         if not all(id(t) in computed for t in node.input_tensors):
             continue  # part of the frozen prefix
-        args = keras.tree.map_structure(lambda x: value(x) if isinstance(x, keras.KerasTensor) else x,
-                                        node.arguments.args)
-        kwargs = keras.tree.map_structure(lambda x: value(x) if isinstance(x, keras.KerasTensor) else x,
-                                          node.arguments.kwargs)
-        outputs = layer(*args, **kwargs)
+        outputs = layer(*keras.tree.map_structure(value, node.arguments.args),
+                        **keras.tree.map_structure(value, node.arguments.kwargs))
         for old, new in zip(node.output_tensors, keras.tree.flatten(outputs)):
             computed[id(old)] = new
     return [computed[id(t)] for t in model.outputs][0]
+
+
+def _calls_in(model: keras.Model, layer: keras.layers.Layer) -> list:
+    """The nodes (calls) of `layer` that belong to `model`'s graph."""
+    return [n for i, n in enumerate(layer._inbound_nodes) if make_node_key(layer, i) in model._nodes]

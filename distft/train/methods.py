@@ -52,7 +52,8 @@ def optimizer(cfg: TrainConfig, opt: keras.optimizers.Optimizer, ft: FineTuneMod
 def use_xla(jit: bool) -> None:
     """XLA auto-clustering: TensorFlow compiles every part of the train step it can and leaves
     Horovod's collectives (which have no XLA kernel) outside; a whole-step `jit_compile=True`
-    (Keras 3's default on GPUs) fails on them, so distft compiles with `jit_compile=False`. On CPU it needs TF_XLA_FLAGS=--tf_xla_cpu_global_jit
+    (Keras 3's default on GPUs) fails on them, so distft compiles with `jit_compile=False`.
+    On CPU it needs TF_XLA_FLAGS=--tf_xla_cpu_global_jit
     before TensorFlow starts (api.train sets it)."""
     if jit:
         tf.config.optimizer.set_jit("autoclustering")
