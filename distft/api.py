@@ -34,6 +34,11 @@ def train(config: Optional[str] = None, **options: Any) -> dict[str, Any]:
 
     for warning in mistakes(env, cfg.np):
         log.warning(warning)
+    if not cfg.output_dir and not env.is_launched:
+        from distft.train.output import default_path
+
+        cfg.output_dir = default_path(cfg.model)
+        log.info("run folder: %s (choose one with --output_dir)", cfg.output_dir)
     if cfg.np and not env.is_launched:
         from distft.launch.spawn import spawn
 
@@ -51,21 +56,22 @@ def train(config: Optional[str] = None, **options: Any) -> dict[str, Any]:
 
 
 def evaluate(model: str, data: str, batch_size: int = 256, label: str = "label",
-             unsafe_deserialization: bool = False, preprocess: str = "scale") -> dict[str, float]:
+             unsafe_deserialization: bool = False, preprocess: str = "scale",
+             x_key: Optional[str] = None, y_key: Optional[str] = None,
+             classes: Optional[str] = None) -> dict[str, float]:
     """Loss and metrics of `model` over all of `data` (split across workers when launched);
-    images are preprocessed as in training (`preprocess`)."""
+    images are preprocessed as in training (`preprocess`). Class names in the data are
+    numbered as in `classes` (a classes.json; default: the one beside the model)."""
     _setup_logging(detect().rank, detect().size, False)
 
-    from distft.data.dataset import DataSet
     from distft.model.prepare import prepare
     from distft.train.evaluation import evaluate_split
-    from distft.train.runtime import Worker
+    from distft.train.trainer import check_fit
 
-    worker = Worker.start()
-    ds = worker.all_ok(lambda: DataSet.open(data, label))
-    ds.count(worker.rank, worker.size, worker.gather)
-    ft = worker.all_ok(lambda: prepare(model, unfreeze="all",
-                                       unsafe_deserialization=unsafe_deserialization))
+    worker, ds = _open(data, label, x_key, y_key, model, classes)
+    ft = worker.all_ok(lambda: prepare(model, unfreeze="all", unsafe_deserialization=unsafe_deserialization,
+                                       target_shape=ds.schema.y_shape))
+    worker.all_ok(lambda: check_fit(ft, ds))
     ft.model.compile(loss=ft.loss, metrics=ft.metrics)
     stream = ds.stream(worker.rank, worker.size, batch_size, ft.input_shape, training=False,
                        preprocess=preprocess)
@@ -76,23 +82,29 @@ def evaluate(model: str, data: str, batch_size: int = 256, label: str = "label",
 
 
 def predict(model: str, data: str, output: str, batch_size: int = 256, label: str = "label",
-            unsafe_deserialization: bool = False, preprocess: str = "scale") -> str:
-    """Write the model's outputs for every record of `data`, in file order, to `output` (.npy)."""
+            unsafe_deserialization: bool = False, preprocess: str = "scale",
+            x_key: Optional[str] = None, y_key: Optional[str] = None,
+            classes: Optional[str] = None) -> str:
+    """Write the model's outputs for every record of `data`, in file order, to `output`:
+    `.npy` (the outputs), or `.csv` (the predicted class's name, then one probability column
+    per class, named from `classes`: a classes.json, default the one beside the model)."""
     _setup_logging(detect().rank, detect().size, False)
 
     import numpy as np
 
-    from distft.data.dataset import DataSet
     from distft.model import loading
     from distft.files import atomic_write
-    from distft.train.runtime import Worker
 
-    if not output.endswith(".npy"):
-        raise DistftError(f"--output={output} must end in .npy")
-    worker = Worker.start()
-    ds = worker.all_ok(lambda: DataSet.open(data, label))
-    ds.count(worker.rank, worker.size, worker.gather)
+    kind = os.path.splitext(output)[1]
+    if kind not in (".npy", ".csv"):
+        raise DistftError(f"--output={output} must end in .npy (outputs) or .csv (class names "
+                          "and probabilities)")
+    worker, ds = _open(data, label, x_key, y_key, model, classes)
     net = worker.all_ok(lambda: loading.load(model, unsafe_deserialization=unsafe_deserialization))
+    names = _class_names(model, classes) or ds.classes
+    if kind == ".csv" and (len(net.output_shape) != 2 or (names and len(names) != net.output_shape[-1])):
+        raise DistftError(f"--output={output}: the model's output {net.output_shape} is not one "
+                          f"probability per class{f' of {len(names)}' if names else ''}: write .npy")
     # Split by record (every worker reads all files) so the outputs interleave back in order.
     stream = ds.stream(worker.rank, worker.size, batch_size, tuple(net.input_shape[1:]),
                        training=False, by_record=True, preprocess=preprocess).map(lambda x, y: x)
@@ -102,9 +114,53 @@ def predict(model: str, data: str, output: str, batch_size: int = 256, label: st
         out = np.empty((sum(len(p) for p in parts), *mine.shape[1:]), mine.dtype)
         for r, part in enumerate(parts):
             out[r::worker.size] = part
-        atomic_write(output, lambda tmp: np.save(open(tmp, "wb"), out), suffix=".npy")
+        if kind == ".npy":
+            atomic_write(output, lambda tmp: np.save(open(tmp, "wb"), out), suffix=".npy")
+        else:
+            atomic_write(output, lambda tmp: _write_predictions(tmp, out, names), suffix=".csv")
         log.info("wrote %s: %s predictions of shape %s", output, len(out), out.shape[1:])
     return output
+
+
+def _open(data: str, label: str, x_key: Optional[str], y_key: Optional[str], model: str,
+          classes: Optional[str]):
+    """This worker and `data`, counted, its class names numbered as the model's."""
+    from distft.data.dataset import DataSet
+    from distft.train.runtime import Worker
+
+    worker = Worker.start()
+    ds = worker.all_ok(lambda: DataSet.open(data, label, x_key=x_key, y_key=y_key))
+    ds.count(worker.rank, worker.size, worker.gather)
+    names = worker.all_ok(lambda: _class_names(model, classes))
+    if names:
+        worker.all_ok(lambda: ds.use_classes(names, f"the model's classes.json"))
+    return worker, ds
+
+
+def _class_names(model: str, classes: Optional[str]) -> list[str]:
+    """The class names in `classes` (a classes.json), or in the classes.json beside `model`."""
+    path = classes or os.path.join(os.path.dirname(os.path.abspath(model)), "classes.json")
+    if not os.path.exists(path):
+        if classes:
+            raise DistftError(f"--classes={classes} does not exist: pass the run's classes.json")
+        return []
+    try:
+        with open(path) as f:
+            return list(json.load(f)["class_names"])
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise DistftError(f"{path} is not a distft classes.json ({type(e).__name__}): pass "
+                          "--classes=RUN/classes.json") from None
+
+
+def _write_predictions(path: str, probabilities, names: list[str]) -> None:
+    import csv
+
+    names = names or [str(i) for i in range(probabilities.shape[1])]
+    with open(path, "w", newline="") as f:
+        out = csv.writer(f)
+        out.writerow(["class", *names])
+        for row in probabilities:
+            out.writerow([names[int(row.argmax())], *(f"{p:.6g}" for p in row)])
 
 
 def inspect(model: str, num_classes: Optional[int] = None, unfreeze: Optional[str] = None,
@@ -125,7 +181,7 @@ def inspect(model: str, num_classes: Optional[int] = None, unfreeze: Optional[st
 
 def shard(input: Optional[str], output_dir: str, num_shards: int = 0, compression: str = "",
           label: str = "label", seed: int = 0, workers: int = 1, overwrite: bool = False,
-          verify: bool = False) -> str:
+          verify: bool = False, x_key: Optional[str] = None, y_key: Optional[str] = None) -> str:
     """Write `num_shards` balanced TFRecord shards of `input` and a manifest.json; return its path.
 
     `input`: a folder of class subfolders of JPEG/PNG images, or TFRecord, .npz or .csv files.
@@ -144,7 +200,8 @@ def shard(input: Optional[str], output_dir: str, num_shards: int = 0, compressio
     else:
         if not input:
             raise DistftError("--input is required: pass --input=SRC (or --verify to check shards)")
-        m = write(input, output_dir, num_shards, compression, label, seed, workers, overwrite)
+        m = write(input, output_dir, num_shards, compression, label, seed, workers, overwrite,
+                  x_key, y_key)
     return os.path.join(m.folder, "manifest.json")
 
 

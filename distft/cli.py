@@ -1,8 +1,8 @@
 """The `distft` command (Fire): parse flags, call the Python API, turn errors into one line.
 
-    distft train    --model=PATH --data=PATTERN --output_dir=DIR [options]
+    distft train    --model=PATH --data=PATTERN [--output_dir=DIR] [options]
     distft evaluate --model=PATH --data=PATTERN [--batch_size=B]
-    distft predict  --model=PATH --data=PATTERN --output=FILE.npy
+    distft predict  --model=PATH --data=PATTERN --output=FILE.npy|FILE.csv
     distft inspect  --model=PATH [--num_classes=K --unfreeze=SPEC]
     distft shard    --input=SRC --output_dir=DIR --num_shards=K [--compression=GZIP]
     distft demo
@@ -30,21 +30,26 @@ class Commands:
         api.train(config, **options)
 
     def evaluate(self, model: str, data: str, batch_size: int = 256, label: str = "label",
-                 unsafe_deserialization: bool = False, preprocess: str = "scale") -> None:
+                 unsafe_deserialization: bool = False, preprocess: str = "scale",
+                 x_key: Optional[str] = None, y_key: Optional[str] = None,
+                 classes: Optional[str] = None) -> None:
         """Loss and metrics of MODEL over DATA (all workers' shares when launched)."""
         from distft import api
 
-        api.evaluate(model, data, int(batch_size), label, bool(unsafe_deserialization),
-                     _preprocess(preprocess))
+        api.evaluate(model, data, int(batch_size), _str(label), bool(unsafe_deserialization),
+                     _preprocess(preprocess), _str(x_key), _str(y_key), _str(classes))
 
     def predict(self, model: str, data: str, output: str, batch_size: int = 256,
                 label: str = "label", unsafe_deserialization: bool = False,
-                preprocess: str = "scale") -> None:
-        """Write MODEL's outputs for each record of DATA, in order, to OUTPUT (.npy)."""
+                preprocess: str = "scale", x_key: Optional[str] = None,
+                y_key: Optional[str] = None, classes: Optional[str] = None) -> None:
+        """Write MODEL's outputs for each record of DATA, in order, to OUTPUT: .npy, or .csv
+        with the predicted class name and each class's probability (names from CLASSES, a
+        classes.json, by default the one beside MODEL)."""
         from distft import api
 
-        api.predict(model, data, output, int(batch_size), label, bool(unsafe_deserialization),
-                    _preprocess(preprocess))
+        api.predict(model, data, str(output), int(batch_size), _str(label), bool(unsafe_deserialization),
+                    _preprocess(preprocess), _str(x_key), _str(y_key), _str(classes))
 
     def inspect(self, model: str, num_classes: Optional[int] = None, unfreeze: Optional[str] = None,
                 train_bn: bool = False, weights: Optional[str] = None,
@@ -68,7 +73,8 @@ class Commands:
 
     def shard(self, output_dir: str, input: Optional[str] = None, num_shards: int = 0,
               compression: str = "", label: str = "label", seed: int = 0, workers: int = 1,
-              overwrite: bool = False, verify: bool = False) -> None:
+              overwrite: bool = False, verify: bool = False, x_key: Optional[str] = None,
+              y_key: Optional[str] = None) -> None:
         """Write NUM_SHARDS balanced TFRecord shards of INPUT (image folder with one subfolder per
         class, or TFRecord/.npz/.csv files) and a manifest.json into OUTPUT_DIR; --verify checks
         the shards of OUTPUT_DIR against their manifest (sizes and sha256).
@@ -80,8 +86,9 @@ class Commands:
         from distft import api
 
         api.shard(input and str(input), str(output_dir), _integer("num_shards", num_shards),
-                  str(compression or ""), str(label), _integer("seed", seed),
-                  _integer("workers", workers), to_bool(overwrite), to_bool(verify))
+                  str(compression or ""), _str(label), _integer("seed", seed),
+                  _integer("workers", workers), to_bool(overwrite), to_bool(verify), _str(x_key),
+                  _str(y_key))
 
     def slurm(self, template: str = "multi-node", nodes: int = 2, gpus_per_node: int = 4,
               cpus_per_task: int = 8, time: str = "04:00:00", partition: Optional[str] = None,
@@ -120,6 +127,14 @@ class Commands:
         run_demo(output_dir, int(np), int(epochs), controller)
 
 
+def _str(value: Any) -> Optional[str]:
+    """A string option as a string (Fire turns `--label=1` into an int and `--label=a,b` into a
+    tuple), None left alone."""
+    if isinstance(value, (list, tuple)):
+        return ",".join(map(str, value))
+    return None if value is None else str(value)
+
+
 def _preprocess(value: str) -> str:
     """A checked --preprocess value (as train checks it)."""
     return TrainConfig.resolve(model="-", data="-", output_dir="-", preprocess=value).preprocess
@@ -132,7 +147,7 @@ def _integer(name: str, value: Any) -> int:
 
 
 def _train_help() -> str:
-    lines = ["Fine-tune a model: distft train --model=PATH --data=PATTERN --output_dir=DIR [options]",
+    lines = ["Fine-tune a model: distft train --model=PATH --data=PATTERN [--output_dir=DIR] [options]",
              "", "Options (also keys of --config=FILE.yaml; flags override the file):"]
     for f in dataclasses.fields(TrainConfig):
         default = "" if f.default in (None, "") else f" (default {f.default})"

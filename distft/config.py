@@ -20,7 +20,7 @@ OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
 SCHEDULES = ("constant", "cosine")
 COMPRESSIONS = ("none", "fp16")
 CONTROLLERS = ("gloo", "mpi")
-PREPROCESSING = ("scale", "convnext", "densenet", "efficientnet", "efficientnet_v2",
+PREPROCESSING = ("scale", "none", "convnext", "densenet", "efficientnet", "efficientnet_v2",
                  "inception_resnet_v2", "inception_v3", "mobilenet", "mobilenet_v2", "mobilenet_v3",
                  "nasnet", "regnet", "resnet", "resnet50", "resnet_rs", "resnet_v2", "vgg16", "vgg19",
                  "xception")
@@ -34,11 +34,18 @@ class TrainConfig:
 
     # What to train on
     model: str = field(default="", metadata={"help": ".keras, .h5, SavedModel folder, or app:NAME"})
-    data: str = field(default="", metadata={"help": "file, glob or folder of .tfrecord/.npz/.csv"})
-    output_dir: str = field(default="", metadata={"help": "run folder (checkpoints, tensorboard, model)"})
+    data: str = field(default="", metadata={
+        "help": "file, glob or folder of .tfrecord/.npz/.csv, or a folder of class subfolders of images"})
+    output_dir: str = field(default="", metadata={
+        "help": "run folder (checkpoints, tensorboard, model); default runs/MODEL-DATE-TIME"})
     val_data: Optional[str] = field(default=None, metadata={"help": "validation data, same formats"})
     val_split: float = field(default=0.0, metadata={"help": "hold out this fraction of --data"})
-    label: str = field(default="label", metadata={"help": "label column of CSV files"})
+    label: str = field(default="label", metadata={
+        "help": "CSV label column (numbers or class names), or columns a,b,c for (N, 3) targets"})
+    x_key: Optional[str] = field(default=None, metadata={
+        "help": "TFRecord feature holding the input (default x or image), e.g. image/encoded"})
+    y_key: Optional[str] = field(default=None, metadata={
+        "help": "TFRecord feature holding the target (default y), e.g. image/class/label"})
     # Model surgery
     weights: Optional[str] = field(default=None, metadata={"help": "app:NAME weights: FILE or none"})
     input_shape: Optional[tuple] = field(default=None, metadata={"help": "app:NAME input H,W,C"})
@@ -115,7 +122,7 @@ class TrainConfig:
 
     def check(self) -> None:
         """Raise DistftError for values no run could use."""
-        for name in ("model", "data", "output_dir"):
+        for name in ("model", "data"):
             if not getattr(self, name):
                 raise DistftError(f"--{name} is required: pass --{name}=...")
         positive = {"epochs": self.epochs, "batch_size": self.batch_size, "lr": self.lr,
@@ -261,6 +268,8 @@ def coerce(cls: type, name: str, value: Any) -> Any:
             if name == "input_shape":
                 return tuple(int(i) for i in items)
             return tuple(str(i) for i in items)
+        if isinstance(value, (list, tuple)):  # Fire reads --label=a,b as a tuple
+            return ",".join(map(str, value))
         return str(value)
     except (TypeError, ValueError):
         kind = {bool: "true or false", int: "an integer", float: "a number",

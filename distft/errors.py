@@ -31,3 +31,11 @@ class Stopped(DistftError):
 
     def __init__(self, message: str, reported: bool = False, exit_code: int = EXIT_CODE):
         super().__init__(message, exit_code=exit_code, reported=reported)
+
+
+def root_cause(message: str) -> str:
+    """The informative line of a TensorFlow error (not 'Graph execution error:' or a frame)."""
+    skip = ("Graph execution error", "Detected at node", "Defined at", "File ", "[[", "  ")
+    lines = [l.strip() for l in (message or "").splitlines()
+             if l.strip() and not l.startswith(skip) and not l.strip().startswith(skip)]
+    return lines[0][:300] if lines else "no message"

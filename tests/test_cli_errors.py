@@ -106,8 +106,8 @@ def broken_files(demo_data, tmp_path_factory):
 @pytest.mark.parametrize("change, expected", [
     ({"--model": "{b}/model.h5"}, "is neither a .keras (zip) nor an .h5 (HDF5) file"),
     ({"--model": "{b}/truncated.h5"}, "is a damaged keras file"),
-    ({"--data": "{b}/corrupt"}, "corrupt or unreadable tfrecord data"),
-    ({"--data": "{b}/bad.csv"}, "bad.csv: corrupt or unreadable csv data"),
+    ({"--data": "{b}/corrupt"}, "damaged tfrecord file"),
+    ({"--data": "{b}/bad.csv"}, "bad.csv:252: column 'p0' is not numeric ('oops')"),
     ({"--output_dir": "{b}/a_file"}, "is a file: pass a folder path"),
     ({"--output_dir": "/proc/distft-run"}, "is not writable"),
     ({"--config": "{b}/broken.yaml"}, "is not valid YAML at line"),

@@ -45,8 +45,9 @@ def test_bad_values_are_one_clear_error(bad, message):
 
 
 def test_missing_required_option():
-    with pytest.raises(DistftError, match="--output_dir is required"):
-        TrainConfig.resolve(model="m.h5", data="x")
+    with pytest.raises(DistftError, match="--data is required"):
+        TrainConfig.resolve(model="m.h5", output_dir="x")
+    assert TrainConfig.resolve(model="m.h5", data="x").output_dir == ""  # chosen at the start
 
 
 def test_yaml_that_does_not_parse_or_names_unknown_option(tmp_path):

@@ -91,7 +91,7 @@ def test_corrupt_tfrecord_names_the_file(tmp_path):
     data[len(data) // 2] ^= 0xFF
     path.write_bytes(bytes(data))
     ds = DataSet.open(str(tmp_path))
-    with pytest.raises(DistftError, match="p-1.tfrecord: corrupt or unreadable tfrecord"):
+    with pytest.raises(DistftError, match="p-1.tfrecord: damaged tfrecord file"):
         ds.count()
 
 

@@ -7,23 +7,29 @@ Example:
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import glob
 import os
+import time
+import zipfile
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
 import numpy as np
 import tensorflow as tf
 
+from distft import log
 from distft.data import images, sharding
-from distft.data.manifest import Manifest
-from distft.data.formats import FORMATS, Schema, decode_batch, format_of, infer_schema, label_of, \
-    read_records
+from distft.data.decode import batch_decoder, record_decoder
+from distft.data.formats import FORMATS, Schema, check_example, csv_labels, csv_rows, damaged, format_of, \
+    infer_schema, label_of, npz_headers, read_records
+from distft.data.manifest import NAME, Manifest
 from distft.errors import DistftError
 
 AUTOTUNE = tf.data.AUTOTUNE
 HOLDOUT_BASE = 10000  # --val_split resolution: 1/10000
+SLOW_LISTING = 10.0  # seconds: listing an image folder this long suggests `distft shard`
 
 
 @dataclass
@@ -38,7 +44,8 @@ class Counts:
 
 @dataclass
 class DataSet:
-    """Files of one format and schema; `holdout` > 0 splits off a deterministic fraction."""
+    """Files of one format and schema (for an image folder: one file a record); `holdout` > 0
+    splits off a deterministic fraction; `classes` names the class ids, when known."""
 
     files: list[str]
     schema: Schema
@@ -46,28 +53,57 @@ class DataSet:
     part: str = "all"  # all | train | held_out (of the holdout split)
     counts: Optional[Counts] = field(default=None, repr=False)
     manifest: Optional[Manifest] = field(default=None, repr=False)
+    classes: list[str] = field(default_factory=list)
+    labels: Optional[np.ndarray] = field(default=None, repr=False)  # image folder: class ids
 
     @classmethod
-    def open(cls, pattern: str, label: str = "label", holdout: float = 0.0) -> DataSet:
+    def open(cls, pattern: str, label: str = "label", holdout: float = 0.0,
+             x_key: Optional[str] = None, y_key: Optional[str] = None, flag: str = "data") -> DataSet:
         """Resolve a file, folder or glob; check the files share one format and schema.
 
-        Shards with a manifest (see data/manifest.py) take their file list, schema and
-        counts from it, after a cheap check of each shard's size.
+        Shards with a manifest (see data/manifest.py) take their file list, schema, class
+        names and counts from it, after a cheap check of each shard's size. A folder of
+        class subfolders of images is an image data set. `flag` names the option in errors.
         """
+        part = "train" if holdout else "all"
         m = Manifest.find(pattern)
         if m is not None:
             m.verify()
-            return cls(m.paths(), m.to_schema(), holdout, "train" if holdout else "all", manifest=m)
-        files = resolve_files(pattern)
+            return cls(m.paths(), m.to_schema(), holdout, part, manifest=m, classes=list(m.class_names))
+        if is_image_folder(pattern):
+            started = time.perf_counter()
+            paths, labels, classes = images.scan(pattern, flag)
+            seconds = time.perf_counter() - started
+            if seconds > SLOW_LISTING:
+                log.warning("listing %d images in --%s=%s took %.0fs, on every start: write "
+                            "shards once with 'distft shard --input=%s --output_dir=SHARDS "
+                            "--num_shards=N' and train on those", len(paths), flag, pattern,
+                            seconds, pattern)
+            return cls(paths, Schema("folder", "image"), holdout, part, classes=classes,
+                       labels=np.array(labels, np.int64))
+        files = resolve_files(pattern, flag)
         formats = {format_of(f) for f in files}
         if len(formats) > 1:
-            raise DistftError(f"--data={pattern} mixes formats {sorted(formats)}: use one format")
-        schema = infer_schema(files[0], label)
-        return cls(files, schema, holdout, "train" if holdout else "all")
+            raise DistftError(f"--{flag}={pattern} mixes formats {sorted(formats)}: use one format")
+        schema = infer_schema(files[0], label, x_key, y_key)
+        return cls(files, schema, holdout, part)
+
+    def use_classes(self, classes: list[str], where: str) -> None:
+        """Number this data set's class names as `classes` (the model's, or the training
+        data's) rather than by its own sorted names."""
+        if not self.classes or list(classes) == self.classes:
+            return
+        unknown = sorted(set(self.classes) - set(classes))
+        if unknown:
+            raise DistftError(f"the data has classes {', '.join(unknown[:5])} that {where} does not "
+                              f"have ({', '.join(classes[:10])}): use data of the same classes")
+        if self.labels is not None:
+            self.labels = np.array([classes.index(self.classes[i]) for i in self.labels], np.int64)
+        self.classes = list(classes)
 
     def held_out(self) -> DataSet:
         """The held-out fraction of this data set (for --val_split)."""
-        return DataSet(self.files, self.schema, self.holdout, "held_out", self.counts, self.manifest)
+        return dataclasses.replace(self, part="held_out")
 
     def count(self, rank: int = 0, size: int = 1,
               gather: Callable[[object], list] = lambda x: [x]) -> Counts:
@@ -77,8 +113,8 @@ class DataSet:
         the same moment and they stop together instead of leaving the others waiting.
         With a manifest nothing is read: the counts are the manifest's.
         """
-        if self.manifest is not None:
-            self.counts = self._manifest_counts()
+        if self.manifest is not None or self.labels is not None:
+            self.counts = self._known_counts()
             return self.counts
         mine: dict[int, tuple] = {}
         error = None
@@ -96,34 +132,71 @@ class DataSet:
         for part, _ in results:
             merged.update(part)
         per_file = [merged[i] for i in range(len(self.files))]
-        y = [(lo, hi) for n, k, lo, hi in per_file if n + k]
-        self.counts = Counts([p[0] for p in per_file], [p[1] for p in per_file],
-                             min(lo for lo, _ in y) if y else 0.0, max(hi for _, hi in y) if y else 0.0)
+        y = [(lo, hi) for n, k, lo, hi, _ in per_file if n + k]
+        lo, hi = (min(l for l, _ in y), max(h for _, h in y)) if y else (0.0, 0.0)
+        if self.schema.y_names:
+            self.classes = sorted({name for *_, names in per_file for name in names})
+            lo, hi = 0.0, float(len(self.classes) - 1)
+        self.counts = Counts([p[0] for p in per_file], [p[1] for p in per_file], lo, hi)
         return self.counts
 
-    def _manifest_counts(self) -> Counts:
+    def _known_counts(self) -> Counts:
+        """Counts from the manifest, or an image folder's one record a file: nothing is read."""
+        per_file = self.manifest.counts() if self.manifest is not None else [1] * len(self.files)
         fraction = int(round(self.holdout * HOLDOUT_BASE))
         train, held = [], []
-        for index, n in enumerate(self.manifest.counts()):
+        for index, n in enumerate(per_file):
             k = 0
             for start in range(0, n if fraction else 0, 1 << 20):  # the same tags as _enumerated
                 i = np.arange(start, min(n, start + (1 << 20)), dtype=np.int64)
                 k += int(np.count_nonzero((i * 7919 + index * 104729) % HOLDOUT_BASE < fraction))
             train.append(n - k)
             held.append(k)
-        return Counts(train, held, *self.manifest.label_range())
+        if self.manifest is not None:
+            return Counts(train, held, *self.manifest.label_range())
+        return Counts(train, held, float(self.labels.min()), float(self.labels.max()))
 
-    def _count_file(self, index: int) -> tuple[int, int, float, float]:
-        path = self.files[index]
+    def _count_file(self, index: int) -> tuple[int, int, float, float, tuple]:
+        """(records, held-out records, lowest and highest target value, class names) of one
+        file, after checking that it fits the schema."""
+        path, schema = self.files[index], self.schema
+        fmt = schema.format
         try:
-            n, k, lo, hi = _counter(self.schema, self.holdout)(tf.constant(path),
-                                                               tf.constant(index, tf.int64))
-        except (tf.errors.DataLossError, tf.errors.InvalidArgumentError, tf.errors.OutOfRangeError,
-                tf.errors.UnknownError, tf.errors.NotFoundError) as e:
-            first = (e.message or type(e).__name__).splitlines()[0]
-            raise DistftError(f"{path}: corrupt or unreadable {self.schema.format} data ({first}): "
-                              "regenerate or remove this file") from None
-        return int(n), int(k), float(lo), float(hi)
+            if fmt == "npz":
+                self._check_npz(path)
+            n, k, lo, hi = _counter(schema, self.holdout)(tf.constant(path), tf.constant(index, tf.int64))
+            names = tuple(sorted(set(csv_labels(path, schema)))) if schema.y_names else ()
+        except DistftError:
+            raise
+        except tf.errors.InvalidArgumentError as e:
+            raise self._misfit(path, e) from None
+        except (tf.errors.OpError, OSError, EOFError, ValueError, zipfile.BadZipFile) as e:
+            raise damaged(path, fmt, e) from None
+        return int(n), int(k), float(lo), float(hi), names
+
+    def _check_npz(self, path: str) -> None:
+        (xs, xd), (ys, _) = npz_headers(path)
+        first = infer_schema(path)
+        for name, found, want in (("x", first.x_shape, self.schema.x_shape),
+                                  ("y", first.y_shape, self.schema.y_shape)):
+            if found != want or (name == "x" and first.x_kind != self.schema.x_kind):
+                raise DistftError(f"{path}: array '{name}' has rows of shape {found} but "
+                                  f"{self.files[0]} has {want}: all files need the same layout")
+
+    def _misfit(self, path: str, error: tf.errors.OpError) -> DistftError:
+        """The error for a file that parses but does not fit the schema (or, failing to find
+        what does not fit, a damaged file)."""
+        if self.schema.format == "tfrecord":
+            for n, record in enumerate(tf.data.TFRecordDataset(path, self.schema.compression)):
+                problem = check_example(record.numpy(), self.schema)
+                if problem:
+                    return DistftError(f"{path}: record {n} {problem} (the first file's records "
+                                       f"fit {self.schema.x_key}/{self.schema.y_key} as read): "
+                                       "write every record with the same features")
+        if self.schema.format == "csv":
+            for _ in csv_rows(path, self.schema):  # raises, naming the line, for a row that does not fit
+                pass
+        return damaged(path, self.schema.format, error)
 
     def _enumerated(self, path: tf.Tensor, index: tf.Tensor) -> tf.data.Dataset:
         """(is_held_out, record) for each record of one file."""
@@ -135,11 +208,17 @@ class DataSet:
             bucket = tf.math.floormod(i * 7919 + index * 104729, HOLDOUT_BASE)
             return bucket < fraction, record
 
-        return read_records(path, self.schema).enumerate().map(tag)
+        return self._read(path, index).enumerate().map(tag)
+
+    def _read(self, path: tf.Tensor, index: tf.Tensor) -> tf.data.Dataset:
+        """The raw records of file `index` (an image folder's file: (bytes, class id))."""
+        if self.labels is None:
+            return read_records(path, self.schema)
+        return tf.data.Dataset.from_tensors((tf.io.read_file(path), tf.gather(self.labels, index)))
 
     def _records(self, path: tf.Tensor, index: tf.Tensor) -> tf.data.Dataset:
         if self.part == "all":  # no holdout: no per-record tagging on the hot path
-            return read_records(path, self.schema)
+            return self._read(path, index)
         want = self.part == "held_out"
         return self._enumerated(path, index).filter(
             lambda held, _: tf.equal(held, want)).map(lambda _, record: record)
@@ -170,9 +249,14 @@ class DataSet:
         keep every record of the worker's share exactly once. Images are decoded, resized to
         `input_shape`, augmented (training only) and preprocessed record by record.
         """
-        if self.schema.x_kind != "image" and (augment or preprocess != "scale"):
+        image = self.schema.is_image
+        if not image and (augment or preprocess not in ("scale", "none")):
             raise DistftError("--augment and --preprocess apply to image data, and --data holds "
-                              "float records: leave them out")
+                              "feature records: leave them out")
+        if image and self.schema.pixel_scale == 0 and preprocess != "none":
+            raise DistftError("--data's 'x' holds float images whose values are not pixels in "
+                              "[0, 1] or [0, 255] (already normalised?): pass --preprocess=none "
+                              "to feed them as they are")
         share = self.share(rank, size, by_record)
         steps = steps or sharding.steps_per_epoch(self.part_counts(), size, batch_size)
         shuffle = (lambda d: d.shuffle(shuffle_buffer, seed=seed + rank)) if shuffle_buffer > 1 \
@@ -187,7 +271,7 @@ class DataSet:
         else:
             ds = self._epochs(rank, size, seed, steps * batch_size, epochs, shuffle)
             ds = self._decoded(ds, input_shape)
-        if self.schema.x_kind == "image":
+        if image:
             if training and augment:
                 fn = images.augmenter(tuple(augment), seed)
                 first = (epochs or (0,))[0] * steps * batch_size  # a resumed run continues the seeds
@@ -197,11 +281,10 @@ class DataSet:
             prep = images.preprocessor(preprocess)
             ds = ds.map(lambda x, y: (prep(x), y), num_parallel_calls=AUTOTUNE, deterministic=True)
         ds = ds.batch(batch_size, drop_remainder=training)
-        if self.schema.x_kind != "image":
-            schema = self.schema
+        if not image:
             # Plain TF ops: autograph's conversion would add seconds to every start.
             decode = tf.autograph.experimental.do_not_convert(
-                lambda *b: decode_batch(b[0] if len(b) == 1 else b, schema, tuple(input_shape)))
+                batch_decoder(self.schema, tuple(input_shape), tuple(self.classes)))
             ds = ds.map(decode, num_parallel_calls=AUTOTUNE, deterministic=True)
         options = tf.data.Options()
         options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
@@ -241,16 +324,11 @@ class DataSet:
 
     def _decoded(self, records: tf.data.Dataset, input_shape: tuple) -> tf.data.Dataset:
         """Images: (float32 image in [0, 255] of input_shape, y) per record; else unchanged."""
-        if self.schema.x_kind != "image":
+        if not self.schema.is_image:
             return records
-        spec = {"image": tf.io.FixedLenFeature([], tf.string),
-                "y": tf.io.FixedLenFeature([], tf.float32 if self.schema.y_float else tf.int64)}
-
-        def decode(record):
-            parsed = tf.io.parse_single_example(record, spec)
-            return images.decode(parsed["image"], tuple(input_shape)), parsed["y"]
-
-        return records.map(decode, num_parallel_calls=AUTOTUNE, deterministic=True)
+        decode = record_decoder(self.schema, tuple(input_shape), tuple(self.classes))
+        return records.map(tf.autograph.experimental.do_not_convert(decode),
+                           num_parallel_calls=AUTOTUNE, deterministic=True)
 
     def _cache_path(self, cache: str, share: sharding.Share, rank: int, input_shape: tuple) -> str:
         """"" (memory) or a file in the folder `cache`, named for what it holds."""
@@ -263,7 +341,16 @@ class DataSet:
         return os.path.join(cache, f"distft-{hashlib.sha256(key.encode()).hexdigest()[:16]}-rank{rank}")
 
 
-def resolve_files(pattern: str) -> list[str]:
+def is_image_folder(pattern: str) -> bool:
+    """A folder with no data files and no manifest, but subfolders (of class images)."""
+    if not os.path.isdir(pattern):
+        return False
+    entries = os.listdir(pattern)
+    return not any(os.path.splitext(f)[1].lower() in FORMATS or f == NAME for f in entries) and \
+        any(os.path.isdir(os.path.join(pattern, f)) for f in entries)
+
+
+def resolve_files(pattern: str, flag: str = "data") -> list[str]:
     """A file, a folder (its data files), or a glob; sorted; error if nothing matches."""
     if os.path.isdir(pattern):
         files = [os.path.join(pattern, f) for f in os.listdir(pattern)
@@ -272,8 +359,9 @@ def resolve_files(pattern: str) -> list[str]:
         files = glob.glob(os.path.expanduser(pattern))
     files = sorted(f for f in files if os.path.isfile(f))
     if not files:
-        raise DistftError(f"--data={pattern} matches no data file: check the path or glob "
-                          "(quote globs so the shell does not expand them)")
+        raise DistftError(f"--{flag}={pattern} matches no data file: pass .tfrecord, .npz or .csv "
+                          "files (quote globs so the shell does not expand them), or a folder of "
+                          "class subfolders of images")
     return files
 
 
@@ -289,7 +377,7 @@ def _counter(schema: Schema, holdout: float) -> Callable:
         held, record = item
         y = label_of(record, schema)
         return (n + tf.cast(~held, tf.int64), k + tf.cast(held, tf.int64),
-                tf.minimum(lo, y), tf.maximum(hi, y))
+                tf.minimum(lo, tf.reduce_min(y)), tf.maximum(hi, tf.reduce_max(y)))
 
     @tf.function(input_signature=[tf.TensorSpec([], tf.string), tf.TensorSpec([], tf.int64)],
                  autograph=False)

@@ -1,166 +1,378 @@
-"""Record formats: how to find a file set's schema, count it, and read it with tf.data.
+"""Record formats: how to learn a file set's schema, check a file against it, and read it with
+tf.data.
 
-Supported: TFRecord (`x`: float list or `image`: encoded PNG/JPEG bytes; `y`: int64 or
-float; GZIP-compressed files are recognised), `.npz` (arrays `x`, `y`) and `.csv`
-(a header, one label column, the other columns numeric).
+Layouts:
+- TFRecord: features (`x`: float list, or `image`: encoded PNG/JPEG bytes, or raw uint8 pixels
+  from `distft shard`) and a target (`y`: int64 or float, one value or a fixed-length list).
+  Other tools' feature names are read with `x_key`/`y_key` (e.g. `image/encoded`,
+  `image/class/label`). GZIP-compressed files are recognised.
+- `.npz`: arrays `x` (N, F) features or (N, H, W[, C]) images (uint8 or float), and `y` (N,)
+  or (N, K).
+- `.csv`: a header, label column(s) (`label="a,b"` for several), the other columns numeric;
+  a single label column may hold class names instead of numbers.
+- A folder of class subfolders of JPEG/PNG images (see `data/images.py`).
 
 Example:
     schema = infer_schema("shards/part-0.tfrecord", label="label")
     ds = read_records(tf.constant(path), schema)   # raw records
-    x, y = decode_batch(ds.batch(32).take(1).get_single_element(), schema, (8, 8, 1))
 """
 from __future__ import annotations
 
 import csv
+import dataclasses
 import gzip
+import math
 import os
+import zipfile
 from dataclasses import dataclass
+from typing import Iterator, Optional
 
 import numpy as np
 import tensorflow as tf
 
-from distft.errors import DistftError
+from distft.errors import DistftError, root_cause
 
 FORMATS = {".tfrecord": "tfrecord", ".tfrecords": "tfrecord", ".tfrec": "tfrecord",
            ".gz": "tfrecord", ".npz": "npz", ".csv": "csv"}
+X_KEYS = ("x", "image")  # the features distft looks for by default, in this order
+CHUNK = 4096  # .npz rows per read
 
 
 @dataclass(frozen=True)
 class Schema:
     """What a record holds; the same for every file of a data set."""
 
-    format: str  # tfrecord | npz | csv
-    x_kind: str  # float | image
-    x_size: int  # floats per record (0 for images)
-    y_float: bool  # regression target rather than class index
+    format: str  # tfrecord | npz | csv | folder
+    x_kind: str  # float (features) | image (encoded PNG/JPEG) | pixels (an H,W,C array)
+    x_shape: tuple = ()  # float: (F,); pixels: (H, W, C); image: ()
+    y_shape: tuple = ()  # () for one value a record, (K,) for K
+    y_float: bool = False  # float targets (regression, soft labels) rather than integers
+    y_names: bool = False  # CSV: the label column holds class names
+    x_dtype: str = "float32"  # pixels: uint8 or float32
+    pixel_scale: float = 1.0  # pixels: factor to [0, 255]; 0: not pixel values (--preprocess=none)
     compression: str = ""  # "" or GZIP (TFRecord)
+    x_key: str = "x"
+    y_key: str = "y"
     columns: tuple = ()  # CSV: all column names, in file order
-    label_index: int = -1  # CSV: position of the label column
+    label_columns: tuple = ()  # CSV: positions of the label columns
+
+    @property
+    def x_size(self) -> int:
+        return math.prod(self.x_shape)
+
+    @property
+    def is_image(self) -> bool:
+        return self.x_kind in ("image", "pixels")
+
+    def describe_y(self) -> str:
+        return f"(N{''.join(f', {k}' for k in self.y_shape)})"
 
 
 def format_of(path: str) -> str:
     ext = os.path.splitext(path)[1].lower()
     if ext not in FORMATS:
-        raise DistftError(f"{path}: unknown data format '{ext}': use .tfrecord, .npz or .csv files")
+        raise DistftError(f"{path}: unknown data format '{ext}': use .tfrecord, .npz or .csv files, "
+                          "or a folder of class subfolders of images")
     return FORMATS[ext]
 
 
-def infer_schema(path: str, label: str = "label") -> Schema:
-    """Read the first record of `path` to learn the schema."""
+def infer_schema(path: str, label: str = "label", x_key: Optional[str] = None,
+                 y_key: Optional[str] = None) -> Schema:
+    """Read the start of `path` to learn the schema."""
     fmt = format_of(path)
     try:
         if fmt == "tfrecord":
-            return _tfrecord_schema(path)
+            return _tfrecord_schema(path, x_key, y_key)
         if fmt == "npz":
             return _npz_schema(path)
         return _csv_schema(path, label)
     except DistftError:
         raise
-    except Exception as e:  # a reader's own error: name the file and the problem
-        raise DistftError(f"{path}: cannot read as {fmt} ({type(e).__name__}: "
-                          f"{str(e).splitlines()[0] if str(e) else 'corrupt'}): check the file") from e
+    except (OSError, EOFError, ValueError, zipfile.BadZipFile, tf.errors.OpError) as e:
+        raise damaged(path, fmt, e) from e
 
 
-def _tfrecord_schema(path: str) -> Schema:
+def damaged(path: str, fmt: str, error: BaseException) -> DistftError:
+    """The error for a file whose bytes cannot be parsed at all."""
+    text = root_cause(getattr(error, "message", None) or str(error))
+    return DistftError(f"{path}: damaged {fmt} file ({type(error).__name__}: {text}): "
+                       "regenerate or remove this file")
+
+
+# --- TFRecord ---------------------------------------------------------------------------------
+
+def _tfrecord_schema(path: str, x_key: Optional[str], y_key: Optional[str]) -> Schema:
     with open(path, "rb") as f:
         compression = "GZIP" if f.read(2) == b"\x1f\x8b" else ""
     first = next(iter(tf.data.TFRecordDataset(path, compression_type=compression).take(1)), None)
     if first is None:
         raise DistftError(f"{path}: TFRecord file has no records: remove it or regenerate it")
-    example = tf.train.Example.FromString(first.numpy())
-    feats = example.features.feature
-    if "y" not in feats:
-        raise DistftError(f"{path}: records have no 'y' feature (found {sorted(feats)}): "
-                          "write labels as feature 'y'")
-    y_float = feats["y"].WhichOneof("kind") == "float_list"
-    if "image" in feats:
-        return Schema("tfrecord", "image", 0, y_float, compression)
-    if "x" not in feats or feats["x"].WhichOneof("kind") != "float_list":
-        raise DistftError(f"{path}: records need feature 'x' (float list) or 'image' (bytes), "
-                          f"found {sorted(feats)}")
-    return Schema("tfrecord", "float", len(feats["x"].float_list.value), y_float, compression)
+    feats = tf.train.Example.FromString(first.numpy()).features.feature
+    xk = x_key or next((k for k in X_KEYS if k in feats), None)
+    yk = y_key or "y"
+    if xk is None or xk not in feats or yk not in feats:
+        missing = [f"'{k}'" for k, given in ((xk or "x", x_key), (yk, y_key)) if k not in feats]
+        raise DistftError(f"{path}: records have no feature {' or '.join(missing)}; they have "
+                          f"{_describe_features(feats)}: pass {_suggest_keys(feats)}")
+    kind = feats[xk].WhichOneof("kind")
+    if kind == "bytes_list":
+        x_kind, x_shape = "image", ()
+    elif kind == "float_list":
+        x_kind, x_shape = "float", (len(feats[xk].float_list.value),)
+    else:
+        raise DistftError(f"{path}: feature '{xk}' is {kind}, expected float_list (features) or "
+                          "bytes_list (encoded images): pass --x_key=FEATURE naming one of "
+                          f"{_describe_features(feats)}")
+    y = feats[yk]
+    if y.WhichOneof("kind") not in ("int64_list", "float_list"):
+        raise DistftError(f"{path}: feature '{yk}' is {y.WhichOneof('kind')}, expected int64_list "
+                          "or float_list targets: pass --y_key=FEATURE naming the target")
+    values = getattr(y, y.WhichOneof("kind")).value
+    return Schema("tfrecord", x_kind, x_shape, () if len(values) == 1 else (len(values),),
+                  y.WhichOneof("kind") == "float_list", compression=compression, x_key=xk, y_key=yk)
 
+
+def _describe_features(feats) -> str:
+    return ", ".join(f"{k} ({feats[k].WhichOneof('kind')}[{len(getattr(feats[k], feats[k].WhichOneof('kind')).value)}])"
+                     for k in sorted(feats))
+
+
+def _suggest_keys(feats) -> str:
+    """A ready-to-paste --x_key/--y_key guess from the features a record has."""
+    def pick(kinds: tuple, hints: tuple) -> str:
+        names = [k for k in sorted(feats) if feats[k].WhichOneof("kind") in kinds]
+        return next((k for h in hints for k in names if h in k.lower()), names[0] if names else "FEATURE")
+    return (f"--x_key={pick(('bytes_list', 'float_list'), ('encoded', 'image', 'x'))} "
+            f"--y_key={pick(('int64_list', 'float_list'), ('label', 'target', 'class', 'y'))}")
+
+
+def check_example(record: bytes, schema: Schema) -> Optional[str]:
+    """What in one serialized record does not fit `schema` (None if it fits)."""
+    feats = tf.train.Example.FromString(record).features.feature
+    for key, kinds, size in ((schema.x_key, ("bytes_list",) if x_is_bytes(schema) else ("float_list",),
+                              None if x_is_bytes(schema) else schema.x_size),
+                             (schema.y_key, ("float_list",) if schema.y_float else ("int64_list",),
+                              math.prod(schema.y_shape))):
+        if key not in feats:
+            return f"has no feature '{key}' (it has {_describe_features(feats)})"
+        kind = feats[key].WhichOneof("kind")
+        if kind not in kinds:
+            return f"feature '{key}' is {kind}, expected {kinds[0]}"
+        n = len(getattr(feats[key], kind).value)
+        if size is not None and n != size:
+            return f"feature '{key}' has {n} values, expected {size}"
+    return None
+
+
+# --- .npz -------------------------------------------------------------------------------------
 
 def _npz_schema(path: str) -> Schema:
-    with np.load(path) as z:
-        if "x" not in z.files or "y" not in z.files:
-            raise DistftError(f"{path}: .npz needs arrays 'x' and 'y' (found {z.files})")
-        x, y = z["x"], z["y"]
-    if len(x) != len(y):
-        raise DistftError(f"{path}: 'x' has {len(x)} rows but 'y' has {len(y)}: they must match")
-    if not (np.issubdtype(x.dtype, np.number) and np.issubdtype(y.dtype, np.number)):
-        raise DistftError(f"{path}: 'x' and 'y' must be numeric arrays (got {x.dtype}, {y.dtype})")
-    return Schema("npz", "float", int(np.prod(x.shape[1:])), bool(np.issubdtype(y.dtype, np.floating)
-                                                                   and not np.all(y == np.round(y))))
+    (xs, xd), (ys, yd) = npz_headers(path)
+    if len(xs) == 2 or (len(xs) == 3 and xd != np.uint8):
+        x_kind, x_shape, x_dtype, scale = "float", (math.prod(xs[1:]),), "float32", 1.0
+    elif len(xs) in (3, 4):  # images: (N, H, W) grayscale or (N, H, W, C)
+        x_kind, x_shape = "pixels", (*xs[1:3], xs[3] if len(xs) == 4 else 1)
+        x_dtype = "uint8" if xd == np.uint8 else "float32"
+        scale = 1.0 if xd == np.uint8 else _pixel_scale(path)
+    else:
+        raise DistftError(f"{path}: array 'x' has shape {xs}: expected (N, F) features or "
+                          "(N, H, W, C) images")
+    if len(ys) not in (1, 2):
+        raise DistftError(f"{path}: array 'y' has shape {ys}: expected (N,) or (N, K) targets")
+    y_float = False
+    if yd.kind == "f":
+        with np.load(path) as z:
+            y = z["y"]
+        y_float = bool(not np.all(y == np.round(y)))
+    return Schema("npz", x_kind, x_shape, tuple(ys[1:]), y_float, x_dtype=x_dtype, pixel_scale=scale)
 
+
+def npz_headers(path: str) -> tuple[tuple[tuple, np.dtype], tuple[tuple, np.dtype]]:
+    """((shape, dtype) of `x`, (shape, dtype) of `y`), read from the headers, checked."""
+    with zipfile.ZipFile(path) as z:
+        names = [n[:-4] for n in z.namelist() if n.endswith(".npy")]
+        if "x" not in names or "y" not in names:
+            raise DistftError(f"{path}: .npz needs arrays 'x' and 'y' (found {names}): save with "
+                              "np.savez(path, x=features, y=targets)")
+        headers = []
+        for name in ("x", "y"):
+            with z.open(f"{name}.npy") as f:
+                headers.append(_npy_header(f, path, name))
+    (xs, xd), (ys, yd) = headers
+    for name, dtype in (("x", xd), ("y", yd)):
+        if dtype.kind not in "biuf":
+            raise DistftError(f"{path}: array '{name}' is {dtype}, expected numbers: convert it "
+                              "(class names belong in a CSV label column)")
+    if xs[0] != ys[0]:
+        raise DistftError(f"{path}: 'x' has {xs[0]} rows but 'y' has {ys[0]}: they must match")
+    return (xs, xd), (ys, yd)
+
+
+def _npy_header(f, path: str, name: str) -> tuple[tuple, np.dtype]:
+    fmt = np.lib.format
+    version = fmt.read_magic(f)
+    shape, fortran, dtype = (fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0)(f)
+    if fortran:
+        raise DistftError(f"{path}: array '{name}' is Fortran-ordered: save it with "
+                          f"np.ascontiguousarray({name})")
+    if not shape:
+        raise DistftError(f"{path}: array '{name}' is a scalar: expected one row a record")
+    return shape, dtype
+
+
+def _pixel_scale(path: str) -> float:
+    """Float images: 255 for values in [0, 1], 1 for [0, 255], 0 for anything else (judged
+    from the first rows)."""
+    x, _ = next(npz_chunks(path, 1024))
+    lo, hi = float(x.min()), float(x.max())
+    return 255.0 if lo >= 0 and hi <= 1 else 1.0 if lo >= 0 and hi <= 255 else 0.0
+
+
+def npz_chunks(path: str, chunk: int = CHUNK) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Rows of `x` and `y` in their stored shapes and types, `chunk` at a time, read from the
+    zip members (no whole-array load)."""
+    with zipfile.ZipFile(path) as z, z.open("x.npy") as fx, z.open("y.npy") as fy:
+        (xs, xd), (ys, yd) = _npy_header(fx, path, "x"), _npy_header(fy, path, "y")
+        xrow, yrow = math.prod(xs[1:]), math.prod(ys[1:])
+        for start in range(0, xs[0], chunk):
+            n = min(chunk, xs[0] - start)
+            x = np.frombuffer(fx.read(n * xrow * xd.itemsize), xd)
+            y = np.frombuffer(fy.read(n * yrow * yd.itemsize), yd)
+            if len(x) != n * xrow or len(y) != n * yrow:
+                raise EOFError(f"arrays end early, at row {start + len(y) // max(1, yrow)}")
+            yield x.reshape(n, *xs[1:]), y.reshape(n, *ys[1:])
+
+
+def _npz_records(path: bytes, schema: Schema):
+    """The generator behind read_records for .npz: chunks cast to the schema's types."""
+    for x, y in npz_chunks(path.decode()):
+        x = x.reshape(len(x), *schema.x_shape)
+        yield (x if schema.x_dtype == "uint8" else x.astype(np.float32),
+               y.astype(np.float32 if schema.y_float else np.int64))
+
+
+# --- CSV --------------------------------------------------------------------------------------
 
 def _csv_schema(path: str, label: str) -> Schema:
-    opener = gzip.open if path.endswith(".gz") else open
-    with opener(path, "rt", newline="") as f:
+    with _open_text(path) as f:
         reader = csv.reader(f)
         header = next(reader, None)
         rows = [r for _, r in zip(range(100), reader)]
     if not header:
         raise DistftError(f"{path}: CSV file is empty: it needs a header row")
-    if label not in header:
-        raise DistftError(f"{path}: no label column '{label}' (columns: {', '.join(header)}): "
-                          "pass --label=COLUMN")
-    li = header.index(label)
+    labels = [c.strip() for c in label.split(",") if c.strip()]
+    missing = [c for c in labels if c not in header]
+    if missing:
+        raise DistftError(f"{path}: no label column {', '.join(repr(c) for c in missing)} (columns: "
+                          f"{', '.join(header)}): pass --label=COLUMN[,COLUMN...]")
+    label_columns = tuple(header.index(c) for c in labels)
+    names = len(labels) == 1 and any(_number(r[label_columns[0]]) is None for r in rows
+                                     if len(r) == len(header))
+    schema = Schema("csv", "float", (len(header) - len(labels),), () if len(labels) == 1 else (len(labels),),
+                    False, names, columns=tuple(header), label_columns=label_columns)
     y_float = False
     for n, row in enumerate(rows, start=2):
-        for name, value in zip(header, row):
-            try:
-                v = float(value)
-            except ValueError:
-                raise DistftError(f"{path}:{n}: column '{name}' is not numeric ({value!r}): "
-                                  "CSV features and labels must be numbers") from None
-            if name == label and v != int(v):
-                y_float = True
-    return Schema("csv", "float", len(header) - 1, y_float, columns=tuple(header), label_index=li)
+        problem = _row_problem(row, schema)
+        if problem:
+            raise DistftError(f"{path}:{n}: {problem}")
+        y_float |= not names and any(float(row[i]) != int(float(row[i])) for i in label_columns)
+    return dataclasses.replace(schema, y_float=y_float)
 
+
+def _open_text(path: str):
+    return (gzip.open if path.endswith(".gz") else open)(path, "rt", newline="")
+
+
+def _number(value: str) -> Optional[float]:
+    try:
+        return float(value)
+    except ValueError:
+        return None
+
+
+def _row_problem(row: list, schema: Schema) -> Optional[str]:
+    """What in one CSV row does not fit `schema` (None if it fits)."""
+    if len(row) != len(schema.columns):
+        return f"{len(row)} fields but the header has {len(schema.columns)}: fix the row"
+    for i, (name, value) in enumerate(zip(schema.columns, row)):
+        number = _number(value)
+        if i not in schema.label_columns:
+            if number is None:
+                return (f"column '{name}' is not numeric ({value!r}): feature columns must be "
+                        f"numbers; if it is the label, pass --label={name}")
+        elif schema.y_names and number is not None:
+            return (f"label column '{name}' mixes numbers ({value!r}) and class names: use one "
+                    "kind in the whole column")
+        elif not schema.y_names and number is None:
+            return f"label column '{name}' is not numeric ({value!r}): labels must be numbers" + (
+                "" if len(schema.label_columns) > 1 else " or, in the whole column, class names")
+    return None
+
+
+def csv_rows(path: str, schema: Schema) -> Iterator[list]:
+    """The rows of a CSV file, each checked against `schema` (DistftError naming the line)."""
+    with _open_text(path) as f:
+        reader = csv.reader(f)
+        next(reader)
+        for n, row in enumerate(reader, start=2):
+            problem = _row_problem(row, schema)
+            if problem:
+                raise DistftError(f"{path}:{n}: {problem}")
+            yield row
+
+
+def csv_labels(path: str, schema: Schema) -> Iterator[str]:
+    """The label column's values, row by row (for class-name labels)."""
+    li = schema.label_columns[0]
+    return (row[li] for row in csv_rows(path, schema))
+
+
+# --- reading ----------------------------------------------------------------------------------
 
 def read_records(path: tf.Tensor, schema: Schema) -> tf.data.Dataset:
-    """The records of one file, undecoded (TFRecord: serialized Examples; else (x, y))."""
+    """The records of one file, undecoded: TFRecord: serialized Examples; .npz and CSV:
+    (x, y), where a CSV class-name label is still a string."""
     if schema.format == "tfrecord":
         return tf.data.TFRecordDataset(path, compression_type=schema.compression,
                                        buffer_size=1 << 20)
     if schema.format == "csv":
-        n = len(schema.columns)
-        ds = tf.data.experimental.CsvDataset(path, [tf.float32] * n, header=True)
-        li = schema.label_index
-        return ds.map(lambda *cols: (tf.stack([c for i, c in enumerate(cols) if i != li]),
-                                     cols[li]))
+        labels = set(schema.label_columns)
+        types = [tf.string if i in labels and schema.y_names else tf.float32
+                 for i in range(len(schema.columns))]
+        ds = tf.data.experimental.CsvDataset(path, types, header=True)
+
+        def split(*cols):
+            y = [cols[i] for i in schema.label_columns]
+            return (tf.stack([c for i, c in enumerate(cols) if i not in labels]),
+                    y[0] if not schema.y_shape else tf.stack(y))
+
+        return ds.map(split)
+    x_spec = tf.TensorSpec([None, *schema.x_shape], tf.uint8 if schema.x_dtype == "uint8" else tf.float32)
+    y_spec = tf.TensorSpec([None, *schema.y_shape], tf.float32 if schema.y_float else tf.int64)
     return tf.data.Dataset.from_generator(
-        _npz_rows, args=(path,),
-        output_signature=(tf.TensorSpec([schema.x_size], tf.float32), tf.TensorSpec([], tf.float32)))
+        lambda p: _npz_records(p, schema), args=(path,), output_signature=(x_spec, y_spec)).unbatch()
 
 
-def _npz_rows(path: bytes, chunk: int = 4096):
-    with np.load(path.decode()) as z:
-        x, y = z["x"], z["y"]
-        for i in range(0, len(y), chunk):
-            xs = x[i:i + chunk].reshape(len(x[i:i + chunk]), -1).astype(np.float32)
-            yield from zip(xs, y[i:i + chunk].astype(np.float32))
+def parse_spec(schema: Schema, with_x: bool = True) -> dict:
+    """tf.io.parse_example's spec for a TFRecord schema."""
+    spec = {schema.y_key: tf.io.FixedLenFeature(schema.y_shape, tf.float32 if schema.y_float else tf.int64)}
+    if with_x:
+        spec[schema.x_key] = (tf.io.FixedLenFeature([], tf.string) if x_is_bytes(schema)
+                              else tf.io.FixedLenFeature(schema.x_shape, tf.float32))
+    return spec
+
+
+def x_is_bytes(schema: Schema) -> bool:
+    """TFRecord `x` is bytes: encoded images, or uint8 pixels (as `distft shard` writes them)."""
+    return schema.x_kind == "image" or (schema.x_kind == "pixels" and schema.x_dtype == "uint8")
 
 
 def label_of(record, schema: Schema) -> tf.Tensor:
-    """The label of one raw record, as float32 (cheap: TFRecord images are not decoded)."""
+    """The target of one raw record, as float32 (cheap: TFRecord images are not decoded);
+    0 for class names, which are counted apart (see csv_labels)."""
+    if schema.y_names:
+        return tf.constant(0.0)
     if schema.format == "tfrecord":
-        dtype = tf.float32 if schema.y_float else tf.int64
-        y = tf.io.parse_single_example(record, {"y": tf.io.FixedLenFeature([], dtype)})["y"]
-        return tf.cast(y, tf.float32)
+        return tf.cast(tf.io.parse_single_example(record, parse_spec(schema, False))[schema.y_key],
+                       tf.float32)
     return tf.cast(record[1], tf.float32)
-
-
-def decode_batch(batch, schema: Schema, input_shape: tuple) -> tuple[tf.Tensor, tf.Tensor]:
-    """Turn a batch of raw float records into model inputs `x` (float32, input_shape) and
-    labels. (Image records are decoded one by one: see data/images.py.)"""
-    y_dtype = tf.float32 if schema.y_float else tf.int64
-    if schema.format == "tfrecord":
-        spec = {"y": tf.io.FixedLenFeature([], y_dtype), "x": tf.io.FixedLenFeature([schema.x_size], tf.float32)}
-        parsed = tf.io.parse_example(batch, spec)
-        x, y = parsed["x"], parsed["y"]
-    else:
-        x, y = batch
-        y = tf.cast(y, y_dtype)
-    return tf.reshape(x, (-1, *input_shape)), y

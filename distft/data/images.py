@@ -23,10 +23,11 @@ ROTATION = math.pi / 12  # rotate: up to 15 degrees either way
 CROP = 1.15  # crop: enlarge by up to 15%, then cut the input size at a random place
 
 
-def scan(folder: str) -> tuple[list[str], list[int], list[str]]:
-    """Image paths, their class indices and the class names (sorted subfolder names)."""
+def scan(folder: str, flag: str = "input") -> tuple[list[str], list[int], list[str]]:
+    """Image paths, their class indices and the class names (sorted subfolder names);
+    `flag` names the option in errors."""
     if not os.path.isdir(folder):
-        raise DistftError(f"--input={folder} is not a folder: pass a folder with one subfolder "
+        raise DistftError(f"--{flag}={folder} is not a folder: pass a folder with one subfolder "
                           "of images per class")
     classes = sorted(d for d in os.listdir(folder) if os.path.isdir(os.path.join(folder, d)))
     paths, labels = [], []
@@ -37,7 +38,7 @@ def scan(folder: str) -> tuple[list[str], list[int], list[str]]:
                     paths.append(os.path.join(root, f))
                     labels.append(label)
     if not paths:
-        raise DistftError(f"--input={folder} holds no JPEG/PNG image in class subfolders: put "
+        raise DistftError(f"--{flag}={folder} holds no JPEG/PNG image in class subfolders: put "
                           "the images of each class in a subfolder named for it")
     return paths, labels, classes
 
@@ -50,10 +51,25 @@ def decode(data: tf.Tensor, input_shape: tuple) -> tf.Tensor:
     return tf.ensure_shape(img, (h, w, c))
 
 
+def from_pixels(x: tf.Tensor, input_shape: tuple, scale: float) -> tf.Tensor:
+    """An (H, W, C) pixel array -> float32 image of `input_shape`: times `scale` (to [0, 255];
+    0 keeps the values), grey/RGB converted, resized when the sizes differ."""
+    h, w, c = input_shape
+    img = tf.cast(x, tf.float32) * (scale or 1.0)
+    if img.shape[-1] != c:
+        img = tf.image.grayscale_to_rgb(img) if c == 3 else tf.image.rgb_to_grayscale(img)
+    if tuple(img.shape[:2]) != (h, w):
+        img = tf.image.resize(img, (h, w))
+    return tf.ensure_shape(img, (h, w, c))
+
+
 def preprocessor(name: str) -> Callable[[tf.Tensor], tf.Tensor]:
-    """`scale`: x / 255; else keras.applications.<name>.preprocess_input (x in [0, 255])."""
+    """`scale`: x / 255; `none`: x as it is; else keras.applications.<name>.preprocess_input
+    (x in [0, 255])."""
     if name == "scale":
         return lambda x: x / 255.0
+    if name == "none":
+        return lambda x: x
     family = getattr(keras.applications, name, None)
     if family is None or not hasattr(family, "preprocess_input"):
         raise DistftError(f"--preprocess={name} is not a keras.applications family: use scale "

@@ -26,6 +26,9 @@ from distft.files import write_json
 
 NAME = "manifest.json"
 VERSION = 1
+# The formats.Schema fields a manifest records (schema["record"]); older manifests have only
+# schema["features"].
+RECORD_FIELDS = ("x_kind", "x_shape", "y_shape", "y_float", "x_dtype", "pixel_scale", "x_key", "y_key")
 
 
 @dataclass
@@ -33,7 +36,7 @@ class Manifest:
     """The contents of a `manifest.json`; `folder` is where it was found (not saved)."""
 
     shards: list[dict[str, Any]]  # {file, records, bytes, sha256}
-    schema: dict[str, Any]  # {features: {name: {dtype, shape}}, y_min, y_max}
+    schema: dict[str, Any]  # {features: {name: {dtype, shape}}, record: {RECORD_FIELDS}, y_min, y_max}
     class_names: list[str] = field(default_factory=list)
     source: str = ""
     compression: str = ""
@@ -88,12 +91,17 @@ class Manifest:
         return [int(s["records"]) for s in self.shards]
 
     def to_schema(self) -> Schema:
-        """The formats.Schema of the shards (TFRecord: `image` bytes or `x` floats, and `y`)."""
+        """The formats.Schema of the shards."""
+        record = self.schema.get("record")
+        if record:
+            return Schema("tfrecord", compression=self.compression, **{
+                k: tuple(v) if isinstance(v, list) else v for k, v in record.items() if k in RECORD_FIELDS})
         feats = self.schema["features"]
         y_float = feats["y"]["dtype"].startswith("float")
         if "image" in feats:
-            return Schema("tfrecord", "image", 0, y_float, self.compression)
-        return Schema("tfrecord", "float", int(feats["x"]["shape"][0]), y_float, self.compression)
+            return Schema("tfrecord", "image", (), (), y_float, compression=self.compression, x_key="image")
+        return Schema("tfrecord", "float", (int(feats["x"]["shape"][0]),), (), y_float,
+                      compression=self.compression)
 
     def label_range(self) -> tuple[float, float]:
         return float(self.schema.get("y_min", 0.0)), float(self.schema.get("y_max", 0.0))
@@ -112,19 +120,6 @@ class Manifest:
             if full and sha256(path) != s["sha256"]:
                 raise DistftError(f"{path}: sha256 differs from {NAME}: the shard is corrupt; "
                                   "rewrite with distft shard --overwrite")
-
-    def check_classes(self, num_classes: Optional[int], model_classes: Optional[int]) -> None:
-        """The run's class count must be the manifest's (when it names classes)."""
-        k = len(self.class_names)
-        if not k:
-            return
-        names = ", ".join(self.class_names[:5]) + (", ..." if k > 5 else "")
-        if num_classes is not None and num_classes != k:
-            raise DistftError(f"--num_classes={num_classes} but the data's manifest lists {k} "
-                              f"classes ({names}): pass --num_classes={k}")
-        if num_classes is None and model_classes != k:
-            raise DistftError(f"the model outputs {model_classes or 'no'} classes but the data's "
-                              f"manifest lists {k} ({names}): pass --num_classes={k} for a new head")
 
 
 def sha256(path: str, block: int = 1 << 22) -> str:

@@ -15,6 +15,7 @@ Example:
 """
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import multiprocessing
 import os
@@ -24,15 +25,15 @@ import struct
 import sys
 import time
 import traceback
-import zipfile
 from typing import Callable, Iterator, Optional
 
 import numpy as np
 
 from distft import log
 from distft.data import images
-from distft.data.formats import FORMATS, format_of, infer_schema
-from distft.data.manifest import NAME, Manifest, sha256
+from distft.data.formats import FORMATS, Schema, csv_labels, csv_rows, format_of, infer_schema, npz_chunks, \
+    npz_headers, parse_spec, x_is_bytes
+from distft.data.manifest import NAME, RECORD_FIELDS, Manifest, sha256
 from distft.errors import DistftError
 
 CHUNK = 1024  # records per read
@@ -77,8 +78,15 @@ class Source:
     def count(self) -> int:
         raise NotImplementedError
 
-    def features(self) -> dict:
+    def record_schema(self) -> Schema:
+        """The schema of the shards' records."""
         raise NotImplementedError
+
+    def features(self) -> dict:
+        """The shards' features, for the manifest: {name: {dtype, shape}}."""
+        s = self.record_schema()
+        x = {"dtype": "string", "shape": []} if x_is_bytes(s) else {"dtype": "float32", "shape": list(s.x_shape)}
+        return {s.x_key: x, s.y_key: {"dtype": "float32" if s.y_float else "int64", "shape": list(s.y_shape)}}
 
     def read(self, keep: Callable[[np.ndarray], np.ndarray]) -> Iterator[tuple[np.ndarray, list, np.ndarray]]:
         """(positions, serialized Examples, labels) of the positions `keep` marks, chunk by chunk."""
@@ -99,8 +107,8 @@ class ImageFolder(Source):
     def count(self) -> int:
         return len(self.paths)
 
-    def features(self) -> dict:
-        return {"image": {"dtype": "string", "shape": []}, "y": {"dtype": "int64", "shape": []}}
+    def record_schema(self) -> Schema:
+        return Schema("tfrecord", "image", x_key="image")
 
     def read(self, keep):
         for start in range(0, len(self.paths), CHUNK):
@@ -109,17 +117,22 @@ class ImageFolder(Source):
             examples = []
             for p in pos:
                 with open(self.paths[p], "rb") as f:
-                    examples.append(_example(image=f.read(), y=int(self.labels[p])))
+                    examples.append(_example(self.labels[p], f.read(), "image"))
             yield pos, examples, self.labels[pos]
 
 
 class Files(Source):
-    """TFRecord, .npz or .csv files, their records concatenated in file order."""
+    """TFRecord, .npz or .csv files, their records concatenated in file order. TFRecords are
+    kept as they are; .npz and CSV rows become `x` floats, or `x` raw uint8 pixels for uint8
+    image arrays (see benchmarks/pixels.py for why not PNG), and `y` (class names: ids)."""
 
-    def __init__(self, files: list[str], label: str):
+    def __init__(self, files: list[str], label: str, x_key: Optional[str] = None,
+                 y_key: Optional[str] = None):
         self.files, self.label = files, label
-        self.schema = infer_schema(files[0], label)
+        self.schema = infer_schema(files[0], label, x_key, y_key)
         self.description = f"{len(files)} {self.schema.format} file(s) from {os.path.dirname(files[0])}"
+        if self.schema.y_names:
+            self.class_names = sorted({n for f in files for n in csv_labels(f, self.schema)})
 
     def count(self) -> int:
         return sum(self.file_counts())
@@ -129,12 +142,13 @@ class Files(Source):
             self._counts = [_count(f, self.schema) for f in self.files]
         return self._counts
 
-    def features(self) -> dict:
+    def record_schema(self) -> Schema:
+        """The schema of the shards' records."""
         s = self.schema
-        y = {"dtype": "float32" if s.y_float else "int64", "shape": []}
-        if s.x_kind == "image":
-            return {"image": {"dtype": "string", "shape": []}, "y": y}
-        return {"x": {"dtype": "float32", "shape": [s.x_size]}, "y": y}
+        if s.format == "tfrecord":
+            return s
+        return Schema("tfrecord", s.x_kind, s.x_shape, s.y_shape, s.y_float, x_dtype=s.x_dtype,
+                      pixel_scale=s.pixel_scale)
 
     def read(self, keep):
         start = 0
@@ -150,23 +164,28 @@ class Files(Source):
         if s.format == "tfrecord":  # kept as they are: only the label is parsed
             import tensorflow as tf
 
-            dtype = tf.float32 if s.y_float else tf.int64
+            spec = parse_spec(s, with_x=False)
             for batch in tf.data.TFRecordDataset(path, s.compression, 1 << 20).batch(CHUNK):
-                y = tf.io.parse_example(batch, {"y": tf.io.FixedLenFeature([], dtype)})["y"]
-                yield list(batch.numpy()), y.numpy()
+                yield list(batch.numpy()), tf.io.parse_example(batch, spec)[s.y_key].numpy()
         elif s.format == "npz":
-            for x, y in _npz_chunks(path):
-                yield self._floats(x, y)
+            for x, y in npz_chunks(path, CHUNK):
+                yield self._examples(x, y)
         else:
-            for x, y in _csv_chunks(path, s.label_index):
-                yield self._floats(x, y)
+            for x, y in _csv_chunks(path, s, self.class_names):
+                yield self._examples(x, y)
 
-    def _floats(self, x: np.ndarray, y: np.ndarray) -> tuple[list, np.ndarray]:
-        y = y.astype(np.float32 if self.schema.y_float else np.int64)
-        return [_example(x=row, y=label) for row, label in zip(x.reshape(len(x), -1), y)], y
+    def _examples(self, x: np.ndarray, y: np.ndarray) -> tuple[list, np.ndarray]:
+        s = self.record_schema()
+        y = y.astype(np.float32 if s.y_float else np.int64).reshape(len(y), *s.y_shape)
+        if x_is_bytes(s):
+            rows = [row.tobytes() for row in x.reshape(len(x), *s.x_shape)]
+        else:
+            rows = list(x.reshape(len(x), -1).astype(np.float32))
+        return [_example(x=row, y=label) for row, label in zip(rows, y)], y
 
 
-def open_source(path: str, label: str, seed: int) -> Source:
+def open_source(path: str, label: str, seed: int, x_key: Optional[str] = None,
+                y_key: Optional[str] = None) -> Source:
     """An image folder (class subfolders), or a file, folder or glob of TFRecord/.npz/.csv."""
     from distft.data.dataset import resolve_files
 
@@ -182,30 +201,33 @@ def open_source(path: str, label: str, seed: int) -> Source:
     formats = {format_of(f) for f in files}
     if len(formats) > 1:
         raise DistftError(f"--input={path} mixes formats {sorted(formats)}: use one format")
-    source = Files(files, label)
-    previous = Manifest.find(path)  # re-sharding shards that have class names keeps them
-    source.class_names = previous.class_names if previous else []
+    previous = Manifest.find(path)  # re-sharding shards keeps their layout and class names
+    if previous is not None:
+        source = Files(files, label)
+        source.schema = previous.to_schema()
+        source.class_names = previous.class_names
+        return source
+    return Files(files, label, x_key, y_key)
     return source
 
 
-def _example(y, image: Optional[bytes] = None, x: Optional[np.ndarray] = None) -> bytes:
+def _example(y: np.ndarray, x, x_key: str = "x") -> bytes:
+    """A tf.train.Example of `x` (float row, or bytes) and target `y` (one value or a row)."""
     import tensorflow as tf
 
     f = tf.train.Feature
-    feats = {"y": f(float_list=tf.train.FloatList(value=[y])) if isinstance(y, (float, np.floating))
-             else f(int64_list=tf.train.Int64List(value=[int(y)]))}
-    if image is not None:
-        feats["image"] = f(bytes_list=tf.train.BytesList(value=[image]))
-    else:
-        feats["x"] = f(float_list=tf.train.FloatList(value=x))
+    y = np.atleast_1d(y)
+    feats = {"y": f(float_list=tf.train.FloatList(value=y)) if y.dtype.kind == "f"
+             else f(int64_list=tf.train.Int64List(value=y))}
+    feats[x_key] = f(bytes_list=tf.train.BytesList(value=[x])) if isinstance(x, bytes) \
+        else f(float_list=tf.train.FloatList(value=x))
     return tf.train.Example(features=tf.train.Features(feature=feats)).SerializeToString()
 
 
 def _count(path: str, schema) -> int:
     """Records in one file without decoding them."""
     if schema.format == "npz":
-        with zipfile.ZipFile(path) as z, z.open("y.npy") as f:
-            return _npy_header(f)[0][0]
+        return npz_headers(path)[1][0][0]
     if schema.format == "csv":
         opener = gzip.open if path.endswith(".gz") else open
         with opener(path, "rb") as f:
@@ -224,42 +246,22 @@ def _count(path: str, schema) -> int:
     return n
 
 
-def _npy_header(f) -> tuple[tuple, np.dtype]:
-    fmt = np.lib.format
-    version = fmt.read_magic(f)
-    shape, fortran, dtype = (fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0)(f)
-    if fortran:
-        raise DistftError("Fortran-ordered arrays in .npz are not supported: save with np.savez(x=np.ascontiguousarray(x))")
-    return shape, dtype
-
-
-def _npz_chunks(path: str) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """Rows of `x` and `y` read CHUNK at a time from the zip members (no whole-array load)."""
-    with zipfile.ZipFile(path) as z, z.open("x.npy") as fx, z.open("y.npy") as fy:
-        (xs, xd), (_, yd) = _npy_header(fx), _npy_header(fy)
-        row = int(np.prod(xs[1:]))
-        for start in range(0, xs[0], CHUNK):
-            n = min(CHUNK, xs[0] - start)
-            x = np.frombuffer(fx.read(n * row * xd.itemsize), xd).reshape(n, row)
-            yield x.astype(np.float32), np.frombuffer(fy.read(n * yd.itemsize), yd)
-
-
-def _csv_chunks(path: str, label_index: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    import csv
-
-    opener = gzip.open if path.endswith(".gz") else open
-    with opener(path, "rt", newline="") as f:
-        reader = csv.reader(f)
-        next(reader)
-        while rows := [r for _, r in zip(range(CHUNK), reader)]:
-            table = np.array(rows, np.float64)
-            yield np.delete(table, label_index, axis=1).astype(np.float32), table[:, label_index]
+def _csv_chunks(path: str, schema: Schema, classes: list[str]) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """(features, targets) of CHUNK rows at a time; class names become their index in `classes`."""
+    labels = list(schema.label_columns)
+    rows = csv_rows(path, schema)
+    while chunk := [r for _, r in zip(range(CHUNK), rows)]:
+        table = np.array(chunk, object)
+        y = table[:, labels]
+        y = np.vectorize(classes.index)(y[:, 0]) if schema.y_names else y.astype(np.float64)
+        yield np.delete(table, labels, axis=1).astype(np.float32), y
 
 
 # --- writing ----------------------------------------------------------------------------------
 
 def write(input: str, output_dir: str, num_shards: int, compression: str = "", label: str = "label",
-          seed: int = 0, workers: int = 1, overwrite: bool = False) -> Manifest:
+          seed: int = 0, workers: int = 1, overwrite: bool = False, x_key: Optional[str] = None,
+          y_key: Optional[str] = None) -> Manifest:
     """Write `num_shards` balanced shards of `input` and their manifest into `output_dir`."""
     compression = (compression or "").upper().replace("NONE", "")
     if compression not in COMPRESSIONS:
@@ -268,7 +270,7 @@ def write(input: str, output_dir: str, num_shards: int, compression: str = "", l
         raise DistftError(f"--num_shards and --workers must be at least 1, got {num_shards} and {workers}")
     _check_output(output_dir, overwrite)
     started = time.time()
-    source = open_source(input, label, seed)
+    source = open_source(input, label, seed, x_key, y_key)
     total = source.count()
     if total < num_shards:
         raise DistftError(f"--input has {total} records for --num_shards={num_shards}: ask for "
@@ -278,8 +280,10 @@ def write(input: str, output_dir: str, num_shards: int, compression: str = "", l
              total, num_shards, min(workers, num_shards))
     shards, y_range = _run_workers(source, total, output_dir, num_shards, compression, seed,
                                    min(workers, num_shards))
-    feats = source.features()
-    m = Manifest(shards=shards, schema={"features": feats, "y_min": y_range[0], "y_max": y_range[1]},
+    record = dataclasses.asdict(source.record_schema())
+    record = {k: record[k] for k in RECORD_FIELDS}
+    m = Manifest(shards=shards, schema={"features": source.features(), "record": record,
+                                        "y_min": y_range[0], "y_max": y_range[1]},
                  class_names=list(source.class_names), source=os.path.abspath(input),
                  compression=compression, seed=seed, folder=output_dir)
     m.save(output_dir)

@@ -2,7 +2,7 @@
 
 Example:
     model, head = replace_head(base, num_classes=5, dropout=0.2, seed=42)
-    loss, metrics = default_objective(model)     # sparse CE + accuracy for softmax heads
+    loss, metrics = default_objective(model, target_shape=())   # sparse CE + accuracy for class ids
 """
 from __future__ import annotations
 
@@ -67,11 +67,14 @@ def output_activation(model: keras.Model) -> str:
     return name if name in ("softmax", "sigmoid") else "linear"
 
 
-def default_objective(model: keras.Model) -> tuple[str, list[str]]:
-    """Loss and metrics that follow the head: classification or regression."""
+def default_objective(model: keras.Model, target_shape: tuple = ()) -> tuple[str, list[str]]:
+    """Loss and metrics that follow the head and the target's shape per record: class ids
+    (sparse) or one-hot rows (K,) under softmax, one or K 0/1 labels under sigmoid, values
+    under a linear head."""
     act = output_activation(model)
+    rows = bool(target_shape) and target_shape[-1] > 1
     if act == "softmax":
-        return "sparse_categorical_crossentropy", ["accuracy"]
+        return ("categorical_crossentropy" if rows else "sparse_categorical_crossentropy"), ["accuracy"]
     if act == "sigmoid":
-        return "binary_crossentropy", ["accuracy"]
+        return "binary_crossentropy", ["binary_accuracy" if rows else "accuracy"]
     return "mean_squared_error", ["mean_absolute_error"]

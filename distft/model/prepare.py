@@ -50,10 +50,13 @@ def prepare(model: str, num_classes: Optional[int] = None, unfreeze: Optional[st
             head_dropout: float = 0.0, train_bn: bool = False, weights: Optional[str] = None,
             input_shape: Optional[tuple] = None, loss: Optional[str] = None,
             metrics: Optional[tuple] = None, seed: int = 0,
-            unsafe_deserialization: bool = False, precision: str = "float32") -> FineTuneModel:
+            unsafe_deserialization: bool = False, precision: str = "float32",
+            target_shape: tuple = ()) -> FineTuneModel:
     """Load `model`, replace its head if `num_classes`, and set which layers train.
 
-    A mixed `precision` becomes Keras' global policy first (see model/precision.py)."""
+    The default loss and metrics follow the head and `target_shape` (the data's per-record
+    target shape). A mixed `precision` becomes Keras' global policy first (see
+    model/precision.py)."""
     mixed.use(precision)
     base = loading.load(model, weights, input_shape, unsafe_deserialization)
     if isinstance(base, keras.Sequential):  # one graph of leaf layers, as functional models are
@@ -83,7 +86,7 @@ def prepare(model: str, num_classes: Optional[int] = None, unfreeze: Optional[st
     if not full.trainable_weights:
         raise DistftError(f"--unfreeze={spec} leaves no weight to train: unfreeze some layers "
                           "(e.g. --unfreeze=last:2) or add a head with --num_classes")
-    default_loss, default_metrics = heads.default_objective(full)
+    default_loss, default_metrics = heads.default_objective(full, target_shape)
     return FineTuneModel(full, loss or default_loss, list(metrics) if metrics else default_metrics,
                          [l.name for l in body + head if l.trainable and l.weights],
                          [l.name for l in head])

@@ -3,13 +3,14 @@ and write final files atomically. Rank 0 only.
 
 Layout: `config.yaml`, `checkpoints/epoch-NNNN/`, `tensorboard/{train,validation}/`,
 `model.keras`, `metrics.json` (its presence marks a finished run), `classes.json` (class names,
-when the data's manifest has them).
+when the data has them: image folders, CSV class-name labels, shards' manifests).
 """
 from __future__ import annotations
 
 import os
 import shutil
 import tempfile
+import time
 from typing import Optional
 
 from distft.errors import DistftError
@@ -18,6 +19,12 @@ from distft.train.checkpoint import CheckpointStore
 
 OUTPUTS = ("checkpoints", "tensorboard", "model.keras", "model_ema.keras", "metrics.json",
            "config.yaml", "classes.json")
+
+
+def default_path(model: str) -> str:
+    """`runs/<model name>-<date>-<time>`: the run folder when --output_dir is not given."""
+    stem = os.path.splitext(os.path.basename(os.path.normpath(model)))[0].replace("app:", "") or "run"
+    return os.path.join("runs", f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}")
 
 
 class RunFolder:

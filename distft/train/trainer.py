@@ -16,8 +16,9 @@ import tensorflow as tf
 from distft import log
 from distft.config import TrainConfig
 from distft.data.dataset import DataSet
-from distft.errors import DistftError, Stopped
+from distft.errors import DistftError, Stopped, root_cause
 from distft.launch.environment import launched_at
+from distft.model import head as heads
 from distft.model.prepare import FineTuneModel, prepare, weights_checksum
 from distft.train import frozen_cache, methods, optim
 from distft.train.callbacks.averaging import MetricAverage
@@ -30,7 +31,7 @@ from distft.train.callbacks.timing import Timing
 from distft.train.callbacks.unfreezing import StagedUnfreezing
 from distft.train.callbacks.validation import Validation
 from distft.train.evaluation import evaluate_split
-from distft.train.output import RunFolder
+from distft.train.output import RunFolder, default_path
 from distft.train.runtime import Worker
 from distft.train.step import GradientAverager
 
@@ -42,6 +43,10 @@ def run(cfg: TrainConfig, worker: Optional[Worker] = None) -> dict[str, Any]:
     stop = GracefulStop(None, None, worker.size)
     stop.install()  # remember a signal that arrives while the run is being set up
     keras.utils.set_random_seed(cfg.seed)
+    if not cfg.output_dir:  # launched without --output_dir: rank 0's choice for all
+        cfg.output_dir = worker.agree(lambda: default_path(cfg.model))
+        if worker.rank == 0:
+            log.info("run folder: %s (choose one with --output_dir)", cfg.output_dir)
     folder = RunFolder(cfg.output_dir, cfg.keep_checkpoints)
     resume_from = worker.agree(lambda: folder.check(cfg.resume, cfg.overwrite))
 
@@ -55,12 +60,13 @@ def run(cfg: TrainConfig, worker: Optional[Worker] = None) -> dict[str, Any]:
         val_data = train_data.held_out()
     elif val_data is not None:
         val_data.count(worker.rank, worker.size, worker.gather)
+        val_data.use_classes(train_data.classes, "--data")
 
     methods.use_xla(cfg.jit)
-    ft = worker.all_ok(lambda: _prepare(cfg))
+    ft = worker.all_ok(lambda: _prepare(cfg, train_data))
     plan = worker.all_ok(lambda: methods.plan(ft, cfg))
     parts = worker.all_ok(lambda: frozen_cache.split_model(ft, plan, cfg)) if cfg.cache_frozen else None
-    _check_fit(ft, train_data, cfg)
+    check_fit(ft, train_data, cfg.num_classes)
     steps = cfg.steps_per_epoch or math.ceil(total / (worker.size * cfg.batch_size))
     optimizer = methods.optimizer(cfg, optim.build(cfg, worker.size, steps), ft, worker.rank == 0)
     optimizer.build(plan.variables())  # every stage's weights: their state survives switches
@@ -95,12 +101,11 @@ def run(cfg: TrainConfig, worker: Optional[Worker] = None) -> dict[str, Any]:
     if worker.rank == 0:
         folder.prepare(cfg.overwrite)
         cfg.save(folder.file("config.yaml"))
-        _log_start(cfg, worker, ft, total, steps, resume_from, initial_epoch, placement)
+        _log_start(cfg, worker, ft, train_data, total, steps, resume_from, initial_epoch, placement)
         methods.describe(cfg, plan)
-        classes = train_data.manifest.class_names if train_data.manifest else []
-        if classes:  # the names of the model's outputs, in order
-            folder.write_json("classes.json", {"class_names": classes})
-            log.info("classes (from the data's manifest): %s", ", ".join(classes))
+        if train_data.classes:  # the names of the model's outputs, in order
+            folder.write_json("classes.json", {"class_names": train_data.classes})
+            log.info("classes: %s", ", ".join(train_data.classes))
 
     fit_model = ft.model
     if cfg.cache_frozen:
@@ -148,7 +153,7 @@ def run(cfg: TrainConfig, worker: Optional[Worker] = None) -> dict[str, Any]:
         if worker.rank == 0:
             tb.on_train_end()
     except tf.errors.OpError as e:  # e.g. a shard that vanished or broke mid-run
-        raise DistftError(f"training failed: {type(e).__name__}: {_root_cause(e.message)}",
+        raise DistftError(f"training failed: {type(e).__name__}: {root_cause(e.message)}",
                           exit_code=1, local=True) from e
     if stop.requested:
         epoch, step = stop.where
@@ -228,39 +233,62 @@ def _single(tensors: list) -> Any:
 
 
 def _open_data(cfg: TrainConfig) -> tuple[DataSet, Optional[DataSet]]:
-    train = DataSet.open(cfg.data, cfg.label, holdout=cfg.val_split)
+    train = DataSet.open(cfg.data, cfg.label, cfg.val_split, cfg.x_key, cfg.y_key)
     if cfg.val_data:
-        return train, DataSet.open(cfg.val_data, cfg.label)
+        return train, DataSet.open(cfg.val_data, cfg.label, 0.0, cfg.x_key, cfg.y_key, flag="val_data")
     return train, None
 
 
-def _prepare(cfg: TrainConfig) -> FineTuneModel:
+def _prepare(cfg: TrainConfig, data: DataSet) -> FineTuneModel:
     return prepare(cfg.model, cfg.num_classes, cfg.unfreeze, cfg.head_dropout, cfg.train_bn,
                    cfg.weights, cfg.input_shape, cfg.loss, cfg.metrics, cfg.seed,
-                   cfg.unsafe_deserialization, cfg.precision)
+                   cfg.unsafe_deserialization, cfg.precision, data.schema.y_shape)
 
 
-def _check_fit(ft: FineTuneModel, data: DataSet, cfg: TrainConfig) -> None:
-    """The data's records and labels must fit the model's input and output."""
+def check_fit(ft: FineTuneModel, data: DataSet, num_classes: Optional[int] = None) -> None:
+    """The data's records and targets must fit the model's input and output; one error line
+    naming both shapes otherwise."""
     schema, shape = data.schema, ft.input_shape
     if schema.x_kind == "float" and math.prod(shape) != schema.x_size:
         raise DistftError(f"--data records have {schema.x_size} features but the model's input "
                           f"{shape} needs {math.prod(shape)}: use data made for this model")
-    if schema.x_kind == "image" and len(shape) != 3:
+    if schema.is_image and len(shape) != 3:
         raise DistftError(f"--data holds images but the model's input is {shape}: "
                           "use an image model (H,W,C input)")
-    if data.manifest is not None:
-        data.manifest.check_classes(cfg.num_classes, ft.classes)
-    classes = ft.classes
+    if schema.x_kind == "pixels" and {schema.x_shape[-1], shape[-1]} not in ({1, 3}, {shape[-1]}):
+        raise DistftError(f"--data images have {schema.x_shape[-1]} channels but the model's input "
+                          f"{shape} has {shape[-1]}: use images with 1 or 3 channels")
+    out = tuple(ft.model.output_shape)
+    if len(out) != 2:
+        return
+    k, act = out[-1], heads.output_activation(ft.model)
+    width = schema.y_shape[-1] if schema.y_shape else 1
+    found = f"--data targets have shape {schema.describe_y()} but the model's output is {out}"
+    if width > 1 and width != k:
+        raise DistftError(f"{found}: give targets of width {k}" + (
+            f", or pass --num_classes={width} for a new head" if act == "softmax" else ""))
+    if width == 1 and k > 1 and act != "softmax":
+        raise DistftError(f"{found}: a {act} output of {k} values needs targets of shape (N, {k})")
     counts = data.counts
-    if classes and counts is not None:
-        if schema.y_float:
-            raise DistftError("--data labels are floats but the model is a classifier: "
-                              "write integer class labels")
-        if counts.y_min < 0 or counts.y_max >= classes:
-            raise DistftError(f"--data labels span [{counts.y_min:.0f}, {counts.y_max:.0f}] but the "
-                              f"model has {classes} classes: labels must be in [0, {classes}); "
-                              "set --num_classes to match the data")
+    if counts is None or act not in ("softmax", "sigmoid"):
+        return
+    if width > 1 or act == "sigmoid":
+        if counts.y_min < 0 or counts.y_max > 1:
+            raise DistftError(f"--data targets span [{counts.y_min:g}, {counts.y_max:g}] but the "
+                              f"model's {act} output needs one-hot or 0/1 targets in [0, 1]")
+        return
+    if data.classes and len(data.classes) != k:
+        names = ", ".join(data.classes[:5]) + (", ..." if len(data.classes) > 5 else "")
+        raise DistftError(f"the model outputs {k} classes but the data has {len(data.classes)} "
+                          f"({names}): pass --num_classes={len(data.classes)}" + (
+                              "" if num_classes is None else " for the new head"))
+    if schema.y_float:
+        raise DistftError("--data labels are floats but the model is a classifier: "
+                          "write integer class labels")
+    if counts.y_min < 0 or counts.y_max >= k:
+        raise DistftError(f"--data labels span [{counts.y_min:.0f}, {counts.y_max:.0f}] but the "
+                          f"model has {k} classes: labels must be in [0, {k}); "
+                          "set --num_classes to match the data")
 
 
 def _validator(model: keras.Model, val_data: Optional[DataSet], cfg: TrainConfig, worker: Worker):
@@ -272,7 +300,7 @@ def _validator(model: keras.Model, val_data: Optional[DataSet], cfg: TrainConfig
     return lambda: evaluate_split(model, stream, share.records, worker)
 
 
-def _log_start(cfg, worker, ft, total, steps, resume_from, initial_epoch, placement) -> None:
+def _log_start(cfg, worker, ft, train_data, total, steps, resume_from, initial_epoch, placement) -> None:
     log.info("%d worker(s) via %s, %s, %d thread(s) each (inter-op %s)", worker.size, worker.env.name,
              worker.device, worker.threads, worker.inter_op)
     log.info("placement: %s", ", ".join(f"rank {r} on {p}" for r, p in enumerate(placement)))
@@ -280,20 +308,14 @@ def _log_start(cfg, worker, ft, total, steps, resume_from, initial_epoch, placem
     log.info("model %s: %d layers trainable (%s)", cfg.model, len(ft.unfrozen),
              ", ".join(ft.unfrozen[-6:]) + (" ..." if len(ft.unfrozen) > 6 else ""))
     log.info("weights: %d trainable, %d frozen", ft.trainable_params, ft.frozen_params)
+    log.info("objective: %s, metrics %s%s", ft.loss, ", ".join(ft.metrics),
+             "" if cfg.loss else f" (for targets of shape {train_data.schema.describe_y()}; --loss to change)")
     log.info("data %s: %d records, %d steps/epoch of %d per worker (global batch %d%s)",
              cfg.data, total, steps, cfg.batch_size, cfg.batch_size * worker.size,
              f", {cfg.batch_size * worker.size * cfg.grad_accum} per update" if cfg.grad_accum > 1 else "")
     if resume_from:
         log.info("resuming from %s: %d epoch(s) done, %d to go", resume_from, initial_epoch,
                  cfg.epochs - initial_epoch)
-
-
-def _root_cause(message: str) -> str:
-    """The informative line of a TensorFlow error (not 'Graph execution error:' or a frame)."""
-    skip = ("Graph execution error", "Detected at node", "Defined at", "File ", "[[", "  ")
-    lines = [l.strip() for l in (message or "").splitlines()
-             if l.strip() and not l.startswith(skip) and not l.strip().startswith(skip)]
-    return lines[0][:300] if lines else "no message"
 
 
 def _fmt(metrics: dict[str, float]) -> str:
