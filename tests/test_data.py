@@ -187,3 +187,67 @@ def test_augment_on_float_records_is_refused(tmp_path):
     ds.count()
     with pytest.raises(DistftError, match="--augment and --preprocess apply to image data"):
         ds.stream(0, 1, 4, (2, 3), training=True, augment=("flip",))
+
+
+def first_batch(ds, input_shape, **kw):
+    ds.count()
+    x, y = next(iter(ds.stream(0, 1, 100, input_shape, training=False, **kw)))
+    return x.numpy(), y.numpy()
+
+
+def test_image_arrays_are_scaled_and_resized(tmp_path):
+    rng = np.random.default_rng(0)
+    grey = rng.integers(0, 256, (8, 4, 4), dtype=np.uint8)  # (N, H, W) uint8: grey images
+    np.savez(tmp_path / "u8.npz", x=grey, y=np.arange(8))
+    x, _ = first_batch(DataSet.open(str(tmp_path / "u8.npz")), (8, 8, 3))
+    assert x.shape == (8, 8, 8, 3) and 0 <= x.min() and x.max() <= 1
+    np.testing.assert_allclose(x[:, ::2, ::2, 0].mean(), grey.mean() / 255, rtol=0.05)
+    unit = rng.random((8, 4, 4, 1), dtype=np.float32)  # float in [0, 1]: the same as x / 255
+    np.savez(tmp_path / "f.npz", x=unit, y=np.arange(8))
+    x, _ = first_batch(DataSet.open(str(tmp_path / "f.npz")), (4, 4, 1))
+    np.testing.assert_allclose(x, unit, rtol=1e-5)
+    np.savez(tmp_path / "n.npz", x=unit - 0.5, y=np.arange(8))  # normalised: not pixels
+    ds = DataSet.open(str(tmp_path / "n.npz"))
+    with pytest.raises(DistftError, match="pass --preprocess=none"):
+        first_batch(ds, (4, 4, 1))
+    x, _ = first_batch(ds, (4, 4, 1), preprocess="none")
+    np.testing.assert_allclose(x, unit - 0.5, rtol=1e-5)
+
+
+def test_targets_keep_their_shape_in_every_format(tmp_path):
+    x = np.arange(40, dtype=np.float32).reshape(10, 4)
+    y = np.stack([x[:, 0] * 2, x[:, 1] + 0.5], axis=1)
+    np.savez(tmp_path / "r.npz", x=x, y=y[:, :1])
+    _, got = first_batch(DataSet.open(str(tmp_path / "r.npz")), (4,))
+    np.testing.assert_allclose(np.sort(got, axis=0), y[:, :1])
+    rows = ["f0,t0,f1,t1,f2,f3"] + [f"{a},{t[0]},{b},{t[1]},{c},{d}" for (a, b, c, d), t in zip(x, y)]
+    (tmp_path / "m.csv").write_text("\n".join(rows) + "\n")
+    ds = DataSet.open(str(tmp_path / "m.csv"), label="t0,t1")
+    assert ds.schema.y_shape == (2,) and ds.schema.y_float
+    feats, got = first_batch(ds, (4,))
+    np.testing.assert_allclose(feats, x)
+    np.testing.assert_allclose(got, y)
+
+
+def test_csv_class_names_are_sorted_into_ids(tmp_path):
+    names = ["two", "seven", "seven", "one", "two"]
+    (tmp_path / "d.csv").write_text("a,label\n" + "\n".join(f"{i},{n}" for i, n in enumerate(names)) + "\n")
+    ds = DataSet.open(str(tmp_path / "d.csv"))
+    feats, y = first_batch(ds, (1,))
+    assert ds.classes == ["one", "seven", "two"]
+    assert [ds.classes[i] for i in y] == [names[int(f)] for f in feats[:, 0]]
+
+
+def test_image_folder_is_a_data_set(tmp_path):
+    for name, n in (("b", 3), ("a", 5)):
+        (tmp_path / "imgs" / name).mkdir(parents=True)
+        for i in range(n):
+            img = np.full((6, 6, 1), 40 * (name == "b"), np.uint8)
+            (tmp_path / "imgs" / name / f"{i}.png").write_bytes(tf.io.encode_png(img).numpy())
+    ds = DataSet.open(str(tmp_path / "imgs"), holdout=0.25)
+    counts = ds.count()
+    assert ds.classes == ["a", "b"] and sum(counts.train) + sum(counts.held_out) == 8
+    assert 0 < sum(counts.held_out) < 8
+    x, y = first_batch(DataSet.open(str(tmp_path / "imgs")), (3, 3, 1))
+    assert sorted(y.tolist()) == [0] * 5 + [1] * 3
+    np.testing.assert_allclose(x.reshape(8, -1).max(axis=1), np.where(y == 1, 40 / 255, 0), atol=1e-6)

@@ -210,3 +210,30 @@ def test_verify_finds_a_changed_shard(tmp_path):
     r = run_distft(["shard", f"--output_dir={out}", "--verify"])
     assert r.code == 2 and r.lines == [f"distft: error: {path}: sha256 differs from manifest.json: "
                                        "the shard is corrupt; rewrite with distft shard --overwrite"]
+
+
+def test_image_arrays_stay_images_and_class_names_stay_names(tmp_path):
+    """uint8 image arrays are sharded as raw pixels and read back identical; a CSV of class
+    names is sharded as ids with the names in the manifest."""
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (30, 6, 5, 3), dtype=np.uint8)
+    y = np.eye(3, dtype=np.float32)[rng.integers(0, 3, 30)]  # one-hot rows
+    np.savez(tmp_path / "img.npz", x=x, y=y)
+    distft.shard(str(tmp_path / "img.npz"), str(tmp_path / "a"), num_shards=2)
+    ds = DataSet.open(str(tmp_path / "a"))
+    assert (ds.schema.x_kind, ds.schema.x_shape, ds.schema.x_dtype, ds.schema.y_shape) == \
+        ("pixels", (6, 5, 3), "uint8", (3,))
+    ds.count()
+    got = [(xb.numpy(), yb.numpy()) for xb, yb in ds.stream(0, 1, 50, (6, 5, 3), training=False,
+                                                              preprocess="none")]
+    assert sorted(map(bytes, np.round(got[0][0]).astype(np.uint8))) == sorted(map(bytes, x))
+    assert sorted(map(tuple, got[0][1])) == sorted(map(tuple, y))
+
+    names = ["two", "seven", "one"]
+    rows = ["a,b,label"] + [f"{i},{-i},{names[i % 3]}" for i in range(30)]
+    (tmp_path / "d.csv").write_text("\n".join(rows) + "\n")
+    m = distft.shard(str(tmp_path / "d.csv"), str(tmp_path / "b"), num_shards=3)
+    assert Manifest.load(str(tmp_path / "b")).class_names == ["one", "seven", "two"]
+    _, records = records_of(tmp_path / "b")
+    assert {(int(r["x"][0]) % 3, r["y"][0]) for r in records} == {(0, 2), (1, 1), (2, 0)}
+    assert m.endswith("manifest.json")

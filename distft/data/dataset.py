@@ -23,7 +23,7 @@ from distft import log
 from distft.data import images, sharding
 from distft.data.decode import batch_decoder, record_decoder
 from distft.data.formats import FORMATS, Schema, check_example, csv_labels, csv_rows, damaged, format_of, \
-    infer_schema, label_of, npz_headers, read_records
+    infer_schema, label_of, read_records
 from distft.data.manifest import NAME, Manifest
 from distft.errors import DistftError
 
@@ -175,7 +175,6 @@ class DataSet:
         return int(n), int(k), float(lo), float(hi), names
 
     def _check_npz(self, path: str) -> None:
-        (xs, xd), (ys, _) = npz_headers(path)
         first = infer_schema(path)
         for name, found, want in (("x", first.x_shape, self.schema.x_shape),
                                   ("y", first.y_shape, self.schema.y_shape)):

@@ -65,7 +65,7 @@ class Schema:
         return self.x_kind in ("image", "pixels")
 
     def describe_y(self) -> str:
-        return f"(N{''.join(f', {k}' for k in self.y_shape)})"
+        return f"(N, {', '.join(map(str, self.y_shape))})" if self.y_shape else "(N,)"
 
 
 def format_of(path: str) -> str:
