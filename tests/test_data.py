@@ -251,3 +251,19 @@ def test_image_folder_is_a_data_set(tmp_path):
     x, y = first_batch(DataSet.open(str(tmp_path / "imgs")), (3, 3, 1))
     assert sorted(y.tolist()) == [0] * 5 + [1] * 3
     np.testing.assert_allclose(x.reshape(8, -1).max(axis=1), np.where(y == 1, 40 / 255, 0), atol=1e-6)
+
+
+def test_tfrecord_that_does_not_fit_is_not_called_damaged(tmp_path):
+    x, y = arrays(20)
+    write_tfrecords(x, y, str(tmp_path / "a-{}.tfrecord"), 1)
+    with tf.io.TFRecordWriter(str(tmp_path / "b.tfrecord")) as w:
+        for xi in x:
+            w.write(tf.train.Example(features=tf.train.Features(feature={
+                "x": tf.train.Feature(float_list=tf.train.FloatList(value=xi.ravel())),
+                "y": tf.train.Feature(float_list=tf.train.FloatList(value=[0.0, 1.0])),
+            })).SerializeToString())
+    ds = DataSet.open(str(tmp_path / "*.tfrecord"))
+    with pytest.raises(DistftError, match=r"b.tfrecord: record 0 feature 'y' is float_list, "
+                                          "expected int64_list") as e:
+        ds.count()
+    assert "damaged" not in str(e.value)
