@@ -107,7 +107,7 @@ def broken_files(demo_data, tmp_path_factory):
     ({"--model": "{b}/model.h5"}, "is neither a .keras (zip) nor an .h5 (HDF5) file"),
     ({"--model": "{b}/truncated.h5"}, "is a damaged keras file"),
     ({"--data": "{b}/corrupt"}, "damaged tfrecord file"),
-    ({"--data": "{b}/bad.csv"}, "bad.csv:252: column 'p0' is not numeric ('oops')"),
+    ({"--data": "{b}/bad.csv"}, "bad.csv:251: column 'p0' is not numeric ('oops')"),
     ({"--output_dir": "{b}/a_file"}, "is a file: pass a folder path"),
     ({"--output_dir": "/proc/distft-run"}, "is not writable"),
     ({"--config": "{b}/broken.yaml"}, "is not valid YAML at line"),
