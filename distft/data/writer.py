@@ -124,7 +124,7 @@ class ImageFolder(Source):
 class Files(Source):
     """TFRecord, .npz or .csv files, their records concatenated in file order. TFRecords are
     kept as they are; .npz and CSV rows become `x` floats, or `x` raw uint8 pixels for uint8
-    image arrays (see benchmarks/pixels.py for why not PNG), and `y` (class names: ids)."""
+    image arrays (see benchmarks/layouts.py, part 3, for why not PNG), and `y` (class names: ids)."""
 
     def __init__(self, files: list[str], label: str, x_key: Optional[str] = None,
                  y_key: Optional[str] = None):
