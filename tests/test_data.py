@@ -267,3 +267,14 @@ def test_tfrecord_that_does_not_fit_is_not_called_damaged(tmp_path):
                                           "expected int64_list") as e:
         ds.count()
     assert "damaged" not in str(e.value)
+
+
+def test_compressed_npz_reads_the_same_records(tmp_path):
+    x, y = arrays(60)
+    np.savez(tmp_path / "plain.npz", x=x, y=y)
+    np.savez_compressed(tmp_path / "packed.npz", x=x, y=y)
+    plain, packed = DataSet.open(str(tmp_path / "plain.npz")), DataSet.open(str(tmp_path / "packed.npz"))
+    assert plain.npz_offsets is not None and packed.npz_offsets is None  # TensorFlow reads / numpy reads
+    for ds in (plain, packed):
+        ds.count()
+        assert all_records(ds, 2) == expected(x, y)

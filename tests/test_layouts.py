@@ -256,7 +256,7 @@ def test_npz_content_that_does_not_fit_is_not_called_corrupt(demo_data, digits, 
     np.savez(tmp_path / "b.npz", x=x[100:200], y=np.eye(5)[y[100:200]])
     r = distft(["train", f"--model={demo_data['model']}", f"--data={tmp_path}/*.npz",
                 "--num_classes=5", f"--output_dir={tmp_path / 'run'}"])
-    line = one_error(r, "b.npz: array 'y' has rows of shape (5,) but")
+    line = one_error(r, "b.npz: array 'y' has rows of shape (5,) and type float64 but")
     assert "damaged" not in line and "corrupt" not in line
     (tmp_path / "b.npz").write_bytes((tmp_path / "a.npz").read_bytes()[:3000])  # really truncated
     r = distft(["train", f"--model={demo_data['model']}", f"--data={tmp_path}/*.npz",

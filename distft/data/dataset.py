@@ -23,7 +23,7 @@ from distft import log
 from distft.data import images, sharding
 from distft.data.decode import batch_decoder, record_decoder
 from distft.data.formats import FORMATS, Schema, check_example, csv_labels, csv_rows, damaged, format_of, \
-    infer_schema, label_of, read_records
+    infer_schema, label_of, npz_offsets, read_records
 from distft.data.manifest import NAME, Manifest
 from distft.errors import DistftError
 
@@ -55,6 +55,7 @@ class DataSet:
     manifest: Optional[Manifest] = field(default=None, repr=False)
     classes: list[str] = field(default_factory=list)
     labels: Optional[np.ndarray] = field(default=None, repr=False)  # image folder: class ids
+    npz_offsets: Optional[np.ndarray] = field(default=None, repr=False)  # see formats.npz_offsets
 
     @classmethod
     def open(cls, pattern: str, label: str = "label", holdout: float = 0.0,
@@ -86,7 +87,12 @@ class DataSet:
         if len(formats) > 1:
             raise DistftError(f"--{flag}={pattern} mixes formats {sorted(formats)}: use one format")
         schema = infer_schema(files[0], label, x_key, y_key)
-        return cls(files, schema, holdout, part)
+        data = cls(files, schema, holdout, part)
+        if schema.format == "npz":
+            offsets = [npz_offsets(f) for f in files]
+            if all(offsets):  # else (a compressed file) all go through the generator
+                data.npz_offsets = np.array(offsets, np.int64)
+        return data
 
     def use_classes(self, classes: list[str], where: str) -> None:
         """Number this data set's class names as `classes` (the model's, or the training
@@ -163,7 +169,7 @@ class DataSet:
         fmt = schema.format
         try:
             if fmt == "npz":
-                self._check_npz(path)
+                return self._count_npz(index)
             n, k, lo, hi = _counter(schema, self.holdout)(tf.constant(path), tf.constant(index, tf.int64))
             names = tuple(sorted(set(csv_labels(path, schema)))) if schema.y_names else ()
         except DistftError:
@@ -174,13 +180,22 @@ class DataSet:
             raise damaged(path, fmt, e) from None
         return int(n), int(k), float(lo), float(hi), names
 
-    def _check_npz(self, path: str) -> None:
-        first = infer_schema(path)
-        for name, found, want in (("x", first.x_shape, self.schema.x_shape),
-                                  ("y", first.y_shape, self.schema.y_shape)):
-            if found != want or (name == "x" and first.x_kind != self.schema.x_kind):
-                raise DistftError(f"{path}: array '{name}' has rows of shape {found} but "
-                                  f"{self.files[0]} has {want}: all files need the same layout")
+    def _count_npz(self, index: int) -> tuple[int, int, float, float, tuple]:
+        """An .npz file's counts from its header and `y` alone (`x` is not read), after
+        checking its arrays have the first file's layout."""
+        path = self.files[index]
+        this = infer_schema(path)
+        for i, (name, found, want) in enumerate((("x", this.x_shape, self.schema.x_shape),
+                                                 ("y", this.y_shape, self.schema.y_shape))):
+            if found != want or this.stored[i] != self.schema.stored[i]:
+                raise DistftError(f"{path}: array '{name}' has rows of shape {found} and type "
+                                  f"{np.dtype(this.stored[i])} but {self.files[0]} has {want} and "
+                                  f"{np.dtype(self.schema.stored[i])}: all files need the same layout")
+        with np.load(path) as z:
+            y = z["y"]
+        tags = (np.arange(len(y), dtype=np.int64) * 7919 + index * 104729) % HOLDOUT_BASE
+        k = int(np.count_nonzero(tags < int(round(self.holdout * HOLDOUT_BASE))))
+        return len(y) - k, k, float(y.min()) if len(y) else 0.0, float(y.max()) if len(y) else 0.0, ()
 
     def _misfit(self, path: str, error: tf.errors.OpError) -> DistftError:
         """The error for a file that parses but does not fit the schema (or, failing to find
@@ -211,6 +226,8 @@ class DataSet:
 
     def _read(self, path: tf.Tensor, index: tf.Tensor) -> tf.data.Dataset:
         """The raw records of file `index` (an image folder's file: (bytes, class id))."""
+        if self.npz_offsets is not None:
+            return read_records(path, self.schema, tf.gather(self.npz_offsets, index))
         if self.labels is None:
             return read_records(path, self.schema)
         return tf.data.Dataset.from_tensors((tf.io.read_file(path), tf.gather(self.labels, index)))

@@ -23,6 +23,7 @@ import dataclasses
 import gzip
 import math
 import os
+import struct
 import zipfile
 from dataclasses import dataclass
 from typing import Iterator, Optional
@@ -53,6 +54,7 @@ class Schema:
     compression: str = ""  # "" or GZIP (TFRecord)
     x_key: str = "x"
     y_key: str = "y"
+    stored: tuple = ()  # .npz: the arrays' dtypes as saved, e.g. ("|u1", "<i8")
     columns: tuple = ()  # CSV: all column names, in file order
     label_columns: tuple = ()  # CSV: positions of the label columns
 
@@ -184,7 +186,8 @@ def _npz_schema(path: str) -> Schema:
         with np.load(path) as z:
             y = z["y"]
         y_float = bool(not np.all(y == np.round(y)))
-    return Schema("npz", x_kind, x_shape, tuple(ys[1:]), y_float, x_dtype=x_dtype, pixel_scale=scale)
+    return Schema("npz", x_kind, x_shape, tuple(ys[1:]), y_float, x_dtype=x_dtype, pixel_scale=scale,
+                  stored=(xd.str, yd.str))
 
 
 def npz_headers(path: str) -> tuple[tuple[tuple, np.dtype], tuple[tuple, np.dtype]]:
@@ -243,11 +246,51 @@ def npz_chunks(path: str, chunk: int = CHUNK) -> Iterator[tuple[np.ndarray, np.n
             yield x.reshape(n, *xs[1:]), y.reshape(n, *ys[1:])
 
 
+def npz_offsets(path: str) -> Optional[tuple[int, int, int, int]]:
+    """(start, bytes) of `x`'s and of `y`'s data in the file, for reading them without numpy;
+    None when an array is compressed (np.savez_compressed), big-endian, or of a type
+    tf.io.decode_raw does not read."""
+    out: list[int] = []
+    with zipfile.ZipFile(path) as z, open(path, "rb") as f:
+        for name in ("x", "y"):
+            info = z.getinfo(f"{name}.npy")
+            if info.compress_type != zipfile.ZIP_STORED:
+                return None
+            f.seek(info.header_offset + 26)  # the local header's name and extra field lengths
+            name_len, extra_len = struct.unpack("<HH", f.read(4))
+            member = info.header_offset + 30 + name_len + extra_len
+            f.seek(member)
+            _, dtype = _npy_header(f, path, name)
+            if dtype.str[0] == ">" or dtype.str[1:] not in RAW_TYPES:
+                return None
+            out += [f.tell(), info.file_size - (f.tell() - member)]
+    return tuple(out)
+
+
+RAW_TYPES = {"u1": tf.uint8, "i1": tf.int8, "u2": tf.uint16, "i2": tf.int16, "i4": tf.int32,
+             "i8": tf.int64, "f2": tf.float16, "f4": tf.float32, "f8": tf.float64, "b1": tf.bool}
+
+
+def _npz_in_graph(path: tf.Tensor, offsets: tf.Tensor, schema: Schema) -> tf.data.Dataset:
+    """An uncompressed .npz's rows, read and cut by TensorFlow's own ops (no Python per chunk)."""
+    contents = tf.io.read_file(path)
+    arrays = []
+    for k, stored, shape in ((0, schema.stored[0], schema.x_shape), (2, schema.stored[1], schema.y_shape)):
+        raw = tf.io.decode_raw(tf.strings.substr(contents, offsets[k], offsets[k + 1]), RAW_TYPES[stored[1:]])
+        arrays.append(tf.reshape(raw, [-1, *shape]))
+    x, y = arrays
+    return tf.data.Dataset.from_tensor_slices((
+        x if schema.x_dtype == "uint8" else tf.cast(x, tf.float32),
+        tf.cast(y, tf.float32 if schema.y_float else tf.int64)))
+
+
 def _npz_records(path: bytes, schema: Schema):
-    """The generator behind read_records for .npz: chunks cast to the schema's types."""
-    for x, y in npz_chunks(path.decode()):
-        x = x.reshape(len(x), *schema.x_shape)
-        yield (x if schema.x_dtype == "uint8" else x.astype(np.float32),
+    """The generator behind read_records for compressed .npz: chunks of about 32 MB, cast to
+    the schema's types."""
+    rows = max(1, (32 << 20) // (4 * math.prod(schema.x_shape)))
+    for x, y in npz_chunks(path.decode(), rows):
+        yield (x.reshape(len(x), *schema.x_shape) if schema.x_dtype == "uint8" else
+               x.reshape(len(x), *schema.x_shape).astype(np.float32),
                y.astype(np.float32 if schema.y_float else np.int64))
 
 
@@ -329,9 +372,11 @@ def csv_labels(path: str, schema: Schema) -> Iterator[str]:
 
 # --- reading ----------------------------------------------------------------------------------
 
-def read_records(path: tf.Tensor, schema: Schema) -> tf.data.Dataset:
+def read_records(path: tf.Tensor, schema: Schema, npz_offsets: Optional[tf.Tensor] = None
+                 ) -> tf.data.Dataset:
     """The records of one file, undecoded: TFRecord: serialized Examples; .npz and CSV:
-    (x, y), where a CSV class-name label is still a string."""
+    (x, y), where a CSV class-name label is still a string. An uncompressed .npz is read by
+    TensorFlow given its `npz_offsets` (see npz_offsets), else by a Python generator."""
     if schema.format == "tfrecord":
         return tf.data.TFRecordDataset(path, compression_type=schema.compression,
                                        buffer_size=1 << 20)
@@ -347,6 +392,8 @@ def read_records(path: tf.Tensor, schema: Schema) -> tf.data.Dataset:
                     y[0] if not schema.y_shape else tf.stack(y))
 
         return ds.map(split)
+    if npz_offsets is not None:
+        return _npz_in_graph(path, npz_offsets, schema)
     x_spec = tf.TensorSpec([None, *schema.x_shape], tf.uint8 if schema.x_dtype == "uint8" else tf.float32)
     y_spec = tf.TensorSpec([None, *schema.y_shape], tf.float32 if schema.y_float else tf.int64)
     return tf.data.Dataset.from_generator(

@@ -127,9 +127,9 @@ class Files(Source):
     image arrays (see benchmarks/layouts.py, part 3, for why not PNG), and `y` (class names: ids)."""
 
     def __init__(self, files: list[str], label: str, x_key: Optional[str] = None,
-                 y_key: Optional[str] = None):
+                 y_key: Optional[str] = None, schema: Optional[Schema] = None):
         self.files, self.label = files, label
-        self.schema = infer_schema(files[0], label, x_key, y_key)
+        self.schema = schema or infer_schema(files[0], label, x_key, y_key)
         self.description = f"{len(files)} {self.schema.format} file(s) from {os.path.dirname(files[0])}"
         if self.schema.y_names:
             self.class_names = sorted({n for f in files for n in csv_labels(f, self.schema)})
@@ -203,12 +203,10 @@ def open_source(path: str, label: str, seed: int, x_key: Optional[str] = None,
         raise DistftError(f"--input={path} mixes formats {sorted(formats)}: use one format")
     previous = Manifest.find(path)  # re-sharding shards keeps their layout and class names
     if previous is not None:
-        source = Files(files, label)
-        source.schema = previous.to_schema()
+        source = Files(files, label, schema=previous.to_schema())
         source.class_names = previous.class_names
         return source
     return Files(files, label, x_key, y_key)
-    return source
 
 
 def _example(y: np.ndarray, x, x_key: str = "x") -> bytes:
