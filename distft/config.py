@@ -105,7 +105,7 @@ class TrainConfig:
         "help": "per-rank step time, allreduce wait and input-bound share, one gather per epoch"})
     slow_rank: float = field(default=0.2, metadata={
         "help": "log a rank whose busy time per step exceeds the median by this fraction..."})
-    slow_epochs: int = field(default=2, metadata={"help": "...for this many epochs in a row"})
+    slow_rank_epochs: int = field(default=2, metadata={"help": "...for this many epochs in a row"})
     histograms: int = field(default=0, metadata={
         "help": "every N epochs: weight histograms and each layer's relative change (0: off)"})
     profile: Optional[str] = field(default=None, metadata={
@@ -192,10 +192,10 @@ class TrainConfig:
         if self.histograms < 0:
             raise DistftError(f"--histograms must be >= 0 (epochs between histograms; 0: off), "
                               f"got {self.histograms}: pass e.g. --histograms=1")
-        if self.slow_rank <= 0 or self.slow_epochs < 1:
-            raise DistftError(f"--slow_rank must be > 0 and --slow_epochs at least 1, got "
-                              f"{self.slow_rank} and {self.slow_epochs}: pass e.g. --slow_rank=0.2 "
-                              "--slow_epochs=2")
+        if self.slow_rank <= 0 or self.slow_rank_epochs < 1:
+            raise DistftError(f"--slow_rank must be > 0 and --slow_rank_epochs at least 1, got "
+                              f"{self.slow_rank} and {self.slow_rank_epochs}: pass e.g. "
+                              "--slow_rank=0.2 --slow_rank_epochs=2")
         if self.profile is not None:
             self.profile_steps()
         elif self.profile_ranks is not None:

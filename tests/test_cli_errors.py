@@ -24,6 +24,10 @@ def one_error(result, expected: str, launcher: bool = False):
     (["--epochs=0"], "--epochs must be positive"),
     (["--batch_size=-4"], "--batch_size must be positive"),
     (["--optimizer=lbfgs"], "--optimizer=lbfgs is not one of"),
+    (["--profile=15:5"], "--profile=15:5 is not START:END with 1 <= START <= END: pass steps, e.g. "
+                         "--profile=5:15"),
+    (["--histograms=-1"], "--histograms must be >= 0 (epochs between histograms; 0: off), got -1: "
+                          "pass e.g. --histograms=1"),
 ])
 def test_option_errors_before_any_work(tmp_path, args, expected):
     result = distft(["train", "--model=m.h5", "--data=d", f"--output_dir={tmp_path}/o", *args],

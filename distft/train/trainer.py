@@ -132,7 +132,7 @@ def run(cfg: TrainConfig, worker: Optional[Worker] = None) -> dict[str, Any]:
     callbacks: list[keras.callbacks.Callback] = [
         unfreezing, MetricAverage(worker), timing, stop]
     if clock:  # first: its batch hooks bracket the step alone
-        health = RankHealth(clock, worker, placement, cfg.slow_rank, cfg.slow_epochs)
+        health = RankHealth(clock, worker, placement, cfg.slow_rank, cfg.slow_rank_epochs)
         callbacks.insert(0, health)
     confusion = ConfusionMatrix(ft.model, val_stream, ft.classes, worker) \
         if validate and ft.classes else None

@@ -24,7 +24,7 @@ class WeightChanges(keras.callbacks.Callback):
 
     def on_train_begin(self, logs=None):
         layers = [l for l in _leaves(self.watched) if l.weights]
-        self._start = {id(l): [np.array(w) for w in l.weights] for l in layers}
+        self._start = {id(l): [w.numpy() for w in l.weights] for l in layers}
         with self.writer.as_default():
             for layer in layers:
                 if not layer.trainable_weights:
@@ -40,7 +40,7 @@ class WeightChanges(keras.callbacks.Callback):
                 if not layer.trainable_weights:
                     continue
                 start = self._start[id(layer)]
-                now = [np.array(w) for w in layer.weights]
+                now = [w.numpy() for w in layer.weights]
                 for w, value in zip(layer.weights, now):
                     tf.summary.histogram(f"weights/{layer.name}/{_short(w)}", value, step=epoch + 1)
                 moved = np.sqrt(sum(np.sum((a - b) ** 2) for a, b in zip(now, start)))
