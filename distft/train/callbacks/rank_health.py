@@ -102,7 +102,8 @@ class RankHealth(keras.callbacks.Callback):
         if not self._steps:  # one step per epoch: nothing measured (the same on every rank)
             return
         step, allreduce = (now - then for now, then in zip(self.clock.read(), self._start))
-        ranks = [_per_step(*r) for r in self.worker.gather((self._steps, self._wall, step, allreduce))]
+        ranks = [_per_step(*r) for r in self.worker.gather_floats(
+            [self._steps, self._wall, step, allreduce], name="distft_rank_health")]
         if self.worker.rank == 0:
             if self.report:
                 self.report(ranks, epoch)
