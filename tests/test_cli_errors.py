@@ -54,6 +54,8 @@ def bad_inputs(demo_data, tmp_path_factory):
     ({"--num_classes": "3"}, "labels span [0, 4] but the model has 3 classes"),
     ({"--data": "{bad}/wide-*.tfrecord"}, "records have 10 features but the model's input"),
     ({"--data": "{bad}/one-*.tfrecord"}, "has 1 training records for 2 workers"),
+    ({"--profile": "5:15", "--profile_ranks": "0,2"}, "--profile_ranks=0,2 names rank 2 but the job "
+                                                      "has 2 worker(s): pass ranks below 2"),
 ])
 def test_bad_input_on_two_workers(demo_data, bad_inputs, tmp_path, change, expected):
     args = {"--model": demo_data["model"], "--data": demo_data["data"], "--num_classes": "5",

@@ -88,6 +88,8 @@ def run(cfg: TrainConfig, worker: Optional[Worker] = None) -> dict[str, Any]:
     if initial_epoch >= cfg.epochs:
         raise DistftError(f"the checkpoint in {cfg.output_dir} is at epoch {initial_epoch} and "
                           f"--epochs={cfg.epochs}: raise --epochs to train further")
+    profiler = _profiler(cfg, worker, folder.file("tensorboard"), initial_epoch * steps,
+                         cfg.epochs * steps) if cfg.profile else []
     plan.apply(plan.index_at(initial_epoch))  # before compile: fit restores compile's trainable set
     compile_for_workers(ft.model, optimizer, ft, averager)
     # All workers start from rank 0's weights, optimizer state and averages (restored or fresh).
@@ -163,9 +165,7 @@ def run(cfg: TrainConfig, worker: Optional[Worker] = None) -> dict[str, Any]:
                                     lambda epoch: {"stage": plan.index_at(epoch), **stop.state})]
     if confusion and before and not initial_epoch:
         confusion.measure(0)
-    if cfg.profile:
-        callbacks += _profiler(cfg, worker, folder.file("tensorboard"), initial_epoch * steps,
-                               cfg.epochs * steps)
+    callbacks += profiler
     try:
         history = fit_model.fit(stream, steps_per_epoch=steps, epochs=cfg.epochs,
                                initial_epoch=initial_epoch, callbacks=callbacks, verbose=0,

@@ -117,7 +117,7 @@ class RankHealth(keras.callbacks.Callback):
             if self._streak[rank] == self.slow_epochs:
                 log.warning("rank %d (%s) is slow: busy %.1f ms per step, %.0f%% over the median "
                             "rank's %.1f ms, for %d epochs in a row (to epoch %d); every other rank "
-                            "waits for it in each allreduce: check what else runs on those cores",
+                            "waits for it in each allreduce: check what else runs there",
                             rank, self.placement[rank], r["busy_ms"], 100 * slower, median,
                             self.slow_epochs, epoch + 1)
         bound = [rank for rank, r in enumerate(ranks) if r["input_share"] > INPUT_BOUND]

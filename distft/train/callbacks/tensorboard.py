@@ -24,6 +24,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from distft import log
 from distft.train.callbacks import confusion, rank_health
 from distft.train.callbacks.timing import Timing
 
@@ -59,8 +60,13 @@ class TensorBoardLogger(keras.callbacks.Callback):
     def write_graph(self, model: keras.Model) -> None:
         """The model's inference graph (Graphs tab)."""
         specs = [tf.TensorSpec(t.shape, t.dtype) for t in model.inputs]
-        graph = tf.function(lambda *x: model(list(x) if len(x) > 1 else x[0], training=False)) \
-            .get_concrete_function(*specs).graph
+        try:
+            graph = tf.function(lambda *x: model(list(x) if len(x) > 1 else x[0], training=False)) \
+                .get_concrete_function(*specs).graph
+        except Exception as e:  # a model that only runs on its own input structure: no graph view
+            log.warning("TensorBoard: the model's graph is not written (%s: %s)", type(e).__name__,
+                        str(e).splitlines()[0] if str(e) else "")
+            return
         with self.train_writer.as_default():
             tf.summary.graph(graph)
 
