@@ -10,11 +10,12 @@ from __future__ import annotations
 import sys
 from typing import Callable
 
-from benchmarks import bytes_read, frozen_cache, input, layouts, memory, overhead, report, tuning
+from benchmarks import (bytes_read, frozen_cache, input, layouts, memory, overhead, report,
+                        tensorboard_cost, tuning)
 
 BENCHMARKS: dict[str, Callable[[list[str]], int]] = {
     "report": report.main, "overhead": overhead.main, "tuning": tuning.main,
-    "frozen_cache": frozen_cache.main,
+    "frozen_cache": frozen_cache.main, "tensorboard_cost": tensorboard_cost.main,
     # Large data sets
     "memory": memory.main, "input": input.main, "bytes_read": bytes_read.main,
     # Data layouts (issue #14)

@@ -107,6 +107,18 @@ class TrainConfig:
     hosts: Optional[str] = field(default=None, metadata={"help": "h1:2,h2:2 for --np"})
     controller: str = field(default="gloo", metadata={"help": "--np controller: gloo|mpi"})
     debug: bool = field(default=False, metadata={"help": "show tracebacks and all ranks' logs"})
+    # TensorBoard
+    rank_health: bool = field(default=True, metadata={
+        "help": "per-rank step time, allreduce wait and input-bound share, one gather per epoch"})
+    slow_rank: float = field(default=0.2, metadata={
+        "help": "log a rank whose busy time per step exceeds the median by this fraction..."})
+    slow_rank_epochs: int = field(default=2, metadata={"help": "...for this many epochs in a row"})
+    histograms: int = field(default=0, metadata={
+        "help": "every N epochs: weight histograms and each layer's relative change (0: off)"})
+    profile: Optional[str] = field(default=None, metadata={
+        "help": "START:END: TensorFlow profiler trace of these steps (Profile tab)"})
+    profile_ranks: Optional[tuple] = field(default=None, metadata={
+        "help": "ranks that record --profile, comma-separated (default: 0)"})
 
     @classmethod
     def resolve(cls, config: str | None = None, **flags: Any) -> TrainConfig:
@@ -162,6 +174,7 @@ class TrainConfig:
         if self.resume and self.overwrite:
             raise DistftError("--resume and --overwrite exclude each other: pass one")
         self._check_methods()
+        self._check_tensorboard()
 
     def _check_methods(self) -> None:
         """The fine-tuning methods' flags (their layer specs are checked against the model later)."""
@@ -181,6 +194,30 @@ class TrainConfig:
                                   f"reached with --epochs={self.epochs}: raise --epochs or drop it")
         if self.lr_mult is not None:
             stages.parse_lr_mult(self.lr_mult)
+
+    def _check_tensorboard(self) -> None:
+        if self.histograms < 0:
+            raise DistftError(f"--histograms must be >= 0 (epochs between histograms; 0: off), "
+                              f"got {self.histograms}: pass e.g. --histograms=1")
+        if self.slow_rank <= 0 or self.slow_rank_epochs < 1:
+            raise DistftError(f"--slow_rank must be > 0 and --slow_rank_epochs at least 1, got "
+                              f"{self.slow_rank} and {self.slow_rank_epochs}: pass e.g. "
+                              "--slow_rank=0.2 --slow_rank_epochs=2")
+        if self.profile is not None:
+            self.profile_steps()
+        elif self.profile_ranks is not None:
+            raise DistftError("--profile_ranks needs --profile=START:END: pass both")
+        if self.profile_ranks is not None and not all(r.isdigit() for r in self.profile_ranks):
+            raise DistftError(f"--profile_ranks={','.join(self.profile_ranks)} is not a list of "
+                              "ranks: pass e.g. --profile_ranks=0,1")
+
+    def profile_steps(self) -> tuple[int, int]:
+        """--profile as (first, last) step, 1-based over the whole run."""
+        start, _, end = str(self.profile).partition(":")
+        if not (start.isdigit() and end.isdigit() and 1 <= int(start) <= int(end)):
+            raise DistftError(f"--profile={self.profile} is not START:END with 1 <= START <= END: "
+                              "pass steps, e.g. --profile=5:15")
+        return int(start), int(end)
 
     def to_dict(self) -> dict[str, Any]:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
@@ -263,7 +300,8 @@ def coerce(cls: type, name: str, value: Any) -> Any:
                 raise ValueError
             return float(value)
         if hint is tuple:
-            items = value.split(",") if isinstance(value, str) else list(value)
+            items = value.split(",") if isinstance(value, str) else \
+                list(value) if isinstance(value, (list, tuple)) else [value]
             items = [i.strip() if isinstance(i, str) else i for i in items if i != ""]
             if name == "input_shape":
                 return tuple(int(i) for i in items)

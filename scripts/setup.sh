@@ -93,6 +93,7 @@ fi
 
 say "installing distft (editable, with dev extras)"
 pip_install -e ".[dev]"
+pip_install -e ".[profile]"  # TensorBoard's Profile tab (distft train --profile)
 # tf-keras (Keras 2 on this TensorFlow) for the benchmark's MultiWorkerMirroredStrategy contender,
 # without its dependencies: it requires the 'tensorflow' package, which pip would install over
 # tensorflow-cpu (the same files), breaking TensorFlow.

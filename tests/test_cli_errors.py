@@ -24,6 +24,10 @@ def one_error(result, expected: str, launcher: bool = False):
     (["--epochs=0"], "--epochs must be positive"),
     (["--batch_size=-4"], "--batch_size must be positive"),
     (["--optimizer=lbfgs"], "--optimizer=lbfgs is not one of"),
+    (["--profile=15:5"], "--profile=15:5 is not START:END with 1 <= START <= END: pass steps, e.g. "
+                         "--profile=5:15"),
+    (["--histograms=-1"], "--histograms must be >= 0 (epochs between histograms; 0: off), got -1: "
+                          "pass e.g. --histograms=1"),
 ])
 def test_option_errors_before_any_work(tmp_path, args, expected):
     result = distft(["train", "--model=m.h5", "--data=d", f"--output_dir={tmp_path}/o", *args],
@@ -50,6 +54,8 @@ def bad_inputs(demo_data, tmp_path_factory):
     ({"--num_classes": "3"}, "labels span [0, 4] but the model has 3 classes"),
     ({"--data": "{bad}/wide-*.tfrecord"}, "records have 10 features but the model's input"),
     ({"--data": "{bad}/one-*.tfrecord"}, "has 1 training records for 2 workers"),
+    ({"--profile": "5:15", "--profile_ranks": "0,2"}, "--profile_ranks=0,2 names rank 2 but the job "
+                                                      "has 2 worker(s): pass ranks below 2"),
 ])
 def test_bad_input_on_two_workers(demo_data, bad_inputs, tmp_path, change, expected):
     args = {"--model": demo_data["model"], "--data": demo_data["data"], "--num_classes": "5",

@@ -36,6 +36,12 @@ def test_saved_config_round_trips(tmp_path):
     ({"val_split": 1.5}, "--val_split must be in [0, 1)"),
     ({"resume": True, "overwrite": True}, "exclude each other"),
     ({"num_classes": 1}, "--num_classes must be at least 2"),
+    ({"profile": "15:5"}, "--profile=15:5 is not START:END with 1 <= START <= END: pass steps, e.g."),
+    ({"profile": "5"}, "--profile=5 is not START:END"),
+    ({"profile_ranks": "1"}, "--profile_ranks needs --profile=START:END"),
+    ({"profile": "5:15", "profile_ranks": "0,x"}, "--profile_ranks=0,x is not a list of ranks"),
+    ({"histograms": -1}, "--histograms must be >= 0"),
+    ({"slow_rank": 0}, "--slow_rank must be > 0"),
 ])
 def test_bad_values_are_one_clear_error(bad, message):
     with pytest.raises(DistftError) as e:
@@ -76,3 +82,10 @@ def test_api_train_stays_the_function_after_the_trainer_loads():
     import distft.train.trainer  # noqa: F401  (what a first distft.train() call imports)
 
     assert callable(distft.train) and distft.train is distft.api.train
+
+
+def test_tensorboard_defaults_rank_health_on_the_rest_off():
+    cfg = TrainConfig.resolve(**REQUIRED, profile="5:15", profile_ranks="0,1")
+    assert cfg.profile_steps() == (5, 15) and cfg.profile_ranks == ("0", "1")
+    cfg = TrainConfig.resolve(**REQUIRED)
+    assert cfg.rank_health and not cfg.histograms and cfg.profile is None

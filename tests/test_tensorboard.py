@@ -1,11 +1,15 @@
-"""Rank 0's TensorBoard log, read from the event files and from a real tensorboard server."""
+"""Rank 0's TensorBoard log, read from the event files and from a real tensorboard server: one
+2-worker run with histograms and a profile window serves every view; one run with a slowed rank."""
+import base64
 import glob
+import gzip
 import json
 import os
 import socket
 import subprocess
 import sys
 import time
+import urllib.parse
 import urllib.request
 
 import pytest
@@ -22,7 +26,8 @@ def run_dir(demo_data, tmp_path_factory):
     out = str(tmp_path_factory.mktemp("tb") / "run")
     result = horovodrun(["train", f"--model={demo_data['model']}", f"--data={demo_data['data']}",
                          f"--val_data={demo_data['val_data']}", "--num_classes=5", "--epochs=3",
-                         "--log_every=4", "--warmup_epochs=1", f"--output_dir={out}"])
+                         "--log_every=4", "--warmup_epochs=1", "--histograms=1", "--profile=5:15",
+                         f"--output_dir={out}"])
     assert result.code == 0, result.out[-3000:]
     return out
 
@@ -30,8 +35,9 @@ def run_dir(demo_data, tmp_path_factory):
 def scalars(folder):
     acc = EventAccumulator(folder, size_guidance={"tensors": 0})
     acc.Reload()
-    return {tag: [(e.step, float(tf.make_ndarray(e.tensor_proto)) if tag != "_hparams_/session_start_info"
-                   else None) for e in acc.Tensors(tag)] for tag in acc.Tags()["tensors"]}
+    kinds = {tag: acc.SummaryMetadata(tag).plugin_data.plugin_name for tag in acc.Tags()["tensors"]}
+    return {tag: [(e.step, float(tf.make_ndarray(e.tensor_proto)) if kind == "scalars" else None)
+                  for e in acc.Tensors(tag)] for tag, kind in kinds.items()}
 
 
 def test_event_files_hold_epoch_step_and_run_scalars(run_dir):
@@ -60,30 +66,154 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_real_tensorboard_server_serves_the_scalars(run_dir):
-    port = free_port()
-    exe = os.path.join(os.path.dirname(sys.executable), "tensorboard")
-    server = subprocess.Popen([exe, "--logdir", os.path.join(run_dir, "tensorboard"), "--host",
-                               "127.0.0.1", "--port", str(port)], stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT)
-    try:
-        tags, deadline = {}, time.time() + 90
-        while time.time() < deadline and not tags.get("validation"):
+class Server:
+    """A real `tensorboard` process on a free port, queried over HTTP."""
+
+    def __init__(self, logdir: str):
+        self.port = free_port()
+        exe = os.path.join(os.path.dirname(sys.executable), "tensorboard")
+        self.proc = subprocess.Popen([exe, "--logdir", logdir, "--host", "127.0.0.1", "--port",
+                                      str(self.port)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+
+    def raw(self, path: str) -> bytes:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/{path}", timeout=30) as r:
+            body = r.read()
+            return gzip.decompress(body) if r.headers.get("Content-Encoding") == "gzip" else body
+
+    def get(self, path: str):
+        return json.loads(self.raw(path))
+
+    def wait_for(self, path: str, ready) -> object:
+        """`path`'s JSON once `ready(it)` holds (the server loads the event files lazily)."""
+        value, deadline = None, time.time() + 90
+        while time.time() < deadline:
             try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/data/plugin/scalars/tags",
-                                            timeout=5) as r:
-                    tags = json.load(r)
+                value = self.get(path)
+                if ready(value):
+                    return value
             except OSError:
                 pass
+            assert self.proc.poll() is None, self.proc.stdout.read().decode()[-2000:]
             time.sleep(1)
-        assert server.poll() is None, server.stdout.read().decode()[-2000:]
-        assert {"epoch_loss", "epoch_accuracy", "batch_learning_rate"} <= set(tags["train"])
-        assert {"epoch_loss", "epoch_accuracy"} <= set(tags["validation"])
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/data/plugin/scalars/scalars?"
-                                    "run=validation&tag=epoch_accuracy", timeout=10) as r:
-            points = json.load(r)
-        assert [p[1] for p in points] == [0, 1, 2, 3]
-        assert all(0.0 <= p[2] <= 1.0 for p in points)
+        raise AssertionError(f"{path} never ready: {value}")
+
+    def scalars(self, run: str, tag: str) -> list[tuple[int, float]]:
+        points = self.get(f"data/plugin/scalars/scalars?run={run}&tag={urllib.parse.quote(tag)}")
+        return [(step, value) for _, step, value in points]
+
+
+@pytest.fixture(scope="module")
+def server(run_dir):
+    tb = Server(os.path.join(run_dir, "tensorboard"))
+    try:
+        tb.wait_for("data/plugin/scalars/tags", lambda tags: {"validation", "rank_1"} <= set(tags))
+        yield tb
     finally:
-        server.terminate()
-        server.wait(timeout=30)
+        tb.proc.terminate()
+        tb.proc.wait(timeout=30)
+
+
+def test_real_tensorboard_server_serves_the_scalars(server):
+    tags = server.get("data/plugin/scalars/tags")
+    assert {"epoch_loss", "epoch_accuracy", "batch_learning_rate"} <= set(tags["train"])
+    assert {"epoch_loss", "epoch_accuracy"} <= set(tags["validation"])
+    points = server.scalars("validation", "epoch_accuracy")
+    assert [step for step, _ in points] == [0, 1, 2, 3]
+    assert all(0.0 <= value <= 1.0 for _, value in points)
+
+
+RANK_TAGS = ["ranks/step_time_ms", "ranks/busy_ms", "ranks/allreduce_wait_ms", "ranks/input_wait_ms",
+             "ranks/input_share"]
+
+
+def test_per_rank_health_one_series_per_rank_overlaid(server):
+    tags = server.get("data/plugin/scalars/tags")
+    for rank in ("rank_0", "rank_1"):
+        assert set(RANK_TAGS) <= set(tags[rank]), tags[rank]
+        figures = {tag: dict(server.scalars(rank, tag)) for tag in RANK_TAGS}
+        assert all(sorted(points) == [1, 2, 3] for points in figures.values()), figures
+        for epoch in (1, 2, 3):
+            step = figures["ranks/step_time_ms"][epoch]
+            parts = sum(figures[f"ranks/{p}_ms"][epoch] for p in ("busy", "allreduce_wait", "input_wait"))
+            assert step > 0 and abs(parts - step) < 1e-3 * step, (rank, epoch, figures)
+            assert 0.0 <= figures["ranks/input_share"][epoch] < 1.0
+            assert figures["ranks/allreduce_wait_ms"][epoch] > 0  # two workers: a real allreduce
+    spread = server.scalars("train", "epoch_rank_spread")
+    assert [step for step, _ in spread] == [1, 2, 3] and all(value >= 1.0 for _, value in spread)
+    layout = server.get("data/plugin/custom_scalars/layout")
+    charts = {tag for c in layout["category"][0]["chart"] for tag in c["multiline"]["tag"]}
+    assert {f"^{tag}$" for tag in RANK_TAGS} <= charts
+
+
+def test_histograms_of_trainable_weights_each_epoch_frozen_once(server):
+    tags = server.get("data/plugin/histograms/tags")["train"]
+    assert {"weights/distft_head/kernel", "weights/distft_head/bias", "frozen/conv1/kernel",
+            "frozen/features/kernel"} <= set(tags), sorted(tags)
+    def steps(tag):
+        return [h[1] for h in server.get(f"data/plugin/histograms/histograms?run=train&tag={tag}")]
+    assert steps("weights/distft_head/kernel") == [1, 2, 3]
+    assert steps("frozen/conv1/kernel") == [0]
+    moved = server.scalars("train", "moved/distft_head")
+    assert [step for step, _ in moved] == [1, 2, 3]
+    assert 0 < moved[0][1] < moved[-1][1]  # the head moves away from where it started
+    assert not [t for t in server.get("data/plugin/scalars/tags")["train"] if t.startswith("moved/conv")]
+
+
+def test_confusion_matrix_image_and_per_class_accuracy(server):
+    images = server.get("data/plugin/images/images?run=validation&tag=confusion_matrix")
+    assert [image["step"] for image in images] == [0, 1, 2, 3]  # 0: before fine-tuning
+    png = server.raw(f"data/plugin/images/individualImage?{images[-1]['query']}")
+    assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 5000
+    accuracy = [tag for tag in server.get("data/plugin/scalars/tags")["validation"]
+                if tag.startswith("class_accuracy/")]
+    assert len(accuracy) == 5
+    for tag in accuracy:
+        assert [step for step, value in server.scalars("validation", tag) if 0 <= value <= 1] == [0, 1, 2, 3]
+
+
+def test_config_text_and_model_graph(server):
+    assert server.get("data/plugin/text/tags") == {"train": ["config"]}
+    text = server.get("data/plugin/text/text?run=train&tag=config")[0]["text"]
+    assert "num_classes" in text and "histograms" in text and "<table>" in text
+    assert server.get("data/plugin/graphs/info")["train"]["run_graph"] is True
+    graph = server.raw("data/plugin/graphs/graph?run=train").decode()
+    assert "distft_head" in graph
+
+
+def test_profile_run_in_the_profile_tab(server):
+    assert server.get("data/plugins_listing")["profile"]["enabled"] is True
+    runs = server.wait_for("data/plugin/profile/runs", bool)
+    assert len(runs) == 1  # rank 0 only
+    tools = server.get(f"data/plugin/profile/run_tools?run={runs[0]}")
+    assert "trace_viewer@" in tools and "overview_page" in tools
+
+
+def test_slow_rank_is_named_with_its_host_and_cores(demo_data, tmp_path):
+    """A competing process on rank 1's core, at a higher priority (its own autogroup, nice -5),
+    slows rank 1 for real."""
+    core = sorted(os.sched_getaffinity(0))[1]  # distft pins local rank 1 to the second core
+    hog = subprocess.Popen([sys.executable, "-c", HOG, str(core)], start_new_session=True)
+    try:
+        result = horovodrun(["train", f"--model={demo_data['model']}", f"--data={demo_data['data']}",
+                             "--num_classes=5", "--unfreeze=all", "--batch_size=128",
+                             "--steps_per_epoch=8", "--epochs=4", "--slow_rank=0.1", "--slow_rank_epochs=2",
+                             f"--output_dir={tmp_path}/run"])
+    finally:
+        hog.kill()
+        hog.wait()
+    assert result.code == 0, result.out[-3000:]
+    named = [l for l in result.lines if "is slow: busy" in l]
+    assert named and all(f"rank 1 (localhost cores {core}) is slow" in l for l in named), result.out[-3000:]
+
+
+HOG = """
+import os, sys
+os.sched_setaffinity(0, {int(sys.argv[1])})
+try:
+    with open("/proc/self/autogroup", "w") as f:  # above the workers' share (root only)
+        f.write("-5")
+except OSError:
+    pass
+while True:
+    pass
+"""

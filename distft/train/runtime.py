@@ -79,6 +79,14 @@ class Worker:
         """Every worker's `obj`, in rank order, on every worker."""
         return self.hvd.allgather_object(obj) if self.size > 1 else [obj]
 
+    def gather_floats(self, values: list[float], name: str) -> list[list[float]]:
+        """Every worker's `values` (the same length on all), in rank order: one allgather, cheaper
+        than `gather`'s pickling for figures sent every epoch."""
+        if self.size == 1:
+            return [list(values)]
+        rows = self.hvd.allgather(tf.constant([values], tf.float64), name=name)
+        return rows.numpy().tolist()
+
     def broadcast(self, obj: Any) -> Any:
         """Rank 0's `obj` on every worker."""
         return self.hvd.broadcast_object(obj, root_rank=0) if self.size > 1 else obj

@@ -12,23 +12,28 @@ Example:
     model.compile(optimizer=opt, loss=..., metrics=[...], jit_compile=False)
     averager = GradientAverager(hvd.size(), plan.variables(), accumulate=4, compression="fp16")
     model.train_step = averager.train_step(model)
+
+With a `StepClock`, the step also sums its own seconds and the allreduce's (rank health).
 """
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Optional
 
 import keras
 import tensorflow as tf
+
+from distft.train.callbacks.rank_health import StepClock
 
 
 class GradientAverager:
     """Allreduce (and, with `accumulate` > 1, accumulate) gradients for `variables`: every
     variable that is trainable in some stage of the run."""
 
-    def __init__(self, size: int, variables: list, accumulate: int = 1, compression: str = "none"):
+    def __init__(self, size: int, variables: list, accumulate: int = 1, compression: str = "none",
+                 clock: Optional[StepClock] = None):
         import horovod.tensorflow as hvd
 
-        self.hvd, self.size, self.accumulate = hvd, size, accumulate
+        self.hvd, self.size, self.accumulate, self.clock = hvd, size, accumulate, clock
         self.compression = hvd.Compression.fp16 if compression == "fp16" else hvd.Compression.none
         # Checkpointed (`state`), so a resume continues a partly accumulated update exactly.
         self.state = tf.Module()
@@ -42,7 +47,10 @@ class GradientAverager:
         """The mean of `grads` over all workers, in one fused group."""
         if self.size == 1:
             return grads
-        return self.hvd.grouped_allreduce(grads, op=self.hvd.Average, compression=self.compression)
+        def reduce(g: list[tf.Tensor]) -> list[tf.Tensor]:
+            return self.hvd.grouped_allreduce(g, op=self.hvd.Average, compression=self.compression)
+
+        return self.clock.allreduce(reduce, grads) if self.clock else reduce(grads)
 
     def apply(self, optimizer: keras.optimizers.Optimizer, grads: list, variables: list) -> None:
         """Average `grads` of `variables` (now, or every `accumulate` calls) and apply them."""
@@ -70,6 +78,13 @@ class GradientAverager:
         loss_tracker = next(m for m in model.metrics if m.name == "loss")
 
         def step(data):
+            if self.clock is None:
+                return averaged_step(data)
+            # Read after the optimizer's update, so the clock stops after it.
+            return self.clock.step(lambda: averaged_step(data), data,
+                                   lambda: tf.convert_to_tensor(model.optimizer.iterations))
+
+        def averaged_step(data):
             x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
             with tf.GradientTape() as tape:
                 y_pred = model(x, training=True)

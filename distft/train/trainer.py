@@ -23,13 +23,17 @@ from distft.model.prepare import FineTuneModel, prepare, weights_checksum
 from distft.train import frozen_cache, methods, optim
 from distft.train.callbacks.averaging import MetricAverage
 from distft.train.callbacks.checkpointing import Checkpointing
+from distft.train.callbacks.confusion import ConfusionMatrix
 from distft.train.callbacks.ema import EMA
+from distft.train.callbacks.profiler import Profiler
 from distft.train.callbacks.progress import Progress
+from distft.train.callbacks.rank_health import RankHealth, StepClock
 from distft.train.callbacks.stopping import GracefulStop, StopRequested
 from distft.train.callbacks.tensorboard import TensorBoardLogger
 from distft.train.callbacks.timing import Timing
 from distft.train.callbacks.unfreezing import StagedUnfreezing
 from distft.train.callbacks.validation import Validation
+from distft.train.callbacks.weights import WeightChanges
 from distft.train.evaluation import evaluate_split
 from distft.train.output import RunFolder, default_path
 from distft.train.runtime import Worker
@@ -70,7 +74,8 @@ def run(cfg: TrainConfig, worker: Optional[Worker] = None) -> dict[str, Any]:
     steps = cfg.steps_per_epoch or math.ceil(total / (worker.size * cfg.batch_size))
     optimizer = methods.optimizer(cfg, optim.build(cfg, worker.size, steps), ft, worker.rank == 0)
     optimizer.build(plan.variables())  # every stage's weights: their state survives switches
-    averager = GradientAverager(worker.size, plan.variables(), cfg.grad_accum, cfg.compression)
+    clock = StepClock() if cfg.rank_health else None
+    averager = GradientAverager(worker.size, plan.variables(), cfg.grad_accum, cfg.compression, clock)
     ema = EMA(plan.variables(), cfg.ema) if cfg.ema else None
     checkpoint = tf.train.Checkpoint(model=ft.model, optimizer=optimizer, **(
         {"ema": ema.state} if ema else {}), **({"grads": averager.state} if cfg.grad_accum > 1 else {}))
@@ -89,6 +94,8 @@ def run(cfg: TrainConfig, worker: Optional[Worker] = None) -> dict[str, Any]:
     if initial_epoch >= cfg.epochs:
         raise DistftError(f"the checkpoint in {cfg.output_dir} is at epoch {initial_epoch} and "
                           f"--epochs={cfg.epochs}: raise --epochs to train further")
+    profiler = _profiler(cfg, worker, folder.file("tensorboard"), initial_epoch * steps,
+                         cfg.epochs * steps) if cfg.profile else []
     plan.apply(plan.index_at(initial_epoch))  # before compile: fit restores compile's trainable set
     compile_for_workers(ft.model, optimizer, ft, averager)
     # All workers start from rank 0's weights, optimizer state and averages (restored or fresh).
@@ -118,7 +125,8 @@ def run(cfg: TrainConfig, worker: Optional[Worker] = None) -> dict[str, Any]:
                                    preprocess=cfg.preprocess, augment=cfg.augment or (),
                                    cache=cfg.cache)
     _build_compiled(fit_model, stream)
-    validate = _validator(ft.model, val_data, cfg, worker)
+    val_stream = _val_stream(ft.model, val_data, cfg, worker)
+    validate = _validator(ft.model, val_data, val_stream, worker)
     before = validate() if validate else {}
     if before:
         log.info("validation before fine-tuning: %s", _fmt(before))
@@ -129,8 +137,15 @@ def run(cfg: TrainConfig, worker: Optional[Worker] = None) -> dict[str, Any]:
     unfreezing = StagedUnfreezing(plan)
     callbacks: list[keras.callbacks.Callback] = [
         unfreezing, MetricAverage(worker), timing, stop]
+    if clock:  # first: its batch hooks bracket the step alone
+        health = RankHealth(clock, worker, placement, cfg.slow_rank, cfg.slow_rank_epochs)
+        callbacks.insert(0, health)
+    confusion = ConfusionMatrix(ft.model, val_stream, ft.classes, worker) \
+        if validate and ft.classes else None
     if validate:
         callbacks.append(Validation(validate))
+    if confusion:
+        callbacks.append(confusion)
     if ema:
         ema.validate = validate
         callbacks.append(ema)
@@ -138,13 +153,23 @@ def run(cfg: TrainConfig, worker: Optional[Worker] = None) -> dict[str, Any]:
         tb = TensorBoardLogger(
             folder.file("tensorboard"), timing, cfg.log_every, cfg.to_dict(),
             {"params/trainable": ft.trainable_params, "params/frozen": ft.frozen_params,
-             "workers": worker.size}, initial_step=initial_epoch * steps)
+             "workers": worker.size}, initial_step=initial_epoch * steps, class_names=train_data.classes)
+        tb.write_graph(ft.model)
         if before and not initial_epoch:
             tb.write_validation(before, 0)
         unfreezing.scalars = tb.write_epoch
+        if clock:
+            health.report = tb.write_ranks
+        if confusion:
+            confusion.report = tb.write_confusion
+        if cfg.histograms:
+            callbacks.append(WeightChanges(ft.model, tb.train_writer, cfg.histograms, initial_epoch))
         callbacks += [tb, Progress(cfg.epochs, steps, cfg.log_every, bar=not worker.env.is_launched),
                       Checkpointing(folder.checkpoints, checkpoint,
                                     lambda epoch: {"stage": plan.index_at(epoch), **stop.state})]
+    if confusion and before and not initial_epoch:
+        confusion.measure(0)
+    callbacks += profiler
     try:
         history = fit_model.fit(stream, steps_per_epoch=steps, epochs=cfg.epochs,
                                initial_epoch=initial_epoch, callbacks=callbacks, verbose=0,
@@ -291,13 +316,36 @@ def check_fit(ft: FineTuneModel, data: DataSet, num_classes: Optional[int] = Non
                           "set --num_classes to match the data")
 
 
-def _validator(model: keras.Model, val_data: Optional[DataSet], cfg: TrainConfig, worker: Worker):
+def _val_stream(model: keras.Model, val_data: Optional[DataSet], cfg: TrainConfig,
+                worker: Worker) -> Optional[tf.data.Dataset]:
+    if val_data is None:
+        return None
+    return val_data.stream(worker.rank, worker.size, cfg.batch_size, tuple(model.input_shape[1:]),
+                           training=False, preprocess=cfg.preprocess)
+
+
+def _validator(model: keras.Model, val_data: Optional[DataSet], stream: Optional[tf.data.Dataset],
+               worker: Worker):
     if val_data is None:
         return None
     share = val_data.share(worker.rank, worker.size)
-    stream = val_data.stream(worker.rank, worker.size, cfg.batch_size, tuple(model.input_shape[1:]),
-                             training=False, preprocess=cfg.preprocess)
     return lambda: evaluate_split(model, stream, share.records, worker)
+
+
+def _profiler(cfg: TrainConfig, worker: Worker, log_dir: str, done: int,
+              total: int) -> list[keras.callbacks.Callback]:
+    """The Profiler on this rank if --profile_ranks (default 0) names it."""
+    first, last = cfg.profile_steps()
+    ranks = sorted({int(r) for r in cfg.profile_ranks or ("0",)})
+    if ranks[-1] >= worker.size:
+        raise DistftError(f"--profile_ranks={','.join(map(str, ranks))} names rank {ranks[-1]} but the "
+                          f"job has {worker.size} worker(s): pass ranks below {worker.size}")
+    if worker.rank == 0 and not done < first <= total:
+        log.warning("--profile=%s: the run goes from step %d to %d, so nothing is traced",
+                    cfg.profile, done + 1, total)
+    if worker.rank not in ranks:
+        return []
+    return [Profiler(log_dir if worker.rank == 0 else f"{log_dir}/rank_{worker.rank}", first, last, done)]
 
 
 def _log_start(cfg, worker, ft, train_data, total, steps, resume_from, initial_epoch, placement) -> None:

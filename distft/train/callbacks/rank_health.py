@@ -1,0 +1,144 @@
+"""Per-rank health: each rank's step time, allreduce wait, input wait and busy time, gathered
+once per epoch; rank 0 reports them and names a rank that keeps the others waiting.
+
+Ranks move in lockstep through the gradient allreduce, so their wall step times agree: a slow
+rank shows as the one with the most busy time (computing) and the least allreduce wait. Each
+rank's step splits into
+- input wait: its batch was not ready yet (wall time around the compiled step minus the step's
+  own time, measured in the graph from the moment its batch is ready);
+- allreduce wait: inside the gradient allreduce (waiting for the other ranks, then communicating);
+- busy: the rest, its own forward and backward passes and the optimizer.
+The first step of each epoch is left out: it may include tracing the step function.
+
+Example:
+    clock = StepClock()
+    averager = GradientAverager(size, variables, clock=clock)   # the step feeds the clock
+    health = RankHealth(clock, worker, placement, slow=0.2, slow_epochs=2)
+    health.report = tb.write_ranks   # rank 0
+    model.fit(..., callbacks=[health, ...])   # first: its batch hooks bracket the step
+"""
+from __future__ import annotations
+
+import statistics
+import time
+from typing import Callable, Optional
+
+import keras
+import tensorflow as tf
+
+from distft import log
+from distft.train.runtime import Worker
+
+# Share of a step spent waiting for the next batch above which the log calls the job input-bound
+# (the wait includes the step function's dispatch, about 1-2 ms on CPU: tiny steps read higher).
+INPUT_BOUND = 0.3
+
+
+class StepClock:
+    """Seconds the compiled train step runs (from its batch being ready) and spends in the
+    gradient allreduce, summed in this rank's own variables (neither checkpointed nor broadcast)."""
+
+    def __init__(self):
+        self.step_seconds = tf.Variable(0.0, dtype=tf.float64, trainable=False, name="clock_step")
+        self.allreduce_seconds = tf.Variable(0.0, dtype=tf.float64, trainable=False,
+                                             name="clock_allreduce")
+
+    def step(self, run: Callable[[], dict], data, done: Callable[[], tf.Tensor]) -> dict:
+        """`run()`'s outputs, timing it from `data` being ready to `done()` (read after the update)."""
+        start = self._stamp(tf.nest.flatten(data))
+        with tf.control_dependencies([start]):
+            outputs = run()
+        end = self._stamp(tf.nest.flatten(outputs) + [done()])
+        self.step_seconds.assign_add(end - start)
+        return outputs
+
+    def allreduce(self, reduce: Callable[[list], list], grads: list) -> list:
+        """`reduce(grads)`, timed."""
+        start = self._stamp(grads)
+        with tf.control_dependencies([start]):
+            reduced = reduce(grads)
+        self.allreduce_seconds.assign_add(self._stamp(reduced) - start)
+        return reduced
+
+    def read(self) -> tuple[float, float]:
+        """(step seconds, allreduce seconds) summed so far."""
+        return float(self.step_seconds.numpy()), float(self.allreduce_seconds.numpy())
+
+    @staticmethod
+    def _stamp(after: list) -> tf.Tensor:
+        with tf.control_dependencies(after):
+            return tf.timestamp()
+
+
+class RankHealth(keras.callbacks.Callback):
+    """On every rank: measures its steps and joins the one gather per epoch. On rank 0, `report`
+    receives each rank's figures (ms per step and input-wait share) with the epoch, and the log
+    names a rank that is `slow` (a fraction) slower than the median for `slow_epochs` epochs in a
+    row, or ranks that wait for input."""
+
+    def __init__(self, clock: StepClock, worker: Worker, placement: list[str], slow: float,
+                 slow_epochs: int):
+        super().__init__()
+        self.clock, self.worker, self.placement = clock, worker, placement
+        self.slow, self.slow_epochs = slow, slow_epochs
+        self.report: Optional[Callable[[list[dict[str, float]], int], None]] = None
+        self._streak = [0] * worker.size
+        self._input_warned = False
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._wall, self._steps, self._start = 0.0, 0, None
+
+    def on_train_batch_begin(self, batch, logs=None):
+        self._began = time.perf_counter()
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self._start is None:
+            self._start = self.clock.read()
+            return
+        self._wall += time.perf_counter() - self._began
+        self._steps += 1
+
+    def on_epoch_end(self, epoch, logs=None):
+        if not self._steps:  # one step per epoch: nothing measured (the same on every rank)
+            return
+        step, allreduce = (now - then for now, then in zip(self.clock.read(), self._start))
+        ranks = [_per_step(*r) for r in self.worker.gather_floats(
+            [self._steps, self._wall, step, allreduce], name="distft_rank_health")]
+        if self.worker.rank == 0:
+            if self.report:
+                self.report(ranks, epoch)
+            self._judge(ranks, epoch)
+
+    def _judge(self, ranks: list[dict[str, float]], epoch: int) -> None:
+        median = statistics.median(r["busy_ms"] for r in ranks)
+        for rank, r in enumerate(ranks):
+            slower = r["busy_ms"] / max(median, 1e-9) - 1
+            self._streak[rank] = self._streak[rank] + 1 if slower > self.slow else 0
+            if self._streak[rank] == self.slow_epochs:
+                log.warning("rank %d (%s) is slow: busy %.1f ms per step, %.0f%% over the median "
+                            "rank's %.1f ms, for %d epochs in a row (to epoch %d); every other rank "
+                            "waits for it in each allreduce: check what else runs there",
+                            rank, self.placement[rank], r["busy_ms"], 100 * slower, median,
+                            self.slow_epochs, epoch + 1)
+        bound = [rank for rank, r in enumerate(ranks) if r["input_share"] > INPUT_BOUND]
+        if bound and not self._input_warned:
+            self._input_warned = True
+            log.warning("input-bound: rank(s) %s wait for their next batch %s of each step "
+                        "(epoch %d); in order, try --cache=memory (or --cache=DIR), more --threads "
+                        "or cores per worker, more shards than workers (distft shard)",
+                        ", ".join(map(str, bound)),
+                        "/".join(f"{100 * ranks[r]['input_share']:.0f}%" for r in bound), epoch + 1)
+
+
+def _per_step(steps: int, wall: float, step: float, allreduce: float) -> dict[str, float]:
+    """One rank's epoch as ms per step and the share of the step spent waiting for input."""
+    waiting = max(0.0, wall - step)
+    return {"step_time_ms": 1000 * wall / steps, "busy_ms": 1000 * (step - allreduce) / steps,
+            "allreduce_wait_ms": 1000 * allreduce / steps, "input_wait_ms": 1000 * waiting / steps,
+            "input_share": waiting / wall if wall else 0.0}
+
+
+def spread(ranks: list[dict[str, float]]) -> float:
+    """Slowest rank's busy time over the median rank's."""
+    busy = [r["busy_ms"] for r in ranks]
+    return max(busy) / max(statistics.median(busy), 1e-9)
