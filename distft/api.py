@@ -13,7 +13,7 @@ import os
 from typing import Any, Optional
 
 from distft import log
-from distft.config import TrainConfig
+from distft.config import TrainConfig, default_output_dir
 from distft.errors import DistftError
 from distft.launch.environment import detect
 
@@ -35,9 +35,7 @@ def train(config: Optional[str] = None, **options: Any) -> dict[str, Any]:
     for warning in mistakes(env, cfg.np):
         log.warning(warning)
     if not cfg.output_dir and not env.is_launched:
-        from distft.train.output import default_path
-
-        cfg.output_dir = default_path(cfg.model)
+        cfg.output_dir = default_output_dir(cfg.model)
         log.info("run folder: %s (choose one with --output_dir)", cfg.output_dir)
     if cfg.np and not env.is_launched:
         from distft.launch.spawn import spawn

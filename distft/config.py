@@ -230,6 +230,14 @@ class TrainConfig:
         os.replace(tmp, path)
 
 
+def default_output_dir(model: str) -> str:
+    """`runs/<model name>-<date>-<time>`: the run folder when --output_dir is not given."""
+    import time
+
+    stem = os.path.splitext(os.path.basename(os.path.normpath(model)))[0].replace("app:", "") or "run"
+    return os.path.join("runs", f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}")
+
+
 def load_yaml(path: str) -> dict[str, Any]:
     """Read a YAML mapping of option names to values."""
     try:

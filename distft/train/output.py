@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-import time
 from typing import Optional
 
 from distft.errors import DistftError
@@ -19,12 +18,6 @@ from distft.train.checkpoint import CheckpointStore
 
 OUTPUTS = ("checkpoints", "tensorboard", "model.keras", "model_ema.keras", "metrics.json",
            "config.yaml", "classes.json")
-
-
-def default_path(model: str) -> str:
-    """`runs/<model name>-<date>-<time>`: the run folder when --output_dir is not given."""
-    stem = os.path.splitext(os.path.basename(os.path.normpath(model)))[0].replace("app:", "") or "run"
-    return os.path.join("runs", f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}")
 
 
 class RunFolder:

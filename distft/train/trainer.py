@@ -14,7 +14,7 @@ import keras
 import tensorflow as tf
 
 from distft import log
-from distft.config import TrainConfig
+from distft.config import TrainConfig, default_output_dir
 from distft.data.dataset import DataSet
 from distft.errors import DistftError, Stopped, root_cause
 from distft.launch.environment import launched_at
@@ -35,7 +35,7 @@ from distft.train.callbacks.unfreezing import StagedUnfreezing
 from distft.train.callbacks.validation import Validation
 from distft.train.callbacks.weights import WeightChanges
 from distft.train.evaluation import evaluate_split
-from distft.train.output import RunFolder, default_path
+from distft.train.output import RunFolder
 from distft.train.runtime import Worker
 from distft.train.step import GradientAverager
 
@@ -48,7 +48,7 @@ def run(cfg: TrainConfig, worker: Optional[Worker] = None) -> dict[str, Any]:
     stop.install()  # remember a signal that arrives while the run is being set up
     keras.utils.set_random_seed(cfg.seed)
     if not cfg.output_dir:  # launched without --output_dir: rank 0's choice for all
-        cfg.output_dir = worker.agree(lambda: default_path(cfg.model))
+        cfg.output_dir = worker.agree(lambda: default_output_dir(cfg.model))
         if worker.rank == 0:
             log.info("run folder: %s (choose one with --output_dir)", cfg.output_dir)
     folder = RunFolder(cfg.output_dir, cfg.keep_checkpoints)

@@ -29,9 +29,11 @@ import tensorflow as tf
 from distft import log
 from distft.train.runtime import Worker
 
-# Share of a step spent waiting for the next batch above which the log calls the job input-bound
-# (the wait includes the step function's dispatch, about 1-2 ms on CPU: tiny steps read higher).
+# Share of a step spent waiting for the next batch above which the log calls the job input-bound,
+# when that wait is also over INPUT_BOUND_MS per step: it includes the step function's dispatch,
+# about 1-2 ms on CPU, so steps of a few ms read high without waiting for input.
 INPUT_BOUND = 0.3
+INPUT_BOUND_MS = 5.0
 
 
 class StepClock:
@@ -120,8 +122,9 @@ class RankHealth(keras.callbacks.Callback):
                             "waits for it in each allreduce: check what else runs there",
                             rank, self.placement[rank], r["busy_ms"], 100 * slower, median,
                             self.slow_epochs, epoch + 1)
-        bound = [rank for rank, r in enumerate(ranks) if r["input_share"] > INPUT_BOUND]
-        if bound and not self._input_warned:
+        bound = [rank for rank, r in enumerate(ranks)
+                 if r["input_share"] > INPUT_BOUND and r["input_wait_ms"] > INPUT_BOUND_MS]
+        if bound and not self._input_warned and epoch > 0:  # the first epoch fills the shuffle buffer
             self._input_warned = True
             log.warning("input-bound: rank(s) %s wait for their next batch %s of each step "
                         "(epoch %d); in order, try --cache=memory (or --cache=DIR), more --threads "
