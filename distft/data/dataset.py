@@ -89,7 +89,7 @@ class DataSet:
         schema = infer_schema(files[0], label, x_key, y_key)
         data = cls(files, schema, holdout, part)
         if schema.format == "npz":
-            offsets = [npz_offsets(f) for f in files]
+            offsets = [_npz_offsets(f) for f in files]
             if all(offsets):  # else (a compressed file) all go through the generator
                 data.npz_offsets = np.array(offsets, np.int64)
         return data
@@ -355,6 +355,16 @@ class DataSet:
         key = repr((self.files, share, self.part, self.holdout, tuple(input_shape)))
         os.makedirs(cache, exist_ok=True)
         return os.path.join(cache, f"distft-{hashlib.sha256(key.encode()).hexdigest()[:16]}-rank{rank}")
+
+
+def _npz_offsets(path: str) -> Optional[tuple[int, int, int, int]]:
+    """formats.npz_offsets, with unreadable files called damaged (named, one line)."""
+    try:
+        return npz_offsets(path)
+    except DistftError:
+        raise
+    except (OSError, EOFError, ValueError, KeyError, zipfile.BadZipFile) as e:
+        raise damaged(path, "npz", e) from None
 
 
 def is_image_folder(pattern: str) -> bool:
