@@ -77,6 +77,16 @@ def alternate(commands: dict[str, list[str]], rounds: int, unit: str) -> list[di
     return rows
 
 
+def save_mobilenet(path: str, shape: tuple, classes: int) -> None:
+    """MobileNetV2 (alpha 0.35, no weights, average pooling) with a `classes`-way softmax head,
+    saved as a .keras file: the image benchmarks' base model."""
+    import keras
+
+    base = keras.applications.MobileNetV2(alpha=0.35, input_shape=shape, include_top=False,
+                                          weights=None, pooling="avg")
+    keras.Model(base.inputs, keras.layers.Dense(classes, activation="softmax")(base.output)).save(path)
+
+
 def python() -> str:
     """This interpreter, relative to the repository root when inside it (e.g. .venv/bin/python)."""
     rel = os.path.relpath(sys.executable, ROOT)

@@ -32,7 +32,7 @@ import tempfile
 import time
 from typing import Any
 
-from benchmarks.common import alternate, child, invocation, python, result_file, save
+from benchmarks.common import alternate, child, invocation, python, result_file, save, save_mobilenet
 
 SHAPE = (96, 96, 3)
 CLASSES = 10
@@ -43,7 +43,6 @@ CONTENDERS = ("pipeline", "train")
 
 def prepare(workdir: str, images: int) -> None:
     """An image folder of JPEGs, its shards (distft shard), and the MobileNetV2 base."""
-    import keras
     import numpy as np
     import tensorflow as tf
 
@@ -60,10 +59,7 @@ def prepare(workdir: str, images: int) -> None:
             f.write(tf.io.encode_jpeg(img, quality=90).numpy())
     distft.shard(os.path.join(workdir, "images"), os.path.join(workdir, "shards"), num_shards=8,
                  workers=2)
-    base = keras.applications.MobileNetV2(alpha=0.35, input_shape=SHAPE, include_top=False,
-                                          weights=None, pooling="avg")
-    keras.Model(base.inputs, keras.layers.Dense(CLASSES, activation="softmax")(base.output)
-                ).save(os.path.join(workdir, "base.keras"))
+    save_mobilenet(os.path.join(workdir, "base.keras"), SHAPE, CLASSES)
 
 
 def _threads(threads: int) -> None:

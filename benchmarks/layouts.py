@@ -51,7 +51,8 @@ import tempfile
 import time
 from typing import Any
 
-from benchmarks.common import alternate, child, environment, invocation, python, result_file, save
+from benchmarks.common import alternate, child, environment, invocation, python, result_file, save, \
+    save_mobilenet
 
 SHAPE = (96, 96, 3)
 CLASSES = 10
@@ -65,7 +66,6 @@ DATA = {"npz": "images.npz", "shards": "shards_npz", "folder": "folder", "folder
 # --- data ----------------------------------------------------------------------------------------
 
 def prepare(workdir: str, images: int) -> None:
-    import keras
     import numpy as np
     import tensorflow as tf
 
@@ -88,10 +88,7 @@ def prepare(workdir: str, images: int) -> None:
             f.write(tf.io.encode_png(x[i]).numpy())
     distft.shard(os.path.join(workdir, "folder"), os.path.join(workdir, "shards_folder"), num_shards=4,
                  workers=2)
-    base = keras.applications.MobileNetV2(alpha=0.35, input_shape=SHAPE, include_top=False,
-                                          weights=None, pooling="avg")
-    keras.Model(base.inputs, keras.layers.Dense(CLASSES, activation="softmax")(base.output)
-                ).save(os.path.join(workdir, "base.keras"))
+    save_mobilenet(os.path.join(workdir, "base.keras"), SHAPE, CLASSES)
 
     # Part 3: one TFRecord file per layout and data set.
     from sklearn.datasets import load_digits
