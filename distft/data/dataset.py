@@ -12,7 +12,6 @@ import functools
 import glob
 import os
 import time
-import zipfile
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
@@ -22,8 +21,8 @@ import tensorflow as tf
 from distft import log
 from distft.data import images, sharding
 from distft.data.decode import batch_decoder, record_decoder
-from distft.data.formats import FORMATS, Schema, check_example, csv_labels, csv_rows, damaged, format_of, \
-    infer_schema, label_of, npz_offsets, read_records
+from distft.data.formats import FORMATS, UNREADABLE, Schema, check_example, csv_labels, csv_rows, damaged, format_of, \
+    infer_schema, label_of, npz_headers, npz_offsets, read_records
 from distft.data.manifest import NAME, Manifest
 from distft.errors import DistftError
 
@@ -89,7 +88,7 @@ class DataSet:
         schema = infer_schema(files[0], label, x_key, y_key)
         data = cls(files, schema, holdout, part)
         if schema.format == "npz":
-            offsets = [_npz_offsets(f) for f in files]
+            offsets = [npz_offsets(f) for f in files]
             if all(offsets):  # else (a compressed file) all go through the generator
                 data.npz_offsets = np.array(offsets, np.int64)
         return data
@@ -149,15 +148,8 @@ class DataSet:
     def _known_counts(self) -> Counts:
         """Counts from the manifest, or an image folder's one record a file: nothing is read."""
         per_file = self.manifest.counts() if self.manifest is not None else [1] * len(self.files)
-        fraction = int(round(self.holdout * HOLDOUT_BASE))
-        train, held = [], []
-        for index, n in enumerate(per_file):
-            k = 0
-            for start in range(0, n if fraction else 0, 1 << 20):  # the same tags as _enumerated
-                i = np.arange(start, min(n, start + (1 << 20)), dtype=np.int64)
-                k += int(np.count_nonzero((i * 7919 + index * 104729) % HOLDOUT_BASE < fraction))
-            train.append(n - k)
-            held.append(k)
+        held = [self._held_out_count(n, index) for index, n in enumerate(per_file)]
+        train = [n - k for n, k in zip(per_file, held)]
         if self.manifest is not None:
             return Counts(train, held, *self.manifest.label_range())
         return Counts(train, held, float(self.labels.min()), float(self.labels.max()))
@@ -176,7 +168,7 @@ class DataSet:
             raise
         except tf.errors.InvalidArgumentError as e:
             raise self._misfit(path, e) from None
-        except (tf.errors.OpError, OSError, EOFError, ValueError, zipfile.BadZipFile) as e:
+        except (tf.errors.OpError, *UNREADABLE) as e:
             raise damaged(path, fmt, e) from None
         return int(n), int(k), float(lo), float(hi), names
 
@@ -184,18 +176,25 @@ class DataSet:
         """An .npz file's counts from its header and `y` alone (`x` is not read), after
         checking its arrays have the first file's layout."""
         path = self.files[index]
-        this = infer_schema(path)
-        for i, (name, found, want) in enumerate((("x", this.x_shape, self.schema.x_shape),
-                                                 ("y", this.y_shape, self.schema.y_shape))):
-            if found != want or this.stored[i] != self.schema.stored[i]:
-                raise DistftError(f"{path}: array '{name}' has rows of shape {found} and type "
-                                  f"{np.dtype(this.stored[i])} but {self.files[0]} has {want} and "
-                                  f"{np.dtype(self.schema.stored[i])}: all files need the same layout")
+        # Headers only: the first file's are read again rather than kept (a few hundred bytes).
+        for name, (shape, dtype), (want, want_dtype) in zip("xy", npz_headers(path), npz_headers(self.files[0])):
+            if shape[1:] != want[1:] or dtype != want_dtype:
+                raise DistftError(f"{path}: array '{name}' has rows of shape {shape[1:]} and type "
+                                  f"{dtype} but {self.files[0]} has {want[1:]} and {want_dtype}: "
+                                  "all files need the same layout")
         with np.load(path) as z:
             y = z["y"]
-        tags = (np.arange(len(y), dtype=np.int64) * 7919 + index * 104729) % HOLDOUT_BASE
-        k = int(np.count_nonzero(tags < int(round(self.holdout * HOLDOUT_BASE))))
+        k = self._held_out_count(len(y), index)
         return len(y) - k, k, float(y.min()) if len(y) else 0.0, float(y.max()) if len(y) else 0.0, ()
+
+    def _held_out_count(self, n: int, index: int) -> int:
+        """How many of file `index`'s `n` records the holdout tags (the same tags as _enumerated)."""
+        fraction = int(round(self.holdout * HOLDOUT_BASE))
+        k = 0
+        for start in range(0, n if fraction else 0, 1 << 20):
+            i = np.arange(start, min(n, start + (1 << 20)), dtype=np.int64)
+            k += int(np.count_nonzero((i * 7919 + index * 104729) % HOLDOUT_BASE < fraction))
+        return k
 
     def _misfit(self, path: str, error: tf.errors.OpError) -> DistftError:
         """The error for a file that parses but does not fit the schema (or, failing to find
@@ -355,16 +354,6 @@ class DataSet:
         key = repr((self.files, share, self.part, self.holdout, tuple(input_shape)))
         os.makedirs(cache, exist_ok=True)
         return os.path.join(cache, f"distft-{hashlib.sha256(key.encode()).hexdigest()[:16]}-rank{rank}")
-
-
-def _npz_offsets(path: str) -> Optional[tuple[int, int, int, int]]:
-    """formats.npz_offsets, with unreadable files called damaged (named, one line)."""
-    try:
-        return npz_offsets(path)
-    except DistftError:
-        raise
-    except (OSError, EOFError, ValueError, KeyError, zipfile.BadZipFile) as e:
-        raise damaged(path, "npz", e) from None
 
 
 def is_image_folder(pattern: str) -> bool:

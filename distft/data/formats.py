@@ -90,8 +90,12 @@ def infer_schema(path: str, label: str = "label", x_key: Optional[str] = None,
         return _csv_schema(path, label)
     except DistftError:
         raise
-    except (OSError, EOFError, ValueError, zipfile.BadZipFile, tf.errors.OpError) as e:
+    except (*UNREADABLE, tf.errors.OpError) as e:
         raise damaged(path, fmt, e) from e
+
+
+# What reading a file's bytes raises when they cannot be parsed (a damaged file).
+UNREADABLE = (OSError, EOFError, ValueError, KeyError, zipfile.BadZipFile)
 
 
 def damaged(path: str, fmt: str, error: BaseException) -> DistftError:
@@ -250,6 +254,15 @@ def npz_offsets(path: str) -> Optional[tuple[int, int, int, int]]:
     """(start, bytes) of `x`'s and of `y`'s data in the file, for reading them without numpy;
     None when an array is compressed (np.savez_compressed), big-endian, or of a type
     tf.io.decode_raw does not read."""
+    try:
+        return _npz_offsets(path)
+    except DistftError:
+        raise
+    except UNREADABLE as e:
+        raise damaged(path, "npz", e) from None
+
+
+def _npz_offsets(path: str) -> Optional[tuple[int, int, int, int]]:
     out: list[int] = []
     with zipfile.ZipFile(path) as z, open(path, "rb") as f:
         for name in ("x", "y"):
