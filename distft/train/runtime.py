@@ -99,12 +99,27 @@ class Worker:
 
     def average(self, values: dict[str, float], name: str) -> dict[str, float]:
         """The mean over all workers of each of `values` (the same keys on every worker)."""
-        if self.size == 1 or not values:
-            return dict(values)
         keys = sorted(values)
-        mean = self.hvd.allreduce(tf.constant([float(values[k]) for k in keys], tf.float64),
-                                  op=self.hvd.Average, name=name)
-        return dict(zip(keys, map(float, mean.numpy())))
+        mean = self.allreduce([tf.constant([float(values[k]) for k in keys], tf.float64)], name,
+                              average=True)
+        return dict(zip(keys, map(float, mean[0].numpy()))) if keys else {}
+
+    def allreduce(self, tensors: list, name: str, average: bool = False) -> list[tf.Tensor]:
+        """Every worker's `tensors` summed (or averaged) elementwise over all workers, in one
+        float64 allreduce (eager, outside the train step); each result keeps its tensor's shape
+        and dtype and is bit-identical on every worker.
+
+        Example:
+            total, count = worker.allreduce([metric.total, metric.count], "val_state")
+        """
+        tensors = [tf.convert_to_tensor(t) for t in tensors]
+        if self.size == 1 or not tensors:
+            return tensors
+        flat = tf.concat([tf.reshape(tf.cast(t, tf.float64), [-1]) for t in tensors], 0)
+        reduced = self.hvd.allreduce(flat, op=self.hvd.Average if average else self.hvd.Sum,
+                                     name=name)
+        parts = tf.split(reduced, [int(tf.size(t)) for t in tensors])
+        return [tf.cast(tf.reshape(p, t.shape), t.dtype) for p, t in zip(parts, tensors)]
 
     def agree(self, fn: Callable[[], Any]) -> Any:
         """Run `fn` on rank 0 only; its DistftError is raised on every rank, its value returned."""
