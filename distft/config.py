@@ -56,7 +56,10 @@ class TrainConfig:
         metadata={"help": "none|all|last:N|from:NAME|re:PATTERN, comma-separated "
                   "(default: none with a new head, else all)"},
     )
-    train_bn: bool = field(default=False, metadata={"help": "let unfrozen BatchNorm layers train"})
+    train_bn: bool = field(default=False, metadata={
+        "help": "let unfrozen BatchNorm layers train (moving statistics averaged over workers)"})
+    sync_bn: bool = field(default=False, metadata={
+        "help": "with --train_bn: batch statistics over all workers' batches (small batches)"})
     loss: Optional[str] = field(default=None, metadata={"help": "Keras loss (default follows the head)"})
     metrics: Optional[tuple] = field(default=None, metadata={"help": "Keras metrics, comma-separated"})
     unsafe_deserialization: bool = field(
@@ -171,6 +174,8 @@ class TrainConfig:
             raise DistftError(f"--steps_per_epoch must be at least 1, got {self.steps_per_epoch}")
         if self.cache == "":
             raise DistftError("--cache needs a value: --cache=memory or --cache=DIR")
+        if self.sync_bn and not self.train_bn:
+            raise DistftError("--sync_bn synchronises BatchNorm layers that train: pass --train_bn too")
         if self.resume and self.overwrite:
             raise DistftError("--resume and --overwrite exclude each other: pass one")
         self._check_methods()

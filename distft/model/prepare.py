@@ -94,9 +94,18 @@ def prepare(model: str, num_classes: Optional[int] = None, unfreeze: Optional[st
 
 def weights_checksum(model: keras.Model) -> str:
     """A digest of every weight's bytes: equal on two workers only if all weights are equal."""
+    return _digest(model.get_weights())
+
+
+def layer_checksums(model: keras.Model) -> dict[str, str]:
+    """`weights_checksum` of each leaf layer with weights, by layer name."""
+    return {l.name: _digest(l.get_weights()) for l in unfreezing.flatten(model) if l.weights}
+
+
+def _digest(arrays: list[np.ndarray]) -> str:
     import hashlib
 
     digest = hashlib.sha256()
-    for w in model.get_weights():
+    for w in arrays:
         digest.update(np.ascontiguousarray(w).tobytes())
     return digest.hexdigest()[:16]

@@ -7,6 +7,11 @@ Keras 2. With `accumulate=K` each worker sums its gradients over K batches and t
 allreduced and applied on every K-th batch (Horovod's `backward_passes_per_step`): one update
 equals one of a batch K times larger. Mixed float16 uses Keras 3's loss scaling: the scaled
 gradients are averaged, so every worker unscales the same values and skips the same steps.
+A variable the loss does not reach (gradient None) is left out of the update, as Keras leaves
+it out, so no optimizer moves it (Adam's momentum, AdamW's decay).
+With fp16 compression each worker divides its gradients by the number of workers in float32
+before they are cast to fp16 and summed, so the sum of loss-scaled fp16 values cannot overflow
+where one worker's value does not (Horovod's `prescale_factor` scales after the cast).
 
 Example:
     model.compile(optimizer=opt, loss=..., metrics=[...], jit_compile=False)
@@ -34,7 +39,7 @@ class GradientAverager:
         import horovod.tensorflow as hvd
 
         self.hvd, self.size, self.accumulate, self.clock = hvd, size, accumulate, clock
-        self.compression = hvd.Compression.fp16 if compression == "fp16" else hvd.Compression.none
+        self.fp16 = compression == "fp16"
         # Checkpointed (`state`), so a resume continues a partly accumulated update exactly.
         self.state = tf.Module()
         self.state.sums = [tf.Variable(tf.zeros(v.shape, v.dtype), trainable=False,
@@ -47,15 +52,24 @@ class GradientAverager:
         """The mean of `grads` over all workers, in one fused group."""
         if self.size == 1:
             return grads
+        hvd = self.hvd
+
         def reduce(g: list[tf.Tensor]) -> list[tf.Tensor]:
-            return self.hvd.grouped_allreduce(g, op=self.hvd.Average, compression=self.compression)
+            if not self.fp16:
+                return hvd.grouped_allreduce(g, op=hvd.Average)
+            return hvd.grouped_allreduce([t / self.size for t in g], op=hvd.Sum,
+                                         compression=hvd.Compression.fp16)
 
         return self.clock.allreduce(reduce, grads) if self.clock else reduce(grads)
 
     def apply(self, optimizer: keras.optimizers.Optimizer, grads: list, variables: list) -> None:
-        """Average `grads` of `variables` (now, or every `accumulate` calls) and apply them."""
-        grads = [tf.zeros_like(v) if g is None else tf.convert_to_tensor(g)  # dense IndexedSlices
-                 for g, v in zip(grads, variables)]
+        """Average `grads` of `variables` (now, or every `accumulate` calls) and apply them;
+        variables without a gradient are left out (the same ones on every worker)."""
+        pairs = [(tf.convert_to_tensor(g), v) for g, v in zip(grads, variables)  # dense IndexedSlices
+                 if g is not None]
+        if not pairs:
+            return
+        grads, variables = [g for g, _ in pairs], [v for _, v in pairs]
         if self.accumulate == 1:
             optimizer.apply(self.allreduce(grads), variables)
             return

@@ -19,8 +19,8 @@ from distft.data.dataset import DataSet
 from distft.errors import DistftError, Stopped, root_cause
 from distft.launch.environment import launched_at
 from distft.model import head as heads
-from distft.model.prepare import FineTuneModel, prepare, weights_checksum
-from distft.train import frozen_cache, methods, optim
+from distft.model.prepare import FineTuneModel, layer_checksums, prepare, weights_checksum
+from distft.train import frozen_cache, methods, optim, seeds, sync_bn
 from distft.train.callbacks.averaging import MetricAverage
 from distft.train.callbacks.checkpointing import Checkpointing
 from distft.train.callbacks.confusion import ConfusionMatrix
@@ -28,6 +28,8 @@ from distft.train.callbacks.ema import EMA
 from distft.train.callbacks.profiler import Profiler
 from distft.train.callbacks.progress import Progress
 from distft.train.callbacks.rank_health import RankHealth, StepClock
+from distft.train.callbacks.resumed import ResumedRun
+from distft.train.callbacks.statistics import LayerStatistics
 from distft.train.callbacks.stopping import GracefulStop, StopRequested
 from distft.train.callbacks.tensorboard import TensorBoardLogger
 from distft.train.callbacks.timing import Timing
@@ -80,7 +82,7 @@ def run(cfg: TrainConfig, worker: Optional[Worker] = None) -> dict[str, Any]:
     checkpoint = tf.train.Checkpoint(model=ft.model, optimizer=optimizer, **(
         {"ema": ema.state} if ema else {}), **({"grads": averager.state} if cfg.grad_accum > 1 else {}))
 
-    initial_epoch = 0
+    initial_epoch, skip = 0, 0  # skip: steps of initial_epoch trained before a mid-epoch stop
     if resume_from:
         def restore():
             try:
@@ -89,18 +91,25 @@ def run(cfg: TrainConfig, worker: Optional[Worker] = None) -> dict[str, Any]:
                 raise DistftError(f"cannot resume from {resume_from} ({type(e).__name__}): "
                                   "it does not match this model and options; pass --overwrite "
                                   "to start again") from e
-            return folder.checkpoints.latest()[1]["epoch"]
-        initial_epoch = worker.agree(restore)
+            state = folder.checkpoints.latest()[1]
+            return state["epoch"], state.get("step_in_epoch", 0)
+        initial_epoch, skip = worker.agree(restore)
+        if skip >= steps:  # stopped after an epoch's last step, before its end
+            initial_epoch, skip = initial_epoch + 1, 0
     if initial_epoch >= cfg.epochs:
         raise DistftError(f"the checkpoint in {cfg.output_dir} is at epoch {initial_epoch} and "
                           f"--epochs={cfg.epochs}: raise --epochs to train further")
-    profiler = _profiler(cfg, worker, folder.file("tensorboard"), initial_epoch * steps,
+    done = initial_epoch * steps + skip  # steps trained before this run
+    profiler = _profiler(cfg, worker, folder.file("tensorboard"), done,
                          cfg.epochs * steps) if cfg.profile else []
     plan.apply(plan.index_at(initial_epoch))  # before compile: fit restores compile's trainable set
+    if cfg.sync_bn:
+        sync_bn.synchronize(ft.model, worker.hvd)
     compile_for_workers(ft.model, optimizer, ft, averager)
     # All workers start from rank 0's weights, optimizer state and averages (restored or fresh).
     worker.broadcast_variables(ft.model.variables + list(optimizer.variables) +
                                list(averager.state.variables) + (list(ema.state.variables) if ema else []))
+    seeds.per_worker(ft.model, cfg.seed, worker.rank)  # dropout masks differ between workers
     if ema and not resume_from:
         ema.reset()
 
@@ -116,14 +125,16 @@ def run(cfg: TrainConfig, worker: Optional[Worker] = None) -> dict[str, Any]:
 
     fit_model = ft.model
     if cfg.cache_frozen:
-        fit_model, stream = frozen_cache.cached(parts, ft, train_data, cfg, worker,
-                                                lambda rest: compile_for_workers(rest, optimizer, ft, averager))
+        fit_model, streams = frozen_cache.cached(parts, ft, train_data, cfg, worker,
+                                                 lambda rest: compile_for_workers(rest, optimizer, ft, averager))
     else:
-        stream = train_data.stream(worker.rank, worker.size, cfg.batch_size, ft.input_shape,
-                                   training=True, seed=cfg.seed, shuffle_buffer=cfg.shuffle_buffer,
-                                   steps=steps, epochs=(initial_epoch, cfg.epochs),
-                                   preprocess=cfg.preprocess, augment=cfg.augment or (),
-                                   cache=cfg.cache)
+        def streams(first: int, skip: int = 0) -> tf.data.Dataset:
+            return train_data.stream(worker.rank, worker.size, cfg.batch_size, ft.input_shape,
+                                     training=True, seed=cfg.seed, shuffle_buffer=cfg.shuffle_buffer,
+                                     steps=steps, epochs=(first, cfg.epochs), skip=skip,
+                                     preprocess=cfg.preprocess, augment=cfg.augment or (),
+                                     cache=cfg.cache)
+    stream = streams(initial_epoch, skip)
     _build_compiled(fit_model, stream)
     val_stream = _val_stream(ft.model, val_data, cfg, worker)
     validate = _validator(ft.model, val_data, val_stream, worker)
@@ -132,11 +143,13 @@ def run(cfg: TrainConfig, worker: Optional[Worker] = None) -> dict[str, Any]:
         log.info("validation before fine-tuning: %s", _fmt(before))
 
     timing = Timing(cfg.batch_size * worker.size)
+    statistics = LayerStatistics(ft.model, worker)
     stop.checkpoint = checkpoint
     stop.store = folder.checkpoints if worker.rank == 0 else None
+    stop.before_save = statistics.average
     unfreezing = StagedUnfreezing(plan)
-    callbacks: list[keras.callbacks.Callback] = [
-        unfreezing, MetricAverage(worker), timing, stop]
+    callbacks: list[keras.callbacks.Callback] = [  # statistics before validation and checkpoints
+        unfreezing, statistics, MetricAverage(worker), timing, stop]
     if clock:  # first: its batch hooks bracket the step alone
         health = RankHealth(clock, worker, placement, cfg.slow_rank, cfg.slow_rank_epochs)
         callbacks.insert(0, health)
@@ -153,7 +166,7 @@ def run(cfg: TrainConfig, worker: Optional[Worker] = None) -> dict[str, Any]:
         tb = TensorBoardLogger(
             folder.file("tensorboard"), timing, cfg.log_every, cfg.to_dict(),
             {"params/trainable": ft.trainable_params, "params/frozen": ft.frozen_params,
-             "workers": worker.size}, initial_step=initial_epoch * steps, class_names=train_data.classes)
+             "workers": worker.size}, initial_step=done, class_names=train_data.classes)
         tb.write_graph(ft.model)
         if before and not initial_epoch:
             tb.write_validation(before, 0)
@@ -170,10 +183,9 @@ def run(cfg: TrainConfig, worker: Optional[Worker] = None) -> dict[str, Any]:
     if confusion and before and not initial_epoch:
         confusion.measure(0)
     callbacks += profiler
+    run_callbacks = ResumedRun(callbacks, fit_model, cfg.epochs, steps, skip)
     try:
-        history = fit_model.fit(stream, steps_per_epoch=steps, epochs=cfg.epochs,
-                               initial_epoch=initial_epoch, callbacks=callbacks, verbose=0,
-                                shuffle=False)  # each worker's stream is shuffled already
+        history = _fit(fit_model, stream, streams, run_callbacks, initial_epoch, skip, steps, cfg.epochs)
     except StopRequested:  # mid-epoch, checkpoint written: the partial epoch logs nothing
         if worker.rank == 0:
             tb.on_train_end()
@@ -182,16 +194,15 @@ def run(cfg: TrainConfig, worker: Optional[Worker] = None) -> dict[str, Any]:
                           exit_code=1, local=True) from e
     if stop.requested:
         epoch, step = stop.where
+        where = f"epoch {epoch + 1} step {step + 1}" if step else f"epoch {epoch + 1}"
         raise Stopped(f"{stop.signal_name} received: stopped at epoch {epoch + (step > 0)}"
                       f"{f' step {step}' if step else ''} with a checkpoint in "
                       f"{folder.checkpoints.folder}; run the same command with --resume to "
-                      f"continue from epoch {epoch + 1}")
+                      f"continue from {where}")
 
     steps_run = worker.gather([s for s, _ in timing.epochs])  # per rank, per epoch
     checksums = worker.gather(weights_checksum(ft.model))
-    if len(set(checksums)) != 1:
-        raise DistftError(f"workers ended with different weights (checksums {checksums}): "
-                          "this is a bug in the run's set-up; please report it", exit_code=1)
+    differing = differing_layers(worker.gather(layer_checksums(ft.model)))
     last = {k: float(v[-1]) for k, v in history.history.items()}
     metrics = {
         "train": {k: v for k, v in last.items() if not k.startswith("val_") and
@@ -218,14 +229,41 @@ def run(cfg: TrainConfig, worker: Optional[Worker] = None) -> dict[str, Any]:
             with ema.swapped():
                 folder.save_model(_plain(ft.model, f"{ft.model.name}_ema"), "model_ema.keras")
         folder.write_json("metrics.json", metrics)
-        log.info("weights identical on all %d workers (checksum %s)", worker.size, checksums[0])
+        if not differing:
+            log.info("weights identical on all %d workers (checksum %s)", worker.size, checksums[0])
         first = metrics["first_step_seconds"]
         log.info("done in %.0fs (first step %s after launch), %.0f samples/s: %s", metrics["seconds"],
                  f"{first:.1f}s" if first is not None else "-", metrics["samples_per_sec"],
                  _fmt({**metrics["train"], **{f"val_{k}": v for k, v in metrics["validation"].items()}}))
         log.info("model: %s", path)
         log.info("watch: tensorboard --logdir %s --host 127.0.0.1 --port 6006", folder.file("tensorboard"))
+    if differing:  # after the save: a run's result is never lost to this check
+        raise DistftError(f"workers ended with different weights in {', '.join(differing[:8])}"
+                          f"{' ...' if len(differing) > 8 else ''}: model.keras and the checkpoints "
+                          "hold rank 0's; this is a bug in distft, please report it", exit_code=1)
     return metrics
+
+
+def _fit(model: keras.Model, stream: tf.data.Dataset, streams, callbacks: ResumedRun,
+         initial_epoch: int, skip: int, steps: int, epochs: int):
+    """`model.fit` from step `skip` of `initial_epoch`: the epoch's remaining steps first (a
+    call of their own), then whole epochs from `streams(initial_epoch + 1)`."""
+    fit = lambda data, first, last, n: model.fit(  # each worker's stream is shuffled already
+        data, steps_per_epoch=n, epochs=last, initial_epoch=first, callbacks=callbacks, verbose=0,
+        shuffle=False)
+    if not skip:
+        return fit(stream, initial_epoch, epochs, steps)
+    history = fit(stream, initial_epoch, initial_epoch + 1, steps - skip)
+    callbacks.last_call()
+    if model.stop_training or initial_epoch + 1 == epochs:
+        callbacks.on_train_end()
+        return history
+    return fit(streams(initial_epoch + 1), initial_epoch + 1, epochs, steps)
+
+
+def differing_layers(per_rank: list[dict[str, str]]) -> list[str]:
+    """The layers whose weights differ between workers, given each worker's layer checksums."""
+    return [name for name in per_rank[0] if any(r.get(name) != per_rank[0][name] for r in per_rank[1:])]
 
 
 def compile_for_workers(model: keras.Model, optimizer: keras.optimizers.Optimizer,

@@ -4,9 +4,10 @@ A signal may reach one worker or all of them (Slurm's `--signal`, `scancel --sig
 launcher forwarding it). Every `every` steps the workers allreduce a "stop requested" flag
 (and their step time, from which all set the same next `every`: about one check per
 `interval` seconds, a multiple of 10 steps, so the check costs nothing on short steps), so all
-of them stop after the same step; rank 0 then writes a checkpoint of that step
-(state `epoch` = the epoch to resume at) and `fit` is left at once with `StopRequested`, so
-no end-of-epoch work runs on a partial epoch. The run ends with exit code 75. A second
+of them stop after the same step; rank 0 then writes a checkpoint of that step (state
+`epoch` = the epoch to resume in, `step_in_epoch` = its steps done, where `--resume` goes on)
+and `fit` is left at once with `StopRequested`, so no end-of-epoch work runs on a partial
+epoch. The run ends with exit code 75. A second
 Ctrl-C at a worker stops it at once (KeyboardInterrupt), without a checkpoint.
 
 Example:
@@ -22,7 +23,7 @@ from __future__ import annotations
 
 import signal
 import time
-from typing import Optional
+from typing import Callable, Optional
 
 import keras
 import tensorflow as tf
@@ -45,6 +46,7 @@ class GracefulStop(keras.callbacks.Callback):
         self.received: Optional[int] = None  # signal number seen by this worker
         self.requested = False  # agreed by all workers
         self.where: tuple[int, int] = (0, 0)  # (epoch, step in epoch) of the stop
+        self.before_save: Callable[[], None] = lambda: None  # a collective, on every worker
 
     def install(self) -> None:
         for sig in SIGNALS:
@@ -98,7 +100,8 @@ class GracefulStop(keras.callbacks.Callback):
         if self._agree(seconds):
             self.requested = True
             self.where = (self.epoch, batch + 1)
-            if self.store is not None:  # rank 0; the epoch restarts on --resume
+            self.before_save()
+            if self.store is not None:  # rank 0; --resume continues at the next step
                 self.store.save(self.checkpoint, {"epoch": self.epoch, **self.state})
             raise StopRequested()
 
