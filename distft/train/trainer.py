@@ -218,7 +218,12 @@ def run(cfg: TrainConfig, worker: Optional[Worker] = None) -> dict[str, Any]:
         "first_step_at": timing.first_step_at,
         "params": {"trainable": ft.trainable_params, "frozen": ft.frozen_params},
         "weights_checksums": checksums, "seconds": time.time() - started,
+        # Updates applied over the whole run: fewer than steps / --grad_accum where mixed_float16
+        # skipped steps whose gradients overflowed.
+        "optimizer_updates": int(optimizer.iterations.numpy()),
     }
+    if isinstance(optimizer, keras.mixed_precision.LossScaleOptimizer):
+        metrics["loss_scale"] = float(optimizer.dynamic_scale.numpy())
     if cfg.unfreeze_schedule:
         metrics["stages"] = unfreezing.record
     if ema:

@@ -1,0 +1,102 @@
+"""The pieces that make N workers train as one (in-process, one worker): per-worker dropout
+seeds, synchronised BatchNorm's statistics, the resumed epoch's callbacks, the final check.
+The 2-worker runs that compare against one worker are in test_equivalence.py and test_faults.py."""
+import numpy as np
+import pytest
+import keras
+import tensorflow as tf
+
+from distft.train import seeds, sync_bn
+from distft.train.callbacks.resumed import ResumedRun
+from distft.train.trainer import differing_layers
+
+
+def dropout_model():
+    keras.utils.set_random_seed(0)
+    return keras.Sequential([keras.Input((64,)), keras.layers.Dropout(0.5, seed=7, name="drop"),
+                             keras.layers.Dense(2, name="out")])
+
+
+def test_each_worker_draws_its_own_dropout_masks_and_keeps_its_counter():
+    x = np.ones((4, 64), np.float32)
+    masks = {}
+    for rank in (0, 1, 0):
+        model = dropout_model()
+        model.get_layer("drop")(x, training=True)  # the counter moves on, as training does
+        counter = model.get_layer("drop")._seed_generators[0].state.numpy()[1]
+        assert seeds.per_worker(model, seed=42, rank=rank) == 1
+        assert model.get_layer("drop")._seed_generators[0].state.numpy()[1] == counter
+        masks.setdefault(rank, []).append(model.get_layer("drop")(x, training=True).numpy() != 0)
+    np.testing.assert_array_equal(masks[0][0], masks[0][1])  # same seed and rank: same masks
+    assert (masks[0][0] != masks[1][0]).mean() > 0.2  # another rank: other masks
+    assert dropout_model().get_weights()[0].shape == (64, 2)  # seeds are not weights
+
+
+@pytest.fixture(scope="module")
+def hvd():
+    import horovod.tensorflow as hvd
+
+    hvd.init()
+    return hvd
+
+
+def test_sync_bn_statistics_and_gradients_equal_keras_own_on_one_worker(hvd):
+    x = np.random.default_rng(0).normal(1.0, 3.0, (32, 6, 6, 4)).astype(np.float32)
+
+    def model():
+        keras.utils.set_random_seed(0)
+        return keras.Sequential([keras.Input((6, 6, 4)), keras.layers.Conv2D(3, 3),
+                                 keras.layers.BatchNormalization(momentum=0.5),
+                                 keras.layers.Flatten(), keras.layers.Dense(1)])
+
+    plain, synced = model(), model()
+    assert sync_bn.synchronize(synced, hvd) == 1
+    results = []
+    for m in (plain, synced):
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_mean(tf.square(m(x, training=True)))
+        results.append([loss, *tape.gradient(loss, m.trainable_variables), *m.layers[1].non_trainable_weights])
+    for a, b in zip(*results):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-5)
+    assert type(synced.layers[1]).__name__ == "BatchNormalization"  # saved as plain Keras
+    assert "_moments" not in synced.layers[1].get_config()
+
+
+class Batches(keras.callbacks.Callback):
+    def __init__(self):
+        super().__init__()
+        self.seen, self.begins, self.ends = [], 0, 0
+
+    def on_train_begin(self, logs=None):
+        self.begins += 1
+
+    def on_train_end(self, logs=None):
+        self.ends += 1
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.seen.append((self.epoch, batch))
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+
+
+def test_a_resumed_epoch_shows_the_callbacks_one_training_with_true_batch_indices():
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    model.compile(optimizer="sgd", loss="mse")
+    data = tf.data.Dataset.from_tensors((tf.ones((4, 2)), tf.ones((4, 1)))).repeat()
+    probe = Batches()
+    run = ResumedRun([probe], model, epochs=4, steps=5, skip=3)
+    model.fit(data, steps_per_epoch=2, initial_epoch=2, epochs=3, callbacks=run, verbose=0)
+    run.last_call()
+    history = model.fit(data, steps_per_epoch=5, initial_epoch=3, epochs=4, callbacks=run, verbose=0)
+    assert probe.seen == [(2, 3), (2, 4)] + [(3, b) for b in range(5)]
+    assert (probe.begins, probe.ends) == (1, 1)
+    assert len(history.history["loss"]) == 2  # one History over both calls
+    assert run.params["steps"] == 5
+
+
+def test_the_final_check_names_the_layers_that_differ():
+    same = {"conv1": "a", "bn1": "b", "head": "c"}
+    assert differing_layers([same, dict(same)]) == []
+    assert differing_layers([same, {**same, "bn1": "x"}, {**same, "head": "y"}]) == ["bn1", "head"]
