@@ -100,3 +100,34 @@ def test_the_final_check_names_the_layers_that_differ():
     same = {"conv1": "a", "bn1": "b", "head": "c"}
     assert differing_layers([same, dict(same)]) == []
     assert differing_layers([same, {**same, "bn1": "x"}, {**same, "head": "y"}]) == ["bn1", "head"]
+
+
+class Spare(keras.layers.Layer):
+    """A layer with a weight its output does not use: its gradient is None."""
+
+    def build(self, shape):
+        self.used = self.add_weight(shape=(shape[-1],), initializer="ones", name="used")
+        self.spare = self.add_weight(shape=(3,), initializer="ones", name="spare")
+
+    def call(self, x):
+        return x * self.used
+
+
+@pytest.mark.parametrize("accumulate", [1, 2])
+def test_a_weight_without_gradient_stays_bit_identical_under_adamw(accumulate):
+    """Keras leaves a None gradient's variable out of the update; so does distft's step (zeros
+    would let AdamW's decay and Adam's momentum move it)."""
+    from distft.train.step import GradientAverager
+
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((4,))
+    model = keras.Model(inputs, keras.layers.Dense(1)(Spare(name="spare")(inputs)))
+    model.compile(optimizer=keras.optimizers.AdamW(0.05, weight_decay=0.5), loss="mse",
+                  jit_compile=False)
+    averager = GradientAverager(1, model.trainable_variables, accumulate)
+    model.train_step = averager.train_step(model)
+    x = np.random.default_rng(0).random((32, 4)).astype(np.float32)
+    model.fit(x, x.sum(axis=1, keepdims=True), batch_size=8, epochs=2, verbose=0)
+    layer = model.get_layer("spare")
+    np.testing.assert_array_equal(layer.spare.numpy(), np.ones(3, np.float32))
+    assert not np.allclose(layer.used.numpy(), 1.0)
