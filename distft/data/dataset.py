@@ -250,7 +250,7 @@ class DataSet:
                training: bool, seed: int = 0, shuffle_buffer: int = 10000,
                by_record: bool = False, steps: Optional[int] = None,
                epochs: Optional[tuple[int, int]] = None,
-               preprocess: str = "scale", augment: tuple = (), cache: Optional[str] = None, skip: int = 0
+               preprocess: str = "scale", augment: tuple = (), cache: Optional[str] = None
                ) -> tf.data.Dataset:
         """Worker `rank`'s batches of (x, y).
 
