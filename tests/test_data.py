@@ -335,3 +335,17 @@ def test_compressed_npz_reads_the_same_records(tmp_path):
     for ds in (plain, packed):
         ds.count()
         assert all_records(ds, 2) == expected(x, y)
+
+
+@pytest.mark.parametrize("size", [1, 2, 3])
+def test_by_record_streams_merge_back_into_the_files_order(tmp_path, size):
+    x, _ = arrays(12)
+    np.savez(tmp_path / "a.npz", x=x[:5], y=np.arange(5))
+    np.savez(tmp_path / "b.npz", x=x[5:], y=np.arange(5, 12))
+    ds = DataSet.open(str(tmp_path))
+    ds.count()
+    merged = np.empty(12, np.int64)
+    for rank in range(size):  # as predict merges them
+        merged[rank::size] = [v for _, y in ds.stream(rank, size, 4, (2, 3), training=False, by_record=True)
+                              for v in y.numpy()]
+    np.testing.assert_array_equal(merged, np.arange(12))
