@@ -154,6 +154,63 @@ def test_training_stream_gives_exact_steps_per_epoch_from_that_epochs_files(tmp_
         assert files == set(assign(ds.counts.train, 1, 2, epoch=2 + e, seed=3).files)
 
 
+def labels_by_step(ds, rank, size, batch_size, **kw):
+    stream = ds.stream(rank, size, batch_size, (2, 3), training=True, **kw)
+    return [y.numpy() for _, y in stream.take(100)]  # a stream that does not end fails, not hangs
+
+
+@pytest.mark.parametrize("files, size", [(1, 2), (3, 4)], ids=["1-file-2-workers", "3-files-4-workers"])
+def test_n_workers_see_at_each_step_the_records_one_worker_sees_on_the_n_times_larger_batch(
+        tmp_path, files, size):
+    x, _ = arrays(101)  # 101 records: no global batch here divides them
+    write_tfrecords(x, np.arange(101), str(tmp_path / "p-{}.tfrecord"), files)
+    ds = DataSet.open(str(tmp_path))
+    ds.count()
+    steps = 101 // (size * 4)
+    one = labels_by_step(ds, 0, 1, size * 4, shuffle_buffer=0, epochs=(0, 3))
+    ranks = [labels_by_step(ds, r, size, 4, shuffle_buffer=0, epochs=(0, 3)) for r in range(size)]
+    assert len(one) == 3 * steps and all(len(r) == 3 * steps for r in ranks)
+    for k in range(3 * steps):
+        assert sorted(np.concatenate([r[k] for r in ranks]).tolist()) == sorted(one[k].tolist())
+    epoch = np.concatenate(one[:steps])
+    assert len(set(epoch.tolist())) == steps * size * 4  # no record twice: the remainder is dropped
+    for e in (1, 2):  # and every epoch starts again from the beginning
+        np.testing.assert_array_equal(np.concatenate(one[e * steps:(e + 1) * steps]), epoch)
+
+
+@pytest.mark.parametrize("files, cache", [(5, None), (1, None), (5, "memory")],
+                         ids=["files", "split-by-record", "cached"])
+def test_resumed_stream_continues_where_an_uninterrupted_one_is(tmp_path, files, cache):
+    x, _ = arrays(60)
+    write_tfrecords(x, np.arange(60), str(tmp_path / "p-{}.tfrecord"), files)
+    ds = DataSet.open(str(tmp_path))
+    ds.count()
+    kw = dict(seed=3, shuffle_buffer=8, cache=cache)
+    steps = 60 // 8
+    full = labels_by_step(ds, 1, 2, 4, epochs=(0, 5), **kw)
+    resumed = labels_by_step(ds, 1, 2, 4, epochs=(2, 5), skip=3, **kw)
+    assert len(full) == 5 * steps
+    np.testing.assert_array_equal(np.array(resumed), np.array(full[2 * steps + 3:]))
+    by_epoch = [np.concatenate(full[e * steps:(e + 1) * steps]) for e in range(5)]
+    assert all(not np.array_equal(by_epoch[e], by_epoch[e + 1]) for e in range(4))  # shuffled anew
+
+
+@pytest.mark.parametrize("cache", [None, "memory"])
+def test_resumed_augmented_stream_draws_the_same_augmentations(tmp_path, cache):
+    ds, _ = image_records(tmp_path)
+
+    def batches(**kw):
+        stream = ds.stream(1, 2, 2, (10, 12, 3), training=True, seed=1, shuffle_buffer=4,
+                           augment=("flip", "crop", "rotate", "color"), cache=cache, **kw)
+        return [(x.numpy(), y.numpy()) for x, y in stream]
+
+    full, resumed = batches(epochs=(0, 3)), batches(epochs=(1, 3), skip=1)
+    assert len(full) == 3 * 3 and len(resumed) == 5  # 12 // (2 * 2) steps an epoch
+    for (x, y), (want_x, want_y) in zip(resumed, full[4:]):
+        np.testing.assert_array_equal(y, want_y)
+        np.testing.assert_array_equal(x, want_x)
+
+
 def test_image_preprocess_augment_and_cache(tmp_path):
     ds, imgs = image_records(tmp_path)
 
@@ -278,3 +335,17 @@ def test_compressed_npz_reads_the_same_records(tmp_path):
     for ds in (plain, packed):
         ds.count()
         assert all_records(ds, 2) == expected(x, y)
+
+
+@pytest.mark.parametrize("size", [1, 2, 3])
+def test_by_record_streams_merge_back_into_the_files_order(tmp_path, size):
+    x, _ = arrays(12)
+    np.savez(tmp_path / "a.npz", x=x[:5], y=np.arange(5))
+    np.savez(tmp_path / "b.npz", x=x[5:], y=np.arange(5, 12))
+    ds = DataSet.open(str(tmp_path))
+    ds.count()
+    merged = np.empty(12, np.int64)
+    for rank in range(size):  # as predict merges them
+        merged[rank::size] = [v for _, y in ds.stream(rank, size, 4, (2, 3), training=False, by_record=True)
+                              for v in y.numpy()]
+    np.testing.assert_array_equal(merged, np.arange(12))

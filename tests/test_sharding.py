@@ -41,7 +41,9 @@ def test_fewer_files_than_workers_split_by_record():
 
 def test_steps_are_the_same_for_every_worker_whatever_the_shares():
     counts = [100, 80, 30, 10, 5]
-    assert steps_per_epoch(counts, 2, 32) == 4  # ceil(225 / 64)
+    assert steps_per_epoch(counts, 2, 32) == 3  # 225 // 64: the partial batch is dropped
+    assert steps_per_epoch(counts, 1, 64) == 3  # as one worker on the doubled batch drops it
+    assert steps_per_epoch([64, 64], 2, 32) == 2
     assert steps_per_epoch([1], 2, 32) == 1
 
 

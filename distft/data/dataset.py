@@ -246,23 +246,33 @@ class DataSet:
     def share(self, rank: int, size: int, by_record: bool = False) -> sharding.Share:
         return sharding.assign(self.part_counts(), rank, size, by_record)
 
+    def steps_per_epoch(self, size: int, batch_size: int) -> int:
+        """Steps of one epoch on `size` workers: floor(records / (size * batch_size)), at least 1."""
+        return sharding.steps_per_epoch(self.part_counts(), size, batch_size)
+
     def stream(self, rank: int, size: int, batch_size: int, input_shape: tuple,
                training: bool, seed: int = 0, shuffle_buffer: int = 10000,
                by_record: bool = False, steps: Optional[int] = None,
-               epochs: Optional[tuple[int, int]] = None,
+               epochs: Optional[tuple[int, int]] = None, skip: int = 0,
                preprocess: str = "scale", augment: tuple = (), cache: Optional[str] = None
                ) -> tf.data.Dataset:
         """Worker `rank`'s batches of (x, y).
 
-        Training streams give `steps` batches (default: one pass over the data by all
-        workers) for each epoch in range(*epochs) (default: epoch 0 again and again), the
-        same number on every worker, reading that epoch's assignment of files (which changes
-        every epoch) repeated as needed, interleaved and shuffled in a bounded buffer. With
-        `cache` ("memory" or a folder) the worker's decoded share is cached before
-        augmentation and stays fixed over the epochs; with fewer files than workers each
-        worker keeps every `size`-th record of all files. Evaluation streams are finite and
-        keep every record of the worker's share exactly once. Images are decoded, resized to
-        `input_shape`, augmented (training only) and preprocessed record by record.
+        Training streams give `steps` batches (default: steps_per_epoch) for each epoch in
+        range(*epochs) (default: epoch 0 again and again), the same number on every worker.
+        Each epoch reads its records afresh: that epoch's assignment of files (which changes
+        every epoch), interleaved, or with fewer files than workers every `size`-th record of
+        all files read as one worker reads them, so that N workers at batch b see at each step
+        the records one worker sees at batch N*b. They are shuffled in a bounded buffer seeded
+        by (seed, rank, epoch), repeated if the share is short, and cut to `steps` batches. A
+        resumed run passes the batches of epoch `epochs[0]` already trained as `skip`, and
+        gets the batches an uninterrupted run gets from there (augmentation included). With
+        `cache` ("memory" or a folder) the worker's decoded share is cached (in full, before
+        the first epoch) before augmentation and stays fixed over the epochs. Evaluation
+        streams are finite and keep every record of the worker's share exactly once;
+        `by_record` splits records in the files' order, one file after another, so that the
+        workers' records interleave back to it. Images are decoded, resized to `input_shape`,
+        augmented (training only) and preprocessed record by record.
         """
         image = self.schema.is_image
         if not image and (augment or preprocess not in ("scale", "none")):
@@ -273,23 +283,26 @@ class DataSet:
                               "[0, 1] or [0, 255] (already normalised?): pass --preprocess=none "
                               "to feed them as they are")
         share = self.share(rank, size, by_record)
-        steps = steps or sharding.steps_per_epoch(self.part_counts(), size, batch_size)
-        shuffle = (lambda d: d.shuffle(shuffle_buffer, seed=seed + rank)) if shuffle_buffer > 1 \
-            else (lambda d: d)
+        steps = steps or self.steps_per_epoch(size, batch_size)
+        per_epoch = functools.partial(epoch_stream, records=steps * batch_size, epochs=epochs, seed=seed,
+                                      rank=rank, shuffle_buffer=shuffle_buffer, skip=skip * batch_size)
         if not training:
-            ds = self._decoded(self._share_records(share), input_shape)
+            ds = self._decoded(self._share_records(share, by_record), input_shape)
         elif cache is not None:
-            ds = self._decoded(self._share_records(share), input_shape)
-            ds = shuffle(ds.cache(self._cache_path(cache, share, rank, input_shape)).repeat())
+            cached = self._decoded(self._share_records(share, by_record), input_shape)
+            cached = cached.cache(self._cache_path(cache, share, rank, input_shape))
+            # One whole pass fills the cache first: TF throws away a cache that was read in part.
+            ds = cached.filter(lambda *_: False).concatenate(per_epoch(lambda e: cached))
         elif share.stride > 1:
-            ds = self._decoded(shuffle(self._share_records(share)).repeat(), input_shape)
+            records = self._share_records(share, by_record)
+            ds = self._decoded(per_epoch(lambda e: records), input_shape)
         else:
-            ds = self._epochs(rank, size, seed, steps * batch_size, epochs, shuffle)
-            ds = self._decoded(ds, input_shape)
+            ds = self._decoded(per_epoch(self._epoch_files(rank, size, seed, epochs)), input_shape)
         if image:
             if training and augment:
                 fn = images.augmenter(tuple(augment), seed)
-                first = (epochs or (0,))[0] * steps * batch_size  # a resumed run continues the seeds
+                # A record's seed is its place in the rank's stream, so a resumed run continues them.
+                first = ((epochs or (0,))[0] * steps + skip) * batch_size
                 ds = ds.enumerate(first).map(
                     lambda i, r: (fn(r[0], tf.stack([tf.cast(rank, tf.int64), i])), r[1]),
                     num_parallel_calls=AUTOTUNE, deterministic=True)
@@ -305,37 +318,40 @@ class DataSet:
         options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
         return ds.with_options(options).prefetch(AUTOTUNE)
 
-    def _share_records(self, share: sharding.Share) -> tf.data.Dataset:
-        """The raw records of a share, once: files interleaved, or every stride-th record."""
+    def _share_records(self, share: sharding.Share, in_file_order: bool = False) -> tf.data.Dataset:
+        """The raw records of a share, once: its files interleaved (`in_file_order`: one after
+        another), then every stride-th record."""
         paths = tf.constant([self.files[i] for i in share.files] or [""], tf.string)
         idx = tf.constant(list(share.files) or [0], tf.int64)
         files = tf.data.Dataset.from_tensor_slices((paths, idx)).take(len(share.files))
-        records = tf.autograph.experimental.do_not_convert(self._records)
-        if share.stride > 1:  # files in order, then every stride-th record
-            return files.flat_map(records).shard(share.stride, share.offset)
-        return files.interleave(records, cycle_length=min(4, max(1, len(share.files))),
-                                num_parallel_calls=AUTOTUNE, deterministic=True)
+        if in_file_order:
+            records = files.flat_map(tf.autograph.experimental.do_not_convert(self._records))
+        else:
+            records = self._interleaved(files, len(share.files))
+        return records.shard(share.stride, share.offset)
 
-    def _epochs(self, rank: int, size: int, seed: int, records: int,
-                epochs: Optional[tuple[int, int]], shuffle: Callable) -> tf.data.Dataset:
-        """`records` raw records for each epoch, from that epoch's files (repeated as needed)."""
+    def _interleaved(self, files: tf.data.Dataset, n: int) -> tf.data.Dataset:
+        """The raw records of `n` (path, index) `files`, read a few files at a time, in a fixed order."""
+        return files.interleave(tf.autograph.experimental.do_not_convert(self._records),
+                                cycle_length=min(4, max(1, n)), num_parallel_calls=AUTOTUNE,
+                                deterministic=True)
+
+    def _epoch_files(self, rank: int, size: int, seed: int, epochs: Optional[tuple[int, int]]
+                     ) -> Callable[[tf.Tensor], tf.data.Dataset]:
+        """For epoch e in range(*epochs): the raw records of worker `rank`'s files in epoch e, once."""
+        first, last = epochs or (0, 1)
         shares = [sharding.assign(self.part_counts(), rank, size, epoch=e, seed=seed).files
-                  for e in range(*(epochs or (0, 1)))]
+                  for e in range(first, last)]
         flat = tf.constant([f for files in shares for f in files], tf.int64)
         splits = tf.constant(np.cumsum([0] + [len(f) for f in shares]), tf.int64)
         paths = tf.constant(self.files, tf.string)
-        cycle = min(4, max(len(f) for f in shares))
+        most = max(len(f) for f in shares)  # one cycle length for every epoch
 
         def epoch(e):
-            idx = flat[splits[e]:splits[e + 1]]
-            files = tf.data.Dataset.from_tensor_slices((tf.gather(paths, idx), idx)).repeat()
-            ds = files.interleave(tf.autograph.experimental.do_not_convert(self._records),
-                                  cycle_length=cycle, num_parallel_calls=AUTOTUNE,
-                                  deterministic=True)
-            return shuffle(ds.take(records))  # take first: no read-ahead past the epoch
+            idx = flat[splits[e - first]:splits[e - first + 1]]
+            return self._interleaved(tf.data.Dataset.from_tensor_slices((tf.gather(paths, idx), idx)), most)
 
-        ds = tf.data.Dataset.range(len(shares)).flat_map(epoch)
-        return ds if epochs else ds.repeat()
+        return epoch
 
     def _decoded(self, records: tf.data.Dataset, input_shape: tuple) -> tf.data.Dataset:
         """Images: (float32 image in [0, 255] of input_shape, y) per record; else unchanged."""
@@ -354,6 +370,26 @@ class DataSet:
         key = repr((self.files, share, self.part, self.holdout, tuple(input_shape)))
         os.makedirs(cache, exist_ok=True)
         return os.path.join(cache, f"distft-{hashlib.sha256(key.encode()).hexdigest()[:16]}-rank{rank}")
+
+
+def epoch_stream(source: Callable[[tf.Tensor], tf.data.Dataset], records: int,
+                 epochs: Optional[tuple[int, int]], seed: int, rank: int, shuffle_buffer: int,
+                 skip: int = 0) -> tf.data.Dataset:
+    """`records` records for each epoch e in range(*epochs) (default: epoch 0 again and
+    again): `source(e)` shuffled with a seed of (seed, rank, e), so that no epoch's order
+    depends on the epochs before it, repeated as needed; the first `skip` records left out."""
+    base = (seed * 1000003 + rank) * 1000003 % (1 << 62)
+
+    @tf.autograph.experimental.do_not_convert
+    def epoch(e):
+        ds = source(e)
+        if shuffle_buffer > 1:
+            ds = ds.shuffle(shuffle_buffer, seed=base + e)
+        return ds.repeat().take(records)
+
+    first, last = epochs or (0, 1)
+    ds = tf.data.Dataset.range(first, last).flat_map(epoch)
+    return (ds if epochs else ds.repeat()).skip(skip)
 
 
 def is_image_folder(pattern: str) -> bool:

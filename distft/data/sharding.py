@@ -5,16 +5,17 @@ count (largest first to the least-loaded worker). Given an `epoch`, files and wo
 first put in an order seeded by (seed, epoch), the same on every worker, so each epoch gives
 each worker other files. With fewer files, every worker reads
 all files and keeps every `size`-th record. Either way every worker runs the same number
-of steps per epoch, so uneven shards never leave a worker waiting in an allreduce.
+of steps per epoch, so uneven shards never leave a worker waiting in an allreduce. An epoch
+is floor(records / global batch) steps, as one worker on the global batch drops the same
+remainder.
 
 Example:
     share = assign([100, 80, 30, 10, 5], rank=1, size=2)
     share.files, share.records       # ([1, 2], 110)
-    steps_per_epoch([100, 80, 30, 10, 5], size=2, batch_size=32)   # 4
+    steps_per_epoch([100, 80, 30, 10, 5], size=2, batch_size=32)   # 3 (225 // 64)
 """
 from __future__ import annotations
 
-import math
 import random
 from dataclasses import dataclass
 from typing import Optional
@@ -57,5 +58,6 @@ def assign(counts: list[int], rank: int, size: int, by_record: bool = False,
 
 
 def steps_per_epoch(counts: list[int], size: int, batch_size: int) -> int:
-    """Steps for one pass over all records by all workers (at least one)."""
-    return max(1, math.ceil(sum(counts) / (size * batch_size)))
+    """Full global batches in one pass over all records (at least one): the last partial
+    batch is dropped, as one worker on a `size` times larger batch drops it."""
+    return max(1, sum(counts) // (size * batch_size))

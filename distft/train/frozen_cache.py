@@ -3,19 +3,22 @@ on the cached features.
 
 Each worker streams its own share once (at inference, as the frozen layers run in training
 too), keeps the prefix's outputs and labels in memory, and trains the trainable rest on them,
-shuffled and repeated, for the same steps per epoch as without the cache. Validation, the
-checkpoints and model.keras use the full model (the rest shares its layers).
+each epoch shuffled and cut as without the cache (dataset.epoch_stream), for the same steps per
+epoch. Validation, the checkpoints and model.keras use the full model (the rest shares its
+layers).
 
 Example:
     parts = worker.all_ok(lambda: split_model(ft, plan, cfg))   # before anything is written
+    # done: batches of epoch initial_epoch already trained (a run resumed mid-epoch)
     fit_model, stream = cached(parts, ft, train_data, cfg, worker,
-                               compile=lambda rest: rest.compile(optimizer=opt, loss=ft.loss))
+                               compile=lambda rest: rest.compile(optimizer=opt, loss=ft.loss),
+                               steps=steps, epochs=(initial_epoch, cfg.epochs), skip=done)
     fit_model.fit(stream, steps_per_epoch=steps, ...)
 """
 from __future__ import annotations
 
 import time
-from typing import Callable
+from typing import Callable, Optional
 
 import numpy as np
 import keras
@@ -23,7 +26,7 @@ import tensorflow as tf
 
 from distft import log
 from distft.config import TrainConfig
-from distft.data.dataset import DataSet
+from distft.data.dataset import DataSet, epoch_stream
 from distft.errors import DistftError
 from distft.model.prepare import FineTuneModel
 from distft.model.split import split
@@ -47,9 +50,11 @@ def split_model(ft: FineTuneModel, plan: Plan, cfg: TrainConfig) -> tuple[keras.
 
 def cached(parts: tuple[keras.Model, keras.Model], ft: FineTuneModel, data: DataSet,
            cfg: TrainConfig, worker: Worker,
-           compile: Callable[[keras.Model], None]) -> tuple[keras.Model, tf.data.Dataset]:
+           compile: Callable[[keras.Model], None], steps: Optional[int] = None,
+           epochs: Optional[tuple[int, int]] = None, skip: int = 0) -> tuple[keras.Model, tf.data.Dataset]:
     """The model to fit (the trainable rest, compiled by `compile`) and its stream of cached
-    features."""
+    features: `steps`, `epochs` and `skip` (batches of epoch `epochs[0]` already trained) as
+    in DataSet.stream."""
     prefix, rest = parts
     started = time.perf_counter()
     stream = data.stream(worker.rank, worker.size, cfg.batch_size, ft.input_shape, training=False,
@@ -60,11 +65,11 @@ def cached(parts: tuple[keras.Model, keras.Model], ft: FineTuneModel, data: Data
              "training %d layers on it", tuple(prefix.output_shape[1:]), sum(counts),
              "/".join(map(str, counts)), time.perf_counter() - started,
              len([l for l in rest.layers if l.trainable_weights]))
-    ds = tf.data.Dataset.from_tensor_slices((features, labels))
-    if cfg.shuffle_buffer > 1:
-        ds = ds.shuffle(min(len(labels), cfg.shuffle_buffer), seed=cfg.seed + worker.rank,
-                        reshuffle_each_iteration=True)
-    ds = ds.repeat().batch(cfg.batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+    share = tf.data.Dataset.from_tensor_slices((features, labels))
+    steps = steps or data.steps_per_epoch(worker.size, cfg.batch_size)
+    ds = epoch_stream(lambda e: share, steps * cfg.batch_size, epochs, cfg.seed, worker.rank,
+                      min(len(labels), cfg.shuffle_buffer), skip * cfg.batch_size)
+    ds = ds.batch(cfg.batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
     compile(rest)
     return rest, ds
 
