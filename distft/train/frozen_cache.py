@@ -18,7 +18,7 @@ Example:
 from __future__ import annotations
 
 import time
-from typing import Callable, Optional
+from typing import Callable
 
 import numpy as np
 import keras
@@ -49,12 +49,11 @@ def split_model(ft: FineTuneModel, plan: Plan, cfg: TrainConfig) -> tuple[keras.
 
 
 def cached(parts: tuple[keras.Model, keras.Model], ft: FineTuneModel, data: DataSet,
-           cfg: TrainConfig, worker: Worker,
-           compile: Callable[[keras.Model], None], steps: Optional[int] = None,
-           epochs: Optional[tuple[int, int]] = None, skip: int = 0) -> tuple[keras.Model, tf.data.Dataset]:
-    """The model to fit (the trainable rest, compiled by `compile`) and its stream of cached
-    features: `steps`, `epochs` and `skip` (batches of epoch `epochs[0]` already trained) as
-    in DataSet.stream."""
+           cfg: TrainConfig, worker: Worker, compile: Callable[[keras.Model], None],
+           steps: int) -> tuple[keras.Model, Callable[..., tf.data.Dataset]]:
+    """The model to fit (the trainable rest, compiled by `compile`) and `streams(first,
+    skip=0)`: its stream of cached features, `steps` batches an epoch, from batch `skip` of
+    epoch `first` to the last epoch (as DataSet.stream's)."""
     prefix, rest = parts
     started = time.perf_counter()
     stream = data.stream(worker.rank, worker.size, cfg.batch_size, ft.input_shape, training=False,
@@ -66,12 +65,14 @@ def cached(parts: tuple[keras.Model, keras.Model], ft: FineTuneModel, data: Data
              "/".join(map(str, counts)), time.perf_counter() - started,
              len([l for l in rest.layers if l.trainable_weights]))
     share = tf.data.Dataset.from_tensor_slices((features, labels))
-    steps = steps or data.steps_per_epoch(worker.size, cfg.batch_size)
-    ds = epoch_stream(lambda e: share, steps * cfg.batch_size, epochs, cfg.seed, worker.rank,
-                      min(len(labels), cfg.shuffle_buffer), skip * cfg.batch_size)
-    ds = ds.batch(cfg.batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+
+    def streams(first: int, skip: int = 0) -> tf.data.Dataset:
+        ds = epoch_stream(lambda e: share, steps * cfg.batch_size, (first, cfg.epochs), cfg.seed,
+                          worker.rank, min(len(labels), cfg.shuffle_buffer), skip * cfg.batch_size)
+        return ds.batch(cfg.batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+
     compile(rest)
-    return rest, ds
+    return rest, streams
 
 
 def _features(prefix: keras.Model, stream: tf.data.Dataset) -> tuple[np.ndarray, np.ndarray]:

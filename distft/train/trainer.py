@@ -125,8 +125,9 @@ def run(cfg: TrainConfig, worker: Optional[Worker] = None) -> dict[str, Any]:
 
     fit_model = ft.model
     if cfg.cache_frozen:
-        fit_model, streams = frozen_cache.cached(parts, ft, train_data, cfg, worker,
-                                                 lambda rest: compile_for_workers(rest, optimizer, ft, averager))
+        fit_model, streams = frozen_cache.cached(
+            parts, ft, train_data, cfg, worker,
+            lambda rest: compile_for_workers(rest, optimizer, ft, averager), steps)
     else:
         def streams(first: int, skip: int = 0) -> tf.data.Dataset:
             return train_data.stream(worker.rank, worker.size, cfg.batch_size, ft.input_shape,
