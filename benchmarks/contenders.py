@@ -189,7 +189,7 @@ def keras_fit(spec: dict, epochs: int, batch_size: int, threads: tuple[int, int]
         for v in model.variables + list(model.optimizer.variables):
             v.assign(hvd.broadcast(v.value, 0))
     timer = EpochTimer(K)
-    steps = math.ceil(spec["records"] / (workers * batch_size))
+    steps = max(1, spec["records"] // (workers * batch_size))  # as distft: the remainder dropped
     history = model.fit(data, steps_per_epoch=steps, epochs=epochs, callbacks=[timer], verbose=0)
     if index:
         return None
