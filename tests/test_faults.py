@@ -66,7 +66,7 @@ def test_sigterm_mid_epoch_then_resume_ends_with_the_uninterrupted_weights(demo_
     from distft.train.checkpoint import CheckpointStore
     from test_multiworker import weights_by_layer
 
-    def args(run_dir):  # 400 steps an epoch: the workers compare notes every 100 steps
+    def args(run_dir):  # 400 steps an epoch: the workers compare notes every 10-100 steps
         return [*train_args(demo_data, run_dir, 4), "--steps_per_epoch=400", "--schedule=cosine"]
 
     run_dir = str(tmp_path / "stopped")
@@ -77,7 +77,7 @@ def test_sigterm_mid_epoch_then_resume_ends_with_the_uninterrupted_weights(demo_
     line = one_line(job.out, "distft: stopped:")
     _, state = CheckpointStore(os.path.join(run_dir, "checkpoints")).latest()
     assert state["stopped_by"] == "SIGTERM" and state["epoch"] in (2, 3), state
-    assert state["step_in_epoch"] in (100, 200, 300), state  # mid-epoch, the case under test
+    assert 0 < state["step_in_epoch"] < 400, state  # mid-epoch, the case under test
     assert "SIGTERM received" in line and \
         f"--resume to continue from epoch {state['epoch'] + 1} step {state['step_in_epoch'] + 1}" in line
     assert not os.path.exists(os.path.join(run_dir, "model.keras"))
@@ -89,6 +89,8 @@ def test_sigterm_mid_epoch_then_resume_ends_with_the_uninterrupted_weights(demo_
     assert whole.code == 0, whole.out[-3000:]
     a, b = weights_by_layer(os.path.join(run_dir, "model.keras")), \
         weights_by_layer(os.path.join(straight, "model.keras"))
+    print(f"stopped at epoch {state['epoch'] + 1} step {state['step_in_epoch']}; resumed vs never "
+          f"stopped: largest weight difference {max(np.abs(x - y).max() for l in a for x, y in zip(a[l], b[l])):.3g}")
     for layer in a:
         for x, y in zip(a[layer], b[layer]):
             np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6, err_msg=layer)
