@@ -21,10 +21,10 @@ from distft.launch.environment import launched_at
 from distft.model import head as heads
 from distft.model.prepare import FineTuneModel, prepare, weights_checksum
 from distft.train import frozen_cache, methods, optim
-from distft.train.callbacks.averaging import MetricAverage
 from distft.train.callbacks.checkpointing import Checkpointing
 from distft.train.callbacks.confusion import ConfusionMatrix
 from distft.train.callbacks.ema import EMA
+from distft.train.callbacks.epoch_metrics import EpochMetrics
 from distft.train.callbacks.profiler import Profiler
 from distft.train.callbacks.progress import Progress
 from distft.train.callbacks.rank_health import RankHealth, StepClock
@@ -136,7 +136,7 @@ def run(cfg: TrainConfig, worker: Optional[Worker] = None) -> dict[str, Any]:
     stop.store = folder.checkpoints if worker.rank == 0 else None
     unfreezing = StagedUnfreezing(plan)
     callbacks: list[keras.callbacks.Callback] = [
-        unfreezing, MetricAverage(worker), timing, stop]
+        unfreezing, EpochMetrics(worker), timing, stop]
     if clock:  # first: its batch hooks bracket the step alone
         health = RankHealth(clock, worker, placement, cfg.slow_rank, cfg.slow_rank_epochs)
         callbacks.insert(0, health)
