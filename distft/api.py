@@ -15,7 +15,7 @@ from typing import Any, Optional, Sequence, Union
 from distft import log
 from distft.config import TrainConfig, default_output_dir
 from distft.errors import DistftError
-from distft.launch.environment import detect
+from distft.launch.environment import Environment, detect
 
 
 def train(config: Optional[str] = None, **options: Any) -> dict[str, Any]:
@@ -113,7 +113,7 @@ def _evaluate_on_workers(options: dict[str, Any], np: int) -> dict[str, float]:
             return json.load(f)
 
 
-def _warn_np_ignored(np: Optional[int], env) -> None:
+def _warn_np_ignored(np: Optional[int], env: Environment) -> None:
     """--np in a worker that a launcher started: the launcher's worker count holds."""
     if np and env.is_launched and np != env.size:
         log.warning("--np=%d ignored: this is one of %d workers started by %s", np, env.size,
