@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any, Optional
+from typing import Any, Optional, Sequence, Union
 
 from distft import log
 from distft.config import TrainConfig, default_output_dir
 from distft.errors import DistftError
-from distft.launch.environment import detect
+from distft.launch.environment import Environment, detect
 
 
 def train(config: Optional[str] = None, **options: Any) -> dict[str, Any]:
@@ -40,13 +40,11 @@ def train(config: Optional[str] = None, **options: Any) -> dict[str, Any]:
     if cfg.np and not env.is_launched:
         from distft.launch.spawn import spawn
 
-        args = ["train", *_flags(cfg)]
-        spawn(args, cfg.np, cfg.hosts, cfg.controller, cfg.debug)
+        flags = _flags(cfg.to_dict(), TrainConfig().to_dict(), skip=("np", "hosts", "controller"))
+        spawn(["train", *flags], cfg.np, cfg.hosts, cfg.controller, cfg.debug)
         with open(os.path.join(cfg.output_dir, "metrics.json")) as f:
             return json.load(f)
-    if cfg.np and env.is_launched and cfg.np != env.size:
-        log.warning("--np=%d ignored: this is one of %d workers started by %s", cfg.np, env.size,
-                    env.name)
+    _warn_np_ignored(cfg.np, env)
     log.import_tensorflow(cfg.debug)
     from distft.train.trainer import run
 
@@ -56,27 +54,70 @@ def train(config: Optional[str] = None, **options: Any) -> dict[str, Any]:
 def evaluate(model: str, data: str, batch_size: int = 256, label: str = "label",
              unsafe_deserialization: bool = False, preprocess: str = "scale",
              x_key: Optional[str] = None, y_key: Optional[str] = None,
-             classes: Optional[str] = None) -> dict[str, float]:
-    """Loss and metrics of `model` over all of `data` (split across workers when launched);
-    images are preprocessed as in training (`preprocess`). Class names in the data are
-    numbered as in `classes` (a classes.json; default: the one beside the model)."""
-    _setup_logging(detect().rank, detect().size, False)
+             classes: Optional[str] = None, metrics: Union[str, Sequence[str], None] = None,
+             np: Optional[int] = None, output: Optional[str] = None) -> dict[str, float]:
+    """Loss and metrics of `model` over all of `data`, split across the workers when launched
+    or across `np` workers that this call starts; exact for every Keras metric (each metric's
+    state is summed over the workers).
 
+    `metrics`: Keras metric names (e.g. "auc,precision,recall,f1_score"; default: the head's,
+    as in train). Images are preprocessed as in training (`preprocess`). Class names in the
+    data are numbered as in `classes` (a classes.json; default: the one beside the model).
+    `output`: also write the results to this JSON file.
+    """
+    options = dict(locals())  # this call's arguments, for the workers that --np starts
+    env = detect()
+    _setup_logging(env.rank, env.size, False, tensorflow=False)
+    checked = TrainConfig.resolve(model=model, data=data, batch_size=batch_size,
+                                  preprocess=preprocess, metrics=metrics, np=np)
+    if checked.np and not env.is_launched:
+        return _evaluate_on_workers(options, checked.np)
+    _warn_np_ignored(checked.np, env)
+    log.import_tensorflow(False)
+
+    from distft.files import write_json
     from distft.model.prepare import prepare
     from distft.train.evaluation import evaluate_split
+    from distft.train.metrics import keras_metrics
     from distft.train.trainer import check_fit
 
     worker, ds = _open(data, label, x_key, y_key, model, classes)
-    ft = worker.all_ok(lambda: prepare(model, unfreeze="all", unsafe_deserialization=unsafe_deserialization,
+    ft = worker.all_ok(lambda: prepare(model, unfreeze="all", metrics=checked.metrics,
+                                       unsafe_deserialization=unsafe_deserialization,
                                        target_shape=ds.schema.y_shape))
     worker.all_ok(lambda: check_fit(ft, ds))
-    ft.model.compile(loss=ft.loss, metrics=ft.metrics)
+    named = worker.all_ok(lambda: keras_metrics(ft.metrics, ft.model, ft.target_shape))
+    ft.model.compile(loss=ft.loss, metrics=named)
     stream = ds.stream(worker.rank, worker.size, batch_size, ft.input_shape, training=False,
-                       preprocess=preprocess)
-    metrics = evaluate_split(ft.model, stream, ds.share(worker.rank, worker.size).records, worker)
+                       preprocess=checked.preprocess)
+    results = evaluate_split(ft.model, stream, ds.share(worker.rank, worker.size).records, worker)
     log.info("%s on %s (%d records): %s", model, data, sum(ds.part_counts()),
-             "  ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
-    return metrics
+             "  ".join(f"{k} {v:.4f}" for k, v in results.items()))
+    if output and worker.rank == 0:
+        write_json(output, results)
+    return results
+
+
+def _evaluate_on_workers(options: dict[str, Any], np: int) -> dict[str, float]:
+    """`evaluate(**options)` run by `np` workers started here, through `distft evaluate`."""
+    import inspect
+    import tempfile
+
+    from distft.launch.spawn import spawn
+
+    defaults = {k: p.default for k, p in inspect.signature(evaluate).parameters.items()}
+    with tempfile.TemporaryDirectory(prefix="distft-evaluate-") as folder:
+        output = options["output"] or os.path.join(folder, "metrics.json")
+        spawn(["evaluate", *_flags({**options, "output": output}, defaults, skip=("np",))], np)
+        with open(output) as f:
+            return json.load(f)
+
+
+def _warn_np_ignored(np: Optional[int], env: Environment) -> None:
+    """--np in a worker that a launcher started: the launcher's worker count holds."""
+    if np and env.is_launched and np != env.size:
+        log.warning("--np=%d ignored: this is one of %d workers started by %s", np, env.size,
+                    env.name)
 
 
 def predict(model: str, data: str, output: str, batch_size: int = 256, label: str = "label",
@@ -203,15 +244,13 @@ def shard(input: Optional[str], output_dir: str, num_shards: int = 0, compressio
     return os.path.join(m.folder, "manifest.json")
 
 
-def _flags(cfg: TrainConfig) -> list[str]:
-    """The flags that reproduce `cfg` in a worker (defaults and launch options left out)."""
-    defaults = TrainConfig()
-    skip = {"np", "hosts", "controller"}
+def _flags(values: dict[str, Any], defaults: dict[str, Any], skip: tuple = ()) -> list[str]:
+    """The flags that reproduce `values` in a worker (defaults and `skip` left out)."""
     flags = []
-    for key, value in cfg.to_dict().items():
-        if key in skip or value == TrainConfig.to_dict(defaults)[key]:
+    for key, value in values.items():
+        if key in skip or value == defaults[key]:
             continue
-        if isinstance(value, list):
+        if isinstance(value, (list, tuple)):
             value = ",".join(str(v) for v in value)
         flags.append(f"--{key}={json.dumps(value) if isinstance(value, str) else value}")
     return flags

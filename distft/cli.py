@@ -1,7 +1,7 @@
 """The `distft` command (Fire): parse flags, call the Python API, turn errors into one line.
 
     distft train    --model=PATH --data=PATTERN [--output_dir=DIR] [options]
-    distft evaluate --model=PATH --data=PATTERN [--batch_size=B]
+    distft evaluate --model=PATH --data=PATTERN [--metrics=auc,precision,...] [--np=N] [--batch_size=B]
     distft predict  --model=PATH --data=PATTERN --output=FILE.npy|FILE.csv
     distft inspect  --model=PATH [--num_classes=K --unfreeze=SPEC]
     distft shard    --input=SRC --output_dir=DIR --num_shards=K [--compression=GZIP]
@@ -32,12 +32,17 @@ class Commands:
     def evaluate(self, model: str, data: str, batch_size: int = 256, label: str = "label",
                  unsafe_deserialization: bool = False, preprocess: str = "scale",
                  x_key: Optional[str] = None, y_key: Optional[str] = None,
-                 classes: Optional[str] = None) -> None:
-        """Loss and metrics of MODEL over DATA (all workers' shares when launched)."""
+                 classes: Optional[str] = None, metrics: Optional[str] = None,
+                 np: Optional[int] = None, output: Optional[str] = None) -> None:
+        """Loss and metrics of MODEL over DATA (all workers' shares when launched, or NP workers
+        started here), exact over the workers for every Keras metric; METRICS: Keras names,
+        e.g. auc,precision,recall,f1_score (default: the head's); OUTPUT: also write them as JSON.
+        """
         from distft import api
 
         api.evaluate(model, data, int(batch_size), _str(label), bool(unsafe_deserialization),
-                     _preprocess(preprocess), _str(x_key), _str(y_key), _str(classes))
+                     preprocess, _str(x_key), _str(y_key), _str(classes), _str(metrics), np,
+                     _str(output))
 
     def predict(self, model: str, data: str, output: str, batch_size: int = 256,
                 label: str = "label", unsafe_deserialization: bool = False,

@@ -80,11 +80,19 @@ def uneven_shards(demo_data, folder, sizes):
 @pytest.mark.parametrize("sizes", [[400, 200, 80, 30, 6], [120]], ids=["5-uneven-files", "1-file"])
 def test_uneven_shards_equal_steps_no_hang(demo_data, tmp_path, sizes):
     data = uneven_shards(demo_data, str(tmp_path / "data"), sizes)
+    # One validation record: rank 1 has none, and joins the summed metric states with zeros.
+    x_val, y_val = np.linspace(0, 1, 64, dtype=np.float32).reshape(1, 8, 8, 1), np.array([3])
+    val = write_tfrecords(x_val, y_val, str(tmp_path / "val-{}.tfrecord"), 1)[0]
     run_dir = str(tmp_path / "run")
     result = horovodrun(["train", f"--model={demo_data['model']}", f"--data={data}", "--num_classes=5",
-                         "--epochs=2", "--batch_size=16", f"--output_dir={run_dir}"], timeout=240)
+                         "--epochs=2", "--batch_size=16", f"--val_data={val}", f"--output_dir={run_dir}"],
+                        timeout=240)
     assert result.code == 0, result.out[-3000:]
     m = metrics_of(run_dir)
+    tuned = keras.models.load_model(os.path.join(run_dir, "model.keras"), compile=False)
+    tuned.compile(loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    assert m["validation"] == pytest.approx(tuned.evaluate(x_val, y_val, verbose=0, return_dict=True),
+                                            abs=1e-5)
     total = sum(sizes)
     assert m["steps_per_epoch"] == total // 32  # the partial global batch is dropped
     # Each rank ran exactly steps_per_epoch steps in every epoch (counted by the ranks themselves).
@@ -148,12 +156,45 @@ def test_evaluate_and_predict_split_across_workers(demo_data, tmp_path):
     np.testing.assert_allclose(np.load(f"{tmp_path}/two.npy"), ref.predict(xs, verbose=0), atol=1e-5)
     assert np.load(f"{tmp_path}/one.npy").shape == (demo_data["val_records"], 5)
 
-    ev1 = distft(["evaluate", f"--model={model}", f"--data={demo_data['data']}"])
-    ev2 = horovodrun(["evaluate", f"--model={model}", f"--data={demo_data['data']}"])
-    assert ev1.code == 0 and ev2.code == 0, ev2.out[-2000:]
-    line = lambda r: next(l for l in r.lines if "records):" in l).split("records):")[1]
-    acc = lambda r: float(line(r).split("accuracy")[1].split()[0])
-    assert abs(acc(ev1) - acc(ev2)) < 1e-4  # exact over both workers' shares
+    # Evaluate on 3 of the 4 shards: 2 workers read 2 files and 1 (uneven shares).
+    data = os.path.join(folder, "shards", "train-0[0-2].tfrecord")
+    names = ["accuracy", "auc", "precision", "recall", "f1_score", "mae"]
+    figures = {}
+    for n in (1, 2):
+        result = distft(["evaluate", f"--model={model}", f"--data={data}", f"--metrics={','.join(names)}",
+                         f"--np={n}", f"--output={tmp_path}/eval{n}.json"])
+        assert result.code == 0, result.out[-2000:]
+        assert result.out.count("records): loss") == 1  # one log line, from rank 0
+        with open(f"{tmp_path}/eval{n}.json") as f:
+            figures[n] = json.load(f)
+    assert set(figures[1]) == {"loss", *names}
+    tolerance = 1e-5
+    assert figures[2] == pytest.approx(figures[1], abs=tolerance)  # exact over both shares
+    # Each rank's results weighted by its record count (the old way), computed here from the
+    # two shares, miss the 1-worker figures by more than the tolerance where the metric is not
+    # a mean.
+    old = weighted_per_rank(model, data, names)
+    for name in ("auc", "precision", "f1_score"):
+        assert abs(old[name] - figures[1][name]) > tolerance, name
+    assert old["loss"] == pytest.approx(figures[1]["loss"], abs=tolerance)
+
+
+def weighted_per_rank(model_path, data, names):
+    """Each of 2 workers' results on its own share, averaged weighted by record counts."""
+    from distft.data.dataset import DataSet
+    from distft.train.metrics import keras_metrics
+
+    ds = DataSet.open(data)
+    ds.count()
+    parts = []
+    for rank in (0, 1):
+        model = keras.models.load_model(model_path, compile=False)
+        model.compile(loss="sparse_categorical_crossentropy", metrics=keras_metrics(names, model, ()))
+        stream = ds.stream(rank, 2, 256, (8, 8, 1), training=False)
+        parts.append((ds.share(rank, 2).records, model.evaluate(stream, verbose=0, return_dict=True)))
+    assert parts[0][0] != parts[1][0]  # uneven shares
+    total = sum(n for n, _ in parts)
+    return {k: sum(n * r[k] for n, r in parts) / total for k in parts[0][1]}
 
 
 def weights_by_layer(path: str) -> dict:

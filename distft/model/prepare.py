@@ -25,6 +25,7 @@ class FineTuneModel:
     metrics: list[str]
     unfrozen: list[str] = field(default_factory=list)  # names of trainable leaf layers
     head: list[str] = field(default_factory=list)  # names of the new head's layers (always trained)
+    target_shape: tuple = ()  # the data's target shape per record: () for class ids
 
     @property
     def trainable_params(self) -> int:
@@ -89,7 +90,7 @@ def prepare(model: str, num_classes: Optional[int] = None, unfreeze: Optional[st
     default_loss, default_metrics = heads.default_objective(full, target_shape)
     return FineTuneModel(full, loss or default_loss, list(metrics) if metrics else default_metrics,
                          [l.name for l in body + head if l.trainable and l.weights],
-                         [l.name for l in head])
+                         [l.name for l in head], tuple(target_shape))
 
 
 def weights_checksum(model: keras.Model) -> str:

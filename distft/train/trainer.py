@@ -21,10 +21,10 @@ from distft.launch.environment import launched_at
 from distft.model import head as heads
 from distft.model.prepare import FineTuneModel, layer_checksums, prepare, weights_checksum
 from distft.train import frozen_cache, methods, optim, seeds, sync_bn
-from distft.train.callbacks.averaging import MetricAverage
 from distft.train.callbacks.checkpointing import Checkpointing
 from distft.train.callbacks.confusion import ConfusionMatrix
 from distft.train.callbacks.ema import EMA
+from distft.train.callbacks.epoch_metrics import EpochMetrics
 from distft.train.callbacks.profiler import Profiler
 from distft.train.callbacks.progress import Progress
 from distft.train.callbacks.rank_health import RankHealth, StepClock
@@ -37,6 +37,7 @@ from distft.train.callbacks.unfreezing import StagedUnfreezing
 from distft.train.callbacks.validation import Validation
 from distft.train.callbacks.weights import WeightChanges
 from distft.train.evaluation import evaluate_split
+from distft.train.metrics import keras_metrics
 from distft.train.output import RunFolder
 from distft.train.runtime import Worker
 from distft.train.step import GradientAverager
@@ -150,7 +151,7 @@ def run(cfg: TrainConfig, worker: Optional[Worker] = None) -> dict[str, Any]:
     stop.before_save = statistics.average
     unfreezing = StagedUnfreezing(plan)
     callbacks: list[keras.callbacks.Callback] = [  # statistics before validation and checkpoints
-        unfreezing, statistics, MetricAverage(worker), timing, stop]
+        unfreezing, statistics, EpochMetrics(worker), timing, stop]
     if clock:  # first: its batch hooks bracket the step alone
         health = RankHealth(clock, worker, placement, cfg.slow_rank, cfg.slow_rank_epochs)
         callbacks.insert(0, health)
@@ -277,7 +278,8 @@ def compile_for_workers(model: keras.Model, optimizer: keras.optimizers.Optimize
     """Compile `model` with distft's train step, which averages gradients over the workers.
 
     Not XLA as a whole (Keras 3's default on GPUs): Horovod's ops have no XLA kernel."""
-    model.compile(optimizer=optimizer, loss=ft.loss, metrics=ft.metrics, jit_compile=False)
+    model.compile(optimizer=optimizer, loss=ft.loss, jit_compile=False,
+                  metrics=keras_metrics(ft.metrics, ft.model, ft.target_shape))
     model.train_step = averager.train_step(model)
 
 

@@ -1,0 +1,93 @@
+"""Keras metrics over all workers, exact: every metric's state (sums and counts) is summed
+over the workers and the results are read from the sums, as one worker that saw every
+worker's records would read them. Also: metric names made Keras metrics for a model's head.
+
+Example:
+    model.compile(loss=..., metrics=keras_metrics(["auc", "f1_score"], model, target_shape=()))
+    model.evaluate(my_share)
+    summed_results(model.metrics, worker, "val")   # {"loss": ..., "auc": ..., "f1_score": ...}
+"""
+from __future__ import annotations
+
+from typing import Sequence, Union
+
+import keras
+
+from distft.errors import DistftError
+from distft.model.head import output_activation
+from distft.train.runtime import Worker
+
+# Names Keras resolves for class-id targets itself (by the targets' and outputs' shapes).
+_SPARSE_AWARE = ("accuracy", "acc", "crossentropy", "ce")
+
+
+def keras_metrics(names: Sequence[str], model: keras.Model,
+                  target_shape: tuple) -> list[Union[str, keras.metrics.Metric]]:
+    """Keras metrics for `names` on `model`, whose targets have `target_shape` per record.
+
+    Under a softmax head with class-id targets, a metric that compares rows (auc, precision,
+    recall, f1_score, mae, ...: Keras 3 has no sparse variant of these) sees the ids one-hot.
+    F1 and F-beta scores are averaged over the classes ("macro") so that each is one number;
+    they threshold at 0.5 unless the head is a softmax (then the top class counts).
+    """
+    softmax = output_activation(model) == "softmax"
+    class_ids = softmax and not (target_shape and target_shape[-1] > 1)
+    metrics: list[Union[str, keras.metrics.Metric]] = []
+    for name in names:
+        if name.lower() in _SPARSE_AWARE or name.lower().startswith("sparse_"):
+            metrics.append(name)
+            continue
+        try:
+            metric = keras.metrics.get(name)
+        except ValueError:
+            raise DistftError(f"--metrics: {name} is not a Keras metric: use Keras names, e.g. "
+                              "--metrics=accuracy,auc,precision,recall,f1_score") from None
+        if not isinstance(metric, keras.metrics.Metric):  # a function, e.g. binary_crossentropy
+            metric = keras.metrics.MeanMetricWrapper(metric)
+        if isinstance(metric, keras.metrics.FBetaScore) and metric.average is None:
+            metric = type(metric).from_config({**metric.get_config(), "average": "macro",
+                                               "threshold": None if softmax else 0.5})
+        metric.name = name  # as Keras names a metric given by name
+        metrics.append(_OneHot(metric, int(model.output_shape[-1])) if class_ids else metric)
+    return metrics
+
+
+class _OneHot(keras.metrics.Metric):
+    """`metric` fed class-id targets as one-hot rows of `classes`."""
+
+    def __init__(self, metric: keras.metrics.Metric, classes: int):
+        super().__init__(name=metric.name, dtype=metric.dtype)
+        self.metric = metric  # tracked: its variables are this metric's
+        self.classes = classes
+
+    def update_state(self, y_true, y_pred, sample_weight=None):
+        ids = keras.ops.reshape(keras.ops.cast(y_true, "int32"), (-1,))
+        self.metric.update_state(keras.ops.one_hot(ids, self.classes, dtype=y_pred.dtype), y_pred,
+                                 sample_weight)
+
+    def result(self):
+        return self.metric.result()
+
+    def reset_state(self):
+        self.metric.reset_state()
+
+
+def summed_results(metrics: list[keras.metrics.Metric], worker: Worker,
+                   name: str) -> dict[str, float]:
+    """The results of `metrics` (e.g. `model.metrics`) with every state summed over all workers
+    (one allreduce), the same on every worker. Every worker must call it with the same metrics,
+    built; a worker that saw no records takes part with reset (zero) states."""
+    states = [v.value for m in metrics for v in m.variables]
+    return results_from_states(metrics, worker.allreduce(states, name))
+
+
+def results_from_states(metrics: list[keras.metrics.Metric], states: list) -> dict[str, float]:
+    """Assign `states` (one per variable of `metrics`, in order) and read the results, a
+    metric that returns a dict (Keras' compiled metrics) giving one entry per name."""
+    for variable, state in zip([v for m in metrics for v in m.variables], states, strict=True):
+        variable.assign(state)
+    results: dict = {}
+    for metric in metrics:
+        result = metric.result()
+        results.update(result if isinstance(result, dict) else {metric.name: result})
+    return {k: float(v) for k, v in results.items()}
