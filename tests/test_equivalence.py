@@ -210,6 +210,7 @@ def test_equal_to_one_big_batch(matrix, name):
             assert len(two[key]) == 2 and len(set(two[key])) == 1, (key, two[key])
     if case.equal:
         assert two["steps_per_epoch"] == one["steps_per_epoch"] == STEPS
+        assert two["optimizer_updates"] == one["optimizer_updates"]  # --grad_accum: every K-th step
     base = weights_by_layer(matrix.kinds[case.data]["model"])
     for file in case.files:
         a = weights_by_layer(os.path.join(matrix.run_dir(name, 2), file))

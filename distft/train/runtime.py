@@ -97,13 +97,6 @@ class Worker:
         if self.size > 1 and variables:
             self.hvd.broadcast_variables([_tf_variable(v) for v in variables], root_rank=0)
 
-    def average(self, values: dict[str, float], name: str) -> dict[str, float]:
-        """The mean over all workers of each of `values` (the same keys on every worker)."""
-        keys = sorted(values)
-        mean = self.allreduce([tf.constant([float(values[k]) for k in keys], tf.float64)], name,
-                              average=True)
-        return dict(zip(keys, map(float, mean[0].numpy()))) if keys else {}
-
     def allreduce(self, tensors: list, name: str, average: bool = False) -> list[tf.Tensor]:
         """Every worker's `tensors` summed (or averaged) elementwise over all workers, in one
         float64 allreduce (eager, outside the train step); each result keeps its tensor's shape
