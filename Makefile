@@ -10,7 +10,7 @@ demo: setup
 	$(PY) -m distft demo
 
 test: setup
-	$(PY) -m pytest -v -rA tests
+	$(PY) -m pytest -v -rA --durations=25 tests
 
 unit: setup
 	$(PY) -m pytest -v -m "not multiworker" tests
