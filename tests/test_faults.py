@@ -84,6 +84,7 @@ def test_sigterm_mid_epoch_then_resume_ends_with_the_uninterrupted_weights(demo_
 
     resumed = Job([DISTFT, *args(run_dir), "--np=2", "--resume"], str(tmp_path / "log2"))
     assert resumed.wait(180) == 0, resumed.out[-3000:]
+    assert f"(epoch {state['epoch'] + 1} from step {state['step_in_epoch'] + 1} of 400)" in resumed.out
     straight = str(tmp_path / "straight")
     whole = horovodrun(args(straight))
     assert whole.code == 0, whole.out[-3000:]

@@ -54,6 +54,7 @@ def test_schedule_grammar_splits_stages_only_before_epoch_numbers():
     (["--lr_mult=all=-1"], "factor -1.0 of 'all' is negative"),
     (["--ema=1.5"], "--ema must be in [0, 1)"),
     (["--precision=float8"], "--precision=float8 is not one of float32|mixed_float16|mixed_bfloat16"),
+    (["--sync_bn"], "--sync_bn synchronises BatchNorm layers that train: pass --train_bn too"),
 ])
 def test_bad_method_flags_are_one_line_before_any_work(tmp_path, flags, expected):
     result = distft(["train", "--model=m.h5", "--data=d", f"--output_dir={tmp_path}/o", *flags],

@@ -118,7 +118,7 @@ def run(cfg: TrainConfig, worker: Optional[Worker] = None) -> dict[str, Any]:
     if worker.rank == 0:
         folder.prepare(cfg.overwrite)
         cfg.save(folder.file("config.yaml"))
-        _log_start(cfg, worker, ft, train_data, total, steps, resume_from, initial_epoch, placement)
+        _log_start(cfg, worker, ft, train_data, total, steps, resume_from, (initial_epoch, skip), placement)
         methods.describe(cfg, plan)
         if train_data.classes:  # the names of the model's outputs, in order
             folder.write_json("classes.json", {"class_names": train_data.classes})
@@ -394,7 +394,7 @@ def _profiler(cfg: TrainConfig, worker: Worker, log_dir: str, done: int,
     return [Profiler(log_dir if worker.rank == 0 else f"{log_dir}/rank_{worker.rank}", first, last, done)]
 
 
-def _log_start(cfg, worker, ft, train_data, total, steps, resume_from, initial_epoch, placement) -> None:
+def _log_start(cfg, worker, ft, train_data, total, steps, resume_from, position, placement) -> None:
     log.info("%d worker(s) via %s, %s, %d thread(s) each (inter-op %s)", worker.size, worker.env.name,
              worker.device, worker.threads, worker.inter_op)
     log.info("placement: %s", ", ".join(f"rank {r} on {p}" for r, p in enumerate(placement)))
@@ -407,9 +407,11 @@ def _log_start(cfg, worker, ft, train_data, total, steps, resume_from, initial_e
     log.info("data %s: %d records, %d steps/epoch of %d per worker (global batch %d%s)",
              cfg.data, total, steps, cfg.batch_size, cfg.batch_size * worker.size,
              f", {cfg.batch_size * worker.size * cfg.grad_accum} per update" if cfg.grad_accum > 1 else "")
+    initial_epoch, skip = position
     if resume_from:
-        log.info("resuming from %s: %d epoch(s) done, %d to go", resume_from, initial_epoch,
-                 cfg.epochs - initial_epoch)
+        log.info("resuming from %s: %d epoch(s) done, %d to go%s", resume_from, initial_epoch,
+                 cfg.epochs - initial_epoch,
+                 f" (epoch {initial_epoch + 1} from step {skip + 1} of {steps})" if skip else "")
 
 
 def _fmt(metrics: dict[str, float]) -> str:
