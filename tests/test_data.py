@@ -195,6 +195,24 @@ def test_resumed_stream_continues_where_an_uninterrupted_one_is(tmp_path, files,
     assert all(not np.array_equal(by_epoch[e], by_epoch[e + 1]) for e in range(4))  # shuffled anew
 
 
+def test_shuffled_epochs_build_under_a_global_seed_of_zero(tmp_path):
+    """tf.random.set_seed(0) (keras.utils.set_random_seed(0), --seed=0) made TensorFlow's
+    get_seed compare a traced per-epoch shuffle seed in Python, and the stream failed to build."""
+    from tensorflow.python.eager import context
+
+    x, _ = arrays(60)
+    write_tfrecords(x, np.arange(60), str(tmp_path / "p-{}.tfrecord"), 3)
+    ds = DataSet.open(str(tmp_path))
+    ds.count()
+    before = context.global_seed()
+    tf.random.set_seed(0)
+    try:
+        epochs = labels_by_step(ds, 0, 1, 4, epochs=(0, 2), seed=0, shuffle_buffer=8)
+    finally:
+        tf.random.set_seed(before)
+    assert len(epochs) == 2 * 15 and sorted(np.concatenate(epochs[:15]).tolist()) == list(range(60))
+
+
 @pytest.mark.parametrize("cache", [None, "memory"])
 def test_resumed_augmented_stream_draws_the_same_augmentations(tmp_path, cache):
     ds, _ = image_records(tmp_path)

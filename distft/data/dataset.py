@@ -337,19 +337,18 @@ class DataSet:
                                 deterministic=True)
 
     def _epoch_files(self, rank: int, size: int, seed: int, epochs: Optional[tuple[int, int]]
-                     ) -> Callable[[tf.Tensor], tf.data.Dataset]:
+                     ) -> Callable[[int], tf.data.Dataset]:
         """For epoch e in range(*epochs): the raw records of worker `rank`'s files in epoch e, once."""
         first, last = epochs or (0, 1)
-        shares = [sharding.assign(self.part_counts(), rank, size, epoch=e, seed=seed).files
-                  for e in range(first, last)]
-        flat = tf.constant([f for files in shares for f in files], tf.int64)
-        splits = tf.constant(np.cumsum([0] + [len(f) for f in shares]), tf.int64)
-        paths = tf.constant(self.files, tf.string)
-        most = max(len(f) for f in shares)  # one cycle length for every epoch
+        shares = {e: sharding.assign(self.part_counts(), rank, size, epoch=e, seed=seed).files
+                  for e in range(first, last)}
+        most = max(len(f) for f in shares.values())  # one cycle length for every epoch
 
-        def epoch(e):
-            idx = flat[splits[e - first]:splits[e - first + 1]]
-            return self._interleaved(tf.data.Dataset.from_tensor_slices((tf.gather(paths, idx), idx)), most)
+        def epoch(e: int) -> tf.data.Dataset:
+            idx = list(shares[e])
+            files = tf.data.Dataset.from_tensor_slices(
+                (tf.constant([self.files[i] for i in idx], tf.string), tf.constant(idx, tf.int64)))
+            return self._interleaved(files, most)
 
         return epoch
 
@@ -372,24 +371,35 @@ class DataSet:
         return os.path.join(cache, f"distft-{hashlib.sha256(key.encode()).hexdigest()[:16]}-rank{rank}")
 
 
-def epoch_stream(source: Callable[[tf.Tensor], tf.data.Dataset], records: int,
+def epoch_stream(source: Callable[[int], tf.data.Dataset], records: int,
                  epochs: Optional[tuple[int, int]], seed: int, rank: int, shuffle_buffer: int,
                  skip: int = 0) -> tf.data.Dataset:
     """`records` records for each epoch e in range(*epochs) (default: epoch 0 again and
     again): `source(e)` shuffled with a seed of (seed, rank, e), so that no epoch's order
-    depends on the epochs before it, repeated as needed; the first `skip` records left out."""
-    base = (seed * 1000003 + rank) * 1000003 % (1 << 62)
+    depends on the epochs before it, repeated as needed; the first `skip` records left out.
 
-    @tf.autograph.experimental.do_not_convert
-    def epoch(e):
+    The epochs are built here, one pipeline each, rather than in a `flat_map` over epoch
+    numbers: a shuffle seed computed from a traced epoch number fails in TensorFlow when the
+    global seed is 0 (`tf.random.set_seed(0)`; its `get_seed` compares the seed in Python)."""
+    base = (seed * 1000003 + rank) * 1000003 % (1 << 31)
+
+    def epoch(e: int) -> tf.data.Dataset:
         ds = source(e)
         if shuffle_buffer > 1:
-            ds = ds.shuffle(shuffle_buffer, seed=base + e)
+            ds = ds.shuffle(shuffle_buffer, seed=(base + e) % (1 << 31))
         return ds.repeat().take(records)
 
-    first, last = epochs or (0, 1)
-    ds = tf.data.Dataset.range(first, last).flat_map(epoch)
-    return (ds if epochs else ds.repeat()).skip(skip)
+    if not epochs:
+        return epoch(0).repeat().skip(skip)
+    return _concatenated([epoch(e) for e in range(*epochs)]).skip(skip)
+
+
+def _concatenated(parts: list[tf.data.Dataset]) -> tf.data.Dataset:
+    """`parts` one after another, nested as a balanced tree (depth log2 of their number)."""
+    if len(parts) == 1:
+        return parts[0]
+    half = len(parts) // 2
+    return _concatenated(parts[:half]).concatenate(_concatenated(parts[half:]))
 
 
 def is_image_folder(pattern: str) -> bool:
