@@ -131,3 +131,36 @@ def test_a_weight_without_gradient_stays_bit_identical_under_adamw(accumulate):
     layer = model.get_layer("spare")
     np.testing.assert_array_equal(layer.spare.numpy(), np.ones(3, np.float32))
     assert not np.allclose(layer.used.numpy(), 1.0)
+
+
+FP16_SUM = '''
+import numpy as np, tensorflow as tf
+import horovod.tensorflow as hvd
+from distft.train.step import GradientAverager
+
+hvd.init()
+averager = GradientAverager(hvd.size(), [], compression="fp16")
+grad = tf.fill([4], 40000.0)  # a loss-scaled gradient that fits fp16 (max 65504) on each worker
+mean = averager.allreduce([grad])[0].numpy()
+naive = hvd.allreduce(grad, op=hvd.Average, compression=hvd.Compression.fp16).numpy()
+if hvd.rank() == 0:
+    print("fp16 mean", mean.tolist(), "sum-then-divide", naive.tolist())
+'''
+
+
+@pytest.mark.multiworker
+def test_fp16_averaging_does_not_overflow_where_one_worker_does_not(tmp_path):
+    """2 workers each with 40000 (fp16-representable): summing in fp16 first gives inf (Horovod's
+    Average with fp16 compression); dividing first gives the mean."""
+    import sys
+
+    from conftest import HOROVODRUN, run
+
+    script = tmp_path / "fp16_sum.py"
+    script.write_text(FP16_SUM)
+    result = run([HOROVODRUN, "-np", "2", "-H", "localhost:2", "--gloo", sys.executable, str(script)],
+                 timeout=180)
+    assert result.code == 0, result.out[-3000:]
+    line = next(l for l in result.lines if "fp16 mean" in l)
+    assert "fp16 mean [40000.0, 40000.0, 40000.0, 40000.0]" in line, line
+    assert "sum-then-divide [inf" in line, line  # what compression did before
