@@ -33,7 +33,10 @@ class FineTuneModel:
 
     @property
     def frozen_params(self) -> int:
-        return unfreezing.count_params(self.model.non_trainable_weights)
+        """Weights of the layers that do not train (a training BatchNorm layer's moving
+        statistics change, so they are not counted)."""
+        return unfreezing.count_params([w for l in unfreezing.flatten(self.model)
+                                        if not l.trainable for w in l.weights])
 
     @property
     def input_shape(self) -> tuple:

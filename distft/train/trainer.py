@@ -18,7 +18,7 @@ from distft.config import TrainConfig, default_output_dir
 from distft.data.dataset import DataSet
 from distft.errors import DistftError, Stopped, root_cause
 from distft.launch.environment import launched_at
-from distft.model import head as heads
+from distft.model import head as heads, unfreeze as unfreezing
 from distft.model.prepare import FineTuneModel, layer_checksums, prepare, weights_checksum
 from distft.train import frozen_cache, methods, optim, seeds, sync_bn
 from distft.train.callbacks.checkpointing import Checkpointing
@@ -401,7 +401,9 @@ def _log_start(cfg, worker, ft, train_data, total, steps, resume_from, position,
     log.info("horovod: %s", " ".join(f"{k}={v}" for k, v in worker.horovod.items()))
     log.info("model %s: %d layers trainable (%s)", cfg.model, len(ft.unfrozen),
              ", ".join(ft.unfrozen[-6:]) + (" ..." if len(ft.unfrozen) > 6 else ""))
-    log.info("weights: %d trainable, %d frozen", ft.trainable_params, ft.frozen_params)
+    moving = unfreezing.count_params(ft.model.weights) - ft.trainable_params - ft.frozen_params
+    log.info("weights: %d trainable, %d frozen%s", ft.trainable_params, ft.frozen_params,
+             f", {moving} moving statistics (averaged over the workers every epoch)" if moving else "")
     log.info("objective: %s, metrics %s%s", ft.loss, ", ".join(ft.metrics),
              "" if cfg.loss else f" (for targets of shape {train_data.schema.describe_y()}; --loss to change)")
     log.info("data %s: %d records, %d steps/epoch of %d per worker (global batch %d%s)",
