@@ -95,6 +95,13 @@ CASES = {
     "train_bn": Case(BN, in_sync=True, loss_rtol=0.05),
     # Each worker draws its own dropout masks (seeded by rank), as one worker does per record.
     "head_dropout": Case({"head_dropout": 0.5}, in_sync=True, loss_rtol=0.1),
+    # XLA auto-clustering compiles the step's parts around Horovod's op, in both runs alike.
+    "jit": Case({"jit": True}),
+    "cache_memory": Case({"cache": "memory"}),
+    "val_split": Case({"val_split": 0.1}),
+    "loss": Case({"loss": "mean_absolute_error"}, data="regression"),
+    # Each worker shuffles its own share (seeded by --seed and the rank): other batches.
+    "shuffle": Case({"shuffle_buffer": 64}, in_sync=True, loss_rtol=0.1),
     # Negative control: 1 worker at batch B makes twice the updates; the comparison must fail.
     "control_one_worker_at_batch_b": Case(single={"batch_size": B}, equal=False),
 }
@@ -209,7 +216,8 @@ def test_equal_to_one_big_batch(matrix, name):
         if key in two:
             assert len(two[key]) == 2 and len(set(two[key])) == 1, (key, two[key])
     if case.equal:
-        assert two["steps_per_epoch"] == one["steps_per_epoch"] == STEPS
+        assert two["steps_per_epoch"] == one["steps_per_epoch"]
+        assert two["steps_per_epoch"] == STEPS or "val_split" in case.options
         assert two["optimizer_updates"] == one["optimizer_updates"]  # --grad_accum: every K-th step
     base = weights_by_layer(matrix.kinds[case.data]["model"])
     for file in case.files:
