@@ -83,7 +83,7 @@ def test_distft_train_step_is_traced_once():
     import tensorflow as tf
 
     from distft.train.step import GradientAverager
-    from distft.train.trainer import _build_compiled
+    from distft.train.metrics import build_compiled
 
     inputs = keras.Input((6,))
     model = keras.Model(inputs, keras.layers.Dense(3, activation="softmax")(inputs))
@@ -95,6 +95,6 @@ def test_distft_train_step_is_traced_once():
     model.train_step = lambda data: (traces.append(1), step(data))[1]  # runs once per trace
     stream = tf.data.Dataset.from_tensor_slices(
         (np.ones((8, 6), np.float32), np.arange(8) % 3)).batch(4, drop_remainder=True).repeat()
-    _build_compiled(model, stream)
+    build_compiled(model, stream.element_spec)
     model.fit(stream, epochs=3, steps_per_epoch=2, verbose=0)
     assert len(traces) == 1 and int(optimizer.iterations) == 3  # 6 batches, 2 per update

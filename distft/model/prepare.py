@@ -98,18 +98,24 @@ def prepare(model: str, num_classes: Optional[int] = None, unfreeze: Optional[st
 
 def weights_checksum(model: keras.Model) -> str:
     """A digest of every weight's bytes: equal on two workers only if all weights are equal."""
-    return _digest(model.get_weights())
+    return combined_checksum(layer_checksums(model))
 
 
 def layer_checksums(model: keras.Model) -> dict[str, str]:
-    """`weights_checksum` of each leaf layer with weights, by layer name."""
-    return {l.name: _digest(l.get_weights()) for l in unfreezing.flatten(model) if l.weights}
+    """A digest of each leaf layer's weights, by layer name."""
+    return {l.name: _digest(np.ascontiguousarray(w).tobytes() for w in l.get_weights())
+            for l in unfreezing.flatten(model) if l.weights}
 
 
-def _digest(arrays: list[np.ndarray]) -> str:
+def combined_checksum(layers: dict[str, str]) -> str:
+    """`weights_checksum` from the model's `layer_checksums`."""
+    return _digest(f"{name}:{digest}".encode() for name, digest in layers.items())
+
+
+def _digest(parts) -> str:
     import hashlib
 
     digest = hashlib.sha256()
-    for w in arrays:
-        digest.update(np.ascontiguousarray(w).tobytes())
+    for part in parts:
+        digest.update(part)
     return digest.hexdigest()[:16]

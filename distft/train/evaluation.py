@@ -15,7 +15,7 @@ import warnings
 import keras
 import tensorflow as tf
 
-from distft.train.metrics import summed_results
+from distft.train.metrics import build_compiled, summed_results
 from distft.train.runtime import Worker
 
 
@@ -27,6 +27,6 @@ def evaluate_split(model: keras.Model, stream: tf.data.Dataset, records: int,
             warnings.filterwarnings("ignore", message="Your input ran out of data")
             model.evaluate(stream, verbose=0)
     else:  # takes part with zero states; evaluate would have built the compiled metrics
-        model._symbolic_build(data_batch=stream.element_spec)
+        build_compiled(model, stream.element_spec)
         model.reset_metrics()
     return summed_results(model.metrics, worker, "distft_evaluate")

@@ -9,11 +9,11 @@ layers).
 
 Example:
     parts = worker.all_ok(lambda: split_model(ft, plan, cfg))   # before anything is written
-    # done: batches of epoch initial_epoch already trained (a run resumed mid-epoch)
-    fit_model, stream = cached(parts, ft, train_data, cfg, worker,
-                               compile=lambda rest: rest.compile(optimizer=opt, loss=ft.loss),
-                               steps=steps, epochs=(initial_epoch, cfg.epochs), skip=done)
-    fit_model.fit(stream, steps_per_epoch=steps, ...)
+    fit_model, streams = cached(parts, ft, train_data, cfg, worker,
+                                compile=lambda rest: rest.compile(optimizer=opt, loss=ft.loss),
+                                steps=steps)
+    # skip: batches of epoch initial_epoch already trained (a run resumed mid-epoch)
+    fit_model.fit(streams(initial_epoch, skip), steps_per_epoch=steps, ...)
 """
 from __future__ import annotations
 

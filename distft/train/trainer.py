@@ -19,7 +19,7 @@ from distft.data.dataset import DataSet
 from distft.errors import DistftError, Stopped, root_cause
 from distft.launch.environment import launched_at
 from distft.model import head as heads, unfreeze as unfreezing
-from distft.model.prepare import FineTuneModel, layer_checksums, prepare, weights_checksum
+from distft.model.prepare import FineTuneModel, combined_checksum, layer_checksums, prepare
 from distft.train import frozen_cache, methods, optim, seeds, sync_bn
 from distft.train.callbacks.checkpointing import Checkpointing
 from distft.train.callbacks.confusion import ConfusionMatrix
@@ -37,7 +37,7 @@ from distft.train.callbacks.unfreezing import StagedUnfreezing
 from distft.train.callbacks.validation import Validation
 from distft.train.callbacks.weights import WeightChanges
 from distft.train.evaluation import evaluate_split
-from distft.train.metrics import keras_metrics
+from distft.train.metrics import build_compiled, keras_metrics
 from distft.train.output import RunFolder
 from distft.train.runtime import Worker
 from distft.train.step import GradientAverager
@@ -137,7 +137,7 @@ def run(cfg: TrainConfig, worker: Optional[Worker] = None) -> dict[str, Any]:
                                      preprocess=cfg.preprocess, augment=cfg.augment or (),
                                      cache=cfg.cache)
     stream = streams(initial_epoch, skip)
-    _build_compiled(fit_model, stream)
+    build_compiled(fit_model, stream.element_spec)
     val_stream = _val_stream(ft.model, val_data, cfg, worker)
     validate = _validator(ft.model, val_data, val_stream, worker)
     before = validate() if validate else {}
@@ -203,8 +203,9 @@ def run(cfg: TrainConfig, worker: Optional[Worker] = None) -> dict[str, Any]:
                       f"continue from {where}")
 
     steps_run = worker.gather([s for s, _ in timing.epochs])  # per rank, per epoch
-    checksums = worker.gather(weights_checksum(ft.model))
-    differing = differing_layers(worker.gather(layer_checksums(ft.model)))
+    per_rank = worker.gather(layer_checksums(ft.model))
+    checksums = [combined_checksum(layers) for layers in per_rank]
+    differing = differing_layers(per_rank)
     last = {k: float(v[-1]) for k, v in history.history.items()}
     metrics = {
         "train": {k: v for k, v in last.items() if not k.startswith("val_") and
@@ -281,16 +282,6 @@ def compile_for_workers(model: keras.Model, optimizer: keras.optimizers.Optimize
     model.compile(optimizer=optimizer, loss=ft.loss, jit_compile=False,
                   metrics=keras_metrics(ft.metrics, ft.model, ft.target_shape))
     model.train_step = averager.train_step(model)
-
-
-def _build_compiled(model: keras.Model, stream: tf.data.Dataset) -> None:
-    """Create the compiled metrics' variables now (Keras 3 defers that to the first step when no
-    tf.distribute strategy is set): created inside the step, they make tf.function trace it
-    twice (about 4 s of MobileNetV2's start-up on TF 2.15 here)."""
-    def zeros(spec: tf.TensorSpec) -> tf.Tensor:
-        return tf.zeros([1, *spec.shape[1:]], spec.dtype)
-
-    model._symbolic_build(data_batch=tf.nest.map_structure(zeros, stream.element_spec))
 
 
 def _plain(model: keras.Model, name: Optional[str] = None) -> keras.Model:
