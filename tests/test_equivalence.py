@@ -58,6 +58,7 @@ class Case:
     rtol: float = 1e-4
     atol: float = 2e-6
     files: tuple = ("model.keras",)
+    validate: bool = False  # validate on the class-id file each epoch (--val_data)
     equal: bool = True
     # Randomness or statistics that differ by design: the ranks must end identical and the run
     # close to one big batch's (its final training loss within `loss_rtol`), not equal to it.
@@ -98,6 +99,8 @@ CASES = {
     # XLA auto-clustering compiles the step's parts around Horovod's op, in both runs alike.
     "jit": Case({"jit": True}),
     "cache_memory": Case({"cache": "memory"}),
+    # Training and validation metrics from metric states summed over the workers.
+    "metrics": Case({"metrics": "accuracy,auc,precision,recall,f1_score"}, validate=True),
     "val_split": Case({"val_split": 0.1}),
     "loss": Case({"loss": "mean_absolute_error"}, data="regression"),
     # Each worker shuffles its own share (seeded by --seed and the rank): other batches.
@@ -145,6 +148,8 @@ def options(name: str, case: Case, kinds: dict, folder: str, workers: int) -> di
     """`distft.train`'s options for case `name` on `workers` (2, or 1 at the doubled batch)."""
     opts = {**COMMON, **kinds[case.data], **case.options,
             "output_dir": os.path.join(folder, f"{workers}w", name)}
+    if case.validate:
+        opts["val_data"] = kinds["ids"]["data"]
     if workers == 1:
         opts["batch_size"] *= 2
         opts.update(case.single)
@@ -215,7 +220,13 @@ def test_equal_to_one_big_batch(matrix, name):
     for key in ("weights_checksums", "ema_checksums"):  # the ranks ended identical
         if key in two:
             assert len(two[key]) == 2 and len(set(two[key])) == 1, (key, two[key])
-    if case.equal:
+    if case.equal and not case.in_sync:
+        # The last epoch's training metrics (summed over the workers) and validation metrics.
+        for part in ("train", "validation"):
+            assert two[part].keys() == one[part].keys()
+            for k in two[part]:
+                assert two[part][k] == pytest.approx(one[part][k], rel=1e-3 if case.rtol else 2e-2,
+                                                     abs=1e-5), (part, k, two[part], one[part])
         assert two["steps_per_epoch"] == one["steps_per_epoch"]
         assert two["steps_per_epoch"] == STEPS or "val_split" in case.options
         assert two["optimizer_updates"] == one["optimizer_updates"]  # --grad_accum: every K-th step
