@@ -46,7 +46,10 @@ def train(config: Optional[str] = None, **options: Any) -> dict[str, Any]:
             return json.load(f)
     _warn_np_ignored(cfg.np, env)
     log.import_tensorflow(cfg.debug)
+    from distft.model.custom import import_modules
     from distft.train.trainer import run
+
+    import_modules(cfg.import_)
 
     return run(cfg)
 
@@ -55,7 +58,8 @@ def evaluate(model: str, data: str, batch_size: int = 256, label: str = "label",
              unsafe_deserialization: bool = False, preprocess: str = "scale",
              x_key: Optional[str] = None, y_key: Optional[str] = None,
              classes: Optional[str] = None, metrics: Union[str, Sequence[str], None] = None,
-             np: Optional[int] = None, output: Optional[str] = None) -> dict[str, float]:
+             np: Optional[int] = None, output: Optional[str] = None,
+             import_: Union[str, Sequence[str], None] = None) -> dict[str, float]:
     """Loss and metrics of `model` over all of `data`, split across the workers when launched
     or across `np` workers that this call starts; exact for every Keras metric (each metric's
     state is summed over the workers).
@@ -63,7 +67,8 @@ def evaluate(model: str, data: str, batch_size: int = 256, label: str = "label",
     `metrics`: Keras metric names (e.g. "auc,precision,recall,f1_score"; default: the head's,
     as in train). Images are preprocessed as in training (`preprocess`). Class names in the
     data are numbered as in `classes` (a classes.json; default: the one beside the model).
-    `output`: also write the results to this JSON file.
+    `output`: also write the results to this JSON file. `import_`: modules to import first
+    (`--import`: names or .py files, whose classes the model uses).
     """
     options = dict(locals())  # this call's arguments, for the workers that --np starts
     env = detect()
@@ -76,11 +81,13 @@ def evaluate(model: str, data: str, batch_size: int = 256, label: str = "label",
     log.import_tensorflow(False)
 
     from distft.files import write_json
+    from distft.model.custom import import_modules
     from distft.model.prepare import prepare
     from distft.train.evaluation import evaluate_split
     from distft.train.metrics import keras_metrics
     from distft.train.trainer import check_fit
 
+    import_modules(import_)
     worker, ds = _open(data, label, x_key, y_key, model, classes)
     ft = worker.all_ok(lambda: prepare(model, unfreeze="all", metrics=checked.metrics,
                                        unsafe_deserialization=unsafe_deserialization,
@@ -123,21 +130,24 @@ def _warn_np_ignored(np: Optional[int], env: Environment) -> None:
 def predict(model: str, data: str, output: str, batch_size: int = 256, label: str = "label",
             unsafe_deserialization: bool = False, preprocess: str = "scale",
             x_key: Optional[str] = None, y_key: Optional[str] = None,
-            classes: Optional[str] = None) -> str:
+            classes: Optional[str] = None, import_: Union[str, Sequence[str], None] = None) -> str:
     """Write the model's outputs for every record of `data`, in file order, to `output`:
     `.npy` (the outputs), or `.csv` (the predicted class's name, then one probability column
-    per class, named from `classes`: a classes.json, default the one beside the model)."""
+    per class, named from `classes`: a classes.json, default the one beside the model).
+    `import_`: modules to import first, as in `evaluate`."""
     _setup_logging(detect().rank, detect().size, False)
 
     import numpy as np
 
     from distft.model import loading
+    from distft.model.custom import import_modules
     from distft.files import atomic_write
 
     kind = os.path.splitext(output)[1]
     if kind not in (".npy", ".csv"):
         raise DistftError(f"--output={output} must end in .npy (outputs) or .csv (class names "
                           "and probabilities)")
+    import_modules(import_)
     worker, ds = _open(data, label, x_key, y_key, model, classes)
     net = worker.all_ok(lambda: loading.load(model, unsafe_deserialization=unsafe_deserialization))
     names = _class_names(model, classes) or ds.classes
@@ -204,11 +214,16 @@ def _write_predictions(path: str, probabilities, names: list[str]) -> None:
 
 def inspect(model: str, num_classes: Optional[int] = None, unfreeze: Optional[str] = None,
             train_bn: bool = False, weights: Optional[str] = None,
-            input_shape: Optional[tuple] = None, unsafe_deserialization: bool = False) -> list[dict]:
-    """The flattened layers (index, name, type, params, trainable) as `train` would set them."""
+            input_shape: Optional[tuple] = None, unsafe_deserialization: bool = False,
+            import_: Union[str, Sequence[str], None] = None) -> list[dict]:
+    """The flattened layers (index, name, type, params, trainable) as `train` would set them,
+    after importing the modules `import_` (as in `evaluate`)."""
     _setup_logging(0, 1, False)
     from distft.model import unfreeze as unfreezing
+    from distft.model.custom import import_modules
     from distft.model.prepare import prepare
+
+    import_modules(import_)
 
     ft = prepare(model, num_classes, unfreeze, train_bn=train_bn, weights=weights,
                  input_shape=input_shape, unsafe_deserialization=unsafe_deserialization)

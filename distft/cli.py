@@ -16,7 +16,7 @@ import time
 import traceback
 from typing import Any, Optional
 
-from distft.config import TrainConfig, coerce, to_bool
+from distft.config import TrainConfig, coerce, field_name, option_name, to_bool
 from distft.errors import DistftError
 from distft.launch.environment import detect
 
@@ -33,39 +33,44 @@ class Commands:
                  unsafe_deserialization: bool = False, preprocess: str = "scale",
                  x_key: Optional[str] = None, y_key: Optional[str] = None,
                  classes: Optional[str] = None, metrics: Optional[str] = None,
-                 np: Optional[int] = None, output: Optional[str] = None) -> None:
+                 np: Optional[int] = None, output: Optional[str] = None,
+                 import_: Optional[str] = None) -> None:
         """Loss and metrics of MODEL over DATA (all workers' shares when launched, or NP workers
         started here), exact over the workers for every Keras metric; METRICS: Keras names,
-        e.g. auc,precision,recall,f1_score (default: the head's); OUTPUT: also write them as JSON.
+        e.g. auc,precision,recall,f1_score (default: the head's); OUTPUT: also write them as JSON;
+        IMPORT: modules or .py files defining the model's custom classes (as for train).
         """
         from distft import api
 
         api.evaluate(model, data, int(batch_size), _str(label), bool(unsafe_deserialization),
                      preprocess, _str(x_key), _str(y_key), _str(classes), _str(metrics), np,
-                     _str(output))
+                     _str(output), _str(import_))
 
     def predict(self, model: str, data: str, output: str, batch_size: int = 256,
                 label: str = "label", unsafe_deserialization: bool = False,
                 preprocess: str = "scale", x_key: Optional[str] = None,
-                y_key: Optional[str] = None, classes: Optional[str] = None) -> None:
+                y_key: Optional[str] = None, classes: Optional[str] = None,
+                import_: Optional[str] = None) -> None:
         """Write MODEL's outputs for each record of DATA, in order, to OUTPUT: .npy, or .csv
         with the predicted class name and each class's probability (names from CLASSES, a
         classes.json, by default the one beside MODEL)."""
         from distft import api
 
         api.predict(model, data, str(output), int(batch_size), _str(label), bool(unsafe_deserialization),
-                    _preprocess(preprocess), _str(x_key), _str(y_key), _str(classes))
+                    _preprocess(preprocess), _str(x_key), _str(y_key), _str(classes),
+                    _str(import_))
 
     def inspect(self, model: str, num_classes: Optional[int] = None, unfreeze: Optional[str] = None,
                 train_bn: bool = False, weights: Optional[str] = None,
-                input_shape: Optional[tuple] = None, unsafe_deserialization: bool = False) -> None:
+                input_shape: Optional[tuple] = None, unsafe_deserialization: bool = False,
+                import_: Optional[str] = None) -> None:
         """List MODEL's layers: index, name, type, params, trainable (as train would set them)."""
         from distft import api
 
         opts = {k: coerce(TrainConfig, k, v) for k, v in
                 (("num_classes", num_classes), ("unfreeze", unfreeze), ("train_bn", train_bn),
                  ("weights", weights), ("input_shape", input_shape),
-                 ("unsafe_deserialization", unsafe_deserialization))}
+                 ("unsafe_deserialization", unsafe_deserialization), ("import_", import_))}
         rows = api.inspect(model, **opts)
         width = max(len(r["name"]) for r in rows)
         print(f"{'index':>5}  {'name':<{width}}  {'type':<22} {'params':>10}  trainable")
@@ -151,12 +156,17 @@ def _integer(name: str, value: Any) -> int:
     return int(value)
 
 
+def _keyword_flag(arg: str) -> str:
+    name, sep, value = arg.partition("=")
+    return f"--{field_name(name[2:])}{sep}{value}" if name.startswith("--") else arg
+
+
 def _train_help() -> str:
     lines = ["Fine-tune a model: distft train --model=PATH --data=PATTERN [--output_dir=DIR] [options]",
              "", "Options (also keys of --config=FILE.yaml; flags override the file):"]
     for f in dataclasses.fields(TrainConfig):
         default = "" if f.default in (None, "") else f" (default {f.default})"
-        lines.append(f"  --{f.name}: {f.metadata.get('help', '')}{default}")
+        lines.append(f"  --{option_name(f.name)}: {f.metadata.get('help', '')}{default}")
     return "\n".join(lines)
 
 
@@ -167,6 +177,8 @@ def main(argv: Optional[list[str]] = None) -> None:
     import fire
 
     argv = sys.argv[1:] if argv is None else argv
+    # A flag named after a Python keyword (--import) reaches Fire as its parameter (import_).
+    argv = [_keyword_flag(a) for a in argv]
     if any(a in ("--help", "-h") for a in argv) and "--" not in argv:
         argv = [a for a in argv if a not in ("--help", "-h")] + ["--", "--help"]
     debug = any(a in ("--debug", "--debug=true", "--debug=True") for a in argv)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import keyword
 import os
 from dataclasses import dataclass, field
 from typing import Any, Optional, Union, get_args, get_origin, get_type_hints
@@ -64,6 +65,9 @@ class TrainConfig:
     metrics: Optional[tuple] = field(default=None, metadata={"help": "Keras metrics, comma-separated"})
     unsafe_deserialization: bool = field(
         default=False, metadata={"help": "allow Lambda layers' code in .keras files"})
+    import_: Optional[tuple] = field(default=None, metadata={
+        "help": "modules (dotted names or .py files), comma-separated, that every worker imports "
+                "before loading the model: its custom layers, losses and metrics"})
     # Optimisation
     epochs: int = field(default=3, metadata={"help": "epochs to train"})
     batch_size: int = field(default=32, metadata={"help": "batch size per worker"})
@@ -130,6 +134,7 @@ class TrainConfig:
         if config:
             values.update(load_yaml(config))
         values.update(flags)
+        values = {field_name(k): v for k, v in values.items()}
         check_names(values, cls)
         cfg = cls(**{k: coerce(cls, k, v) for k, v in values.items()})
         cfg.check()
@@ -225,7 +230,9 @@ class TrainConfig:
         return int(start), int(end)
 
     def to_dict(self) -> dict[str, Any]:
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+        """The options by their flag and YAML names (`import`, not the field `import_`)."""
+        return {option_name(k): list(v) if isinstance(v, tuple) else v
+                for k, v in dataclasses.asdict(self).items()}
 
     def save(self, path: str) -> None:
         """Write the resolved configuration as YAML (atomically)."""
@@ -241,6 +248,16 @@ def default_output_dir(model: str) -> str:
 
     stem = os.path.splitext(os.path.basename(os.path.normpath(model)))[0].replace("app:", "") or "run"
     return os.path.join("runs", f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}")
+
+
+def field_name(option: str) -> str:
+    """The TrainConfig field of an option: `import`, a Python keyword, is the field `import_`."""
+    return f"{option}_" if keyword.iskeyword(option) else option
+
+
+def option_name(name: str) -> str:
+    """The flag and YAML name of a TrainConfig field: the field `import_` is `--import`."""
+    return name[:-1] if name.endswith("_") and keyword.iskeyword(name[:-1]) else name
 
 
 def load_yaml(path: str) -> dict[str, Any]:
@@ -274,7 +291,7 @@ def check_names(values: dict[str, Any], cls: type) -> None:
         if name not in known:
             close = [ALIASES[name]] if ALIASES.get(name) in known else \
                 difflib.get_close_matches(name, known, n=3)
-            hint = f"did you mean {', '.join('--' + c for c in close)}?" if close else \
+            hint = f"did you mean {', '.join('--' + option_name(c) for c in close)}?" if close else \
                 "see 'distft train --help'"
             raise DistftError(f"unknown option --{name}: {hint}")
 

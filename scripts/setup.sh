@@ -13,6 +13,7 @@ cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
 TF_REQ=${DISTFT_TF:-tensorflow-cpu==2.21.0}
 HVD_VERSION=0.28.1
+HUB_REQ=keras-hub==0.32.0  # the version tested; its extra in pyproject.toml is keras-hub>=0.32
 VENV=.venv
 
 say() { printf '[setup] %s\n' "$*"; }
@@ -98,6 +99,26 @@ pip_install -e ".[profile]"  # TensorBoard's Profile tab (distft train --profile
 # without its dependencies: it requires the 'tensorflow' package, which pip would install over
 # tensorflow-cpu (the same files), breaking TensorFlow.
 pip_install --no-deps "tf-keras==${TF_REQ##*==}"
+# Keras Hub (the 'hub' extra) with its dependencies except tensorflow-text: that one also requires
+# the 'tensorflow' package, which pip would install over tensorflow-cpu. keras_hub imports it only
+# for its tokenizers (text in); its models, fed token ids, work without it. Python 3.11+ only.
+if "$VENV/bin/python" -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
+  if ! "$VENV/bin/python" -c "import keras_hub" 2>/dev/null; then
+    say "installing $HUB_REQ without tensorflow-text"
+    pip_install --no-deps "$HUB_REQ"
+    mapfile -t hub_deps < <("$VENV/bin/python" - <<'PY'
+from importlib.metadata import requires
+from packaging.requirements import Requirement
+for r in map(Requirement, requires("keras-hub")):
+    if r.name != "tensorflow-text" and (r.marker is None or r.marker.evaluate({"extra": ""})):
+        print(f"{r.name}{r.specifier}")
+PY
+)
+    pip_install --no-warn-conflicts "${hub_deps[@]}"
+  fi
+else
+  say "Keras Hub needs Python 3.11 or newer: skipped (Keras Hub models will not load)"
+fi
 
 check=$(TF_CPP_MIN_LOG_LEVEL=3 "$VENV/bin/horovodrun" --check-build 2>/dev/null)
 parts=(TensorFlow MPI Gloo)

@@ -2,7 +2,8 @@
 
 Files written by Keras 3 load as they are; files written by Keras 2 (TensorFlow <= 2.15), .h5
 or .keras, are rebuilt on Keras 3 (model/keras2.py). An unreadable file's error names the
-Keras version that wrote it, or says the file is damaged.
+Keras version that wrote it, or the user classes that no imported module (--import) registers
+(model/custom.py), or says the file is damaged.
 
 Example:
     model = load("base_model.h5")
@@ -13,12 +14,13 @@ from __future__ import annotations
 import json
 import os
 import zipfile
+import zlib
 from typing import NoReturn, Optional
 
 import keras
 
 from distft.errors import DistftError
-from distft.model import keras2
+from distft.model import custom, keras2
 
 
 def load(path: str, weights: str | None = None, input_shape: tuple | None = None,
@@ -31,7 +33,8 @@ def load(path: str, weights: str | None = None, input_shape: tuple | None = None
     kind = _kind(path)
     if kind == "SavedModel":
         return _saved_model(path)
-    version = _written_by(path, kind)
+    version, config = _metadata(path, kind)
+    custom.use_keras_hub(path, config)
     safe = not unsafe_deserialization
     try:
         if version and version.startswith("2."):  # rebuilt from its upgraded config
@@ -45,10 +48,16 @@ def load(path: str, weights: str | None = None, input_shape: tuple | None = None
                               "the file") from e
         if kind == "keras":
             _check_members(path)
+        unknown = custom.unknown_classes(config)
+        if unknown:
+            raise DistftError(custom.unknown_message(path, unknown)) from e
         by = f"written by Keras {version}" if version else "of no known Keras version"
-        fix = ("re-save it with Keras 2 as .h5 (model.save('model.h5')), or with Keras 3"
-               if version and version.startswith("2.") else
-               "load it with the Keras that wrote it and save it again with Keras 3")
+        if version and version.startswith("2."):
+            fix = "re-save it with Keras 2 as .h5 (model.save('model.h5')), or with Keras 3"
+        elif version == keras.__version__:  # not a version problem: a class's own code failed
+            fix = "check the get_config and from_config of the class it names (--debug shows where)"
+        else:
+            fix = "load it with the Keras that wrote it and save it again with Keras 3"
         raise DistftError(f"--model={path} ({kind}, {by}) cannot be rebuilt by Keras "
                           f"{keras.__version__} ({type(e).__name__}: {_first_line(e)}): {fix}") from e
 
@@ -69,24 +78,34 @@ def _kind(path: str) -> str:
                       "pass a Keras model file")
 
 
-def _written_by(path: str, kind: str) -> Optional[str]:
-    """The Keras version recorded in a .h5 or .keras file, if any. Opening the file also finds
-    one cut short in a copy, which is called damaged."""
+def _metadata(path: str, kind: str) -> tuple[Optional[str], Optional[dict]]:
+    """The Keras version recorded in a .h5 or .keras file and its model config, if any. Opening
+    the file also finds one cut short in a copy, which is called damaged."""
     import h5py
 
     try:
         if kind == "h5":
             with h5py.File(path, "r") as f:
-                version = f.attrs.get("keras_version")
-            return version.decode() if isinstance(version, bytes) else version
-        with zipfile.ZipFile(path) as z:
-            if "metadata.json" not in z.namelist():
-                return None
-            return json.loads(z.read("metadata.json")).get("keras_version")
-    except (OSError, zipfile.BadZipFile, EOFError) as e:
+                version, config = (f.attrs.get(k) for k in ("keras_version", "model_config"))
+        else:
+            with zipfile.ZipFile(path) as z:
+                names = z.namelist()
+                version, config = (z.read(n) if n in names else None
+                                   for n in ("metadata.json", "config.json"))
+            version = _json(version).get("keras_version")
+        version = version.decode() if isinstance(version, bytes) else version
+        return version, _json(config) or None
+    except (OSError, zipfile.BadZipFile, EOFError, zlib.error) as e:
         _damaged(path, kind, e)
-    except ValueError:  # metadata that is not JSON: no version to tell
-        return None
+
+
+def _json(data: bytes | str | None) -> dict:
+    """A JSON object, or {} for none or text that is not one (no version or config to tell)."""
+    try:
+        value = json.loads(data) if data else {}
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
 
 
 def _check_members(path: str) -> None:

@@ -1,0 +1,132 @@
+"""A user's custom layer (--import) and Keras Hub models, from files that stock Keras wrote in a
+process without distft (tests/custom_models.py)."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from distft import cli
+from distft.errors import DistftError
+from distft.model import custom, loading
+from tests.conftest import distft
+
+WRITER = os.path.join(os.path.dirname(__file__), "custom_models.py")
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory) -> str:
+    folder = str(tmp_path_factory.mktemp("custom"))
+    subprocess.run([sys.executable, WRITER, folder], check=True, capture_output=True)
+    return folder
+
+
+@pytest.fixture
+def forget_mymod(monkeypatch):
+    """Leave no trace of mymod in this process: not its module, its folder on sys.path (where
+    --import=FILE.py puts it) or its registered class."""
+    import keras
+
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    yield
+    sys.modules.pop("mymod", None)
+    keras.saving.get_custom_objects().pop("mymod>Scale", None)
+
+
+def _cli(capsys, *args: str) -> tuple[int, str, str]:
+    """`distft ARGS` run in this process: (exit code, stdout, stderr)."""
+    try:
+        cli.main(list(args))
+        code = 0
+    except SystemExit as e:
+        code = e.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_a_custom_layer_loads_with_import(files, capsys, monkeypatch, forget_mymod):
+    model = os.path.join(files, "custom.keras")
+    code, _, err = _cli(capsys, "inspect", f"--model={model}")
+    assert code == 2 and err == (f"distft: error: --model={model} uses mymod>Scale, which no "
+                                 "imported module registers: pass --import=mymod (on PYTHONPATH) "
+                                 "or the .py file that defines it\n")
+    code, _, err = _cli(capsys, "inspect", f"--model={model}", "--import=mymod")
+    assert err == ("distft: error: --import=mymod: No module named 'mymod': put its folder on "
+                   "PYTHONPATH or pass the .py file\n")
+    monkeypatch.syspath_prepend(files)
+    code, out, _ = _cli(capsys, "inspect", f"--model={model}", "--import=mymod")
+    assert code == 0 and " scale   Scale " in out
+    assert loading.load(model).get_layer("scale").factor == 0.5
+    sys.modules.pop("mymod")
+    import keras
+
+    keras.saving.get_custom_objects().pop("mymod>Scale")
+    sys.path.remove(files)
+    with pytest.raises(DistftError, match="uses mymod>Scale"):
+        loading.load(model)
+    code, out, _ = _cli(capsys, "inspect", f"--model={model}", f"--import={files}/mymod.py")
+    assert code == 0 and " scale   Scale " in out
+
+
+def test_version_advice_only_when_the_versions_differ(files, tmp_path, forget_mymod):
+    """A class registered under the file's name whose code cannot rebuild it: the same Keras
+    wrote the file, so the message does not send the user to another Keras."""
+    (tmp_path / "mymod.py").write_text(
+        "import keras\n\n\n@keras.saving.register_keras_serializable(package='mymod')\n"
+        "class Scale(keras.layers.Layer):\n    def __init__(self, **kwargs):\n"
+        "        super().__init__(**kwargs)\n")
+    custom.import_modules(str(tmp_path / "mymod.py"))
+    with pytest.raises(DistftError) as e:
+        loading.load(os.path.join(files, "custom.keras"))
+    assert "written by Keras 3.15.1) cannot be rebuilt" in str(e.value)
+    assert "wrote it" not in str(e.value) and "check the get_config and from_config" in str(e.value)
+
+
+def test_a_keras_hub_model_needs_no_flag(files, monkeypatch):
+    pytest.importorskip("keras_hub")
+    path = os.path.join(files, "hub_classifier.keras")
+    model = loading.load(path)
+    assert type(model).__name__ == "BertTextClassifier"
+    ids = np.arange(1, 33, dtype="int32").reshape(2, 16)
+    assert model({"token_ids": ids, "segment_ids": 0 * ids, "padding_mask": ids > 0}).shape == (2, 2)
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: None if n == "keras_hub" else real(n, *a))
+    with pytest.raises(DistftError, match=r"is a Keras Hub model \(keras_hub>BertTextClassifier\) "
+                                          "and keras_hub is not installed"):
+        loading.load(path)
+
+
+@pytest.mark.multiworker
+def test_a_keras_hub_text_classifier_with_a_custom_layer_on_two_workers(files, tmp_path):
+    """train from YAML (import: the .py file) on 2 workers, then evaluate on 2 workers and
+    predict with --import, which agree on the accuracy."""
+    pytest.importorskip("keras_hub")
+    run, val = tmp_path / "run", os.path.join(files, "val.npz")
+    (tmp_path / "run.yaml").write_text(json.dumps({
+        "model": os.path.join(files, "text.keras"), "data": os.path.join(files, "train.npz"),
+        "val_data": val, "import": [os.path.join(files, "mymod.py")], "np": 2, "epochs": 3,
+        "batch_size": 16, "output_dir": str(run)}))
+    result = distft(["train", f"--config={tmp_path / 'run.yaml'}"], timeout=240)
+    assert result.code == 0, result.out[-3000:]
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["workers"] == 2 and len(set(metrics["weights_checksums"])) == 1
+    assert metrics["validation_before"]["accuracy"] < 0.7 < metrics["validation"]["accuracy"]
+    assert "import:" in (run / "config.yaml").read_text()
+    model = str(run / "model.keras")
+    result = distft(["evaluate", f"--model={model}", f"--data={val}", "--np=2",
+                     f"--import={files}/mymod.py", f"--output={tmp_path / 'eval.json'}"], timeout=180)
+    assert result.code == 0, result.out[-3000:]
+    accuracy = json.loads((tmp_path / "eval.json").read_text())["accuracy"]
+    assert accuracy == pytest.approx(metrics["validation"]["accuracy"])
+    result = distft(["predict", f"--model={model}", f"--data={val}", "--import=mymod",
+                     f"--output={tmp_path / 'p.npy'}"], env={"PYTHONPATH": os.pathsep.join(
+                         [files, os.environ.get("PYTHONPATH", "")])}, timeout=120)
+    assert result.code == 0, result.out[-3000:]
+    with np.load(val) as v:
+        assert (np.load(tmp_path / "p.npy").argmax(1) == v["y"]).mean() == pytest.approx(accuracy)
