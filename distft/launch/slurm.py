@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 from typing import Any, Optional
 
+from distft.config import option_name
 from distft.errors import DistftError
 from distft.launch.environment import Environment
 
@@ -80,7 +81,7 @@ def write_script(template: str, path: str, nodes: int, gpus_per_node: int, cpus_
             text = re.sub(rf"^{var}=\$\{{{var}:-[^}}]*\}}", lambda _: f"{var}=${{{var}:-{value}}}",
                           text, count=1, flags=re.M)
         else:
-            extra.append(shlex.quote(f"--{key}={value}"))
+            extra.append(shlex.quote(f"--{option_name(key)}={value}"))
     text = re.sub(r"^EXTRA_ARGS=\$\{EXTRA_ARGS:-[^}]*\}",
                   lambda _: f"EXTRA_ARGS=${{EXTRA_ARGS:-{' '.join(extra)}}}", text, count=1, flags=re.M)
     # The generated job runs the distft that wrote it (same venv), unless DISTFT says otherwise.
