@@ -50,7 +50,6 @@ def train(config: Optional[str] = None, **options: Any) -> dict[str, Any]:
     from distft.train.trainer import run
 
     import_modules(cfg.import_)
-
     return run(cfg)
 
 
@@ -224,7 +223,6 @@ def inspect(model: str, num_classes: Optional[int] = None, unfreeze: Optional[st
     from distft.model.prepare import prepare
 
     import_modules(import_)
-
     ft = prepare(model, num_classes, unfreeze, train_bn=train_bn, weights=weights,
                  input_shape=input_shape, unsafe_deserialization=unsafe_deserialization)
     rows = [{"index": i, "name": l.name, "type": type(l).__name__,

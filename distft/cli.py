@@ -53,7 +53,7 @@ class Commands:
                 import_: Optional[str] = None) -> None:
         """Write MODEL's outputs for each record of DATA, in order, to OUTPUT: .npy, or .csv
         with the predicted class name and each class's probability (names from CLASSES, a
-        classes.json, by default the one beside MODEL)."""
+        classes.json, by default the one beside MODEL); IMPORT as for evaluate."""
         from distft import api
 
         api.predict(model, data, str(output), int(batch_size), _str(label), bool(unsafe_deserialization),
@@ -64,7 +64,8 @@ class Commands:
                 train_bn: bool = False, weights: Optional[str] = None,
                 input_shape: Optional[tuple] = None, unsafe_deserialization: bool = False,
                 import_: Optional[str] = None) -> None:
-        """List MODEL's layers: index, name, type, params, trainable (as train would set them)."""
+        """List MODEL's layers: index, name, type, params, trainable (as train would set them);
+        IMPORT as for evaluate."""
         from distft import api
 
         opts = {k: coerce(TrainConfig, k, v) for k, v in

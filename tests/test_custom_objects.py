@@ -115,8 +115,8 @@ def test_a_keras_hub_model_needs_no_flag(files, monkeypatch):
 
 @pytest.mark.multiworker
 def test_a_keras_hub_text_classifier_with_a_custom_layer_on_two_workers(files, tmp_path):
-    """train from YAML (import: the .py file) on 2 workers, then evaluate on 2 workers and
-    predict with --import, which agree on the accuracy."""
+    """train from YAML (import: the .py file; the workers get --import) on 2 workers, then
+    evaluate and predict with --import (file, then name), which agree on the accuracy."""
     pytest.importorskip("keras_hub")
     run, val = tmp_path / "run", os.path.join(files, "val.npz")
     (tmp_path / "run.yaml").write_text(json.dumps({
@@ -130,8 +130,8 @@ def test_a_keras_hub_text_classifier_with_a_custom_layer_on_two_workers(files, t
     assert metrics["validation_before"]["accuracy"] < 0.85 < metrics["validation"]["accuracy"]
     assert "import:" in (run / "config.yaml").read_text()
     model = str(run / "model.keras")
-    result = distft(["evaluate", f"--model={model}", f"--data={val}", "--np=2",
-                     f"--import={files}/mymod.py", f"--output={tmp_path / 'eval.json'}"], timeout=180)
+    result = distft(["evaluate", f"--model={model}", f"--data={val}", f"--import={files}/mymod.py",
+                     f"--output={tmp_path / 'eval.json'}"], timeout=120)
     assert result.code == 0, result.out[-3000:]
     accuracy = json.loads((tmp_path / "eval.json").read_text())["accuracy"]
     assert accuracy == pytest.approx(metrics["validation"]["accuracy"])
