@@ -42,11 +42,14 @@ def nested_application() -> keras.Model:
 
 
 def image_and_metadata() -> keras.Model:
-    """Normalization on the metadata input only: the images need no [0, 255]."""
+    """Normalization on the metadata input only (the first layer Keras lists, as its branch is
+    the deeper one): the images need no [0, 255]."""
     image, meta = L.Input(SMALL, name="image"), L.Input((3,), name="meta")
-    meta_x = normalization(np.full((4, 3), 100.0))(meta)
+    meta_x = L.Dense(4)(normalization(np.full((4, 3), 100.0))(meta))
     image_x = L.GlobalAveragePooling2D()(L.Conv2D(4, 3)(image))
-    return keras.Model([meta, image], L.Dense(2)(L.Concatenate()([meta_x, image_x])))
+    model = keras.Model([meta, image], L.Dense(2)(L.Concatenate()([meta_x, image_x])))
+    assert isinstance(model.layers[2], L.Normalization)
+    return model
 
 
 def app(name: str) -> keras.Model:
@@ -62,11 +65,12 @@ CASES = {  # model -> (what detection says, or None; pixels in [0, 255]?)
         "Rescaling(0.00784, offset -1) (layer r)", True),
     "rescaling made for [0, 1] inputs": (
         lambda: cnn(L.Rescaling(2.0, offset=-1, name="r")), "Rescaling(2, offset -1) (layer r)", False),
-    "normalization adapted on [0, 255]": (
-        lambda: cnn(normalization(np.full((2, *SMALL), 120.0))), "Normalization(mean 120,120,120) (layer norm)", True),
-    "normalization adapted on [0, 1]": (
-        lambda: cnn(normalization(np.full((2, *SMALL), 0.5))), "Normalization(mean 0.5,0.5,0.5) (layer norm)", False),
-    "MobileNetV3Small": (lambda: app("MobileNetV3Small"), "Rescaling(0.00784, offset -1) (layer rescaling", True),
+    "normalization adapted on [0, 255]": (lambda: cnn(normalization(np.full((2, *SMALL), 120.0))),
+                                          "Normalization(mean 120,120,120) (layer norm)", True),
+    "normalization adapted on [0, 1]": (lambda: cnn(normalization(np.full((2, *SMALL), 0.5))),
+                                        "Normalization(mean 0.5,0.5,0.5) (layer norm)", False),
+    "MobileNetV3Small": (lambda: app("MobileNetV3Small"), "Rescaling(0.00784, offset -1) (layer rescaling",
+                         True),
     "MobileNetV3Small inside a model": (nested_application, "Rescaling(0.00784, offset -1)", True),
     "EfficientNetB0": (lambda: app("EfficientNetB0"), "Rescaling(0.00392) (layer rescaling", True),
     "ConvNeXtTiny": (lambda: app("ConvNeXtTiny"),
@@ -92,7 +96,8 @@ def test_detection(case):
 def test_app_models_loaded_by_distft_and_what_auto_feeds(tmp_path):
     """app:NAME as distft builds it, and the pixels that reach the model from a PNG folder."""
     (tmp_path / "imgs" / "a").mkdir(parents=True)
-    (tmp_path / "imgs" / "a" / "0.png").write_bytes(tf.io.encode_png(np.full((8, 8, 3), 200, np.uint8)).numpy())
+    png = tf.io.encode_png(np.full((8, 8, 3), 200, np.uint8)).numpy()
+    (tmp_path / "imgs" / "a" / "0.png").write_bytes(png)
     ds = DataSet.open(str(tmp_path / "imgs"))
     ds.count()
     fed = {}
@@ -148,7 +153,8 @@ def fine_tuned_accuracy(folder, preprocess: str) -> float:
     ft = prepare(str(folder / "base.keras"), num_classes=5, seed=42)
     ft.model.compile(optimizer=keras.optimizers.Adam(0.02), loss=ft.loss, metrics=ft.metrics)
     stream = train.stream(0, 1, 64, SMALL, training=True, preprocess=preprocess, epochs=(0, 5))
-    ft.model.fit(stream, epochs=5, steps_per_epoch=train.steps_per_epoch(1, 64), shuffle=False, verbose=0)
+    ft.model.fit(stream, epochs=5, steps_per_epoch=train.steps_per_epoch(1, 64), shuffle=False,
+                 verbose=0)
     val_stream = val.stream(0, 1, 64, SMALL, training=False, preprocess=preprocess)
     return ft.model.evaluate(val_stream, verbose=0, return_dict=True)["accuracy"]
 
@@ -185,7 +191,8 @@ def test_rescaling_first_cnn_fine_tunes_from_an_image_folder(tmp_path):
     fed = {p: fine_tuned_accuracy(tmp_path, p) for p in ("none", "scale")}
     assert fed["none"] > 0.6 and fed["scale"] < fed["none"] - 0.3, fed
 
-    evaluated = distft(["evaluate", "--model=auto/model.keras", "--data=val", "--output=e.json"], cwd=tmp_path)
+    evaluated = distft(["evaluate", "--model=auto/model.keras", "--data=val", "--output=e.json"],
+                       cwd=tmp_path)
     assert evaluated.code == 0, evaluated.out[-3000:]
     assert "the run that wrote the model used --preprocess=none (config.yaml beside it) -> " \
            "feeding pixels in [0, 255]" in evaluated.out

@@ -89,7 +89,8 @@ def choose(preprocess: str, model: keras.Model, schema: Schema, trained: Optiona
         return Feed("scale" if preprocess == AUTO else preprocess)
     found = detect(model)
     if trained:
-        expected, why = trained, f"the run that wrote the model used --preprocess={trained} (config.yaml beside it)"
+        expected = trained
+        why = f"the run that wrote the model used --preprocess={trained} (config.yaml beside it)"
     elif found:
         expected, why = found.preprocess, f"model starts with {found.layer}"
     else:
