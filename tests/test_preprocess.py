@@ -118,7 +118,7 @@ def test_explicit_values_win_and_features_are_unaffected(tmp_path):
     scale = choose("scale", rescaling, IMAGES)
     assert scale.preprocess == "scale" and scale.note == "--preprocess=scale -> feeding pixels in [0, 1]"
     assert scale.warning == ("--preprocess=scale feeds pixels in [0, 1], but model starts with "
-                             "Rescaling(0.00392) (layer rescaling): it expects pixels in [0, 255]; "
+                             "Rescaling(0.00392) (layer rescaling): the model expects pixels in [0, 255]; "
                              "leave --preprocess out (auto) to feed that")
     assert choose("none", cnn(), IMAGES).warning is None  # nothing detected: nothing to contradict
     family = choose("mobilenet_v2", rescaling, IMAGES)

@@ -99,7 +99,7 @@ def choose(preprocess: str, model: keras.Model, schema: Schema, trained: Optiona
         return Feed(expected, f"{why} -> feeding {_fed(expected)}")
     warning = None
     if preprocess != expected and (trained or found):
-        warning = (f"--preprocess={preprocess} feeds {_fed(preprocess)}, but {why}: it expects "
+        warning = (f"--preprocess={preprocess} feeds {_fed(preprocess)}, but {why}: the model expects "
                    f"{_fed(expected)}; leave --preprocess out (auto) to feed that")
     return Feed(preprocess, f"--preprocess={preprocess} -> feeding {_fed(preprocess)}", warning)
 
