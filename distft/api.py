@@ -54,7 +54,7 @@ def train(config: Optional[str] = None, **options: Any) -> dict[str, Any]:
 
 
 def evaluate(model: str, data: str, batch_size: int = 256, label: str = "label",
-             unsafe_deserialization: bool = False, preprocess: str = "scale",
+             unsafe_deserialization: bool = False, preprocess: str = "auto",
              x_key: Optional[str] = None, y_key: Optional[str] = None,
              classes: Optional[str] = None, metrics: Union[str, Sequence[str], None] = None,
              np: Optional[int] = None, output: Optional[str] = None,
@@ -64,7 +64,8 @@ def evaluate(model: str, data: str, batch_size: int = 256, label: str = "label",
     state is summed over the workers).
 
     `metrics`: Keras metric names (e.g. "auc,precision,recall,f1_score"; default: the head's,
-    as in train). Images are preprocessed as in training (`preprocess`). Class names in the
+    as in train). Images are fed as in training (`preprocess`: auto feeds what the run that
+    wrote the model fed, see model/preprocessing.py). Class names in the
     data are numbered as in `classes` (a classes.json; default: the one beside the model).
     `output`: also write the results to this JSON file. `import_`: modules to import first
     (`--import`: names or .py files, whose classes the model uses).
@@ -92,10 +93,11 @@ def evaluate(model: str, data: str, batch_size: int = 256, label: str = "label",
                                        unsafe_deserialization=unsafe_deserialization,
                                        target_shape=ds.schema.y_shape))
     worker.all_ok(lambda: check_fit(ft, ds))
+    feed = _feed(checked.preprocess, model, ft.model, ds, worker)
     named = worker.all_ok(lambda: keras_metrics(ft.metrics, ft.model, ft.target_shape))
     ft.model.compile(loss=ft.loss, metrics=named)
     stream = ds.stream(worker.rank, worker.size, batch_size, ft.input_shape, training=False,
-                       preprocess=checked.preprocess)
+                       preprocess=feed)
     results = evaluate_split(ft.model, stream, ds.share(worker.rank, worker.size).records, worker)
     log.info("%s on %s (%d records): %s", model, data, sum(ds.part_counts()),
              "  ".join(f"{k} {v:.4f}" for k, v in results.items()))
@@ -127,7 +129,7 @@ def _warn_np_ignored(np: Optional[int], env: Environment) -> None:
 
 
 def predict(model: str, data: str, output: str, batch_size: int = 256, label: str = "label",
-            unsafe_deserialization: bool = False, preprocess: str = "scale",
+            unsafe_deserialization: bool = False, preprocess: str = "auto",
             x_key: Optional[str] = None, y_key: Optional[str] = None,
             classes: Optional[str] = None, import_: Union[str, Sequence[str], None] = None) -> str:
     """Write the model's outputs for every record of `data`, in file order, to `output`:
@@ -153,9 +155,10 @@ def predict(model: str, data: str, output: str, batch_size: int = 256, label: st
     if kind == ".csv" and (len(net.output_shape) != 2 or (names and len(names) != net.output_shape[-1])):
         raise DistftError(f"--output={output}: the model's output {net.output_shape} is not one "
                           f"probability per class{f' of {len(names)}' if names else ''}: write .npy")
+    feed = _feed(preprocess, model, net, ds, worker)
     # Split by record (every worker reads all files) so the outputs interleave back in order.
     stream = ds.stream(worker.rank, worker.size, batch_size, tuple(net.input_shape[1:]),
-                       training=False, by_record=True, preprocess=preprocess).map(lambda x, y: x)
+                       training=False, by_record=True, preprocess=feed).map(lambda x, y: x)
     mine = net.predict(stream, verbose=0)
     parts = worker.gather(mine)
     if worker.rank == 0:
@@ -183,6 +186,18 @@ def _open(data: str, label: str, x_key: Optional[str], y_key: Optional[str], mod
     if names:
         worker.all_ok(lambda: ds.use_classes(names, f"the model's classes.json"))
     return worker, ds
+
+
+def _feed(preprocess: str, model: str, net, ds, worker) -> str:
+    """The --preprocess for `net` (loaded from `model`): with auto, what its training run fed
+    (the config.yaml beside it) or what its first layers expect; logged by rank 0."""
+    from distft.model import preprocessing
+
+    trained = worker.all_ok(lambda: preprocessing.trained_with(model))
+    feed = worker.all_ok(lambda: preprocessing.choose(preprocess, net, ds.schema, trained))
+    if worker.rank == 0:
+        feed.report()
+    return feed.preprocess
 
 
 def _class_names(model: str, classes: Optional[str]) -> list[str]:

@@ -30,7 +30,7 @@ class Commands:
         api.train(config, **options)
 
     def evaluate(self, model: str, data: str, batch_size: int = 256, label: str = "label",
-                 unsafe_deserialization: bool = False, preprocess: str = "scale",
+                 unsafe_deserialization: bool = False, preprocess: str = "auto",
                  x_key: Optional[str] = None, y_key: Optional[str] = None,
                  classes: Optional[str] = None, metrics: Optional[str] = None,
                  np: Optional[int] = None, output: Optional[str] = None,
@@ -48,7 +48,7 @@ class Commands:
 
     def predict(self, model: str, data: str, output: str, batch_size: int = 256,
                 label: str = "label", unsafe_deserialization: bool = False,
-                preprocess: str = "scale", x_key: Optional[str] = None,
+                preprocess: str = "auto", x_key: Optional[str] = None,
                 y_key: Optional[str] = None, classes: Optional[str] = None,
                 import_: Optional[str] = None) -> None:
         """Write MODEL's outputs for each record of DATA, in order, to OUTPUT: .npy, or .csv

@@ -21,7 +21,7 @@ OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
 SCHEDULES = ("constant", "cosine")
 COMPRESSIONS = ("none", "fp16")
 CONTROLLERS = ("gloo", "mpi")
-PREPROCESSING = ("scale", "none", "convnext", "densenet", "efficientnet", "efficientnet_v2",
+PREPROCESSING = ("auto", "scale", "none", "convnext", "densenet", "efficientnet", "efficientnet_v2",
                  "inception_resnet_v2", "inception_v3", "mobilenet", "mobilenet_v2", "mobilenet_v3",
                  "nasnet", "regnet", "resnet", "resnet50", "resnet_rs", "resnet_v2", "vgg16", "vgg19",
                  "xception")
@@ -83,9 +83,10 @@ class TrainConfig:
     seed: int = field(default=42, metadata={"help": "seed for weights of the new head and shuffling"})
     shuffle_buffer: int = field(default=10000, metadata={"help": "records in each worker's shuffle buffer"})
     # Data pipeline
-    preprocess: str = field(default="scale", metadata={
-        "help": "images: scale to [0,1], or a keras.applications family's preprocess_input "
-                "(mobilenet_v2, resnet50, efficientnet, ...)"})
+    preprocess: str = field(default="auto", metadata={
+        "help": "images: auto ([0,255] when the model starts with Rescaling or Normalization, "
+                "else [0,1]), scale to [0,1], none ([0,255]), or a keras.applications family's "
+                "preprocess_input (mobilenet_v2, resnet50, efficientnet, ...)"})
     augment: Optional[tuple] = field(default=None, metadata={
         "help": "images, training only: any of flip,crop,rotate,color"})
     cache: Optional[str] = field(default=None, metadata={

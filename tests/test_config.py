@@ -70,7 +70,7 @@ def test_yaml_that_does_not_parse_or_names_unknown_option(tmp_path):
 def test_data_pipeline_options_are_checked():
     cfg = TrainConfig.resolve(**REQUIRED, preprocess="mobilenet_v2", augment="flip,color", cache="memory")
     assert (cfg.preprocess, cfg.augment, cfg.cache) == ("mobilenet_v2", ("flip", "color"), "memory")
-    with pytest.raises(DistftError, match="--preprocess=mobilenet9 is not one of scale"):
+    with pytest.raises(DistftError, match="--preprocess=mobilenet9 is not one of auto"):
         TrainConfig.resolve(**REQUIRED, preprocess="mobilenet9")
     with pytest.raises(DistftError, match="--augment=flip,blur: blur unknown; use any of "
                                           "flip,crop,rotate,color"):

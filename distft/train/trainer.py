@@ -19,6 +19,7 @@ from distft.data.dataset import DataSet
 from distft.errors import DistftError, Stopped, root_cause
 from distft.launch.environment import launched_at
 from distft.model import head as heads, unfreeze as unfreezing
+from distft.model import preprocessing
 from distft.model.prepare import FineTuneModel, combined_checksum, layer_checksums, prepare
 from distft.train import frozen_cache, methods, optim, seeds, sync_bn
 from distft.train.callbacks.checkpointing import Checkpointing
@@ -71,6 +72,8 @@ def run(cfg: TrainConfig, worker: Optional[Worker] = None) -> dict[str, Any]:
 
     methods.use_xla(cfg.jit)
     ft = worker.all_ok(lambda: _prepare(cfg, train_data))
+    feed = preprocessing.choose(cfg.preprocess, ft.model, train_data.schema)
+    cfg.preprocess = feed.preprocess  # config.yaml records what was fed, for evaluate and predict
     plan = worker.all_ok(lambda: methods.plan(ft, cfg))
     parts = worker.all_ok(lambda: frozen_cache.split_model(ft, plan, cfg)) if cfg.cache_frozen else None
     check_fit(ft, train_data, cfg.num_classes)
@@ -119,6 +122,7 @@ def run(cfg: TrainConfig, worker: Optional[Worker] = None) -> dict[str, Any]:
         folder.prepare(cfg.overwrite)
         cfg.save(folder.file("config.yaml"))
         _log_start(cfg, worker, ft, train_data, total, steps, resume_from, (initial_epoch, skip), placement)
+        feed.report()
         methods.describe(cfg, plan)
         if train_data.classes:  # the names of the model's outputs, in order
             folder.write_json("classes.json", {"class_names": train_data.classes})

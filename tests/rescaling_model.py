@@ -1,0 +1,39 @@
+"""A Keras-tutorial style model written by stock Keras alone (run as a script; no distft import):
+Rescaling(1/255) first, pretrained on digits 0-4 as 32x32 RGB pixels in [0, 255].
+
+Example:
+    python tests/rescaling_model.py base.keras
+"""
+import sys
+
+import keras
+import numpy as np
+from sklearn.datasets import load_digits
+
+
+def pixels(images: np.ndarray) -> np.ndarray:
+    """8x8 digits in [0, 16] -> 32x32 RGB uint8 in [0, 255]."""
+    big = np.repeat(np.repeat(images * (255 / 16), 4, axis=1), 4, axis=2)
+    return np.repeat(big[..., None], 3, axis=-1).round().astype(np.uint8)
+
+
+if __name__ == "__main__":
+    keras.utils.set_random_seed(0)
+    digits = load_digits()
+    low = digits.target < 5
+    L = keras.layers
+    model = keras.Sequential([
+        L.Input((32, 32, 3)),
+        L.Rescaling(1 / 255, name="rescaling"),
+        L.Conv2D(16, 3, activation="relu", name="conv1"),
+        L.MaxPooling2D(name="pool1"),
+        L.Conv2D(32, 3, activation="relu", name="conv2"),
+        L.MaxPooling2D(name="pool2"),
+        L.Flatten(name="flatten"),
+        L.Dense(32, activation="relu", name="features"),
+        L.Dense(5, activation="softmax", name="classes"),
+    ], name="rescaling_cnn")
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    model.fit(pixels(digits.images[low]).astype("float32"), digits.target[low], epochs=10,
+              batch_size=32, verbose=0)
+    model.save(sys.argv[1])
