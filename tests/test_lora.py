@@ -43,6 +43,7 @@ def test_only_the_factors_and_the_head_train_and_the_merged_model_is_plain(trans
     import keras
 
     from distft.model import lora
+    from distft.model.prepare import prepare
 
     ft = lora_model(transformer)
     trained = {v.path for v in ft.model.trainable_variables}
@@ -80,6 +81,12 @@ def test_only_the_factors_and_the_head_train_and_the_merged_model_is_plain(trans
                                rtol=1e-5, atol=1e-6)
     assert not np.allclose(plain.get_layer("ffn_1").get_weights()[0],
                            keras.models.load_model(transformer["model"]).get_layer("ffn_1").get_weights()[0])
+    # Keras's own save keeps lora_rank and reloads with zeroed factors: distft loads plain layers.
+    ft.model.save(tmp_path / "keras_lora.keras")
+    again = prepare(str(tmp_path / "keras_lora.keras"), unfreeze="all")
+    assert not lora.layers_with_lora(again.model) and again.frozen_params == 0
+    np.testing.assert_allclose(again.model.predict(x, verbose=0), ft.model.predict(x, verbose=0),
+                               rtol=1e-5, atol=1e-6)
     lora.save_adapter(ft.model, str(tmp_path / "adapter.npz"))
     with np.load(tmp_path / "adapter.npz") as z:
         assert int(z["lora_rank"]) == 4 and float(z["lora_alpha"]) == 4

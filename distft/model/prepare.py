@@ -64,7 +64,9 @@ def prepare(model: str, num_classes: Optional[int] = None, unfreeze: Optional[st
     target shape). A mixed `precision` becomes Keras' global policy first (see
     model/precision.py)."""
     mixed.use(precision)
-    base = loading.load(model, weights, input_shape, unsafe_deserialization)
+    # A file Keras saved with LoRA on holds merged kernels and reloads with zeroed factors
+    # (which can never train): plain layers instead.
+    base = lora.merged(loading.load(model, weights, input_shape, unsafe_deserialization))
     if isinstance(base, keras.Sequential):  # one graph of leaf layers, as functional models are
         base = keras.Model(base.inputs[0], base.outputs[0], name=base.name)
     base = mixed.cast(base, precision)
