@@ -68,8 +68,8 @@ def enable(leaves: list[keras.layers.Layer], whole: set[int], rank: int,
         try:
             layer.enable_lora(rank, lora_alpha=alpha)
         except (ValueError, NotImplementedError) as e:  # a kernel constraint, GPTQ, LoRA already on
-            raise DistftError(f"--lora: layer {layer.path}: {e} Leave it out with --lora_layers"
-                              ) from None
+            raise DistftError(f"--lora: layer {layer.path} cannot take LoRA ({e}): leave it out "
+                              "with --lora_layers") from None
     return [l.path for _, l in chosen]
 
 
