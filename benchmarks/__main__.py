@@ -10,7 +10,7 @@ from __future__ import annotations
 import sys
 from typing import Callable
 
-from benchmarks import (bytes_read, frozen_cache, input, layouts, memory, overhead, report,
+from benchmarks import (bytes_read, frozen_cache, input, layouts, lora, memory, overhead, report,
                         tensorboard_cost, tuning)
 
 BENCHMARKS: dict[str, Callable[[list[str]], int]] = {
@@ -20,6 +20,8 @@ BENCHMARKS: dict[str, Callable[[list[str]], int]] = {
     "memory": memory.main, "input": input.main, "bytes_read": bytes_read.main,
     # Data layouts (issue #14)
     "layouts": layouts.main,
+    # Bring your own model (issue 20)
+    "lora": lora.main,
 }
 
 

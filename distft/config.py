@@ -10,6 +10,7 @@ import dataclasses
 import difflib
 import keyword
 import os
+import re
 from dataclasses import dataclass, field
 from typing import Any, Optional, Union, get_args, get_origin, get_type_hints
 
@@ -104,6 +105,15 @@ class TrainConfig:
     precision: str = field(default="float32", metadata={"help": "|".join(PRECISIONS)})
     jit: bool = field(default=False, metadata={"help": "compile the train step with XLA"})
     ema: float = field(default=0.0, metadata={"help": "moving average of the weights, e.g. 0.999 (0: off)"})
+    lora: int = field(default=0, metadata={
+        "help": "LoRA rank: train low-rank factors of Dense/EinsumDense/Embedding layers (0: off)"})
+    lora_layers: Optional[str] = field(default=None, metadata={
+        "help": "regex on layer paths (e.g. 'query|value') for --lora (default: all those that "
+                "do not train whole)"})
+    lora_alpha: Optional[float] = field(default=None, metadata={
+        "help": "LoRA scale: updates are alpha/rank * A @ B (default: the rank)"})
+    save_adapter: bool = field(default=False, metadata={
+        "help": "with --lora: also write the factors alone to adapter.npz"})
     # Run
     threads: Optional[int] = field(default=None, metadata={"help": "CPU threads per worker"})
     log_every: int = field(default=50, metadata={"help": "steps between step-level logs"})
@@ -205,6 +215,27 @@ class TrainConfig:
                                   f"reached with --epochs={self.epochs}: raise --epochs or drop it")
         if self.lr_mult is not None:
             stages.parse_lr_mult(self.lr_mult)
+        self._check_lora()
+
+    def _check_lora(self) -> None:
+        if self.lora < 0:
+            raise DistftError(f"--lora is the LoRA rank (0: off), got {self.lora}: pass e.g. --lora=8")
+        if not self.lora:
+            given = [n for n in ("lora_layers", "lora_alpha", "save_adapter")
+                     if getattr(self, n) is not None and getattr(self, n) is not False]
+            if given:
+                raise DistftError(f"--{given[0]} needs --lora=RANK: pass it, e.g. --lora=8")
+            return
+        if self.lora_alpha is not None and self.lora_alpha <= 0:
+            raise DistftError(f"--lora_alpha must be positive, got {self.lora_alpha}")
+        if self.unfreeze_schedule is not None:
+            raise DistftError("--lora and --unfreeze_schedule exclude each other: pass one")
+        if self.lora_layers is not None:
+            try:
+                re.compile(self.lora_layers)
+            except re.error as e:
+                raise DistftError(f"--lora_layers={self.lora_layers}: bad regular expression ({e})"
+                                  ) from None
 
     def _check_tensorboard(self) -> None:
         if self.histograms < 0:

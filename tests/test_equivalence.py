@@ -79,6 +79,7 @@ CASES = {
     "grad_accum": Case({"grad_accum": 2}),
     "ema": Case({"ema": 0.9}, files=("model.keras", "model_ema.keras")),
     "cache_frozen": Case({"cache_frozen": True}),
+    "lora": Case({"lora": 4, "unfreeze": "none"}),  # factors on `features`, merged into model.keras
     "one_hot_targets": Case(data="one_hot"),
     "multi_label_targets": Case(data="multi_label"),
     "regression_targets": Case(data="regression"),

@@ -15,7 +15,7 @@ import tensorflow as tf
 
 from distft.errors import DistftError
 from distft.model import head as heads
-from distft.model import loading, precision as mixed, unfreeze as unfreezing
+from distft.model import loading, lora, precision as mixed, unfreeze as unfreezing
 
 
 @dataclass
@@ -35,8 +35,7 @@ class FineTuneModel:
     def frozen_params(self) -> int:
         """Weights of the layers that do not train (a training BatchNorm layer's moving
         statistics change, so they are not counted)."""
-        return unfreezing.count_params([w for l in unfreezing.flatten(self.model)
-                                        if not l.trainable for w in l.weights])
+        return unfreezing.count_params([w for l in unfreezing.flatten(self.model) for w in _frozen(l)])
 
     @property
     def input_shape(self) -> tuple:
@@ -55,14 +54,19 @@ def prepare(model: str, num_classes: Optional[int] = None, unfreeze: Optional[st
             input_shape: Optional[tuple] = None, loss: Optional[str] = None,
             metrics: Optional[tuple] = None, seed: int = 0,
             unsafe_deserialization: bool = False, precision: str = "float32",
-            target_shape: tuple = ()) -> FineTuneModel:
-    """Load `model`, replace its head if `num_classes`, and set which layers train.
+            target_shape: tuple = (), lora_rank: int = 0, lora_layers: Optional[str] = None,
+            lora_alpha: Optional[float] = None) -> FineTuneModel:
+    """Load `model`, replace its head if `num_classes`, and set which layers train; with
+    `lora_rank`, LoRA factors on `lora_layers` (model/lora.py) train beside `unfreeze` (default
+    none).
 
     The default loss and metrics follow the head and `target_shape` (the data's per-record
     target shape). A mixed `precision` becomes Keras' global policy first (see
     model/precision.py)."""
     mixed.use(precision)
-    base = loading.load(model, weights, input_shape, unsafe_deserialization)
+    # A file Keras saved with LoRA on holds merged kernels and reloads with zeroed factors
+    # (which can never train): plain layers instead.
+    base = lora.merged(loading.load(model, weights, input_shape, unsafe_deserialization))
     if isinstance(base, keras.Sequential):  # one graph of leaf layers, as functional models are
         base = keras.Model(base.inputs[0], base.outputs[0], name=base.name)
     base = mixed.cast(base, precision)
@@ -82,8 +86,10 @@ def prepare(model: str, num_classes: Optional[int] = None, unfreeze: Optional[st
         full = base
     head_ids = {id(l) for l in head}
     body = [l for l in unfreezing.flatten(full) if id(l) not in head_ids]
-    spec = unfreeze if unfreeze is not None else ("none" if num_classes else "all")
+    spec = unfreeze if unfreeze is not None else ("none" if num_classes or lora_rank else "all")
     chosen = unfreezing.select(body, spec, train_bn)
+    if lora_rank:
+        lora.enable(body, chosen, lora_rank, lora_alpha, lora_layers)
     unfreezing.apply(full, body, chosen, train_bn)
     for layer in head:
         layer.trainable = True
@@ -94,6 +100,16 @@ def prepare(model: str, num_classes: Optional[int] = None, unfreeze: Optional[st
     return FineTuneModel(full, loss or default_loss, list(metrics) if metrics else default_metrics,
                          [l.name for l in body + head if l.trainable and l.weights],
                          [l.name for l in head], tuple(target_shape))
+
+
+def _frozen(layer: keras.layers.Layer) -> list:
+    """The weights of `layer` that do not train: all of a frozen layer's; of a trainable one,
+    those created trainable and frozen since (a LoRA layer's kernel), not those that change
+    without training (BatchNorm's moving statistics, created non-trainable)."""
+    if not layer.trainable:
+        return layer.weights
+    kind = {id(v) for sub in layer._flatten_layers() for v in sub._trainable_variables}
+    return [w for w in layer.weights if not w.trainable and id(w) in kind]
 
 
 def weights_checksum(model: keras.Model) -> str:

@@ -17,6 +17,7 @@ import keras
 import tensorflow as tf
 
 from distft.errors import DistftError
+from distft.model import lora
 
 
 def flatten(layer: keras.layers.Layer) -> list[keras.layers.Layer]:
@@ -73,10 +74,21 @@ def _close(word: str, names: list[str]) -> str:
 
 def apply(model: keras.Model, layers: list[keras.layers.Layer], chosen: set[int],
           train_bn: bool = False) -> None:
-    """Set `trainable` on every leaf layer; containers stay trainable so leaves decide."""
+    """Set `trainable` on every leaf layer; containers stay trainable so leaves decide. A leaf
+    holding LoRA layers (model/lora.py) trains their factors alone."""
     _containers_trainable(model)
     for i, layer in enumerate(layers):
         layer.trainable = i in chosen and (train_bn or not _is_bn(layer))
+        if lora.layers_with_lora(layer):
+            _factors_only(layer)
+
+
+def _factors_only(layer: keras.layers.Layer) -> None:
+    """Train the LoRA factors in `layer` and nothing else: Keras's `enable_lora` freezes the
+    kernel but leaves the bias trainable, and setting `trainable` on a layer undoes it."""
+    layer.trainable = True
+    for weight in layer.weights:
+        weight.trainable = lora.is_factor(weight)
 
 
 def _containers_trainable(layer: keras.layers.Layer) -> None:

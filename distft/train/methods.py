@@ -14,7 +14,7 @@ import tensorflow as tf
 
 from distft import log
 from distft.config import TrainConfig
-from distft.model import stages, unfreeze as unfreezing
+from distft.model import lora, stages, unfreeze as unfreezing
 from distft.model.prepare import FineTuneModel
 from distft.train.layerwise import scale_updates
 
@@ -67,6 +67,13 @@ def describe(cfg: TrainConfig, the_plan: stages.Plan) -> None:
             the_plan.describe(the_plan.current))
     if cfg.precision != "float32" or cfg.jit:
         log.info("precision %s%s", cfg.precision, ", XLA auto-clustering" if cfg.jit else "")
+    if cfg.lora:
+        info = lora.summary(the_plan.ft.model)
+        log.info("LoRA rank %d, alpha %g, on %d layers (%s): %d factor weights train, the layers' "
+                 "own weights stay frozen; model.keras gets the factors merged%s", info["rank"],
+                 info["alpha"], len(info["layers"]), ", ".join(info["layers"][:6]) +
+                 (" ..." if len(info["layers"]) > 6 else ""), info["factor_params"],
+                 ", adapter.npz the factors alone" if cfg.save_adapter else "")
     if cfg.ema:
         log.info("EMA of the weights, decay %g: validated as val_ema_*, saved as model_ema.keras",
                  cfg.ema)

@@ -2,8 +2,9 @@
 and write final files atomically. Rank 0 only.
 
 Layout: `config.yaml`, `checkpoints/epoch-NNNN/`, `tensorboard/{train,validation}/`,
-`model.keras`, `metrics.json` (its presence marks a finished run), `classes.json` (class names,
-when the data has them: image folders, CSV class-name labels, shards' manifests).
+`model.keras`, `adapter.npz` (--save_adapter), `metrics.json` (its presence marks a finished
+run), `classes.json` (class names, when the data has them: image folders, CSV class-name labels,
+shards' manifests).
 """
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from distft.files import atomic_write, write_json
 from distft.train.checkpoint import CheckpointStore
 
 OUTPUTS = ("checkpoints", "tensorboard", "model.keras", "model_ema.keras", "metrics.json",
-           "config.yaml", "classes.json")
+           "config.yaml", "classes.json", "adapter.npz")
 
 
 class RunFolder:

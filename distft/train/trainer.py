@@ -18,8 +18,8 @@ from distft.config import TrainConfig, default_output_dir
 from distft.data.dataset import DataSet
 from distft.errors import DistftError, Stopped, root_cause
 from distft.launch.environment import launched_at
-from distft.model import head as heads, unfreeze as unfreezing
-from distft.model import preprocessing
+from distft.files import atomic_write
+from distft.model import head as heads, lora, preprocessing, unfreeze as unfreezing
 from distft.model.prepare import FineTuneModel, combined_checksum, layer_checksums, prepare
 from distft.train import frozen_cache, methods, optim, seeds, sync_bn
 from distft.train.callbacks.checkpointing import Checkpointing
@@ -235,11 +235,15 @@ def run(cfg: TrainConfig, worker: Optional[Worker] = None) -> dict[str, Any]:
         metrics["stages"] = unfreezing.record
     if ema:
         metrics["ema_checksums"] = worker.gather(ema.checksum(ft.model))
+    if cfg.lora:
+        metrics["lora"] = lora.summary(ft.model)
     if worker.rank == 0:
         path = folder.save_model(_plain(ft.model))
         if ema:
             with ema.swapped():
                 folder.save_model(_plain(ft.model, f"{ft.model.name}_ema"), "model_ema.keras")
+        if cfg.save_adapter:
+            atomic_write(folder.file("adapter.npz"), lambda tmp: lora.save_adapter(ft.model, tmp))
         folder.write_json("metrics.json", metrics)
         if not differing:
             log.info("weights identical on all %d workers (checksum %s)", worker.size, checksums[0])
@@ -289,8 +293,9 @@ def compile_for_workers(model: keras.Model, optimizer: keras.optimizers.Optimize
 
 
 def _plain(model: keras.Model, name: Optional[str] = None) -> keras.Model:
-    """`model` as a plain functional model, for saving: no distft train step or compile state."""
-    return keras.Model(_single(model.inputs), _single(model.outputs), name=name or model.name)
+    """`model` as a plain functional model, for saving: no distft train step or compile state,
+    LoRA factors merged."""
+    return lora.merged(keras.Model(_single(model.inputs), _single(model.outputs), name=name or model.name))
 
 
 def _single(tensors: list) -> Any:
@@ -308,7 +313,8 @@ def _open_data(cfg: TrainConfig) -> tuple[DataSet, Optional[DataSet]]:
 def _prepare(cfg: TrainConfig, data: DataSet) -> FineTuneModel:
     return prepare(cfg.model, cfg.num_classes, cfg.unfreeze, cfg.head_dropout, cfg.train_bn,
                    cfg.weights, cfg.input_shape, cfg.loss, cfg.metrics, cfg.seed,
-                   cfg.unsafe_deserialization, cfg.precision, data.schema.y_shape)
+                   cfg.unsafe_deserialization, cfg.precision, data.schema.y_shape,
+                   lora_rank=cfg.lora, lora_layers=cfg.lora_layers, lora_alpha=cfg.lora_alpha)
 
 
 def check_fit(ft: FineTuneModel, data: DataSet, num_classes: Optional[int] = None) -> None:

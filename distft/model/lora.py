@@ -1,0 +1,117 @@
+"""LoRA: low-rank factors on Dense, EinsumDense and Embedding layers (Keras 3's `enable_lora`),
+trained while the layers' own weights stay frozen; merged into plain layers for the final model.
+
+`--lora=RANK` turns it on for the layers whose path (Keras' `layer.path`, e.g. `mha/query` for a
+MultiHeadAttention's query projection) `--lora_layers=PATTERN` matches (a regular expression,
+searched); by default every such layer that does not train whole (not the new head, not a layer
+of `--unfreeze`). A layer's weight W then computes as W + alpha/RANK * A @ B, where A (he_uniform)
+and B (zeros) are the factors and alpha is `--lora_alpha` (default RANK).
+
+Keras's own save merges the factors into W but keeps `lora_rank` in the layer's config, and a
+reload re-enables LoRA with zeroed factors (keras#23244): distft's checkpoints hold the factors
+as variables of their own (TensorFlow checkpoints), and `merged` strips LoRA from the model
+it saves.
+
+Example:
+    paths = enable(body_layers, whole=set(), rank=8, alpha=None, pattern="query|value")
+    plain = merged(model)                      # no lora_rank in its config; same predictions
+    save_adapter(model, "runs/a/adapter.npz")  # the factors alone, by variable path
+"""
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+from typing import Any, Optional
+
+import keras
+import numpy as np
+
+from distft.errors import DistftError
+
+TARGETS = (keras.layers.Dense, keras.layers.EinsumDense, keras.layers.Embedding)
+
+
+def is_factor(variable) -> bool:
+    """A LoRA factor (`lora_kernel_a`, `lora_embeddings_b`, ...), by Keras' variable name."""
+    return variable.name.startswith("lora_")
+
+
+def layers_with_lora(layer: keras.layers.Layer) -> list[keras.layers.Layer]:
+    """The LoRA-enabled layers in `layer` (itself and nested sublayers, e.g. a
+    MultiHeadAttention's projections)."""
+    return [l for l in layer._flatten_layers() if getattr(l, "lora_enabled", False)]
+
+
+def enable(leaves: list[keras.layers.Layer], whole: set[int], rank: int,
+           alpha: Optional[float] = None, pattern: Optional[str] = None) -> list[str]:
+    """Enable LoRA of `rank` on the Dense, EinsumDense and Embedding layers in `leaves` (the
+    model's leaf layers; nested sublayers included) whose path `pattern` matches, or on all of
+    them outside the leaves `whole` (indices of layers that train whole); their paths."""
+    found = [(i, sub) for i, leaf in enumerate(leaves) for sub in leaf._flatten_layers()
+             if isinstance(sub, TARGETS) and sub.weights]
+    if pattern:
+        chosen = [(i, l) for i, l in found if re.search(pattern, l.path)]
+        clash = [l.path for i, l in chosen if i in whole]
+        if clash:
+            raise DistftError(f"--lora_layers={pattern} matches {', '.join(clash[:4])}, which "
+                              "--unfreeze trains whole: narrow the pattern or --unfreeze")
+    else:
+        chosen = [(i, l) for i, l in found if i not in whole]
+    if not chosen:
+        kinds = "Dense, EinsumDense or Embedding layer"
+        raise DistftError(f"--lora_layers={pattern} matches no {kinds}: see the paths of "
+                          f"{', '.join(l.path for _, l in found[:6]) or 'none'}" if pattern else
+                          f"--lora found no {kinds} outside --unfreeze and the head: unfreeze "
+                          "fewer layers or use --unfreeze alone")
+    for _, layer in chosen:
+        try:
+            layer.enable_lora(rank, lora_alpha=alpha)
+        except (ValueError, NotImplementedError) as e:  # a kernel constraint, GPTQ, LoRA already on
+            raise DistftError(f"--lora: layer {layer.path} cannot take LoRA ({e}): leave it out "
+                              "with --lora_layers") from None
+    return [l.path for _, l in chosen]
+
+
+def summary(model: keras.Model) -> dict[str, Any]:
+    """Rank, alpha, the layers' paths and the number of factor weights (for logs and metrics)."""
+    layers = layers_with_lora(model)
+    return {"rank": layers[0].lora_rank, "alpha": layers[0].lora_alpha,
+            "layers": [l.path for l in layers],
+            "factor_params": int(sum(np.prod(v.shape) for l in layers for v in l.weights
+                                     if is_factor(v)))}
+
+
+def merged(model: keras.Model) -> keras.Model:
+    """`model` rebuilt with plain layers holding W + alpha/rank * A @ B (what Keras's save
+    writes for a LoRA layer), so that stock Keras loads it as trained; `model` itself when it
+    has no LoRA layer."""
+    if not layers_with_lora(model):
+        return model
+    config = _without_lora(keras.saving.serialize_keras_object(model))
+    # The model was loaded already (Lambda code only with --unsafe_deserialization).
+    plain = keras.saving.deserialize_keras_object(config, safe_mode=False)
+    with tempfile.TemporaryDirectory(prefix="distft-lora-") as tmp:
+        path = os.path.join(tmp, "merged.weights.h5")
+        model.save_weights(path)  # Keras writes each LoRA layer's merged kernel
+        plain.load_weights(path)
+    return plain
+
+
+def _without_lora(config: Any) -> Any:
+    """A serialized model with every layer's `lora_rank` and `lora_alpha` left out."""
+    if isinstance(config, dict):
+        return {k: _without_lora(v) for k, v in config.items() if k not in ("lora_rank", "lora_alpha")}
+    if isinstance(config, list):
+        return [_without_lora(v) for v in config]
+    return config
+
+
+def save_adapter(model: keras.Model, path: str) -> None:
+    """Write the factors alone as .npz: one array per factor named by its variable path
+    (`mha/query/lora_kernel_a`, `.../lora_kernel_b`, `emb/lora_embeddings_a`, ...), and
+    `lora_rank` and `lora_alpha`."""
+    info = summary(model)
+    arrays = {v.path: np.asarray(v) for l in layers_with_lora(model) for v in l.weights if is_factor(v)}
+    with open(path, "wb") as f:
+        np.savez(f, lora_rank=info["rank"], lora_alpha=info["alpha"], **arrays)
