@@ -4,20 +4,21 @@ Horovod 0.28.1, its last release, ships only as source and always compiles xla_m
 which includes XLA headers that TensorFlow's wheels no longer ship since 2.19: a plain
 `pip install horovod` fails there. `install()` builds it from the source release with that one
 file left out, against the TensorFlow already in this environment, keeps the wheel for the next
-install (per Python, TensorFlow and build), and checks the result with `horovodrun --check-build`.
+install (per Python, TensorFlow and build), and checks what the result has built in.
 
 Example:
     distft install-horovod          # TensorFlow ops with Gloo, and MPI when Open MPI is installed
     distft install-horovod --gpu    # also NCCL: needs CUDA's nvcc and headers, and nccl.h
 
     from distft import horovod_install
-    hvd = horovod_install.load()    # horovod.tensorflow, or a one-line DistftError naming the command
+    hvd = horovod_install.load()    # horovod.tensorflow, or one line naming the command
 """
 from __future__ import annotations
 
 import glob
 import importlib.machinery
 import importlib.metadata
+import json
 import os
 import shutil
 import subprocess
@@ -80,7 +81,7 @@ def horovodrun() -> str:
 
 def install(gpu: Optional[bool] = None, rebuild: bool = False) -> None:
     """Install Horovod, built with TensorFlow against this environment's TensorFlow, into this
-    environment (`sys.executable`), then check it with `horovodrun --check-build`.
+    environment (`sys.executable`), then check what it has built in.
 
     `gpu`: also NCCL (default: when HOROVOD_GPU_OPERATIONS=NCCL is set, or TensorFlow is built
     with CUDA and nvcc is found). MPI is built in when Open MPI's `mpicxx` is on PATH.
@@ -120,10 +121,10 @@ def install(gpu: Optional[bool] = None, rebuild: bool = False) -> None:
     _pip("install", wheel, *(["--force-reinstall", "--no-deps"] if _installed() else []),
          fix="pip could not install the wheel; see its message above")
     report, missing = _check_build(parts)
-    print(report.strip())
+    log.info("%s", report)
     if missing:
-        raise DistftError(f"Horovod lacks {', '.join(missing)} (see '{horovodrun()} "
-                          f"--check-build' above): run '{COMMAND} --rebuild'")
+        raise DistftError(f"Horovod lacks {', '.join(missing)} ({report}): "
+                          f"run '{COMMAND} --rebuild'")
     log.info("Horovod %s is ready in %s: try 'distft demo'", HOROVOD_VERSION, sys.executable)
 
 
@@ -160,7 +161,8 @@ def _gpu(gpu: Optional[bool], tf, env: dict) -> bool:
         raise DistftError("--gpu: nvcc (the CUDA toolkit) is not on PATH: module load cuda, or add "
                           "CUDA's bin folder to PATH (CUDA headers matching TensorFlow's CUDA "
                           f"{tf.sysconfig.get_build_info().get('cuda_version', '')})")
-    cuda_home = os.environ.get("HOROVOD_CUDA_HOME") or os.path.dirname(os.path.dirname(os.path.realpath(nvcc)))
+    cuda_home = (os.environ.get("HOROVOD_CUDA_HOME")
+                 or os.path.dirname(os.path.dirname(os.path.realpath(nvcc))))
     nccl_home = os.environ.get("HOROVOD_NCCL_HOME") or os.environ.get("NCCL_HOME", "")
     headers = [os.environ.get("HOROVOD_NCCL_INCLUDE", ""), os.path.join(nccl_home, "include"),
                os.path.join(cuda_home, "include"), "/usr/include", "/usr/local/include"]
@@ -200,8 +202,8 @@ def _build(env: dict, folder: str) -> str:
     """Build Horovod's wheel from its source release without xla_mpi_ops.cc; return it, moved
     into `folder`."""
     with tempfile.TemporaryDirectory(prefix="distft-horovod-") as src:
-        _pip("download", "--no-deps", "--no-binary", ":all:", "-d", src, f"horovod=={HOROVOD_VERSION}",
-             fix="check that PyPI (or your pip index) is reachable")
+        _pip("download", "--no-deps", "--no-binary", ":all:", "-d", src,
+             f"horovod=={HOROVOD_VERSION}", fix="check that PyPI (or your pip index) is reachable")
         subprocess.run(["tar", "-xzf", os.path.join(src, f"horovod-{HOROVOD_VERSION}.tar.gz"),
                         "-C", src], check=True)
         tree = os.path.join(src, f"horovod-{HOROVOD_VERSION}")
@@ -230,13 +232,18 @@ def leave_out_xla_ops(cmakelists: str) -> None:
 
 
 def _check_build(parts: list[str]) -> tuple[str, list[str]]:
-    """`horovodrun --check-build`'s report, and which of `parts` it does not show built in."""
-    try:
-        report = subprocess.run([horovodrun(), "--check-build"], capture_output=True, text=True,
-                                env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")).stdout
-    except OSError:  # no horovodrun: Horovod is not installed
-        return "", parts
-    return report, [p for p in parts if f"[X] {p}" not in report]
+    """What Horovod in this environment has built in (as `horovodrun --check-build` says, in one
+    process instead of one per framework), and which of `parts` it lacks."""
+    probe = ("import json, horovod.tensorflow as h; print(json.dumps({'TensorFlow': True, "
+             "'Gloo': h.gloo_built(), 'MPI': h.mpi_built(), 'NCCL': h.nccl_built()}))")
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                          env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+    if done.returncode or not os.path.exists(horovodrun()):
+        reason = (done.stderr.strip().splitlines() or [f"no {horovodrun()}"])[-1]
+        return f"Horovod does not load: {reason}", parts
+    built = json.loads(done.stdout.strip().splitlines()[-1])
+    report = ", ".join(f"[{'X' if built[p] else ' '}] {p}" for p in built)
+    return f"Horovod {_installed()}: {report}", [p for p in parts if not built[p]]
 
 
 def _installed(name: str = "horovod") -> Optional[str]:
