@@ -152,15 +152,16 @@ def _gpu(gpu: Optional[bool], tf, env: dict) -> bool:
             log.info("TensorFlow is built with CUDA but nvcc is not on PATH: building for CPU "
                      "only (pass --gpu to require NCCL)")
     if not gpu:
+        env.pop("HOROVOD_GPU_OPERATIONS", None)
         return False
     if not cuda:
         raise DistftError(f"--gpu: TensorFlow {tf.__version__} here is built without CUDA "
                           "(tensorflow-cpu?): install 'tensorflow[and-cuda]==2.21.0' or a GPU "
                           "build of TensorFlow first")
     if not nvcc:
-        raise DistftError("--gpu: nvcc (the CUDA toolkit) is not on PATH: module load cuda, or add "
-                          "CUDA's bin folder to PATH (CUDA headers matching TensorFlow's CUDA "
-                          f"{tf.sysconfig.get_build_info().get('cuda_version', '')})")
+        raise DistftError("--gpu: nvcc is not on PATH: load the CUDA toolkit of TensorFlow's CUDA "
+                          f"{tf.sysconfig.get_build_info().get('cuda_version', '')} (module load "
+                          "cuda, or add its bin folder to PATH)")
     cuda_home = (os.environ.get("HOROVOD_CUDA_HOME")
                  or os.path.dirname(os.path.dirname(os.path.realpath(nvcc))))
     nccl_home = os.environ.get("HOROVOD_NCCL_HOME") or os.environ.get("NCCL_HOME", "")
