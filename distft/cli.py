@@ -6,6 +6,7 @@
     distft inspect  --model=PATH [--num_classes=K --unfreeze=SPEC]
     distft shard    --input=SRC --output_dir=DIR --num_shards=K [--compression=GZIP]
     distft demo
+    distft install-horovod [--gpu] [--rebuild]
 """
 from __future__ import annotations
 
@@ -136,6 +137,16 @@ class Commands:
         from distft.demo import run_demo
 
         run_demo(output_dir, int(np), int(epochs), controller)
+
+    def install_horovod(self, gpu: Optional[bool] = None, rebuild: bool = False) -> None:
+        """Build Horovod 0.28.1 (without xla_mpi_ops.cc, which TensorFlow >= 2.19 cannot compile)
+        against this environment's TensorFlow and install it here; --gpu adds NCCL (needs nvcc,
+        CUDA headers and nccl.h; default: when TensorFlow is built with CUDA and nvcc is found).
+        The wheel is kept in ~/.cache/distft/wheels, so installing again takes seconds;
+        --rebuild builds anew."""
+        from distft.horovod_install import install
+
+        install(None if gpu is None else to_bool(gpu), to_bool(rebuild))
 
 
 def _str(value: Any) -> Optional[str]:

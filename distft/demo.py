@@ -88,7 +88,9 @@ def run_demo(output_dir: str = "distft-demo", np: int = 2, epochs: int = 10,
              controller: str = "gloo") -> dict:
     """Run the whole example; return the fine-tuning metrics."""
     from distft.api import train
+    from distft.horovod_install import require
 
+    require()  # before the pretraining, not after it
     _setup_logging(0, 1, False)
     log.info("demo: pretraining a CNN on digits 0-4 (sklearn's load_digits) -> %s", output_dir)
     paths = make_demo_data(output_dir)

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Set up distft in ./.venv: system packages, TensorFlow (Keras 3), Horovod (MPI + Gloo), distft[dev].
+# Set up distft in ./.venv: system packages, TensorFlow (Keras 3), distft[dev], Horovod (MPI + Gloo).
 # Re-running is quick: each step is skipped when already done.
 #
 # Environment:
@@ -7,12 +7,12 @@
 #   DISTFT_TF                TensorFlow requirement (default: tensorflow-cpu==2.21.0;
 #                            use 'tensorflow[and-cuda]==2.21.0' on GPU machines)
 #   HOROVOD_GPU_OPERATIONS   set to NCCL on GPU machines to build Horovod with NCCL
+#   DISTFT_WHEEL_CACHE       where built Horovod wheels are kept (default ~/.cache/distft/wheels)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PYTHON=${PYTHON:-python3}
 TF_REQ=${DISTFT_TF:-tensorflow-cpu==2.21.0}
-HVD_VERSION=0.28.1
 HUB_REQ=keras-hub==0.32.0  # the version tested; its extra in pyproject.toml is keras-hub>=0.32
 VENV=.venv
 
@@ -54,42 +54,16 @@ if [[ ! -x $VENV/bin/python ]]; then
   "$PYTHON" -m venv "$VENV"
 fi
 PIP=("$VENV/bin/python" -m pip install -q --disable-pip-version-check)
-pip_install() {  # pip, without the warnings some machines' pip.conf causes for each package
-  "${PIP[@]}" "$@" 2> >(grep -v "is ignored: it is neither a file nor a directory" >&2)
+unwarned() {  # a command, without the warnings some machines' pip.conf causes for each package
+  "$@" 2> >(grep -v "is ignored: it is neither a file nor a directory" >&2)
 }
-# Horovod's setup.py needs setuptools (<81 still ships pkg_resources) and wheel in the venv.
+pip_install() { unwarned "${PIP[@]}" "$@"; }
+# Horovod's build needs setuptools and (for setuptools < 70.1, as Python 3.11's venv has) wheel.
 pip_install "setuptools<81" wheel
 
 if ! "$VENV/bin/python" -c "import keras, tensorflow; assert keras.__version__ >= '3'" 2>/dev/null; then
   say "installing $TF_REQ"
   pip_install "$TF_REQ"
-fi
-
-if ! "$VENV/bin/python" -c "import horovod.tensorflow" 2>/dev/null; then
-  # The wheel built here is kept per Python and TensorFlow version, so a second set-up on this
-  # machine (another clone, CI) installs it in seconds instead of compiling again.
-  tag=$("$VENV/bin/python" -c 'import sys, tensorflow as tf; print(f"py{sys.version_info[0]}{sys.version_info[1]}-tf{tf.__version__}")' 2>/dev/null)
-  wheels=${DISTFT_WHEEL_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/distft/wheels}/$tag-${HOROVOD_GPU_OPERATIONS:-cpu}
-  if ! ls "$wheels"/horovod-"$HVD_VERSION"-*.whl >/dev/null 2>&1; then
-    say "building horovod==$HVD_VERSION against TensorFlow (MPI + Gloo; a few minutes the first time)"
-    src=$(mktemp -d)
-    trap 'rm -rf "$src"' EXIT
-    "$VENV/bin/python" -m pip download -q --disable-pip-version-check --no-deps --no-binary :all: \
-      -d "$src" "horovod==$HVD_VERSION" 2> >(grep -v "is ignored: it is neither" >&2)
-    tar -xzf "$src/horovod-$HVD_VERSION.tar.gz" -C "$src"
-    # Horovod 0.28.1 always compiles xla_mpi_ops.cc, its XLA custom-call ops (GPU only, off unless
-    # HOROVOD_ENABLE_XLA_OPS=1). Since TensorFlow 2.19 the wheels no longer ship the XLA headers
-    # it includes, so the build fails there; leaving that one file out is the whole change.
-    sed -i '/xla_mpi_ops.cc/d' "$src/horovod-$HVD_VERSION/horovod/tensorflow/CMakeLists.txt"
-    mkdir -p "$wheels"
-    HOROVOD_WITH_TENSORFLOW=1 HOROVOD_WITHOUT_PYTORCH=1 HOROVOD_WITHOUT_MXNET=1 \
-    HOROVOD_WITH_GLOO=1 HOROVOD_WITH_MPI=1 \
-      "$VENV/bin/python" -m pip wheel -q --disable-pip-version-check --no-build-isolation --no-deps \
-      -w "$src/wheel" "$src/horovod-$HVD_VERSION" 2> >(grep -v "is ignored: it is neither" >&2)
-    mv "$src"/wheel/horovod-*.whl "$wheels/"
-  fi
-  say "installing horovod==$HVD_VERSION from $wheels"
-  pip_install "$wheels"/horovod-"$HVD_VERSION"-*.whl
 fi
 
 say "installing distft (editable, with dev extras)"
@@ -120,11 +94,8 @@ else
   say "Keras Hub needs Python 3.11 or newer: skipped (Keras Hub models will not load)"
 fi
 
-check=$(TF_CPP_MIN_LOG_LEVEL=3 "$VENV/bin/horovodrun" --check-build 2>/dev/null)
-parts=(TensorFlow MPI Gloo)
-[[ ${HOROVOD_GPU_OPERATIONS:-} == NCCL ]] && parts+=(NCCL)
-for part in "${parts[@]}"; do
-  grep -q "\[X\] $part" <<<"$check" \
-    || die "Horovod lacks $part support: see '$VENV/bin/horovodrun --check-build'"
-done
+# Horovod, built against that TensorFlow by distft's own command (the README's way for any
+# environment): the wheel is kept in ~/.cache/distft/wheels per Python and TensorFlow, so a
+# second set-up on this machine (another clone, CI) installs it in seconds instead of compiling.
+unwarned "$VENV/bin/distft" install-horovod
 say "ready: source $VENV/bin/activate"

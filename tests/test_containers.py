@@ -1,9 +1,9 @@
 """Static checks of the container files in docker/ (no Docker engine needed): the Dockerfiles
 copy files that exist, pin what pyproject.toml and scripts/setup.sh pin (TensorFlow 2.21 and
-the CUDA/cuDNN it is built with, Horovod 0.28.1), build Horovod through scripts/setup.sh, check
-Horovod's build, end in a non-root stage without compilers, and pass hadolint; the Apptainer
-definition starts from the documented GPU image; the Slurm template is valid bash whose
-#SBATCH defaults match its parameters."""
+the CUDA/cuDNN it is built with, Horovod 0.28.1), build Horovod through scripts/setup.sh (and so
+`distft install-horovod`), check Horovod's build, end in a non-root stage without compilers,
+and pass hadolint; the Apptainer definition starts from the documented GPU image; the Slurm
+template is valid bash whose #SBATCH defaults match its parameters."""
 from __future__ import annotations
 
 import fnmatch
@@ -144,12 +144,12 @@ def pyproject() -> dict:
         return tomllib.load(f)
 
 
-def pinned(name: str) -> Requirement:
-    for dep in pyproject()["project"]["dependencies"]:
-        req = Requirement(dep)
-        if req.name == name:
-            return req
-    raise AssertionError(f"pyproject.toml does not list {name}")
+def horovod_version() -> str:
+    """The Horovod release `distft install-horovod` builds (not a pip dependency: pip would
+    build it unpatched)."""
+    m = re.search(r'^HOROVOD_VERSION = "(\S+)"$', read("distft/horovod_install.py"), re.M)
+    assert m, "distft/horovod_install.py does not pin HOROVOD_VERSION"
+    return m.group(1)
 
 
 def extra_pin(extra: str) -> Requirement:
@@ -279,12 +279,10 @@ def test_pinned_versions_agree_with_pyproject_and_setup_sh(dockerfile):
             f"{dockerfile} installs TensorFlow {tf_version}; pyproject.toml's gpu extra is "
             f"{extra_pin('gpu')}")
 
-    hvd_version = single_version(pinned("horovod"), "pyproject.toml's horovod")
-    assert last.args().get("HOROVOD_VERSION") == hvd_version, (
+    # what the set-up script the images run builds, through distft install-horovod
+    assert last.args().get("HOROVOD_VERSION") == horovod_version(), (
         f"{dockerfile} checks for Horovod {last.args().get('HOROVOD_VERSION')}; "
-        f"pyproject.toml pins {hvd_version}")
-    # ... and it is what the set-up script the images run builds
-    assert setup_sh_default(r"HVD_VERSION=(\S+)") == hvd_version
+        f"distft install-horovod builds {horovod_version()}")
 
     requires_python = SpecifierSet(pyproject()["project"]["requires-python"])
     if dockerfile == CPU:
@@ -363,13 +361,19 @@ def test_installs_with_setup_sh_and_checks_horovods_build(dockerfile):
                 assert not re.search(r"\bpip\d*(\.\d+)?\b.*\b(install|wheel|download)\b.*\bhorovod\b",
                                      command), (
                     f"{dockerfile}:{ins.line}: installs Horovod itself, not through scripts/setup.sh")
-    # ... and setup.sh builds it from the sdist, without that file, against the TensorFlow
-    # already installed (no build isolation).
+    # ... and setup.sh has `distft install-horovod` build it from the sdist, without that file
+    # (tests/test_own_environment.py runs that step), against the TensorFlow already installed
+    # (no build isolation).
     setup = read("scripts/setup.sh")
-    assert re.search(r"--no-binary :all:.*\n.*horovod==\$HVD_VERSION", setup), "setup.sh: no sdist download"
-    assert re.search(r"sed -i '/xla_mpi_ops\.cc/d' \S*horovod/tensorflow/CMakeLists\.txt", setup), (
-        "scripts/setup.sh no longer leaves xla_mpi_ops.cc out of Horovod's build")
-    assert re.search(r"pip wheel\b.*--no-build-isolation", setup), "setup.sh: Horovod built in isolation"
+    assert re.search(r'^(unwarned )?"\$VENV/bin/distft" install-horovod$', setup, re.M), (
+        "scripts/setup.sh does not run distft install-horovod")
+    build = read("distft/horovod_install.py")
+    assert '"--no-binary", ":all:"' in build, "install-horovod: no sdist download"
+    assert re.search(r'leave_out_xla_ops\(os.path.join\(tree, "horovod", "tensorflow", '
+                     r'"CMakeLists.txt"\)\)', build), (
+        "install-horovod no longer leaves xla_mpi_ops.cc out of Horovod's build")
+    assert re.search(r'_pip\("wheel", "--no-build-isolation"', build), (
+        "install-horovod: Horovod built in isolation")
 
     checks = [i for i in all_stages[-1].all("RUN") if "horovodrun --check-build" in i.args]
     assert checks, f"{dockerfile}: the final stage does not run horovodrun --check-build"

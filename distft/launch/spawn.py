@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -15,6 +14,7 @@ import sys
 import psutil  # Horovod's own dependency; imported now, not inside a signal handler
 
 from distft.errors import DistftError, Stopped
+from distft.horovod_install import horovodrun, require
 from distft.launch.environment import LAUNCHED_AT, launched_at
 
 # horovodrun prefixes worker lines: "[1]<stdout>:" (Gloo) or "[1,0]<stdout>:" (MPI).
@@ -33,10 +33,7 @@ _MPI_SIGNAL = re.compile(r"process rank (\d+) with PID \d+ on node \S+ exited on
 
 
 def horovodrun_command(args: list[str], np: int, hosts: str | None, controller: str) -> list[str]:
-    launcher = os.path.join(os.path.dirname(sys.executable), "horovodrun")
-    if not os.path.exists(launcher):
-        launcher = shutil.which("horovodrun") or "horovodrun"
-    return [launcher, "-np", str(np), "-H", hosts or f"localhost:{np}", f"--{controller}",
+    return [horovodrun(), "-np", str(np), "-H", hosts or f"localhost:{np}", f"--{controller}",
             sys.executable, "-m", "distft", *args]
 
 
@@ -48,6 +45,7 @@ def spawn(args: list[str], np: int, hosts: str | None = None, controller: str = 
     the end, so that the one line printed names the cause: a worker that died (killed, out of
     memory) rather than the errors it caused in the others, or else the first worker error.
     """
+    require()
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL=os.environ.get("TF_CPP_MIN_LOG_LEVEL", "3"),
                PYTHONUNBUFFERED="1", **{LAUNCHED_AT: str(launched_at())})
     if controller == "mpi" and os.geteuid() == 0:

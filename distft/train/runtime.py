@@ -14,7 +14,7 @@ from typing import Any, Callable, Optional
 
 import tensorflow as tf
 
-from distft import log
+from distft import horovod_install, log
 from distft.errors import DistftError
 from distft.launch.environment import Environment, detect
 
@@ -46,7 +46,7 @@ class Worker:
         device, threads, inter_op = _place(env, threads, pin_cores)
         for name, value in HOROVOD_DEFAULTS.items():  # read by hvd.init()
             os.environ.setdefault(name, value)
-        import horovod.tensorflow as hvd  # the core ops: Horovod's Keras layer breaks on Keras 3
+        hvd = horovod_install.load()  # the core ops: Horovod's Keras layer breaks on Keras 3
 
         hvd.init()
         return cls(hvd.rank(), hvd.size(), hvd.local_rank(), hvd.local_size(), env, threads, inter_op,
