@@ -223,14 +223,15 @@ def _write_predictions(path: str, probabilities, names: list[str]) -> None:
 
 def inspect(model: str, num_classes: Optional[int] = None, unfreeze: Optional[str] = None,
             train_bn: bool = False, weights: Optional[str] = None,
-            input_shape: Optional[tuple] = None, unsafe_deserialization: bool = False) -> list[dict]:
+            input_shape: Optional[tuple] = None, unsafe_deserialization: bool = False,
+            head: Optional[str] = None) -> list[dict]:
     """The flattened layers (index, name, type, params, trainable) as `train` would set them."""
     _setup_logging(0, 1, False)
     from distft.model import unfreeze as unfreezing
     from distft.model.prepare import prepare
 
     ft = prepare(model, num_classes, unfreeze, train_bn=train_bn, weights=weights,
-                 input_shape=input_shape, unsafe_deserialization=unsafe_deserialization)
+                 input_shape=input_shape, unsafe_deserialization=unsafe_deserialization, head=head)
     rows = [{"index": i, "name": l.name, "type": type(l).__name__,
              "params": unfreezing.count_params(l.weights), "trainable": bool(l.trainable and l.weights)}
             for i, l in enumerate(unfreezing.flatten(ft.model))]
