@@ -106,8 +106,7 @@ def infer_schema(path: str, label: str = "label", x_key: Optional[str] = None,
         if fmt == "tfrecord":
             return _tfrecord_schema(path, x_key, y_key, allow_named)
         if fmt == "npz":
-            arrays = npz_arrays(path)
-            if allow_named and not {"x", "y"} <= set(arrays):
+            if allow_named and not {"x", "y"} <= set(npz_arrays(path)):
                 return named_schema(path)
             return _npz_schema(path)
         return _csv_schema(path, label)
@@ -133,10 +132,13 @@ def damaged(path: str, fmt: str, error: BaseException) -> DistftError:
 def named_schema(path: str) -> Schema:
     """The named fields of an .npz or TFRecord file (every array or feature)."""
     if format_of(path) == "npz":
-        fields = named.npz_fields(path, npz_arrays(path), lambda n: next(npz_chunks(path, 1024, (n,)))[0])
-        return Schema("npz", "named", fields=fields,
-                      stored=tuple(str(d.str) for _, d in npz_arrays(path).values()))
-    compression, feats = _first_features(path)
+        arrays = npz_arrays(path)
+        fields = named.npz_fields(path, arrays, lambda n: next(npz_chunks(path, 1024, (n,)))[0])
+        return Schema("npz", "named", fields=fields, stored=tuple(d.str for _, d in arrays.values()))
+    return _named_tfrecord(*_first_features(path))
+
+
+def _named_tfrecord(compression: str, feats) -> Schema:
     return Schema("tfrecord", "named", fields=named.example_fields(feats), compression=compression)
 
 
@@ -156,7 +158,7 @@ def _tfrecord_schema(path: str, x_key: Optional[str], y_key: Optional[str],
     xk = x_key or next((k for k in X_KEYS if k in feats), None)
     yk = y_key or "y"
     if allow_named and not (x_key or y_key) and (xk is None or yk not in feats):
-        return Schema("tfrecord", "named", fields=named.example_fields(feats), compression=compression)
+        return _named_tfrecord(compression, feats)
     if xk is None or xk not in feats or yk not in feats:
         missing = [f"'{k}'" for k, given in ((xk or "x", x_key), (yk, y_key)) if k not in feats]
         raise DistftError(f"{path}: records have no feature {' or '.join(missing)}; they have "
