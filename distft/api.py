@@ -141,7 +141,7 @@ def predict(model: str, data: str, output: str, batch_size: int = 256, label: st
                           "output) or .csv (class names and probabilities)")
     worker, ds = _open(data, label, x_key, y_key)
     net = worker.all_ok(lambda: loading.load(model, unsafe_deserialization=unsafe_deserialization))
-    outputs = list(net.output_names)
+    outputs = list(net.output_names) if len(net.outputs) > 1 else ["output"]  # a Sequential has no names
     if (len(outputs) > 1) != (kind == ".npz"):
         raise DistftError(f"--output={output}: the model has {len(outputs)} output(s) "
                           f"({', '.join(outputs)}): write " + (
