@@ -110,7 +110,8 @@ class DataSet:
                               "write the data with np.savez(path, INPUT=..., OUTPUT=...)")
         schema = self.schema if self.schema.named else named_schema(self.files[0])
         inputs, outputs = named.bind(schema.fields, *named.model_ports(model), targets,
-                                     self.manifest.folder if self.manifest else ",".join(self.files[:3]))
+                                     self.manifest.folder if self.manifest else ",".join(self.files[:3]),
+                                     "array" if schema.format == "npz" else "feature")
         self.schema = dataclasses.replace(schema, inputs=inputs, outputs=outputs)
         if self.schema.format == "npz":
             offsets = [npz_offsets(f, self.schema.used()) for f in self.files]

@@ -112,17 +112,17 @@ def example_fields(feats) -> tuple[Field, ...]:
 # --- matching fields to a model ----------------------------------------------------------------
 
 def bind(fields: tuple[Field, ...], inputs: tuple[Port, ...], outputs: tuple, targets: bool,
-         data: str) -> tuple[tuple[Port, ...], tuple[str, ...]]:
+         data: str, kind: str = "array") -> tuple[tuple[Port, ...], tuple[str, ...]]:
     """The model's inputs (images marked) and the outputs that read a target, checked against
-    `fields`: every input needs a field; every output too when `targets`."""
+    `fields` (`kind`: array or feature, for errors): every input needs a field; every output
+    too when `targets`."""
     by_name = {f.name: f for f in fields}
     names = [n for n, _ in outputs]
     missing = [p.name for p in inputs if p.name not in by_name] + \
               [n for n in names if targets and n not in by_name]
     if missing:
         raise DistftError(
-            f"--data={data} has no {'array' if fields and not fields[0].encoded else 'field'} "
-            f"{', '.join(repr(m) for m in missing)} (it has {', '.join(sorted(by_name)) or 'none'}); "
+            f"--data={data} has no {kind} {', '.join(repr(m) for m in missing)} (it has {', '.join(sorted(by_name)) or 'none'}); "
             f"the model's inputs are {', '.join(p.name for p in inputs)} and its outputs "
             f"{', '.join(names)}: name each array or feature after the input or output it feeds")
     bound = []
