@@ -84,18 +84,18 @@ def evaluate(model: str, data: str, batch_size: int = 256, label: str = "label",
     from distft.model.custom import import_modules
     from distft.model.prepare import prepare
     from distft.train.evaluation import evaluate_split
-    from distft.train.metrics import keras_metrics
+    from distft.train.metrics import compiled
     from distft.train.trainer import check_fit
 
     import_modules(import_)
-    worker, ds = _open(data, label, x_key, y_key, model, classes)
+    worker, ds = _open(data, label, x_key, y_key)
     ft = worker.all_ok(lambda: prepare(model, unfreeze="all", metrics=checked.metrics,
                                        unsafe_deserialization=unsafe_deserialization,
-                                       target_shape=ds.schema.y_shape))
+                                       target_shape=ds.schema.target_shape))
+    _count(worker, ds, ft.model, model, classes)
     worker.all_ok(lambda: check_fit(ft, ds))
     feed = _feed(checked.preprocess, model, ft.model, ds, worker)
-    named = worker.all_ok(lambda: keras_metrics(ft.metrics, ft.model, ft.target_shape))
-    ft.model.compile(loss=ft.loss, metrics=named)
+    ft.model.compile(loss=ft.loss, metrics=worker.all_ok(lambda: compiled(ft)))
     stream = ds.stream(worker.rank, worker.size, batch_size, ft.input_shape, training=False,
                        preprocess=feed)
     results = evaluate_split(ft.model, stream, ds.share(worker.rank, worker.size).records, worker)
@@ -133,8 +133,9 @@ def predict(model: str, data: str, output: str, batch_size: int = 256, label: st
             x_key: Optional[str] = None, y_key: Optional[str] = None,
             classes: Optional[str] = None, import_: Union[str, Sequence[str], None] = None) -> str:
     """Write the model's outputs for every record of `data`, in file order, to `output`:
-    `.npy` (the outputs), or `.csv` (the predicted class's name, then one probability column
-    per class, named from `classes`: a classes.json, default the one beside the model).
+    `.npy` (the outputs), `.npz` (one array per output, named as the outputs: a model with
+    several outputs), or `.csv` (the predicted class's name, then one probability column per
+    class, named from `classes`: a classes.json, default the one beside the model).
     `import_`: modules to import first, as in `evaluate`."""
     _setup_logging(detect().rank, detect().size, False)
 
@@ -145,12 +146,18 @@ def predict(model: str, data: str, output: str, batch_size: int = 256, label: st
     from distft.files import atomic_write
 
     kind = os.path.splitext(output)[1]
-    if kind not in (".npy", ".csv"):
-        raise DistftError(f"--output={output} must end in .npy (outputs) or .csv (class names "
-                          "and probabilities)")
+    if kind not in (".npy", ".npz", ".csv"):
+        raise DistftError(f"--output={output} must end in .npy (outputs), .npz (one array per "
+                          "output) or .csv (class names and probabilities)")
     import_modules(import_)
-    worker, ds = _open(data, label, x_key, y_key, model, classes)
+    worker, ds = _open(data, label, x_key, y_key)
     net = worker.all_ok(lambda: loading.load(model, unsafe_deserialization=unsafe_deserialization))
+    outputs = list(net.output_names) if len(net.outputs) > 1 else ["output"]  # a Sequential has no names
+    if (len(outputs) > 1) != (kind == ".npz"):
+        raise DistftError(f"--output={output}: the model has {len(outputs)} output(s) "
+                          f"({', '.join(outputs)}): write " + (
+                              "an .npz file, one array per output" if len(outputs) > 1 else ".npy or .csv"))
+    _count(worker, ds, net, model, classes, targets=False)
     names = _class_names(model, classes) or ds.classes
     if kind == ".csv" and (len(net.output_shape) != 2 or (names and len(names) != net.output_shape[-1])):
         raise DistftError(f"--output={output}: the model's output {net.output_shape} is not one "
@@ -160,27 +167,39 @@ def predict(model: str, data: str, output: str, batch_size: int = 256, label: st
     stream = ds.stream(worker.rank, worker.size, batch_size, tuple(net.input_shape[1:]),
                        training=False, by_record=True, preprocess=feed).map(lambda x, y: x)
     mine = net.predict(stream, verbose=0)
-    parts = worker.gather(mine)
+    parts = worker.gather(mine if len(outputs) > 1 else [mine])
     if worker.rank == 0:
-        out = np.empty((sum(len(p) for p in parts), *mine.shape[1:]), mine.dtype)
-        for r, part in enumerate(parts):
-            out[r::worker.size] = part
-        if kind == ".npy":
+        merged = {}
+        for i, name in enumerate(outputs):  # the ranks' records interleave back into file order
+            first = parts[0][i]
+            merged[name] = np.empty((sum(len(p[i]) for p in parts), *first.shape[1:]), first.dtype)
+            for r, part in enumerate(parts):
+                merged[name][r::worker.size] = part[i]
+        out = merged[outputs[0]]
+        if kind == ".npz":
+            atomic_write(output, lambda tmp: np.savez(open(tmp, "wb"), **merged), suffix=".npz")
+        elif kind == ".npy":
             atomic_write(output, lambda tmp: np.save(open(tmp, "wb"), out), suffix=".npy")
         else:
             atomic_write(output, lambda tmp: _write_predictions(tmp, out, names), suffix=".csv")
-        log.info("wrote %s: %s predictions of shape %s", output, len(out), out.shape[1:])
+        log.info("wrote %s: %s predictions of shape %s", output, len(out),
+                 ", ".join(f"{n} {merged[n].shape[1:]}" for n in outputs))
     return output
 
 
-def _open(data: str, label: str, x_key: Optional[str], y_key: Optional[str], model: str,
-          classes: Optional[str]):
-    """This worker and `data`, counted, its class names numbered as the model's."""
+def _open(data: str, label: str, x_key: Optional[str], y_key: Optional[str]):
+    """This worker and `data`, opened (see `_count`)."""
     from distft.data.dataset import DataSet
     from distft.train.runtime import Worker
 
     worker = Worker.start()
-    ds = worker.all_ok(lambda: DataSet.open(data, label, x_key=x_key, y_key=y_key))
+    return worker, worker.all_ok(lambda: DataSet.open(data, label, x_key=x_key, y_key=y_key))
+
+
+def _count(worker, ds, net, model: str, classes: Optional[str], targets: bool = True) -> None:
+    """`ds` matched to the model `net` (from the file `model`; `targets`: it must hold the
+    outputs' targets), counted, its class names numbered as the model's."""
+    worker.all_ok(lambda: ds.bind(net, targets))
     ds.count(worker.rank, worker.size, worker.gather)
     names = worker.all_ok(lambda: _class_names(model, classes))
     if names:
@@ -229,7 +248,8 @@ def _write_predictions(path: str, probabilities, names: list[str]) -> None:
 def inspect(model: str, num_classes: Optional[int] = None, unfreeze: Optional[str] = None,
             train_bn: bool = False, weights: Optional[str] = None,
             input_shape: Optional[tuple] = None, unsafe_deserialization: bool = False,
-            import_: Union[str, Sequence[str], None] = None) -> list[dict]:
+            import_: Union[str, Sequence[str], None] = None,
+            head: Optional[str] = None) -> list[dict]:
     """The flattened layers (index, name, type, params, trainable) as `train` would set them,
     after importing the modules `import_` (as in `evaluate`)."""
     _setup_logging(0, 1, False)
@@ -239,7 +259,7 @@ def inspect(model: str, num_classes: Optional[int] = None, unfreeze: Optional[st
 
     import_modules(import_)
     ft = prepare(model, num_classes, unfreeze, train_bn=train_bn, weights=weights,
-                 input_shape=input_shape, unsafe_deserialization=unsafe_deserialization)
+                 input_shape=input_shape, unsafe_deserialization=unsafe_deserialization, head=head)
     rows = [{"index": i, "name": l.name, "type": type(l).__name__,
              "params": unfreezing.count_params(l.weights), "trainable": bool(l.trainable and l.weights)}
             for i, l in enumerate(unfreezing.flatten(ft.model))]

@@ -2,7 +2,7 @@
 
     distft train    --model=PATH --data=PATTERN [--output_dir=DIR] [options]
     distft evaluate --model=PATH --data=PATTERN [--metrics=auc,precision,...] [--np=N] [--batch_size=B]
-    distft predict  --model=PATH --data=PATTERN --output=FILE.npy|FILE.csv
+    distft predict  --model=PATH --data=PATTERN --output=FILE.npy|FILE.npz|FILE.csv
     distft inspect  --model=PATH [--num_classes=K --unfreeze=SPEC]
     distft shard    --input=SRC --output_dir=DIR --num_shards=K [--compression=GZIP]
     distft demo
@@ -52,9 +52,10 @@ class Commands:
                 preprocess: str = "auto", x_key: Optional[str] = None,
                 y_key: Optional[str] = None, classes: Optional[str] = None,
                 import_: Optional[str] = None) -> None:
-        """Write MODEL's outputs for each record of DATA, in order, to OUTPUT: .npy, or .csv
-        with the predicted class name and each class's probability (names from CLASSES, a
-        classes.json, by default the one beside MODEL); IMPORT as for evaluate."""
+        """Write MODEL's outputs for each record of DATA, in order, to OUTPUT: .npy, .npz (one
+        array per output: models with several outputs), or .csv with the predicted class name
+        and each class's probability (names from CLASSES, a classes.json, by default the one
+        beside MODEL); IMPORT as for evaluate."""
         from distft import api
 
         api.predict(model, data, str(output), int(batch_size), _str(label), bool(unsafe_deserialization),
@@ -64,15 +65,16 @@ class Commands:
     def inspect(self, model: str, num_classes: Optional[int] = None, unfreeze: Optional[str] = None,
                 train_bn: bool = False, weights: Optional[str] = None,
                 input_shape: Optional[tuple] = None, unsafe_deserialization: bool = False,
-                import_: Optional[str] = None) -> None:
+                import_: Optional[str] = None, head: Optional[str] = None) -> None:
         """List MODEL's layers: index, name, type, params, trainable (as train would set them);
-        IMPORT as for evaluate."""
+        IMPORT as for evaluate; HEAD: the output whose head --num_classes replaces."""
         from distft import api
 
         opts = {k: coerce(TrainConfig, k, v) for k, v in
                 (("num_classes", num_classes), ("unfreeze", unfreeze), ("train_bn", train_bn),
                  ("weights", weights), ("input_shape", input_shape),
-                 ("unsafe_deserialization", unsafe_deserialization), ("import_", import_))}
+                 ("unsafe_deserialization", unsafe_deserialization), ("import_", import_),
+                 ("head", head))}
         rows = api.inspect(model, **opts)
         width = max(len(r["name"]) for r in rows)
         print(f"{'index':>5}  {'name':<{width}}  {'type':<22} {'params':>10}  trainable")

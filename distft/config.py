@@ -52,6 +52,8 @@ class TrainConfig:
     weights: Optional[str] = field(default=None, metadata={"help": "app:NAME weights: FILE or none"})
     input_shape: Optional[tuple] = field(default=None, metadata={"help": "app:NAME input H,W,C"})
     num_classes: Optional[int] = field(default=None, metadata={"help": "replace the head: K classes"})
+    head: Optional[str] = field(default=None, metadata={
+        "help": "several outputs: the output whose head --num_classes replaces"})
     head_dropout: float = field(default=0.0, metadata={"help": "dropout before the new head"})
     unfreeze: Optional[str] = field(
         default=None,
@@ -62,8 +64,12 @@ class TrainConfig:
         "help": "let unfrozen BatchNorm layers train (moving statistics averaged over workers)"})
     sync_bn: bool = field(default=False, metadata={
         "help": "with --train_bn: batch statistics over all workers' batches (small batches)"})
-    loss: Optional[str] = field(default=None, metadata={"help": "Keras loss (default follows the head)"})
-    metrics: Optional[tuple] = field(default=None, metadata={"help": "Keras metrics, comma-separated"})
+    loss: Optional[str] = field(default=None, metadata={
+        "help": "Keras loss (default follows the head); several outputs: OUTPUT=LOSS,..."})
+    metrics: Optional[tuple] = field(default=None, metadata={
+        "help": "Keras metrics, comma-separated; several outputs: OUTPUT=METRIC,..."})
+    loss_weights: Optional[str] = field(default=None, metadata={
+        "help": "several outputs: OUTPUT=WEIGHT,... (default 1 each)"})
     unsafe_deserialization: bool = field(
         default=False, metadata={"help": "allow Lambda layers' code in .keras files"})
     import_: Optional[tuple] = field(default=None, metadata={
@@ -362,6 +368,8 @@ def coerce(cls: type, name: str, value: Any) -> Any:
                 raise ValueError
             return float(value)
         if hint is tuple:
+            if isinstance(value, dict):  # YAML {OUTPUT: NAME or [NAMES], ...}
+                value = [f"{k}={v}" for k, vs in value.items() for v in (vs if isinstance(vs, list) else [vs])]
             items = value.split(",") if isinstance(value, str) else \
                 list(value) if isinstance(value, (list, tuple)) else [value]
             items = [i.strip() if isinstance(i, str) else i for i in items if i != ""]
@@ -370,6 +378,8 @@ def coerce(cls: type, name: str, value: Any) -> Any:
             return tuple(str(i) for i in items)
         if isinstance(value, (list, tuple)):  # Fire reads --label=a,b as a tuple
             return ",".join(map(str, value))
+        if isinstance(value, dict):  # YAML {OUTPUT: VALUE, ...}
+            return ",".join(f"{k}={v}" for k, v in value.items())
         return str(value)
     except (TypeError, ValueError):
         kind = {bool: "true or false", int: "an integer", float: "a number",

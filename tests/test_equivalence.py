@@ -104,6 +104,9 @@ CASES = {
     "metrics": Case({"metrics": "accuracy,auc,precision,recall,f1_score"}, validate=True),
     "val_split": Case({"val_split": 0.1}),
     "loss": Case({"loss": "mean_absolute_error"}, data="regression"),
+    # An image + metadata model with a new digit head and a weighted size head, validated on
+    # its own .npz each epoch (per-output losses over partial batches).
+    "two_inputs_two_outputs": Case(data="two_heads"),
     # Each worker shuffles its own share (seeded by --seed and the rank): other batches.
     "shuffle": Case({"shuffle_buffer": 64}, in_sync=True, loss_rtol=0.1),
     # Negative control: 1 worker at batch B makes twice the updates; the comparison must fail.
@@ -115,7 +118,9 @@ def write_data(folder: str, base_model: str, records: int) -> dict[str, dict]:
     """The first `records` of digits 5-9 (seeded order), as one file per kind of target, with
     the base model each needs: class ids (TFRecord) and one-hot rows under the demo's base with
     a new softmax head; the digit's 4 binary digits under a sigmoid head; 2 regression targets
-    under a linear head. Returns each kind's `distft.train` options."""
+    under a linear head; an image + (mean, std) model with a digit head (new, 5 classes) and a
+    linear size head (the ink's mean), its arrays named so. Returns each kind's
+    `distft.train` options."""
     import keras
     from sklearn.datasets import load_digits
 
@@ -142,6 +147,17 @@ def write_data(folder: str, base_model: str, records: int) -> dict[str, dict]:
         model_path = os.path.join(folder, f"{kind}_base.keras")
         keras.Model(base.inputs, out).save(model_path)
         kinds[kind] = {"model": model_path, "data": kinds[kind]["data"], "num_classes": None}
+    keras.utils.set_random_seed(0)
+    image, meta = keras.Input((8, 8, 1), name="image"), keras.Input((2,), name="meta")
+    features = keras.Model(base.inputs, base.get_layer("features").output)(image)
+    size = keras.layers.Dense(1, name="size")(keras.layers.Concatenate()([features, meta]))
+    model_path, path = os.path.join(folder, "two_heads.keras"), os.path.join(folder, "two_heads.npz")
+    keras.Model([image, meta], [keras.layers.Dense(5, activation="softmax", name="digit")(features), size]
+                ).save(model_path)
+    np.savez(path, image=x[..., None], meta=np.stack([flat.mean(1), flat.std(1)], 1), digit=y,
+             size=targets["regression"][:, 1])
+    kinds["two_heads"] = {"model": model_path, "data": path, "val_data": path, "head": "digit",
+                          "loss_weights": "size=0.5"}
     return kinds
 
 

@@ -19,10 +19,10 @@ import numpy as np
 import tensorflow as tf
 
 from distft import log
-from distft.data import images, sharding
+from distft.data import images, named, sharding
 from distft.data.decode import batch_decoder, record_decoder
 from distft.data.formats import FORMATS, UNREADABLE, Schema, check_example, csv_labels, csv_rows, damaged, format_of, \
-    infer_schema, label_of, npz_headers, npz_offsets, read_records
+    infer_schema, label_of, named_schema, npz_arrays, npz_headers, npz_offsets, read_records
 from distft.data.manifest import NAME, Manifest
 from distft.errors import DistftError
 
@@ -33,12 +33,14 @@ SLOW_LISTING = 10.0  # seconds: listing an image folder this long suggests `dist
 
 @dataclass
 class Counts:
-    """Per-file record counts (train part and held-out part) and the label range."""
+    """Per-file record counts (train part and held-out part) and the label range (named
+    layouts: each output's, in `ranges`)."""
 
     train: list[int]
     held_out: list[int]
     y_min: float
     y_max: float
+    ranges: dict = field(default_factory=dict)  # named: {output: (lowest, highest) target}
 
 
 @dataclass
@@ -87,11 +89,33 @@ class DataSet:
             raise DistftError(f"--{flag}={pattern} mixes formats {sorted(formats)}: use one format")
         schema = infer_schema(files[0], label, x_key, y_key)
         data = cls(files, schema, holdout, part)
-        if schema.format == "npz":
+        if schema.format == "npz" and not schema.named:  # named: when bound to a model
             offsets = [npz_offsets(f) for f in files]
             if all(offsets):  # else (a compressed file) all go through the generator
                 data.npz_offsets = np.array(offsets, np.int64)
         return data
+
+    def bind(self, model, targets: bool = True, flag: str = "data") -> None:
+        """Match the data to `model`'s inputs and outputs (see data/named.py): named fields for a
+        model with several inputs or outputs (`targets=False`: only the inputs are needed);
+        distft's one-input layout, as opened, for other models. Before `count`."""
+        if not named.is_multi(model):
+            if self.schema.named:  # the one-input layout's own error, naming what is missing
+                infer_schema(self.files[0], allow_named=False)
+            return
+        if self.schema.format not in ("npz", "tfrecord"):
+            raise DistftError(f"--{flag}: a model with several inputs or outputs reads .npz arrays or "
+                              "TFRecord features named as its inputs and outputs, not "
+                              f"{'an image folder' if self.schema.format == 'folder' else 'CSV'}: "
+                              "write the data with np.savez(path, INPUT=..., OUTPUT=...)")
+        schema = self.schema if self.schema.named else named_schema(self.files[0])
+        inputs, outputs = named.bind(schema.fields, *named.model_ports(model), targets,
+                                     self.manifest.folder if self.manifest else ",".join(self.files[:3]),
+                                     "array" if schema.format == "npz" else "feature")
+        self.schema = dataclasses.replace(schema, inputs=inputs, outputs=outputs)
+        if self.schema.format == "npz":
+            offsets = [npz_offsets(f, self.schema.used()) for f in self.files]
+            self.npz_offsets = np.array(offsets, np.int64) if all(offsets) else None
 
     def use_classes(self, classes: list[str], where: str) -> None:
         """Number this data set's class names as `classes` (the model's, or the training
@@ -137,8 +161,15 @@ class DataSet:
         for part, _ in results:
             merged.update(part)
         per_file = [merged[i] for i in range(len(self.files))]
-        y = [(lo, hi) for n, k, lo, hi, _ in per_file if n + k]
-        lo, hi = (min(l for l, _ in y), max(h for _, h in y)) if y else (0.0, 0.0)
+        y = [(lo, hi) for n, k, lo, hi, _ in per_file if n + k]  # lo, hi: one value per output
+        width = len(self.schema.outputs) if self.schema.named else 1
+        lows = [min(l[i] for l, _ in y) if y else 0.0 for i in range(width)]
+        highs = [max(h[i] for _, h in y) if y else 0.0 for i in range(width)]
+        if self.schema.named:
+            ranges = {n: (lo, hi) for n, lo, hi in zip(self.schema.outputs, lows, highs)}
+            self.counts = Counts([p[0] for p in per_file], [p[1] for p in per_file], 0.0, 0.0, ranges)
+            return self.counts
+        lo, hi = lows[0], highs[0]
         if self.schema.y_names:
             self.classes = sorted({name for *_, names in per_file for name in names})
             lo, hi = 0.0, float(len(self.classes) - 1)
@@ -150,13 +181,15 @@ class DataSet:
         per_file = self.manifest.counts() if self.manifest is not None else [1] * len(self.files)
         held = [self._held_out_count(n, index) for index, n in enumerate(per_file)]
         train = [n - k for n, k in zip(per_file, held)]
+        if self.manifest is not None and self.schema.named:  # the shards do not record target ranges
+            return Counts(train, held, 0.0, 0.0)
         if self.manifest is not None:
             return Counts(train, held, *self.manifest.label_range())
         return Counts(train, held, float(self.labels.min()), float(self.labels.max()))
 
-    def _count_file(self, index: int) -> tuple[int, int, float, float, tuple]:
-        """(records, held-out records, lowest and highest target value, class names) of one
-        file, after checking that it fits the schema."""
+    def _count_file(self, index: int) -> tuple[int, int, tuple, tuple, tuple]:
+        """(records, held-out records, lowest and highest target value (one per output), class
+        names) of one file, after checking that it fits the schema."""
         path, schema = self.files[index], self.schema
         fmt = schema.format
         try:
@@ -164,18 +197,21 @@ class DataSet:
                 return self._count_npz(index)
             n, k, lo, hi = _counter(schema, self.holdout)(tf.constant(path), tf.constant(index, tf.int64))
             names = tuple(sorted(set(csv_labels(path, schema)))) if schema.y_names else ()
+            lo, hi = tuple(lo.numpy().tolist()), tuple(hi.numpy().tolist())
         except DistftError:
             raise
         except tf.errors.InvalidArgumentError as e:
             raise self._misfit(path, e) from None
         except (tf.errors.OpError, *UNREADABLE) as e:
             raise damaged(path, fmt, e) from None
-        return int(n), int(k), float(lo), float(hi), names
+        return int(n), int(k), lo, hi, names
 
-    def _count_npz(self, index: int) -> tuple[int, int, float, float, tuple]:
+    def _count_npz(self, index: int) -> tuple[int, int, tuple, tuple, tuple]:
         """An .npz file's counts from its header and `y` alone (`x` is not read), after
         checking its arrays have the first file's layout."""
         path = self.files[index]
+        if self.schema.named:
+            return self._count_named_npz(index)
         # Headers only: the first file's are read again rather than kept (a few hundred bytes).
         for name, (shape, dtype), (want, want_dtype) in zip("xy", npz_headers(path), npz_headers(self.files[0])):
             if shape[1:] != want[1:] or dtype != want_dtype:
@@ -185,7 +221,33 @@ class DataSet:
         with np.load(path) as z:
             y = z["y"]
         k = self._held_out_count(len(y), index)
-        return len(y) - k, k, float(y.min()) if len(y) else 0.0, float(y.max()) if len(y) else 0.0, ()
+        return len(y) - k, k, (float(y.min()) if len(y) else 0.0,), (float(y.max()) if len(y) else 0.0,), ()
+
+    def _count_named_npz(self, index: int) -> tuple[int, int, tuple, tuple, tuple]:
+        """`_count_npz` for named arrays: those the model reads must have the first file's rows."""
+        path, schema = self.files[index], self.schema
+        arrays = npz_arrays(path)
+        for f in schema.fields:
+            if f.name not in schema.used():
+                continue
+            if f.name not in arrays:
+                raise DistftError(f"{path}: no array '{f.name}' (it has {', '.join(arrays)}): every "
+                                  "file needs the arrays the model reads")
+            shape, dtype = arrays[f.name]
+            if shape[1:] != f.shape or dtype.name != f.dtype:
+                raise DistftError(f"{path}: array '{f.name}' has rows of shape {shape[1:]} and type "
+                                  f"{dtype} but {self.files[0]} has {f.shape} and {f.dtype}: "
+                                  "all files need the same layout")
+        rows = {arrays[n][0][0] for n in schema.used()}
+        if len(rows) > 1:
+            raise DistftError(f"{path}: the arrays {', '.join(schema.used())} have different numbers "
+                              "of rows: each array needs one row a record")
+        n = rows.pop()
+        with np.load(path) as z:
+            ys = [z[name] for name in schema.outputs]
+        k = self._held_out_count(n, index)
+        return (n - k, k, tuple(float(y.min()) if n else 0.0 for y in ys),
+                tuple(float(y.max()) if n else 0.0 for y in ys), ())
 
     def _held_out_count(self, n: int, index: int) -> int:
         """How many of file `index`'s `n` records the holdout tags (the same tags as _enumerated)."""
@@ -203,9 +265,10 @@ class DataSet:
             for n, record in enumerate(tf.data.TFRecordDataset(path, self.schema.compression)):
                 problem = check_example(record.numpy(), self.schema)
                 if problem:
+                    read = ", ".join(self.schema.used()) if self.schema.named else \
+                        f"{self.schema.x_key}/{self.schema.y_key}"
                     return DistftError(f"{path}: record {n} {problem} (the first file's records "
-                                       f"fit {self.schema.x_key}/{self.schema.y_key} as read): "
-                                       "write every record with the same features")
+                                       f"fit {read} as read): write every record with the same features")
         if self.schema.format == "csv":
             for _ in csv_rows(path, self.schema):  # raises, naming the line, for a row that does not fit
                 pass
@@ -274,11 +337,13 @@ class DataSet:
         workers' records interleave back to it. Images are decoded, resized to `input_shape`,
         augmented (training only) and preprocessed record by record.
         """
-        image = self.schema.is_image
+        image = self.schema.has_images
         if not image and (augment or preprocess not in ("scale", "none")):
             raise DistftError("--augment and --preprocess apply to image data, and --data holds "
                               "feature records: leave them out")
-        if image and self.schema.pixel_scale == 0 and preprocess != "none":
+        scales = [f.pixel_scale for f in self.schema.fields if f.name in
+                  {p.name for p in self.schema.inputs if p.image}] or [self.schema.pixel_scale]
+        if image and 0 in scales and preprocess != "none":
             raise DistftError("--data's 'x' holds float images whose values are not pixels in "
                               "[0, 1] or [0, 255] (already normalised?): pass --preprocess=none "
                               "to feed them as they are")
@@ -304,12 +369,14 @@ class DataSet:
                 # A record's seed is its place in the rank's stream, so a resumed run continues them.
                 first = ((epochs or (0,))[0] * steps + skip) * batch_size
                 ds = ds.enumerate(first).map(
-                    lambda i, r: (fn(r[0], tf.stack([tf.cast(rank, tf.int64), i])), r[1]),
+                    lambda i, r: (self._on_images(r[0], lambda x: fn(x, tf.stack([tf.cast(rank, tf.int64), i]))),
+                                  r[1]),
                     num_parallel_calls=AUTOTUNE, deterministic=True)
             prep = images.preprocessor(preprocess)
-            ds = ds.map(lambda x, y: (prep(x), y), num_parallel_calls=AUTOTUNE, deterministic=True)
+            ds = ds.map(lambda x, y: (self._on_images(x, prep), y), num_parallel_calls=AUTOTUNE,
+                        deterministic=True)
         ds = ds.batch(batch_size, drop_remainder=training)
-        if not image:
+        if not image and not self.schema.named:
             # Plain TF ops: autograph's conversion would add seconds to every start.
             decode = tf.autograph.experimental.do_not_convert(
                 batch_decoder(self.schema, tuple(input_shape), tuple(self.classes)))
@@ -317,6 +384,10 @@ class DataSet:
         options = tf.data.Options()
         options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
         return ds.with_options(options).prefetch(AUTOTUNE)
+
+    def _on_images(self, x, fn: Callable[[tf.Tensor], tf.Tensor]):
+        """`fn` applied to a record's image: `x`, or a named record's image inputs."""
+        return named.on_images(self.schema.inputs, x, fn) if self.schema.named else fn(x)
 
     def _share_records(self, share: sharding.Share, in_file_order: bool = False) -> tf.data.Dataset:
         """The raw records of a share, once: its files interleaved (`in_file_order`: one after
@@ -353,10 +424,15 @@ class DataSet:
         return epoch
 
     def _decoded(self, records: tf.data.Dataset, input_shape: tuple) -> tf.data.Dataset:
-        """Images: (float32 image in [0, 255] of input_shape, y) per record; else unchanged."""
-        if not self.schema.is_image:
+        """Images: (float32 image in [0, 255] of input_shape, y) per record; named records:
+        ({input: value}, {output: target}); else unchanged."""
+        if self.schema.named:
+            decode = named.record_decoder(self.schema.fields, self.schema.inputs, self.schema.outputs,
+                                          self.schema.format == "tfrecord")
+        elif not self.schema.is_image:
             return records
-        decode = record_decoder(self.schema, tuple(input_shape), tuple(self.classes))
+        else:
+            decode = record_decoder(self.schema, tuple(input_shape), tuple(self.classes))
         return records.map(tf.autograph.experimental.do_not_convert(decode),
                            num_parallel_calls=AUTOTUNE, deterministic=True)
 
@@ -432,19 +508,28 @@ def _counter(schema: Schema, holdout: float) -> Callable:
     traced once and run for every file (tracing it per file cost ~0.5 s a file)."""
     data = DataSet([], schema, holdout)
 
+    width = len(schema.outputs) if schema.named else 1
+
+    def bounds(record) -> tuple[tf.Tensor, tf.Tensor]:
+        if schema.named:
+            return named.target_bounds(record, schema.fields, schema.outputs, schema.format == "tfrecord")
+        y = label_of(record, schema)
+        return tf.reduce_min(y)[None], tf.reduce_max(y)[None]
+
     @tf.autograph.experimental.do_not_convert  # plain TF ops: converting costs seconds
     def step(acc, item):
         n, k, lo, hi = acc
         held, record = item
-        y = label_of(record, schema)
-        return (n + tf.cast(~held, tf.int64), k + tf.cast(held, tf.int64),
-                tf.minimum(lo, tf.reduce_min(y)), tf.maximum(hi, tf.reduce_max(y)))
+        if width:
+            low, high = bounds(record)
+            lo, hi = tf.minimum(lo, low), tf.maximum(hi, high)
+        return n + tf.cast(~held, tf.int64), k + tf.cast(held, tf.int64), lo, hi
 
     @tf.function(input_signature=[tf.TensorSpec([], tf.string), tf.TensorSpec([], tf.int64)],
                  autograph=False)
     def count(path, index):
         init = (tf.constant(0, tf.int64), tf.constant(0, tf.int64),
-                tf.constant(float("inf")), tf.constant(float("-inf")))
+                tf.fill([width], float("inf")), tf.fill([width], float("-inf")))
         return data._enumerated(path, index).reduce(init, step)
 
     return count

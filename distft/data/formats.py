@@ -8,6 +8,8 @@ Layouts:
   `image/class/label`). GZIP-compressed files are recognised.
 - `.npz`: arrays `x` (N, F) features or (N, H, W[, C]) images (uint8 or float), and `y` (N,)
   or (N, K).
+- Named fields, for models with several inputs or outputs: `.npz` arrays or TFRecord features
+  named as the model's inputs and outputs, without `x` and `y` (see `data/named.py`).
 - `.csv`: a header, label column(s) (`label="a,b"` for several), the other columns numeric;
   a single label column may hold class names instead of numbers.
 - A folder of class subfolders of JPEG/PNG images (see `data/images.py`).
@@ -31,6 +33,7 @@ from typing import Iterator, Optional
 import numpy as np
 import tensorflow as tf
 
+from distft.data import named
 from distft.errors import DistftError, root_cause
 
 FORMATS = {".tfrecord": "tfrecord", ".tfrecords": "tfrecord", ".tfrec": "tfrecord",
@@ -57,6 +60,9 @@ class Schema:
     stored: tuple = ()  # .npz: the arrays' dtypes as saved, e.g. ("|u1", "<i8")
     columns: tuple = ()  # CSV: all column names, in file order
     label_columns: tuple = ()  # CSV: positions of the label columns
+    fields: tuple = ()  # named (x_kind "named"): every array or feature, as named.Field
+    inputs: tuple = ()  # named, bound to a model: its inputs, as named.Port
+    outputs: tuple = ()  # named, bound to a model: the outputs that read a target
 
     @property
     def x_size(self) -> int:
@@ -65,6 +71,24 @@ class Schema:
     @property
     def is_image(self) -> bool:
         return self.x_kind in ("image", "pixels")
+
+    @property
+    def has_images(self) -> bool:
+        """Records hold images: as x, or (named, bound to a model) for an image input."""
+        return self.is_image or any(p.image for p in self.inputs)
+
+    @property
+    def named(self) -> bool:
+        return self.x_kind == "named"
+
+    @property
+    def target_shape(self):
+        """The targets' shape per record; named: each field's, by name."""
+        return named.target_shapes(self.fields) if self.named else self.y_shape
+
+    def used(self) -> tuple[str, ...]:
+        """Named: the fields the bound model reads, inputs first."""
+        return tuple(p.name for p in self.inputs) + self.outputs
 
     def describe_y(self) -> str:
         return f"(N, {', '.join(map(str, self.y_shape))})" if self.y_shape else "(N,)"
@@ -79,13 +103,16 @@ def format_of(path: str) -> str:
 
 
 def infer_schema(path: str, label: str = "label", x_key: Optional[str] = None,
-                 y_key: Optional[str] = None) -> Schema:
-    """Read the start of `path` to learn the schema."""
+                 y_key: Optional[str] = None, allow_named: bool = True) -> Schema:
+    """Read the start of `path` to learn the schema: named fields (`allow_named`) when .npz or
+    TFRecord records lack `x` and `y` and no keys are given."""
     fmt = format_of(path)
     try:
         if fmt == "tfrecord":
-            return _tfrecord_schema(path, x_key, y_key)
+            return _tfrecord_schema(path, x_key, y_key, allow_named)
         if fmt == "npz":
+            if allow_named and not {"x", "y"} <= set(npz_arrays(path)):
+                return named_schema(path)
             return _npz_schema(path)
         return _csv_schema(path, label)
     except DistftError:
@@ -107,15 +134,36 @@ def damaged(path: str, fmt: str, error: BaseException) -> DistftError:
 
 # --- TFRecord ---------------------------------------------------------------------------------
 
-def _tfrecord_schema(path: str, x_key: Optional[str], y_key: Optional[str]) -> Schema:
+def named_schema(path: str) -> Schema:
+    """The named fields of an .npz or TFRecord file (every array or feature)."""
+    if format_of(path) == "npz":
+        arrays = npz_arrays(path)
+        fields = named.npz_fields(path, arrays, lambda n: next(npz_chunks(path, 1024, (n,)))[0])
+        return Schema("npz", "named", fields=fields, stored=tuple(d.str for _, d in arrays.values()))
+    return _named_tfrecord(*_first_features(path))
+
+
+def _named_tfrecord(compression: str, feats) -> Schema:
+    return Schema("tfrecord", "named", fields=named.example_fields(feats), compression=compression)
+
+
+def _first_features(path: str):
+    """(compression, the first record's features) of a TFRecord file."""
     with open(path, "rb") as f:
         compression = "GZIP" if f.read(2) == b"\x1f\x8b" else ""
     first = next(iter(tf.data.TFRecordDataset(path, compression_type=compression).take(1)), None)
     if first is None:
         raise DistftError(f"{path}: TFRecord file has no records: remove it or regenerate it")
-    feats = tf.train.Example.FromString(first.numpy()).features.feature
+    return compression, tf.train.Example.FromString(first.numpy()).features.feature
+
+
+def _tfrecord_schema(path: str, x_key: Optional[str], y_key: Optional[str],
+                     allow_named: bool = False) -> Schema:
+    compression, feats = _first_features(path)
     xk = x_key or next((k for k in X_KEYS if k in feats), None)
     yk = y_key or "y"
+    if allow_named and not (x_key or y_key) and (xk is None or yk not in feats):
+        return _named_tfrecord(compression, feats)
     if xk is None or xk not in feats or yk not in feats:
         missing = [f"'{k}'" for k, given in ((xk or "x", x_key), (yk, y_key)) if k not in feats]
         raise DistftError(f"{path}: records have no feature {' or '.join(missing)}; they have "
@@ -155,6 +203,8 @@ def _suggest_keys(feats) -> str:
 def check_example(record: bytes, schema: Schema) -> Optional[str]:
     """What in one serialized record does not fit `schema` (None if it fits)."""
     feats = tf.train.Example.FromString(record).features.feature
+    if schema.named:
+        return named.check_example(feats, schema.fields, schema.used())
     for key, kinds, size in ((schema.x_key, ("bytes_list",) if x_is_bytes(schema) else ("float_list",),
                               None if x_is_bytes(schema) else schema.x_size),
                              (schema.y_key, ("float_list",) if schema.y_float else ("int64_list",),
@@ -196,16 +246,11 @@ def _npz_schema(path: str) -> Schema:
 
 def npz_headers(path: str) -> tuple[tuple[tuple, np.dtype], tuple[tuple, np.dtype]]:
     """((shape, dtype) of `x`, (shape, dtype) of `y`), read from the headers, checked."""
-    with zipfile.ZipFile(path) as z:
-        names = [n[:-4] for n in z.namelist() if n.endswith(".npy")]
-        if "x" not in names or "y" not in names:
-            raise DistftError(f"{path}: .npz needs arrays 'x' and 'y' (found {names}): save with "
-                              "np.savez(path, x=features, y=targets)")
-        headers = []
-        for name in ("x", "y"):
-            with z.open(f"{name}.npy") as f:
-                headers.append(_npy_header(f, path, name))
-    (xs, xd), (ys, yd) = headers
+    arrays = npz_arrays(path)
+    if "x" not in arrays or "y" not in arrays:
+        raise DistftError(f"{path}: .npz needs arrays 'x' and 'y' (found {list(arrays)}): save with "
+                          "np.savez(path, x=features, y=targets)")
+    (xs, xd), (ys, yd) = arrays["x"], arrays["y"]
     for name, dtype in (("x", xd), ("y", yd)):
         if dtype.kind not in "biuf":
             raise DistftError(f"{path}: array '{name}' is {dtype}, expected numbers: convert it "
@@ -213,6 +258,17 @@ def npz_headers(path: str) -> tuple[tuple[tuple, np.dtype], tuple[tuple, np.dtyp
     if xs[0] != ys[0]:
         raise DistftError(f"{path}: 'x' has {xs[0]} rows but 'y' has {ys[0]}: they must match")
     return (xs, xd), (ys, yd)
+
+
+def npz_arrays(path: str) -> dict[str, tuple[tuple, np.dtype]]:
+    """{name: (shape, dtype)} of every array of an .npz file, read from the headers."""
+    with zipfile.ZipFile(path) as z:
+        arrays = {}
+        for member in z.namelist():
+            if member.endswith(".npy"):
+                with z.open(member) as f:
+                    arrays[member[:-4]] = _npy_header(f, path, member[:-4])
+    return arrays
 
 
 def _npy_header(f, path: str, name: str) -> tuple[tuple, np.dtype]:
@@ -235,37 +291,44 @@ def _pixel_scale(path: str) -> float:
     return 255.0 if lo >= 0 and hi <= 1 else 1.0 if lo >= 0 and hi <= 255 else 0.0
 
 
-def npz_chunks(path: str, chunk: int = CHUNK) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """Rows of `x` and `y` in their stored shapes and types, `chunk` at a time, read from the
-    zip members (no whole-array load)."""
-    with zipfile.ZipFile(path) as z, z.open("x.npy") as fx, z.open("y.npy") as fy:
-        (xs, xd), (ys, yd) = _npy_header(fx, path, "x"), _npy_header(fy, path, "y")
-        xrow, yrow = math.prod(xs[1:]), math.prod(ys[1:])
-        for start in range(0, xs[0], chunk):
-            n = min(chunk, xs[0] - start)
-            x = np.frombuffer(fx.read(n * xrow * xd.itemsize), xd)
-            y = np.frombuffer(fy.read(n * yrow * yd.itemsize), yd)
-            if len(x) != n * xrow or len(y) != n * yrow:
-                raise EOFError(f"arrays end early, at row {start + len(y) // max(1, yrow)}")
-            yield x.reshape(n, *xs[1:]), y.reshape(n, *ys[1:])
+def npz_chunks(path: str, chunk: int = CHUNK, names: tuple = ("x", "y")) -> Iterator[tuple[np.ndarray, ...]]:
+    """Rows of the arrays `names` (default `x` and `y`) in their stored shapes and types, `chunk`
+    at a time, read from the zip members (no whole-array load)."""
+    with zipfile.ZipFile(path) as z:
+        members = [z.open(f"{name}.npy") for name in names]
+        try:
+            headers = [_npy_header(f, path, name) for f, name in zip(members, names)]
+            for start in range(0, headers[0][0][0], chunk):
+                n = min(chunk, headers[0][0][0] - start)
+                rows = []
+                for f, (shape, dtype) in zip(members, headers):
+                    size = math.prod(shape[1:])
+                    a = np.frombuffer(f.read(n * size * dtype.itemsize), dtype)
+                    if len(a) != n * size:
+                        raise EOFError(f"arrays end early, at row {start + len(a) // max(1, size)}")
+                    rows.append(a.reshape(n, *shape[1:]))
+                yield tuple(rows)
+        finally:
+            for f in members:
+                f.close()
 
 
-def npz_offsets(path: str) -> Optional[tuple[int, int, int, int]]:
-    """(start, bytes) of `x`'s and of `y`'s data in the file, for reading them without numpy;
-    None when an array is compressed (np.savez_compressed), big-endian, or of a type
-    tf.io.decode_raw does not read."""
+def npz_offsets(path: str, names: tuple = ("x", "y")) -> Optional[tuple[int, ...]]:
+    """(start, bytes) of each array's data in the file (default `x`'s and `y`'s), for reading
+    them without numpy; None when an array is compressed (np.savez_compressed), big-endian, or
+    of a type tf.io.decode_raw does not read."""
     try:
-        return _npz_offsets(path)
+        return _npz_offsets(path, names)
     except DistftError:
         raise
     except UNREADABLE as e:
         raise damaged(path, "npz", e) from None
 
 
-def _npz_offsets(path: str) -> Optional[tuple[int, int, int, int]]:
+def _npz_offsets(path: str, names: tuple) -> Optional[tuple[int, ...]]:
     out: list[int] = []
     with zipfile.ZipFile(path) as z, open(path, "rb") as f:
-        for name in ("x", "y"):
+        for name in names:
             info = z.getinfo(f"{name}.npy")
             if info.compress_type != zipfile.ZIP_STORED:
                 return None
@@ -287,6 +350,13 @@ RAW_TYPES = {"u1": tf.uint8, "i1": tf.int8, "u2": tf.uint16, "i2": tf.int16, "i4
 def _npz_in_graph(path: tf.Tensor, offsets: tf.Tensor, schema: Schema) -> tf.data.Dataset:
     """An uncompressed .npz's rows, read and cut by TensorFlow's own ops (no Python per chunk)."""
     contents = tf.io.read_file(path)
+    if schema.named:  # offsets of schema.used(), in order
+        stored = dict(zip([f.name for f in schema.fields], schema.stored))
+        shapes = {f.name: f.shape for f in schema.fields}
+        return tf.data.Dataset.from_tensor_slices({
+            name: tf.reshape(tf.io.decode_raw(tf.strings.substr(contents, offsets[2 * i], offsets[2 * i + 1]),
+                                              RAW_TYPES[stored[name][1:]]), [-1, *shapes[name]])
+            for i, name in enumerate(schema.used())})
     arrays = []
     for k, stored, shape in ((0, schema.stored[0], schema.x_shape), (2, schema.stored[1], schema.y_shape)):
         raw = tf.io.decode_raw(tf.strings.substr(contents, offsets[k], offsets[k + 1]), RAW_TYPES[stored[1:]])
@@ -407,6 +477,12 @@ def read_records(path: tf.Tensor, schema: Schema, npz_offsets: Optional[tf.Tenso
         return ds.map(split)
     if npz_offsets is not None:
         return _npz_in_graph(path, npz_offsets, schema)
+    if schema.named:
+        fields = {f.name: f for f in schema.fields}
+        spec = {n: tf.TensorSpec([None, *fields[n].shape], fields[n].dtype) for n in schema.used()}
+        return tf.data.Dataset.from_generator(
+            lambda p: (dict(zip(schema.used(), rows)) for rows in npz_chunks(p.decode(), CHUNK, schema.used())),
+            args=(path,), output_signature=spec).unbatch()
     x_spec = tf.TensorSpec([None, *schema.x_shape], tf.uint8 if schema.x_dtype == "uint8" else tf.float32)
     y_spec = tf.TensorSpec([None, *schema.y_shape], tf.float32 if schema.y_float else tf.int64)
     return tf.data.Dataset.from_generator(

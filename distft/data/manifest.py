@@ -20,6 +20,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
+from distft.data import named
 from distft.data.formats import Schema
 from distft.errors import DistftError
 from distft.files import write_json
@@ -28,7 +29,8 @@ NAME = "manifest.json"
 VERSION = 1
 # The formats.Schema fields a manifest records (schema["record"]); older manifests have only
 # schema["features"].
-RECORD_FIELDS = ("x_kind", "x_shape", "y_shape", "y_float", "x_dtype", "pixel_scale", "x_key", "y_key")
+RECORD_FIELDS = ("x_kind", "x_shape", "y_shape", "y_float", "x_dtype", "pixel_scale", "x_key", "y_key",
+                 "fields")
 
 
 @dataclass
@@ -95,7 +97,8 @@ class Manifest:
         record = self.schema.get("record")
         if record:
             return Schema("tfrecord", compression=self.compression, **{
-                k: tuple(v) if isinstance(v, list) else v for k, v in record.items() if k in RECORD_FIELDS})
+                k: named.from_dicts(v) if k == "fields" else tuple(v) if isinstance(v, list) else v
+                for k, v in record.items() if k in RECORD_FIELDS})
         feats = self.schema["features"]
         y_float = feats["y"]["dtype"].startswith("float")
         if "image" in feats:

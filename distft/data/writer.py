@@ -30,9 +30,9 @@ from typing import Callable, Iterator, Optional
 import numpy as np
 
 from distft import log
-from distft.data import images
-from distft.data.formats import FORMATS, Schema, csv_labels, csv_rows, format_of, infer_schema, npz_chunks, \
-    npz_headers, parse_spec, x_is_bytes
+from distft.data import images, named
+from distft.data.formats import FORMATS, Schema, csv_labels, csv_rows, format_of, infer_schema, npz_arrays, \
+    npz_chunks, npz_headers, parse_spec, x_is_bytes
 from distft.data.manifest import NAME, RECORD_FIELDS, Manifest, sha256
 from distft.errors import DistftError
 
@@ -85,6 +85,9 @@ class Source:
     def features(self) -> dict:
         """The shards' features, for the manifest: {name: {dtype, shape}}."""
         s = self.record_schema()
+        if s.named:
+            return {f.name: {"dtype": "string" if f.raw_bytes else f.dtype, "shape": list(f.shape)}
+                    for f in s.fields}
         x = {"dtype": "string", "shape": []} if x_is_bytes(s) else {"dtype": "float32", "shape": list(s.x_shape)}
         return {s.x_key: x, s.y_key: {"dtype": "float32" if s.y_float else "int64", "shape": list(s.y_shape)}}
 
@@ -147,6 +150,8 @@ class Files(Source):
         s = self.schema
         if s.format == "tfrecord":
             return s
+        if s.named:
+            return Schema("tfrecord", "named", fields=named.shard_fields(s.fields))
         return Schema("tfrecord", s.x_kind, s.x_shape, s.y_shape, s.y_float, x_dtype=s.x_dtype,
                       pixel_scale=s.pixel_scale)
 
@@ -164,9 +169,16 @@ class Files(Source):
         if s.format == "tfrecord":  # kept as they are: only the label is parsed
             import tensorflow as tf
 
-            spec = parse_spec(s, with_x=False)
+            spec = parse_spec(s, with_x=False) if not s.named else {}
             for batch in tf.data.TFRecordDataset(path, s.compression, 1 << 20).batch(CHUNK):
-                yield list(batch.numpy()), tf.io.parse_example(batch, spec)[s.y_key].numpy()
+                yield list(batch.numpy()), (np.zeros(len(batch)) if s.named else  # no one target
+                                            tf.io.parse_example(batch, spec)[s.y_key].numpy())
+        elif s.named:
+            names = tuple(f.name for f in s.fields)
+            fields = self.record_schema().fields
+            for arrays in npz_chunks(path, CHUNK, names):
+                rows = [dict(zip(names, row)) for row in zip(*arrays)]
+                yield [named.example(fields, row) for row in rows], np.zeros(len(rows))
         elif s.format == "npz":
             for x, y in npz_chunks(path, CHUNK):
                 yield self._examples(x, y)
@@ -225,7 +237,7 @@ def _example(y: np.ndarray, x, x_key: str = "x") -> bytes:
 def _count(path: str, schema) -> int:
     """Records in one file without decoding them."""
     if schema.format == "npz":
-        return npz_headers(path)[1][0][0]
+        return next(iter(npz_arrays(path).values()))[0][0] if schema.named else npz_headers(path)[1][0][0]
     if schema.format == "csv":
         opener = gzip.open if path.endswith(".gz") else open
         with opener(path, "rb") as f:

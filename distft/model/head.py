@@ -3,8 +3,11 @@
 Example:
     model, head = replace_head(base, num_classes=5, dropout=0.2, seed=42)
     loss, metrics = default_objective(model, target_shape=())   # sparse CE + accuracy for class ids
+    model, head = replace_head(two_heads, num_classes=3, output="digit")   # keeps output 'digit'
 """
 from __future__ import annotations
+
+from typing import Optional
 
 import keras
 import tensorflow as tf
@@ -14,16 +17,17 @@ from distft.errors import DistftError
 HEAD_NAME = "distft_head"
 
 
-def replace_head(base: keras.Model, num_classes: int, dropout: float = 0.0,
-                 seed: int = 0) -> tuple[keras.Model, list[keras.layers.Layer]]:
+def replace_head(base: keras.Model, num_classes: int, dropout: float = 0.0, seed: int = 0,
+                 output: Optional[str] = None) -> tuple[keras.Model, list[keras.layers.Layer]]:
     """A model ending in a new Dense softmax head of `num_classes`; returns (model, head layers).
 
     The base's last layer is dropped (with a weight-less activation layer after it, if any),
     except for headless bases (keras.applications with include_top=False) which keep all.
+    With several outputs (or inputs), the head of `output` is replaced; the new head keeps
+    that output's name, so the data's target of that name still feeds it.
     """
-    if len(base.inputs) != 1:
-        raise DistftError("distft fine-tunes models with one input; this model has "
-                          f"{len(base.inputs)}")
+    if output is not None or len(base.inputs) > 1:
+        return _replace_output(base, output or base.output_names[0], num_classes, dropout, seed)
     features = _features(base)
     x = features
     if len(x.shape) > 2:
@@ -38,6 +42,41 @@ def replace_head(base: keras.Model, num_classes: int, dropout: float = 0.0,
     for layer in head:
         x = layer(x)
     return keras.Model(base.inputs[0], x, name=f"{base.name}_ft"), head
+
+
+def _replace_output(base: keras.Model, output: str, num_classes: int, dropout: float,
+                    seed: int) -> tuple[keras.Model, list[keras.layers.Layer]]:
+    names = list(base.output_names)
+    if output not in names:
+        raise DistftError(f"--head={output} is not an output of the model: pass one of "
+                          f"{', '.join(names)}")
+    index = names.index(output)
+    x = _node_input(base.outputs[index]._keras_history.operation)
+    head: list[keras.layers.Layer] = []
+    if dropout:
+        head.append(keras.layers.Dropout(dropout, seed=seed, name=f"distft_{output}_dropout"))
+    if len(x.shape) > 2:
+        head.insert(0, keras.layers.GlobalAveragePooling2D(name=f"distft_{output}_pool")
+                    if len(x.shape) == 4 else keras.layers.Flatten(name=f"distft_{output}_flatten"))
+    head.append(keras.layers.Dense(
+        num_classes, activation="softmax", dtype="float32", name=output,
+        kernel_initializer=keras.initializers.GlorotUniform(seed=seed)))
+    for layer in head:
+        x = layer(x)
+    outputs = list(base.outputs)
+    outputs[index] = x
+    return keras.Model(base.inputs, outputs, name=f"{base.name}_ft"), head
+
+
+def _node_input(last: keras.layers.Layer) -> tf.Tensor:
+    """The tensor that feeds the output layer `last` (or the layer with weights before it, when
+    `last` is a weight-less activation)."""
+    before = getattr(last.input, "_keras_history", None)
+    if not last.weights and before is not None and before.operation.weights:
+        last = before.operation
+    if isinstance(last.input, (list, tuple)):
+        raise DistftError(f"cannot replace last layer '{last.name}': it has several inputs")
+    return last.input
 
 
 def _features(base: keras.Model) -> tf.Tensor:
@@ -55,9 +94,11 @@ def _features(base: keras.Model) -> tf.Tensor:
     return node_input
 
 
-def output_activation(model: keras.Model) -> str:
-    """'softmax', 'sigmoid' or 'linear': the activation that produces the model's output."""
-    last = model.layers[-1]
+def output_activation(model: keras.Model, output: Optional[str] = None) -> str:
+    """'softmax', 'sigmoid' or 'linear': the activation that produces the model's output (or
+    its output named `output`)."""
+    last = model.layers[-1] if output is None else \
+        model.outputs[list(model.output_names).index(output)]._keras_history.operation
     while isinstance(last, keras.Model):
         last = last.layers[-1]
     act = getattr(last, "activation", None)
@@ -67,11 +108,12 @@ def output_activation(model: keras.Model) -> str:
     return name if name in ("softmax", "sigmoid") else "linear"
 
 
-def default_objective(model: keras.Model, target_shape: tuple = ()) -> tuple[str, list[str]]:
-    """Loss and metrics that follow the head and the target's shape per record: class ids
-    (sparse) or one-hot rows (K,) under softmax, one or K 0/1 labels under sigmoid, values
-    under a linear head."""
-    act = output_activation(model)
+def default_objective(model: keras.Model, target_shape: tuple = (),
+                      output: Optional[str] = None) -> tuple[str, list[str]]:
+    """Loss and metrics that follow the head (of `output`, with several) and the target's shape
+    per record: class ids (sparse) or one-hot rows (K,) under softmax, one or K 0/1 labels under
+    sigmoid, values under a linear head."""
+    act = output_activation(model, output)
     rows = bool(target_shape) and target_shape[-1] > 1
     if act == "softmax":
         return ("categorical_crossentropy" if rows else "sparse_categorical_crossentropy"), ["accuracy"]

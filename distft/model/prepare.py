@@ -3,11 +3,12 @@
 Example:
     ft = prepare("base_model.h5", num_classes=5, unfreeze="last:2")
     ft.model.summary(); ft.trainable_params, ft.frozen_params
+    ft = prepare("two_heads.keras", num_classes=3, head="digit", loss_weights="digit=1,size=0.5")
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Optional, Union
 
 import numpy as np
 import keras
@@ -15,17 +16,18 @@ import tensorflow as tf
 
 from distft.errors import DistftError
 from distft.model import head as heads
-from distft.model import loading, lora, precision as mixed, unfreeze as unfreezing
+from distft.model import loading, lora, objective, precision as mixed, unfreeze as unfreezing
 
 
 @dataclass
 class FineTuneModel:
     model: keras.Model
-    loss: str
-    metrics: list[str]
+    loss: Union[str, dict]  # several outputs: by output name, as metrics and target_shape
+    metrics: Union[list, dict]
     unfrozen: list[str] = field(default_factory=list)  # names of trainable leaf layers
     head: list[str] = field(default_factory=list)  # names of the new head's layers (always trained)
-    target_shape: tuple = ()  # the data's target shape per record: () for class ids
+    target_shape: Union[tuple, dict] = ()  # the data's target shape per record: () for class ids
+    loss_weights: Optional[dict] = None  # several outputs: each output's loss weight
 
     @property
     def trainable_params(self) -> int:
@@ -39,12 +41,15 @@ class FineTuneModel:
 
     @property
     def input_shape(self) -> tuple:
+        """The input's shape per record (several inputs: one shape each)."""
+        if len(self.model.inputs) > 1:
+            return tuple(tuple(t.shape[1:]) for t in self.model.inputs)
         return tuple(self.model.input_shape[1:])
 
     @property
     def classes(self) -> Optional[int]:
-        """Number of classes of a softmax output, else None."""
-        if heads.output_activation(self.model) != "softmax":
+        """Number of classes of a softmax output (of the only output), else None."""
+        if len(self.model.outputs) > 1 or heads.output_activation(self.model) != "softmax":
             return None
         return int(self.model.output_shape[-1])
 
@@ -54,15 +59,18 @@ def prepare(model: str, num_classes: Optional[int] = None, unfreeze: Optional[st
             input_shape: Optional[tuple] = None, loss: Optional[str] = None,
             metrics: Optional[tuple] = None, seed: int = 0,
             unsafe_deserialization: bool = False, precision: str = "float32",
-            target_shape: tuple = (), lora_rank: int = 0, lora_layers: Optional[str] = None,
-            lora_alpha: Optional[float] = None) -> FineTuneModel:
-    """Load `model`, replace its head if `num_classes`, and set which layers train; with
-    `lora_rank`, LoRA factors on `lora_layers` (model/lora.py) train beside `unfreeze` (default
-    none).
+            target_shape: Union[tuple, dict] = (), head: Optional[str] = None,
+            loss_weights: Optional[str] = None, lora_rank: int = 0,
+            lora_layers: Optional[str] = None, lora_alpha: Optional[float] = None
+            ) -> FineTuneModel:
+    """Load `model`, replace its head if `num_classes` (with several outputs: the head of output
+    `head`), and set which layers train; with `lora_rank`, LoRA factors on `lora_layers`
+    (model/lora.py) train beside `unfreeze` (default none).
 
     The default loss and metrics follow the head and `target_shape` (the data's per-record
-    target shape). A mixed `precision` becomes Keras' global policy first (see
-    model/precision.py)."""
+    target shape; several outputs: by output name, and each output has its own loss, metrics
+    and weight, see model/objective.py). A mixed `precision` becomes Keras' global policy first
+    (see model/precision.py)."""
     mixed.use(precision)
     # A file Keras saved with LoRA on holds merged kernels and reloads with zeroed factors
     # (which can never train): plain layers instead.
@@ -70,36 +78,51 @@ def prepare(model: str, num_classes: Optional[int] = None, unfreeze: Optional[st
     if isinstance(base, keras.Sequential):  # one graph of leaf layers, as functional models are
         base = keras.Model(base.inputs[0], base.outputs[0], name=base.name)
     base = mixed.cast(base, precision)
-    if len(base.inputs) != 1 or len(base.outputs) != 1:
-        raise DistftError(f"--model={model} has {len(base.inputs)} inputs and {len(base.outputs)} "
-                          "outputs: distft fine-tunes single-input, single-output models")
-    head: list[keras.layers.Layer] = []
+    several = len(base.outputs) > 1
+    if num_classes and several and not head:
+        raise DistftError(f"--model={model} has outputs {', '.join(base.output_names)}: pass "
+                          "--head=OUTPUT to name the one whose head --num_classes replaces")
+    if head and not num_classes:
+        raise DistftError(f"--head={head} names the output whose head --num_classes replaces: "
+                          "pass --num_classes=K too")
+    if loss_weights and not several:
+        raise DistftError("--loss_weights weighs the losses of a model's several outputs, and "
+                          f"--model={model} has one: leave it out")
+    new_head: list[keras.layers.Layer] = []
     if num_classes and getattr(base, "_distft_saved_model", False):
         raise DistftError(f"--model={model} is a SavedModel, which Keras 3 loads as one opaque "
                           "layer whose head cannot be replaced: drop --num_classes to fine-tune "
                           "it whole, or save the model as .keras or .h5 and pass that")
     if num_classes:
-        full, head = heads.replace_head(base, num_classes, head_dropout, seed)
+        full, new_head = heads.replace_head(base, num_classes, head_dropout, seed, head)
     elif getattr(base, "_distft_headless", False):
         raise DistftError(f"--model={model} has no classification head: pass --num_classes=K")
     else:
         full = base
-    head_ids = {id(l) for l in head}
+    head_ids = {id(l) for l in new_head}
     body = [l for l in unfreezing.flatten(full) if id(l) not in head_ids]
     spec = unfreeze if unfreeze is not None else ("none" if num_classes or lora_rank else "all")
     chosen = unfreezing.select(body, spec, train_bn)
     if lora_rank:
         lora.enable(body, chosen, lora_rank, lora_alpha, lora_layers)
     unfreezing.apply(full, body, chosen, train_bn)
-    for layer in head:
+    for layer in new_head:
         layer.trainable = True
     if not full.trainable_weights:
         raise DistftError(f"--unfreeze={spec} leaves no weight to train: unfreeze some layers "
                           "(e.g. --unfreeze=last:2) or add a head with --num_classes")
+    trained = [l.name for l in body + new_head if l.trainable and l.weights]
+    if several:
+        shapes = target_shape if isinstance(target_shape, dict) else {}
+        losses, per_metrics, per_weights = objective.per_output(full, shapes, loss, metrics,
+                                                                loss_weights)
+        return FineTuneModel(full, losses, per_metrics, trained, [l.name for l in new_head],
+                             {n: tuple(shapes.get(n, ())) for n in full.output_names}, per_weights)
+    if isinstance(target_shape, dict):  # named data for a one-output model: its output's target
+        target_shape = target_shape.get(full.output_names[0], ())
     default_loss, default_metrics = heads.default_objective(full, target_shape)
     return FineTuneModel(full, loss or default_loss, list(metrics) if metrics else default_metrics,
-                         [l.name for l in body + head if l.trainable and l.weights],
-                         [l.name for l in head], tuple(target_shape))
+                         trained, [l.name for l in new_head], tuple(target_shape))
 
 
 def _frozen(layer: keras.layers.Layer) -> list:

@@ -85,7 +85,7 @@ def choose(preprocess: str, model: keras.Model, schema: Schema, trained: Optiona
     """The --preprocess to use for `model` on data of `schema`. `auto` feeds what the training
     run fed (`trained`, from its config.yaml), else what the model's first layers expect; an
     explicit value wins, with a warning when it differs from that."""
-    if not schema.is_image or schema.pixel_scale == 0:  # features, or floats that are not pixels
+    if not schema.has_images or schema.pixel_scale == 0:  # features, or floats that are not pixels
         return Feed("scale" if preprocess == AUTO else preprocess)
     found = detect(model)
     if trained:

@@ -4,12 +4,13 @@ worker's records would read them. Also: metric names made Keras metrics for a mo
 
 Example:
     model.compile(loss=..., metrics=keras_metrics(["auc", "f1_score"], model, target_shape=()))
+    model.compile(loss=ft.loss, loss_weights=ft.loss_weights, metrics=compiled(ft))  # any outputs
     model.evaluate(my_share)
     summed_results(model.metrics, worker, "val")   # {"loss": ..., "auc": ..., "f1_score": ...}
 """
 from __future__ import annotations
 
-from typing import Sequence, Union
+from typing import Optional, Sequence, Union
 
 import keras
 import tensorflow as tf
@@ -22,16 +23,19 @@ from distft.train.runtime import Worker
 _SPARSE_AWARE = ("accuracy", "acc", "crossentropy", "ce")
 
 
-def keras_metrics(names: Sequence[str], model: keras.Model,
-                  target_shape: tuple) -> list[Union[str, keras.metrics.Metric]]:
-    """Keras metrics for `names` on `model`, whose targets have `target_shape` per record.
+def keras_metrics(names: Sequence[str], model: keras.Model, target_shape: tuple,
+                  output: Optional[str] = None) -> list[Union[str, keras.metrics.Metric]]:
+    """Keras metrics for `names` on `model` (on its output `output`, with several), whose
+    targets have `target_shape` per record.
 
     Under a softmax head with class-id targets, a metric that compares rows (auc, precision,
     recall, f1_score, mae, ...: Keras 3 has no sparse variant of these) sees the ids one-hot.
     F1 and F-beta scores are averaged over the classes ("macro") so that each is one number;
     they threshold at 0.5 unless the head is a softmax (then the top class counts).
     """
-    softmax = output_activation(model) == "softmax"
+    softmax = output_activation(model, output) == "softmax"
+    width = model.outputs[list(model.output_names).index(output)].shape[-1] if output else \
+        model.output_shape[-1]
     class_ids = softmax and not (target_shape and target_shape[-1] > 1)
     metrics: list[Union[str, keras.metrics.Metric]] = []
     for name in names:
@@ -49,8 +53,25 @@ def keras_metrics(names: Sequence[str], model: keras.Model,
             metric = type(metric).from_config({**metric.get_config(), "average": "macro",
                                                "threshold": None if softmax else 0.5})
         metric.name = name  # as Keras names a metric given by name
-        metrics.append(_OneHot(metric, int(model.output_shape[-1])) if class_ids else metric)
+        metrics.append(_OneHot(metric, int(width)) if class_ids else metric)
     return metrics
+
+
+def compiled(ft) -> Union[list, dict]:
+    """The compiled metrics of a model/prepare.py FineTuneModel. With several outputs: by
+    output, each also with its loss as a metric (`OUTPUT_loss`): Keras's own per-output loss
+    counts every batch once, a short last batch as a full one, so it is not exact in evaluation."""
+    if not isinstance(ft.metrics, dict):
+        return keras_metrics(ft.metrics, ft.model, ft.target_shape)
+    return {name: [*keras_metrics(names, ft.model, ft.target_shape[name], name), _loss_metric(ft.loss[name])]
+            for name, names in ft.metrics.items()}
+
+
+def _loss_metric(name: str) -> keras.metrics.Metric:
+    """The mean of loss `name` over the records."""
+    loss = keras.losses.get(name)
+    return keras.metrics.MeanMetricWrapper(loss.call if isinstance(loss, keras.losses.Loss) else loss,
+                                           name="loss")
 
 
 class _OneHot(keras.metrics.Metric):
@@ -95,11 +116,13 @@ def summed_results(metrics: list[keras.metrics.Metric], worker: Worker,
 
 def results_from_states(metrics: list[keras.metrics.Metric], states: list) -> dict[str, float]:
     """Assign `states` (one per variable of `metrics`, in order) and read the results, a
-    metric that returns a dict (Keras' compiled metrics) giving one entry per name."""
+    metric that returns a dict (Keras' compiled metrics) giving one entry per name; of two
+    entries of one name the first counts (compiled `OUTPUT_loss` before Keras's, see `compiled`)."""
     for variable, state in zip([v for m in metrics for v in m.variables], states, strict=True):
         variable.assign(state)
     results: dict = {}
     for metric in metrics:
         result = metric.result()
-        results.update(result if isinstance(result, dict) else {metric.name: result})
+        for key, value in (result if isinstance(result, dict) else {metric.name: result}).items():
+            results.setdefault(key, value)
     return {k: float(v) for k, v in results.items()}

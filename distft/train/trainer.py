@@ -38,7 +38,7 @@ from distft.train.callbacks.unfreezing import StagedUnfreezing
 from distft.train.callbacks.validation import Validation
 from distft.train.callbacks.weights import WeightChanges
 from distft.train.evaluation import evaluate_split
-from distft.train.metrics import build_compiled, keras_metrics
+from distft.train.metrics import build_compiled, compiled
 from distft.train.output import RunFolder
 from distft.train.runtime import Worker
 from distft.train.step import GradientAverager
@@ -59,6 +59,11 @@ def run(cfg: TrainConfig, worker: Optional[Worker] = None) -> dict[str, Any]:
     resume_from = worker.agree(lambda: folder.check(cfg.resume, cfg.overwrite))
 
     train_data, val_data = worker.all_ok(lambda: _open_data(cfg))
+    methods.use_xla(cfg.jit)
+    ft = worker.all_ok(lambda: _prepare(cfg, train_data))
+    worker.all_ok(lambda: [d.bind(ft.model, flag=f) for d, f in ((train_data, "data"), (val_data, "val_data")) if d])
+    feed = preprocessing.choose(cfg.preprocess, ft.model, train_data.schema)
+    cfg.preprocess = feed.preprocess  # config.yaml records what was fed, for evaluate and predict
     counts = train_data.count(worker.rank, worker.size, worker.gather)
     total = sum(counts.train)
     if total < worker.size:
@@ -69,11 +74,6 @@ def run(cfg: TrainConfig, worker: Optional[Worker] = None) -> dict[str, Any]:
     elif val_data is not None:
         val_data.count(worker.rank, worker.size, worker.gather)
         val_data.use_classes(train_data.classes, "--data")
-
-    methods.use_xla(cfg.jit)
-    ft = worker.all_ok(lambda: _prepare(cfg, train_data))
-    feed = preprocessing.choose(cfg.preprocess, ft.model, train_data.schema)
-    cfg.preprocess = feed.preprocess  # config.yaml records what was fed, for evaluate and predict
     plan = worker.all_ok(lambda: methods.plan(ft, cfg))
     parts = worker.all_ok(lambda: frozen_cache.split_model(ft, plan, cfg)) if cfg.cache_frozen else None
     check_fit(ft, train_data, cfg.num_classes)
@@ -287,8 +287,8 @@ def compile_for_workers(model: keras.Model, optimizer: keras.optimizers.Optimize
     """Compile `model` with distft's train step, which averages gradients over the workers.
 
     Not XLA as a whole (Keras 3's default on GPUs): Horovod's ops have no XLA kernel."""
-    model.compile(optimizer=optimizer, loss=ft.loss, jit_compile=False,
-                  metrics=keras_metrics(ft.metrics, ft.model, ft.target_shape))
+    model.compile(optimizer=optimizer, loss=ft.loss, loss_weights=ft.loss_weights, jit_compile=False,
+                  metrics=compiled(ft))
     model.train_step = averager.train_step(model)
 
 
@@ -313,14 +313,22 @@ def _open_data(cfg: TrainConfig) -> tuple[DataSet, Optional[DataSet]]:
 def _prepare(cfg: TrainConfig, data: DataSet) -> FineTuneModel:
     return prepare(cfg.model, cfg.num_classes, cfg.unfreeze, cfg.head_dropout, cfg.train_bn,
                    cfg.weights, cfg.input_shape, cfg.loss, cfg.metrics, cfg.seed,
-                   cfg.unsafe_deserialization, cfg.precision, data.schema.y_shape,
-                   lora_rank=cfg.lora, lora_layers=cfg.lora_layers, lora_alpha=cfg.lora_alpha)
+                   cfg.unsafe_deserialization, cfg.precision, data.schema.target_shape, cfg.head,
+                   cfg.loss_weights, cfg.lora, cfg.lora_layers, cfg.lora_alpha)
 
 
 def check_fit(ft: FineTuneModel, data: DataSet, num_classes: Optional[int] = None) -> None:
     """The data's records and targets must fit the model's input and output; one error line
     naming both shapes otherwise."""
     schema, shape = data.schema, ft.input_shape
+    if schema.named:
+        for name, out in zip(ft.model.output_names, ft.model.outputs):
+            if name in schema.outputs:
+                f = next(f for f in schema.fields if f.name == name)
+                _check_targets(tuple(out.shape), heads.output_activation(ft.model, name), f.shape,
+                               f.is_float, data.counts.ranges.get(name) if data.counts else None, [],
+                               num_classes, f"--data's '{name}'", f" --head={name}")
+        return
     if schema.x_kind == "float" and math.prod(shape) != schema.x_size:
         raise DistftError(f"--data records have {schema.x_size} features but the model's input "
                           f"{shape} needs {math.prod(shape)}: use data made for this model")
@@ -330,37 +338,48 @@ def check_fit(ft: FineTuneModel, data: DataSet, num_classes: Optional[int] = Non
     if schema.x_kind == "pixels" and {schema.x_shape[-1], shape[-1]} not in ({1, 3}, {shape[-1]}):
         raise DistftError(f"--data images have {schema.x_shape[-1]} channels but the model's input "
                           f"{shape} has {shape[-1]}: use images with 1 or 3 channels")
-    out = tuple(ft.model.output_shape)
+    counts = data.counts
+    _check_targets(tuple(ft.model.output_shape), heads.output_activation(ft.model), schema.y_shape,
+                   schema.y_float, (counts.y_min, counts.y_max) if counts else None, data.classes,
+                   num_classes, "--data")
+
+
+def _check_targets(out: tuple, act: str, y_shape: tuple, y_float: bool, y_range: Optional[tuple],
+                   classes: list[str], num_classes: Optional[int], what: str, head_flag: str = "") -> None:
+    """Targets of `y_shape` per record, spanning `y_range`, must fit an output of shape `out`
+    with activation `act`; `what` names the targets in errors, `head_flag` follows each
+    --num_classes hint (the output's --head)."""
     if len(out) != 2:
         return
-    k, act = out[-1], heads.output_activation(ft.model)
-    width = schema.y_shape[-1] if schema.y_shape else 1
-    found = f"--data targets have shape {schema.describe_y()} but the model's output is {out}"
+    k = out[-1]
+    width = y_shape[-1] if y_shape else 1
+    found = (f"{what} targets have shape {'(N, ' + ', '.join(map(str, y_shape)) + ')' if y_shape else '(N,)'} "
+             f"but the model's output is {out}")
     if width > 1 and width != k:
         raise DistftError(f"{found}: give targets of width {k}" + (
-            f", or pass --num_classes={width} for a new head" if act == "softmax" else ""))
+            f", or pass --num_classes={width}{head_flag} for a new head" if act == "softmax" else ""))
     if width == 1 and k > 1 and act != "softmax":
         raise DistftError(f"{found}: a {act} output of {k} values needs targets of shape (N, {k})")
-    counts = data.counts
-    if counts is None or act not in ("softmax", "sigmoid"):
+    if y_range is None or act not in ("softmax", "sigmoid"):
         return
+    lo, hi = y_range
     if width > 1 or act == "sigmoid":
-        if counts.y_min < 0 or counts.y_max > 1:
-            raise DistftError(f"--data targets span [{counts.y_min:g}, {counts.y_max:g}] but the "
+        if lo < 0 or hi > 1:
+            raise DistftError(f"{what} targets span [{lo:g}, {hi:g}] but the "
                               f"model's {act} output needs one-hot or 0/1 targets in [0, 1]")
         return
-    if data.classes and len(data.classes) != k:
-        names = ", ".join(data.classes[:5]) + (", ..." if len(data.classes) > 5 else "")
-        raise DistftError(f"the model outputs {k} classes but the data has {len(data.classes)} "
-                          f"({names}): pass --num_classes={len(data.classes)}" + (
+    if classes and len(classes) != k:
+        names = ", ".join(classes[:5]) + (", ..." if len(classes) > 5 else "")
+        raise DistftError(f"the model outputs {k} classes but the data has {len(classes)} "
+                          f"({names}): pass --num_classes={len(classes)}" + (
                               "" if num_classes is None else " for the new head"))
-    if schema.y_float:
-        raise DistftError("--data labels are floats but the model is a classifier: "
+    if y_float:
+        raise DistftError(f"{what} labels are floats but the model is a classifier: "
                           "write integer class labels")
-    if counts.y_min < 0 or counts.y_max >= k:
-        raise DistftError(f"--data labels span [{counts.y_min:.0f}, {counts.y_max:.0f}] but the "
+    if lo < 0 or hi >= k:
+        raise DistftError(f"{what} labels span [{lo:.0f}, {hi:.0f}] but the "
                           f"model has {k} classes: labels must be in [0, {k}); "
-                          "set --num_classes to match the data")
+                          f"set --num_classes{head_flag} to match the data")
 
 
 def _val_stream(model: keras.Model, val_data: Optional[DataSet], cfg: TrainConfig,
@@ -405,8 +424,13 @@ def _log_start(cfg, worker, ft, train_data, total, steps, resume_from, position,
     moving = unfreezing.count_params(ft.model.weights) - ft.trainable_params - ft.frozen_params
     log.info("weights: %d trainable, %d frozen%s", ft.trainable_params, ft.frozen_params,
              f", {moving} moving statistics (averaged over the workers every epoch)" if moving else "")
-    log.info("objective: %s, metrics %s%s", ft.loss, ", ".join(ft.metrics),
-             "" if cfg.loss else f" (for targets of shape {train_data.schema.describe_y()}; --loss to change)")
+    if isinstance(ft.loss, dict):
+        log.info("objective per output: %s", "; ".join(
+            f"{n}: {ft.loss[n]} (weight {(ft.loss_weights or {}).get(n, 1.0):g}), metrics "
+            f"{', '.join(ft.metrics[n])}" for n in ft.loss))
+    else:
+        log.info("objective: %s, metrics %s%s", ft.loss, ", ".join(ft.metrics),
+                 "" if cfg.loss else f" (for targets of shape {train_data.schema.describe_y()}; --loss to change)")
     log.info("data %s: %d records, %d steps/epoch of %d per worker (global batch %d%s)",
              cfg.data, total, steps, cfg.batch_size, cfg.batch_size * worker.size,
              f", {cfg.batch_size * worker.size * cfg.grad_accum} per update" if cfg.grad_accum > 1 else "")

@@ -1,0 +1,126 @@
+"""Models with several inputs and outputs (issue 20, item 2): an image + metadata model with a
+digit head and a size head, written by stock Keras in a process that does not import distft
+(tests/data/make_two_heads.py), its data as .npz arrays and as `distft shard` TFRecords named
+as the model's inputs and outputs; one 2-worker fine-tuning, then evaluate on 2 workers and
+predict. The logic (binding names, per-output options, errors) is checked in-process."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from conftest import distft, horovodrun
+
+MAKER = os.path.join(os.path.dirname(__file__), "data", "make_two_heads.py")
+
+
+@pytest.fixture(scope="module")
+def two_heads(tmp_path_factory):
+    """two_heads.keras (inputs image, meta; outputs digit, size), train.npz and val.npz."""
+    folder = tmp_path_factory.mktemp("two_heads")
+    subprocess.run([sys.executable, "-c", "import runpy, sys; sys.argv = sys.argv[1:]; runpy.run_path(sys.argv[0], run_name='__main__'); "
+                    "assert 'distft' not in sys.modules", MAKER, str(folder)], check=True)
+    return folder
+
+
+def test_named_arrays_bind_to_the_inputs_and_outputs(two_heads, tmp_path):
+    import keras
+
+    from distft.data.dataset import DataSet
+    from distft.errors import DistftError
+
+    model = keras.models.load_model(two_heads / "two_heads.keras")
+    ds = DataSet.open(str(two_heads / "val.npz"), holdout=0.25)
+    ds.bind(model)
+    ds.count()
+    assert ds.schema.outputs == ("digit", "size") and [p.image for p in ds.schema.inputs] == [True, False]
+    assert ds.counts.ranges["digit"] == (0.0, 4.0)
+    x, y = next(iter(ds.stream(0, 1, 8, (), training=True)))
+    assert x["image"].shape == (8, 8, 8, 1) and x["meta"].shape == (8, 3)
+    assert float(np.max(x["image"])) <= 1.0  # pixels scaled as --preprocess=scale does
+    assert y["digit"].dtype.name == "int64" and y["size"].shape == (8,)
+    held = ds.held_out()
+    assert sum(held.part_counts()) + sum(ds.part_counts()) == 180 and sum(held.part_counts()) > 30
+    # predict needs the inputs only
+    z = dict(np.load(two_heads / "val.npz"))
+    np.savez(tmp_path / "inputs.npz", image=z["image"], meta=z["meta"])
+    only = DataSet.open(str(tmp_path / "inputs.npz"))
+    with pytest.raises(DistftError, match=r"has no array 'digit', 'size' \(it has image, meta\); the "
+                                          "model's inputs are image, meta and its outputs digit, size"):
+        only.bind(model)
+    only.bind(model, targets=False)
+    assert only.schema.outputs == ()
+
+
+def test_per_output_options(two_heads):
+    from distft.errors import DistftError
+    from distft.model.prepare import prepare
+
+    path = str(two_heads / "two_heads.keras")
+    ft = prepare(path, loss="size=mean_absolute_error", metrics=("digit=accuracy", "digit=auc", "mse"),
+                 loss_weights="size=0.5", target_shape={"digit": (), "size": ()})
+    assert ft.loss == {"digit": "sparse_categorical_crossentropy", "size": "mean_absolute_error"}
+    assert ft.metrics == {"digit": ["accuracy", "auc", "mse"], "size": ["mse"]}
+    assert ft.loss_weights == {"digit": 1.0, "size": 0.5}
+    for kwargs, message in (
+            ({"num_classes": 3}, "has outputs digit, size: pass --head=OUTPUT"),
+            ({"num_classes": 3, "head": "label"}, "--head=label is not an output of the model: pass one of digit, size"),
+            ({"loss": "label=mse"}, "--loss: 'label' is not an output of the model"),
+            ({"loss_weights": "size=half"}, "--loss_weights=size=half: 'half' is not a number")):
+        with pytest.raises(DistftError, match=message):
+            prepare(path, **kwargs)
+    ft = prepare(path, num_classes=3, head="digit")  # the new head keeps the output's name
+    assert list(ft.model.output_names) == ["digit", "size"] and ft.model.output_shape[0] == (None, 3)
+    assert ft.unfrozen == ["digit"]
+
+
+@pytest.mark.multiworker
+def test_two_inputs_two_outputs_on_2_workers(two_heads, tmp_path):
+    """Shards written by `distft shard`, validation on the .npz, a new digit head, the size loss
+    weighed by 0.5, images augmented; then evaluate (2 workers) and predict."""
+    shards, run = tmp_path / "shards", tmp_path / "run"
+    r = distft(["shard", f"--input={two_heads / 'train.npz'}", f"--output_dir={shards}", "--num_shards=4"])
+    assert r.code == 0, r.out[-2000:]
+    r = horovodrun(["train", f"--model={two_heads / 'two_heads.keras'}", f"--data={shards}",
+                    f"--val_data={two_heads / 'val.npz'}", "--num_classes=5", "--head=digit",
+                    "--loss_weights=digit=1,size=0.5", "--unfreeze=all", "--epochs=3", "--lr=3e-3",
+                    "--augment=flip", f"--output_dir={run}"])
+    assert r.code == 0, r.out[-3000:]
+    metrics = json.load(open(run / "metrics.json"))
+    assert len(metrics["weights_checksums"]) == 2 and len(set(metrics["weights_checksums"])) == 1
+    assert metrics["steps_run"][0] == metrics["steps_run"][1]  # each worker its share, equal steps
+    keys = {"loss", "digit_loss", "digit_accuracy", "size_loss", "size_mean_absolute_error"}
+    for part in ("train", "validation", "validation_before"):
+        got = metrics[part]
+        assert set(got) == keys, (part, got)
+        assert got["loss"] == pytest.approx(got["digit_loss"] + 0.5 * got["size_loss"], rel=1e-4)
+    assert metrics["validation"]["digit_loss"] < metrics["validation_before"]["digit_loss"]
+    assert "objective per output: digit: sparse_categorical_crossentropy (weight 1), metrics accuracy; " \
+           "size: mean_squared_error (weight 0.5)" in r.out
+
+    out = tmp_path / "eval.json"
+    r = distft(["evaluate", f"--model={run / 'model.keras'}", f"--data={two_heads / 'val.npz'}",
+                "--np=2", "--batch_size=7", f"--output={out}"])
+    assert r.code == 0, r.out[-3000:]
+    evaluated = json.load(open(out))
+    for key in keys - {"loss"}:  # the run's last validation, exact over workers and batch sizes
+        assert evaluated[key] == pytest.approx(metrics["validation"][key], rel=1e-4, abs=1e-6), key
+    assert evaluated["loss"] == pytest.approx(evaluated["digit_loss"] + evaluated["size_loss"], rel=1e-4)
+
+    r = distft(["predict", f"--model={run / 'model.keras'}", f"--data={two_heads / 'val.npz'}",
+                f"--output={tmp_path / 'pred.npz'}"])
+    assert r.code == 0, r.out[-3000:]
+    pred = np.load(tmp_path / "pred.npz")
+    assert sorted(pred) == ["digit", "size"]
+    assert pred["digit"].shape == (180, 5) and pred["size"].shape == (180, 1)
+    val = np.load(two_heads / "val.npz")
+    accuracy = float(np.mean(pred["digit"].argmax(1) == val["digit"]))
+    assert accuracy == pytest.approx(metrics["validation"]["digit_accuracy"], abs=1e-6)
+
+    import keras
+
+    base = keras.models.load_model(two_heads / "two_heads.keras")
+    tuned = keras.models.load_model(run / "model.keras")
+    assert not np.allclose(base.get_layer("conv").get_weights()[0], tuned.get_layer("conv").get_weights()[0])
