@@ -6,7 +6,8 @@ array or feature: its name, value type and shape per record). `bind` matches the
 each input takes the field of its name, each output the field of its name as its target. An
 image input (H, W, C) takes pixel arrays ((H, W) or (H, W, C) per record) or encoded PNG/JPEG
 bytes, which are decoded, resized, augmented and preprocessed as one-input images are; any
-other input takes the values, reshaped to its shape and cast to its type. A record becomes
+other input takes the values, reshaped to its shape (where that has an unknown length, as a
+Keras Hub model's token ids do: the field's) and cast to its type. A record becomes
 ({input: tensor}, {output: target}).
 
 Example:
@@ -129,7 +130,14 @@ def bind(fields: tuple[Field, ...], inputs: tuple[Port, ...], outputs: tuple, ta
     for port in inputs:
         f = by_name[port.name]
         image = len(port.shape) == 3 and (f.encoded or len(f.shape) in (2, 3))
-        if not image and (f.encoded or math.prod(f.shape) != math.prod(port.shape)):
+        if not image and None in port.shape:  # e.g. a Keras Hub model's (None,) token ids
+            if f.encoded or len(f.shape) != len(port.shape) or \
+                    any(p not in (None, n) for p, n in zip(port.shape, f.shape)):
+                raise DistftError(f"--data={data}: '{f.name}' has {_describe(f)} but the model's "
+                                  f"input '{port.name}' is {port.shape}: give it rows of that "
+                                  "shape (None: any length, the same in every record)")
+            port = dataclasses.replace(port, shape=f.shape)
+        elif not image and (f.encoded or math.prod(f.shape) != math.prod(port.shape)):
             raise DistftError(f"--data={data}: '{f.name}' has {_describe(f)} but the model's input "
                               f"'{port.name}' is {port.shape}: give it {math.prod(port.shape)} "
                               "values a record")
@@ -161,7 +169,8 @@ def parse_spec(fields: tuple[Field, ...], names: tuple[str, ...]) -> dict:
 def record_decoder(fields: tuple[Field, ...], inputs: tuple[Port, ...], outputs: tuple[str, ...],
                    tfrecord: bool) -> Callable:
     """record ({name: values} from .npz, or a serialized Example) -> ({input: tensor},
-    {output: target}); image inputs as float32 images in [0, 255] of the input's shape."""
+    {output: target}, or the target alone for one output); image inputs as float32 images in
+    [0, 255] of the input's shape."""
     by_name = {f.name: f for f in fields}
     spec = parse_spec(fields, tuple(p.name for p in inputs) + outputs)
 
@@ -183,8 +192,9 @@ def record_decoder(fields: tuple[Field, ...], inputs: tuple[Port, ...], outputs:
 
     def decode(record):
         values = tf.io.parse_single_example(record, spec) if tfrecord else record
-        return ({p.name: value(values[p.name], p) for p in inputs},
-                {n: target(values[n], n) for n in outputs})
+        ys = {n: target(values[n], n) for n in outputs}
+        # One output's target alone: Keras pairs a dict of targets with a dict of losses.
+        return {p.name: value(values[p.name], p) for p in inputs}, ys.popitem()[1] if len(ys) == 1 else ys
 
     return decode
 

@@ -60,9 +60,10 @@ class TensorBoardLogger(keras.callbacks.Callback):
     def write_graph(self, model: keras.Model) -> None:
         """The model's inference graph (Graphs tab)."""
         specs = [tf.TensorSpec(t.shape, t.dtype) for t in model.inputs]
+        names = [t.name for t in model.inputs]  # by name: a Keras Hub model takes a dict
         try:
-            graph = tf.function(lambda *x: model(list(x) if len(x) > 1 else x[0], training=False)) \
-                .get_concrete_function(*specs).graph
+            graph = tf.function(lambda *x: model(dict(zip(names, x)) if len(x) > 1 else x[0],
+                                                 training=False)).get_concrete_function(*specs).graph
         except Exception as e:  # a model that only runs on its own input structure: no graph view
             log.warning("TensorBoard: the model's graph is not written (%s: %s)", type(e).__name__,
                         str(e).splitlines()[0] if str(e) else "")
