@@ -1,7 +1,7 @@
 """Write the model files and data of tests/test_custom_objects.py with stock Keras, in a process
 that does not import distft (as a user's own script would).
 
-    python tests/custom_models.py FOLDER   # mymod.py, custom.keras (uses mymod>Scale), Keras Hub models
+    python tests/custom_models.py FOLDER   # mymod.py, custom.keras (uses mymod>Scale), a Keras Hub model and its data
 """
 import os
 import sys
@@ -29,8 +29,9 @@ class Scale(keras.layers.Layer):
 def write(folder: str) -> None:
     """mymod.py; custom.keras, a classifier of 8 numbers through mymod.Scale; with keras_hub
     installed also hub_classifier.keras, a tiny BertTextClassifier (random weights, no
-    preprocessor), and text.keras: token ids through a tiny BertBackbone, mymod.Scale and a
-    softmax head; train.npz and val.npz, token ids whose class is whether the first is below 50."""
+    preprocessor, softmax output `logits`) and its train.npz and val.npz: token_ids (0 after
+    each record's length), segment_ids, a bool padding_mask, and `logits`, the class: whether
+    the first token is below 50."""
     with open(os.path.join(folder, "mymod.py"), "w") as f:
         f.write(MYMOD)
     sys.path.insert(0, folder)
@@ -46,21 +47,18 @@ def write(folder: str) -> None:
         import keras_hub
     except ImportError:  # Python 3.10, or an environment without the hub extra
         return
-    sizes = dict(vocabulary_size=100, num_layers=1, num_heads=2, hidden_dim=16,
-                 intermediate_dim=32, max_sequence_length=16)
-    keras_hub.models.BertTextClassifier(keras_hub.models.BertBackbone(**sizes), num_classes=2,
-                                        preprocessor=None).save(os.path.join(folder, "hub_classifier.keras"))
-    token_ids = keras.Input((16,), dtype="int32", name="token_ids")
-    features = keras_hub.models.BertBackbone(**sizes)(
-        {"token_ids": token_ids, "padding_mask": keras.ops.not_equal(token_ids, 0),
-         "segment_ids": keras.ops.zeros_like(token_ids)})["pooled_output"]
-    x = mymod.Scale(2.0, name="scale")(features)
-    keras.Model(token_ids, keras.layers.Dense(2, activation="softmax", name="out")(x)).save(
-        os.path.join(folder, "text.keras"))
+    backbone = keras_hub.models.BertBackbone(vocabulary_size=100, num_layers=1, num_heads=2,
+                                             hidden_dim=16, intermediate_dim=32,
+                                             max_sequence_length=16)
+    keras_hub.models.BertTextClassifier(backbone, num_classes=2, preprocessor=None,
+                                        activation="softmax").save(
+        os.path.join(folder, "hub_classifier.keras"))
     rng = np.random.default_rng(0)
     for name, n in (("train", 256), ("val", 128)):
         ids = rng.integers(1, 100, size=(n, 16)).astype("int32")
-        np.savez(os.path.join(folder, f"{name}.npz"), x=ids, y=(ids[:, 0] < 50).astype("int64"))
+        ids[np.arange(16) >= rng.integers(8, 17, size=(n, 1))] = 0
+        np.savez(os.path.join(folder, f"{name}.npz"), token_ids=ids, segment_ids=0 * ids,
+                 padding_mask=ids > 0, logits=(ids[:, 0] < 50).astype("int64"))
 
 
 if __name__ == "__main__":

@@ -1,5 +1,5 @@
-"""A user's custom layer (--import) and Keras Hub models, from files that stock Keras wrote in a
-process without distft (tests/custom_models.py)."""
+"""A user's custom layer (--import) and a Keras Hub task model, from files that stock Keras wrote in
+a process without distft (tests/custom_models.py)."""
 from __future__ import annotations
 
 import json
@@ -113,31 +113,61 @@ def test_a_keras_hub_model_needs_no_flag(files, monkeypatch):
         loading.load(path)
 
 
+def test_an_input_of_any_length_takes_the_arrays_length():
+    """Keras Hub's token inputs are (None,): the data's rows give the length."""
+    from distft.data import named
+
+    port = named.Port("token_ids", (None,), "int32")
+    (bound,), _ = named.bind((named.Field("token_ids", "bool", (16,)),), (port,), (), False, "d.npz")
+    assert bound.shape == (16,) and bound.dtype == "int32"
+    with pytest.raises(DistftError, match=r"^--data=d.npz: 'token_ids' has rows of shape \(4, 4\) "
+                                          r"but the model's input 'token_ids' is \(None,\)"):
+        named.bind((named.Field("token_ids", "int32", (4, 4)),), (port,), (), False, "d.npz")
+
+
+def test_lora_on_a_keras_hub_classifier_trains_only_the_factors_and_the_new_head(files):
+    """Keras Hub's transformer layers are EinsumDense and Dense inside: they take factors; the
+    new head keeps the output's name, so the data's target array stays `logits`."""
+    pytest.importorskip("keras_hub")
+    from distft.model import lora
+    from distft.model.prepare import prepare
+
+    ft = prepare(os.path.join(files, "hub_classifier.keras"), num_classes=2, lora_rank=4)
+    block = "transformer_layer_0/"
+    layers = {"token_embedding", "segment_embedding", "pooled_dense"} | {
+        block + l for l in ("feedforward_intermediate_dense", "feedforward_output_dense")} | {
+        f"{block}self_attention_layer/{l}" for l in ("query", "key", "value", "attention_output")}
+    assert {v.path for v in ft.model.trainable_variables} == {"logits/kernel", "logits/bias"} | {
+        f"{l}/lora_{'embeddings' if l.endswith('embedding') else 'kernel'}_{ab}"
+        for l in layers for ab in "ab"}
+    assert set(lora.summary(ft.model)["layers"]) == layers and ft.model.output_names == ["logits"]
+
+
 @pytest.mark.multiworker
-def test_a_keras_hub_text_classifier_with_a_custom_layer_on_two_workers(files, tmp_path):
-    """train from YAML (import: the .py file; the workers get --import) on 2 workers, then
-    evaluate and predict with --import (file, then name), which agree on the accuracy."""
+def test_a_keras_hub_text_classifier_fine_tunes_on_two_workers(files, tmp_path):
+    """The BertTextClassifier itself (inputs token_ids, segment_ids, padding_mask of any length;
+    output logits) from .npz arrays of those names (a bool padding_mask), trained whole on 2
+    workers; evaluate and predict agree on the accuracy (evaluate on 2 workers of named .npz
+    data: tests/test_multi_io.py)."""
     pytest.importorskip("keras_hub")
     run, val = tmp_path / "run", os.path.join(files, "val.npz")
-    (tmp_path / "run.yaml").write_text(json.dumps({
-        "model": os.path.join(files, "text.keras"), "data": os.path.join(files, "train.npz"),
-        "val_data": val, "import": [os.path.join(files, "mymod.py")], "np": 2, "epochs": 3,
-        "batch_size": 16, "output_dir": str(run)}))
-    result = distft(["train", f"--config={tmp_path / 'run.yaml'}"], timeout=240)
+    result = distft(["train", f"--model={files}/hub_classifier.keras", f"--data={files}/train.npz",
+                     f"--val_data={val}", "--np=2", "--epochs=3", "--batch_size=16",
+                     f"--output_dir={run}"], timeout=240)
     assert result.code == 0, result.out[-3000:]
+    assert "model's graph is not written" not in result.out
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["workers"] == 2 and len(set(metrics["weights_checksums"])) == 1
-    assert metrics["validation_before"]["accuracy"] < 0.85 < metrics["validation"]["accuracy"]
-    assert "import:" in (run / "config.yaml").read_text()
+    assert metrics["params"] == {"trainable": 4450, "frozen": 0}
+    assert metrics["validation_before"]["accuracy"] < 0.7 < 0.85 < metrics["validation"]["accuracy"]
     model = str(run / "model.keras")
-    result = distft(["evaluate", f"--model={model}", f"--data={val}", f"--import={files}/mymod.py",
+    result = distft(["evaluate", f"--model={model}", f"--data={val}",
                      f"--output={tmp_path / 'eval.json'}"], timeout=120)
     assert result.code == 0, result.out[-3000:]
     accuracy = json.loads((tmp_path / "eval.json").read_text())["accuracy"]
     assert accuracy == pytest.approx(metrics["validation"]["accuracy"])
-    result = distft(["predict", f"--model={model}", f"--data={val}", "--import=mymod",
-                     f"--output={tmp_path / 'p.npy'}"], env={"PYTHONPATH": os.pathsep.join(
-                         [files, os.environ.get("PYTHONPATH", "")])}, timeout=120)
+    result = distft(["predict", f"--model={model}", f"--data={val}", f"--output={tmp_path / 'p.npy'}"],
+                    timeout=120)
     assert result.code == 0, result.out[-3000:]
     with np.load(val) as v:
-        assert (np.load(tmp_path / "p.npy").argmax(1) == v["y"]).mean() == pytest.approx(accuracy)
+        assert (np.load(tmp_path / "p.npy").argmax(1) == v["logits"]).mean() == pytest.approx(accuracy)
