@@ -27,7 +27,8 @@ class Scale(keras.layers.Layer):
 
 
 def write(folder: str) -> None:
-    """mymod.py; custom.keras, a classifier of 8 numbers through mymod.Scale; with keras_hub
+    """mymod.py; custom.keras, a classifier of 8 numbers through mymod.Scale, and its
+    numbers_train.npz and numbers_val.npz (the class: whether the first number is positive); with keras_hub
     installed also hub_classifier.keras, a tiny BertTextClassifier (random weights, no
     preprocessor, softmax output `logits`) and its train.npz and val.npz: token_ids (0 after
     each record's length), segment_ids, a bool padding_mask, and `logits`, the class: whether
@@ -43,6 +44,10 @@ def write(folder: str) -> None:
     x = keras.layers.Dense(4, name="hidden")(mymod.Scale(0.5, name="scale")(inputs))
     keras.Model(inputs, keras.layers.Dense(2, activation="softmax", name="out")(x)).save(
         os.path.join(folder, "custom.keras"))
+    rng = np.random.default_rng(0)
+    for name, n in (("numbers_train", 512), ("numbers_val", 128)):
+        x = rng.normal(size=(n, 8)).astype("float32")
+        np.savez(os.path.join(folder, f"{name}.npz"), x=x, y=(x[:, 0] > 0).astype("int64"))
     try:
         import keras_hub
     except ImportError:  # Python 3.10, or an environment without the hub extra

@@ -144,6 +144,28 @@ def test_lora_on_a_keras_hub_classifier_trains_only_the_factors_and_the_new_head
 
 
 @pytest.mark.multiworker
+def test_a_custom_layer_from_a_user_module_trains_on_two_workers(files, tmp_path):
+    """custom.keras (mymod>Scale) on 2 workers, its module named by the YAML key `import` as a
+    .py file; evaluate of the result with --import by module name, found on PYTHONPATH."""
+    run, val = tmp_path / "run", os.path.join(files, "numbers_val.npz")
+    (tmp_path / "run.yaml").write_text(
+        f"import: {files}/mymod.py\nmodel: {files}/custom.keras\ndata: {files}/numbers_train.npz\n"
+        f"val_data: {val}\nnp: 2\nepochs: 3\nbatch_size: 16\nlr: 0.05\noutput_dir: {run}\n")
+    result = distft(["train", f"--config={tmp_path / 'run.yaml'}"], timeout=240)
+    assert result.code == 0, result.out[-3000:]
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["workers"] == 2 and len(set(metrics["weights_checksums"])) == 1
+    assert metrics["validation_before"]["accuracy"] < 0.75 < 0.9 < metrics["validation"]["accuracy"]
+    assert "import:" in (run / "config.yaml").read_text()
+    result = distft(["evaluate", f"--model={run / 'model.keras'}", f"--data={val}", "--import=mymod",
+                     f"--output={tmp_path / 'eval.json'}"], timeout=120,
+                    env={"PYTHONPATH": os.pathsep.join([files, os.environ.get("PYTHONPATH", "")])})
+    assert result.code == 0, result.out[-3000:]
+    accuracy = json.loads((tmp_path / "eval.json").read_text())["accuracy"]
+    assert accuracy == pytest.approx(metrics["validation"]["accuracy"])
+
+
+@pytest.mark.multiworker
 def test_a_keras_hub_text_classifier_fine_tunes_on_two_workers(files, tmp_path):
     """The BertTextClassifier itself (inputs token_ids, segment_ids, padding_mask of any length;
     output logits) from .npz arrays of those names (a bool padding_mask), trained whole on 2
