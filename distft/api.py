@@ -193,7 +193,7 @@ def _open(data: str, label: str, x_key: Optional[str], y_key: Optional[str]):
     from distft.train.runtime import Worker
 
     worker = Worker.start()
-    return worker, worker.all_ok(lambda: DataSet.open(data, label, x_key=x_key, y_key=y_key))
+    return worker, worker.all_ok(lambda: DataSet.open(data, label, x_key=x_key, y_key=y_key, named_csv=True))
 
 
 def _count(worker, ds, net, model: str, classes: Optional[str], targets: bool = True) -> None:

@@ -2,7 +2,9 @@
 digit head and a size head, written by stock Keras in a process that does not import distft
 (tests/data/make_two_heads.py), its data as .npz arrays and as `distft shard` TFRecords named
 as the model's inputs and outputs; one 2-worker fine-tuning, then evaluate on 2 workers and
-predict. The logic (binding names, per-output options, errors) is checked in-process."""
+predict. The logic (binding names, per-output options, errors) is checked in-process. A small
+two-input, two-output model on CSV columns (NAME, NAME_0..NAME_{k-1}): binding in-process, and
+one short 2-worker run."""
 import json
 import os
 import subprocess
@@ -124,3 +126,106 @@ def test_two_inputs_two_outputs_on_2_workers(two_heads, tmp_path):
     base = keras.models.load_model(two_heads / "two_heads.keras")
     tuned = keras.models.load_model(run / "model.keras")
     assert not np.allclose(base.get_layer("conv").get_weights()[0], tuned.get_layer("conv").get_weights()[0])
+
+
+TWO_COLUMNS = """
+import sys, keras
+keras.utils.set_random_seed(0)
+a, b = keras.Input((3,), name="a"), keras.Input((1,), name="b")
+h = keras.layers.Dense(8, activation="relu", name="h")(keras.layers.Concatenate()([a, b]))
+keras.Model([a, b], [keras.layers.Dense(3, activation="softmax", name="kind")(h),
+                     keras.layers.Dense(1, name="score")(h)]).save(sys.argv[1])
+assert "distft" not in sys.modules
+"""
+
+
+def _table(path, n: int, seed: int, names=("cat", "dog", "eel")) -> None:
+    """CSV columns note (ignored), a_0..a_2, b (inputs), kind (class names), score (a value)."""
+    rng = np.random.default_rng(seed)
+    rows = ["note,a_0,a_1,a_2,b,kind,score"]
+    for i in range(n):
+        x = rng.normal(size=4)
+        rows.append(f"n{i},{x[0]:.3f},{x[1]:.3f},{x[2]:.3f},{x[3]:.3f},{names[int(np.argmax(x[:3])) % len(names)]},"
+                    f"{2 * x[3]:.3f}")
+    path.write_text("\n".join(rows) + "\n")
+
+
+@pytest.fixture(scope="module")
+def two_columns(tmp_path_factory):
+    """cols.keras (inputs a (3,), b (1,); outputs kind (softmax 3), score), train.csv, val.csv."""
+    folder = tmp_path_factory.mktemp("two_columns")
+    subprocess.run([sys.executable, "-c", TWO_COLUMNS, str(folder / "cols.keras")], check=True)
+    _table(folder / "train.csv", 400, 0)
+    _table(folder / "val.csv", 60, 1, names=("dog", "eel"))  # no cat: numbered as the training data
+    return folder
+
+
+def test_csv_columns_bind_to_the_inputs_and_outputs(two_columns, two_heads, tmp_path):
+    import keras
+
+    from distft.data.dataset import DataSet
+    from distft.errors import DistftError
+
+    model = keras.models.load_model(two_columns / "cols.keras")
+    ds = DataSet.open(str(two_columns / "train.csv"), holdout=0.25, named_csv=True)  # no 'label' column
+    ds.bind(model)
+    ds.count()
+    assert ds.schema.outputs == ("kind", "score") and ds.output_classes == {"kind": ("cat", "dog", "eel")}
+    assert ds.counts.ranges["kind"] == (0.0, 2.0)
+    x, y = next(iter(ds.stream(0, 1, 400, (), training=False)))
+    table = np.genfromtxt(two_columns / "train.csv", delimiter=",", names=True, dtype=None, encoding=None)
+    train = table[[(i * 7919) % 10000 >= 2500 for i in range(400)]]  # the holdout's tags
+    assert np.allclose(x["a"], np.stack([train["a_0"], train["a_1"], train["a_2"]], 1))
+    assert x["b"].shape == (len(train), 1) and np.allclose(y["score"], train["score"])
+    assert list(y["kind"].numpy()) == [["cat", "dog", "eel"].index(k) for k in train["kind"]]
+
+    val = DataSet.open(str(two_columns / "val.csv"), named_csv=True)
+    val.bind(model)
+    val.count()
+    assert val.output_classes == {"kind": ("dog", "eel")}
+    val.use_classes(ds.output_classes, "--data")
+    _, y = next(iter(val.stream(0, 1, 60, (), training=False)))
+    assert set(y["kind"].numpy()) == {1, 2}  # dog and eel keep the training data's ids
+
+    inputs = tmp_path / "inputs.csv"  # predict: the inputs alone
+    inputs.write_text("b,a_0,a_1,a_2\n1,2,3,4\n")
+    only = DataSet.open(str(inputs), named_csv=True)
+    only.bind(model, targets=False)
+    only.count()
+    x, y = next(iter(only.stream(0, 1, 1, (), training=False)))
+    assert x["a"].numpy().tolist() == [[2, 3, 4]] and x["b"].numpy().tolist() == [[1]] and y == {}
+    for header, message in (
+            ("a_1,a_2,b,kind,score", r"has no columns 'a_0' .. 'a_2' for the model's input 'a' \(3 values a "
+                                     r"record\): name the columns 'a_0' .. 'a_2'"),
+            ("a_0,a_1,b,kind,score", r"has no columns 'a_0' .. 'a_2' for the model's input 'a' \(3 values a "
+                                     r"record\) \(it has columns 'a_0' .. 'a_1'\)"),
+            ("a_0,a_1,a_2,b,kind", r"has no column 'score' for the model's output 'score'")):
+        bad = tmp_path / "bad.csv"
+        bad.write_text(header + "\n" + ",".join(["1"] * len(header.split(","))) + "\n")
+        with pytest.raises(DistftError, match=message):
+            DataSet.open(str(bad), named_csv=True).bind(model)
+    with pytest.raises(DistftError, match=r"the model's input 'image' takes images \(8, 8, 1\), which CSV "
+                                          "columns do not hold: write .npz arrays"):
+        DataSet.open(str(two_columns / "train.csv"), named_csv=True).bind(
+            keras.models.load_model(two_heads / "two_heads.keras"))
+    one = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1)])  # one input: the one-input error
+    with pytest.raises(DistftError, match="train.csv: no label column 'label' .*: pass --label"):
+        DataSet.open(str(two_columns / "train.csv"), named_csv=True).bind(one)
+    with pytest.raises(DistftError, match="no label column 'label'"):  # without named_csv: at once
+        DataSet.open(str(two_columns / "train.csv"))
+
+
+@pytest.mark.multiworker
+def test_csv_columns_on_2_workers(two_columns, tmp_path):
+    """CSV without a label column, validated on CSV with class names numbered as the training
+    data's; each output's loss in metrics.json, the same weights on both ranks."""
+    run = tmp_path / "run"
+    r = horovodrun(["train", f"--model={two_columns / 'cols.keras'}", f"--data={two_columns / 'train.csv'}",
+                    f"--val_data={two_columns / 'val.csv'}", "--epochs=2", "--batch_size=16", "--lr=1e-2",
+                    f"--output_dir={run}"])
+    assert r.code == 0, r.out[-3000:]
+    metrics = json.load(open(run / "metrics.json"))
+    assert len(metrics["weights_checksums"]) == 2 and len(set(metrics["weights_checksums"])) == 1
+    for part in ("train", "validation", "validation_before"):
+        assert {"kind_loss", "kind_accuracy", "score_loss"} <= set(metrics[part]), metrics[part]
+    assert metrics["validation"]["score_loss"] < metrics["validation_before"]["score_loss"]

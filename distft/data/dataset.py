@@ -13,13 +13,13 @@ import glob
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Optional
+from typing import Callable, Optional, Union
 
 import numpy as np
 import tensorflow as tf
 
 from distft import log
-from distft.data import images, named, sharding
+from distft.data import columns, images, named, sharding
 from distft.data.decode import batch_decoder, record_decoder
 from distft.data.formats import FORMATS, UNREADABLE, Schema, check_example, csv_labels, csv_rows, damaged, format_of, \
     infer_schema, label_of, named_schema, npz_arrays, npz_headers, npz_offsets, read_records
@@ -57,15 +57,20 @@ class DataSet:
     classes: list[str] = field(default_factory=list)
     labels: Optional[np.ndarray] = field(default=None, repr=False)  # image folder: class ids
     npz_offsets: Optional[np.ndarray] = field(default=None, repr=False)  # see formats.npz_offsets
+    label: str = "label"  # CSV: the one-input layout's label column(s)
 
     @classmethod
     def open(cls, pattern: str, label: str = "label", holdout: float = 0.0,
-             x_key: Optional[str] = None, y_key: Optional[str] = None, flag: str = "data") -> DataSet:
+             x_key: Optional[str] = None, y_key: Optional[str] = None, flag: str = "data",
+             named_csv: bool = False) -> DataSet:
         """Resolve a file, folder or glob; check the files share one format and schema.
 
         Shards with a manifest (see data/manifest.py) take their file list, schema, class
         names and counts from it, after a cheap check of each shard's size. A folder of
         class subfolders of images is an image data set. `flag` names the option in errors.
+        `named_csv` (the model is not known yet): CSV without the one-input layout (no `label`
+        column, or not numeric) opens as named columns, and its error waits for `bind` to a
+        one-input model.
         """
         part = "train" if holdout else "all"
         m = Manifest.find(pattern)
@@ -87,8 +92,13 @@ class DataSet:
         formats = {format_of(f) for f in files}
         if len(formats) > 1:
             raise DistftError(f"--{flag}={pattern} mixes formats {sorted(formats)}: use one format")
-        schema = infer_schema(files[0], label, x_key, y_key)
-        data = cls(files, schema, holdout, part)
+        try:
+            schema = infer_schema(files[0], label, x_key, y_key)
+        except DistftError:
+            if not (named_csv and formats == {"csv"}):
+                raise
+            schema = named_schema(files[0])
+        data = cls(files, schema, holdout, part, label=label)
         if schema.format == "npz" and not schema.named:  # named: when bound to a model
             offsets = [npz_offsets(f) for f in files]
             if all(offsets):  # else (a compressed file) all go through the generator
@@ -101,31 +111,43 @@ class DataSet:
         distft's one-input layout, as opened, for other models. Before `count`."""
         if not named.is_multi(model):
             if self.schema.named:  # the one-input layout's own error, naming what is missing
-                infer_schema(self.files[0], allow_named=False)
+                infer_schema(self.files[0], self.label, allow_named=False)
             return
-        if self.schema.format not in ("npz", "tfrecord"):
-            raise DistftError(f"--{flag}: a model with several inputs or outputs reads .npz arrays or "
-                              "TFRecord features named as its inputs and outputs, not "
-                              f"{'an image folder' if self.schema.format == 'folder' else 'CSV'}: "
-                              "write the data with np.savez(path, INPUT=..., OUTPUT=...)")
+        if self.schema.format == "folder":
+            raise DistftError(f"--{flag}: a model with several inputs or outputs reads .npz arrays, "
+                              "TFRecord features or CSV columns named as its inputs and outputs, not "
+                              "an image folder: write the data with np.savez(path, INPUT=..., OUTPUT=...)")
         schema = self.schema if self.schema.named else named_schema(self.files[0])
-        inputs, outputs = named.bind(schema.fields, *named.model_ports(model), targets,
-                                     self.manifest.folder if self.manifest else ",".join(self.files[:3]),
-                                     "array" if schema.format == "npz" else "feature")
+        data = self.manifest.folder if self.manifest else ",".join(self.files[:3])
+        ports = named.model_ports(model)
+        if schema.format == "csv":
+            columns.check(schema.fields, *ports, targets, data)
+        inputs, outputs = named.bind(schema.fields, *ports, targets, data,
+                                     {"npz": "array", "csv": "column"}.get(schema.format, "feature"))
         self.schema = dataclasses.replace(schema, inputs=inputs, outputs=outputs)
         if self.schema.format == "npz":
             offsets = [npz_offsets(f, self.schema.used()) for f in self.files]
             self.npz_offsets = np.array(offsets, np.int64) if all(offsets) else None
 
-    def use_classes(self, classes: list[str], where: str) -> None:
+    @property
+    def output_classes(self) -> dict[str, tuple]:
+        """Named CSV: the class names of each output that reads them, in id order."""
+        return {f.name: f.classes for f in self.schema.fields if f.classes and f.name in self.schema.outputs}
+
+    def use_classes(self, classes: Union[list[str], dict[str, tuple]], where: str) -> None:
         """Number this data set's class names as `classes` (the model's, or the training
-        data's) rather than by its own sorted names."""
+        data's; named CSV: by output, as `output_classes`) rather than by its own sorted names."""
+        if isinstance(classes, dict):
+            mine = self.output_classes
+            for name, names in classes.items():
+                _known(list(mine.get(name, ())), list(names), f"{where}'s '{name}'")
+            self.schema = dataclasses.replace(self.schema, fields=tuple(
+                dataclasses.replace(f, classes=tuple(classes[f.name])) if f.name in mine and f.name in classes
+                else f for f in self.schema.fields))
+            return
         if not self.classes or list(classes) == self.classes:
             return
-        unknown = sorted(set(self.classes) - set(classes))
-        if unknown:
-            raise DistftError(f"the data has classes {', '.join(unknown[:5])} that {where} does not "
-                              f"have ({', '.join(classes[:10])}): use data of the same classes")
+        _known(self.classes, classes, where)
         if self.labels is not None:
             self.labels = np.array([classes.index(self.classes[i]) for i in self.labels], np.int64)
         self.classes = list(classes)
@@ -167,6 +189,12 @@ class DataSet:
         highs = [max(h[i] for _, h in y) if y else 0.0 for i in range(width)]
         if self.schema.named:
             ranges = {n: (lo, hi) for n, lo, hi in zip(self.schema.outputs, lows, highs)}
+            texts = self._text_outputs()
+            found = [sorted({c for *_, names in per_file for c in names[i]}) for i in range(len(texts))]
+            ranges.update({n: (0.0, float(len(c) - 1)) for n, c in zip(texts, found)})
+            self.schema = dataclasses.replace(self.schema, fields=tuple(
+                dataclasses.replace(f, classes=tuple(found[texts.index(f.name)])) if f.name in texts else f
+                for f in self.schema.fields))
             self.counts = Counts([p[0] for p in per_file], [p[1] for p in per_file], 0.0, 0.0, ranges)
             return self.counts
         lo, hi = lows[0], highs[0]
@@ -196,7 +224,10 @@ class DataSet:
             if fmt == "npz":
                 return self._count_npz(index)
             n, k, lo, hi = _counter(schema, self.holdout)(tf.constant(path), tf.constant(index, tf.int64))
-            names = tuple(sorted(set(csv_labels(path, schema)))) if schema.y_names else ()
+            if schema.named:  # for each class-name output, its names in this file
+                names = tuple(tuple(set(csv_labels(path, schema, n))) for n in self._text_outputs())
+            else:
+                names = tuple(sorted(set(csv_labels(path, schema)))) if schema.y_names else ()
             lo, hi = tuple(lo.numpy().tolist()), tuple(hi.numpy().tolist())
         except DistftError:
             raise
@@ -205,6 +236,10 @@ class DataSet:
         except (tf.errors.OpError, *UNREADABLE) as e:
             raise damaged(path, fmt, e) from None
         return int(n), int(k), lo, hi, names
+
+    def _text_outputs(self) -> list[str]:
+        """Named CSV: the outputs read whose column holds class names."""
+        return [f.name for f in self.schema.fields if f.dtype == columns.TEXT and f.name in self.schema.outputs]
 
     def _count_npz(self, index: int) -> tuple[int, int, tuple, tuple, tuple]:
         """An .npz file's counts from its header and `y` alone (`x` is not read), after
@@ -445,6 +480,14 @@ class DataSet:
         key = repr((self.files, share, self.part, self.holdout, tuple(input_shape)))
         os.makedirs(cache, exist_ok=True)
         return os.path.join(cache, f"distft-{hashlib.sha256(key.encode()).hexdigest()[:16]}-rank{rank}")
+
+
+def _known(names: list[str], classes: list[str], where: str) -> None:
+    """The class names `names` must all be in `classes`."""
+    unknown = sorted(set(names) - set(classes))
+    if unknown:
+        raise DistftError(f"the data has classes {', '.join(unknown[:5])} that {where} does not "
+                          f"have ({', '.join(classes[:10])}): use data of the same classes")
 
 
 def epoch_stream(source: Callable[[int], tf.data.Dataset], records: int,

@@ -16,15 +16,14 @@ from typing import Callable
 
 import tensorflow as tf
 
-from distft.data import images
+from distft.data import images, named
 from distft.data.formats import Schema, parse_spec
 
 
 def target(y: tf.Tensor, schema: Schema, classes: tuple) -> tf.Tensor:
     """Class names to their index in `classes`; else int64 ids or float32 values."""
     if schema.y_names:
-        names = tf.constant(list(classes), tf.string)
-        return tf.argmax(tf.cast(tf.equal(tf.expand_dims(y, -1), names), tf.int32), axis=-1)
+        return named.class_ids(y, classes)
     return tf.cast(y, tf.float32 if schema.y_float else tf.int64)
 
 

@@ -9,7 +9,8 @@ Layouts:
 - `.npz`: arrays `x` (N, F) features or (N, H, W[, C]) images (uint8 or float), and `y` (N,)
   or (N, K).
 - Named fields, for models with several inputs or outputs: `.npz` arrays or TFRecord features
-  named as the model's inputs and outputs, without `x` and `y` (see `data/named.py`).
+  named as the model's inputs and outputs, without `x` and `y` (see `data/named.py`), or CSV
+  columns so named (see `data/columns.py`).
 - `.csv`: a header, label column(s) (`label="a,b"` for several), the other columns numeric;
   a single label column may hold class names instead of numbers.
 - A folder of class subfolders of JPEG/PNG images (see `data/images.py`).
@@ -33,7 +34,7 @@ from typing import Iterator, Optional
 import numpy as np
 import tensorflow as tf
 
-from distft.data import named
+from distft.data import columns, named
 from distft.errors import DistftError, root_cause
 
 FORMATS = {".tfrecord": "tfrecord", ".tfrecords": "tfrecord", ".tfrec": "tfrecord",
@@ -135,7 +136,14 @@ def damaged(path: str, fmt: str, error: BaseException) -> DistftError:
 # --- TFRecord ---------------------------------------------------------------------------------
 
 def named_schema(path: str) -> Schema:
-    """The named fields of an .npz or TFRecord file (every array or feature)."""
+    """The named fields of an .npz, TFRecord or CSV file (every array, feature or column group,
+    see data/columns.py; CSV: the class-name columns as label columns)."""
+    if format_of(path) == "csv":
+        header, rows = _csv_head(path)
+        fields = columns.csv_fields(header, rows)
+        texts = {c for f in fields if f.dtype == columns.TEXT for c in columns.columns_of(f)}
+        return Schema("csv", "named", fields=fields, columns=tuple(header),
+                      label_columns=tuple(i for i, c in enumerate(header) if c in texts), y_names=bool(texts))
     if format_of(path) == "npz":
         arrays = npz_arrays(path)
         fields = named.npz_fields(path, arrays, lambda n: next(npz_chunks(path, 1024, (n,)))[0])
@@ -379,20 +387,26 @@ def _npz_records(path: bytes, schema: Schema):
 
 # --- CSV --------------------------------------------------------------------------------------
 
-def _csv_schema(path: str, label: str) -> Schema:
+def _csv_head(path: str) -> tuple[list[str], list[list[str]]]:
+    """The header and the first 100 rows of a CSV file."""
     with _open_text(path) as f:
         reader = csv.reader(f)
         header = next(reader, None)
         rows = [r for _, r in zip(range(100), reader)]
     if not header:
         raise DistftError(f"{path}: CSV file is empty: it needs a header row")
+    return header, rows
+
+
+def _csv_schema(path: str, label: str) -> Schema:
+    header, rows = _csv_head(path)
     labels = [c.strip() for c in label.split(",") if c.strip()]
     missing = [c for c in labels if c not in header]
     if missing:
         raise DistftError(f"{path}: no label column {', '.join(repr(c) for c in missing)} (columns: "
                           f"{', '.join(header)}): pass --label=COLUMN[,COLUMN...]")
     label_columns = tuple(header.index(c) for c in labels)
-    names = len(labels) == 1 and any(_number(r[label_columns[0]]) is None for r in rows
+    names = len(labels) == 1 and any(columns.number(r[label_columns[0]]) is None for r in rows
                                      if len(r) == len(header))
     schema = Schema("csv", "float", (len(header) - len(labels),), () if len(labels) == 1 else (len(labels),),
                     False, names, columns=tuple(header), label_columns=label_columns)
@@ -409,26 +423,23 @@ def _open_text(path: str):
     return (gzip.open if path.endswith(".gz") else open)(path, "rt", newline="")
 
 
-def _number(value: str) -> Optional[float]:
-    try:
-        return float(value)
-    except ValueError:
-        return None
-
-
 def _row_problem(row: list, schema: Schema) -> Optional[str]:
-    """What in one CSV row does not fit `schema` (None if it fits)."""
+    """What in one CSV row does not fit `schema` (None if it fits; named: in the columns read)."""
     if len(row) != len(schema.columns):
         return f"{len(row)} fields but the header has {len(schema.columns)}: fix the row"
+    read = {c for f in schema.fields if f.name in schema.used() for c in columns.columns_of(f)}
     for i, (name, value) in enumerate(zip(schema.columns, row)):
-        number = _number(value)
+        number = columns.number(value)
+        if schema.named and name not in read:
+            continue
         if i not in schema.label_columns:
             if number is None:
-                return (f"column '{name}' is not numeric ({value!r}): feature columns must be "
-                        f"numbers; if it is the label, pass --label={name}")
+                return (f"column '{name}' is not numeric ({value!r}): " + (
+                    "the first rows held numbers" if schema.named else
+                    f"feature columns must be numbers; if it is the label, pass --label={name}"))
         elif schema.y_names and number is not None:
-            return (f"label column '{name}' mixes numbers ({value!r}) and class names: use one "
-                    "kind in the whole column")
+            return (f"{'' if schema.named else 'label '}column '{name}' mixes numbers ({value!r}) "
+                    "and class names: use one kind in the whole column")
         elif not schema.y_names and number is None:
             return f"label column '{name}' is not numeric ({value!r}): labels must be numbers" + (
                 "" if len(schema.label_columns) > 1 else " or, in the whole column, class names")
@@ -447,9 +458,9 @@ def csv_rows(path: str, schema: Schema) -> Iterator[list]:
             yield row
 
 
-def csv_labels(path: str, schema: Schema) -> Iterator[str]:
-    """The label column's values, row by row (for class-name labels)."""
-    li = schema.label_columns[0]
+def csv_labels(path: str, schema: Schema, column: Optional[str] = None) -> Iterator[str]:
+    """The values of `column` (default: the label column), row by row (for class names)."""
+    li = schema.columns.index(column) if column else schema.label_columns[0]
     return (row[li] for row in csv_rows(path, schema))
 
 
@@ -463,6 +474,8 @@ def read_records(path: tf.Tensor, schema: Schema, npz_offsets: Optional[tf.Tenso
     if schema.format == "tfrecord":
         return tf.data.TFRecordDataset(path, compression_type=schema.compression,
                                        buffer_size=1 << 20)
+    if schema.format == "csv" and schema.named:
+        return _named_csv(path, schema)
     if schema.format == "csv":
         labels = set(schema.label_columns)
         types = [tf.string if i in labels and schema.y_names else tf.float32
@@ -487,6 +500,22 @@ def read_records(path: tf.Tensor, schema: Schema, npz_offsets: Optional[tf.Tenso
     y_spec = tf.TensorSpec([None, *schema.y_shape], tf.float32 if schema.y_float else tf.int64)
     return tf.data.Dataset.from_generator(
         lambda p: _npz_records(p, schema), args=(path,), output_signature=(x_spec, y_spec)).unbatch()
+
+
+def _named_csv(path: tf.Tensor, schema: Schema) -> tf.data.Dataset:
+    """A named CSV file's records: {field: value} for the fields the bound model reads."""
+    fields = {f.name: f for f in schema.fields}
+    used = [fields[n] for n in dict.fromkeys(schema.used())]
+    at = sorted({schema.columns.index(c) for f in used for c in columns.columns_of(f)})
+    types = [tf.string if i in schema.label_columns else tf.float32 for i in at]
+    ds = tf.data.experimental.CsvDataset(path, types, header=True, select_cols=at)
+
+    def record(*values):
+        by_column = dict(zip((schema.columns[i] for i in at), values))
+        return {f.name: tf.stack([by_column[c] for c in columns.columns_of(f)]) if f.shape
+                else by_column[f.name] for f in used}
+
+    return ds.map(record)
 
 
 def parse_spec(schema: Schema, with_x: bool = True) -> dict:

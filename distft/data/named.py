@@ -37,6 +37,7 @@ class Field:
     shape: tuple  # per record; () for encoded images
     encoded: bool = False  # TFRecord bytes holding a PNG/JPEG image
     pixel_scale: float = 1.0  # float pixel arrays: factor to [0, 255] (0: not pixel values)
+    classes: tuple = ()  # CSV class names (dtype "str"), in id order, once counted
 
     @property
     def raw_bytes(self) -> bool:
@@ -188,6 +189,8 @@ def record_decoder(fields: tuple[Field, ...], inputs: tuple[Port, ...], outputs:
 
     def target(v: tf.Tensor, name: str) -> tf.Tensor:
         f = by_name[name]
+        if f.dtype == "str":
+            return class_ids(v, f.classes)
         return tf.reshape(tf.cast(v, tf.float32 if f.is_float else tf.int64), f.shape)
 
     def decode(record):
@@ -197,6 +200,12 @@ def record_decoder(fields: tuple[Field, ...], inputs: tuple[Port, ...], outputs:
         return {p.name: value(values[p.name], p) for p in inputs}, ys.popitem()[1] if len(ys) == 1 else ys
 
     return decode
+
+
+def class_ids(names: tf.Tensor, classes: tuple) -> tf.Tensor:
+    """Class names to their index in `classes`."""
+    known = tf.constant(list(classes), tf.string)
+    return tf.argmax(tf.cast(tf.equal(tf.expand_dims(names, -1), known), tf.int32), axis=-1)
 
 
 def on_images(inputs: tuple[Port, ...], x: dict, fn: Callable[[tf.Tensor], tf.Tensor]) -> dict:
@@ -209,7 +218,8 @@ def target_bounds(record, fields: tuple[Field, ...], outputs: tuple[str, ...],
                   tfrecord: bool) -> tuple[tf.Tensor, tf.Tensor]:
     """The lowest and highest target value of one raw record, per output (float32 vectors)."""
     values = tf.io.parse_single_example(record, parse_spec(fields, outputs)) if tfrecord else record
-    ys = [tf.reshape(tf.cast(values[n], tf.float32), [-1]) for n in outputs]
+    text = {f.name for f in fields if f.dtype == "str"}  # class names: counted apart
+    ys = [tf.zeros([1]) if n in text else tf.reshape(tf.cast(values[n], tf.float32), [-1]) for n in outputs]
     return tf.stack([tf.reduce_min(y) for y in ys]), tf.stack([tf.reduce_max(y) for y in ys])
 
 

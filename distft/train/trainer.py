@@ -73,7 +73,7 @@ def run(cfg: TrainConfig, worker: Optional[Worker] = None) -> dict[str, Any]:
         val_data = train_data.held_out()
     elif val_data is not None:
         val_data.count(worker.rank, worker.size, worker.gather)
-        val_data.use_classes(train_data.classes, "--data")
+        val_data.use_classes(train_data.output_classes or train_data.classes, "--data")
     plan = worker.all_ok(lambda: methods.plan(ft, cfg))
     parts = worker.all_ok(lambda: frozen_cache.split_model(ft, plan, cfg)) if cfg.cache_frozen else None
     check_fit(ft, train_data, cfg.num_classes)
@@ -304,9 +304,10 @@ def _single(tensors: list) -> Any:
 
 
 def _open_data(cfg: TrainConfig) -> tuple[DataSet, Optional[DataSet]]:
-    train = DataSet.open(cfg.data, cfg.label, cfg.val_split, cfg.x_key, cfg.y_key)
+    train = DataSet.open(cfg.data, cfg.label, cfg.val_split, cfg.x_key, cfg.y_key, named_csv=True)
     if cfg.val_data:
-        return train, DataSet.open(cfg.val_data, cfg.label, 0.0, cfg.x_key, cfg.y_key, flag="val_data")
+        return train, DataSet.open(cfg.val_data, cfg.label, 0.0, cfg.x_key, cfg.y_key, flag="val_data",
+                                   named_csv=True)
     return train, None
 
 
@@ -326,7 +327,7 @@ def check_fit(ft: FineTuneModel, data: DataSet, num_classes: Optional[int] = Non
             if name in schema.outputs:
                 f = next(f for f in schema.fields if f.name == name)
                 _check_targets(tuple(out.shape), heads.output_activation(ft.model, name), f.shape,
-                               f.is_float, data.counts.ranges.get(name) if data.counts else None, [],
+                               f.is_float, data.counts.ranges.get(name) if data.counts else None, list(f.classes),
                                num_classes, f"--data's '{name}'", f" --head={name}")
         return
     if schema.x_kind == "float" and math.prod(shape) != schema.x_size:
