@@ -76,7 +76,7 @@ def run(cfg: TrainConfig, worker: Optional[Worker] = None) -> dict[str, Any]:
         val_data.use_classes(train_data.output_classes or train_data.classes, "--data")
     plan = worker.all_ok(lambda: methods.plan(ft, cfg))
     parts = worker.all_ok(lambda: frozen_cache.split_model(ft, plan, cfg)) if cfg.cache_frozen else None
-    check_fit(ft, train_data, cfg.num_classes)
+    worker.all_ok(lambda: check_fit(ft, train_data, cfg.num_classes))
     steps = cfg.steps_per_epoch or train_data.steps_per_epoch(worker.size, cfg.batch_size)
     optimizer = methods.optimizer(cfg, optim.build(cfg, worker.size, steps), ft, worker.rank == 0)
     optimizer.build(plan.variables())  # every stage's weights: their state survives switches
