@@ -2,7 +2,7 @@
 
 Usage (from the repository root):
     python -m benchmarks report                # the performance report (make bench)
-    python -m benchmarks                       # every benchmark, default options
+    python -m benchmarks                       # every benchmark but the cluster lab, default options
     python -m benchmarks overhead [OPTIONS]    # one benchmark; `overhead --help` lists OPTIONS
 """
 from __future__ import annotations
@@ -10,8 +10,8 @@ from __future__ import annotations
 import sys
 from typing import Callable
 
-from benchmarks import (bytes_read, frozen_cache, input, layouts, lora, memory, overhead, report,
-                        tensorboard_cost, tuning)
+from benchmarks import (bytes_read, cluster, elastic, frozen_cache, input, layouts, lora, memory,
+                        overhead, report, tensorboard_cost, tuning)
 
 BENCHMARKS: dict[str, Callable[[list[str]], int]] = {
     "report": report.main, "overhead": overhead.main, "tuning": tuning.main,
@@ -22,13 +22,18 @@ BENCHMARKS: dict[str, Callable[[list[str]], int]] = {
     "layouts": layouts.main,
     # Bring your own model (issue 20)
     "lora": lora.main,
+    # Elastic training (issue 21)
+    "elastic": elastic.main,
+    # Performance where clusters spend it (issue 22): an emulated multi-node network
+    "cluster": cluster.main,
 }
+BY_NAME_ONLY = ("cluster",)  # root, network namespaces and hours: run it by name
 
 
 def main(argv: list[str]) -> int:
     """Run the benchmark named by argv[0] with the rest as its options, or all of them."""
     if not argv:
-        return max(run([]) for run in BENCHMARKS.values())
+        return max(run([]) for name, run in BENCHMARKS.items() if name not in BY_NAME_ONLY)
     name, options = argv[0], argv[1:]
     if name not in BENCHMARKS:
         asked = name in ("-h", "--help")

@@ -8,6 +8,9 @@
   ResNet50 was the suggested second model, but at 32x32 one step of batch 32 with the last
   stage training takes 1.7 s on one core here (15M trainable weights): too slow for a report
   of under 20 minutes.
+- `mlp10m`: a ~10M-weight MLP on 32x32x3 (Flatten, Dense 2048, 1536, 512 `features`), trained
+  whole (`all`): the cluster lab's model, whose 41 MB of gradients a step make a 1 Gbit/s link
+  the bottleneck; the lab also fine-tunes it in part (`features` and the head only).
 
 Every contender starts from the same weights:
 - `base_model.keras`: the base, written by Keras 3 (distft, the bare Keras script, Horovod);
@@ -49,6 +52,7 @@ class Workload:
 WORKLOADS = {
     "mobilenet": Workload("mobilenet", (96, 96, 3), "from:block_13_expand", "block_13_expand"),
     "cnn": Workload("cnn", (32, 32, 3), "last:2", "conv4"),
+    "mlp10m": Workload("mlp10m", (32, 32, 3), "all", "dense_1"),
 }
 
 
@@ -94,9 +98,20 @@ def _base_model(name: str, keras_module):
         # A 20-class top that distft (and the Keras script) replace with a 10-class head.
         return keras_module.applications.MobileNetV2(alpha=0.35, input_shape=WORKLOADS[name].input,
                                                      weights=None, classes=20)
+    if name == "mlp10m":
+        return _mlp10m(keras_module)
     from benchmarks.overhead import base_model
 
     return base_model(keras_module)
+
+
+def _mlp10m(K):
+    """10.2M weights (Dense 3072x2048, 2048x1536, 1536x512) under a 20-class top."""
+    inputs = K.Input(WORKLOADS["mlp10m"].input)
+    x = K.layers.Flatten(name="flatten")(inputs)
+    for name, units in (("dense_1", 2048), ("dense_2", 1536), ("features", 512)):
+        x = K.layers.Dense(units, activation="relu", name=name)(x)
+    return K.Model(inputs, K.layers.Dense(20, activation="softmax", name="top")(x), name="mlp10m")
 
 
 def write_tf_keras_twin(base, name: str, batch, path: str) -> float:

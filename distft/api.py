@@ -12,10 +12,14 @@ import json
 import os
 from typing import Any, Optional, Sequence, Union
 
-from distft import log
+from distft import log, scaling
 from distft.config import TrainConfig, default_output_dir
 from distft.errors import DistftError
 from distft.launch.environment import Environment, detect
+
+
+# Options for the launcher that `--np` starts, not for its workers.
+LAUNCHER_OPTIONS = ("np", "hosts", "controller", "min_np", "max_np", "host_discovery", "elastic_timeout")
 
 
 def train(config: Optional[str] = None, **options: Any) -> dict[str, Any]:
@@ -32,16 +36,17 @@ def train(config: Optional[str] = None, **options: Any) -> dict[str, Any]:
     _setup_logging(env.rank, env.size, cfg.debug, tensorflow=False)
     from distft.launch.slurm import mistakes
 
-    for warning in mistakes(env, cfg.np):
+    for warning in mistakes(env, cfg.np, cfg.elastic):
         log.warning(warning)
     if not cfg.output_dir and not env.is_launched:
         cfg.output_dir = default_output_dir(cfg.model)
         log.info("run folder: %s (choose one with --output_dir)", cfg.output_dir)
     if cfg.np and not env.is_launched:
+        from distft.launch.elastic import Elastic
         from distft.launch.spawn import spawn
 
-        flags = _flags(cfg.to_dict(), TrainConfig().to_dict(), skip=("np", "hosts", "controller"))
-        spawn(["train", *flags], cfg.np, cfg.hosts, cfg.controller, cfg.debug)
+        flags = _flags(cfg.to_dict(), TrainConfig().to_dict(), skip=LAUNCHER_OPTIONS)
+        spawn(["train", *flags], cfg.np, cfg.hosts, cfg.controller, cfg.debug, Elastic.of(cfg))
         with open(os.path.join(cfg.output_dir, "metrics.json")) as f:
             return json.load(f)
     _warn_np_ignored(cfg.np, env)
@@ -83,9 +88,9 @@ def evaluate(model: str, data: str, batch_size: int = 256, label: str = "label",
     from distft.files import write_json
     from distft.model.custom import import_modules
     from distft.model.prepare import prepare
+    from distft.train.checks import check_fit
     from distft.train.evaluation import evaluate_split
     from distft.train.metrics import compiled
-    from distft.train.trainer import check_fit
 
     import_modules(import_)
     worker, ds = _open(data, label, x_key, y_key)
@@ -249,21 +254,39 @@ def inspect(model: str, num_classes: Optional[int] = None, unfreeze: Optional[st
             train_bn: bool = False, weights: Optional[str] = None,
             input_shape: Optional[tuple] = None, unsafe_deserialization: bool = False,
             import_: Union[str, Sequence[str], None] = None,
-            head: Optional[str] = None) -> list[dict]:
+            head: Optional[str] = None, workers: Optional[Sequence[int]] = None,
+            link: str = "25gbit", step_ms: Optional[float] = None, batch_size: int = 32,
+            compression: str = "none", latency_ms: float = scaling.LATENCY_MS,
+            overlap: float = 0.0) -> Union[list[dict], dict]:
     """The flattened layers (index, name, type, params, trainable) as `train` would set them,
-    after importing the modules `import_` (as in `evaluate`)."""
+    after importing the modules `import_` (as in `evaluate`).
+
+    With `workers`: instead, the scaling model's prediction (distft/scaling.py) for each worker
+    count, `{"inputs": {...}, "rows": [{"workers", "compute_ms", "allreduce_ms", "step_ms",
+    "samples_per_s", "efficiency"}, ...]}`, from `step_ms` (one worker's step) or, without it,
+    a short timing of the train step here at `batch_size`."""
     _setup_logging(0, 1, False)
     from distft.model import unfreeze as unfreezing
     from distft.model.custom import import_modules
     from distft.model.prepare import prepare
 
+    if workers is not None:
+        scaling.check(workers, link, batch_size, compression, latency_ms, overlap)
     import_modules(import_)
     ft = prepare(model, num_classes, unfreeze, train_bn=train_bn, weights=weights,
                  input_shape=input_shape, unsafe_deserialization=unsafe_deserialization, head=head)
     rows = [{"index": i, "name": l.name, "type": type(l).__name__,
              "params": unfreezing.count_params(l.weights), "trainable": bool(l.trainable and l.weights)}
             for i, l in enumerate(unfreezing.flatten(ft.model))]
-    return rows
+    if workers is None:
+        return rows
+    measured = step_ms is None
+    compute = scaling.measure_compute_ms(ft.model, batch_size) if measured else step_ms
+    inputs = {"model": model, "trainable_params": ft.trainable_params, "compute_ms": compute,
+              "compute_measured": measured, "batch_size": batch_size, "link": link,
+              "compression": compression, "latency_ms": latency_ms, "overlap": overlap}
+    return {"inputs": inputs, "rows": scaling.predict(workers, compute, ft.trainable_params, link,
+                                                      batch_size, compression, latency_ms, overlap)}
 
 
 def shard(input: Optional[str], output_dir: str, num_shards: int = 0, compression: str = "",

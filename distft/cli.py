@@ -4,6 +4,7 @@
     distft evaluate --model=PATH --data=PATTERN [--metrics=auc,precision,...] [--np=N] [--batch_size=B]
     distft predict  --model=PATH --data=PATTERN --output=FILE.npy|FILE.npz|FILE.csv
     distft inspect  --model=PATH [--num_classes=K --unfreeze=SPEC]
+    distft inspect  --model=PATH --unfreeze=SPEC --workers=8,64,512 --link=25gbit [--step_ms=MS]
     distft shard    --input=SRC --output_dir=DIR --num_shards=K [--compression=GZIP]
     distft demo
     distft install-horovod [--gpu] [--rebuild]
@@ -65,17 +66,44 @@ class Commands:
     def inspect(self, model: str, num_classes: Optional[int] = None, unfreeze: Optional[str] = None,
                 train_bn: bool = False, weights: Optional[str] = None,
                 input_shape: Optional[tuple] = None, unsafe_deserialization: bool = False,
-                import_: Optional[str] = None, head: Optional[str] = None) -> None:
+                import_: Optional[str] = None, head: Optional[str] = None,
+                workers: Optional[str] = None, link: str = "25gbit", step_ms: Optional[float] = None,
+                batch_size: int = 32, compression: str = "none", latency_ms: float = 0.1,
+                overlap: float = 0.0) -> None:
         """List MODEL's layers: index, name, type, params, trainable (as train would set them);
-        IMPORT as for evaluate; HEAD: the output whose head --num_classes replaces."""
+        IMPORT as for evaluate; HEAD: the output whose head --num_classes replaces.
+
+        With --workers=8,64,512: instead, predict the step time and efficiency on that many
+        workers joined by --link (distft/scaling.py; README, Performance), from one worker's
+        step: --step_ms, or a short timing here at --batch_size.
+        """
         from distft import api
 
         opts = {k: coerce(TrainConfig, k, v) for k, v in
                 (("num_classes", num_classes), ("unfreeze", unfreeze), ("train_bn", train_bn),
                  ("weights", weights), ("input_shape", input_shape),
                  ("unsafe_deserialization", unsafe_deserialization), ("import_", import_),
-                 ("head", head))}
-        rows = api.inspect(model, **opts)
+                 ("head", head), ("batch_size", batch_size), ("compression", compression))}
+        if workers is not None:
+            from distft import scaling
+
+            try:
+                counts = [int(n) for n in str(workers).strip("()[] ").split(",") if n.strip()]
+            except ValueError:
+                raise DistftError(f"--workers={workers}: give worker counts, e.g. --workers=8,64,512")
+            found = api.inspect(model, workers=counts, link=str(link),
+                                step_ms=None if step_ms is None else float(step_ms),
+                                latency_ms=float(latency_ms), overlap=float(overlap), **opts)
+            i = found["inputs"]
+            print(f"{i['model']}: {i['trainable_params']} trainable parameters "
+                  f"(compression {i['compression']}), one worker's step {i['compute_ms']:.1f} ms "
+                  f"({'measured here' if i['compute_measured'] else '--step_ms'}, batch "
+                  f"{i['batch_size']}), link {i['link']}, latency {i['latency_ms']} ms, "
+                  f"overlap {i['overlap']}")
+            print(scaling.table(found["rows"]))
+            return
+        rows = api.inspect(model, **{k: v for k, v in opts.items()
+                                     if k not in ("batch_size", "compression")})
         width = max(len(r["name"]) for r in rows)
         print(f"{'index':>5}  {'name':<{width}}  {'type':<22} {'params':>10}  trainable")
         for r in rows:
@@ -110,7 +138,7 @@ class Commands:
               submit: bool = False, cpu_only: bool = False, **train_options: Any) -> None:
         """Write a Slurm batch script from slurm/TEMPLATE.sbatch with your train options; --submit sbatches it.
 
-        Templates: single-node, multi-node, multi-node-gloo, requeue, sweep. Example:
+        Templates: single-node, multi-node, multi-node-gloo, requeue, sweep, elastic. Example:
             distft slurm --nodes=2 --gpus_per_node=4 --model=base.h5 --data='shards/*' --submit
         """
         import os

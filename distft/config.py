@@ -121,7 +121,10 @@ class TrainConfig:
     save_adapter: bool = field(default=False, metadata={
         "help": "with --lora: also write the factors alone to adapter.npz"})
     # Run
-    threads: Optional[int] = field(default=None, metadata={"help": "CPU threads per worker"})
+    threads: Optional[int] = field(default=None, metadata={
+        "help": "TensorFlow intra-op threads per worker (default: its cores on CPU, TF's own on GPU)"})
+    require_gpu: bool = field(default=False, metadata={
+        "help": "stop unless every worker has a GPU TensorFlow can use"})
     log_every: int = field(default=50, metadata={"help": "steps between step-level logs"})
     keep_checkpoints: int = field(default=3, metadata={"help": "newest checkpoints kept (0: all)"})
     resume: bool = field(default=False, metadata={"help": "continue from the last checkpoint"})
@@ -130,6 +133,16 @@ class TrainConfig:
     np: Optional[int] = field(default=None, metadata={"help": "start this many workers"})
     hosts: Optional[str] = field(default=None, metadata={"help": "h1:2,h2:2 for --np"})
     controller: str = field(default="gloo", metadata={"help": "--np controller: gloo|mpi"})
+    min_np: Optional[int] = field(default=None, metadata={
+        "help": "elastic --np: go on while at least this many workers are left"})
+    max_np: Optional[int] = field(default=None, metadata={
+        "help": "elastic --np: grow up to this many workers when hosts appear"})
+    host_discovery: Optional[str] = field(default=None, metadata={
+        "help": "elastic --np: executable printing the usable hosts as host:slots lines"})
+    commit_every: int = field(default=100, metadata={
+        "help": "elastic: steps between in-memory commits of the training state"})
+    elastic_timeout: int = field(default=120, metadata={
+        "help": "elastic --np: seconds to wait for --min_np workers after a loss before stopping"})
     debug: bool = field(default=False, metadata={"help": "show tracebacks and all ranks' logs"})
     # TensorBoard
     rank_health: bool = field(default=True, metadata={
@@ -202,6 +215,7 @@ class TrainConfig:
             raise DistftError("--resume and --overwrite exclude each other: pass one")
         self._check_methods()
         self._check_tensorboard()
+        self._check_elastic()
 
     def _check_methods(self) -> None:
         """The fine-tuning methods' flags (their layer specs are checked against the model later)."""
@@ -242,6 +256,49 @@ class TrainConfig:
             except re.error as e:
                 raise DistftError(f"--lora_layers={self.lora_layers}: bad regular expression ({e})"
                                   ) from None
+
+    @property
+    def elastic(self) -> bool:
+        """True when --min_np, --max_np or --host_discovery ask for an elastic --np job."""
+        return self.min_np is not None or self.max_np is not None or self.host_discovery is not None
+
+    def _check_elastic(self) -> None:
+        if self.commit_every < 1:
+            raise DistftError(f"--commit_every must be at least 1, got {self.commit_every}: pass "
+                              f"e.g. --commit_every={TrainConfig.commit_every}")
+        if self.elastic_timeout < 1:
+            raise DistftError(f"--elastic_timeout must be at least 1 second, got {self.elastic_timeout}: "
+                              f"pass e.g. --elastic_timeout={TrainConfig.elastic_timeout}")
+        if not self.elastic:
+            return
+        from distft.launch.environment import detect
+
+        if detect().is_launched:  # a worker: its launcher has the hosts and the counts
+            return
+        if self.np is None:
+            raise DistftError("--min_np, --max_np and --host_discovery make an --np job elastic: "
+                              "pass --np=N too")
+        low = self.np if self.min_np is None else self.min_np
+        high = self.np if self.max_np is None else self.max_np
+        if not 1 <= low <= self.np <= high:
+            raise DistftError(f"elastic workers need --min_np <= --np <= --max_np, got {low} <= "
+                              f"{self.np} <= {high}: pass e.g. --min_np={max(1, self.np - 1)}")
+        if self.controller != "gloo":
+            raise DistftError("elastic mode (--min_np/--max_np/--host_discovery) runs on Gloo "
+                              "only: pass --controller=gloo")
+        if self.hosts and self.host_discovery:
+            raise DistftError("--hosts and --host_discovery exclude each other: pass one")
+        if self.host_discovery:
+            if not os.path.isfile(self.host_discovery):
+                raise DistftError(f"--host_discovery={self.host_discovery} does not exist: pass "
+                                  "the path of a script that prints host:slots lines")
+            if not os.access(self.host_discovery, os.X_OK):
+                raise DistftError(f"--host_discovery={self.host_discovery} is not executable: "
+                                  f"chmod +x {self.host_discovery}")
+        elif len({h.split(":")[0] for h in (self.hosts or "").split(",")}) < 2:
+            raise DistftError("elastic mode needs at least 2 hosts (a lost worker takes its whole "
+                              "host out of the job): pass --hosts=h1:N,h2:N,... or "
+                              "--host_discovery=SCRIPT")
 
     def _check_tensorboard(self) -> None:
         if self.histograms < 0:

@@ -15,6 +15,7 @@ import sys
 import warnings
 
 logger = logging.getLogger("distft")
+_debug = False  # setup's, kept for a rank change (elastic mode)
 
 
 def quiet_tensorflow(debug: bool = False) -> None:
@@ -51,6 +52,8 @@ def import_tensorflow(debug: bool = False) -> None:
 
 def setup(rank: int = 0, size: int = 1, debug: bool = False) -> None:
     """Rank 0 logs INFO; other ranks log WARNING and up (INFO with --debug)."""
+    global _debug
+    _debug = debug
     prefix = f"[rank {rank}] " if size > 1 and rank != 0 else ""
     handler = logging.StreamHandler(sys.stdout if rank == 0 else sys.stderr)
     handler.setFormatter(logging.Formatter(f"%(asctime)s distft {prefix}%(message)s", "%H:%M:%S"))
@@ -62,6 +65,11 @@ def setup(rank: int = 0, size: int = 1, debug: bool = False) -> None:
 
         absl.logging.set_verbosity(absl.logging.ERROR)
         logging.getLogger("tensorflow").setLevel(logging.ERROR)
+
+
+def rank_changed(rank: int, size: int) -> None:
+    """Set up again for a new rank and size, as debugging or not as before."""
+    setup(rank, size, _debug)
 
 
 def info(msg: str, *args: object) -> None:

@@ -61,6 +61,13 @@ def demo_data(tmp_path_factory) -> dict:
     return paths
 
 
+def one_line(out: str, prefix: str) -> str:
+    """The one line of `out` that contains `prefix` (fails unless there is exactly one)."""
+    lines = [l for l in out.splitlines() if prefix in l]
+    assert len(lines) == 1, out[-3000:]
+    return lines[0]
+
+
 class Job:
     """A job started in the background, its output collected in a file, for fault tests."""
 

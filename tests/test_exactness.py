@@ -8,7 +8,7 @@ import tensorflow as tf
 
 from distft.train import seeds, sync_bn
 from distft.train.callbacks.resumed import ResumedRun
-from distft.train.trainer import differing_layers
+from distft.train.phases import differing_layers
 
 
 def dropout_model():

@@ -8,7 +8,7 @@ import time
 import numpy as np
 import pytest
 
-from conftest import DISTFT, HOROVODRUN, Job, horovodrun
+from conftest import DISTFT, HOROVODRUN, Job, horovodrun, one_line
 
 pytestmark = pytest.mark.multiworker
 
@@ -17,12 +17,6 @@ def train_args(demo_data, run_dir, epochs):
     return ["train", f"--model={demo_data['model']}", f"--data={demo_data['data']}",
             f"--val_data={demo_data['val_data']}", "--num_classes=5", "--unfreeze=last:2",
             f"--epochs={epochs}", "--batch_size=8", "--log_every=1000", f"--output_dir={run_dir}"]
-
-
-def one_line(out: str, prefix: str) -> str:
-    lines = [l for l in out.splitlines() if prefix in l]
-    assert len(lines) == 1, out[-3000:]
-    return lines[0]
 
 
 @pytest.mark.parametrize("controller", ["gloo", "mpi"])

@@ -60,15 +60,15 @@ def test_user_set_horovod_and_inter_op_values_are_kept(demo_data):
 def test_stop_check_runs_about_once_a_second_but_at_least_every_10_steps():
     import signal as sig
 
-    from distft.train.callbacks.stopping import GracefulStop, StopRequested
+    from distft.train.callbacks.stopping import GracefulStop, StopRequested, StopSignals
 
-    stop = GracefulStop(None, None, size=1)
+    stop = GracefulStop(StopSignals(), size=1)
     stop.on_epoch_begin(0)
     for batch in range(10):  # near-instant steps: the first check, then one per ~1000 steps
         stop.on_train_batch_end(batch)
     assert stop.every == 1000 and not stop.requested
     stop.on_epoch_begin(1)  # a signal is still seen within `every` steps of the epoch
-    stop.received = sig.SIGTERM
+    stop.signals.received = sig.SIGTERM
     with pytest.raises(StopRequested):
         for batch in range(1000):
             stop.on_train_batch_end(batch)

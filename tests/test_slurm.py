@@ -203,3 +203,35 @@ def test_distft_warns_about_starting_it_the_wrong_way_in_an_allocation(workdir):
     assert "this Slurm allocation has 2 tasks but distft runs as one process" in log
     assert "--np inside a Slurm allocation starts the workers with horovodrun" in log
     assert json.load(open(os.path.join(workdir, "runs", "np", "metrics.json")))["workers"] == 2
+
+
+def test_elastic_template_goes_on_without_a_node_whose_worker_died(workdir):
+    """elastic.sbatch on the 2-node cluster: horovodrun's workers on n1 and n2 (found by
+    discover_hosts.sh); the worker on n2 is killed mid-run and the job finishes on n1."""
+    job = submit(cpu_variant("elastic", workdir, nodes=2), workdir, EPOCHS=6, BATCH_SIZE=4,
+                 MIN_NODES=1, DISCOVER=os.path.join(SLURM, "discover_hosts.sh"),
+                 EXTRA_ARGS="--log_every=20 --commit_every=10")
+    deadline = time.time() + 240
+    while "epoch 2/6" not in log_of(job, workdir):
+        assert time.time() < deadline and job_state(job).get("JobState") in ("PENDING", "RUNNING"), \
+            log_of(job, workdir)
+        time.sleep(1)
+    pids = [int(p) for p in os.listdir("/proc") if p.isdigit() and _is_worker_on(int(p), b"n2")]
+    assert len(pids) == 1, pids
+    os.kill(pids[0], 9)
+    state = wait_done(job, workdir)
+    log = log_of(job, workdir)
+    assert state["JobState"] == "COMPLETED", log
+    assert re.search(r"rank \d \(host n2\) lost: continuing with 1 worker from epoch", log), log
+    assert check_run(os.path.join(workdir, "runs", job), 6)["workers"] == 1
+
+
+def _is_worker_on(pid: int, node: bytes) -> bool:
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as f:
+            environ = f.read().split(b"\0")
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            cmd = f.read()
+    except OSError:
+        return False
+    return b"HOROVOD_HOSTNAME=" + node in environ and b"distft" in cmd and b"horovodrun" not in cmd

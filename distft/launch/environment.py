@@ -8,13 +8,13 @@ so that logging, errors and device pinning know the rank early; Horovod's own vi
 Example:
     env = detect()
     if env.rank == 0:
-        print(f"{env.size} workers started by {env.name}")
+        print(f"{env.size} workers started by {env.name}{' (elastic)' if env.elastic else ''}")
 """
 from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 LAUNCHED_AT = "DISTFT_LAUNCHED_AT"  # set by `distft --np` for its workers
 
@@ -46,6 +46,7 @@ class Environment:
     local_rank: int = 0
     local_size: int = 1
     node_rank: int = 0
+    elastic: bool = False  # started by an elastic horovodrun: rank and size change on a reset
 
     @property
     def is_launched(self) -> bool:
@@ -78,6 +79,12 @@ class HorovodRunEnvironment(_FromVariables):
     NAME = "horovodrun"
     VARS = ("HOROVOD_RANK", "HOROVOD_SIZE", "HOROVOD_LOCAL_RANK", "HOROVOD_LOCAL_SIZE",
             "HOROVOD_CROSS_RANK")
+
+    @classmethod
+    def detect(cls) -> Environment | None:
+        env = super().detect()
+        # Set by horovodrun's elastic driver only (--min-np, --max-np, --host-discovery-script).
+        return env and replace(env, elastic=os.environ.get("HOROVOD_ELASTIC") == "1")
 
 
 class MPIEnvironment(_FromVariables):

@@ -21,14 +21,15 @@ from distft.config import option_name
 from distft.errors import DistftError
 from distft.launch.environment import Environment
 
-TEMPLATES = ("single-node", "multi-node", "multi-node-gloo", "requeue", "sweep")
+TEMPLATES = ("single-node", "multi-node", "multi-node-gloo", "requeue", "sweep", "elastic")
 # train options that a template's parameter block names; the others go to EXTRA_ARGS
 VARIABLES = {"model": "MODEL", "data": "DATA", "num_classes": "NUM_CLASSES", "unfreeze": "UNFREEZE",
              "epochs": "EPOCHS", "batch_size": "BATCH_SIZE", "output_dir": "RUN_ROOT"}
 
 
-def mistakes(env: Environment, np: Optional[int]) -> list[str]:
-    """Warnings for a distft started the wrong way inside a Slurm allocation."""
+def mistakes(env: Environment, np: Optional[int], elastic: bool = False) -> list[str]:
+    """Warnings for a distft started the wrong way inside a Slurm allocation (an elastic --np
+    job is started from the batch script on purpose: slurm/elastic.sbatch)."""
     if "SLURM_JOB_ID" not in os.environ:
         return []
     found = []
@@ -36,7 +37,7 @@ def mistakes(env: Environment, np: Optional[int]) -> list[str]:
     if not env.is_launched and tasks > 1:
         found.append(f"this Slurm allocation has {tasks} tasks but distft runs as one process: "
                      "start it with `srun --mpi=pmix distft train ...`")
-    if np and not env.is_launched:
+    if np and not env.is_launched and not elastic:
         found.append("--np inside a Slurm allocation starts the workers with horovodrun from "
                      "this node: prefer `srun --mpi=pmix distft train ...` (slurm/*.sbatch)")
     return found
@@ -89,6 +90,9 @@ def write_script(template: str, path: str, nodes: int, gpus_per_node: int, cpus_
     if here.exists():
         text = re.sub(r"^DISTFT=\$\{DISTFT:-distft\}", lambda _: f"DISTFT=${{DISTFT:-{here}}}", text,
                       count=1, flags=re.M)
+    discover = template_dir() / "discover_hosts.sh"  # by absolute path: jobs start in any folder
+    text = re.sub(r"^DISCOVER=\$\{DISCOVER:-[^}]*\}", lambda _: f"DISCOVER=${{DISCOVER:-{discover}}}",
+                  text, count=1, flags=re.M)
     Path(path).write_text(text)
     os.chmod(path, 0o755)
     return path

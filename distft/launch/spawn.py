@@ -1,10 +1,12 @@
 """Start N workers through Horovod's own launcher (`horovodrun`) and relay one clean log.
 
 Example:
-    exit_code = spawn(["train", "--config=run.yaml"], np=2, hosts=None, controller="gloo")
+    spawn(["train", "--config=run.yaml"], np=2, hosts=None, controller="gloo")
+    spawn(["train", "--config=run.yaml"], np=3, hosts="n1:1,n2:1,n3:1", elastic=Elastic(min_np=2))
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -15,6 +17,7 @@ import psutil  # Horovod's own dependency; imported now, not inside a signal han
 
 from distft.errors import DistftError, Stopped
 from distft.horovod_install import horovodrun, require
+from distft.launch.elastic import Elastic
 from distft.launch.environment import LAUNCHED_AT, launched_at
 
 # horovodrun prefixes worker lines: "[1]<stdout>:" (Gloo) or "[1,0]<stdout>:" (MPI).
@@ -23,73 +26,109 @@ _PREFIX = re.compile(r"^\[(\d+)(?:,(\d+))?\]<(stdout|stderr)>:")
 _LAUNCHER_NOISE = re.compile(r"Traceback|^\s+File |^\s+raise |^\s|RuntimeError: Horovod detected|"
                              r"^Terminat|^Killed$|^Process name: |^Exit code: |^Primary job|"
                              r"^mpirun|^-{5,}|^Exception|horovod\.runner|^Process \d+ exit|"
-                             r"^a non-zero exit code|^the job to be terminated|"
+                             r"^a non-zero exit code|^the job to be terminated|^ERROR:root:|"
                              # TensorFlow's C++ start-up lines, from the launcher's own imports
                              r"^WARNING: All log messages before absl|^[IWE]\d{4} [\d:.]+\s+\d+ \S+\.cc:\d+\]")
 # A worker's own reaction to a dead peer: Horovod's background loop reporting the lost link.
 _WORKER_NOISE = re.compile(r"Horovod background loop uncaught exception|^(Terminated|Killed)$")
+# horovodrun's elastic driver giving up when fewer than --min-np workers are left.
+_BELOW_MIN = re.compile(r"at least (\d+) Horovod processes\. Timeout after (\d+) seconds")
 _GLOO_EXIT = re.compile(r"^Process (\d+) exit with status code (\d+)")
 _MPI_SIGNAL = re.compile(r"process rank (\d+) with PID \d+ on node \S+ exited on signal (\d+)")
 
 
-def horovodrun_command(args: list[str], np: int, hosts: str | None, controller: str) -> list[str]:
-    return [horovodrun(), "-np", str(np), "-H", hosts or f"localhost:{np}", f"--{controller}",
+def horovodrun_command(args: list[str], np: int, hosts: str | None, controller: str,
+                       elastic: Elastic | None = None) -> list[str]:
+    """horovodrun's command line for `distft ARGS` on `np` workers; an elastic job's hosts
+    come from its discovery script (see `Elastic.resolved`)."""
+    where = elastic.horovodrun_args() if elastic else ["-H", hosts or f"localhost:{np}"]
+    return [horovodrun(), "-np", str(np), *where, f"--{controller}",
             sys.executable, "-m", "distft", *args]
 
 
 def spawn(args: list[str], np: int, hosts: str | None = None, controller: str = "gloo",
-          debug: bool = False) -> None:
+          debug: bool = False, elastic: Elastic | None = None) -> None:
     """Run `distft ARGS` on `np` workers; raise DistftError if the job fails.
 
     Worker lines are relayed without the launcher's prefixes. Error lines are held back to
     the end, so that the one line printed names the cause: a worker that died (killed, out of
     memory) rather than the errors it caused in the others, or else the first worker error.
+    An elastic job goes on when a worker dies, and fails only when fewer than its minimum
+    are left.
     """
     require()
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL=os.environ.get("TF_CPP_MIN_LOG_LEVEL", "3"),
                PYTHONUNBUFFERED="1", **{LAUNCHED_AT: str(launched_at())})
     if controller == "mpi" and os.geteuid() == 0:
         env.update(OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
-    cmd = horovodrun_command(args, np, hosts, controller)
-    # Its own session: a Ctrl-C at the terminal reaches this process alone, which turns it into
-    # a stop request, instead of horovodrun tearing the workers down (SIGKILL after 5 s).
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
-                            text=True, bufsize=1, start_new_session=True)
-    stop = _StopRelay(proc, relay=signal.SIGUSR1 if controller == "mpi" else signal.SIGTERM)
-    for sig in (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT):
-        signal.signal(sig, stop.handle)
-    errors: list[str] = []
-    deaths: list[str] = []
-    stopped = False
-    for line in proc.stdout:
+    with elastic.resolved(hosts) if elastic else contextlib.nullcontext() as ready:
+        cmd = horovodrun_command(args, np, hosts, controller, ready)
+        # Its own session: a Ctrl-C at the terminal reaches this process alone, which turns it
+        # into a stop request, instead of horovodrun tearing the workers down (SIGKILL after 5 s).
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
+                                text=True, bufsize=1, start_new_session=True)
+        stop = _StopRelay(proc, relay=signal.SIGUSR1 if controller == "mpi" else signal.SIGTERM)
+        for sig in (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT):
+            signal.signal(sig, stop.handle)
+        log = JobLog(debug)
+        for line in proc.stdout:
+            log.relay(line)
+        code = proc.wait()
+    if stop.killed:
+        raise Stopped("Ctrl-C (SIGINT) twice: the workers were killed at once, without a "
+                      "checkpoint; --resume continues from the last one written", exit_code=130)
+    log.finish(code)
+
+
+class JobLog:
+    """horovodrun's output made one clean log: worker lines without their prefixes, launcher
+    noise dropped, and at the end (`finish`) one line for a failed job."""
+
+    def __init__(self, debug: bool = False):
+        self.debug = debug
+        self.errors: list[str] = []
+        self.deaths: list[str] = []
+        self.stopped = False
+        self.below_min: tuple[int, int] | None = None  # elastic: (min_np, seconds waited)
+
+    def relay(self, line: str) -> None:
         m = _PREFIX.match(line)
         text = line[m.end():] if m else line
         death = _death(text)
         if death:
-            deaths.append(death)
+            self.deaths.append(death)
+        below = _BELOW_MIN.search(line)
+        if below:
+            self.below_min = int(below.group(1)), int(below.group(2))
         if m and text.startswith("distft: error:"):
-            errors.append(text.rstrip())
-        elif m and not (_WORKER_NOISE.search(text) and not debug):
-            stopped |= text.startswith("distft: stopped:")
+            self.errors.append(text.rstrip())
+        elif m and not (_WORKER_NOISE.search(text) and not self.debug):
+            self.stopped |= text.startswith("distft: stopped:")
             (sys.stderr if m.group(3) == "stderr" else sys.stdout).write(text)
-        elif debug or not (m or _LAUNCHER_NOISE.search(line)):
+        elif self.debug or not (m or _LAUNCHER_NOISE.search(line)):
             sys.stdout.write(line)
-    code = proc.wait()
-    if stop.killed:
-        raise Stopped("Ctrl-C (SIGINT) twice: the workers were killed at once, without a "
-                      "checkpoint; --resume continues from the last one written", exit_code=130)
-    if stopped:
-        raise Stopped("the workers stopped on a signal; see above", reported=True)
-    if code:
-        # The launcher SIGTERMs the survivors once one worker exits: those deaths are
-        # consequences, so a worker's own error line explains the failure better.
-        killed = [d for d in deaths if "SIGTERM" not in d]
-        if killed or (deaths and not errors):
-            raise DistftError(f"{(killed or deaths)[0]}; the job was stopped", exit_code=code)
-        if errors:
-            print(errors[0], file=sys.stderr, flush=True)
+
+    def finish(self, code: int) -> None:
+        """Raise the job's outcome for horovodrun's exit code `code`."""
+        if self.stopped:
+            raise Stopped("the workers stopped on a signal; see above", reported=True)
+        if not code:
+            return
+        # The launcher SIGTERMs the survivors once one worker exits (an elastic one, once too
+        # few are left): those deaths are consequences.
+        killed = [d for d in self.deaths if "SIGTERM" not in d]
+        if self.below_min and not self.errors:
+            least, waited = self.below_min
+            lost = f" ({', '.join(killed)})" if killed else ""
+            raise DistftError(f"the job stopped: fewer than --min_np={least} workers left{lost} "
+                              f"and no new host within {waited} s; continue from the last "
+                              "checkpoint with --resume", exit_code=Stopped.EXIT_CODE)
+        if killed or (self.deaths and not self.errors):
+            raise DistftError(f"{(killed or self.deaths)[0]}; the job was stopped", exit_code=code)
+        if self.errors:
+            print(self.errors[0], file=sys.stderr, flush=True)
             # A worker that reported a DistftError exited 2 (bad input); the launcher says 1.
-            raise DistftError(errors[0], exit_code=2, reported=True)
+            raise DistftError(self.errors[0], exit_code=2, reported=True)
         raise DistftError("a worker failed (see its output above); the job was stopped",
                           exit_code=code)
 

@@ -7,6 +7,7 @@ Example:
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import socket
 from dataclasses import dataclass
@@ -34,10 +35,11 @@ class Worker:
     local_rank: int
     local_size: int
     env: Environment
-    threads: int
+    threads: Optional[int]  # TF intra-op threads set; None: TensorFlow's default (GPU, no --threads)
     inter_op: str  # TF inter-op threads in effect, for the log
     device: str
     horovod: dict  # the HOROVOD_DEFAULTS settings in effect (the user's or distft's)
+    previous_rank: Optional[int] = None  # elastic mode: the rank before the last reset
 
     @classmethod
     def start(cls, threads: Optional[int] = None, pin_cores: bool = True) -> Worker:
@@ -51,6 +53,21 @@ class Worker:
         hvd.init()
         return cls(hvd.rank(), hvd.size(), hvd.local_rank(), hvd.local_size(), env, threads, inter_op,
                    device, {name: os.environ[name] for name in HOROVOD_DEFAULTS})
+
+    def reset(self) -> None:
+        """Start Horovod again with the workers there are now (elastic mode, after a worker was
+        lost or a host added): new rank and size."""
+        self.previous_rank = self.rank
+        self.hvd.shutdown()
+        self.hvd.init()
+        self.rank, self.size = self.hvd.rank(), self.hvd.size()
+        self.local_rank, self.local_size = self.hvd.local_rank(), self.hvd.local_size()
+        log.rank_changed(self.rank, self.size)
+
+    def alone(self) -> Worker:
+        """This worker as if it were the only one: every check runs here, no collective. For
+        set-up in elastic mode, where a worker may join while the others train."""
+        return dataclasses.replace(self, rank=0, size=1)
 
     @property
     def node_name(self) -> str:
@@ -146,9 +163,10 @@ def _tf_variable(v: Any) -> tf.Variable:
     return inner if isinstance(inner, tf.Variable) else v
 
 
-def _place(env: Environment, threads: Optional[int], pin_cores: bool) -> tuple[str, int, str]:
-    """One GPU per local rank (memory growth on); on CPU, a block of cores per local rank.
-    Returns the device, the intra-op threads and the inter-op threads in effect."""
+def _place(env: Environment, threads: Optional[int], pin_cores: bool) -> tuple[str, Optional[int], str]:
+    """One GPU per local rank (memory growth on), with `threads` intra-op threads for the ops
+    that run on the host when given; on CPU, a block of cores per local rank. Returns the
+    device, the intra-op threads set (None: TensorFlow's default) and the inter-op threads."""
     gpus = tf.config.list_physical_devices("GPU")
     if gpus:
         if env.local_size > len(gpus):
@@ -158,7 +176,9 @@ def _place(env: Environment, threads: Optional[int], pin_cores: bool) -> tuple[s
             tf.config.experimental.set_memory_growth(gpu, True)
         gpu = gpus[env.local_rank % len(gpus)]
         tf.config.set_visible_devices(gpu, "GPU")
-        return gpu.name, threads or 2, os.environ.get(_INTER_OP_VARIABLE, "TensorFlow's default")
+        if threads:
+            tf.config.threading.set_intra_op_parallelism_threads(threads)
+        return gpu.name, threads, os.environ.get(_INTER_OP_VARIABLE, "TensorFlow's default")
     cores = sorted(os.sched_getaffinity(0))
     share = max(1, len(cores) // max(1, env.local_size))
     if env.name == "srun" and os.environ.get("SLURM_CPUS_PER_TASK"):

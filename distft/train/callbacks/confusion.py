@@ -6,8 +6,8 @@ gather, and rank 0's `report` receives the K x K matrix (rows: true class, colum
 over its row sums.
 
 Example:
-    confusion = ConfusionMatrix(ft.model, val_stream, classes=5, worker=worker)
-    confusion.report = tb.write_confusion   # rank 0
+    confusion = ConfusionMatrix(ft.model, val_stream, classes=5, worker=worker,
+                                report=tb.write_confusion if worker.rank == 0 else None)
     confusion.measure(0)                   # before training
     model.fit(..., callbacks=[..., confusion])   # then after each epoch
 """
@@ -27,10 +27,10 @@ MAX_CLASS_SCALARS = 50
 
 
 class ConfusionMatrix(keras.callbacks.Callback):
-    def __init__(self, model: keras.Model, stream: tf.data.Dataset, classes: int, worker: Worker):
+    def __init__(self, model: keras.Model, stream: tf.data.Dataset, classes: int, worker: Worker,
+                 report: Optional[Callable[[np.ndarray, int], None]] = None):
         super().__init__()
-        self.stream, self.classes, self.worker = stream, classes, worker
-        self.report: Optional[Callable[[np.ndarray, int], None]] = None
+        self.stream, self.classes, self.worker, self.report = stream, classes, worker, report
 
         @tf.function
         def count(stream: tf.data.Dataset) -> tf.Tensor:

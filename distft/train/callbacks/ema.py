@@ -8,9 +8,10 @@ so `--resume` continues the average exactly. At each epoch end the validation ru
 with the averaged weights (`val_ema_*` logs: TensorBoard `epoch_ema_*` in the validation run).
 
 Example:
-    ema = EMA(plan.variables(), decay=0.999, validate=validate)
-    checkpoint = tf.train.Checkpoint(model=model, optimizer=opt, ema=ema.state)
-    with ema.swapped(): model.save("model_ema.keras")
+    average = WeightAverage(plan.variables(), decay=0.999)
+    checkpoint = tf.train.Checkpoint(model=model, optimizer=opt, ema=average.state)
+    model.fit(..., callbacks=[EMA(average, validate)])
+    with average.swapped(): model.save("model_ema.keras")
 """
 from __future__ import annotations
 
@@ -21,21 +22,16 @@ import keras
 import tensorflow as tf
 
 
-class EMA(keras.callbacks.Callback):
-    def __init__(self, variables: list[tf.Variable], decay: float,
-                 validate: Optional[Callable[[], dict[str, float]]] = None):
-        super().__init__()
-        self.variables, self.decay, self.validate = variables, decay, validate
+class WeightAverage:
+    """The shadows of `variables` and the update count: the EMA's state, which lives as long
+    as the run (the callbacks of each `fit` update it). Created from the variables' values."""
+
+    def __init__(self, variables: list[tf.Variable], decay: float):
+        self.variables, self.decay = variables, decay
         self.state = tf.Module()
         self.state.shadows = [tf.Variable(tf.convert_to_tensor(v), trainable=False,
                                           name=f"ema/{i}") for i, v in enumerate(variables)]
         self.state.updates = tf.Variable(0, dtype=tf.int64, trainable=False, name="ema/updates")
-
-    def reset(self) -> None:
-        """Start the average at the current weights (after a fresh start's broadcast)."""
-        for s, v in zip(self.state.shadows, self.variables):
-            s.assign(tf.convert_to_tensor(v))
-        self.state.updates.assign(0)
 
     @tf.function
     def _update(self):
@@ -45,7 +41,7 @@ class EMA(keras.callbacks.Callback):
             s.assign(d * s + (1.0 - d) * tf.convert_to_tensor(v))
         self.state.updates.assign_add(1)
 
-    def on_train_batch_end(self, batch, logs=None):
+    def update(self) -> None:
         self._update()
 
     @contextlib.contextmanager
@@ -67,7 +63,21 @@ class EMA(keras.callbacks.Callback):
         with self.swapped():
             return weights_checksum(model)
 
+
+
+class EMA(keras.callbacks.Callback):
+    """Updates `average` after every step; at each epoch's end adds `validate`'s figures with
+    the averaged weights as `val_ema_*`."""
+
+    def __init__(self, average: WeightAverage,
+                 validate: Optional[Callable[[], dict[str, float]]] = None):
+        super().__init__()
+        self.average, self.validate = average, validate
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.average.update()
+
     def on_epoch_end(self, epoch, logs=None):
         if self.validate is not None and logs is not None:
-            with self.swapped():
+            with self.average.swapped():
                 logs.update({f"val_ema_{k}": v for k, v in self.validate().items()})

@@ -13,8 +13,8 @@ The first step of each epoch is left out: it may include tracing the step functi
 Example:
     clock = StepClock()
     averager = GradientAverager(size, variables, clock=clock)   # the step feeds the clock
-    health = RankHealth(clock, worker, placement, slow=0.2, slow_epochs=2)
-    health.report = tb.write_ranks   # rank 0
+    health = RankHealth(clock, worker, placement, slow=0.2, slow_epochs=2,
+                        report=tb.write_ranks if worker.rank == 0 else None)
     model.fit(..., callbacks=[health, ...])   # first: its batch hooks bracket the step
 """
 from __future__ import annotations
@@ -38,12 +38,24 @@ INPUT_BOUND_MS = 5.0
 
 class StepClock:
     """Seconds the compiled train step runs (from its batch being ready) and spends in the
-    gradient allreduce, summed in this rank's own variables (neither checkpointed nor broadcast)."""
+    gradient allreduce, summed in this rank's own variables (neither checkpointed nor broadcast).
 
-    def __init__(self):
+    On a GPU an op counts as done once its kernel is launched, so a timestamp that merely
+    follows it marks the launch. There (`synchronise`, by default when TensorFlow sees a GPU)
+    each timestamp waits for one value of the tensors it follows to be copied to the host: a
+    GPU runs one stream's kernels in launch order, so the copy, launched after them all, lands
+    only once they have run. On CPU the timestamps follow the ops themselves, as before."""
+
+    def __init__(self, synchronise: Optional[bool] = None):
         self.step_seconds = tf.Variable(0.0, dtype=tf.float64, trainable=False, name="clock_step")
         self.allreduce_seconds = tf.Variable(0.0, dtype=tf.float64, trainable=False,
                                              name="clock_allreduce")
+        if synchronise is None:
+            synchronise = bool(tf.config.list_logical_devices("GPU"))
+        self._probe = None
+        if synchronise:
+            with tf.device("/CPU:0"):
+                self._probe = tf.Variable(0.0, dtype=tf.float64, trainable=False, name="clock_probe")
 
     def step(self, run: Callable[[], dict], data, done: Callable[[], tf.Tensor]) -> dict:
         """`run()`'s outputs, timing it from `data` being ready to `done()` (read after the update)."""
@@ -66,8 +78,12 @@ class StepClock:
         """(step seconds, allreduce seconds) summed so far."""
         return float(self.step_seconds.numpy()), float(self.allreduce_seconds.numpy())
 
-    @staticmethod
-    def _stamp(after: list) -> tf.Tensor:
+    def _stamp(self, after: list) -> tf.Tensor:
+        numbers = [t for t in after if t.dtype.is_floating or t.dtype.is_integer]
+        if self._probe is not None and numbers:
+            with tf.control_dependencies(after):
+                value = tf.reduce_sum(tf.cast(tf.reshape(numbers[-1], [-1])[:1], tf.float64))
+            after = [self._probe.assign(value)]  # a host variable: the copy must have landed
         with tf.control_dependencies(after):
             return tf.timestamp()
 
@@ -79,11 +95,10 @@ class RankHealth(keras.callbacks.Callback):
     row, or ranks that wait for input."""
 
     def __init__(self, clock: StepClock, worker: Worker, placement: list[str], slow: float,
-                 slow_epochs: int):
+                 slow_epochs: int, report: Optional[Callable[[list[dict[str, float]], int], None]] = None):
         super().__init__()
         self.clock, self.worker, self.placement = clock, worker, placement
-        self.slow, self.slow_epochs = slow, slow_epochs
-        self.report: Optional[Callable[[list[dict[str, float]], int], None]] = None
+        self.slow, self.slow_epochs, self.report = slow, slow_epochs, report
         self._streak = [0] * worker.size
         self._input_warned = False
 

@@ -11,8 +11,9 @@ epoch. The run ends with exit code 75. A second
 Ctrl-C at a worker stops it at once (KeyboardInterrupt), without a checkpoint.
 
 Example:
-    stop = GracefulStop(store, checkpoint, size=hvd.size())
-    stop.install()                      # signal handlers
+    signals = StopSignals()
+    signals.install()                   # signal handlers, before the set-up
+    stop = GracefulStop(signals, hvd.size(), store, checkpoint)
     try:
         model.fit(..., callbacks=[stop, ...])
     except StopRequested:
@@ -37,16 +38,16 @@ class StopRequested(Exception):
     """Raised out of `fit` on every worker at the agreed step, after the checkpoint."""
 
 
-class GracefulStop(keras.callbacks.Callback):
-    def __init__(self, store: Optional[CheckpointStore], checkpoint: Optional[tf.train.Checkpoint],
-                 size: int, every: int = 10, interval: float = 1.0):
-        super().__init__()
-        self.store, self.checkpoint, self.size, self.every = store, checkpoint, size, every
-        self.interval = interval
-        self.received: Optional[int] = None  # signal number seen by this worker
-        self.requested = False  # agreed by all workers
-        self.where: tuple[int, int] = (0, 0)  # (epoch, step in epoch) of the stop
-        self.before_save: Callable[[], None] = lambda: None  # a collective, on every worker
+class StopSignals:
+    """The stop signal this worker received, remembered from `install()` on (set-up included).
+
+    Example:
+        signals = StopSignals()
+        signals.install()
+    """
+
+    def __init__(self):
+        self.received: Optional[int] = None  # signal number
 
     def install(self) -> None:
         for sig in SIGNALS:
@@ -58,22 +59,39 @@ class GracefulStop(keras.callbacks.Callback):
         self.received = signum
 
     @property
-    def state(self) -> dict:
-        """What a checkpoint records of an agreed stop (also one taken at an epoch's end)."""
-        return {"stopped_by": self.signal_name, "step_in_epoch": self.where[1]} \
-            if self.requested else {}
-
-    @property
-    def signal_name(self) -> str:
+    def name(self) -> str:
         if not self.received:
             return "a signal"
         name = signal.Signals(self.received).name
         return f"Ctrl-C ({name})" if self.received == signal.SIGINT else name
 
+
+class GracefulStop(keras.callbacks.Callback):
+    """`store` and `checkpoint` on rank 0 (None elsewhere); `before_save` is a collective that
+    every worker runs before the checkpoint; `steps` per epoch go in its state, so that a resume
+    on another number of workers finds the same place in the epoch."""
+
+    def __init__(self, signals: StopSignals, size: int, store: Optional[CheckpointStore] = None,
+                 checkpoint: Optional[tf.train.Checkpoint] = None,
+                 before_save: Callable[[], None] = lambda: None, every: int = 10, interval: float = 1.0,
+                 steps: Optional[int] = None):
+        super().__init__()
+        self.signals, self.size, self.store, self.checkpoint = signals, size, store, checkpoint
+        self.steps = steps
+        self.before_save, self.every, self.interval = before_save, every, interval
+        self.requested = False  # agreed by all workers
+        self.where: tuple[int, int] = (0, 0)  # (epoch, step in epoch) of the stop
+
+    @property
+    def state(self) -> dict:
+        """What a checkpoint records of an agreed stop (also one taken at an epoch's end)."""
+        return {"stopped_by": self.signals.name, "step_in_epoch": self.where[1],
+                "steps_per_epoch": self.steps} if self.requested else {}
+
     def _agree(self, step_seconds: float = 0.0) -> bool:
         """True on every worker if any worker received a signal (whose number all learn);
         every worker sets the same `every` from the slowest worker's `step_seconds`."""
-        signum = self.received or 0
+        signum = self.signals.received or 0
         if self.size > 1:
             import horovod.tensorflow as hvd_tf
 
@@ -84,7 +102,7 @@ class GracefulStop(keras.callbacks.Callback):
         if step_seconds > 0:  # a multiple of 10: checks fall on steps 10, 20, ... of an epoch
             self.every = 10 * max(1, min(100, int(self.interval / step_seconds / 10)))
         if signum:
-            self.received = signum
+            self.signals.received = signum
         return bool(signum)
 
     def on_epoch_begin(self, epoch, logs=None):

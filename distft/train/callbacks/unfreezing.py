@@ -6,7 +6,7 @@ stage's variables (Plan.variables), so the weights that trained before keep thei
 Horovod allreduces every gradient of the new set.
 
 Example:
-    StagedUnfreezing(plan, on_switch=tb.write_epoch)   # first in the callback list
+    StagedUnfreezing(plan, scalars=tb.write_epoch)   # first in the callback list
 """
 from __future__ import annotations
 

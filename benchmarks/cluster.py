@@ -1,0 +1,289 @@
+"""The cluster lab: distft against MultiWorkerMirroredStrategy on 2 and 4 emulated nodes whose
+links are shaped to 1, 10 and 25 Gbit/s (benchmarks/netlab.py: network namespaces, veths, a
+bridge, `tc`). Needs root.
+
+Every worker runs inside its node's namespace, pinned to one core (node K on core K-1 mod the
+cores: 4 nodes share 2 cores in pairs here):
+- distft: `distft train --np=N --hosts=10.77.0.1:1,...` started inside node 1; horovodrun
+  (Gloo, or `--controller=mpi`: horovodrun --mpi, i.e. mpirun) finds node 1 local and reaches
+  the others through the lab's fake `ssh` (first on PATH), which runs the command in that
+  node's namespace. Horovod's interface discovery then finds the one interface all nodes share,
+  `distftlab-eth`, for Gloo (HOROVOD_GLOO_IFACE) and MPI (btl_tcp_if_include).
+- mwms: benchmarks/contenders.py's tf_keras MWMS worker, one per node, `TF_CONFIG` listing the
+  nodes' addresses.
+Each case prints one JSON line; `allreduce_ms` is distft's rank-health allreduce wait of rank
+0 (TensorBoard `ranks/allreduce_wait_ms`, median of the epochs after the first; it includes
+waiting for the other ranks), null for MWMS, which has no such figure. `sent_mb` is what the
+busiest node's link carried (its qdisc's byte counter): the proof that the traffic crossed the
+shaped links. Each (nodes, link) starts with a TCP check of the link (`link_gbps`).
+
+Workloads (benchmarks/workloads.py, synthetic data, seed 42): `mlp10m-full` (10.2M weights, all
+trained), `mlp10m-partial` (the same model, `features` and the head: 0.79M), `mobilenet`.
+
+Example (from the repository root, as root):
+    python -m benchmarks cluster --quick        # 2 nodes, 1 Gbit/s, mlp10m-full: distft / mwms
+    python -m benchmarks cluster --links=1gbit,10gbit --nodes=2,4 --models=mlp10m-full
+    python -m benchmarks cluster --tune         # Horovod cycle time, fusion, threads at 1 and 10 Gbit/s
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import glob
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+from typing import Any, Optional
+
+from benchmarks import contenders, netlab, workloads
+from benchmarks.common import CHILD_TIMEOUT, ROOT, environment, invocation, result_file, save
+
+RESULTS = result_file("cluster.json")
+LINKS = ("1gbit", "10gbit", "25gbit")
+NODES = (2, 4)
+# name: (workload, distft --unfreeze, the first layer the MWMS script trains)
+MODELS = {"mlp10m-full": ("mlp10m", "all", "dense_1"),
+          "mlp10m-partial": ("mlp10m", "last:1", "features"),
+          "mobilenet": ("mobilenet", "from:block_13_expand", "block_13_expand")}
+# distft contenders: name -> extra `distft train` flags. Add a variant once its flag exists, e.g.
+# "distft-group": ["--allreduce=group"].
+DISTFT: dict[str, list[str]] = {"distft": [], "distft-mpi": ["--controller=mpi"]}
+# --tune: name -> (extra distft flags, environment); the first is distft's defaults.
+TUNE: dict[str, tuple[list[str], dict[str, str]]] = {
+    "defaults (cycle 5 ms)": ([], {}),
+    "cycle 1 ms": ([], {"HOROVOD_CYCLE_TIME": "1"}),
+    "fusion off": ([], {"HOROVOD_FUSION_THRESHOLD": "0"}),
+    "fusion 16 MiB": ([], {"HOROVOD_FUSION_THRESHOLD": str(16 << 20)}),
+    "threads 2": (["--threads=2"], {}),
+}
+BATCH = 32  # per worker
+LINK_CHECK = """import socket, sys, time
+if sys.argv[1] == "recv":
+    s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind(("0.0.0.0", int(sys.argv[2]))); s.listen(); c, _ = s.accept()
+    while c.recv(1 << 20): pass
+else:
+    for _ in range(100):  # until the receiver listens
+        try:
+            s = socket.create_connection((sys.argv[2], int(sys.argv[3]))); break
+        except ConnectionRefusedError:
+            time.sleep(0.1)
+    b = b"x" * (1 << 20); t = time.time(); n = 0
+    while time.time() - t < 2: s.sendall(b); n += len(b)
+    s.close(); print(n * 8 / (time.time() - t) / 1e9)
+"""
+
+
+def main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks cluster", description=__doc__.split("\n")[0])
+    p.add_argument("--quick", action="store_true", help="one case: 2 nodes, 1gbit, mlp10m-full, distft and mwms")
+    p.add_argument("--tune", action="store_true", help="Horovod settings (TUNE) at 1 and 10 Gbit/s, 2 nodes")
+    p.add_argument("--links", default=",".join(LINKS))
+    p.add_argument("--nodes", default=",".join(map(str, NODES)))
+    p.add_argument("--models", default=",".join(MODELS))
+    p.add_argument("--contenders", default=",".join([*DISTFT, "mwms"]))
+    p.add_argument("--rounds", type=int, default=1, help="runs of each case, contenders alternating")
+    p.add_argument("--epochs", type=int, default=3, help="the first is not timed")
+    p.add_argument("--records", type=int, default=1280)
+    p.add_argument("--delay_ms", type=float, default=0.1, help="node to node (needs netem in the kernel)")
+    p.add_argument("--workdir", default="/tmp/distft-cluster", help="models, data and runs (kept)")
+    p.add_argument("--output", default=None, help=f"result JSON (default {os.path.relpath(RESULTS)})")
+    a = p.parse_args(argv)
+    try:
+        netlab.check()
+    except netlab.LabError as e:
+        print(f"cluster: {e}", file=sys.stderr)
+        return 2
+    if a.quick:
+        a.links, a.nodes, a.models, a.contenders = "1gbit", "2", "mlp10m-full", "distft,mwms"
+    variants = {n: (flags, {}) for n, flags in DISTFT.items()}
+    if a.tune:
+        a.links, a.nodes, a.models, a.contenders = "1gbit,10gbit", "2", "mlp10m-full", ",".join(TUNE)
+        variants = TUNE
+    names = a.contenders.split(",")
+    unknown = [n for n in names if n != "mwms" and n not in variants]
+    if unknown:
+        print(f"cluster: unknown contender(s) {', '.join(unknown)}: choose from {', '.join([*variants, 'mwms'])}",
+              file=sys.stderr)
+        return 2
+    output = a.output or (result_file("cluster-tune.json") if a.tune else RESULTS)
+    print(f"command: {invocation()}", flush=True)
+    # The lab is removed on these too (SIGINT also when started in the background, which ignores it).
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _interrupt)
+    os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"  # for rank_health's TensorFlow, and the workers
+    cases, links = [], {}
+    for nodes in map(int, a.nodes.split(",")):
+        for link in a.links.split(","):
+            with netlab.Lab(nodes, link, a.delay_ms, bin_dir=os.path.join(a.workdir, "bin")) as lab:
+                links[f"{nodes}x{link}"] = {"link_gbps": link_check(lab), "delay_applied": lab.delay_applied,
+                                            "qdiscs": lab.qdiscs().splitlines()}
+                print(f"lab: {nodes} nodes, {link}: TCP {links[f'{nodes}x{link}']['link_gbps']:.2f} Gbit/s "
+                      f"node 2 -> 1; delay {'applied' if lab.delay_applied else 'NOT applied (no netem)'}",
+                      file=sys.stderr, flush=True)
+                for model in a.models.split(","):
+                    spec = model_spec(a.workdir, model, a.records)
+                    for r in range(1, a.rounds + 1):
+                        for name in names:
+                            case = run_case(lab, spec, model, name, variants.get(name), a, r)
+                            print(json.dumps(case), flush=True)
+                            cases.append(case)
+    result = {"benchmark": "cluster-tune" if a.tune else "cluster", "command": invocation(),
+              "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+              "settings": {k: v for k, v in vars(a).items() if k not in ("workdir", "output")},
+              "environment": environment(), "allreduce_ms": "distft rank-health allreduce wait, rank 0",
+              "variants": variants, "links": links, "cases": cases, "ratios": ratios(cases, names[0])}
+    print(table(cases, names[0]))
+    save(result, output)
+    if a.quick:
+        print(json.dumps(result["ratios"][0] if result["ratios"] else {}))
+    return 0
+
+
+def _interrupt(signum, _frame) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def model_spec(workdir: str, model: str, records: int) -> str:
+    """The workload.json of `model` (written once under `workdir`)."""
+    name, unfreeze, first = MODELS[model]
+    spec = workloads.prepare(workdir, name, records)
+    path = os.path.join(workdir, f"{model}-{records}.json")
+    with open(path, "w") as f:
+        json.dump(dict(spec, unfreeze=unfreeze, first_trainable=first), f)
+    return path
+
+
+def link_check(lab: netlab.Lab) -> float:
+    """TCP throughput from node 2 to node 1, Gbit/s over 2 s (one Python stream)."""
+    port = contenders._free_port()
+    receiver = subprocess.Popen([*lab.run_in(1), sys.executable, "-c", LINK_CHECK, "recv", str(port)])
+    try:
+        sent = subprocess.run([*lab.run_in(2), sys.executable, "-c", LINK_CHECK, "send", netlab.address(1),
+                               str(port)], stdout=subprocess.PIPE, text=True, check=True, timeout=60)
+        return float(sent.stdout)
+    finally:
+        receiver.kill()
+        receiver.wait()
+
+
+def run_case(lab: netlab.Lab, spec_path: str, model: str, contender: str,
+             variant: Optional[tuple[list[str], dict[str, str]]], a: argparse.Namespace,
+             round_: int) -> dict[str, Any]:
+    """One run of `contender` on the lab: the case's JSON line."""
+    with open(spec_path) as f:
+        spec = json.load(f)
+    load = os.getloadavg()[0]
+    before = lab.sent_bytes()
+    if contender == "mwms":
+        figures = run_mwms(lab, spec_path, a.epochs)
+    else:
+        figures = run_distft(lab, spec, contender, variant, a)
+    sent = max(after - then for after, then in zip(lab.sent_bytes(), before))
+    return {"link": lab.rate, "nodes": lab.nodes, "model": model,
+            "trainable_params": figures["trainable_params"], "contender": contender,
+            "samples_per_s": round(figures["samples_per_sec"], 1),
+            "step_ms": round(1000 * lab.nodes * BATCH / figures["samples_per_sec"], 1),
+            "allreduce_ms": figures.get("allreduce_ms"), "sent_mb": round(sent / 1e6, 1),
+            "steps": figures["steps"], "round": round_, "load": round(load, 2)}
+
+
+def run_distft(lab: netlab.Lab, spec: dict, name: str, variant: tuple[list[str], dict[str, str]],
+               a: argparse.Namespace) -> dict[str, Any]:
+    """`distft train` on every node, launched from node 1; its metrics and rank health."""
+    flags, env = variant
+    out = os.path.join(a.workdir, "runs", name.replace(" ", "_"))
+    cmd = [*lab.run_in(1), sys.executable, "-m", "distft", "train", f"--model={spec['model']}",
+           f"--data={spec['data']}", f"--output_dir={out}", f"--num_classes={spec['classes']}",
+           f"--unfreeze={spec['unfreeze']}", f"--epochs={a.epochs}", f"--batch_size={BATCH}",
+           f"--lr={contenders.LR}", "--threads=1", f"--log_every={contenders.LOG_EVERY}", "--overwrite",
+           f"--np={lab.nodes}", f"--hosts={lab.hosts()}", *flags]
+    # HOME: horovodrun caches the interfaces it found under ~/.horovod for an hour; the lab's own
+    # home, emptied for every lab, keeps another lab's (or the user's) answer out.
+    environ = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=ROOT, **env, HOME=lab.home,
+                   PATH=f"{lab.bin_dir}{os.pathsep}{os.environ['PATH']}")
+    done = subprocess.run(cmd, cwd=ROOT, env=environ, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          text=True, timeout=CHILD_TIMEOUT)
+    if done.returncode:
+        raise RuntimeError(f"{' '.join(cmd)} failed ({done.returncode}):\n{done.stdout[-3000:]}")
+    with open(os.path.join(out, "metrics.json")) as f:
+        m = json.load(f)
+    return {"samples_per_sec": m["samples_per_sec"], "trainable_params": m["params"]["trainable"],
+            "steps": m["steps_per_epoch"] * a.epochs, "allreduce_ms": rank_health(out, "allreduce_wait_ms")}
+
+
+def rank_health(out: str, name: str) -> Optional[float]:
+    """Rank 0's `ranks/NAME` in the run's TensorBoard logs, median of the epochs after the first."""
+    import tensorflow as tf
+
+    values = {}
+    for path in glob.glob(os.path.join(out, "**", "rank_0", "events.*"), recursive=True):
+        for event in tf.compat.v1.train.summary_iterator(path):
+            for v in event.summary.value:
+                if v.tag == f"ranks/{name}":
+                    values[event.step] = float(tf.make_ndarray(v.tensor)) if v.HasField("tensor") else v.simple_value
+    later = [v for step, v in sorted(values.items()) if step > 1] or list(values.values())
+    return round(statistics.median(later), 1) if later else None
+
+
+def run_mwms(lab: netlab.Lab, spec_path: str, epochs: int) -> dict[str, Any]:
+    """benchmarks/contenders.py's MWMS worker on every node (tf_keras, TF_CONFIG with the nodes'
+    addresses); worker 0's figures."""
+    port = contenders._free_port()
+    cluster = {"worker": [f"{netlab.address(k)}:{port}" for k in range(1, lab.nodes + 1)]}
+    procs = []
+    for i in range(lab.nodes):
+        env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=ROOT, TF_USE_LEGACY_KERAS="1",
+                   TF_CONFIG=json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}}))
+        cmd = [*lab.run_in(i + 1), sys.executable, "-m", "benchmarks.contenders", "--contender=mwms",
+               f"--workers={lab.nodes}", f"--spec={spec_path}", f"--epochs={epochs}",
+               f"--batch_size={BATCH}", "--threads=1", f"--index={i}"]
+        procs.append(subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                                      stderr=subprocess.STDOUT, text=True))
+    outputs = contenders._communicate(procs, CHILD_TIMEOUT)
+    if outputs is None:
+        raise RuntimeError(f"mwms: no result within {CHILD_TIMEOUT} s")
+    m = contenders._result(max(p.returncode for p in procs), "".join(outputs))
+    return {**m, "steps": m["steps_per_epoch"] * epochs}
+
+
+def ratios(cases: list[dict[str, Any]], base: str) -> list[dict[str, Any]]:
+    """For each case (link, nodes, model, round): every contender's samples/s over `base`'s
+    (distft, or --tune's defaults), measured side by side in that round."""
+    groups: dict[tuple, dict[str, dict]] = {}
+    for c in cases:
+        groups.setdefault((c["link"], c["nodes"], c["model"], c["round"]), {})[c["contender"]] = c
+    rows = []
+    for (link, nodes, model, round_), by in groups.items():
+        if base not in by:
+            continue
+        for name, c in by.items():
+            if name != base:
+                rows.append({"link": link, "nodes": nodes, "model": model, "round": round_,
+                             "ratio": f"{base} / {name}",
+                             "value": round(by[base]["samples_per_s"] / c["samples_per_s"], 3),
+                             base: by[base]["samples_per_s"], name: c["samples_per_s"],
+                             "load": by[base]["load"]})
+    return rows
+
+
+def table(cases: list[dict[str, Any]], base: str) -> str:
+    """The cases as Markdown, then the ratios to `base`."""
+    lines = ["\n| link | nodes | model | trainable | contender | samples/s | step ms | allreduce ms | "
+             "MB sent (busiest node) | load |", "|---|---:|---|---:|---|---:|---:|---:|---:|---:|"]
+    for c in cases:
+        ar = "-" if c["allreduce_ms"] is None else f"{c['allreduce_ms']:.1f}"
+        lines.append(f"| {c['link']} | {c['nodes']} | {c['model']} | {c['trainable_params']:,} | "
+                     f"{c['contender']} | {c['samples_per_s']:.1f} | {c['step_ms']:.1f} | {ar} | "
+                     f"{c['sent_mb']:.0f} | {c['load']:.1f} |")
+    lines += ["", f"| link | nodes | model | ratio | value |", "|---|---:|---|---|---:|"]
+    lines += [f"| {r['link']} | {r['nodes']} | {r['model']} | {r['ratio']} | {r['value']:.3f} |"
+              for r in ratios(cases, base)]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

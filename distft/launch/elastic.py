@@ -1,0 +1,74 @@
+"""The launcher side of elastic training: horovodrun's elastic options for `distft train --np`.
+
+Horovod's elastic driver (Gloo only) asks a discovery script for the usable hosts; a host whose
+worker dies is blacklisted, and the survivors go on while at least `min_np` workers are left.
+A fixed `--hosts` list becomes such a script too, so horovodrun always gets one.
+
+Example:
+    elastic = Elastic.of(cfg)  # None unless --min_np, --max_np or --host_discovery is given
+    with elastic.resolved(cfg.hosts) as ready:
+        cmd = ["horovodrun", "-np", "3", *ready.horovodrun_args(), "python", "train.py"]
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import shlex
+import tempfile
+from dataclasses import dataclass, replace
+from typing import Iterator, Optional
+
+
+# Seconds after which a worker waiting on a silent peer gives the peer up (Gloo's default is
+# 30). A dead worker's direct peers notice at once (the connection breaks), but a survivor that
+# was waiting on another survivor only at this timeout; Horovod's background threads exchange
+# messages every cycle, so a peer that is busy (a checkpoint, a slow step) is not silent.
+GLOO_TIMEOUT = 10
+
+
+@dataclass(frozen=True)
+class Elastic:
+    """What `distft train --min_np/--max_np/--host_discovery` asks of horovodrun."""
+
+    min_np: Optional[int] = None
+    max_np: Optional[int] = None
+    host_discovery: Optional[str] = None
+    timeout: Optional[int] = None  # seconds to wait for --min_np workers (Horovod's 600 s if None)
+
+    @classmethod
+    def of(cls, cfg) -> Optional[Elastic]:
+        """The elastic options of a TrainConfig, or None for a fixed-size job."""
+        return cls(cfg.min_np, cfg.max_np, cfg.host_discovery, cfg.elastic_timeout) if cfg.elastic else None
+
+    @contextlib.contextmanager
+    def resolved(self, hosts: Optional[str]) -> Iterator[Elastic]:
+        """These options with a discovery script: the user's, or one that prints `hosts`
+        (written to a temporary folder that lives as long as the job)."""
+        if self.host_discovery:
+            yield self
+            return
+        with tempfile.TemporaryDirectory(prefix="distft-hosts-") as folder:
+            yield replace(self, host_discovery=write_discovery_script(hosts or "", folder))
+
+    def horovodrun_args(self) -> list[str]:
+        """horovodrun's elastic flags (needs a discovery script: see `resolved`)."""
+        args = ["--host-discovery-script", os.path.abspath(self.host_discovery)]
+        if self.min_np is not None:
+            args += ["--min-np", str(self.min_np)]
+        if self.max_np is not None:
+            args += ["--max-np", str(self.max_np)]
+        if self.timeout is not None:
+            args += ["--elastic-timeout", str(self.timeout)]
+        gloo_timeout = os.environ.get("HOROVOD_GLOO_TIMEOUT_SECONDS", str(GLOO_TIMEOUT))
+        return args + ["--gloo-timeout-seconds", gloo_timeout]
+
+
+def write_discovery_script(hosts: str, folder: str) -> str:
+    """An executable in `folder` that prints `h1:2,h2:2` as horovodrun's `host:slots` lines."""
+    path = os.path.join(folder, "discover_hosts.sh")
+    entries = [h.strip() if ":" in h else f"{h.strip()}:1" for h in hosts.split(",") if h.strip()]
+    lines = "".join(f"echo {shlex.quote(h)}\n" for h in entries)
+    with open(path, "w") as f:
+        f.write(f"#!/bin/sh\n{lines}")
+    os.chmod(path, 0o755)
+    return path

@@ -1,0 +1,81 @@
+"""Checks that the data fits the model, before any training: records against the model's
+input, targets against each output and its activation, labels against the classes. One error
+line naming both sides and the fix.
+
+Example:
+    check_fit(ft, data, num_classes=5)   # DistftError: --data labels span [0, 9] but the model has 5 classes...
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+from distft.data.dataset import DataSet
+from distft.errors import DistftError
+from distft.model import head as heads
+from distft.model.prepare import FineTuneModel
+
+
+def check_fit(ft: FineTuneModel, data: DataSet, num_classes: Optional[int] = None) -> None:
+    """The data's records and targets must fit the model's input and output; one error line
+    naming both shapes otherwise."""
+    schema, shape = data.schema, ft.input_shape
+    if schema.named:
+        for name, out in zip(ft.model.output_names, ft.model.outputs):
+            if name in schema.outputs:
+                f = next(f for f in schema.fields if f.name == name)
+                _check_targets(tuple(out.shape), heads.output_activation(ft.model, name), f.shape,
+                               f.is_float, data.counts.ranges.get(name) if data.counts else None, list(f.classes),
+                               num_classes, f"--data's '{name}'", f" --head={name}")
+        return
+    if schema.x_kind == "float" and math.prod(shape) != schema.x_size:
+        raise DistftError(f"--data records have {schema.x_size} features but the model's input "
+                          f"{shape} needs {math.prod(shape)}: use data made for this model")
+    if schema.is_image and len(shape) != 3:
+        raise DistftError(f"--data holds images but the model's input is {shape}: "
+                          "use an image model (H,W,C input)")
+    if schema.x_kind == "pixels" and {schema.x_shape[-1], shape[-1]} not in ({1, 3}, {shape[-1]}):
+        raise DistftError(f"--data images have {schema.x_shape[-1]} channels but the model's input "
+                          f"{shape} has {shape[-1]}: use images with 1 or 3 channels")
+    counts = data.counts
+    _check_targets(tuple(ft.model.output_shape), heads.output_activation(ft.model), schema.y_shape,
+                   schema.y_float, (counts.y_min, counts.y_max) if counts else None, data.classes,
+                   num_classes, "--data")
+
+
+def _check_targets(out: tuple, act: str, y_shape: tuple, y_float: bool, y_range: Optional[tuple],
+                   classes: list[str], num_classes: Optional[int], what: str, head_flag: str = "") -> None:
+    """Targets of `y_shape` per record, spanning `y_range`, must fit an output of shape `out`
+    with activation `act`; `what` names the targets in errors, `head_flag` follows each
+    --num_classes hint (the output's --head)."""
+    if len(out) != 2:
+        return
+    k = out[-1]
+    width = y_shape[-1] if y_shape else 1
+    found = (f"{what} targets have shape {'(N, ' + ', '.join(map(str, y_shape)) + ')' if y_shape else '(N,)'} "
+             f"but the model's output is {out}")
+    if width > 1 and width != k:
+        raise DistftError(f"{found}: give targets of width {k}" + (
+            f", or pass --num_classes={width}{head_flag} for a new head" if act == "softmax" else ""))
+    if width == 1 and k > 1 and act != "softmax":
+        raise DistftError(f"{found}: a {act} output of {k} values needs targets of shape (N, {k})")
+    if y_range is None or act not in ("softmax", "sigmoid"):
+        return
+    lo, hi = y_range
+    if width > 1 or act == "sigmoid":
+        if lo < 0 or hi > 1:
+            raise DistftError(f"{what} targets span [{lo:g}, {hi:g}] but the "
+                              f"model's {act} output needs one-hot or 0/1 targets in [0, 1]")
+        return
+    if classes and len(classes) != k:
+        names = ", ".join(classes[:5]) + (", ..." if len(classes) > 5 else "")
+        raise DistftError(f"the model outputs {k} classes but the data has {len(classes)} "
+                          f"({names}): pass --num_classes={len(classes)}" + (
+                              "" if num_classes is None else " for the new head"))
+    if y_float:
+        raise DistftError(f"{what} labels are floats but the model is a classifier: "
+                          "write integer class labels")
+    if lo < 0 or hi >= k:
+        raise DistftError(f"{what} labels span [{lo:.0f}, {hi:.0f}] but the "
+                          f"model has {k} classes: labels must be in [0, {k}); "
+                          f"set --num_classes{head_flag} to match the data")

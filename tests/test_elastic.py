@@ -1,0 +1,156 @@
+"""Elastic mode with real processes: `distft train --np=N --min_np=M` over Gloo, three names of
+this machine (localhost, 127.0.0.1, its host name) as three 1-slot hosts, so that a killed worker
+takes only its own host out. Workers are killed with SIGKILL mid-epoch; a discovery script adds a
+host mid-run."""
+import json
+import os
+import signal
+import socket
+import sys
+import time
+
+import pytest
+
+from conftest import DISTFT, Job, distft, one_line
+
+pytestmark = pytest.mark.multiworker
+
+HOSTS = ["localhost", "127.0.0.1", socket.gethostname()]
+
+
+def args(demo_data, out, epochs: int = 4) -> list[str]:
+    return ["train", f"--model={demo_data['model']}", f"--data={demo_data['data']}", "--num_classes=5",
+            "--unfreeze=last:2",
+            f"--epochs={epochs}", "--batch_size=4", "--val_split=0.2", "--log_every=20",
+            "--commit_every=10", f"--output_dir={out}"]
+
+
+def metrics(out) -> dict:
+    with open(os.path.join(out, "metrics.json")) as f:
+        return json.load(f)
+
+
+def hosts(n: int) -> str:
+    return ",".join(f"{h}:1" for h in HOSTS[:n])
+
+
+def test_a_killed_worker_leaves_two_that_finish_in_sync(demo_data, tmp_path):
+    """The undisturbed run first (3 workers, not elastic), then the same run in elastic mode with
+    rank 2 killed mid-epoch: it goes on with 2 workers within seconds and ends near the
+    undisturbed run's accuracy, with identical weights; TensorBoard shows the size change."""
+    base = distft([*args(demo_data, tmp_path / "base"), "--np=3", f"--hosts={hosts(3)}"], timeout=300)
+    assert base.code == 0, base.out[-3000:]
+    out = tmp_path / "run"
+    job = Job([DISTFT, *args(demo_data, out), "--np=3", "--min_np=2", f"--hosts={hosts(3)}", "--keep_checkpoints=0"],
+              str(tmp_path / "log"))
+    job.wait_for("epoch 2/4  step 20/")
+    os.kill(job.worker_pid(2), signal.SIGKILL)
+    killed = time.time()
+    job.wait_for("lost: continuing with 2 workers", timeout=90)
+    going_on = time.time() - killed
+    assert job.wait(240) == 0, job.out[-3000:]
+    line = one_line(job.out, "lost: continuing")
+    assert "rank 2 (host " in line and "from epoch 2 step " in line, line
+    m, b = metrics(out), metrics(tmp_path / "base")
+    assert m["workers"] == 2 and m["elastic"]["resets"] == 1
+    assert len(m["weights_checksums"]) == 2 and len(set(m["weights_checksums"])) == 1
+    assert m["validation"]["accuracy"] > 0.9 and abs(m["validation"]["accuracy"] - b["validation"]["accuracy"]) < 0.05
+    assert "Traceback" not in job.out and "distft: error" not in job.out
+    # The survivors' rank 0 checkpointed the commit it went back to.
+    state = json.load(open(os.path.join(out, "checkpoints", "epoch-0001", "state.json")))
+    assert state["stopped_by"] == "a lost worker" and state["step_in_epoch"] % 10 == 0
+    from test_tensorboard import Server
+
+    tb = Server(str(out / "tensorboard"))
+    try:
+        tb.wait_for("data/plugin/scalars/tags", lambda tags: "workers" in tags.get("train", {}))
+        sizes = [value for _, value in tb.scalars("train", "workers")]
+    finally:
+        tb.proc.terminate()
+        tb.proc.wait(timeout=30)
+    assert sizes == [3.0, 2.0], sizes
+    print(f"kill -> going on: {going_on:.1f}s; validation accuracy {m['validation']['accuracy']:.4f} "
+          f"(undisturbed {b['validation']['accuracy']:.4f})")
+
+
+def test_a_host_joins_then_rank_0_is_killed(demo_data, tmp_path):
+    """A discovery script lists two hosts, then a third: the job grows to 3 workers. Then rank 0
+    is killed: the next rank 0 finishes the run, writing into the same run folder."""
+    listed = tmp_path / "hosts.txt"
+    listed.write_text(f"{HOSTS[0]}:1\n{HOSTS[1]}:1\n")
+    script = tmp_path / "discover.sh"
+    script.write_text(f"#!/bin/sh\ncat {listed}\n")
+    script.chmod(0o755)
+    out = tmp_path / "run"
+    job = Job([DISTFT, *args(demo_data, out, epochs=5), "--np=2", "--min_np=2", "--max_np=3",
+               f"--host_discovery={script}"], str(tmp_path / "log"))
+    job.wait_for("epoch 1/5  step 20/")
+    listed.write_text(f"{HOSTS[0]}:1\n{HOSTS[1]}:1\n{HOSTS[2]}:1\n")
+    job.wait_for("continuing with 3 workers", timeout=120)
+    assert f"a worker joined (host {HOSTS[2]})" in one_line(job.out, "continuing with 3 workers")
+    job.wait_for("epoch 3/5  step 20/")
+    os.kill(job.worker_pid(0), signal.SIGKILL)
+    assert job.wait(240) == 0, job.out[-3000:]
+    assert "rank 0 (host " in one_line(job.out, "lost: continuing with 2 workers")
+    m = metrics(out)
+    assert m["workers"] == 2 and m["elastic"]["resets"] == 2
+    assert len(set(m["weights_checksums"])) == 1 and m["validation"]["accuracy"] > 0.9
+    assert os.path.exists(out / "model.keras")
+
+
+def test_below_min_np_stops_with_a_checkpoint_that_resumes(demo_data, tmp_path):
+    """2 workers, --min_np=2: a killed worker stops the job with one error line and the --resume
+    hint; the survivor checkpointed its last commit, and --resume (on 2 workers) finishes."""
+    out = tmp_path / "run"
+    job = Job([DISTFT, *args(demo_data, out, epochs=3), "--np=2", "--min_np=2", f"--hosts={hosts(2)}",
+               "--elastic_timeout=10"], str(tmp_path / "log"))
+    job.wait_for("epoch 2/3  step 20/")
+    os.kill(job.worker_pid(1), signal.SIGKILL)
+    code = job.wait(120)
+    assert code != 0
+    line = one_line(job.out, "distft: error:")
+    assert "--min_np" in line and "--resume" in line, line
+    state = json.load(open(os.path.join(out, "checkpoints", "epoch-0001", "state.json")))
+    assert state["step_in_epoch"] >= 10
+    resumed = distft([*args(demo_data, out, epochs=3), "--np=2", "--resume"], timeout=300)
+    assert resumed.code == 0, resumed.out[-3000:]
+    assert f"from step {state['step_in_epoch'] + 1} of" in resumed.out
+    assert metrics(out)["initial_epoch"] == 1
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_sigterm_and_ctrl_c_stop_an_elastic_job_cleanly(demo_data, tmp_path, sig):
+    """A signal is a stop request in elastic mode too, not a lost worker: a checkpoint, exit 75."""
+    out = tmp_path / "run"
+    job = Job([DISTFT, *args(demo_data, out, epochs=50), "--np=2", "--min_np=1", f"--hosts={hosts(2)}"],
+              str(tmp_path / "log"))
+    job.wait_for("epoch 2/50")
+    os.kill(job.proc.pid, sig)
+    assert job.wait(90) == 75, job.out[-3000:]
+    line = one_line(job.out, "distft: stopped:")
+    assert sig.name in line and "--resume" in line, line
+    assert os.path.isdir(out / "checkpoints")
+    assert "distft: error" not in job.out and "Traceback" not in job.out
+
+
+def test_elastic_mode_without_failures_trains_exactly_like_a_fixed_job(demo_data, tmp_path):
+    """Commits copy state and check for host changes; they change nothing: the same weights as
+    the fixed job, accumulated gradients and EMA included."""
+    common = [*args(demo_data, tmp_path / "x", epochs=2), "--np=2", f"--hosts={hosts(2)}", "--threads=1",
+              "--grad_accum=2", "--ema=0.9", "--commit_every=3"]
+    fixed = distft([*common, f"--output_dir={tmp_path / 'fixed'}"], timeout=300)
+    elastic = distft([*common, f"--output_dir={tmp_path / 'elastic'}", "--min_np=1"], timeout=300)
+    assert fixed.code == 0 and elastic.code == 0, (fixed.out + elastic.out)[-3000:]
+    f, e = metrics(tmp_path / "fixed"), metrics(tmp_path / "elastic")
+    assert e["elastic"]["commits"] >= e["epochs"] * e["steps_per_epoch"] // 3 and e["elastic"]["resets"] == 0
+    assert e["weights_checksums"] == f["weights_checksums"]
+    assert e["ema_checksums"] == f["ema_checksums"]
+
+
+def test_a_fusion_threshold_is_refused_in_elastic_mode(demo_data, tmp_path):
+    """Horovod 0.28.1's survivors crash (SIGSEGV) on an elastic reset when HOROVOD_FUSION_THRESHOLD
+    is set: one error line before training instead."""
+    result = distft([*args(demo_data, tmp_path / "run", epochs=1), "--np=2", "--min_np=1",
+                     f"--hosts={hosts(2)}"], env={"HOROVOD_FUSION_THRESHOLD": "67108864"}, timeout=120)
+    assert result.code == 2, result.out[-3000:]
+    assert "HOROVOD_FUSION_THRESHOLD is set" in one_line(result.out, "distft: error:")
