@@ -21,7 +21,7 @@ Workloads (benchmarks/workloads.py, synthetic data, seed 42): `mlp10m-full` (10.
 trained), `mlp10m-partial` (the same model, `features` and the head: 0.79M), `mobilenet`.
 
 Example (from the repository root, as root):
-    python -m benchmarks cluster --quick        # 2 nodes, 1 Gbit/s, mlp10m-full: distft / mwms
+    python -m benchmarks cluster --quick        # 2 nodes, 1 Gbit/s, mlp10m-full: distft / group / mwms
     python -m benchmarks cluster --links=1gbit,10gbit --nodes=2,4 --models=mlp10m-full
     python -m benchmarks cluster --tune         # Horovod cycle time, fusion, threads at 1 and 10 Gbit/s
 """
@@ -48,9 +48,10 @@ NODES = (2, 4)
 MODELS = {"mlp10m-full": ("mlp10m", "all", "dense_1"),
           "mlp10m-partial": ("mlp10m", "last:1", "features"),
           "mobilenet": ("mobilenet", "from:block_13_expand", "block_13_expand")}
-# distft contenders: name -> extra `distft train` flags. Add a variant once its flag exists, e.g.
-# "distft-group": ["--allreduce=group"].
-DISTFT: dict[str, list[str]] = {"distft": [], "distft-mpi": ["--controller=mpi"]}
+# distft contenders: name -> extra `distft train` flags (distft's defaults: per-tensor
+# allreduce ops overlapping the backward pass, no XLA on CPU).
+DISTFT: dict[str, list[str]] = {"distft": [], "distft-group": ["--allreduce=group"],
+                                "distft-xla": ["--jit=on"], "distft-mpi": ["--controller=mpi"]}
 # --tune: name -> (extra distft flags, environment); the first is distft's defaults.
 TUNE: dict[str, tuple[list[str], dict[str, str]]] = {
     "defaults (cycle 5 ms)": ([], {}),
@@ -79,7 +80,8 @@ else:
 
 def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks cluster", description=__doc__.split("\n")[0])
-    p.add_argument("--quick", action="store_true", help="one case: 2 nodes, 1gbit, mlp10m-full, distft and mwms")
+    p.add_argument("--quick", action="store_true",
+                   help="one case: 2 nodes, 1gbit, mlp10m-full: distft, distft-group and mwms")
     p.add_argument("--tune", action="store_true", help="Horovod settings (TUNE) at 1 and 10 Gbit/s, 2 nodes")
     p.add_argument("--links", default=",".join(LINKS))
     p.add_argument("--nodes", default=",".join(map(str, NODES)))
@@ -98,7 +100,7 @@ def main(argv: list[str]) -> int:
         print(f"cluster: {e}", file=sys.stderr)
         return 2
     if a.quick:
-        a.links, a.nodes, a.models, a.contenders = "1gbit", "2", "mlp10m-full", "distft,mwms"
+        a.links, a.nodes, a.models, a.contenders = "1gbit", "2", "mlp10m-full", "distft,distft-group,mwms"
     variants = {n: (flags, {}) for n, flags in DISTFT.items()}
     if a.tune:
         a.links, a.nodes, a.models, a.contenders = "1gbit,10gbit", "2", "mlp10m-full", ",".join(TUNE)
@@ -138,8 +140,10 @@ def main(argv: list[str]) -> int:
               "variants": variants, "links": links, "cases": cases, "ratios": ratios(cases, names[0])}
     print(table(cases, names[0]))
     save(result, output)
-    if a.quick:
-        print(json.dumps(result["ratios"][0] if result["ratios"] else {}))
+    if a.quick:  # the comparison, one line: distft over each contender
+        first = result["ratios"][:1]
+        print(json.dumps({**{k: first[0][k] for k in ("link", "nodes", "model", "round")} if first else {},
+                          **{r["ratio"]: r["value"] for r in result["ratios"]}}))
     return 0
 
 

@@ -29,9 +29,6 @@ def train(config: Optional[str] = None, **options: Any) -> dict[str, Any]:
     file of them, which `options` override. Returns the metrics saved in metrics.json.
     """
     cfg = TrainConfig.resolve(config, **options)
-    if cfg.jit and "--tf_xla_cpu_global_jit" not in os.environ.get("TF_XLA_FLAGS", ""):
-        # XLA auto-clustering on CPU too; read when TensorFlow starts, so set before importing it.
-        os.environ["TF_XLA_FLAGS"] = f"{os.environ.get('TF_XLA_FLAGS', '')} --tf_xla_cpu_global_jit"
     env = detect()
     _setup_logging(env.rank, env.size, cfg.debug, tensorflow=False)
     from distft.launch.slurm import mistakes

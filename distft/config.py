@@ -21,6 +21,8 @@ from distft.errors import DistftError
 OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
 SCHEDULES = ("constant", "cosine")
 COMPRESSIONS = ("none", "fp16")
+ALLREDUCES = ("overlap", "group")
+JITS = ("auto", "on", "off")
 CONTROLLERS = ("gloo", "mpi")
 PREPROCESSING = ("auto", "scale", "none", "convnext", "densenet", "efficientnet", "efficientnet_v2",
                  "inception_resnet_v2", "inception_v3", "mobilenet", "mobilenet_v2", "mobilenet_v3",
@@ -87,6 +89,9 @@ class TrainConfig:
     schedule: str = field(default="constant", metadata={"help": "|".join(SCHEDULES)})
     grad_accum: int = field(default=1, metadata={"help": "batches per allreduce (backward passes)"})
     compression: str = field(default="none", metadata={"help": "allreduce compression: none|fp16"})
+    allreduce: str = field(default="overlap", metadata={
+        "help": "overlap: one async allreduce per gradient, started as the backward pass makes it "
+                "(Horovod fuses what is ready together) | group: one group after the backward pass"})
     seed: int = field(default=42, metadata={"help": "seed for weights of the new head and shuffling"})
     shuffle_buffer: int = field(default=10000, metadata={"help": "records in each worker's shuffle buffer"})
     # Data pipeline
@@ -109,7 +114,9 @@ class TrainConfig:
     cache_frozen: bool = field(
         default=False, metadata={"help": "compute the frozen prefix once per worker, train the rest"})
     precision: str = field(default="float32", metadata={"help": "|".join(PRECISIONS)})
-    jit: bool = field(default=False, metadata={"help": "compile the train step with XLA"})
+    jit: str = field(default="auto", metadata={
+        "help": "XLA for the step's forward, backward and update: auto (on when TensorFlow sees a "
+                "GPU, as in Keras) | on | off"})
     ema: float = field(default=0.0, metadata={"help": "moving average of the weights, e.g. 0.999 (0: off)"})
     lora: int = field(default=0, metadata={
         "help": "LoRA rank: train low-rank factors of Dense/EinsumDense/Embedding layers (0: off)"})
@@ -195,8 +202,10 @@ class TrainConfig:
             raise DistftError(f"--threads must be at least 1, got {self.threads}")
         if self.np is not None and self.np < 1:
             raise DistftError(f"--np must be at least 1, got {self.np}")
+        self.jit = {"true": "on", "false": "off"}.get(str(self.jit).lower(), str(self.jit))  # bare --jit
         for name, allowed in (("optimizer", OPTIMIZERS), ("schedule", SCHEDULES),
-                              ("compression", COMPRESSIONS), ("controller", CONTROLLERS)):
+                              ("compression", COMPRESSIONS), ("controller", CONTROLLERS),
+                              ("allreduce", ALLREDUCES), ("jit", JITS)):
             if getattr(self, name) not in allowed:
                 raise DistftError(f"--{name}={getattr(self, name)} is not one of {'|'.join(allowed)}")
         if self.preprocess not in PREPROCESSING:
@@ -211,6 +220,9 @@ class TrainConfig:
             raise DistftError("--cache needs a value: --cache=memory or --cache=DIR")
         if self.sync_bn and not self.train_bn:
             raise DistftError("--sync_bn synchronises BatchNorm layers that train: pass --train_bn too")
+        if self.sync_bn and self.jit == "on":
+            raise DistftError("--sync_bn allreduces in the forward pass, which XLA cannot compile: "
+                              "pass --jit=off (or auto)")
         if self.resume and self.overwrite:
             raise DistftError("--resume and --overwrite exclude each other: pass one")
         self._check_methods()

@@ -18,11 +18,6 @@ import traceback
 
 
 def main(runs_path: str, status_path: str) -> None:
-    import os
-
-    # Read when TensorFlow starts: a case with `jit` turns XLA auto-clustering on, and on CPU it
-    # needs this flag (distft.train sets it too, but only before TensorFlow is imported).
-    os.environ["TF_XLA_FLAGS"] = f"{os.environ.get('TF_XLA_FLAGS', '')} --tf_xla_cpu_global_jit"
     import distft
     from distft import log
     from distft.launch.environment import detect
@@ -30,7 +25,6 @@ def main(runs_path: str, status_path: str) -> None:
     log.quiet_tensorflow()
     log.import_tensorflow()
     import keras
-    import tensorflow as tf
 
     with open(runs_path) as f:
         runs = json.load(f)
@@ -39,7 +33,6 @@ def main(runs_path: str, status_path: str) -> None:
         # What one run leaves in Keras' global state must not reach the next.
         keras.backend.clear_session()
         keras.mixed_precision.set_global_policy("float32")
-        tf.config.optimizer.set_jit(False)
         started = time.time()
         try:
             distft.train(**options)

@@ -97,8 +97,11 @@ CASES = {
     "train_bn": Case(BN, in_sync=True, loss_rtol=0.05),
     # Each worker draws its own dropout masks (seeded by rank), as one worker does per record.
     "head_dropout": Case({"head_dropout": 0.5}, in_sync=True, loss_rtol=0.1),
-    # XLA auto-clustering compiles the step's parts around Horovod's op, in both runs alike.
-    "jit": Case({"jit": True}),
+    # XLA compiles the forward and backward pass and the update around Horovod's ops, in both
+    # runs alike.
+    "jit": Case({"jit": "on"}),
+    # One grouped allreduce after the backward pass (the default overlaps per-tensor ops).
+    "allreduce_group": Case({"allreduce": "group"}),
     "cache_memory": Case({"cache": "memory"}),
     # Training and validation metrics from metric states summed over the workers.
     "metrics": Case({"metrics": "accuracy,auc,precision,recall,f1_score"}, validate=True),
@@ -165,6 +168,9 @@ def options(name: str, case: Case, kinds: dict, folder: str, workers: int) -> di
     """`distft.train`'s options for case `name` on `workers` (2, or 1 at the doubled batch)."""
     opts = {**COMMON, **kinds[case.data], **case.options,
             "output_dir": os.path.join(folder, f"{workers}w", name)}
+    # DISTFT_EQUIVALENCE_JIT=on runs every case with XLA (--sync_bn's allreduce cannot compile).
+    if os.environ.get("DISTFT_EQUIVALENCE_JIT") and not opts.get("sync_bn"):
+        opts.setdefault("jit", os.environ["DISTFT_EQUIVALENCE_JIT"])
     if case.validate:
         opts["val_data"] = kinds["ids"]["data"]
     if workers == 1:
@@ -268,6 +274,20 @@ def test_equal_to_one_big_batch(matrix, name):
                 np.testing.assert_allclose(
                     x, y, rtol=case.rtol, atol=case.atol,
                     err_msg=f"{file} {layer}[{i}] (largest difference in the model {diff:.3g})")
+
+
+def test_xla_and_one_group_end_where_the_default_step_ends(matrix):
+    """The default run (per-tensor allreduce ops, no XLA: the "adam" row) on 2 workers, against
+    the same run with one grouped allreduce (the same sums: equal) and compiled with XLA
+    (XLA fuses and orders float operations its own way: equal to float tolerance)."""
+    default = weights_by_layer(os.path.join(matrix.run_dir("adam", 2), "model.keras"))
+    for name, rtol, atol in (("allreduce_group", 0, 0), ("jit", 1e-4, 2e-6)):
+        other = weights_by_layer(os.path.join(matrix.run_dir(name, 2), "model.keras"))
+        print(f"{name} against the default step: largest weight difference "
+              f"{largest_difference(default, other):.3g}")
+        for layer in default:
+            for x, y in zip(default[layer], other[layer]):
+                np.testing.assert_allclose(x, y, rtol=rtol, atol=atol, err_msg=f"{name}: {layer}")
 
 
 def test_fp16_compression_skips_no_more_steps_than_none(matrix):

@@ -133,6 +133,37 @@ def test_a_weight_without_gradient_stays_bit_identical_under_adamw(accumulate):
     assert not np.allclose(layer.used.numpy(), 1.0)
 
 
+def test_the_xla_step_compiles_its_compute_and_ends_where_the_plain_step_ends():
+    """--jit=on: the forward and backward pass and the update are functions XLA must compile
+    (Horovod's allreduce, between them, has no XLA kernel), and training ends where the same
+    step without XLA ends, to float tolerance; a None gradient passes through the compiled
+    backward pass."""
+    from distft.train.step import GradientAverager
+
+    weights = {}
+    for jit in (False, True):
+        keras.utils.set_random_seed(0)
+        inputs = keras.Input((4,))
+        hidden = keras.layers.Dense(8, activation="relu")(keras.layers.BatchNormalization()(inputs))
+        model = keras.Model(inputs, keras.layers.Dense(1)(Spare(name="spare")(hidden)))
+        model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="mse", jit_compile=False)
+        averager = GradientAverager(1, model.trainable_variables, jit=jit)
+        model.train_step = averager.train_step(model)
+        x = np.random.default_rng(0).random((64, 4)).astype(np.float32)
+        start = model.get_weights()
+        model.fit(x, x.sum(axis=1, keepdims=True), batch_size=8, epochs=2, verbose=0, shuffle=False)
+        weights[jit] = model.get_weights()
+        graph = tf.function(model.train_step).get_concrete_function(
+            (tf.TensorSpec((8, 4)), tf.TensorSpec((8, 1)))).graph
+        compiled = [op for op in graph.get_operations()
+                    if "_XlaMustCompile" in op.node_def.attr and op.get_attr("_XlaMustCompile")]
+        assert len(compiled) == (2 if jit else 0)  # forward-backward, and the update
+    np.testing.assert_array_equal(model.get_layer("spare").spare.numpy(), np.ones(3, np.float32))
+    assert max(float(np.max(np.abs(a - w))) for a, w in zip(start, weights[True])) > 1e-4  # it trained
+    for plain, xla in zip(weights[False], weights[True]):
+        np.testing.assert_allclose(xla, plain, rtol=1e-5, atol=1e-6)
+
+
 FP16_SUM = '''
 import numpy as np, tensorflow as tf
 import horovod.tensorflow as hvd

@@ -55,6 +55,9 @@ def test_schedule_grammar_splits_stages_only_before_epoch_numbers():
     (["--ema=1.5"], "--ema must be in [0, 1)"),
     (["--precision=float8"], "--precision=float8 is not one of float32|mixed_float16|mixed_bfloat16"),
     (["--sync_bn"], "--sync_bn synchronises BatchNorm layers that train: pass --train_bn too"),
+    (["--jit=maybe"], "--jit=maybe is not one of auto|on|off"),
+    (["--train_bn", "--sync_bn", "--jit"], "--sync_bn allreduces in the forward pass, which XLA cannot compile"),
+    (["--allreduce=ring"], "--allreduce=ring is not one of overlap|group"),
 ])
 def test_bad_method_flags_are_one_line_before_any_work(tmp_path, flags, expected):
     result = distft(["train", "--model=m.h5", "--data=d", f"--output_dir={tmp_path}/o", *flags],

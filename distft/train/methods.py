@@ -49,24 +49,25 @@ def optimizer(cfg: TrainConfig, opt: keras.optimizers.Optimizer, ft: FineTuneMod
     return opt
 
 
-def use_xla(jit: bool) -> None:
-    """XLA auto-clustering: TensorFlow compiles every part of the train step it can and leaves
-    Horovod's collectives (which have no XLA kernel) outside; a whole-step `jit_compile=True`
-    (Keras 3's default on GPUs) fails on them, so distft compiles with `jit_compile=False`.
-    On CPU it needs TF_XLA_FLAGS=--tf_xla_cpu_global_jit
-    before TensorFlow starts (api.train sets it)."""
-    if jit:
-        tf.config.optimizer.set_jit("autoclustering")
+def use_xla(jit: str, model: keras.Model, sync_bn: bool) -> bool:
+    """Whether the step's compute is compiled with XLA (train/step.py): `on`, or `auto` when
+    TensorFlow sees a GPU and every layer supports XLA (Keras 3's own `jit_compile="auto"`).
+    Never with --sync_bn, whose allreduce in the forward pass has no XLA kernel."""
+    if jit == "auto":
+        return (not sync_bn and bool(tf.config.list_logical_devices("GPU"))
+                and all(getattr(layer, "supports_jit", True) for layer in model._flatten_layers()))
+    return jit == "on"
 
 
-def describe(cfg: TrainConfig, the_plan: stages.Plan) -> None:
-    """Rank 0's start-of-run lines about the methods in use."""
+def describe(cfg: TrainConfig, the_plan: stages.Plan, xla: bool) -> None:
+    """Rank 0's start-of-run lines about the methods in use (`xla`: use_xla's answer)."""
     if cfg.unfreeze_schedule:
         log.info("staged unfreezing: %s; now %s", ", ".join(
             f"epoch {s.epoch + 1}: {s.spec}" for s in the_plan.stages),
             the_plan.describe(the_plan.current))
-    if cfg.precision != "float32" or cfg.jit:
-        log.info("precision %s%s", cfg.precision, ", XLA auto-clustering" if cfg.jit else "")
+    if cfg.precision != "float32" or xla:
+        log.info("precision %s%s", cfg.precision,
+                 f", XLA (--jit={cfg.jit}): forward, backward and update compiled" if xla else "")
     if cfg.lora:
         info = lora.summary(the_plan.ft.model)
         log.info("LoRA rank %d, alpha %g, on %d layers (%s): %d factor weights train, the layers' "

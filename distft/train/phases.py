@@ -142,7 +142,6 @@ def open_job(cfg: TrainConfig, worker: Worker) -> Job:
             raise
         setup_error = e  # a worker that joins a run underway finds its folder in use
     train_data, val_data = worker.all_ok(lambda: _open_data(cfg))
-    methods.use_xla(cfg.jit)
     return Job(cfg, worker, signals, folder, started, resume_from, train_data, val_data,
                setup_error=setup_error)
 
@@ -168,7 +167,9 @@ def build(job: Job) -> None:
     job.optimizer = methods.optimizer(cfg, optim.build(cfg, worker.size, job.steps), ft, worker.rank == 0)
     job.optimizer.build(plan.variables())  # every stage's weights: their state survives switches
     job.clock = StepClock() if cfg.rank_health else None
-    job.averager = GradientAverager(worker.size, plan.variables(), cfg.grad_accum, cfg.compression, job.clock)
+    job.averager = GradientAverager(worker.size, plan.variables(), cfg.grad_accum, cfg.compression, job.clock,
+                                    overlap=cfg.allreduce == "overlap",
+                                    jit=methods.use_xla(cfg.jit, ft.model, cfg.sync_bn))
     job.ema = WeightAverage(plan.variables(), cfg.ema) if cfg.ema else None
     job.checkpoint = tf.train.Checkpoint(model=ft.model, optimizer=job.optimizer, **(
         {"ema": job.ema.state} if job.ema else {}), **({"grads": job.averager.state} if cfg.grad_accum > 1 else {}))
@@ -228,7 +229,7 @@ def announce(job: Job) -> None:
     cfg.save(folder.file("config.yaml"))
     _log_start(job)
     job.feed.report()
-    methods.describe(cfg, job.plan)
+    methods.describe(cfg, job.plan, job.averager.jit)
     if job.train_data.classes:  # the names of the model's outputs, in order
         folder.write_json("classes.json", {"class_names": job.train_data.classes})
         log.info("classes: %s", ", ".join(job.train_data.classes))
@@ -433,7 +434,8 @@ def compile_for_workers(model: keras.Model, optimizer: keras.optimizers.Optimize
                         ft: FineTuneModel, averager: GradientAverager) -> None:
     """Compile `model` with distft's train step, which averages gradients over the workers.
 
-    Not XLA as a whole (Keras 3's default on GPUs): Horovod's ops have no XLA kernel."""
+    Not XLA as a whole (Keras 3's default on GPUs): Horovod's ops have no XLA kernel; the
+    step compiles its compute around them (--jit)."""
     model.compile(optimizer=optimizer, loss=ft.loss, loss_weights=ft.loss_weights, jit_compile=False,
                   metrics=compiled(ft))
     model.train_step = averager.train_step(model)

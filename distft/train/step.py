@@ -1,5 +1,5 @@
 """The compiled train step, the Horovod way, for Keras 3: the trainable gradients are averaged
-over all workers by one fused allreduce inside the step, then applied by the Keras optimizer.
+over all workers inside the step, then applied by the Keras optimizer.
 
 It is Keras 3's own TensorFlow `train_step` (keras/src/backend/tensorflow/trainer.py) with the
 allreduce between `tape.gradient` and the optimizer, as Horovod's DistributedOptimizer did for
@@ -7,6 +7,15 @@ Keras 2. With `accumulate=K` each worker sums its gradients over K batches and t
 allreduced and applied on every K-th batch (Horovod's `backward_passes_per_step`): one update
 equals one of a batch K times larger. Mixed float16 uses Keras 3's loss scaling: the scaled
 gradients are averaged, so every worker unscales the same values and skips the same steps.
+With `overlap` (the default) each gradient is allreduced by its own async Horovod op, which
+the step's graph starts as soon as the backward pass has produced that gradient, so
+communication overlaps the rest of the backward pass; Horovod fuses the tensors that are ready
+together into one buffer (HOROVOD_FUSION_THRESHOLD, every HOROVOD_CYCLE_TIME ms), as its own
+DistributedGradientTape does. Without it, one grouped allreduce waits for the whole backward
+pass. Both compute the same mean.
+With `jit` the forward and backward pass and the optimizer's update are each compiled with XLA
+as inner functions; the allreduce, which has no XLA kernel, runs between them (so the
+gradients leave the compiled backward pass together: no overlap).
 A variable the loss does not reach (gradient None) is left out of the update, as Keras leaves
 it out, so no optimizer moves it (Adam's momentum, AdamW's decay).
 With fp16 compression each worker divides its gradients by the number of workers in float32
@@ -15,7 +24,8 @@ where one worker's value does not (Horovod's `prescale_factor` scales after the 
 
 Example:
     model.compile(optimizer=opt, loss=..., metrics=[...], jit_compile=False)
-    averager = GradientAverager(hvd.size(), plan.variables(), accumulate=4, compression="fp16")
+    averager = GradientAverager(hvd.size(), plan.variables(), accumulate=4, compression="fp16",
+                                overlap=True, jit=False)
     model.train_step = averager.train_step(model)
 
 With a `StepClock`, the step also sums its own seconds and the allreduce's (rank health).
@@ -35,10 +45,11 @@ class GradientAverager:
     variable that is trainable in some stage of the run."""
 
     def __init__(self, size: int, variables: list, accumulate: int = 1, compression: str = "none",
-                 clock: Optional[StepClock] = None):
+                 clock: Optional[StepClock] = None, overlap: bool = True, jit: bool = False):
         import horovod.tensorflow as hvd
 
         self.hvd, self.size, self.accumulate, self.clock = hvd, size, accumulate, clock
+        self.overlap, self.jit = overlap, jit
         self.fp16 = compression == "fp16"
         # Checkpointed (`state`), so a resume continues a partly accumulated update exactly.
         self.state = tf.Module()
@@ -49,18 +60,22 @@ class GradientAverager:
         self._sum_of = {id(v): s for v, s in zip(variables, self.state.sums)}
 
     def allreduce(self, grads: list[tf.Tensor]) -> list[tf.Tensor]:
-        """The mean of `grads` over all workers, in one fused group."""
+        """The mean of `grads` over all workers: one op per tensor (`overlap`) or one group."""
         if self.size == 1:
             return grads
         hvd = self.hvd
+        op, compression = (hvd.Sum, hvd.Compression.fp16) if self.fp16 else (hvd.Average, hvd.Compression.none)
 
         def reduce(g: list[tf.Tensor]) -> list[tf.Tensor]:
-            if not self.fp16:
-                return hvd.grouped_allreduce(g, op=hvd.Average)
-            return hvd.grouped_allreduce([t / self.size for t in g], op=hvd.Sum,
-                                         compression=hvd.Compression.fp16)
+            if self.fp16:
+                g = [t / self.size for t in g]
+            if self.overlap:
+                return [hvd.allreduce(t, op=op, compression=compression) for t in g]
+            return hvd.grouped_allreduce(g, op=op, compression=compression)
 
-        return self.clock.allreduce(reduce, grads) if self.clock else reduce(grads)
+        if self.clock is None:
+            return reduce(grads)
+        return self.clock.allreduce(reduce, grads, overlapped=self.overlap)
 
     def apply(self, optimizer: keras.optimizers.Optimizer, grads: list, variables: list) -> None:
         """Average `grads` of `variables` (now, or every `accumulate` calls) and apply them;
@@ -70,22 +85,27 @@ class GradientAverager:
         if not pairs:
             return
         grads, variables = [g for g, _ in pairs], [v for _, v in pairs]
+        update = self._compiled(lambda g: optimizer.apply(g, variables))
         if self.accumulate == 1:
-            optimizer.apply(self.allreduce(grads), variables)
+            update(self.allreduce(grads))
             return
         sums = [self._sum_of[id(v)] for v in variables]
         for s, g in zip(sums, grads):
             s.assign_add(g)
         self.state.count.assign_add(1)
 
-        def update() -> tf.Tensor:
-            optimizer.apply(self.allreduce([s / self.accumulate for s in sums]), variables)
+        def average_and_update() -> tf.Tensor:
+            update(self.allreduce([s / self.accumulate for s in sums]))
             for s in sums:
                 s.assign(tf.zeros_like(s))
             return tf.constant(True)
 
         # Every worker counts the same batches, so all of them allreduce on the same ones.
-        tf.cond(self.state.count % self.accumulate == 0, update, lambda: tf.constant(False))
+        tf.cond(self.state.count % self.accumulate == 0, average_and_update, lambda: tf.constant(False))
+
+    def _compiled(self, fn: Callable) -> Callable:
+        """`fn`, compiled with XLA as a function of its own when `jit` is on."""
+        return tf.function(fn, jit_compile=True, autograph=False) if self.jit else fn
 
     def train_step(self, model: keras.Model) -> Callable:
         """A `train_step` for `model` (compiled) that averages its gradients over the workers."""
@@ -100,14 +120,19 @@ class GradientAverager:
 
         def averaged_step(data):
             x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
-            with tf.GradientTape() as tape:
-                y_pred = model(x, training=True)
-                loss = model.compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=sample_weight,
-                                          training=True)
-                loss_tracker.update_state(loss, sample_weight=tf.shape(tf.nest.flatten(x)[0])[0])
-                scaled = model.optimizer.scale_loss(loss)
-            variables = model.trainable_variables
-            self.apply(model.optimizer, tape.gradient(scaled, variables), variables)
+            variables = model.trainable_variables  # this trace's: a stage switch retraces
+
+            def forward_backward(x, y, sample_weight):
+                with tf.GradientTape() as tape:
+                    y_pred = model(x, training=True)
+                    loss = model.compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=sample_weight,
+                                              training=True)
+                    scaled = model.optimizer.scale_loss(loss)
+                return loss, y_pred, tape.gradient(scaled, variables)
+
+            loss, y_pred, grads = self._compiled(forward_backward)(x, y, sample_weight)
+            loss_tracker.update_state(loss, sample_weight=tf.shape(tf.nest.flatten(x)[0])[0])
+            self.apply(model.optimizer, grads, variables)
             return model.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
 
         return step

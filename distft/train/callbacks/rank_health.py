@@ -6,7 +6,8 @@ rank shows as the one with the most busy time (computing) and the least allreduc
 rank's step splits into
 - input wait: its batch was not ready yet (wall time around the compiled step minus the step's
   own time, measured in the graph from the moment its batch is ready);
-- allreduce wait: inside the gradient allreduce (waiting for the other ranks, then communicating);
+- allreduce wait: inside the gradient allreduce (waiting for the other ranks, then communicating;
+  with overlap, from the backward pass's end, i.e. what the backward pass did not hide);
 - busy: the rest, its own forward and backward passes and the optimizer.
 The first step of each epoch is left out: it may include tracing the step function.
 
@@ -66,10 +67,12 @@ class StepClock:
         self.step_seconds.assign_add(end - start)
         return outputs
 
-    def allreduce(self, reduce: Callable[[list], list], grads: list) -> list:
-        """`reduce(grads)`, timed."""
+    def allreduce(self, reduce: Callable[[list], list], grads: list, overlapped: bool = False) -> list:
+        """`reduce(grads)`, timed from the last gradient's end. `overlapped` ops start as their
+        own gradient is ready (nothing waits for the stamp), so their time counted is the part
+        the backward pass did not hide."""
         start = self._stamp(grads)
-        with tf.control_dependencies([start]):
+        with tf.control_dependencies([] if overlapped else [start]):
             reduced = reduce(grads)
         self.allreduce_seconds.assign_add(self._stamp(reduced) - start)
         return reduced
