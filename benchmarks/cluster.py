@@ -11,6 +11,9 @@ cores: 4 nodes share 2 cores in pairs here):
   `distftlab-eth`, for Gloo (HOROVOD_GLOO_IFACE) and MPI (btl_tcp_if_include).
 - mwms: benchmarks/contenders.py's tf_keras MWMS worker, one per node, `TF_CONFIG` listing the
   nodes' addresses.
+- distft variants (DISTFT): one grouped allreduce (distft-group), XLA (distft-xla), MPI, and
+  one worker on node 1 (distft-1worker), whose step is the compute time that the scaling
+  model's calibration (`scaling_model` in the result, and a table) predicts the others from.
 Each case prints one JSON line; `allreduce_ms` is distft's rank-health allreduce wait of rank
 0 (TensorBoard `ranks/allreduce_wait_ms`, median of the epochs after the first; it includes
 waiting for the other ranks), null for MWMS, which has no such figure. `sent_mb` is what the
@@ -51,7 +54,10 @@ MODELS = {"mlp10m-full": ("mlp10m", "all", "dense_1"),
 # distft contenders: name -> extra `distft train` flags (distft's defaults: per-tensor
 # allreduce ops overlapping the backward pass, no XLA on CPU).
 DISTFT: dict[str, list[str]] = {"distft": [], "distft-group": ["--allreduce=group"],
-                                "distft-xla": ["--jit=on"], "distft-mpi": ["--controller=mpi"]}
+                                "distft-xla": ["--jit=on"], "distft-mpi": ["--controller=mpi"],
+                                "distft-1worker": []}
+# distft's one-worker run on node 1 (no allreduce): the scaling model's measured compute time.
+ONE_WORKER = "distft-1worker"
 # --tune: name -> (extra distft flags, environment); the first is distft's defaults.
 TUNE: dict[str, tuple[list[str], dict[str, str]]] = {
     "defaults (cycle 5 ms)": ([], {}),
@@ -81,7 +87,7 @@ else:
 def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks cluster", description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true",
-                   help="one case: 2 nodes, 1gbit, mlp10m-full: distft, distft-group and mwms")
+                   help="one case: 2 nodes, 1gbit, mlp10m-full: distft, distft-group, mwms, 1 worker")
     p.add_argument("--tune", action="store_true", help="Horovod settings (TUNE) at 1 and 10 Gbit/s, 2 nodes")
     p.add_argument("--links", default=",".join(LINKS))
     p.add_argument("--nodes", default=",".join(map(str, NODES)))
@@ -100,7 +106,8 @@ def main(argv: list[str]) -> int:
         print(f"cluster: {e}", file=sys.stderr)
         return 2
     if a.quick:
-        a.links, a.nodes, a.models, a.contenders = "1gbit", "2", "mlp10m-full", "distft,distft-group,mwms"
+        a.links, a.nodes, a.models = "1gbit", "2", "mlp10m-full"
+        a.contenders = f"distft,distft-group,mwms,{ONE_WORKER}"
     variants = {n: (flags, {}) for n, flags in DISTFT.items()}
     if a.tune:
         a.links, a.nodes, a.models, a.contenders = "1gbit,10gbit", "2", "mlp10m-full", ",".join(TUNE)
@@ -137,13 +144,15 @@ def main(argv: list[str]) -> int:
               "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
               "settings": {k: v for k, v in vars(a).items() if k not in ("workdir", "output")},
               "environment": environment(), "allreduce_ms": "distft rank-health allreduce wait, rank 0",
-              "variants": variants, "links": links, "cases": cases, "ratios": ratios(cases, names[0])}
+              "variants": variants, "links": links, "cases": cases, "ratios": ratios(cases, names[0]),
+              "scaling_model": calibration(cases, links)}
     print(table(cases, names[0]))
+    if result["scaling_model"]:
+        print(calibration_table(result["scaling_model"]))
     save(result, output)
     if a.quick:  # the comparison, one line: distft over each contender
-        first = result["ratios"][:1]
-        print(json.dumps({**{k: first[0][k] for k in ("link", "nodes", "model", "round")} if first else {},
-                          **{r["ratio"]: r["value"] for r in result["ratios"]}}))
+        case = {k: result["ratios"][0][k] for k in ("link", "nodes", "model", "round")} if result["ratios"] else {}
+        print(json.dumps({**case, **{r["ratio"]: r["value"] for r in result["ratios"]}}))
     return 0
 
 
@@ -187,10 +196,11 @@ def run_case(lab: netlab.Lab, spec_path: str, model: str, contender: str,
     else:
         figures = run_distft(lab, spec, contender, variant, a)
     sent = max(after - then for after, then in zip(lab.sent_bytes(), before))
-    return {"link": lab.rate, "nodes": lab.nodes, "model": model,
+    workers = 1 if contender == ONE_WORKER else lab.nodes
+    return {"link": lab.rate, "nodes": lab.nodes, "workers": workers, "model": model,
             "trainable_params": figures["trainable_params"], "contender": contender,
             "samples_per_s": round(figures["samples_per_sec"], 1),
-            "step_ms": round(1000 * lab.nodes * BATCH / figures["samples_per_sec"], 1),
+            "step_ms": round(1000 * workers * BATCH / figures["samples_per_sec"], 1),
             "allreduce_ms": figures.get("allreduce_ms"), "sent_mb": round(sent / 1e6, 1),
             "steps": figures["steps"], "round": round_, "load": round(load, 2)}
 
@@ -204,7 +214,7 @@ def run_distft(lab: netlab.Lab, spec: dict, name: str, variant: tuple[list[str],
            f"--data={spec['data']}", f"--output_dir={out}", f"--num_classes={spec['classes']}",
            f"--unfreeze={spec['unfreeze']}", f"--epochs={a.epochs}", f"--batch_size={BATCH}",
            f"--lr={contenders.LR}", "--threads=1", f"--log_every={contenders.LOG_EVERY}", "--overwrite",
-           f"--np={lab.nodes}", f"--hosts={lab.hosts()}", *flags]
+           *_workers(lab, name), *flags]
     # HOME: horovodrun caches the interfaces it found under ~/.horovod for an hour; the lab's own
     # home, emptied for every lab, keeps another lab's (or the user's) answer out.
     environ = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=ROOT, **env, HOME=lab.home,
@@ -217,6 +227,11 @@ def run_distft(lab: netlab.Lab, spec: dict, name: str, variant: tuple[list[str],
         m = json.load(f)
     return {"samples_per_sec": m["samples_per_sec"], "trainable_params": m["params"]["trainable"],
             "steps": m["steps_per_epoch"] * a.epochs, "allreduce_ms": rank_health(out, "allreduce_wait_ms")}
+
+
+def _workers(lab: netlab.Lab, name: str) -> list[str]:
+    nodes = 1 if name == ONE_WORKER else lab.nodes
+    return [f"--np={nodes}", f"--hosts={lab.hosts(nodes)}"]
 
 
 def rank_health(out: str, name: str) -> Optional[float]:
@@ -272,6 +287,44 @@ def ratios(cases: list[dict[str, Any]], base: str) -> list[dict[str, Any]]:
                              base: by[base]["samples_per_s"], name: c["samples_per_s"],
                              "load": by[base]["load"]})
     return rows
+
+
+def calibration(cases: list[dict[str, Any]], links: dict[str, dict]) -> list[dict[str, Any]]:
+    """distft's scaling model (distft/scaling.py) against the lab: each distft and distft-group
+    case whose round also ran distft-1worker, predicted from that one worker's step time. Where
+    the nodes outnumber the cores, each core runs nodes/cores workers, so one worker's compute
+    is counted that many times over. distft-group (one allreduce after the backward pass) is
+    the model with overlap 0; for distft, `overlap` is the share of the predicted allreduce its
+    step hid (what `--overlap` should be given)."""
+    from distft import scaling
+
+    one = {(c["link"], c["nodes"], c["model"], c["round"]): c for c in cases if c["contender"] == ONE_WORKER}
+    rows = []
+    for c in cases:
+        base = one.get((c["link"], c["nodes"], c["model"], c["round"]))
+        if base is None or c["contender"] not in ("distft", "distft-group"):
+            continue
+        compute = base["step_ms"] * max(1.0, c["nodes"] / (os.cpu_count() or 1))
+        latency = scaling.LATENCY_MS if links[f"{c['nodes']}x{c['link']}"]["delay_applied"] else 0.0
+        p = scaling.predict([c["nodes"]], compute, c["trainable_params"], c["link"], BATCH,
+                            latency_ms=latency)[0]
+        rows.append({"link": c["link"], "nodes": c["nodes"], "model": c["model"], "round": c["round"],
+                     "contender": c["contender"], "compute_ms": round(compute, 1),
+                     "allreduce_ms": round(p["allreduce_ms"], 1), "predicted_ms": round(p["step_ms"], 1),
+                     "measured_ms": c["step_ms"], "error": round((p["step_ms"] - c["step_ms"]) / c["step_ms"], 3),
+                     "overlap": round(max(0.0, p["step_ms"] - c["step_ms"]) / p["allreduce_ms"], 2)
+                     if c["contender"] == "distft" and p["allreduce_ms"] else None})
+    return rows
+
+
+def calibration_table(rows: list[dict[str, Any]]) -> str:
+    """`calibration`'s rows as Markdown."""
+    lines = ["\n| link | nodes | model | contender | compute ms | allreduce ms (model) | predicted ms | "
+             "measured ms | error | overlap |", "|---|---:|---|---|---:|---:|---:|---:|---:|---:|"]
+    lines += [f"| {r['link']} | {r['nodes']} | {r['model']} | {r['contender']} | {r['compute_ms']:.1f} | "
+              f"{r['allreduce_ms']:.1f} | {r['predicted_ms']:.1f} | {r['measured_ms']:.1f} | "
+              f"{100 * r['error']:+.0f}% | {'-' if r['overlap'] is None else r['overlap']} |" for r in rows]
+    return "\n".join(lines)
 
 
 def table(cases: list[dict[str, Any]], base: str) -> str:

@@ -167,9 +167,10 @@ class Lab:
         """The command prefix that runs a command inside `node`, pinned to its core."""
         return ["ip", "netns", "exec", namespace(node), "taskset", "-c", str(self.core(node))]
 
-    def hosts(self) -> str:
-        """Horovod's `-H` for one worker per node: distftlab-node1:1,distftlab-node2:1,..."""
-        return ",".join(f"{namespace(k)}:1" for k in range(1, self.nodes + 1))
+    def hosts(self, nodes: Optional[int] = None) -> str:
+        """Horovod's `-H` for one worker per node on the first `nodes` (default all):
+        distftlab-node1:1,distftlab-node2:1,..."""
+        return ",".join(f"{namespace(k)}:1" for k in range(1, (nodes or self.nodes) + 1))
 
     def _build(self) -> None:
         sh("ip", "netns", "add", SWITCH)
