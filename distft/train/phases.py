@@ -212,7 +212,7 @@ def sync(job: Job, broadcast: bool = True) -> None:
     job.plan.apply(job.plan.index_at(job.epoch))  # before compile: fit restores compile's trainable set
     if cfg.sync_bn:
         sync_bn.synchronize(ft.model, worker.hvd)
-    compile_for_workers(ft.model, job.optimizer, ft, job.averager)
+    compile_for_workers(ft.model, job)
     if broadcast:
         worker.broadcast_variables(job.variables())
     seeds.per_worker(ft.model, cfg.seed, worker.rank)  # dropout masks differ between workers
@@ -249,8 +249,8 @@ def inputs(job: Job) -> Inputs:
     cfg, worker, ft = job.cfg, job.worker, job.ft
     if cfg.cache_frozen:
         fit_model, streams = frozen_cache.cached(
-            job.parts, ft, job.train_data, cfg, worker,
-            lambda rest: compile_for_workers(rest, job.optimizer, ft, job.averager), job.steps)
+            job.parts, ft, job.train_data, cfg, worker, lambda rest: compile_for_workers(rest, job),
+            job.steps)
     else:
         fit_model = ft.model
 
@@ -429,14 +429,15 @@ def differing_layers(per_rank: list[dict[str, str]]) -> list[str]:
     return [name for name in per_rank[0] if any(r.get(name) != per_rank[0][name] for r in per_rank[1:])]
 
 
-def compile_for_workers(model: keras.Model, optimizer: keras.optimizers.Optimizer,
-                        ft: FineTuneModel, averager: GradientAverager) -> None:
-    """Compile `model` with distft's train step, which averages gradients over the workers.
+def compile_for_workers(model: keras.Model, job: Job) -> None:
+    """Compile `model` (the job's, or its trainable rest) with distft's train step, which
+    averages gradients over the workers and updates the EMA.
 
     Not XLA as a whole (Keras 3's default on GPUs): Horovod's ops have no XLA kernel."""
-    model.compile(optimizer=optimizer, loss=ft.loss, loss_weights=ft.loss_weights, jit_compile=False,
-                  metrics=compiled(ft))
-    model.train_step = averager.train_step(model)
+    ft = job.ft
+    model.compile(optimizer=job.optimizer, loss=ft.loss, loss_weights=ft.loss_weights,
+                  jit_compile=False, metrics=compiled(ft))
+    model.train_step = job.averager.train_step(model, job.ema.update if job.ema else None)
 
 
 def _plain(model: keras.Model, name: Optional[str] = None) -> keras.Model:

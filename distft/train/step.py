@@ -87,8 +87,9 @@ class GradientAverager:
         # Every worker counts the same batches, so all of them allreduce on the same ones.
         tf.cond(self.state.count % self.accumulate == 0, update, lambda: tf.constant(False))
 
-    def train_step(self, model: keras.Model) -> Callable:
-        """A `train_step` for `model` (compiled) that averages its gradients over the workers."""
+    def train_step(self, model: keras.Model, then: Optional[Callable[[], list]] = None) -> Callable:
+        """A `train_step` for `model` (compiled) that averages its gradients over the workers,
+        then runs `then()` (after the update, before the step ends: the EMA's; its ops)."""
         loss_tracker = next(m for m in model.metrics if m.name == "loss")
 
         def step(data):
@@ -108,6 +109,7 @@ class GradientAverager:
                 scaled = model.optimizer.scale_loss(loss)
             variables = model.trainable_variables
             self.apply(model.optimizer, tape.gradient(scaled, variables), variables)
-            return model.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
+            with tf.control_dependencies(then() if then else []):  # the clock's end waits for it
+                return model.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
 
         return step
