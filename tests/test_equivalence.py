@@ -100,6 +100,9 @@ CASES = {
     # XLA auto-clustering compiles the step's parts around Horovod's op, in both runs alike.
     "jit": Case({"jit": True}),
     "cache_memory": Case({"cache": "memory"}),
+    # 4 steps a call of the train function (8 an epoch; test_steps_per_execution.py has epochs
+    # that are not a multiple).
+    "steps_per_execution": Case({"steps_per_execution": 4}),
     # Training and validation metrics from metric states summed over the workers.
     "metrics": Case({"metrics": "accuracy,auc,precision,recall,f1_score"}, validate=True),
     "val_split": Case({"val_split": 0.1}),
