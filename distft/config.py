@@ -117,6 +117,9 @@ class TrainConfig:
     jit: str = field(default="auto", metadata={
         "help": "XLA for the step's forward, backward and update: auto (on when TensorFlow sees a "
                 "GPU, as in Keras) | on | off"})
+    steps_per_execution: int = field(default=1, metadata={
+        "help": "training steps per call of the train function: one host sync per N steps; a stop "
+                "or elastic commit waits for the call's end"})
     ema: float = field(default=0.0, metadata={"help": "moving average of the weights, e.g. 0.999 (0: off)"})
     lora: int = field(default=0, metadata={
         "help": "LoRA rank: train low-rank factors of Dense/EinsumDense/Embedding layers (0: off)"})
@@ -183,7 +186,8 @@ class TrainConfig:
             if not getattr(self, name):
                 raise DistftError(f"--{name} is required: pass --{name}=...")
         positive = {"epochs": self.epochs, "batch_size": self.batch_size, "lr": self.lr,
-                    "grad_accum": self.grad_accum, "log_every": self.log_every}
+                    "grad_accum": self.grad_accum, "log_every": self.log_every,
+                    "steps_per_execution": self.steps_per_execution}
         for name, value in positive.items():
             if value <= 0:
                 raise DistftError(f"--{name} must be positive, got {value}: pass e.g. "

@@ -28,6 +28,7 @@ def one_error(result, expected: str, launcher: bool = False):
                          "--profile=5:15"),
     (["--histograms=-1"], "--histograms must be >= 0 (epochs between histograms; 0: off), got -1: "
                           "pass e.g. --histograms=1"),
+    (["--steps_per_execution=0"], "--steps_per_execution must be positive, got 0"),
 ])
 def test_option_errors_before_any_work(tmp_path, args, expected):
     result = distft(["train", "--model=m.h5", "--data=d", f"--output_dir={tmp_path}/o", *args],

@@ -42,6 +42,9 @@ def test_saved_config_round_trips(tmp_path):
     ({"profile": "5:15", "profile_ranks": "0,x"}, "--profile_ranks=0,x is not a list of ranks"),
     ({"histograms": -1}, "--histograms must be >= 0"),
     ({"slow_rank": 0}, "--slow_rank must be > 0"),
+    ({"steps_per_execution": 0}, "--steps_per_execution must be positive, got 0: pass e.g. "
+                                 "--steps_per_execution=1"),
+    ({"steps_per_execution": "2.5"}, "--steps_per_execution='2.5' is not an integer"),
 ])
 def test_bad_values_are_one_clear_error(bad, message):
     with pytest.raises(DistftError) as e:

@@ -103,6 +103,9 @@ CASES = {
     # One grouped allreduce after the backward pass (the default overlaps per-tensor ops).
     "allreduce_group": Case({"allreduce": "group"}),
     "cache_memory": Case({"cache": "memory"}),
+    # 4 steps a call of the train function (8 an epoch; test_steps_per_execution.py has epochs
+    # that are not a multiple).
+    "steps_per_execution": Case({"steps_per_execution": 4}),
     # Training and validation metrics from metric states summed over the workers.
     "metrics": Case({"metrics": "accuracy,auc,precision,recall,f1_score"}, validate=True),
     "val_split": Case({"val_split": 0.1}),

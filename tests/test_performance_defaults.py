@@ -65,12 +65,14 @@ def test_stop_check_runs_about_once_a_second_but_at_least_every_10_steps():
     stop = GracefulStop(StopSignals(), size=1)
     stop.on_epoch_begin(0)
     for batch in range(10):  # near-instant steps: the first check, then one per ~1000 steps
+        stop.on_train_batch_begin(batch)
         stop.on_train_batch_end(batch)
     assert stop.every == 1000 and not stop.requested
     stop.on_epoch_begin(1)  # a signal is still seen within `every` steps of the epoch
     stop.signals.received = sig.SIGTERM
     with pytest.raises(StopRequested):
         for batch in range(1000):
+            stop.on_train_batch_begin(batch)
             stop.on_train_batch_end(batch)
     assert stop.requested and stop.where == (1, 1000)
 

@@ -27,7 +27,6 @@ import re
 import time
 from typing import Any, Callable, Optional
 
-import keras
 import numpy as np
 from horovod.common.elastic import State, notification_manager
 from horovod.common.exceptions import HorovodInternalError, HostsUpdatedInterrupt
@@ -36,6 +35,7 @@ from distft import log
 from distft.config import TrainConfig
 from distft.errors import DistftError
 from distft.train import optim
+from distft.train.callbacks.steps import StepCounter, crossed
 from distft.train.phases import (Callbacks, Job, announce, build, callbacks, finish, fit, inputs,
                                  open_job, restore, steps_for, sync)
 from distft.train.runtime import Worker
@@ -106,11 +106,12 @@ class ElasticState(State):
             self.commit_seconds += time.perf_counter() - started
 
 
-class Commit(keras.callbacks.Callback):
-    """Commits `state` every `every` steps and at every epoch's end; last in the callbacks, so
-    every other callback's work on the step is in the commit. The state's extra `steps_run`
-    counts the steps trained over all attempts (TensorBoard's step, which goes on after a
-    reset although an epoch's steps change with the number of workers)."""
+class Commit(StepCounter):
+    """Commits `state` every `every` steps (with --steps_per_execution, at the first execution
+    end at or after each multiple) and at every epoch's end; last in the callbacks, so every
+    other callback's work on the step is in the commit. The state's extra `steps_run` counts
+    the steps trained over all attempts (TensorBoard's step, which goes on after a reset
+    although an epoch's steps change with the number of workers)."""
 
     def __init__(self, state: ElasticState, every: int, steps: int):
         super().__init__()
@@ -121,9 +122,9 @@ class Commit(keras.callbacks.Callback):
         self.epoch = epoch
 
     def on_train_batch_end(self, batch, logs=None):
-        self.steps_run += 1
-        done = batch + 1
-        if done % self.every == 0 and done < self.steps:  # the epoch's end commits the last
+        done, ran = batch + 1, self.ran(batch)
+        self.steps_run += ran
+        if crossed(done, ran, self.every) and done < self.steps:  # the epoch's end commits the last
             self._commit(self.epoch, done)
 
     def on_epoch_end(self, epoch, logs=None):

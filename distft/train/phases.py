@@ -48,6 +48,7 @@ from distft.train.callbacks.validation import Validation
 from distft.train.callbacks.weights import WeightChanges
 from distft.train.checks import check_fit
 from distft.train.evaluation import evaluate_split
+from distft.train.execution import Execution
 from distft.train.metrics import build_compiled, compiled
 from distft.train.output import RunFolder
 from distft.train.runtime import Worker
@@ -77,6 +78,7 @@ class Job:
     clock: Optional[StepClock] = None
     averager: GradientAverager = None
     ema: Optional[WeightAverage] = None
+    execution: Execution = None
     checkpoint: tf.train.Checkpoint = None
     epoch: int = 0
     skip: int = 0  # steps of `epoch` trained already
@@ -171,6 +173,7 @@ def build(job: Job) -> None:
                                     overlap=cfg.allreduce == "overlap",
                                     jit=methods.use_xla(cfg.jit, ft.model, cfg.sync_bn))
     job.ema = WeightAverage(plan.variables(), cfg.ema) if cfg.ema else None
+    job.execution = Execution(cfg.steps_per_execution)
     job.checkpoint = tf.train.Checkpoint(model=ft.model, optimizer=job.optimizer, **(
         {"ema": job.ema.state} if job.ema else {}), **({"grads": job.averager.state} if cfg.grad_accum > 1 else {}))
 
@@ -213,7 +216,7 @@ def sync(job: Job, broadcast: bool = True) -> None:
     job.plan.apply(job.plan.index_at(job.epoch))  # before compile: fit restores compile's trainable set
     if cfg.sync_bn:
         sync_bn.synchronize(ft.model, worker.hvd)
-    compile_for_workers(ft.model, job.optimizer, ft, job.averager)
+    compile_for_workers(ft.model, job)
     if broadcast:
         worker.broadcast_variables(job.variables())
     seeds.per_worker(ft.model, cfg.seed, worker.rank)  # dropout masks differ between workers
@@ -249,18 +252,22 @@ def inputs(job: Job) -> Inputs:
     """This worker's training batches from where the run starts, for the model `fit` trains."""
     cfg, worker, ft = job.cfg, job.worker, job.ft
     if cfg.cache_frozen:
-        fit_model, streams = frozen_cache.cached(
-            job.parts, ft, job.train_data, cfg, worker,
-            lambda rest: compile_for_workers(rest, job.optimizer, ft, job.averager), job.steps)
+        fit_model, batches = frozen_cache.cached(
+            job.parts, ft, job.train_data, cfg, worker, lambda rest: compile_for_workers(rest, job),
+            job.steps)
     else:
         fit_model = ft.model
 
-        def streams(first: int, skip: int = 0) -> tf.data.Dataset:
+        def batches(first: int, skip: int = 0) -> tf.data.Dataset:
             return job.train_data.stream(
                 worker.rank, worker.size, cfg.batch_size, ft.input_shape, training=True,
                 seed=cfg.seed, shuffle_buffer=cfg.shuffle_buffer, steps=job.steps,
                 epochs=(first, cfg.epochs), skip=skip, preprocess=cfg.preprocess,
                 augment=cfg.augment or (), cache=cfg.cache)
+
+    def streams(first: int, skip: int = 0) -> tf.data.Dataset:
+        return job.execution.unsized(batches(first, skip))
+
     first = streams(job.epoch, job.skip)
     build_compiled(fit_model, first.element_spec)
     return Inputs(fit_model, streams, first)
@@ -294,7 +301,7 @@ def callbacks(job: Job, data: Inputs, last: tuple = ()) -> Callbacks:
                         job.checkpoint, before_save=statistics.average, steps=job.steps)
     unfreezing = StagedUnfreezing(job.plan, tb.write_epoch if tb else None)
     found: list[keras.callbacks.Callback] = [  # statistics before validation and checkpoints
-        unfreezing, statistics, EpochMetrics(worker), timing, stop]
+        *job.execution.callbacks(job.steps), unfreezing, statistics, EpochMetrics(worker), timing, stop]
     if job.clock:  # first: its batch hooks bracket the step alone
         found.insert(0, RankHealth(job.clock, worker, job.placement, cfg.slow_rank,
                                    cfg.slow_rank_epochs, tb.write_ranks if tb else None))
@@ -430,15 +437,17 @@ def differing_layers(per_rank: list[dict[str, str]]) -> list[str]:
     return [name for name in per_rank[0] if any(r.get(name) != per_rank[0][name] for r in per_rank[1:])]
 
 
-def compile_for_workers(model: keras.Model, optimizer: keras.optimizers.Optimizer,
-                        ft: FineTuneModel, averager: GradientAverager) -> None:
-    """Compile `model` with distft's train step, which averages gradients over the workers.
+def compile_for_workers(model: keras.Model, job: Job) -> None:
+    """Compile `model` (the job's, or its trainable rest) with distft's train step, which
+    averages gradients over the workers and updates the EMA, `--steps_per_execution` a call.
 
     Not XLA as a whole (Keras 3's default on GPUs): Horovod's ops have no XLA kernel; the
     step compiles its compute around them (--jit)."""
-    model.compile(optimizer=optimizer, loss=ft.loss, loss_weights=ft.loss_weights, jit_compile=False,
-                  metrics=compiled(ft))
-    model.train_step = averager.train_step(model)
+    ft = job.ft
+    model.compile(optimizer=job.optimizer, loss=ft.loss, loss_weights=ft.loss_weights,
+                  jit_compile=False, metrics=compiled(ft), steps_per_execution=job.execution.n)
+    model.train_step = job.averager.train_step(model, job.ema.update if job.ema else None)
+    job.execution.install(model)
 
 
 def _plain(model: keras.Model, name: Optional[str] = None) -> keras.Model:
@@ -496,7 +505,8 @@ def _profiler(cfg: TrainConfig, worker: Worker, log_dir: str, done: int,
                     cfg.profile, done + 1, total)
     if worker.rank not in ranks:
         return []
-    return [Profiler(log_dir if worker.rank == 0 else f"{log_dir}/rank_{worker.rank}", first, last, done)]
+    return [Profiler(log_dir if worker.rank == 0 else f"{log_dir}/rank_{worker.rank}", first, last, done,
+                     cfg.steps_per_execution)]
 
 
 def _log_start(job: Job) -> None:
@@ -517,9 +527,10 @@ def _log_start(job: Job) -> None:
     else:
         log.info("objective: %s, metrics %s%s", ft.loss, ", ".join(ft.metrics),
                  "" if cfg.loss else f" (for targets of shape {train_data.schema.describe_y()}; --loss to change)")
-    log.info("data %s: %d records, %d steps/epoch of %d per worker (global batch %d%s)",
+    log.info("data %s: %d records, %d steps/epoch of %d per worker (global batch %d%s%s)",
              cfg.data, job.records, job.steps, cfg.batch_size, cfg.batch_size * worker.size,
-             f", {cfg.batch_size * worker.size * cfg.grad_accum} per update" if cfg.grad_accum > 1 else "")
+             f", {cfg.batch_size * worker.size * cfg.grad_accum} per update" if cfg.grad_accum > 1 else "",
+             f", {cfg.steps_per_execution} steps per execution" if cfg.steps_per_execution > 1 else "")
     if job.resume_from:
         log.info("resuming from %s: %d epoch(s) done, %d to go%s", job.resume_from, job.epoch,
                  cfg.epochs - job.epoch,

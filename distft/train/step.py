@@ -107,8 +107,9 @@ class GradientAverager:
         """`fn`, compiled with XLA as a function of its own when `jit` is on."""
         return tf.function(fn, jit_compile=True, autograph=False) if self.jit else fn
 
-    def train_step(self, model: keras.Model) -> Callable:
-        """A `train_step` for `model` (compiled) that averages its gradients over the workers."""
+    def train_step(self, model: keras.Model, then: Optional[Callable[[], list]] = None) -> Callable:
+        """A `train_step` for `model` (compiled) that averages its gradients over the workers,
+        then runs `then()` (after the update, before the step ends: the EMA's; its ops)."""
         loss_tracker = next(m for m in model.metrics if m.name == "loss")
 
         def step(data):
@@ -133,6 +134,7 @@ class GradientAverager:
             loss, y_pred, grads = self._compiled(forward_backward)(x, y, sample_weight)
             loss_tracker.update_state(loss, sample_weight=tf.shape(tf.nest.flatten(x)[0])[0])
             self.apply(model.optimizer, grads, variables)
-            return model.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
+            with tf.control_dependencies(then() if then else []):  # the clock's end waits for it
+                return model.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
 
         return step

@@ -2,14 +2,17 @@
 
 After every step, shadow = d * shadow + (1 - d) * weight with d = min(decay, (1 + n) / (10 + n))
 at update n (the warm-up of tf.train.ExponentialMovingAverage's `num_updates`, so short runs
-are not dominated by the starting weights). The weights are identical on all workers, so the
-shadows are too. The shadows and n are part of the checkpoint (`ema=` in tf.train.Checkpoint),
-so `--resume` continues the average exactly. At each epoch end the validation runs again
-with the averaged weights (`val_ema_*` logs: TensorBoard `epoch_ema_*` in the validation run).
+are not dominated by the starting weights). The update runs in the compiled train step, after
+the optimizer's, so it is per step also when one call runs several (--steps_per_execution).
+The weights are identical on all workers, so the shadows are too. The shadows and n are part
+of the checkpoint (`ema=` in tf.train.Checkpoint), so `--resume` continues the average exactly.
+At each epoch end the validation runs again with the averaged weights (`val_ema_*` logs:
+TensorBoard `epoch_ema_*` in the validation run).
 
 Example:
     average = WeightAverage(plan.variables(), decay=0.999)
     checkpoint = tf.train.Checkpoint(model=model, optimizer=opt, ema=average.state)
+    model.train_step = averager.train_step(model, then=average.update)
     model.fit(..., callbacks=[EMA(average, validate)])
     with average.swapped(): model.save("model_ema.keras")
 """
@@ -24,7 +27,7 @@ import tensorflow as tf
 
 class WeightAverage:
     """The shadows of `variables` and the update count: the EMA's state, which lives as long
-    as the run (the callbacks of each `fit` update it). Created from the variables' values."""
+    as the run (the train step updates it). Created from the variables' values."""
 
     def __init__(self, variables: list[tf.Variable], decay: float):
         self.variables, self.decay = variables, decay
@@ -33,16 +36,12 @@ class WeightAverage:
                                           name=f"ema/{i}") for i, v in enumerate(variables)]
         self.state.updates = tf.Variable(0, dtype=tf.int64, trainable=False, name="ema/updates")
 
-    @tf.function
-    def _update(self):
+    def update(self) -> list:
+        """One step's update (in the train step's graph); its ops."""
         n = tf.cast(self.state.updates, tf.float32)
         d = tf.minimum(self.decay, (1.0 + n) / (10.0 + n))
-        for s, v in zip(self.state.shadows, self.variables):
-            s.assign(d * s + (1.0 - d) * tf.convert_to_tensor(v))
-        self.state.updates.assign_add(1)
-
-    def update(self) -> None:
-        self._update()
+        return [s.assign(d * s + (1.0 - d) * tf.convert_to_tensor(v))
+                for s, v in zip(self.state.shadows, self.variables)] + [self.state.updates.assign_add(1)]
 
     @contextlib.contextmanager
     def swapped(self) -> Iterator[None]:
@@ -66,16 +65,12 @@ class WeightAverage:
 
 
 class EMA(keras.callbacks.Callback):
-    """Updates `average` after every step; at each epoch's end adds `validate`'s figures with
-    the averaged weights as `val_ema_*`."""
+    """At each epoch's end adds `validate`'s figures with the averaged weights as `val_ema_*`."""
 
     def __init__(self, average: WeightAverage,
                  validate: Optional[Callable[[], dict[str, float]]] = None):
         super().__init__()
         self.average, self.validate = average, validate
-
-    def on_train_batch_end(self, batch, logs=None):
-        self.average.update()
 
     def on_epoch_end(self, epoch, logs=None):
         if self.validate is not None and logs is not None:

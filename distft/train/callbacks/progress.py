@@ -1,5 +1,6 @@
 """What the user watches: a progress bar (or a line every `log_every` steps when output is
-not a terminal) and one summary line per epoch. Rank 0 only."""
+not a terminal; with --steps_per_execution, at the first execution end at or after each
+multiple) and one summary line per epoch. Rank 0 only."""
 from __future__ import annotations
 
 import sys
@@ -8,9 +9,10 @@ import keras
 import tensorflow as tf
 
 from distft import log
+from distft.train.callbacks.steps import StepCounter, crossed
 
 
-class Progress(keras.callbacks.Callback):
+class Progress(StepCounter):
     """Example: Progress(epochs=3, steps_per_epoch=56, log_every=50, bar=not launched)."""
 
     def __init__(self, epochs: int, steps_per_epoch: int, log_every: int, bar: bool = True):
@@ -24,11 +26,11 @@ class Progress(keras.callbacks.Callback):
             self.bar = keras.utils.Progbar(self.steps, stateful_metrics=["loss"], unit_name="step")
 
     def on_train_batch_end(self, batch, logs=None):
-        step = batch + 1
+        step, ran = batch + 1, self.ran(batch)
         if self.interactive:
-            if step % 5 == 0 or step == self.steps:
+            if crossed(step, ran, 5) or step == self.steps:
                 self.bar.update(step, [(k, float(v)) for k, v in (logs or {}).items()])
-        elif step % self.log_every == 0 and step != self.steps:
+        elif crossed(step, ran, self.log_every) and step != self.steps:
             shown = "  ".join(f"{k} {float(v):.4f}" for k, v in (logs or {}).items())
             log.info("epoch %d/%d  step %d/%d  %s", self.epoch + 1, self.epochs, step, self.steps, shown)
 

@@ -9,7 +9,9 @@ rank's step splits into
 - allreduce wait: inside the gradient allreduce (waiting for the other ranks, then communicating;
   with overlap, from the backward pass's end, i.e. what the backward pass did not hide);
 - busy: the rest, its own forward and backward passes and the optimizer.
-The first step of each epoch is left out: it may include tracing the step function.
+The first step of each epoch is left out: it may include tracing the step function. With
+`--steps_per_execution=N` the wall time is measured around each execution, and its steps
+counted; the first execution of each epoch is left out.
 
 Example:
     clock = StepClock()
@@ -24,10 +26,10 @@ import statistics
 import time
 from typing import Callable, Optional
 
-import keras
 import tensorflow as tf
 
 from distft import log
+from distft.train.callbacks.steps import StepCounter
 from distft.train.runtime import Worker
 
 # Share of a step spent waiting for the next batch above which the log calls the job input-bound,
@@ -91,7 +93,7 @@ class StepClock:
             return tf.timestamp()
 
 
-class RankHealth(keras.callbacks.Callback):
+class RankHealth(StepCounter):
     """On every rank: measures its steps and joins the one gather per epoch. On rank 0, `report`
     receives each rank's figures (ms per step and input-wait share) with the epoch, and the log
     names a rank that is `slow` (a fraction) slower than the median for `slow_epochs` epochs in a
@@ -109,6 +111,7 @@ class RankHealth(keras.callbacks.Callback):
         self._wall, self._steps, self._start = 0.0, 0, None
 
     def on_train_batch_begin(self, batch, logs=None):
+        super().on_train_batch_begin(batch, logs)
         self._began = time.perf_counter()
 
     def on_train_batch_end(self, batch, logs=None):
@@ -116,7 +119,7 @@ class RankHealth(keras.callbacks.Callback):
             self._start = self.clock.read()
             return
         self._wall += time.perf_counter() - self._began
-        self._steps += 1
+        self._steps += self.ran(batch)
 
     def on_epoch_end(self, epoch, logs=None):
         if not self._steps:  # one step per epoch: nothing measured (the same on every rank)

@@ -4,7 +4,10 @@ stop interrupted (resumed with `--resume`), then the whole epochs after it.
 Keras' epochs all have `steps_per_epoch` steps, so a resumed epoch's remaining steps are a
 `fit` of their own. The callbacks still see one training: `on_train_begin` and `on_train_end`
 once each, and each batch of the resumed epoch under its index in the whole epoch, so step
-counters, stop positions and logs go on where the stopped run left them.
+counters, stop positions and logs go on where the stopped run left them. With
+`--steps_per_execution=N` Keras ends an epoch's last execution at index N - 1 past its first
+even when the epoch ends sooner (distft's train function stops there: train/execution.py); the
+callbacks see the epoch's last index.
 
 Example:
     callbacks = ResumedRun(callbacks, model, epochs=10, steps=100, skip=40)
@@ -22,7 +25,7 @@ class ResumedRun(keras.callbacks.CallbackList):
                  steps: int, skip: int = 0):
         super().__init__(callbacks, add_history=True, model=model, epochs=epochs, steps=steps,
                          verbose=0)
-        self.skip, self._begun, self._ending = skip, False, not skip
+        self.steps, self.skip, self._begun, self._ending = steps, skip, False, not skip
 
     def last_call(self) -> None:
         """The next `fit` is the last: its end ends the training for the callbacks."""
@@ -41,7 +44,7 @@ class ResumedRun(keras.callbacks.CallbackList):
         super().on_train_batch_begin(batch + self.skip, logs)
 
     def on_train_batch_end(self, batch, logs=None):
-        super().on_train_batch_end(batch + self.skip, logs)
+        super().on_train_batch_end(min(batch + self.skip, self.steps - 1), logs)
 
     def on_epoch_end(self, epoch, logs=None):
         self.skip = 0

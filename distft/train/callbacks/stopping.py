@@ -4,11 +4,12 @@ A signal may reach one worker or all of them (Slurm's `--signal`, `scancel --sig
 launcher forwarding it). Every `every` steps the workers allreduce a "stop requested" flag
 (and their step time, from which all set the same next `every`: about one check per
 `interval` seconds, a multiple of 10 steps, so the check costs nothing on short steps), so all
-of them stop after the same step; rank 0 then writes a checkpoint of that step (state
-`epoch` = the epoch to resume in, `step_in_epoch` = its steps done, where `--resume` goes on)
-and `fit` is left at once with `StopRequested`, so no end-of-epoch work runs on a partial
-epoch. The run ends with exit code 75. A second
-Ctrl-C at a worker stops it at once (KeyboardInterrupt), without a checkpoint.
+of them stop after the same step (with --steps_per_execution=N, at the end of the first call
+of the train function that ends `every` or more steps after the previous check); rank 0 then
+writes a checkpoint of that step (state `epoch` = the epoch to resume in, `step_in_epoch` =
+its steps done, where `--resume` goes on) and `fit` is left at once with `StopRequested`, so no
+end-of-epoch work runs on a partial epoch. The run ends with exit code 75. A second Ctrl-C at
+a worker stops it at once (KeyboardInterrupt), without a checkpoint.
 
 Example:
     signals = StopSignals()
@@ -26,9 +27,9 @@ import signal
 import time
 from typing import Callable, Optional
 
-import keras
 import tensorflow as tf
 
+from distft.train.callbacks.steps import StepCounter
 from distft.train.checkpoint import CheckpointStore
 
 SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
@@ -66,7 +67,7 @@ class StopSignals:
         return f"Ctrl-C ({name})" if self.received == signal.SIGINT else name
 
 
-class GracefulStop(keras.callbacks.Callback):
+class GracefulStop(StepCounter):
     """`store` and `checkpoint` on rank 0 (None elsewhere); `before_save` is a collective that
     every worker runs before the checkpoint; `steps` per epoch go in its state, so that a resume
     on another number of workers finds the same place in the epoch."""
@@ -110,7 +111,7 @@ class GracefulStop(keras.callbacks.Callback):
         self._since, self._start = 0, time.perf_counter()
 
     def on_train_batch_end(self, batch, logs=None):
-        self._since += 1
+        self._since += self.ran(batch)
         if self._since < self.every:
             return
         now = time.perf_counter()

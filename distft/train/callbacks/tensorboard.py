@@ -4,7 +4,9 @@ the resolved config (Text tab) and the model's graph once; what other callbacks 
 Runs `train/` and `validation/` under the log folder hold the same tags (`epoch_loss`,
 `epoch_accuracy`, ...), so TensorBoard draws train and validation on one chart. Per-epoch tags
 start with `epoch_` (step = epoch), per-step ones with `batch_` (step = global step):
-loss and metrics, learning rate, samples/s over all workers, step time.
+loss and metrics, learning rate, samples/s over all workers, step time. With
+`--steps_per_execution=N` they are written at the first execution end at or after each
+multiple of `log_every`, under that step.
 
 Per-rank health goes to one run per rank, `rank_<r>/`, with the same tags (`ranks/busy_ms`,
 `ranks/allreduce_wait_ms`, `ranks/input_wait_ms`, `ranks/step_time_ms`, `ranks/input_share`),
@@ -26,6 +28,7 @@ import tensorflow as tf
 
 from distft import log
 from distft.train.callbacks import confusion, rank_health
+from distft.train.callbacks.steps import StepCounter, crossed
 from distft.train.callbacks.timing import Timing
 
 RANK_TAGS = {"busy_ms": "busy (computing), ms per step",
@@ -34,7 +37,7 @@ RANK_TAGS = {"busy_ms": "busy (computing), ms per step",
              "step_time_ms": "step time, ms", "input_share": "input-bound share of the step"}
 
 
-class TensorBoardLogger(keras.callbacks.Callback):
+class TensorBoardLogger(StepCounter):
     def __init__(self, log_dir: str, timing: Timing, log_every: int, hparams: dict,
                  info: dict[str, float], initial_step: int = 0,
                  class_names: Optional[list[str]] = None):
@@ -123,8 +126,9 @@ class TensorBoardLogger(keras.callbacks.Callback):
                 tf.summary.scalar(f"epoch_{k}", v, step=epoch + 1)
 
     def on_train_batch_end(self, batch, logs=None):
-        self.step += 1
-        if self.step % self.log_every or not logs:
+        ran = self.ran(batch)
+        self.step += ran
+        if not crossed(self.step, ran, self.log_every) or not logs:
             return
         rate, ms = self.timing.window()
         with self.train_writer.as_default():

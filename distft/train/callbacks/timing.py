@@ -5,18 +5,17 @@ from __future__ import annotations
 import time
 from typing import Optional
 
-import keras
-import tensorflow as tf
+from distft.train.callbacks.steps import StepCounter
 
 
-class Timing(keras.callbacks.Callback):
+class Timing(StepCounter):
     """Adds `samples_per_sec` (all workers) and `step_time_ms` to each epoch's logs.
 
     Example:
         timing = Timing(samples_per_step=32 * hvd.size())
         model.fit(..., callbacks=[timing])
         timing.window()   # (samples/s, ms/step) since the previous call
-        timing.first_step_at   # time.time() when the run's first step ended
+        timing.first_step_at   # time.time() when the run's first step (execution) ended
     """
 
     def __init__(self, samples_per_step: int):
@@ -32,8 +31,8 @@ class Timing(keras.callbacks.Callback):
     def on_train_batch_end(self, batch, logs=None):
         if self.first_step_at is None:
             self.first_step_at = time.time()
-        self._steps += 1
-        self._window_steps += 1
+        self._steps += self.ran(batch)
+        self._window_steps += self.ran(batch)
 
     def window(self) -> tuple[float, float]:
         now = time.perf_counter()
