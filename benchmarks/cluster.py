@@ -11,7 +11,8 @@ cores: 4 nodes share 2 cores in pairs here):
   `distftlab-eth`, for Gloo (HOROVOD_GLOO_IFACE) and MPI (btl_tcp_if_include).
 - mwms: benchmarks/contenders.py's tf_keras MWMS worker, one per node, `TF_CONFIG` listing the
   nodes' addresses.
-- distft variants (DISTFT): one grouped allreduce (distft-group), XLA (distft-xla), MPI, and
+- distft variants (DISTFT): one grouped allreduce (distft-group), fp16 compression
+  (distft-fp16), XLA (distft-xla), MPI, and
   one worker on node 1 (distft-1worker), whose step is the compute time that the scaling
   model's calibration (`scaling_model` in the result, and a table) predicts the others from.
 Each case prints one JSON line; `allreduce_ms` is distft's rank-health allreduce wait of rank
@@ -54,7 +55,8 @@ MODELS = {"mlp10m-full": ("mlp10m", "all", "dense_1"),
 # distft contenders: name -> extra `distft train` flags (distft's defaults: per-tensor
 # allreduce ops overlapping the backward pass, no XLA on CPU).
 DISTFT: dict[str, list[str]] = {"distft": [], "distft-group": ["--allreduce=group"],
-                                "distft-xla": ["--jit=on"], "distft-mpi": ["--controller=mpi"],
+                                "distft-fp16": ["--compression=fp16"], "distft-xla": ["--jit=on"],
+                                "distft-mpi": ["--controller=mpi"],
                                 "distft-1worker": []}
 # distft's one-worker run on node 1 (no allreduce): the scaling model's measured compute time.
 ONE_WORKER = "distft-1worker"
@@ -124,7 +126,7 @@ def main(argv: list[str]) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, _interrupt)
     os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"  # for rank_health's TensorFlow, and the workers
-    cases, links = [], {}
+    cases, links, failed = [], {}, []
     for nodes in map(int, a.nodes.split(",")):
         for link in a.links.split(","):
             with netlab.Lab(nodes, link, a.delay_ms, bin_dir=os.path.join(a.workdir, "bin")) as lab:
@@ -137,23 +139,33 @@ def main(argv: list[str]) -> int:
                     spec = model_spec(a.workdir, model, a.records)
                     for r in range(1, a.rounds + 1):
                         for name in names:
-                            case = run_case(lab, spec, model, name, variants.get(name), a, r)
+                            try:
+                                case = run_case(lab, spec, model, name, variants.get(name), a, r)
+                            except RuntimeError as e:  # recorded; the other cases still run
+                                print(e, file=sys.stderr, flush=True)
+                                failed.append({"link": link, "nodes": nodes, "model": model,
+                                               "contender": name, "round": r, "error": str(e)[-2000:]})
+                                continue
                             print(json.dumps(case), flush=True)
                             cases.append(case)
     result = {"benchmark": "cluster-tune" if a.tune else "cluster", "command": invocation(),
               "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
               "settings": {k: v for k, v in vars(a).items() if k not in ("workdir", "output")},
               "environment": environment(), "allreduce_ms": "distft rank-health allreduce wait, rank 0",
-              "variants": variants, "links": links, "cases": cases, "ratios": ratios(cases, names[0]),
+              "variants": variants, "links": links, "cases": cases, "failed": failed,
+              "ratios": ratios(cases, names[0]),
               "scaling_model": calibration(cases, links)}
     print(table(cases, names[0]))
     if result["scaling_model"]:
         print(calibration_table(result["scaling_model"]))
     save(result, output)
+    for f in failed:
+        print(f"cluster: {f['contender']} failed on {f['nodes']} nodes, {f['link']}, {f['model']}, round {f['round']}",
+              file=sys.stderr)
     if a.quick:  # the comparison, one line: distft over each contender
         case = {k: result["ratios"][0][k] for k in ("link", "nodes", "model", "round")} if result["ratios"] else {}
         print(json.dumps({**case, **{r["ratio"]: r["value"] for r in result["ratios"]}}))
-    return 0
+    return 1 if failed else 0
 
 
 def _interrupt(signum, _frame) -> None:
