@@ -28,6 +28,7 @@ Example (from the repository root, as root):
     python -m benchmarks cluster --quick        # 2 nodes, 1 Gbit/s, mlp10m-full: distft / group / mwms
     python -m benchmarks cluster --links=1gbit,10gbit --nodes=2,4 --models=mlp10m-full
     python -m benchmarks cluster --tune         # Horovod cycle time, fusion, threads at 1 and 10 Gbit/s
+    python -m benchmarks cluster --calibrate=results/a.json,results/b.json   # the scaling model
 """
 from __future__ import annotations
 
@@ -101,7 +102,11 @@ def main(argv: list[str]) -> int:
     p.add_argument("--delay_ms", type=float, default=0.1, help="node to node (needs netem in the kernel)")
     p.add_argument("--workdir", default="/tmp/distft-cluster", help="models, data and runs (kept)")
     p.add_argument("--output", default=None, help=f"result JSON (default {os.path.relpath(RESULTS)})")
+    p.add_argument("--calibrate", metavar="FILE,...", help="no runs: the scaling model against these "
+                   "results' cases (e.g. a 2-node and a 4-node run), printed and saved to --output")
     a = p.parse_args(argv)
+    if a.calibrate:
+        return calibrate_files(a.calibrate.split(","), a.output or result_file("cluster-calibration.json"))
     try:
         netlab.check()
     except netlab.LabError as e:
@@ -302,40 +307,75 @@ def ratios(cases: list[dict[str, Any]], base: str) -> list[dict[str, Any]]:
 
 
 def calibration(cases: list[dict[str, Any]], links: dict[str, dict]) -> list[dict[str, Any]]:
-    """distft's scaling model (distft/scaling.py) against the lab: each distft and distft-group
-    case whose round also ran distft-1worker, predicted from that one worker's step time. Where
-    the nodes outnumber the cores, each core runs nodes/cores workers, so one worker's compute
-    is counted that many times over. distft-group (one allreduce after the backward pass) is
-    the model with overlap 0; for distft, `overlap` is the share of the predicted allreduce its
-    step hid (what `--overlap` should be given)."""
+    """distft's scaling model (distft/scaling.py) against the lab, for each distft and
+    distft-group case whose round also ran distft-1worker (its step is the compute time).
+
+    The model's one lab-specific input is each link's effective allreduce bandwidth: fitted on
+    the distft-group cases (one allreduce after the backward pass: the model with overlap 0) of
+    the fewest nodes, as bytes on the wire over (step - compute), median over rounds. Cases of
+    more nodes are then predictions; `fitted` marks the others. Where the nodes outnumber the
+    cores, each core runs nodes/cores workers, so one worker's compute counts that many times
+    over. For distft, `overlap` is the share of the predicted allreduce its step hid (what
+    `distft inspect --overlap` should be given)."""
     from distft import scaling
 
     one = {(c["link"], c["nodes"], c["model"], c["round"]): c for c in cases if c["contender"] == ONE_WORKER}
-    rows = []
+    paired = []
     for c in cases:
         base = one.get((c["link"], c["nodes"], c["model"], c["round"]))
-        if base is None or c["contender"] not in ("distft", "distft-group"):
+        if base is not None and c["contender"] in ("distft", "distft-group"):
+            paired.append((c, base["step_ms"] * max(1.0, c["nodes"] / (os.cpu_count() or 1))))
+    fit_nodes = min((c["nodes"] for c, _ in paired), default=0)
+    effective: dict[str, float] = {}
+    for link in {c["link"] for c, _ in paired}:
+        rates = [scaling.allreduce_ms(c["nodes"], scaling.gradient_bytes(c["trainable_params"]), 1.0, 0.0)
+                 / (c["step_ms"] - compute) for c, compute in paired
+                 if (c["link"], c["nodes"], c["contender"]) == (link, fit_nodes, "distft-group")
+                 and c["step_ms"] > compute]
+        if rates:
+            effective[link] = statistics.median(rates)  # bits per second
+    rows = []
+    for c, compute in paired:
+        if c["link"] not in effective:
             continue
-        compute = base["step_ms"] * max(1.0, c["nodes"] / (os.cpu_count() or 1))
-        latency = scaling.LATENCY_MS if links[f"{c['nodes']}x{c['link']}"]["delay_applied"] else 0.0
-        p = scaling.predict([c["nodes"]], compute, c["trainable_params"], c["link"], BATCH,
+        latency = scaling.LATENCY_MS if links.get(f"{c['nodes']}x{c['link']}", {}).get("delay_applied") else 0.0
+        p = scaling.predict([c["nodes"]], compute, c["trainable_params"], effective[c["link"]], BATCH,
                             latency_ms=latency)[0]
-        rows.append({"link": c["link"], "nodes": c["nodes"], "model": c["model"], "round": c["round"],
-                     "contender": c["contender"], "compute_ms": round(compute, 1),
-                     "allreduce_ms": round(p["allreduce_ms"], 1), "predicted_ms": round(p["step_ms"], 1),
-                     "measured_ms": c["step_ms"], "error": round((p["step_ms"] - c["step_ms"]) / c["step_ms"], 3),
+        rows.append({"link": c["link"], "effective_gbps": round(effective[c["link"]] / 1e9, 2),
+                     "nodes": c["nodes"], "model": c["model"], "round": c["round"],
+                     "contender": c["contender"], "fitted": c["nodes"] == fit_nodes and c["contender"] == "distft-group",
+                     "compute_ms": round(compute, 1), "allreduce_ms": round(p["allreduce_ms"], 1),
+                     "predicted_ms": round(p["step_ms"], 1), "measured_ms": c["step_ms"],
+                     "error": round((p["step_ms"] - c["step_ms"]) / c["step_ms"], 3),
                      "overlap": round(max(0.0, p["step_ms"] - c["step_ms"]) / p["allreduce_ms"], 2)
                      if c["contender"] == "distft" and p["allreduce_ms"] else None})
     return rows
 
 
+def calibrate_files(paths: list[str], output: str) -> int:
+    """`calibration` over the cases of the lab's result files `paths`."""
+    runs = []
+    for path in paths:
+        with open(path) as f:
+            runs.append(json.load(f))
+    cases = [c for r in runs for c in r["cases"]]
+    links = {k: v for r in runs for k, v in r["links"].items()}
+    rows = calibration(cases, links)
+    print(calibration_table(rows))
+    save({"benchmark": "cluster-calibration", "command": invocation(), "from": paths,
+          "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+          "environment": environment(), "rows": rows}, output)
+    return 0 if rows else 1
+
+
 def calibration_table(rows: list[dict[str, Any]]) -> str:
     """`calibration`'s rows as Markdown."""
-    lines = ["\n| link | nodes | model | contender | compute ms | allreduce ms (model) | predicted ms | "
-             "measured ms | error | overlap |", "|---|---:|---|---|---:|---:|---:|---:|---:|---:|"]
-    lines += [f"| {r['link']} | {r['nodes']} | {r['model']} | {r['contender']} | {r['compute_ms']:.1f} | "
-              f"{r['allreduce_ms']:.1f} | {r['predicted_ms']:.1f} | {r['measured_ms']:.1f} | "
-              f"{100 * r['error']:+.0f}% | {'-' if r['overlap'] is None else r['overlap']} |" for r in rows]
+    lines = ["\n| link (effective) | nodes | model | contender | compute ms | allreduce ms (model) | "
+             "predicted ms | measured ms | error | overlap |", "|---|---:|---|---|---:|---:|---:|---:|---:|---:|"]
+    lines += [f"| {r['link']} ({r['effective_gbps']:.2f} Gbit/s) | {r['nodes']} | {r['model']} | "
+              f"{r['contender']} | {r['compute_ms']:.1f} | {r['allreduce_ms']:.1f} | {r['predicted_ms']:.1f} | "
+              f"{r['measured_ms']:.1f} | {100 * r['error']:+.0f}%{' (fit)' if r['fitted'] else ''} | "
+              f"{'-' if r['overlap'] is None else r['overlap']} |" for r in rows]
     return "\n".join(lines)
 
 

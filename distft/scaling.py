@@ -21,10 +21,9 @@ Example:
 """
 from __future__ import annotations
 
-import json
 import re
 import time
-from typing import Any, Optional, Sequence, Union
+from typing import Any, Sequence, Union
 
 from distft.errors import DistftError
 
@@ -104,33 +103,6 @@ def table(rows: list[dict[str, float]]) -> str:
               f"{r['step_ms']:>9.1f}  {r['samples_per_s']:>10.0f}  {r['efficiency']:>10.2f}"
               for r in rows]
     return "\n".join(lines)
-
-
-def calibrate(measured: list[dict[str, Any]], compute_ms: Union[float, dict[str, float]],
-              compression: str = "none", latency_ms: float = LATENCY_MS,
-              overlap: float = 0.0) -> list[dict[str, Any]]:
-    """Predicted against measured step times for rows of the cluster lab (`nodes`, `link`,
-    `trainable_params`, `step_ms`, and `model` when `compute_ms` is given per model): each row
-    with `predicted_ms` and `error` ((predicted - measured) / measured).
-
-    Example:
-        calibrate(read_rows("benchmarks/results/cluster-tf221.json"), compute_ms={"cnn10m": 80.0})
-    """
-    out = []
-    for row in measured:
-        compute = compute_ms[row["model"]] if isinstance(compute_ms, dict) else compute_ms
-        step = predict([row["nodes"]], compute, row["trainable_params"], row["link"], 1,
-                       compression, latency_ms, overlap)[0]["step_ms"]
-        out.append({**row, "predicted_ms": step, "error": (step - row["step_ms"]) / row["step_ms"]})
-    return out
-
-
-def read_rows(path: str, contender: Optional[str] = "distft") -> list[dict[str, Any]]:
-    """The lab's result rows (a JSON list, or one JSON object per line) of `contender`."""
-    with open(path) as f:
-        text = f.read().strip()
-    rows = json.loads(text) if text.startswith("[") else [json.loads(l) for l in text.splitlines() if l.strip()]
-    return [r for r in rows if contender is None or r.get("contender") == contender]
 
 
 def measure_compute_ms(model: Any, batch_size: int, steps: int = 5) -> float:

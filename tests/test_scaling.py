@@ -3,7 +3,6 @@ direction (efficiency falls with workers, rises with bandwidth and overlap), and
 inspect --workers` on a model file written by tf.keras 2.15 (tests/data/keras2_cnn.h5)."""
 from __future__ import annotations
 
-import json
 import os
 
 import pytest
@@ -58,17 +57,28 @@ def test_bad_inputs_name_the_flag(kwargs, flag):
         scaling.check(**args)
 
 
-def test_calibrate_reports_the_error(tmp_path):
-    lab = tmp_path / "cluster.json"
-    lines = [{"link": "1gbit", "nodes": 2, "model": "m", "trainable_params": 1_000_000,
-              "contender": "distft", "step_ms": 110.0},
-             {"link": "1gbit", "nodes": 2, "model": "m", "trainable_params": 1_000_000,
-              "contender": "mwms", "step_ms": 150.0}]
-    lab.write_text("\n".join(json.dumps(l) for l in lines))
-    [row] = scaling.calibrate(scaling.read_rows(str(lab)), compute_ms={"m": 100.0}, latency_ms=0)
-    # 2 workers: 1/1 * 4e6 * 8 / 1e9 = 32 ms of allreduce; predicted 132 against 110 measured.
-    assert row["predicted_ms"] == pytest.approx(132.0)
-    assert row["error"] == pytest.approx(22 / 110)
+def test_lab_calibration_fits_the_link_on_the_fewest_nodes_and_predicts_the_rest():
+    """The cluster lab's calibration (benchmarks/cluster.py): the effective bandwidth comes from
+    the 2-node distft-group case (step - compute = 1/1 x 4 MB x 8 / bandwidth: 40 ms, so 0.8
+    Gbit/s); the 4-node cases are predictions from it (4 nodes on this machine's cores)."""
+    from benchmarks import cluster
+
+    def case(nodes, contender, step_ms):
+        return {"link": "1gbit", "nodes": nodes, "model": "m", "round": 1, "contender": contender,
+                "trainable_params": 1_000_000, "step_ms": step_ms}
+
+    cases = [case(2, cluster.ONE_WORKER, 10.0), case(2, "distft-group", 50.0), case(2, "distft", 45.0),
+             case(2, "mwms", 60.0), case(4, cluster.ONE_WORKER, 10.0), case(4, "distft-group", 90.0)]
+    rows = {(r["nodes"], r["contender"]): r for r in cluster.calibration(cases, {})}
+    assert set(rows) == {(2, "distft-group"), (2, "distft"), (4, "distft-group")}
+    fit = rows[2, "distft-group"]
+    assert fit["fitted"] and fit["effective_gbps"] == pytest.approx(0.8) and fit["error"] == pytest.approx(0)
+    assert rows[2, "distft"]["overlap"] == pytest.approx(5 / 40, abs=0.01)  # 5 of 40 ms hidden
+    four = rows[4, "distft-group"]
+    share = max(1.0, 4 / (os.cpu_count() or 1))  # workers per core
+    predicted = 10.0 * share + 2 * 3 / 4 * 4e6 * 8 / 0.8e9 * 1000
+    assert not four["fitted"] and four["predicted_ms"] == pytest.approx(predicted, abs=0.1)
+    assert four["error"] == pytest.approx((predicted - 90.0) / 90.0, abs=1e-3)
 
 
 def test_inspect_predicts_from_a_measured_step(capsys):
