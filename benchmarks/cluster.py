@@ -63,8 +63,8 @@ DISTFT: dict[str, list[str]] = {"distft": [], "distft-group": ["--allreduce=grou
 ONE_WORKER = "distft-1worker"
 # --tune: name -> (extra distft flags, environment); the first is distft's defaults.
 TUNE: dict[str, tuple[list[str], dict[str, str]]] = {
-    "defaults (cycle 5 ms)": ([], {}),
-    "cycle 1 ms": ([], {"HOROVOD_CYCLE_TIME": "1"}),
+    "defaults (cycle 1 ms)": ([], {}),
+    "cycle 5 ms": ([], {"HOROVOD_CYCLE_TIME": "5"}),
     "fusion off": ([], {"HOROVOD_FUSION_THRESHOLD": "0"}),
     "fusion 16 MiB": ([], {"HOROVOD_FUSION_THRESHOLD": str(16 << 20)}),
     "threads 2": (["--threads=2"], {}),

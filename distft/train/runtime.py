@@ -19,9 +19,10 @@ from distft import horovod_install, log
 from distft.errors import DistftError
 from distft.launch.environment import Environment, detect
 
-# Horovod settings for distft's workers unless set in the environment; chosen with
-# benchmarks/tuning.py (figures in the README's Performance section).
-HOROVOD_DEFAULTS = {"HOROVOD_CYCLE_TIME": "5"}
+# Horovod settings for distft's workers unless set in the environment (the start log shows
+# them): Horovod's own 1 ms cycle, re-measured in the cluster lab (`python -m benchmarks
+# cluster --tune`; figures in the README's Performance section).
+HOROVOD_DEFAULTS = {"HOROVOD_CYCLE_TIME": "1"}
 INTER_OP_THREADS = 1  # on CPU; TF_NUM_INTEROP_THREADS overrides
 _INTER_OP_VARIABLE = "TF_NUM_INTEROP_THREADS"
 
