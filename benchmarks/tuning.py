@@ -46,7 +46,7 @@ CANDIDATES: dict[str, dict[str, Any]] = {
     "distft x1, inter-op 2": dict(contender="distft", workers=1, env=INTER_2),
     "distft defaults": dict(contender="distft", workers=2),
     "distft, inter-op 2": dict(contender="distft", workers=2, env=INTER_2),
-    "distft, cycle 1 ms": dict(contender="distft", workers=2, env={"HOROVOD_CYCLE_TIME": "1"}),
+    "distft, cycle 5 ms": dict(contender="distft", workers=2, env={"HOROVOD_CYCLE_TIME": "5"}),
     "distft, cycle 20 ms": dict(contender="distft", workers=2, env={"HOROVOD_CYCLE_TIME": "20"}),
 }
 
