@@ -22,7 +22,8 @@ busiest node's link carried (its qdisc's byte counter): the proof that the traff
 shaped links. Each (nodes, link) starts with a TCP check of the link (`link_gbps`).
 
 Workloads (benchmarks/workloads.py, synthetic data, seed 42): `mlp10m-full` (10.2M weights, all
-trained), `mlp10m-partial` (the same model, `features` and the head: 0.79M), `mobilenet`.
+trained), `mlp10m-partial` (the same model, `features` and the head: 0.79M), `mlp10m-lora`
+(the same model with rank-8 LoRA factors on every Dense layer; distft only), `mobilenet`.
 
 Example (from the repository root, as root):
     python -m benchmarks cluster --quick        # 2 nodes, 1 Gbit/s, mlp10m-full: distft / group / mwms
@@ -49,10 +50,12 @@ from benchmarks.common import CHILD_TIMEOUT, ROOT, environment, invocation, resu
 RESULTS = result_file("cluster.json")
 LINKS = ("1gbit", "10gbit", "25gbit")
 NODES = (2, 4)
-# name: (workload, distft --unfreeze, the first layer the MWMS script trains)
-MODELS = {"mlp10m-full": ("mlp10m", "all", "dense_1"),
-          "mlp10m-partial": ("mlp10m", "last:1", "features"),
-          "mobilenet": ("mobilenet", "from:block_13_expand", "block_13_expand")}
+# name: (workload, distft --unfreeze, the first layer the MWMS script trains (None: MWMS cannot
+# run it), more distft flags)
+MODELS = {"mlp10m-full": ("mlp10m", "all", "dense_1", []),
+          "mlp10m-partial": ("mlp10m", "last:1", "features", []),
+          "mlp10m-lora": ("mlp10m", "none", None, ["--lora=8"]),  # rank-8 factors on every Dense
+          "mobilenet": ("mobilenet", "from:block_13_expand", "block_13_expand", [])}
 # distft contenders: name -> extra `distft train` flags (distft's defaults: per-tensor
 # allreduce ops overlapping the backward pass, no XLA on CPU).
 DISTFT: dict[str, list[str]] = {"distft": [], "distft-group": ["--allreduce=group"],
@@ -144,6 +147,8 @@ def main(argv: list[str]) -> int:
                     spec = model_spec(a.workdir, model, a.records)
                     for r in range(1, a.rounds + 1):
                         for name in names:
+                            if name == "mwms" and MODELS[model][2] is None:
+                                continue  # e.g. LoRA: tf_keras's MWMS script has no such method
                             try:
                                 case = run_case(lab, spec, model, name, variants.get(name), a, r)
                             except RuntimeError as e:  # recorded; the other cases still run
@@ -179,11 +184,11 @@ def _interrupt(signum, _frame) -> None:
 
 def model_spec(workdir: str, model: str, records: int) -> str:
     """The workload.json of `model` (written once under `workdir`)."""
-    name, unfreeze, first = MODELS[model]
+    name, unfreeze, first, flags = MODELS[model]
     spec = workloads.prepare(workdir, name, records)
     path = os.path.join(workdir, f"{model}-{records}.json")
     with open(path, "w") as f:
-        json.dump(dict(spec, unfreeze=unfreeze, first_trainable=first), f)
+        json.dump(dict(spec, unfreeze=unfreeze, first_trainable=first, flags=flags), f)
     return path
 
 
@@ -231,7 +236,7 @@ def run_distft(lab: netlab.Lab, spec: dict, name: str, variant: tuple[list[str],
            f"--data={spec['data']}", f"--output_dir={out}", f"--num_classes={spec['classes']}",
            f"--unfreeze={spec['unfreeze']}", f"--epochs={a.epochs}", f"--batch_size={BATCH}",
            f"--lr={contenders.LR}", "--threads=1", f"--log_every={contenders.LOG_EVERY}", "--overwrite",
-           *_workers(lab, name), *flags]
+           *_workers(lab, name), *spec.get("flags", []), *flags]
     # HOME: horovodrun caches the interfaces it found under ~/.horovod for an hour; the lab's own
     # home, emptied for every lab, keeps another lab's (or the user's) answer out.
     environ = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=ROOT, **env, HOME=lab.home,
