@@ -218,7 +218,7 @@ def run_case(lab: netlab.Lab, spec_path: str, model: str, contender: str,
     else:
         figures = run_distft(lab, spec, contender, variant, a)
     sent = max(after - then for after, then in zip(lab.sent_bytes(), before))
-    workers = 1 if contender == ONE_WORKER else lab.nodes
+    workers = _workers(lab, contender)
     return {"link": lab.rate, "nodes": lab.nodes, "workers": workers, "model": model,
             "trainable_params": figures["trainable_params"], "contender": contender,
             "samples_per_s": round(figures["samples_per_sec"], 1),
@@ -236,7 +236,8 @@ def run_distft(lab: netlab.Lab, spec: dict, name: str, variant: tuple[list[str],
            f"--data={spec['data']}", f"--output_dir={out}", f"--num_classes={spec['classes']}",
            f"--unfreeze={spec['unfreeze']}", f"--epochs={a.epochs}", f"--batch_size={BATCH}",
            f"--lr={contenders.LR}", "--threads=1", f"--log_every={contenders.LOG_EVERY}", "--overwrite",
-           *_workers(lab, name), *spec.get("flags", []), *flags]
+           f"--np={_workers(lab, name)}", f"--hosts={lab.hosts(_workers(lab, name))}",
+           *spec.get("flags", []), *flags]
     # HOME: horovodrun caches the interfaces it found under ~/.horovod for an hour; the lab's own
     # home, emptied for every lab, keeps another lab's (or the user's) answer out.
     environ = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=ROOT, **env, HOME=lab.home,
@@ -251,9 +252,9 @@ def run_distft(lab: netlab.Lab, spec: dict, name: str, variant: tuple[list[str],
             "steps": m["steps_per_epoch"] * a.epochs, "allreduce_ms": rank_health(out, "allreduce_wait_ms")}
 
 
-def _workers(lab: netlab.Lab, name: str) -> list[str]:
-    nodes = 1 if name == ONE_WORKER else lab.nodes
-    return [f"--np={nodes}", f"--hosts={lab.hosts(nodes)}"]
+def _workers(lab: netlab.Lab, contender: str) -> int:
+    """Workers of `contender`: one per node, or node 1's alone (ONE_WORKER)."""
+    return 1 if contender == ONE_WORKER else lab.nodes
 
 
 def rank_health(out: str, name: str) -> Optional[float]:

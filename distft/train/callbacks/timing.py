@@ -31,8 +31,9 @@ class Timing(StepCounter):
     def on_train_batch_end(self, batch, logs=None):
         if self.first_step_at is None:
             self.first_step_at = time.time()
-        self._steps += self.ran(batch)
-        self._window_steps += self.ran(batch)
+        ran = self.ran(batch)
+        self._steps += ran
+        self._window_steps += ran
 
     def window(self) -> tuple[float, float]:
         now = time.perf_counter()
