@@ -79,6 +79,32 @@ def test_bad_input_prints_nothing_but_the_error(demo_data, tmp_path, controller)
         [l for l in result.lines if l.startswith("distft: error: --model=missing.h5")], result.out
 
 
+@pytest.mark.parametrize("order", ["error first", "death first"])
+def test_the_one_line_names_what_came_first_an_error_or_a_death(capsys, order):
+    """horovodrun's lines when rank 0 reports bad input while rank 1 is still in its set-up
+    (its stop handler defers SIGTERM, so the launcher SIGKILLs it 5 s later; a CI run once
+    named that death instead of the error), and when a worker dies (OOM) before another errs."""
+    from distft.errors import DistftError
+    from distft.launch.spawn import JobLog
+
+    error = "[0]<stderr>:distft: error: --data=x/*.tfrecord matches no data file: pass ...\n"
+    died = "Process 1 exit with status code 137.\n"
+    lines = [error, "Process 0 exit with status code 2.\n", died]
+    if order == "death first":
+        lines = [died, *lines[:2]]
+    log = JobLog()
+    for line in lines:
+        log.relay(line)
+    with pytest.raises(DistftError) as failed:
+        log.finish(1)
+    if order == "error first":
+        assert (str(failed.value), failed.value.exit_code) == \
+            ("distft: error: --data=x/*.tfrecord matches no data file: pass ...", 2)
+    else:
+        assert (str(failed.value), failed.value.exit_code) == \
+            ("rank 1 died (SIGKILL, exit code 137); the job was stopped", 1)
+
+
 def corrupt_copy(src: str, dst: str) -> None:
     data = bytearray(open(src, "rb").read())
     data[len(data) // 2] ^= 0xFF

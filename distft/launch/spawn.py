@@ -95,7 +95,9 @@ class JobLog:
         m = _PREFIX.match(line)
         text = line[m.end():] if m else line
         death = _death(text)
-        if death:
+        if death and not self.errors:
+            # After a worker's error line, deaths are the launcher's teardown: SIGTERM, and
+            # SIGKILL 5 s later for a worker still in its set-up (whose handler defers a stop).
             self.deaths.append(death)
         below = _BELOW_MIN.search(line)
         if below:
@@ -115,7 +117,7 @@ class JobLog:
         if not code:
             return
         # The launcher SIGTERMs the survivors once one worker exits (an elastic one, once too
-        # few are left): those deaths are consequences.
+        # few are left): those deaths are consequences, as are all that follow an error line.
         killed = [d for d in self.deaths if "SIGTERM" not in d]
         if self.below_min and not self.errors:
             least, waited = self.below_min
