@@ -1,7 +1,7 @@
 # distft: every target sets up .venv first (quick when already done).
 PY := .venv/bin/python
 
-.PHONY: setup demo test unit bench clean
+.PHONY: setup demo test test-jit unit bench clean
 
 setup:
 	@bash scripts/setup.sh
@@ -11,6 +11,10 @@ demo: setup
 
 test: setup
 	$(PY) -m pytest -v -rA --durations=25 tests
+
+# The whole suite with XLA compiling every step's compute (--jit's default; --sync_bn excepted).
+test-jit: setup
+	DISTFT_JIT=on $(PY) -m pytest -v -rA --durations=25 tests
 
 unit: setup
 	$(PY) -m pytest -v -m "not multiworker" tests

@@ -114,9 +114,9 @@ class TrainConfig:
     cache_frozen: bool = field(
         default=False, metadata={"help": "compute the frozen prefix once per worker, train the rest"})
     precision: str = field(default="float32", metadata={"help": "|".join(PRECISIONS)})
-    jit: str = field(default="auto", metadata={
+    jit: Optional[str] = field(default=None, metadata={
         "help": "XLA for the step's forward, backward and update: auto (on when TensorFlow sees a "
-                "GPU, as in Keras) | on | off"})
+                "GPU, as in Keras) | on | off; default $DISTFT_JIT, else auto"})
     steps_per_execution: int = field(default=1, metadata={
         "help": "training steps per call of the train function: one host sync per N steps; a stop "
                 "or elastic commit waits for the call's end"})
@@ -206,6 +206,11 @@ class TrainConfig:
             raise DistftError(f"--threads must be at least 1, got {self.threads}")
         if self.np is not None and self.np < 1:
             raise DistftError(f"--np must be at least 1, got {self.np}")
+        if self.jit is None:  # a site's default; --sync_bn's allreduce cannot compile, so not there
+            self.jit = "auto" if self.sync_bn else os.environ.get("DISTFT_JIT", "auto")
+            if self.jit not in JITS:
+                raise DistftError(f"DISTFT_JIT={self.jit} is not one of {'|'.join(JITS)}: fix or "
+                                  "unset the variable")
         self.jit = {"true": "on", "false": "off"}.get(str(self.jit).lower(), str(self.jit))  # bare --jit
         for name, allowed in (("optimizer", OPTIMIZERS), ("schedule", SCHEDULES),
                               ("compression", COMPRESSIONS), ("controller", CONTROLLERS),

@@ -66,6 +66,22 @@ def test_bad_method_flags_are_one_line_before_any_work(tmp_path, flags, expected
     assert not os.path.exists(f"{tmp_path}/o")
 
 
+def test_distft_jit_sets_the_default_and_a_flag_or_sync_bn_wins(monkeypatch):
+    from distft.config import TrainConfig
+
+    def jit(**flags) -> str:
+        return TrainConfig.resolve(model="m.keras", data="d", **flags).jit
+
+    monkeypatch.delenv("DISTFT_JIT", raising=False)
+    assert jit() == "auto"
+    monkeypatch.setenv("DISTFT_JIT", "on")
+    assert (jit(), jit(jit="off"), jit(jit=True)) == ("on", "off", "on")
+    assert jit(train_bn=True, sync_bn=True) == "auto"  # its allreduce cannot compile
+    monkeypatch.setenv("DISTFT_JIT", "sometimes")
+    with pytest.raises(DistftError, match=r"DISTFT_JIT=sometimes is not one of auto\|on\|off: fix or unset"):
+        jit()
+
+
 # ---- mechanisms, in-process ----
 
 def tiny(optimizer, factor):
