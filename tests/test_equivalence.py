@@ -61,9 +61,11 @@ class Case:
     validate: bool = False  # validate on the class-id file each epoch (--val_data)
     equal: bool = True
     # Randomness or statistics that differ by design: the ranks must end identical and the run
-    # close to one big batch's (its final training loss within `loss_rtol`), not equal to it.
+    # close to one big batch's (its final training loss within `loss_rtol`), not equal to it;
+    # with `seeds`, the mean final loss of the runs at those --seed values (one draw is noise).
     in_sync: bool = False
     loss_rtol: float = 0.0
+    seeds: tuple = ()
     xfail: str = ""  # why the case fails today (a known bug): xfail(strict=True)
 
 
@@ -84,9 +86,11 @@ CASES = {
     "multi_label_targets": Case(data="multi_label"),
     "regression_targets": Case(data="regression"),
     # Each rank's gradients are rounded to bfloat16 (8 significant bits) before the average, the
-    # 1-worker run's once for the whole batch: measured 0.0027 apart, where the same run in
-    # float32 is 0.017 away and the negative control 0.07.
-    "mixed_bfloat16": Case({"precision": "mixed_bfloat16"}, rtol=0, atol=5e-3),
+    # 1-worker run's once for the whole batch. Adam moves a weight by about lr (3e-3) a step
+    # whatever its gradient's size, so a near-zero component rounded to the other sign costs up
+    # to 2 lr: measured 0.0027 apart (0.0066 with XLA, which rounds at its fusions' edges), where
+    # the same run in float32 is 0.017 away and the negative control 0.07.
+    "mixed_bfloat16": Case({"precision": "mixed_bfloat16"}, rtol=0, atol=1e-2),
     # The per-rank loss-scaled float16 gradients are averaged (or, with fp16 compression,
     # pre-divided, cast and summed) where one worker's come from the whole batch.
     "mixed_float16": Case({"precision": "mixed_float16"}, rtol=0, atol=2e-3),
@@ -96,7 +100,9 @@ CASES = {
     # Each worker's own batch statistics; moving statistics averaged at every epoch's end.
     "train_bn": Case(BN, in_sync=True, loss_rtol=0.05),
     # Each worker draws its own dropout masks (seeded by rank), as one worker does per record.
-    "head_dropout": Case({"head_dropout": 0.5}, in_sync=True, loss_rtol=0.1),
+    # One draw is noise: over seeds 1-4 one run's final loss was +6.3, +3.4, -0.1, -15.6% off
+    # the other's (+25.4, -0.6, -1.1, -21.1% with XLA, which draws other masks); the means agree.
+    "head_dropout": Case({"head_dropout": 0.5}, in_sync=True, loss_rtol=0.1, seeds=(1, 2, 3, 4)),
     # XLA compiles the forward and backward pass and the update around Horovod's ops, in both
     # runs alike.
     "jit": Case({"jit": "on"}),
@@ -167,13 +173,19 @@ def write_data(folder: str, base_model: str, records: int) -> dict[str, dict]:
     return kinds
 
 
-def options(name: str, case: Case, kinds: dict, folder: str, workers: int) -> dict:
-    """`distft.train`'s options for case `name` on `workers` (2, or 1 at the doubled batch)."""
-    opts = {**COMMON, **kinds[case.data], **case.options,
+def runs(name: str, case: Case) -> dict[str, dict]:
+    """The runs of case `name`: its own, or one per seed (`name@S`), with their own options."""
+    if not case.seeds:
+        return {name: {}}
+    return {f"{name}@{seed}": {"seed": seed} for seed in case.seeds}
+
+
+def options(name: str, case: Case, kinds: dict, folder: str, workers: int,
+            extra: dict = {}) -> dict:
+    """`distft.train`'s options for run `name` of `case` on `workers` (2, or 1 at the doubled
+    batch). DISTFT_JIT=on (distft's default for --jit) runs them all with XLA."""
+    opts = {**COMMON, **kinds[case.data], **case.options, **extra,
             "output_dir": os.path.join(folder, f"{workers}w", name)}
-    # DISTFT_EQUIVALENCE_JIT=on runs every case with XLA (--sync_bn's allreduce cannot compile).
-    if os.environ.get("DISTFT_EQUIVALENCE_JIT") and not opts.get("sync_bn"):
-        opts.setdefault("jit", os.environ["DISTFT_EQUIVALENCE_JIT"])
     if case.validate:
         opts["val_data"] = kinds["ids"]["data"]
     if workers == 1:
@@ -192,7 +204,8 @@ class Matrix:
             runs = os.path.join(folder, f"runs-{workers}w.json")
             status = os.path.join(folder, f"status-{workers}w.json")
             with open(runs, "w") as f:
-                json.dump({n: options(n, c, self.kinds, folder, workers) for n, c in cases.items()}, f)
+                json.dump({run: options(run, c, self.kinds, folder, workers, extra)
+                           for n, c in cases.items() for run, extra in runs(n, c).items()}, f)
             launcher = [HOROVODRUN, "-np", "2", "-H", "localhost:2", "--gloo"] if workers == 2 else []
             started = time.time()
             result = run([*launcher, sys.executable, RUNNER, runs, status], timeout=700)
@@ -242,10 +255,20 @@ def largest_difference(a: dict, b: dict) -> float:
     for n, c in CASES.items()])
 def test_equal_to_one_big_batch(matrix, name):
     case = CASES[name]
-    two, one = matrix.metrics(name, 2), matrix.metrics(name, 1)
-    for key in ("weights_checksums", "ema_checksums"):  # the ranks ended identical
-        if key in two:
-            assert len(two[key]) == 2 and len(set(two[key])) == 1, (key, two[key])
+    for run in runs(name, case):  # the ranks ended identical
+        two = matrix.metrics(run, 2)
+        for key in ("weights_checksums", "ema_checksums"):
+            if key in two:
+                assert len(two[key]) == 2 and len(set(two[key])) == 1, (run, key, two[key])
+    if case.in_sync:  # the final training loss: the mean over the runs of its seeds
+        losses = {w: [matrix.metrics(run, w)["train"]["loss"] for run in runs(name, case)]
+                  for w in (2, 1)}
+        loss2, loss1 = np.mean(losses[2]), np.mean(losses[1])
+        print(f"{name}: final training loss {np.round(losses[2], 4)} on 2 workers (mean "
+              f"{loss2:.4f}), {np.round(losses[1], 4)} on 1 (mean {loss1:.4f})")
+        assert abs(loss2 - loss1) <= case.loss_rtol * loss1, losses
+    first = next(iter(runs(name, case)))  # the run whose weights are compared
+    two, one = matrix.metrics(first, 2), matrix.metrics(first, 1)
     if case.equal and not case.in_sync:
         # The last epoch's training metrics (summed over the workers) and validation metrics.
         for part in ("train", "validation"):
@@ -258,8 +281,8 @@ def test_equal_to_one_big_batch(matrix, name):
         assert two["optimizer_updates"] == one["optimizer_updates"]  # --grad_accum: every K-th step
     base = weights_by_layer(matrix.kinds[case.data]["model"])
     for file in case.files:
-        a = weights_by_layer(os.path.join(matrix.run_dir(name, 2), file))
-        b = weights_by_layer(os.path.join(matrix.run_dir(name, 1), file))
+        a = weights_by_layer(os.path.join(matrix.run_dir(first, 2), file))
+        b = weights_by_layer(os.path.join(matrix.run_dir(first, 1), file))
         assert a.keys() == b.keys()
         diff = matrix.diffs[name, file] = largest_difference(a, b)
         print(f"{name} {file}: largest weight difference {diff:.3g}")
@@ -268,9 +291,6 @@ def test_equal_to_one_big_batch(matrix, name):
             assert diff > 1e-3, f"{file}: the negative control did not differ ({diff:.3g})"
             continue
         if case.in_sync:
-            loss2, loss1 = two["train"]["loss"], one["train"]["loss"]
-            print(f"{name}: final training loss {loss2:.4f} on 2 workers, {loss1:.4f} on 1")
-            assert abs(loss2 - loss1) <= case.loss_rtol * loss1, (loss2, loss1)
             continue
         for layer in a:
             for i, (x, y) in enumerate(zip(a[layer], b[layer])):
