@@ -33,6 +33,7 @@ _LAUNCHER_NOISE = re.compile(r"Traceback|^\s+File |^\s+raise |^\s|RuntimeError: 
 _WORKER_NOISE = re.compile(r"Horovod background loop uncaught exception|^(Terminated|Killed)$")
 # horovodrun's elastic driver giving up when fewer than --min-np workers are left.
 _BELOW_MIN = re.compile(r"at least (\d+) Horovod processes\. Timeout after (\d+) seconds")
+_TEARDOWN = re.compile(r"^Terminating remaining workers after failure of Process \d+")
 _GLOO_EXIT = re.compile(r"^Process (\d+) exit with status code (\d+)")
 _MPI_SIGNAL = re.compile(r"process rank (\d+) with PID \d+ on node \S+ exited on signal (\d+)")
 
@@ -89,15 +90,17 @@ class JobLog:
         self.errors: list[str] = []
         self.deaths: list[str] = []
         self.stopped = False
+        # horovodrun (Gloo) is stopping the others after a failure: their deaths are its doing
+        # (SIGTERM, then SIGKILL 5 s later for a worker in its set-up, which defers a stop).
+        self.teardown = False
         self.below_min: tuple[int, int] | None = None  # elastic: (min_np, seconds waited)
 
     def relay(self, line: str) -> None:
         m = _PREFIX.match(line)
         text = line[m.end():] if m else line
+        self.teardown |= bool(_TEARDOWN.match(line))
         death = _death(text)
-        if death and not self.errors:
-            # After a worker's error line, deaths are the launcher's teardown: SIGTERM, and
-            # SIGKILL 5 s later for a worker still in its set-up (whose handler defers a stop).
+        if death and not self.teardown:
             self.deaths.append(death)
         below = _BELOW_MIN.search(line)
         if below:
@@ -117,7 +120,7 @@ class JobLog:
         if not code:
             return
         # The launcher SIGTERMs the survivors once one worker exits (an elastic one, once too
-        # few are left): those deaths are consequences, as are all that follow an error line.
+        # few are left): those deaths are consequences.
         killed = [d for d in self.deaths if "SIGTERM" not in d]
         if self.below_min and not self.errors:
             least, waited = self.below_min
