@@ -201,14 +201,14 @@ class Matrix:
         self.folder, self.kinds = folder, write_data(folder, base_model, records)
         self.status, self.out, self.seconds, self.diffs = {}, {}, {}, {}
         for workers in (2, 1):
-            runs = os.path.join(folder, f"runs-{workers}w.json")
+            listing = os.path.join(folder, f"runs-{workers}w.json")
             status = os.path.join(folder, f"status-{workers}w.json")
-            with open(runs, "w") as f:
-                json.dump({run: options(run, c, self.kinds, folder, workers, extra)
-                           for n, c in cases.items() for run, extra in runs(n, c).items()}, f)
+            with open(listing, "w") as f:
+                json.dump({name: options(name, c, self.kinds, folder, workers, extra)
+                           for n, c in cases.items() for name, extra in runs(n, c).items()}, f)
             launcher = [HOROVODRUN, "-np", "2", "-H", "localhost:2", "--gloo"] if workers == 2 else []
             started = time.time()
-            result = run([*launcher, sys.executable, RUNNER, runs, status], timeout=700)
+            result = run([*launcher, sys.executable, RUNNER, listing, status], timeout=700)
             self.seconds[workers] = time.time() - started
             self.out[workers] = result.out
             if os.path.exists(status):
