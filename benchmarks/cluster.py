@@ -231,12 +231,13 @@ def run_distft(lab: netlab.Lab, spec: dict, name: str, variant: tuple[list[str],
                a: argparse.Namespace) -> dict[str, Any]:
     """`distft train` on every node, launched from node 1; its metrics and rank health."""
     flags, env = variant
+    workers = _workers(lab, name)
     out = os.path.join(a.workdir, "runs", name.replace(" ", "_"))
     cmd = [*lab.run_in(1), sys.executable, "-m", "distft", "train", f"--model={spec['model']}",
            f"--data={spec['data']}", f"--output_dir={out}", f"--num_classes={spec['classes']}",
            f"--unfreeze={spec['unfreeze']}", f"--epochs={a.epochs}", f"--batch_size={BATCH}",
            f"--lr={contenders.LR}", "--threads=1", f"--log_every={contenders.LOG_EVERY}", "--overwrite",
-           f"--np={_workers(lab, name)}", f"--hosts={lab.hosts(_workers(lab, name))}",
+           f"--np={workers}", f"--hosts={lab.hosts(workers)}",
            *spec.get("flags", []), *flags]
     # HOME: horovodrun caches the interfaces it found under ~/.horovod for an hour; the lab's own
     # home, emptied for every lab, keeps another lab's (or the user's) answer out.

@@ -20,6 +20,7 @@ import os
 import sys
 import time
 from dataclasses import dataclass, field
+from typing import Optional
 
 import numpy as np
 import pytest
@@ -181,10 +182,10 @@ def runs(name: str, case: Case) -> dict[str, dict]:
 
 
 def options(name: str, case: Case, kinds: dict, folder: str, workers: int,
-            extra: dict = {}) -> dict:
+            extra: Optional[dict] = None) -> dict:
     """`distft.train`'s options for run `name` of `case` on `workers` (2, or 1 at the doubled
     batch). DISTFT_JIT=on (distft's default for --jit) runs them all with XLA."""
-    opts = {**COMMON, **kinds[case.data], **case.options, **extra,
+    opts = {**COMMON, **kinds[case.data], **case.options, **(extra or {}),
             "output_dir": os.path.join(folder, f"{workers}w", name)}
     if case.validate:
         opts["val_data"] = kinds["ids"]["data"]
