@@ -21,13 +21,16 @@ waiting for the other ranks), null for MWMS, which has no such figure. `sent_mb`
 busiest node's link carried (its qdisc's byte counter): the proof that the traffic crossed the
 shaped links. Each (nodes, link) starts with a TCP check of the link (`link_gbps`).
 
-Workloads (benchmarks/workloads.py, synthetic data, seed 42): `mlp10m-full` (10.2M weights, all
-trained), `mlp10m-partial` (the same model, `features` and the head: 0.79M), `mlp10m-lora`
-(the same model with rank-8 LoRA factors on every Dense layer; distft only), `mobilenet`.
+Workloads (benchmarks/workloads.py, synthetic data, seed 42): `convnet10m-full` (10.4M weights,
+all trained: convolutions below, big Dense layers on top, so compute and allreduce are of
+similar length and the biggest gradients are ready first), `mlp10m-full` (10.2M weights, all
+trained: the allreduce is most of the step and the biggest gradient is ready last),
+`mlp10m-partial` (the same MLP, `features` and the head: 0.79M), `mlp10m-lora` (the same MLP
+with rank-8 LoRA factors on every Dense layer; distft only), `mobilenet`.
 
 Example (from the repository root, as root):
-    python -m benchmarks cluster --quick        # 2 nodes, 1 Gbit/s, mlp10m-full: distft / group / mwms
-    python -m benchmarks cluster --links=1gbit,10gbit --nodes=2,4 --models=mlp10m-full
+    python -m benchmarks cluster --quick        # 2 nodes, 1 Gbit/s, convnet10m-full: distft / group / mwms
+    python -m benchmarks cluster --links=1gbit,10gbit --nodes=2,4 --models=convnet10m-full,mlp10m-full
     python -m benchmarks cluster --tune         # Horovod cycle time, fusion, threads at 1 and 10 Gbit/s
     python -m benchmarks cluster --calibrate=results/a.json,results/b.json   # the scaling model
 """
@@ -55,6 +58,7 @@ NODES = (2, 4)
 MODELS = {"mlp10m-full": ("mlp10m", "all", "dense_1", []),
           "mlp10m-partial": ("mlp10m", "last:1", "features", []),
           "mlp10m-lora": ("mlp10m", "none", None, ["--lora=8"]),  # rank-8 factors on every Dense
+          "convnet10m-full": ("convnet10m", "all", "conv1", []),
           "mobilenet": ("mobilenet", "from:block_13_expand", "block_13_expand", [])}
 # distft contenders: name -> extra `distft train` flags (distft's defaults: per-tensor
 # allreduce ops overlapping the backward pass, no XLA on CPU).
@@ -93,7 +97,7 @@ else:
 def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks cluster", description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true",
-                   help="one case: 2 nodes, 1gbit, mlp10m-full: distft, distft-group, mwms, 1 worker")
+                   help="one case: 2 nodes, 1gbit, convnet10m-full: distft, distft-group, mwms, 1 worker")
     p.add_argument("--tune", action="store_true", help="Horovod settings (TUNE) at 1 and 10 Gbit/s, 2 nodes")
     p.add_argument("--links", default=",".join(LINKS))
     p.add_argument("--nodes", default=",".join(map(str, NODES)))
@@ -116,7 +120,7 @@ def main(argv: list[str]) -> int:
         print(f"cluster: {e}", file=sys.stderr)
         return 2
     if a.quick:
-        a.links, a.nodes, a.models = "1gbit", "2", "mlp10m-full"
+        a.links, a.nodes, a.models = "1gbit", "2", "convnet10m-full"
         a.contenders = f"distft,distft-group,mwms,{ONE_WORKER}"
     variants = {n: (flags, {}) for n, flags in DISTFT.items()}
     if a.tune:
@@ -317,13 +321,16 @@ def calibration(cases: list[dict[str, Any]], links: dict[str, dict]) -> list[dic
     """distft's scaling model (distft/scaling.py) against the lab, for each distft and
     distft-group case whose round also ran distft-1worker (its step is the compute time).
 
-    The model's one lab-specific input is each link's effective allreduce bandwidth: fitted on
-    the distft-group cases (one allreduce after the backward pass: the model with overlap 0) of
-    the fewest nodes, as bytes on the wire over (step - compute), median over rounds. Cases of
-    more nodes are then predictions; `fitted` marks the others. Where the nodes outnumber the
-    cores, each core runs nodes/cores workers, so one worker's compute counts that many times
-    over. For distft, `overlap` is the share of the predicted allreduce its step hid (what
-    `distft inspect --overlap` should be given)."""
+    The model's lab-specific inputs are fitted on the cases of the fewest nodes, and the cases
+    of more nodes are then predictions (`fitted` marks the others):
+    - each link's effective allreduce bandwidth, from the distft-group cases (one allreduce
+      after the backward pass: the model with overlap 0), as bytes on the wire over
+      (step - compute), median over rounds;
+    - for distft (per-tensor ops), the overlap of each (link, model): the share of the
+      predicted allreduce its step hid, median over rounds (what `distft inspect --overlap`
+      should be given).
+    Where the nodes outnumber the cores, each core runs nodes/cores workers, so one worker's
+    compute counts that many times over."""
     from distft import scaling
 
     one = {(c["link"], c["nodes"], c["model"], c["round"]): c for c in cases if c["contender"] == ONE_WORKER}
@@ -333,29 +340,40 @@ def calibration(cases: list[dict[str, Any]], links: dict[str, dict]) -> list[dic
         if base is not None and c["contender"] in ("distft", "distft-group"):
             paired.append((c, base["step_ms"] * max(1.0, c["nodes"] / (os.cpu_count() or 1))))
     fit_nodes = min((c["nodes"] for c, _ in paired), default=0)
+    fitting = [(c, compute) for c, compute in paired if c["nodes"] == fit_nodes]
     effective: dict[str, float] = {}
-    for link in {c["link"] for c, _ in paired}:
+    for link in {c["link"] for c, _ in fitting}:
         rates = [scaling.allreduce_ms(c["nodes"], scaling.gradient_bytes(c["trainable_params"]), 1.0, 0.0)
-                 / (c["step_ms"] - compute) for c, compute in paired
-                 if (c["link"], c["nodes"], c["contender"]) == (link, fit_nodes, "distft-group")
-                 and c["step_ms"] > compute]
+                 / (c["step_ms"] - compute) for c, compute in fitting
+                 if (c["link"], c["contender"]) == (link, "distft-group") and c["step_ms"] > compute]
         if rates:
             effective[link] = statistics.median(rates)  # bits per second
+
+    def predict(c: dict[str, Any], compute: float, overlap: float = 0.0) -> dict[str, float]:
+        latency = scaling.LATENCY_MS if links.get(f"{c['nodes']}x{c['link']}", {}).get("delay_applied") else 0.0
+        return scaling.predict([c["nodes"]], compute, c["trainable_params"], effective[c["link"]], BATCH,
+                               latency_ms=latency, overlap=overlap)[0]
+
+    hidden: dict[tuple[str, str], list[float]] = {}
+    for c, compute in fitting:
+        if c["contender"] == "distft" and c["link"] in effective:
+            p = predict(c, compute)
+            hidden.setdefault((c["link"], c["model"]), []).append(
+                min(1.0, max(0.0, p["step_ms"] - c["step_ms"]) / p["allreduce_ms"]) if p["allreduce_ms"] else 0.0)
+    overlaps = {k: statistics.median(v) for k, v in hidden.items()}
     rows = []
     for c, compute in paired:
         if c["link"] not in effective:
             continue
-        latency = scaling.LATENCY_MS if links.get(f"{c['nodes']}x{c['link']}", {}).get("delay_applied") else 0.0
-        p = scaling.predict([c["nodes"]], compute, c["trainable_params"], effective[c["link"]], BATCH,
-                            latency_ms=latency)[0]
+        overlap = overlaps.get((c["link"], c["model"]), 0.0) if c["contender"] == "distft" else None
+        p = predict(c, compute, overlap or 0.0)
         rows.append({"link": c["link"], "effective_gbps": round(effective[c["link"]] / 1e9, 2),
                      "nodes": c["nodes"], "model": c["model"], "round": c["round"],
-                     "contender": c["contender"], "fitted": c["nodes"] == fit_nodes and c["contender"] == "distft-group",
+                     "contender": c["contender"], "fitted": c["nodes"] == fit_nodes,
                      "compute_ms": round(compute, 1), "allreduce_ms": round(p["allreduce_ms"], 1),
                      "predicted_ms": round(p["step_ms"], 1), "measured_ms": c["step_ms"],
                      "error": round((p["step_ms"] - c["step_ms"]) / c["step_ms"], 3),
-                     "overlap": round(max(0.0, p["step_ms"] - c["step_ms"]) / p["allreduce_ms"], 2)
-                     if c["contender"] == "distft" and p["allreduce_ms"] else None})
+                     "overlap": None if overlap is None else round(overlap, 2)})
     return rows
 
 

@@ -10,7 +10,15 @@
   of under 20 minutes.
 - `mlp10m`: a ~10M-weight MLP on 32x32x3 (Flatten, Dense 2048, 1536, 512 `features`), trained
   whole (`all`): the cluster lab's model, whose 41 MB of gradients a step make a 1 Gbit/s link
-  the bottleneck; the lab also fine-tunes it in part (`features` and the head only).
+  the bottleneck; the lab also fine-tunes it in part (`features` and the head only). Its
+  largest gradient (the first layer's, 60% of the bytes) is the backward pass's last, so little
+  of its allreduce can overlap the compute.
+- `convnet10m`: a ~10M-weight VGG-like network on 64x64x3 (5 3x3 convolutions, then Dense
+  1024, 1024, 512 `features`), trained whole: most of the compute is in the convolutions, most
+  of the weights in the Dense layers on top, whose gradients the backward pass computes first
+  (as in VGG or AlexNet, and in any model whose big layers sit at the top). On one core of
+  this machine its step takes about as long as its allreduce at 1 Gbit/s: the case an
+  allreduce overlapping the backward pass can hide.
 
 Every contender starts from the same weights:
 - `base_model.keras`: the base, written by Keras 3 (distft, the bare Keras script, Horovod);
@@ -53,6 +61,7 @@ WORKLOADS = {
     "mobilenet": Workload("mobilenet", (96, 96, 3), "from:block_13_expand", "block_13_expand"),
     "cnn": Workload("cnn", (32, 32, 3), "last:2", "conv4"),
     "mlp10m": Workload("mlp10m", (32, 32, 3), "all", "dense_1"),
+    "convnet10m": Workload("convnet10m", (64, 64, 3), "all", "conv1"),
 }
 
 
@@ -100,6 +109,8 @@ def _base_model(name: str, keras_module):
                                                      weights=None, classes=20)
     if name == "mlp10m":
         return _mlp10m(keras_module)
+    if name == "convnet10m":
+        return _convnet10m(keras_module)
     from benchmarks.overhead import base_model
 
     return base_model(keras_module)
@@ -112,6 +123,21 @@ def _mlp10m(K):
     for name, units in (("dense_1", 2048), ("dense_2", 1536), ("features", 512)):
         x = K.layers.Dense(units, activation="relu", name=name)(x)
     return K.Model(inputs, K.layers.Dense(20, activation="softmax", name="top")(x), name="mlp10m")
+
+
+def _convnet10m(K):
+    """10.4M weights: 3x3 convolutions of 64, 64, 128, 128, 128 filters (a 2x2 max pool after
+    the second, fourth and fifth), then Dense 8192x1024, 1024x1024, 1024x512 under a 20-class
+    top."""
+    x = inputs = K.Input(WORKLOADS["convnet10m"].input)
+    for k, filters in enumerate((64, 64, 128, 128, 128), start=1):
+        x = K.layers.Conv2D(filters, 3, padding="same", activation="relu", name=f"conv{k}")(x)
+        if k in (2, 4, 5):
+            x = K.layers.MaxPooling2D(name=f"pool{k}")(x)
+    x = K.layers.Flatten(name="flatten")(x)
+    for name, units in (("dense_1", 1024), ("dense_2", 1024), ("features", 512)):
+        x = K.layers.Dense(units, activation="relu", name=name)(x)
+    return K.Model(inputs, K.layers.Dense(20, activation="softmax", name="top")(x), name="convnet10m")
 
 
 def write_tf_keras_twin(base, name: str, batch, path: str) -> float:

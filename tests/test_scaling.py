@@ -57,10 +57,11 @@ def test_bad_inputs_name_the_flag(kwargs, flag):
         scaling.check(**args)
 
 
-def test_lab_calibration_fits_the_link_on_the_fewest_nodes_and_predicts_the_rest():
+def test_lab_calibration_fits_the_link_and_overlap_on_the_fewest_nodes_and_predicts_the_rest():
     """The cluster lab's calibration (benchmarks/cluster.py): the effective bandwidth comes from
     the 2-node distft-group case (step - compute = 1/1 x 4 MB x 8 / bandwidth: 40 ms, so 0.8
-    Gbit/s); the 4-node cases are predictions from it (4 nodes on this machine's cores)."""
+    Gbit/s), distft's overlap from the 2-node distft case (5 of those 40 ms hidden); the 4-node
+    cases are predictions from them (4 nodes on this machine's cores)."""
     from benchmarks import cluster
 
     def case(nodes, contender, step_ms):
@@ -68,17 +69,21 @@ def test_lab_calibration_fits_the_link_on_the_fewest_nodes_and_predicts_the_rest
                 "trainable_params": 1_000_000, "step_ms": step_ms}
 
     cases = [case(2, cluster.ONE_WORKER, 10.0), case(2, "distft-group", 50.0), case(2, "distft", 45.0),
-             case(2, "mwms", 60.0), case(4, cluster.ONE_WORKER, 10.0), case(4, "distft-group", 90.0)]
+             case(2, "mwms", 60.0), case(4, cluster.ONE_WORKER, 10.0), case(4, "distft-group", 90.0),
+             case(4, "distft", 80.0)]
     rows = {(r["nodes"], r["contender"]): r for r in cluster.calibration(cases, {})}
-    assert set(rows) == {(2, "distft-group"), (2, "distft"), (4, "distft-group")}
+    assert set(rows) == {(2, "distft-group"), (2, "distft"), (4, "distft-group"), (4, "distft")}
     fit = rows[2, "distft-group"]
     assert fit["fitted"] and fit["effective_gbps"] == pytest.approx(0.8) and fit["error"] == pytest.approx(0)
-    assert rows[2, "distft"]["overlap"] == pytest.approx(5 / 40, abs=0.01)  # 5 of 40 ms hidden
-    four = rows[4, "distft-group"]
+    assert rows[2, "distft"]["fitted"] and rows[2, "distft"]["overlap"] == pytest.approx(5 / 40, abs=0.01)
+    assert rows[2, "distft"]["error"] == pytest.approx(0, abs=1e-3)
     share = max(1.0, 4 / (os.cpu_count() or 1))  # workers per core
-    predicted = 10.0 * share + 2 * 3 / 4 * 4e6 * 8 / 0.8e9 * 1000
-    assert not four["fitted"] and four["predicted_ms"] == pytest.approx(predicted, abs=0.1)
-    assert four["error"] == pytest.approx((predicted - 90.0) / 90.0, abs=1e-3)
+    comm = 2 * 3 / 4 * 4e6 * 8 / 0.8e9 * 1000
+    for contender, hidden, measured in (("distft-group", 0.0, 90.0), ("distft", 5 / 40 * comm, 80.0)):
+        four = rows[4, contender]
+        predicted = 10.0 * share + comm - min(hidden, 10.0 * share)
+        assert not four["fitted"] and four["predicted_ms"] == pytest.approx(predicted, abs=0.1)
+        assert four["error"] == pytest.approx((predicted - measured) / measured, abs=1e-3)
 
 
 def test_inspect_predicts_from_a_measured_step(capsys):
