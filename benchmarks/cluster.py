@@ -32,6 +32,7 @@ Example (from the repository root, as root):
     python -m benchmarks cluster --quick        # 2 nodes, 1 Gbit/s, convnet10m-full: distft / group / mwms
     python -m benchmarks cluster --links=1gbit,10gbit --nodes=2,4 --models=convnet10m-full,mlp10m-full
     python -m benchmarks cluster --tune         # Horovod cycle time, fusion, threads at 1 and 10 Gbit/s
+    python -m benchmarks cluster --tune --models=mobilenet   # the same on another workload
     python -m benchmarks cluster --calibrate=results/a.json,results/b.json   # the scaling model
 """
 from __future__ import annotations
@@ -98,10 +99,11 @@ def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks cluster", description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true",
                    help="one case: 2 nodes, 1gbit, convnet10m-full: distft, distft-group, mwms, 1 worker")
-    p.add_argument("--tune", action="store_true", help="Horovod settings (TUNE) at 1 and 10 Gbit/s, 2 nodes")
+    p.add_argument("--tune", action="store_true",
+                   help="Horovod settings (TUNE) at 1 and 10 Gbit/s, 2 nodes, on --models (default mlp10m-full)")
     p.add_argument("--links", default=",".join(LINKS))
     p.add_argument("--nodes", default=",".join(map(str, NODES)))
-    p.add_argument("--models", default=",".join(MODELS))
+    p.add_argument("--models", default=None, help=f"default: {','.join(MODELS)}")
     p.add_argument("--contenders", default=",".join([*DISTFT, "mwms"]))
     p.add_argument("--rounds", type=int, default=1, help="runs of each case, contenders alternating")
     p.add_argument("--epochs", type=int, default=3, help="the first is not timed")
@@ -124,13 +126,19 @@ def main(argv: list[str]) -> int:
         a.contenders = f"distft,distft-group,mwms,{ONE_WORKER}"
     variants = {n: (flags, {}) for n, flags in DISTFT.items()}
     if a.tune:
-        a.links, a.nodes, a.models, a.contenders = "1gbit,10gbit", "2", "mlp10m-full", ",".join(TUNE)
+        a.links, a.nodes, a.contenders = "1gbit,10gbit", "2", ",".join(TUNE)
+        a.models = a.models or "mlp10m-full"
         variants = TUNE
+    a.models = a.models or ",".join(MODELS)
     names = a.contenders.split(",")
     unknown = [n for n in names if n != "mwms" and n not in variants]
     if unknown:
         print(f"cluster: unknown contender(s) {', '.join(unknown)}: choose from {', '.join([*variants, 'mwms'])}",
               file=sys.stderr)
+        return 2
+    unknown = [m for m in a.models.split(",") if m not in MODELS]
+    if unknown:
+        print(f"cluster: unknown model(s) {', '.join(unknown)}: choose from {', '.join(MODELS)}", file=sys.stderr)
         return 2
     output = a.output or (result_file("cluster-tune.json") if a.tune else RESULTS)
     print(f"command: {invocation()}", flush=True)
