@@ -32,7 +32,7 @@ Example (from the repository root, as root):
     python -m benchmarks cluster --quick        # 2 nodes, 1 Gbit/s, convnet10m-full: distft / group / mwms
     python -m benchmarks cluster --links=1gbit,10gbit --nodes=2,4 --models=convnet10m-full,mlp10m-full
     python -m benchmarks cluster --tune         # Horovod cycle time, fusion, threads at 1 and 10 Gbit/s
-    python -m benchmarks cluster --tune --models=mobilenet   # the same on another workload
+    python -m benchmarks cluster --tune --models=mobilenet --contenders="defaults (cycle 1 ms),cycle 5 ms"
     python -m benchmarks cluster --calibrate=results/a.json,results/b.json   # the scaling model
 """
 from __future__ import annotations
@@ -100,11 +100,11 @@ def main(argv: list[str]) -> int:
     p.add_argument("--quick", action="store_true",
                    help="one case: 2 nodes, 1gbit, convnet10m-full: distft, distft-group, mwms, 1 worker")
     p.add_argument("--tune", action="store_true",
-                   help="Horovod settings (TUNE) at 1 and 10 Gbit/s, 2 nodes, on --models (default mlp10m-full)")
-    p.add_argument("--links", default=",".join(LINKS))
-    p.add_argument("--nodes", default=",".join(map(str, NODES)))
-    p.add_argument("--models", default=None, help=f"default: {','.join(MODELS)}")
-    p.add_argument("--contenders", default=",".join([*DISTFT, "mwms"]))
+                   help="Horovod settings (TUNE; by default all, at 1 and 10 Gbit/s, 2 nodes, mlp10m-full)")
+    p.add_argument("--links", help=f"default: {','.join(LINKS)}")
+    p.add_argument("--nodes", help=f"default: {','.join(map(str, NODES))}")
+    p.add_argument("--models", help=f"default: {','.join(MODELS)}")
+    p.add_argument("--contenders", help=f"default: {','.join([*DISTFT, 'mwms'])}")
     p.add_argument("--rounds", type=int, default=1, help="runs of each case, contenders alternating")
     p.add_argument("--epochs", type=int, default=3, help="the first is not timed")
     p.add_argument("--records", type=int, default=1280)
@@ -125,11 +125,11 @@ def main(argv: list[str]) -> int:
         a.links, a.nodes, a.models = "1gbit", "2", "convnet10m-full"
         a.contenders = f"distft,distft-group,mwms,{ONE_WORKER}"
     variants = {n: (flags, {}) for n, flags in DISTFT.items()}
+    defaults = (",".join(LINKS), ",".join(map(str, NODES)), ",".join(MODELS), ",".join([*DISTFT, "mwms"]))
     if a.tune:
-        a.links, a.nodes, a.contenders = "1gbit,10gbit", "2", ",".join(TUNE)
-        a.models = a.models or "mlp10m-full"
-        variants = TUNE
-    a.models = a.models or ",".join(MODELS)
+        defaults, variants = ("1gbit,10gbit", "2", "mlp10m-full", ",".join(TUNE)), TUNE
+    a.links, a.nodes, a.models, a.contenders = (given or default for given, default in
+                                                zip((a.links, a.nodes, a.models, a.contenders), defaults))
     names = a.contenders.split(",")
     unknown = [n for n in names if n != "mwms" and n not in variants]
     if unknown:
