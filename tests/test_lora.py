@@ -56,6 +56,12 @@ def test_only_the_factors_and_the_head_train_and_the_merged_model_is_plain(trans
     assert ft.trainable_params + ft.frozen_params == total  # biases and LayerNorms frozen
     head = 32 * 4 + 4
     assert ft.trainable_params - head == lora.summary(ft.model)["factor_params"]
+    # The frozen weights under the factors are not statistics to average every epoch (nor
+    # training state to commit): the model's 0.2M frozen weights stay off the network.
+    from distft.train.callbacks.statistics import LayerStatistics
+
+    assert len(lora.frozen_bases(ft.model)) == 2 * len(layers) - 1  # kernels, biases; Embedding: table
+    assert LayerStatistics(ft.model, worker=None).variables() == []
 
     only = lora_model(transformer, lora_layers="attention/(query|value)", unfreeze="re:^norm_2$")
     assert {v.path for v in only.model.trainable_variables} == {
