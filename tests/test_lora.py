@@ -60,7 +60,8 @@ def test_only_the_factors_and_the_head_train_and_the_merged_model_is_plain(trans
     # training state to commit): the model's 0.2M frozen weights stay off the network.
     from distft.train.callbacks.statistics import LayerStatistics
 
-    assert len(lora.frozen_bases(ft.model)) == 2 * len(layers) - 1  # kernels, biases; Embedding: table
+    frozen = [v for l in lora.layers_with_lora(ft.model) for v in l.non_trainable_variables]
+    assert len(frozen) == 2 * len(layers) - 1  # kernels, biases; Embedding: its table
     assert LayerStatistics(ft.model, worker=None).variables() == []
 
     only = lora_model(transformer, lora_layers="attention/(query|value)", unfreeze="re:^norm_2$")

@@ -43,12 +43,6 @@ def layers_with_lora(layer: keras.layers.Layer) -> list[keras.layers.Layer]:
     return [l for l in layer._flatten_layers() if getattr(l, "lora_enabled", False)]
 
 
-def frozen_bases(model: keras.Model) -> set[int]:
-    """The ids of the variables under LoRA's factors (kernels, embeddings, biases), which LoRA
-    froze: weights that never change, not statistics for the workers to average."""
-    return {id(v) for l in layers_with_lora(model) for v in l.non_trainable_variables}
-
-
 def enable(leaves: list[keras.layers.Layer], whole: set[int], rank: int,
            alpha: Optional[float] = None, pattern: Optional[str] = None) -> list[str]:
     """Enable LoRA of `rank` on the Dense, EinsumDense and Embedding layers in `leaves` (the

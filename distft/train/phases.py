@@ -103,9 +103,8 @@ class Job:
         the optimizer's, gradient sums' and EMA's state. What elastic mode commits."""
         model = self.ft.model
         ever = self.plan.ever_trainable()
-        frozen = lora.frozen_bases(model)
         statistics = [v for layer in unfreezing.flatten(model) if layer.name in ever
-                      for v in layer.non_trainable_variables if id(v) not in frozen]
+                      for v in unfreezing.statistics(layer)]
         found = self.plan.variables() + statistics + [g.state for g in seeds.generators(model)]
         return self._with_training_state(list({id(v): v for v in found}.values()))
 

@@ -16,8 +16,7 @@ from __future__ import annotations
 
 import keras
 
-from distft.model import lora
-from distft.model.unfreeze import flatten
+from distft.model.unfreeze import flatten, statistics
 from distft.train.runtime import Worker
 
 
@@ -29,9 +28,8 @@ class LayerStatistics(keras.callbacks.Callback):
     def variables(self) -> list:
         """The float non-trainable variables of the layers that train now (seed states, which
         are integers, and the weights under LoRA's factors left out)."""
-        frozen = lora.frozen_bases(self.watched)
         return [v for layer in flatten(self.watched) if layer.trainable
-                for v in layer.non_trainable_variables if "float" in str(v.dtype) and id(v) not in frozen]
+                for v in statistics(layer) if "float" in str(v.dtype)]
 
     def average(self) -> None:
         """Replace the statistics with their mean over all workers (a collective)."""
