@@ -13,7 +13,7 @@ import os
 from typing import Any, Optional, Sequence, Union
 
 from distft import log, scaling
-from distft.config import TrainConfig, default_output_dir
+from distft.config import TrainConfig, evaluation_options
 from distft.errors import DistftError
 from distft.launch.environment import Environment, detect
 
@@ -28,22 +28,23 @@ def train(config: Optional[str] = None, **options: Any) -> dict[str, Any]:
     Options are the fields of `TrainConfig` (see `distft train --help`); `config` names a YAML
     file of them, which `options` override. Returns the metrics saved in metrics.json.
     """
-    cfg = TrainConfig.resolve(config, **options)
-    env = detect()
-    _setup_logging(env.rank, env.size, cfg.debug, tensorflow=False)
+    from distft.launch.elastic import Elastic
     from distft.launch.slurm import mistakes
 
+    cfg = TrainConfig.resolve(config, **options)
+    env = detect()
+    elastic = None if env.is_launched else Elastic.of(cfg)  # a worker's launcher has the counts
+    _setup_logging(env.rank, env.size, cfg.debug, tensorflow=False)
     for warning in mistakes(env, cfg.np, cfg.elastic):
         log.warning(warning)
     if not cfg.output_dir and not env.is_launched:
-        cfg.output_dir = default_output_dir(cfg.model)
+        cfg = cfg.with_run_folder()
         log.info("run folder: %s (choose one with --output_dir)", cfg.output_dir)
     if cfg.np and not env.is_launched:
-        from distft.launch.elastic import Elastic
         from distft.launch.spawn import spawn
 
         flags = _flags(cfg.to_dict(), TrainConfig().to_dict(), skip=LAUNCHER_OPTIONS)
-        spawn(["train", *flags], cfg.np, cfg.hosts, cfg.controller, cfg.debug, Elastic.of(cfg))
+        spawn(["train", *flags], cfg.np, cfg.hosts, cfg.controller, cfg.debug, elastic)
         with open(os.path.join(cfg.output_dir, "metrics.json")) as f:
             return json.load(f)
     _warn_np_ignored(cfg.np, env)
@@ -75,11 +76,10 @@ def evaluate(model: str, data: str, batch_size: int = 256, label: str = "label",
     options = dict(locals())  # this call's arguments, for the workers that --np starts
     env = detect()
     _setup_logging(env.rank, env.size, False, tensorflow=False)
-    checked = TrainConfig.resolve(model=model, data=data, batch_size=batch_size,
-                                  preprocess=preprocess, metrics=metrics, np=np)
-    if checked.np and not env.is_launched:
-        return _evaluate_on_workers(options, checked.np)
-    _warn_np_ignored(checked.np, env)
+    batch_size, preprocess, metrics, np = evaluation_options(batch_size, preprocess, metrics, np)
+    if np and not env.is_launched:
+        return _evaluate_on_workers(options, np)
+    _warn_np_ignored(np, env)
     log.import_tensorflow(False)
 
     from distft.files import write_json
@@ -91,12 +91,12 @@ def evaluate(model: str, data: str, batch_size: int = 256, label: str = "label",
 
     import_modules(import_)
     worker, ds = _open(data, label, x_key, y_key)
-    ft = worker.all_ok(lambda: prepare(model, unfreeze="all", metrics=checked.metrics,
+    ft = worker.all_ok(lambda: prepare(model, unfreeze="all", metrics=metrics,
                                        unsafe_deserialization=unsafe_deserialization,
                                        target_shape=ds.schema.target_shape))
     _count(worker, ds, ft.model, model, classes)
     worker.all_ok(lambda: check_fit(ft, ds))
-    feed = _feed(checked.preprocess, model, ft.model, ds, worker)
+    feed = _feed(preprocess, model, ft.model, ds, worker)
     ft.model.compile(loss=ft.loss, metrics=worker.all_ok(lambda: compiled(ft)))
     stream = ds.stream(worker.rank, worker.size, batch_size, ft.input_shape, training=False,
                        preprocess=feed)

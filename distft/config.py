@@ -1,7 +1,10 @@
-"""Training options: one dataclass, merged from a YAML file and flags, then checked.
+"""Training options: one frozen dataclass, merged from a YAML file and flags, every derived
+value decided (`jit` from $DISTFT_JIT), then checked. Nothing changes it afterwards: a run
+folder chosen later (`with_run_folder`) is a new object.
 
 Example:
     cfg = TrainConfig.resolve(config="sweep.yaml", epochs=5, lr=3e-4)
+    cfg = cfg.with_run_folder()            # runs/MODEL-DATE-TIME unless --output_dir was given
     cfg.save("runs/a/config.yaml")
 """
 from __future__ import annotations
@@ -12,11 +15,13 @@ import keyword
 import os
 import re
 from dataclasses import dataclass, field
-from typing import Any, Optional, Union, get_args, get_origin, get_type_hints
+from typing import Any, Callable, Optional, Union, get_args, get_origin, get_type_hints
 
 import yaml
 
 from distft.errors import DistftError
+from distft.files import load_yaml
+from distft.model.families import PREPROCESSING
 
 OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
 SCHEDULES = ("constant", "cosine")
@@ -24,15 +29,11 @@ COMPRESSIONS = ("none", "fp16")
 ALLREDUCES = ("overlap", "group")
 JITS = ("auto", "on", "off")
 CONTROLLERS = ("gloo", "mpi")
-PREPROCESSING = ("auto", "scale", "none", "convnext", "densenet", "efficientnet", "efficientnet_v2",
-                 "inception_resnet_v2", "inception_v3", "mobilenet", "mobilenet_v2", "mobilenet_v3",
-                 "nasnet", "regnet", "resnet", "resnet50", "resnet_rs", "resnet_v2", "vgg16", "vgg19",
-                 "xception")
 AUGMENTATIONS = ("flip", "crop", "rotate", "color")
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 
 
-@dataclass
+@dataclass(frozen=True)
 class TrainConfig:
     """Everything `distft train` accepts. Each field is also a `--flag` and a YAML key."""
 
@@ -176,9 +177,19 @@ class TrainConfig:
         values.update(flags)
         values = {field_name(k): v for k, v in values.items()}
         check_names(values, cls)
-        cfg = cls(**{k: coerce(cls, k, v) for k, v in values.items()})
+        values = {k: coerce(cls, k, v) for k, v in values.items()}
+        values["jit"] = _jit(values.get("jit"), values.get("sync_bn", False))
+        cfg = cls(**values)
         cfg.check()
         return cfg
+
+    def with_run_folder(self, agree: Callable[[Callable[[], str]], str] = lambda choose: choose()
+                        ) -> TrainConfig:
+        """This configuration with its run folder decided: --output_dir, else
+        `runs/MODEL-DATE-TIME`, chosen once (`agree`: rank 0's choice for all workers)."""
+        if self.output_dir:
+            return self
+        return dataclasses.replace(self, output_dir=agree(lambda: default_output_dir(self.model)))
 
     def check(self) -> None:
         """Raise DistftError for values no run could use."""
@@ -189,9 +200,7 @@ class TrainConfig:
                     "grad_accum": self.grad_accum, "log_every": self.log_every,
                     "steps_per_execution": self.steps_per_execution}
         for name, value in positive.items():
-            if value <= 0:
-                raise DistftError(f"--{name} must be positive, got {value}: pass e.g. "
-                                  f"--{name}={getattr(TrainConfig, name)}")
+            _positive(name, value)
         if not 0.0 <= self.val_split < 1.0:
             raise DistftError(f"--val_split must be in [0, 1), got {self.val_split}")
         if self.val_split and self.val_data:
@@ -204,21 +213,12 @@ class TrainConfig:
             raise DistftError("--warmup_epochs, --keep_checkpoints and --shuffle_buffer must be >= 0")
         if self.threads is not None and self.threads < 1:
             raise DistftError(f"--threads must be at least 1, got {self.threads}")
-        if self.np is not None and self.np < 1:
-            raise DistftError(f"--np must be at least 1, got {self.np}")
-        if self.jit is None:  # a site's default; --sync_bn's allreduce cannot compile, so not there
-            self.jit = "auto" if self.sync_bn else os.environ.get("DISTFT_JIT", "auto")
-            if self.jit not in JITS:
-                raise DistftError(f"DISTFT_JIT={self.jit} is not one of {'|'.join(JITS)}: fix or "
-                                  "unset the variable")
-        self.jit = {"true": "on", "false": "off"}.get(str(self.jit).lower(), str(self.jit))  # bare --jit
+        _workers(self.np)
         for name, allowed in (("optimizer", OPTIMIZERS), ("schedule", SCHEDULES),
                               ("compression", COMPRESSIONS), ("controller", CONTROLLERS),
                               ("allreduce", ALLREDUCES), ("jit", JITS)):
-            if getattr(self, name) not in allowed:
-                raise DistftError(f"--{name}={getattr(self, name)} is not one of {'|'.join(allowed)}")
-        if self.preprocess not in PREPROCESSING:
-            raise DistftError(f"--preprocess={self.preprocess} is not one of {'|'.join(PREPROCESSING)}")
+            _one_of(name, getattr(self, name), allowed)
+        _one_of("preprocess", self.preprocess, PREPROCESSING)
         unknown = sorted(set(self.augment or ()) - set(AUGMENTATIONS))
         if unknown:
             raise DistftError(f"--augment={','.join(self.augment)}: {', '.join(unknown)} unknown; "
@@ -290,37 +290,6 @@ class TrainConfig:
         if self.elastic_timeout < 1:
             raise DistftError(f"--elastic_timeout must be at least 1 second, got {self.elastic_timeout}: "
                               f"pass e.g. --elastic_timeout={TrainConfig.elastic_timeout}")
-        if not self.elastic:
-            return
-        from distft.launch.environment import detect
-
-        if detect().is_launched:  # a worker: its launcher has the hosts and the counts
-            return
-        if self.np is None:
-            raise DistftError("--min_np, --max_np and --host_discovery make an --np job elastic: "
-                              "pass --np=N too")
-        low = self.np if self.min_np is None else self.min_np
-        high = self.np if self.max_np is None else self.max_np
-        if not 1 <= low <= self.np <= high:
-            raise DistftError(f"elastic workers need --min_np <= --np <= --max_np, got {low} <= "
-                              f"{self.np} <= {high}: pass e.g. --min_np={max(1, self.np - 1)}")
-        if self.controller != "gloo":
-            raise DistftError("elastic mode (--min_np/--max_np/--host_discovery) runs on Gloo "
-                              "only: pass --controller=gloo")
-        if self.hosts and self.host_discovery:
-            raise DistftError("--hosts and --host_discovery exclude each other: pass one")
-        if self.host_discovery:
-            if not os.path.isfile(self.host_discovery):
-                raise DistftError(f"--host_discovery={self.host_discovery} does not exist: pass "
-                                  "the path of a script that prints host:slots lines")
-            if not os.access(self.host_discovery, os.X_OK):
-                raise DistftError(f"--host_discovery={self.host_discovery} is not executable: "
-                                  f"chmod +x {self.host_discovery}")
-        elif len({h.split(":")[0] for h in (self.hosts or "").split(",")}) < 2:
-            raise DistftError("elastic mode needs at least 2 hosts (a lost worker takes its whole "
-                              "host out of the job): pass --hosts=h1:N,h2:N,... or "
-                              "--host_discovery=SCRIPT")
-
     def _check_tensorboard(self) -> None:
         if self.histograms < 0:
             raise DistftError(f"--histograms must be >= 0 (epochs between histograms; 0: off), "
@@ -358,6 +327,44 @@ class TrainConfig:
         os.replace(tmp, path)
 
 
+def evaluation_options(batch_size: Any, preprocess: str, metrics: Any, np: Any
+                       ) -> tuple[int, str, Optional[tuple], Optional[int]]:
+    """`distft evaluate`'s and `predict`'s options that train shares, coerced and checked as
+    train's: (batch_size, preprocess, metrics, np)."""
+    batch_size, metrics, np = (coerce(TrainConfig, n, v) for n, v in
+                               (("batch_size", batch_size), ("metrics", metrics), ("np", np)))
+    _positive("batch_size", batch_size)
+    _one_of("preprocess", preprocess, PREPROCESSING)
+    _workers(np)
+    return batch_size, preprocess, metrics, np
+
+
+def _positive(name: str, value: float) -> None:
+    if value <= 0:
+        raise DistftError(f"--{name} must be positive, got {value}: pass e.g. "
+                          f"--{name}={getattr(TrainConfig, name)}")
+
+
+def _one_of(name: str, value: Any, allowed: tuple) -> None:
+    if value not in allowed:
+        raise DistftError(f"--{name}={value} is not one of {'|'.join(allowed)}")
+
+
+def _workers(np: Optional[int]) -> None:
+    if np is not None and np < 1:
+        raise DistftError(f"--np must be at least 1, got {np}")
+
+
+def _jit(jit: Optional[str], sync_bn: bool) -> str:
+    """--jit, else the site's default $DISTFT_JIT (not with --sync_bn, whose allreduce cannot
+    compile), else auto; a bare --jit is on."""
+    if jit is None:
+        jit = "auto" if sync_bn else os.environ.get("DISTFT_JIT", "auto")
+        if jit not in JITS:
+            raise DistftError(f"DISTFT_JIT={jit} is not one of {'|'.join(JITS)}: fix or unset the variable")
+    return {"true": "on", "false": "off"}.get(str(jit).lower(), str(jit))
+
+
 def default_output_dir(model: str) -> str:
     """`runs/<model name>-<date>-<time>`: the run folder when --output_dir is not given."""
     import time
@@ -374,24 +381,6 @@ def field_name(option: str) -> str:
 def option_name(name: str) -> str:
     """The flag and YAML name of a TrainConfig field: the field `import_` is `--import`."""
     return name[:-1] if name.endswith("_") and keyword.iskeyword(name[:-1]) else name
-
-
-def load_yaml(path: str) -> dict[str, Any]:
-    """Read a YAML mapping of option names to values."""
-    try:
-        with open(path) as f:
-            data = yaml.safe_load(f)
-    except FileNotFoundError:
-        raise DistftError(f"config file {path} does not exist: check --config") from None
-    except yaml.YAMLError as e:
-        where = getattr(e, "problem_mark", None)
-        line = f" at line {where.line + 1}" if where else ""
-        raise DistftError(f"config file {path} is not valid YAML{line}: fix its syntax") from None
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise DistftError(f"config file {path} must be a mapping of option: value")
-    return data
 
 
 # Names other tools use for our options, for the "did you mean" hint.

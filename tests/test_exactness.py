@@ -8,7 +8,7 @@ import tensorflow as tf
 
 from distft.train import seeds, sync_bn
 from distft.train.callbacks.resumed import ResumedRun
-from distft.train.phases import differing_layers
+from distft.train.report import differing_layers
 
 
 def dropout_model():
@@ -124,8 +124,8 @@ def test_a_weight_without_gradient_stays_bit_identical_under_adamw(accumulate):
     model = keras.Model(inputs, keras.layers.Dense(1)(Spare(name="spare")(inputs)))
     model.compile(optimizer=keras.optimizers.AdamW(0.05, weight_decay=0.5), loss="mse",
                   jit_compile=False)
-    averager = GradientAverager(1, model.trainable_variables, accumulate)
-    model.train_step = averager.train_step(model)
+    averager = GradientAverager(model.trainable_variables, accumulate)
+    model.train_step = averager.train_step(model, size=1)
     x = np.random.default_rng(0).random((32, 4)).astype(np.float32)
     model.fit(x, x.sum(axis=1, keepdims=True), batch_size=8, epochs=2, verbose=0)
     layer = model.get_layer("spare")
@@ -147,8 +147,8 @@ def test_the_xla_step_compiles_its_compute_and_ends_where_the_plain_step_ends():
         hidden = keras.layers.Dense(8, activation="relu")(keras.layers.BatchNormalization()(inputs))
         model = keras.Model(inputs, keras.layers.Dense(1)(Spare(name="spare")(hidden)))
         model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="mse", jit_compile=False)
-        averager = GradientAverager(1, model.trainable_variables, jit=jit)
-        model.train_step = averager.train_step(model)
+        averager = GradientAverager(model.trainable_variables, jit=jit)
+        model.train_step = averager.train_step(model, size=1)
         x = np.random.default_rng(0).random((64, 4)).astype(np.float32)
         start = model.get_weights()
         model.fit(x, x.sum(axis=1, keepdims=True), batch_size=8, epochs=2, verbose=0, shuffle=False)
@@ -170,9 +170,9 @@ import horovod.tensorflow as hvd
 from distft.train.step import GradientAverager
 
 hvd.init()
-averager = GradientAverager(hvd.size(), [], compression="fp16")
+averager = GradientAverager([], compression="fp16")
 grad = tf.fill([4], 40000.0)  # a loss-scaled gradient that fits fp16 (max 65504) on each worker
-mean = averager.allreduce([grad])[0].numpy()
+mean = averager.allreduce([grad], hvd.size())[0].numpy()
 naive = hvd.allreduce(grad, op=hvd.Average, compression=hvd.Compression.fp16).numpy()
 if hvd.rank() == 0:
     print("fp16 mean", mean.tolist(), "sum-then-divide", naive.tolist())

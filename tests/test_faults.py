@@ -70,21 +70,21 @@ def test_sigterm_mid_epoch_then_resume_ends_with_the_uninterrupted_weights(demo_
     assert job.wait(60) == 75, job.out[-3000:]
     line = one_line(job.out, "distft: stopped:")
     _, state = CheckpointStore(os.path.join(run_dir, "checkpoints")).latest()
-    assert state["stopped_by"] == "SIGTERM" and state["epoch"] in (2, 3), state
-    assert 0 < state["step_in_epoch"] < 400, state  # mid-epoch, the case under test
+    assert state.stopped_by == "SIGTERM" and state.epoch in (2, 3), state
+    assert 0 < state.step_in_epoch < 400, state  # mid-epoch, the case under test
     assert "SIGTERM received" in line and \
-        f"--resume to continue from epoch {state['epoch'] + 1} step {state['step_in_epoch'] + 1}" in line
+        f"--resume to continue from epoch {state.epoch + 1} step {state.step_in_epoch + 1}" in line
     assert not os.path.exists(os.path.join(run_dir, "model.keras"))
 
     resumed = Job([DISTFT, *args(run_dir), "--np=2", "--resume"], str(tmp_path / "log2"))
     assert resumed.wait(180) == 0, resumed.out[-3000:]
-    assert f"(epoch {state['epoch'] + 1} from step {state['step_in_epoch'] + 1} of 400)" in resumed.out
+    assert f"(from epoch {state.epoch + 1} step {state.step_in_epoch + 1} of 400)" in resumed.out
     straight = str(tmp_path / "straight")
     whole = horovodrun(args(straight))
     assert whole.code == 0, whole.out[-3000:]
     a, b = weights_by_layer(os.path.join(run_dir, "model.keras")), \
         weights_by_layer(os.path.join(straight, "model.keras"))
-    print(f"stopped at epoch {state['epoch'] + 1} step {state['step_in_epoch']}; resumed vs never "
+    print(f"stopped at epoch {state.epoch + 1} step {state.step_in_epoch}; resumed vs never "
           f"stopped: largest weight difference {max(np.abs(x - y).max() for l in a for x, y in zip(a[l], b[l])):.3g}")
     for layer in a:
         for x, y in zip(a[layer], b[layer]):
@@ -107,8 +107,8 @@ def test_sigusr1_to_one_worker_stops_all_at_the_same_step(demo_data, tmp_path, c
     from distft.train.checkpoint import CheckpointStore
 
     _, state = CheckpointStore(os.path.join(run_dir, "checkpoints")).latest()
-    assert state["stopped_by"] == "SIGUSR1"  # rank 0 saw no signal: the workers agreed
-    assert state["step_in_epoch"] % 10 == 0 or state["step_in_epoch"] == 0
+    assert state.stopped_by == "SIGUSR1"  # rank 0 saw no signal: the workers agreed
+    assert state.step_in_epoch % 10 == 0 or state.step_in_epoch == 0
 
 
 @pytest.mark.parametrize("attempt", range(3))  # a race before: repeat it
@@ -124,7 +124,7 @@ def test_ctrl_c_is_a_stop_request_every_time(demo_data, tmp_path, attempt):
     from distft.train.checkpoint import CheckpointStore
 
     _, state = CheckpointStore(os.path.join(run_dir, "checkpoints")).latest()
-    assert state["stopped_by"] == "Ctrl-C (SIGINT)" and state["epoch"] >= 1 + attempt
+    assert state.stopped_by == "Ctrl-C (SIGINT)" and state.epoch >= 1 + attempt
 
 
 def test_a_second_ctrl_c_stops_at_once(demo_data, tmp_path):

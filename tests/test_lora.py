@@ -154,7 +154,7 @@ def test_ctrl_c_and_resume_on_two_workers(transformer, tmp_path):
     assert "LoRA rank 4, alpha 4, on 7 layers" in job.out
     start_loss = validation_loss_before(job.out)
     stopped, state = CheckpointStore(os.path.join(run_dir, "checkpoints")).latest()
-    assert state["epoch"] < 6
+    assert state.epoch < 6
 
     # What --resume restores: the checkpoint's factors, trained (B non-zero), not zeros.
     ft = lora_model(transformer)

@@ -93,7 +93,7 @@ def test_distft_train_step_is_traced_once():
     optimizer.build(model.trainable_variables)  # as distft builds it, before compile
     model.compile(optimizer=optimizer, loss="sparse_categorical_crossentropy", metrics=["accuracy"],
                   jit_compile=False)
-    step, traces = GradientAverager(1, model.trainable_variables, accumulate=2).train_step(model), []
+    step, traces = GradientAverager(model.trainable_variables, accumulate=2).train_step(model, size=1), []
     model.train_step = lambda data: (traces.append(1), step(data))[1]  # runs once per trace
     stream = tf.data.Dataset.from_tensor_slices(
         (np.ones((8, 6), np.float32), np.arange(8) % 3)).batch(4, drop_remainder=True).repeat()

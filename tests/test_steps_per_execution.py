@@ -70,13 +70,14 @@ def test_each_call_stops_at_its_epochs_end_and_callbacks_see_the_true_batches():
 def test_commits_and_stop_checks_fall_on_the_first_call_end_at_or_after_their_step():
     from distft.train.callbacks.stopping import GracefulStop, StopRequested, StopSignals
     from distft.train.elastic import Commit
+    from distft.train.state import RunState
 
     class State:  # an ElasticState's part that Commit uses
         def __init__(self):
-            self.extra, self.commits = {"steps_run": 7}, []
+            self.run, self.commits = RunState(steps_run=7), []
 
-        def commit_at(self, epoch, skip, steps):
-            self.commits.append((epoch, skip, steps))
+        def commit_at(self, position, steps_run):
+            self.commits.append((position.epoch, position.skip, position.steps))
 
     def drive(callback, first=0):
         callback.on_epoch_begin(0)
@@ -132,12 +133,12 @@ def test_four_steps_a_call_stopped_and_resumed_ends_where_one_step_a_call_ends(d
     os.kill(job.worker_pid(1), signal.SIGTERM)
     assert job.wait(120) != 0
     _, state = CheckpointStore(os.path.join(run_dir, "checkpoints")).latest()
-    assert (state["stopped_by"], state["epoch"], state["step_in_epoch"]) == ("SIGTERM", 0, 12), state
+    assert (state.stopped_by, state.epoch, state.step_in_epoch) == ("SIGTERM", 0, 12), state
     assert "stopped at epoch 1 step 12" in one_line(job.out, "distft: stopped:")
 
     resumed = horovodrun([*train(demo_data, run_dir, N), "--resume", "--profile=15:22"], timeout=240)
     assert resumed.code == 0, resumed.out[-3000:]
-    assert "(epoch 1 from step 13 of 30)" in resumed.out
+    assert "(from epoch 1 step 13 of 30)" in resumed.out
     assert "profiler: steps 13-24 traced" in resumed.out  # the calls that hold steps 15-22
     assert os.listdir(os.path.join(run_dir, "tensorboard", "plugins", "profile"))
     whole = horovodrun(train(demo_data, straight, 1), timeout=240)

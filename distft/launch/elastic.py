@@ -18,6 +18,8 @@ import tempfile
 from dataclasses import dataclass, replace
 from typing import Iterator, Optional
 
+from distft.errors import DistftError
+
 
 # Seconds after which a worker waiting on a silent peer gives the peer up (Gloo's default is
 # 30). A dead worker's direct peers notice at once (the connection breaks), but a survivor that
@@ -37,8 +39,35 @@ class Elastic:
 
     @classmethod
     def of(cls, cfg) -> Optional[Elastic]:
-        """The elastic options of a TrainConfig, or None for a fixed-size job."""
-        return cls(cfg.min_np, cfg.max_np, cfg.host_discovery, cfg.elastic_timeout) if cfg.elastic else None
+        """The elastic options of a TrainConfig for the workers that `--np` starts, checked
+        (one error line for options no launch could use), or None for a fixed-size job."""
+        if not cfg.elastic:
+            return None
+        if cfg.np is None:
+            raise DistftError("--min_np, --max_np and --host_discovery make an --np job elastic: "
+                              "pass --np=N too")
+        low = cfg.np if cfg.min_np is None else cfg.min_np
+        high = cfg.np if cfg.max_np is None else cfg.max_np
+        if not 1 <= low <= cfg.np <= high:
+            raise DistftError(f"elastic workers need --min_np <= --np <= --max_np, got {low} <= "
+                              f"{cfg.np} <= {high}: pass e.g. --min_np={max(1, cfg.np - 1)}")
+        if cfg.controller != "gloo":
+            raise DistftError("elastic mode (--min_np/--max_np/--host_discovery) runs on Gloo "
+                              "only: pass --controller=gloo")
+        if cfg.hosts and cfg.host_discovery:
+            raise DistftError("--hosts and --host_discovery exclude each other: pass one")
+        if cfg.host_discovery:
+            if not os.path.isfile(cfg.host_discovery):
+                raise DistftError(f"--host_discovery={cfg.host_discovery} does not exist: pass "
+                                  "the path of a script that prints host:slots lines")
+            if not os.access(cfg.host_discovery, os.X_OK):
+                raise DistftError(f"--host_discovery={cfg.host_discovery} is not executable: "
+                                  f"chmod +x {cfg.host_discovery}")
+        elif len({h.split(":")[0] for h in (cfg.hosts or "").split(",")}) < 2:
+            raise DistftError("elastic mode needs at least 2 hosts (a lost worker takes its whole "
+                              "host out of the job): pass --hosts=h1:N,h2:N,... or "
+                              "--host_discovery=SCRIPT")
+        return cls(cfg.min_np, cfg.max_np, cfg.host_discovery, cfg.elastic_timeout)
 
     @contextlib.contextmanager
     def resolved(self, hosts: Optional[str]) -> Iterator[Elastic]:

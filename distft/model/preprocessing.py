@@ -25,7 +25,8 @@ from keras.src.layers.preprocessing.image_preprocessing.base_image_preprocessing
     BaseImagePreprocessingLayer)
 
 from distft import log
-from distft.config import PREPROCESSING, load_yaml
+from distft.files import load_yaml
+from distft.model.families import PREPROCESSING
 from distft.data.formats import Schema
 from distft.model.unfreeze import flatten
 

@@ -2,12 +2,12 @@
 one found for `--resume`, old ones pruned to `keep`.
 
 A checkpoint folder `checkpoints/epoch-0003/` holds a TensorFlow checkpoint of the model and
-optimizer (state `ckpt.*`) and `state.json` (the epoch reached and other run state).
+optimizer (state `ckpt.*`) and `state.json` (the run's `RunState`: the epoch reached and the rest).
 
 Example:
     store = CheckpointStore("runs/a/checkpoints", keep=3)
-    store.save(tf.train.Checkpoint(model=model, optimizer=opt), {"epoch": 3})
-    latest = store.latest()       # ("runs/a/checkpoints/epoch-0003", {"epoch": 3})
+    store.save(tf.train.Checkpoint(model=model, optimizer=opt), RunState(epoch=3))
+    latest = store.latest()       # ("runs/a/checkpoints/epoch-0003", RunState(epoch=3, ...))
 """
 from __future__ import annotations
 
@@ -19,6 +19,8 @@ from typing import Optional
 
 import tensorflow as tf
 
+from distft.train.state import RunState
+
 _NAME = re.compile(r"^epoch-(\d+)$")
 
 
@@ -26,15 +28,15 @@ class CheckpointStore:
     def __init__(self, folder: str, keep: int = 3):
         self.folder, self.keep = folder, keep
 
-    def save(self, checkpoint: tf.train.Checkpoint, state: dict) -> str:
-        """Write checkpoint + state for `state['epoch']`; return the final folder."""
+    def save(self, checkpoint: tf.train.Checkpoint, state: RunState) -> str:
+        """Write checkpoint + state for `state.epoch`; return the final folder."""
         os.makedirs(self.folder, exist_ok=True)
-        final = os.path.join(self.folder, f"epoch-{state['epoch']:04d}")
-        tmp = os.path.join(self.folder, f".tmp-epoch-{state['epoch']:04d}-{os.getpid()}")
+        final = os.path.join(self.folder, f"epoch-{state.epoch:04d}")
+        tmp = os.path.join(self.folder, f".tmp-epoch-{state.epoch:04d}-{os.getpid()}")
         shutil.rmtree(tmp, ignore_errors=True)
         checkpoint.write(os.path.join(tmp, "ckpt"))
         with open(os.path.join(tmp, "state.json"), "w") as f:
-            json.dump(state, f)
+            json.dump(state.to_json(), f)
         if os.path.exists(final):  # the same epoch again (a resumed run): replace it whole
             old = final + f".old-{os.getpid()}"
             os.replace(final, old)
@@ -57,13 +59,13 @@ class CheckpointStore:
                 found.append((int(m.group(1)), path))
         return sorted(found)
 
-    def latest(self) -> Optional[tuple[str, dict]]:
+    def latest(self) -> Optional[tuple[str, RunState]]:
         """The newest complete checkpoint folder and its state, or None."""
         for _, path in reversed(self.complete()):
             try:
                 with open(os.path.join(path, "state.json")) as f:
-                    return path, json.load(f)
-            except (OSError, ValueError):
+                    return path, RunState.from_json(json.load(f))
+            except (OSError, ValueError, TypeError):
                 continue  # unreadable state: fall back to an older checkpoint
         return None
 

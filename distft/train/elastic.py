@@ -17,11 +17,12 @@ on any failed Horovod collective.
 Example (under `horovodrun -np 3 --min-np 2 ...`, which sets HOROVOD_ELASTIC=1):
     metrics = run(cfg, Worker.start())   # train/trainer.py's run does this in elastic mode
 
-    state = ElasticState(worker, variables, epoch=0, skip=0, steps=100)   # the parts, alone
+    state = ElasticState(worker, variables, RunState(steps_per_epoch=100))   # the parts, alone
     history = train(state, attempt, reset=on_new_workers)   # attempt's callbacks: Commit(state, ...)
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import time
@@ -36,9 +37,13 @@ from distft.config import TrainConfig
 from distft.errors import DistftError
 from distft.train import optim
 from distft.train.callbacks.steps import StepCounter, crossed
-from distft.train.phases import (Callbacks, Job, announce, build, callbacks, finish, fit, inputs,
-                                 open_job, restore, steps_for, sync)
+from distft.train.phases import fit, inputs, restore, sync
+from distft.train.report import announce, finish
+from distft.train.run_callbacks import callbacks
 from distft.train.runtime import Worker
+from distft.train.setup import Setup
+from distft.train.state import Position, RunState
+from distft.train.trainee import Trainee
 
 # A failed Horovod op (HorovodAllreduce, HorovodGroupedAllreduce, HorovodAllgather, ...) or its
 # Gloo transport: a peer is gone.
@@ -61,43 +66,40 @@ def lost_peer(error: BaseException) -> bool:
 
 
 class ElasticState(State):
-    """The training state of the last commit, in host memory: the values of `variables` and
-    where the run was (epoch, steps done in it, steps per epoch then), plus `extra` objects
-    the workers share (broadcast from rank 0 on sync). Horovod's `State` adds the listening for
-    host changes: `commit` raises `HostsUpdatedInterrupt` on every worker at the same commit."""
+    """The training state of the last commit, in host memory: the values of `variables` and the
+    run's `RunState` (where it was, and what the workers share: broadcast from rank 0 on sync).
+    Horovod's `State` adds the listening for host changes: `commit` raises
+    `HostsUpdatedInterrupt` on every worker at the same commit."""
 
-    def __init__(self, worker: Worker, variables: list, epoch: int, skip: int, steps: int,
-                 extra: Optional[dict] = None):
+    def __init__(self, worker: Worker, variables: list, run: RunState):
         super().__init__(bcast_object=worker.broadcast, get_rank=lambda: worker.rank)
-        self.worker, self.variables = worker, variables
-        self.position = (epoch, skip, steps)
-        self.extra = dict(extra or {})
+        self.worker, self.variables, self.run = worker, variables, run
         self.commits, self.commit_seconds = 0, 0.0  # this worker's, for metrics.json
         self.save()
 
     @property
-    def committed(self) -> tuple[int, int, int]:
-        """(epoch, steps done in it, steps per epoch) of the last commit."""
-        return self._saved[0]
+    def committed(self) -> RunState:
+        """The run's state at the last commit."""
+        return self._saved
 
     def save(self) -> None:
         self._values = [np.array(v.numpy(), copy=True) for v in self.variables]
-        self._saved = (self.position, dict(self.extra))
+        self._saved = self.run
 
     def restore(self) -> None:
         for v, value in zip(self.variables, self._values):
             v.assign(value)
-        self.position, self.extra = self._saved[0], dict(self._saved[1])
+        self.run = self._saved
 
     def sync(self) -> None:
-        """Rank 0's variables, position and extras on every worker."""
+        """Rank 0's variables and run state on every worker."""
         self.worker.broadcast_variables(self.variables)
-        self.position, self.extra = self.worker.broadcast((self.position, self.extra))
+        self.run = self.worker.broadcast(self.run)
         self.save()
 
-    def commit_at(self, epoch: int, skip: int, steps: int) -> None:
-        """Commit at step `skip` of `epoch` (`steps` per epoch)."""
-        self.position = (epoch, skip, steps)
+    def commit_at(self, position: Position, steps_run: int) -> None:
+        """Commit at `position`, with `steps_run` steps trained over all attempts."""
+        self.run = self.run.at(position, steps_run=steps_run)
         started = time.perf_counter()
         try:
             self.commit()
@@ -109,14 +111,14 @@ class ElasticState(State):
 class Commit(StepCounter):
     """Commits `state` every `every` steps (with --steps_per_execution, at the first execution
     end at or after each multiple) and at every epoch's end; last in the callbacks, so every
-    other callback's work on the step is in the commit. The state's extra `steps_run` counts
-    the steps trained over all attempts (TensorBoard's step, which goes on after a reset
-    although an epoch's steps change with the number of workers)."""
+    other callback's work on the step is in the commit. It counts `steps_run`, the steps
+    trained over all attempts (TensorBoard's step, which goes on after a reset although an
+    epoch's steps change with the number of workers)."""
 
     def __init__(self, state: ElasticState, every: int, steps: int):
         super().__init__()
         self.state, self.every, self.steps = state, every, steps
-        self.steps_run = state.extra["steps_run"]
+        self.steps_run = state.run.steps_run
 
     def on_epoch_begin(self, epoch, logs=None):
         self.epoch = epoch
@@ -125,14 +127,10 @@ class Commit(StepCounter):
         done, ran = batch + 1, self.ran(batch)
         self.steps_run += ran
         if crossed(done, ran, self.every) and done < self.steps:  # the epoch's end commits the last
-            self._commit(self.epoch, done)
+            self.state.commit_at(Position(self.epoch, done, self.steps), self.steps_run)
 
     def on_epoch_end(self, epoch, logs=None):
-        self._commit(epoch + 1, 0)
-
-    def _commit(self, epoch: int, skip: int) -> None:
-        self.state.extra["steps_run"] = self.steps_run
-        self.state.commit_at(epoch, skip, self.steps)
+        self.state.commit_at(Position(epoch + 1, 0, self.steps), self.steps_run)
 
 
 def train(state: ElasticState, attempt: Callable[[], Any], reset: Callable[[str], None],
@@ -155,9 +153,8 @@ def train(state: ElasticState, attempt: Callable[[], Any], reset: Callable[[str]
             except Exception as e:  # noqa: BLE001 - only a failed collective is handled
                 if not lost_peer(e):
                     raise
-                epoch, skip, steps = state.committed
-                log.info("a collective failed (a worker lost?): back to the commit at epoch %d "
-                         "step %d/%d", epoch + 1, skip, steps)
+                log.info("a collective failed (a worker lost?): back to the commit at %s",
+                         state.committed.position.next_step())
                 state.restore()
                 restored()
                 skip_sync, why = False, "worker lost"
@@ -180,85 +177,64 @@ def run(cfg: TrainConfig, worker: Worker) -> dict[str, Any]:
         # worker crash in hvd.init() (SIGSEGV) instead of going on.
         raise DistftError("HOROVOD_FUSION_THRESHOLD is set, and Horovod 0.28.1 crashes on an elastic "
                           "reset when it is: unset it for elastic jobs (Horovod's 128 MB applies)")
-    job = open_job(cfg, worker.alone())
-    build(job)
-    _resized(job, worker.size)
-    restore(job)
-    job.worker = worker
-    state = ElasticState(worker, job.trained_variables(), job.epoch, job.skip, job.steps,
-                         {"before": {}, "announced": False, "size": None, "lr_offset": 0.0,
-                          "resets": 0, "steps_run": job.done})
+    alone = worker.alone()
+    setup = Setup.open(cfg, alone)
+    trainee = Trainee.build(setup, alone)
+    state = ElasticState(worker, trainee.trained_variables(), restore(setup, trainee, alone, worker.size))
+    placement: list[str] = []  # the last attempt's, for the log of what changed
 
-    def attempt() -> tuple[Any, Callbacks]:
-        before = job.placement
-        _go_on_from(job, state)
-        sync(job, broadcast=False)
+    def attempt() -> tuple[Any, Any, RunState]:
+        nonlocal placement
+        size, steps, run = worker.size, trainee.steps(worker.size), state.run
+        position = run.position.rescaled(steps)
+        if run.size != size:  # once per size; the same figures on every worker (rank 0's state)
+            run = dataclasses.replace(run, size=size, lr_offset=optim.offset(
+                cfg, steps, position.epoch + position.skip / steps, int(trainee.optimizer.iterations.numpy())))
+        trainee.optimizer.learning_rate = optim.schedule(cfg, size, steps, run.lr_offset)
+        before, placement = placement, sync(setup, trainee, worker, position, broadcast=False)
         previous = worker.gather(worker.previous_rank)
-        if not state.extra["announced"]:
-            if job.setup_error:
-                raise job.setup_error
-            announce(job)
-            state.extra["announced"] = True
+        if not run.announced:
+            if setup.refused:
+                raise setup.refused
+            announce(setup, trainee, worker, run.at(position), placement)
+            run = dataclasses.replace(run, announced=True)
         elif worker.rank == 0:
-            _log_change(job, before, previous)
-        data = inputs(job)
-        cbs = callbacks(job, data, (Commit(state, cfg.commit_every, job.steps),))
-        state.extra["before"] = job.before
-        state.commit_at(job.epoch, job.skip, job.steps)  # the start, announced and validated
+            _log_change(position, size, before, placement, previous)
+        data = inputs(setup, trainee, worker, position)
+        cbs = callbacks(setup, trainee, worker, run.at(position), data.model, placement,
+                        (Commit(state, cfg.commit_every, steps),))
+        state.run = dataclasses.replace(run, before=cbs.before)
+        state.commit_at(position, run.steps_run)  # the start, announced and validated
         try:
-            return fit(job, data, cbs), cbs
+            return fit(setup, position, data, cbs), cbs, state.run
         except BaseException:
             if cbs.tensorboard:  # a reset or an error: this fit's writers are done
                 cbs.tensorboard.on_train_end()
             raise
 
     def reset(why: str) -> None:
-        state.extra["resets"] += 1
-        _resized(job, worker.size)
+        state.run = dataclasses.replace(state.run, resets=state.run.resets + 1)
 
     def rescue() -> None:  # rank 0 before the failure, if it lives: --resume goes on from the commit
-        epoch, skip, steps = state.committed
-        if worker.rank == 0 and state.extra["announced"]:
-            job.folder.checkpoints.save(job.checkpoint, {
-                "epoch": epoch, "stage": job.plan.index_at(epoch), "step_in_epoch": skip,
-                "steps_per_epoch": steps, "stopped_by": "a lost worker"})
+        committed = state.committed
+        if worker.rank == 0 and committed.announced:
+            setup.folder.checkpoints.save(trainee.checkpoint, dataclasses.replace(
+                committed, stage=trainee.plan.index_at(committed.epoch), stopped_by="a lost worker"))
 
-    history, cbs = train(state, attempt, reset, rescue)
-    return finish(job, history, cbs, {"elastic": {
-        "resets": state.extra["resets"], "commits": state.commits,
+    history, cbs, started = train(state, attempt, reset, rescue)
+    return finish(setup, trainee, worker, started, history, cbs, {"elastic": {
+        "resets": state.run.resets, "commits": state.commits,
         "commit_ms": 1000 * state.commit_seconds / max(1, state.commits)}})
 
 
-def _resized(job: Job, size: int) -> None:
-    """Steps per epoch and the gradient averager for `size` workers."""
-    job.steps = steps_for(job, size)
-    job.averager.size = size
-
-
-def _go_on_from(job: Job, state: ElasticState) -> None:
-    """Take the last commit's place in the run, on this many workers: the same fraction of
-    its epoch, and (once per size) the learning rate's place in its schedule."""
-    cfg, size = job.cfg, job.worker.size
-    epoch, skip, steps_then = state.position
-    job.epoch, job.skip = epoch, skip * job.steps // steps_then
-    if state.extra["size"] != size:  # the same figures on every worker: all hold rank 0's state
-        state.extra["size"] = size
-        state.extra["lr_offset"] = optim.offset(cfg, job.steps, job.epoch + job.skip / job.steps,
-                                                int(job.optimizer.iterations.numpy()))
-    job.optimizer.learning_rate = optim.schedule(cfg, size, job.steps, state.extra["lr_offset"])
-    job.before = state.extra["before"]
-    job.steps_run = state.extra["steps_run"]
-
-
-def _log_change(job: Job, before: list[str], previous: list[Optional[int]]) -> None:
+def _log_change(position: Position, size: int, before: list[str], placement: list[str],
+                previous: list[Optional[int]]) -> None:
     """Rank 0: which workers were lost or joined (given each one's rank before the reset and
     the placement then), and where training goes on."""
-    host = lambda placement: placement.split(" cores ")[0]
+    host = lambda where: where.split(" cores ")[0]
     lost = [r for r in range(len(before)) if r not in previous]
-    joined = [host(job.placement[r]) for r, p in enumerate(previous) if p is None]
-    where = f"epoch {job.epoch + 1} step {job.skip}/{job.steps}" if job.skip else f"epoch {job.epoch + 1}"
+    joined = [host(placement[r]) for r, p in enumerate(previous) if p is None]
     changes = [f"rank {r} (host {host(before[r])}) lost" for r in lost] + \
               [f"a worker joined (host {h})" for h in joined]
-    size = job.worker.size
     log.warning("%s: continuing with %d worker%s from %s", ", ".join(changes) or "hosts changed",
-                size, "s" if size > 1 else "", where)
+                size, "s" if size > 1 else "", position.next_step())

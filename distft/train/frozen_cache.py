@@ -50,14 +50,14 @@ def split_model(ft: FineTuneModel, plan: Plan, cfg: TrainConfig) -> tuple[keras.
 
 def cached(parts: tuple[keras.Model, keras.Model], ft: FineTuneModel, data: DataSet,
            cfg: TrainConfig, worker: Worker, compile: Callable[[keras.Model], None],
-           steps: int) -> tuple[keras.Model, Callable[..., tf.data.Dataset]]:
+           steps: int, preprocess: str) -> tuple[keras.Model, Callable[..., tf.data.Dataset]]:
     """The model to fit (the trainable rest, compiled by `compile`) and `streams(first,
-    skip=0)`: its stream of cached features, `steps` batches an epoch, from batch `skip` of
-    epoch `first` to the last epoch (as DataSet.stream's)."""
+    skip=0)`: its stream of cached features (the images fed as `preprocess`), `steps` batches
+    an epoch, from batch `skip` of epoch `first` to the last epoch (as DataSet.stream's)."""
     prefix, rest = parts
     started = time.perf_counter()
     stream = data.stream(worker.rank, worker.size, cfg.batch_size, ft.input_shape, training=False,
-                         preprocess=cfg.preprocess)
+                         preprocess=preprocess)
     features, labels = worker.all_ok(lambda: _features(prefix, stream))
     counts = worker.gather(len(labels))
     log.info("cached the frozen prefix's output %s for %d records (%s per worker) in %.1fs: "

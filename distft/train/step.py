@@ -24,9 +24,9 @@ where one worker's value does not (Horovod's `prescale_factor` scales after the 
 
 Example:
     model.compile(optimizer=opt, loss=..., metrics=[...], jit_compile=False)
-    averager = GradientAverager(hvd.size(), plan.variables(), accumulate=4, compression="fp16",
-                                overlap=True, jit=False)
-    model.train_step = averager.train_step(model)
+    averager = GradientAverager(plan.variables(), accumulate=4, compression="fp16", overlap=True,
+                                jit=False)
+    model.train_step = averager.train_step(model, size=hvd.size())   # the workers it averages over
 
 With a `StepClock`, the step also sums its own seconds and the allreduce's (rank health).
 """
@@ -42,13 +42,14 @@ from distft.train.callbacks.rank_health import StepClock
 
 class GradientAverager:
     """Allreduce (and, with `accumulate` > 1, accumulate) gradients for `variables`: every
-    variable that is trainable in some stage of the run."""
+    variable that is trainable in some stage of the run. The number of workers is the step's:
+    given when it is made (`train_step`), so an elastic reset makes a new one."""
 
-    def __init__(self, size: int, variables: list, accumulate: int = 1, compression: str = "none",
+    def __init__(self, variables: list, accumulate: int = 1, compression: str = "none",
                  clock: Optional[StepClock] = None, overlap: bool = True, jit: bool = False):
         import horovod.tensorflow as hvd
 
-        self.hvd, self.size, self.accumulate, self.clock = hvd, size, accumulate, clock
+        self.hvd, self.accumulate, self.clock = hvd, accumulate, clock
         self.overlap, self.jit = overlap, jit
         self.fp16 = compression == "fp16"
         # Checkpointed (`state`), so a resume continues a partly accumulated update exactly.
@@ -59,16 +60,16 @@ class GradientAverager:
         self.state.count = tf.Variable(0, dtype=tf.int64, trainable=False, name="grad_count")
         self._sum_of = {id(v): s for v, s in zip(variables, self.state.sums)}
 
-    def allreduce(self, grads: list[tf.Tensor]) -> list[tf.Tensor]:
-        """The mean of `grads` over all workers: one op per tensor (`overlap`) or one group."""
-        if self.size == 1:
+    def allreduce(self, grads: list[tf.Tensor], size: int) -> list[tf.Tensor]:
+        """The mean of `grads` over all `size` workers: one op per tensor (`overlap`) or one group."""
+        if size == 1:
             return grads
         hvd = self.hvd
         op, compression = (hvd.Sum, hvd.Compression.fp16) if self.fp16 else (hvd.Average, hvd.Compression.none)
 
         def reduce(g: list[tf.Tensor]) -> list[tf.Tensor]:
             if self.fp16:
-                g = [t / self.size for t in g]
+                g = [t / size for t in g]
             if self.overlap:
                 return [hvd.allreduce(t, op=op, compression=compression) for t in g]
             return hvd.grouped_allreduce(g, op=op, compression=compression)
@@ -77,9 +78,10 @@ class GradientAverager:
             return reduce(grads)
         return self.clock.allreduce(reduce, grads, overlapped=self.overlap)
 
-    def apply(self, optimizer: keras.optimizers.Optimizer, grads: list, variables: list) -> None:
-        """Average `grads` of `variables` (now, or every `accumulate` calls) and apply them;
-        variables without a gradient are left out (the same ones on every worker)."""
+    def apply(self, optimizer: keras.optimizers.Optimizer, grads: list, variables: list,
+              size: int) -> None:
+        """Average `grads` of `variables` over `size` workers (now, or every `accumulate` calls)
+        and apply them; variables without a gradient are left out (the same ones on every worker)."""
         pairs = [(tf.convert_to_tensor(g), v) for g, v in zip(grads, variables)  # dense IndexedSlices
                  if g is not None]
         if not pairs:
@@ -87,7 +89,7 @@ class GradientAverager:
         grads, variables = [g for g, _ in pairs], [v for _, v in pairs]
         update = self._compiled(lambda g: optimizer.apply(g, variables))
         if self.accumulate == 1:
-            update(self.allreduce(grads))
+            update(self.allreduce(grads, size))
             return
         sums = [self._sum_of[id(v)] for v in variables]
         for s, g in zip(sums, grads):
@@ -95,7 +97,7 @@ class GradientAverager:
         self.state.count.assign_add(1)
 
         def average_and_update() -> tf.Tensor:
-            update(self.allreduce([s / self.accumulate for s in sums]))
+            update(self.allreduce([s / self.accumulate for s in sums], size))
             for s in sums:
                 s.assign(tf.zeros_like(s))
             return tf.constant(True)
@@ -107,8 +109,9 @@ class GradientAverager:
         """`fn`, compiled with XLA as a function of its own when `jit` is on."""
         return tf.function(fn, jit_compile=True, autograph=False) if self.jit else fn
 
-    def train_step(self, model: keras.Model, then: Optional[Callable[[], list]] = None) -> Callable:
-        """A `train_step` for `model` (compiled) that averages its gradients over the workers,
+    def train_step(self, model: keras.Model, size: int, then: Optional[Callable[[], list]] = None
+                   ) -> Callable:
+        """A `train_step` for `model` (compiled) that averages its gradients over `size` workers,
         then runs `then()` (after the update, before the step ends: the EMA's; its ops)."""
         loss_tracker = next(m for m in model.metrics if m.name == "loss")
 
@@ -133,7 +136,7 @@ class GradientAverager:
 
             loss, y_pred, grads = self._compiled(forward_backward)(x, y, sample_weight)
             loss_tracker.update_state(loss, sample_weight=tf.shape(tf.nest.flatten(x)[0])[0])
-            self.apply(model.optimizer, grads, variables)
+            self.apply(model.optimizer, grads, variables, size)
             with tf.control_dependencies(then() if then else []):  # the clock's end waits for it
                 return model.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
 

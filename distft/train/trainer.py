@@ -1,5 +1,6 @@
-"""One worker's fine-tuning run: the Horovod recipe, start to finish (the phases are in
-train/phases.py; in elastic mode train/elastic.py runs them in attempts).
+"""One worker's fine-tuning run: the Horovod recipe, start to finish, as typed stages (a
+`Setup`, a `Trainee`, the `RunState` it starts from; train/phases.py has the steps between
+them; in elastic mode train/elastic.py runs them in attempts).
 
 Example (under `horovodrun -np 2`):
     metrics = run(TrainConfig.resolve(model="base_model.h5", data="shards/", output_dir="runs/a",
@@ -10,8 +11,12 @@ from __future__ import annotations
 from typing import Any, Optional
 
 from distft.config import TrainConfig
-from distft.train.phases import announce, build, callbacks, finish, fit, inputs, open_job, restore, sync
+from distft.train.phases import fit, inputs, restore, sync
+from distft.train.report import announce, finish
+from distft.train.run_callbacks import callbacks
 from distft.train.runtime import Worker
+from distft.train.setup import Setup
+from distft.train.trainee import Trainee
 
 
 def run(cfg: TrainConfig, worker: Optional[Worker] = None) -> dict[str, Any]:
@@ -21,11 +26,11 @@ def run(cfg: TrainConfig, worker: Optional[Worker] = None) -> dict[str, Any]:
         from distft.train import elastic
 
         return elastic.run(cfg, worker)
-    job = open_job(cfg, worker)  # stop signals caught, run folder checked, data opened
-    build(job)                   # model bound to the data, optimizer, gradient averager, EMA
-    restore(job)                 # --resume: the checkpoint, and the epoch and step to go on from
-    sync(job)                    # compiled with the allreduce step; rank 0's state broadcast
-    announce(job)                # rank 0 prepares the run folder and logs the run
-    data = inputs(job)           # this worker's shard, batched, from where the run starts
-    cbs = callbacks(job, data)
-    return finish(job, fit(job, data, cbs), cbs)  # the workers agree; rank 0 saves the model
+    setup = Setup.open(cfg, worker)          # stop signals caught, run folder checked, data opened
+    trainee = Trainee.build(setup, worker)   # model bound to the data, optimizer, averager, EMA
+    state = restore(setup, trainee, worker)  # --resume: the checkpoint, and where to go on from
+    placement = sync(setup, trainee, worker, state.position)  # the step for these workers; rank 0's state
+    announce(setup, trainee, worker, state, placement)        # rank 0 prepares the folder, logs the run
+    data = inputs(setup, trainee, worker, state.position)     # this worker's shard, batched, from there
+    cbs = callbacks(setup, trainee, worker, state, data.model, placement)
+    return finish(setup, trainee, worker, state, fit(setup, state.position, data, cbs), cbs)

@@ -15,7 +15,7 @@ counted; the first execution of each epoch is left out.
 
 Example:
     clock = StepClock()
-    averager = GradientAverager(size, variables, clock=clock)   # the step feeds the clock
+    averager = GradientAverager(variables, clock=clock)   # the step feeds the clock
     health = RankHealth(clock, worker, placement, slow=0.2, slow_epochs=2,
                         report=tb.write_ranks if worker.rank == 0 else None)
     model.fit(..., callbacks=[health, ...])   # first: its batch hooks bracket the step

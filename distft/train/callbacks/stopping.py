@@ -6,15 +6,16 @@ launcher forwarding it). Every `every` steps the workers allreduce a "stop reque
 `interval` seconds, a multiple of 10 steps, so the check costs nothing on short steps), so all
 of them stop after the same step (with --steps_per_execution=N, at the end of the first call
 of the train function that ends `every` or more steps after the previous check); rank 0 then
-writes a checkpoint of that step (state `epoch` = the epoch to resume in, `step_in_epoch` =
-its steps done, where `--resume` goes on) and `fit` is left at once with `StopRequested`, so no
+writes a checkpoint of that step (the `RunState` that `state` gives for its `Position`, where
+`--resume` goes on) and `fit` is left at once with `StopRequested`, so no
 end-of-epoch work runs on a partial epoch. The run ends with exit code 75. A second Ctrl-C at
 a worker stops it at once (KeyboardInterrupt), without a checkpoint.
 
 Example:
     signals = StopSignals()
     signals.install()                   # signal handlers, before the set-up
-    stop = GracefulStop(signals, hvd.size(), store, checkpoint)
+    stop = GracefulStop(signals, hvd.size(), store, checkpoint, steps=100,
+                        state=lambda at: RunState(stopped_by=signals.name).at(at))
     try:
         model.fit(..., callbacks=[stop, ...])
     except StopRequested:
@@ -31,6 +32,7 @@ import tensorflow as tf
 
 from distft.train.callbacks.steps import StepCounter
 from distft.train.checkpoint import CheckpointStore
+from distft.train.state import Position, RunState
 
 SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
 
@@ -68,26 +70,30 @@ class StopSignals:
 
 
 class GracefulStop(StepCounter):
-    """`store` and `checkpoint` on rank 0 (None elsewhere); `before_save` is a collective that
-    every worker runs before the checkpoint; `steps` per epoch go in its state, so that a resume
-    on another number of workers finds the same place in the epoch."""
+    """`store` and `checkpoint` on rank 0 (None elsewhere), written with `state(position)`;
+    `before_save` is a collective that every worker runs before the checkpoint; with `steps`
+    per epoch in the position, a resume on another number of workers finds the same place."""
 
     def __init__(self, signals: StopSignals, size: int, store: Optional[CheckpointStore] = None,
                  checkpoint: Optional[tf.train.Checkpoint] = None,
                  before_save: Callable[[], None] = lambda: None, every: int = 10, interval: float = 1.0,
-                 steps: Optional[int] = None):
+                 steps: int = 0, state: Callable[[Position], RunState] = lambda at: RunState().at(at)):
         super().__init__()
         self.signals, self.size, self.store, self.checkpoint = signals, size, store, checkpoint
-        self.steps = steps
+        self.steps, self.state = steps, state
         self.before_save, self.every, self.interval = before_save, every, interval
         self.requested = False  # agreed by all workers
         self.where: tuple[int, int] = (0, 0)  # (epoch, step in epoch) of the stop
 
     @property
-    def state(self) -> dict:
-        """What a checkpoint records of an agreed stop (also one taken at an epoch's end)."""
-        return {"stopped_by": self.signals.name, "step_in_epoch": self.where[1],
-                "steps_per_epoch": self.steps} if self.requested else {}
+    def position(self) -> Position:
+        """Where the agreed stop is."""
+        return Position(*self.where, self.steps)
+
+    @property
+    def stopped_by(self) -> Optional[str]:
+        """The signal of the agreed stop, for a checkpoint's state (one at an epoch's end too)."""
+        return self.signals.name if self.requested else None
 
     def _agree(self, step_seconds: float = 0.0) -> bool:
         """True on every worker if any worker received a signal (whose number all learn);
@@ -121,7 +127,7 @@ class GracefulStop(StepCounter):
             self.where = (self.epoch, batch + 1)
             self.before_save()
             if self.store is not None:  # rank 0; --resume continues at the next step
-                self.store.save(self.checkpoint, {"epoch": self.epoch, **self.state})
+                self.store.save(self.checkpoint, self.state(self.position))
             raise StopRequested()
 
     def on_epoch_end(self, epoch, logs=None):

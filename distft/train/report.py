@@ -1,0 +1,154 @@
+"""What a run tells and leaves: rank 0's start lines and run folder (`announce`), then the end
+(`finish`): the workers' agreement checked, the model, metrics.json and the summary.
+
+Example (under `horovodrun -np 2`):
+    announce(setup, trainee, worker, state, placement)
+    metrics = finish(setup, trainee, worker, state, history, cbs)
+"""
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Any, Optional
+
+import keras
+
+from distft import log
+from distft.errors import DistftError
+from distft.files import atomic_write
+from distft.launch.environment import launched_at
+from distft.model import lora
+from distft.model.prepare import combined_checksum, layer_checksums
+from distft.model.unfreeze import count_params
+from distft.train import methods
+from distft.train.run_callbacks import Callbacks, fmt
+from distft.train.runtime import Worker
+from distft.train.setup import Setup
+from distft.train.state import RunState
+from distft.train.trainee import Trainee
+
+
+def announce(setup: Setup, trainee: Trainee, worker: Worker, state: RunState, placement: list[str]) -> None:
+    """Rank 0 prepares the run folder, writes config.yaml (with the `--preprocess` fed) and
+    logs what the run does."""
+    if worker.rank != 0:
+        return
+    cfg, folder = setup.cfg, setup.folder
+    folder.prepare(cfg.overwrite)
+    dataclasses.replace(cfg, preprocess=trainee.feed.preprocess).save(folder.file("config.yaml"))
+    _log_start(setup, trainee, worker, state, placement)
+    trainee.feed.report()
+    methods.describe(cfg, trainee.plan, trainee.averager.jit)
+    if trainee.train_data.classes:  # the names of the model's outputs, in order
+        folder.write_json("classes.json", {"class_names": trainee.train_data.classes})
+        log.info("classes: %s", ", ".join(trainee.train_data.classes))
+
+
+def finish(setup: Setup, trainee: Trainee, worker: Worker, state: RunState, history, cbs: Callbacks,
+           extra: Optional[dict] = None) -> dict[str, Any]:
+    """Check that the workers agree, then rank 0 saves the model and metrics.json (with
+    `extra`) and logs the summary; the metrics, the same on every worker."""
+    cfg, ft, timing, position = setup.cfg, trainee.ft, cbs.timing, state.position
+    steps_run = worker.gather([s for s, _ in timing.epochs])  # per rank, per epoch
+    per_rank = worker.gather(layer_checksums(ft.model))
+    checksums = [combined_checksum(layers) for layers in per_rank]
+    differing = differing_layers(per_rank)
+    last = {k: float(v[-1]) for k, v in history.history.items()}
+    metrics = {
+        "train": {k: v for k, v in last.items() if not k.startswith("val_") and
+                  k not in ("samples_per_sec", "step_time_ms", "epoch_seconds")},
+        "validation": {k[4:]: v for k, v in last.items() if k.startswith("val_")},
+        "validation_before": cbs.before,
+        "epochs": cfg.epochs, "initial_epoch": position.epoch, "steps_per_epoch": position.steps,
+        "workers": worker.size, "launcher": worker.env.name, "steps_run": steps_run,
+        "samples_per_sec": timing.samples_per_sec,
+        # From the launch (a launcher's workers) or this call (in-process) to the first step's end.
+        "first_step_seconds": (timing.first_step_at - (launched_at() if worker.env.is_launched else setup.started)
+                               if timing.first_step_at else None),
+        "first_step_at": timing.first_step_at,
+        "params": {"trainable": ft.trainable_params, "frozen": ft.frozen_params},
+        "weights_checksums": checksums, "seconds": time.time() - setup.started,
+        # Updates applied over the whole run: fewer than steps / --grad_accum where mixed_float16
+        # skipped steps whose gradients overflowed.
+        "optimizer_updates": int(trainee.optimizer.iterations.numpy()),
+    }
+    if isinstance(trainee.optimizer, keras.mixed_precision.LossScaleOptimizer):
+        metrics["loss_scale"] = float(trainee.optimizer.dynamic_scale.numpy())
+    if cfg.unfreeze_schedule:
+        metrics["stages"] = cbs.unfreezing.record
+    if trainee.ema:
+        metrics["ema_checksums"] = worker.gather(trainee.ema.checksum(ft.model))
+    if cfg.lora:
+        metrics["lora"] = lora.summary(ft.model)
+    metrics.update(extra or {})
+    if worker.rank == 0:
+        _save(setup, trainee, worker, metrics, not differing)
+    if differing:  # after the save: a run's result is never lost to this check
+        raise DistftError(f"workers ended with different weights in {', '.join(differing[:8])}"
+                          f"{' ...' if len(differing) > 8 else ''}: model.keras and the checkpoints "
+                          "hold rank 0's; this is a bug in distft, please report it", exit_code=1)
+    return metrics
+
+
+def differing_layers(per_rank: list[dict[str, str]]) -> list[str]:
+    """The layers whose weights differ between workers, given each worker's layer checksums."""
+    return [name for name in per_rank[0] if any(r.get(name) != per_rank[0][name] for r in per_rank[1:])]
+
+
+def _save(setup: Setup, trainee: Trainee, worker: Worker, metrics: dict[str, Any], identical: bool) -> None:
+    """Rank 0: the model (and EMA model, adapter), metrics.json and the summary lines."""
+    cfg, ft, folder = setup.cfg, trainee.ft, setup.folder
+    path = folder.save_model(_plain(ft.model))
+    if trainee.ema:
+        with trainee.ema.swapped():
+            folder.save_model(_plain(ft.model, f"{ft.model.name}_ema"), "model_ema.keras")
+    if cfg.save_adapter:
+        atomic_write(folder.file("adapter.npz"), lambda tmp: lora.save_adapter(ft.model, tmp))
+    folder.write_json("metrics.json", metrics)
+    if identical:
+        log.info("weights identical on all %d workers (checksum %s)", worker.size,
+                 metrics["weights_checksums"][0])
+    first = metrics["first_step_seconds"]
+    log.info("done in %.0fs (first step %s after launch), %.0f samples/s: %s", metrics["seconds"],
+             f"{first:.1f}s" if first is not None else "-", metrics["samples_per_sec"],
+             fmt({**metrics["train"], **{f"val_{k}": v for k, v in metrics["validation"].items()}}))
+    log.info("model: %s", path)
+    log.info("watch: tensorboard --logdir %s --host 127.0.0.1 --port 6006", folder.file("tensorboard"))
+
+
+def _plain(model: keras.Model, name: Optional[str] = None) -> keras.Model:
+    """`model` as a plain functional model, for saving: no distft train step or compile state,
+    LoRA factors merged."""
+    return lora.merged(keras.Model(_single(model.inputs), _single(model.outputs), name=name or model.name))
+
+
+def _single(tensors: list) -> Any:
+    """The one tensor of a one-element list (so the saved model's `output` is a tensor)."""
+    return tensors[0] if len(tensors) == 1 else tensors
+
+
+def _log_start(setup: Setup, trainee: Trainee, worker: Worker, state: RunState, placement: list[str]) -> None:
+    cfg, ft, position = setup.cfg, trainee.ft, state.position
+    log.info("%d worker(s) via %s, %s, %s thread(s) each (inter-op %s)", worker.size, worker.env.name,
+             worker.device, worker.threads or "TensorFlow's default", worker.inter_op)
+    log.info("placement: %s", ", ".join(f"rank {r} on {p}" for r, p in enumerate(placement)))
+    log.info("horovod: %s", " ".join(f"{k}={v}" for k, v in worker.horovod.items()))
+    log.info("model %s: %d layers trainable (%s)", cfg.model, len(ft.unfrozen),
+             ", ".join(ft.unfrozen[-6:]) + (" ..." if len(ft.unfrozen) > 6 else ""))
+    moving = count_params(ft.model.weights) - ft.trainable_params - ft.frozen_params
+    log.info("weights: %d trainable, %d frozen%s", ft.trainable_params, ft.frozen_params,
+             f", {moving} moving statistics (averaged over the workers every epoch)" if moving else "")
+    if isinstance(ft.loss, dict):
+        log.info("objective per output: %s", "; ".join(
+            f"{n}: {ft.loss[n]} (weight {(ft.loss_weights or {}).get(n, 1.0):g}), metrics "
+            f"{', '.join(ft.metrics[n])}" for n in ft.loss))
+    else:
+        log.info("objective: %s, metrics %s%s", ft.loss, ", ".join(ft.metrics),
+                 "" if cfg.loss else f" (for targets of shape {setup.train_data.schema.describe_y()}; --loss to change)")
+    log.info("data %s: %d records, %d steps/epoch of %d per worker (global batch %d%s%s)",
+             cfg.data, trainee.records, position.steps, cfg.batch_size, cfg.batch_size * worker.size,
+             f", {cfg.batch_size * worker.size * cfg.grad_accum} per update" if cfg.grad_accum > 1 else "",
+             f", {cfg.steps_per_execution} steps per execution" if cfg.steps_per_execution > 1 else "")
+    if setup.resume_from:
+        log.info("resuming from %s: %d epoch(s) done, %d to go (from %s)", setup.resume_from,
+                 position.epoch, cfg.epochs - position.epoch, position.next_step())

@@ -1,0 +1,132 @@
+"""A run's model stage: the model bound to the data, with everything that depends on it (the
+feed, the stages, the optimizer, the gradient averager, the EMA) and the checkpoint that holds
+its state.
+
+Example (under `horovodrun -np 2`):
+    trainee = Trainee.build(setup, worker)
+    trainee.steps(worker.size)                    # steps per epoch on this many workers
+    trainee.compile(trainee.ft.model, worker.size)   # distft's step, averaging over them
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import keras
+import tensorflow as tf
+
+from distft.data.dataset import DataSet
+from distft.errors import DistftError
+from distft.model import preprocessing
+from distft.model.prepare import FineTuneModel, prepare
+from distft.model.stages import Plan
+from distft.model.unfreeze import flatten, statistics
+from distft.train import frozen_cache, methods, optim, seeds
+from distft.train.callbacks.ema import WeightAverage
+from distft.train.callbacks.rank_health import StepClock
+from distft.train.checks import check_fit
+from distft.train.execution import Execution
+from distft.train.metrics import compiled
+from distft.train.runtime import Worker
+from distft.train.setup import Setup
+from distft.train.step import GradientAverager
+
+
+@dataclass(frozen=True)
+class Trainee:
+    """The model to fine-tune and all that trains it."""
+
+    ft: FineTuneModel
+    feed: preprocessing.Feed  # what the images are fed as (`--preprocess`, decided for this model)
+    train_data: DataSet  # bound to the model and counted
+    val_data: Optional[DataSet]
+    records: int  # training records over all workers
+    plan: Plan
+    parts: Optional[tuple]  # --cache_frozen: (frozen prefix, trainable rest)
+    optimizer: keras.optimizers.Optimizer
+    clock: Optional[StepClock]
+    averager: GradientAverager
+    ema: Optional[WeightAverage]
+    execution: Execution
+    checkpoint: tf.train.Checkpoint
+    steps_per_epoch: Optional[int]  # --steps_per_epoch
+    batch_size: int
+
+    @classmethod
+    def build(cls, setup: Setup, worker: Worker) -> Trainee:
+        cfg, train_data, val_data = setup.cfg, setup.train_data, setup.val_data
+        ft = worker.all_ok(lambda: _prepare(cfg, train_data))
+        worker.all_ok(lambda: [d.bind(ft.model, flag=f) for d, f in ((train_data, "data"), (val_data, "val_data")) if d])
+        feed = preprocessing.choose(cfg.preprocess, ft.model, train_data.schema)
+        records = sum(train_data.count(worker.rank, worker.size, worker.gather).train)
+        if cfg.val_split:
+            val_data = train_data.held_out()
+        elif val_data is not None:
+            val_data.count(worker.rank, worker.size, worker.gather)
+            val_data.use_classes(train_data.output_classes or train_data.classes, "--data")
+        plan = worker.all_ok(lambda: methods.plan(ft, cfg))
+        parts = worker.all_ok(lambda: frozen_cache.split_model(ft, plan, cfg)) if cfg.cache_frozen else None
+        worker.all_ok(lambda: check_fit(ft, train_data, cfg.num_classes))
+        steps = _steps(records, worker.size, cfg.steps_per_epoch, train_data, cfg.batch_size)
+        optimizer = methods.optimizer(cfg, optim.build(cfg, worker.size, steps), ft, worker.rank == 0)
+        optimizer.build(plan.variables())  # every stage's weights: their state survives switches
+        clock = StepClock() if cfg.rank_health else None
+        averager = GradientAverager(plan.variables(), cfg.grad_accum, cfg.compression, clock,
+                                    overlap=cfg.allreduce == "overlap",
+                                    jit=methods.use_xla(cfg.jit, ft.model, cfg.sync_bn))
+        ema = WeightAverage(plan.variables(), cfg.ema) if cfg.ema else None
+        checkpoint = tf.train.Checkpoint(model=ft.model, optimizer=optimizer, **(
+            {"ema": ema.state} if ema else {}), **({"grads": averager.state} if cfg.grad_accum > 1 else {}))
+        return cls(ft, feed, train_data, val_data, records, plan, parts, optimizer, clock, averager,
+                   ema, Execution(cfg.steps_per_execution), checkpoint, cfg.steps_per_epoch,
+                   cfg.batch_size)
+
+    def steps(self, size: int) -> int:
+        """Steps per epoch on `size` workers (the per-worker batch stays)."""
+        return _steps(self.records, size, self.steps_per_epoch, self.train_data, self.batch_size)
+
+    def compile(self, model: keras.Model, size: int) -> None:
+        """Compile `model` (the trainee's, or its trainable rest) with distft's train step, which
+        averages gradients over `size` workers and updates the EMA, `--steps_per_execution` a call.
+
+        Not XLA as a whole (Keras 3's default on GPUs): Horovod's ops have no XLA kernel; the
+        step compiles its compute around them (--jit)."""
+        ft = self.ft
+        model.compile(optimizer=self.optimizer, loss=ft.loss, loss_weights=ft.loss_weights,
+                      jit_compile=False, metrics=compiled(ft), steps_per_execution=self.execution.n)
+        model.train_step = self.averager.train_step(model, size, self.ema.update if self.ema else None)
+        self.execution.install(model)
+
+    def variables(self) -> list:
+        """Everything a worker's training state is made of, in one fixed order: rank 0's is
+        broadcast to all workers before training."""
+        return self._with_training_state(self.ft.model.variables)
+
+    def trained_variables(self) -> list:
+        """The part of `variables()` that training changes: every stage's trainable weights, the
+        statistics of their layers (BatchNormalization's), the seed generators' counters, and
+        the optimizer's, gradient sums' and EMA's state. What elastic mode commits."""
+        model = self.ft.model
+        ever = self.plan.ever_trainable()
+        found = self.plan.variables() + [v for layer in flatten(model) if layer.name in ever
+                                         for v in statistics(layer)] + \
+            [g.state for g in seeds.generators(model)]
+        return self._with_training_state(list({id(v): v for v in found}.values()))
+
+    def _with_training_state(self, model_variables: list) -> list:
+        return (model_variables + list(self.optimizer.variables) + list(self.averager.state.variables) +
+                (list(self.ema.state.variables) if self.ema else []))
+
+
+def _steps(records: int, size: int, steps_per_epoch: Optional[int], data: DataSet, batch_size: int) -> int:
+    if records < size:
+        raise DistftError(f"--data has {records} training records for {size} workers: "
+                          "give more data than workers, or fewer workers")
+    return steps_per_epoch or data.steps_per_epoch(size, batch_size)
+
+
+def _prepare(cfg, data: DataSet) -> FineTuneModel:
+    return prepare(cfg.model, cfg.num_classes, cfg.unfreeze, cfg.head_dropout, cfg.train_bn,
+                   cfg.weights, cfg.input_shape, cfg.loss, cfg.metrics, cfg.seed,
+                   cfg.unsafe_deserialization, cfg.precision, data.schema.target_shape, cfg.head,
+                   cfg.loss_weights, cfg.lora, cfg.lora_layers, cfg.lora_alpha)
