@@ -5,16 +5,18 @@ worker's records would read them. Also: metric names made Keras metrics for a mo
 Example:
     model.compile(loss=..., metrics=keras_metrics(["auc", "f1_score"], model, target_shape=()))
     model.compile(loss=ft.loss, loss_weights=ft.loss_weights, metrics=compiled(ft))  # any outputs
+    model.compile(optimizer=opt, **objective(ft, cfg))     # the same under the run's options
     model.evaluate(my_share)
     summed_results(model.metrics, worker, "val")   # {"loss": ..., "auc": ..., "f1_score": ...}
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence, Union
+from typing import Any, Optional, Sequence, Union
 
 import keras
 import tensorflow as tf
 
+from distft.config import TrainConfig
 from distft.errors import DistftError
 from distft.model.head import output_activation
 from distft.train.runtime import Worker
@@ -55,6 +57,12 @@ def keras_metrics(names: Sequence[str], model: keras.Model, target_shape: tuple,
         metric.name = name  # as Keras names a metric given by name
         metrics.append(_OneHot(metric, int(width)) if class_ids else metric)
     return metrics
+
+
+def objective(ft, cfg: TrainConfig) -> dict[str, Any]:
+    """`compile()`'s loss, loss weights and metrics for a model/prepare.py FineTuneModel
+    trained with `cfg`'s options."""
+    return {"loss": ft.loss, "loss_weights": ft.loss_weights, "metrics": compiled(ft)}
 
 
 def compiled(ft) -> Union[list, dict]:

@@ -15,6 +15,7 @@ from typing import Optional
 import keras
 import tensorflow as tf
 
+from distft.config import TrainConfig
 from distft.data.dataset import DataSet
 from distft.errors import DistftError
 from distft.model import preprocessing
@@ -26,7 +27,7 @@ from distft.train.callbacks.ema import WeightAverage
 from distft.train.callbacks.rank_health import StepClock
 from distft.train.checks import check_fit
 from distft.train.execution import Execution
-from distft.train.metrics import compiled
+from distft.train.metrics import objective
 from distft.train.runtime import Worker
 from distft.train.setup import Setup
 from distft.train.step import GradientAverager
@@ -49,8 +50,7 @@ class Trainee:
     ema: Optional[WeightAverage]
     execution: Execution
     checkpoint: tf.train.Checkpoint
-    steps_per_epoch: Optional[int]  # --steps_per_epoch
-    batch_size: int
+    cfg: TrainConfig  # the options it was built with
 
     @classmethod
     def build(cls, setup: Setup, worker: Worker) -> Trainee:
@@ -78,12 +78,11 @@ class Trainee:
         checkpoint = tf.train.Checkpoint(model=ft.model, optimizer=optimizer, **(
             {"ema": ema.state} if ema else {}), **({"grads": averager.state} if cfg.grad_accum > 1 else {}))
         return cls(ft, feed, train_data, val_data, records, plan, parts, optimizer, clock, averager,
-                   ema, Execution(cfg.steps_per_execution), checkpoint, cfg.steps_per_epoch,
-                   cfg.batch_size)
+                   ema, Execution(cfg.steps_per_execution), checkpoint, cfg)
 
     def steps(self, size: int) -> int:
         """Steps per epoch on `size` workers (the per-worker batch stays)."""
-        return _steps(self.records, size, self.steps_per_epoch, self.train_data, self.batch_size)
+        return _steps(self.records, size, self.cfg.steps_per_epoch, self.train_data, self.cfg.batch_size)
 
     def compile(self, model: keras.Model, size: int) -> None:
         """Compile `model` (the trainee's, or its trainable rest) with distft's train step, which
@@ -91,9 +90,8 @@ class Trainee:
 
         Not XLA as a whole (Keras 3's default on GPUs): Horovod's ops have no XLA kernel; the
         step compiles its compute around them (--jit)."""
-        ft = self.ft
-        model.compile(optimizer=self.optimizer, loss=ft.loss, loss_weights=ft.loss_weights,
-                      jit_compile=False, metrics=compiled(ft), steps_per_execution=self.execution.n)
+        model.compile(optimizer=self.optimizer, jit_compile=False, steps_per_execution=self.execution.n,
+                      **objective(self.ft, self.cfg))
         model.train_step = self.averager.train_step(model, size, self.ema.update if self.ema else None)
         self.execution.install(model)
 
@@ -125,7 +123,7 @@ def _steps(records: int, size: int, steps_per_epoch: Optional[int], data: DataSe
     return steps_per_epoch or data.steps_per_epoch(size, batch_size)
 
 
-def _prepare(cfg, data: DataSet) -> FineTuneModel:
+def _prepare(cfg: TrainConfig, data: DataSet) -> FineTuneModel:
     return prepare(cfg.model, cfg.num_classes, cfg.unfreeze, cfg.head_dropout, cfg.train_bn,
                    cfg.weights, cfg.input_shape, cfg.loss, cfg.metrics, cfg.seed,
                    cfg.unsafe_deserialization, cfg.precision, data.schema.target_shape, cfg.head,
