@@ -33,7 +33,23 @@ def on_page_markdown(markdown: str, page, config, files) -> str:
             return api_reference()
         return include(m.group(2))
 
-    return MARKER.sub(replace, markdown)
+    return gfm_blocks(MARKER.sub(replace, markdown))
+
+
+def gfm_blocks(markdown: str) -> str:
+    """A blank line before a list or table that follows a paragraph or a code block at once, as
+    GitHub reads the README's markdown (Python-Markdown would run them into the paragraph)."""
+    out: list[str] = []
+    fence = False
+    for line in markdown.split("\n"):
+        starts_block = re.match(r"(- |\* |\d+\. |\|)", line)
+        if not fence and starts_block and out and out[-1].strip() and \
+                not re.match(r"(\s*(- |\* |\d+\. |\|)|\s+\S|#)", out[-1]):
+            out.append("")
+        if line.startswith("```"):
+            fence = not fence
+        out.append(line)
+    return "\n".join(out)
 
 
 def cli_reference() -> str:
