@@ -37,8 +37,9 @@ def on_page_markdown(markdown: str, page, config, files) -> str:
 
 
 def gfm_blocks(markdown: str) -> str:
-    """A blank line before a list or table that follows a paragraph or a code block at once, as
-    GitHub reads the README's markdown (Python-Markdown would run them into the paragraph)."""
+    """The README's markdown as GitHub reads it: a blank line before a list or table that
+    follows a paragraph or a code block at once (Python-Markdown would run them into the
+    paragraph), and `\\|` in a table cell's code a plain | (Python-Markdown keeps code's pipes)."""
     out: list[str] = []
     fence = False
     for line in markdown.split("\n"):
@@ -48,6 +49,8 @@ def gfm_blocks(markdown: str) -> str:
             out.append("")
         if line.startswith("```"):
             fence = not fence
+        if not fence and line.startswith("|"):  # GitHub's `a\|b` in a table cell is a|b
+            line = re.sub(r"`[^`]*`", lambda m: m.group(0).replace("\\|", "|"), line)
         out.append(line)
     return "\n".join(out)
 
