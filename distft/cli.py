@@ -11,14 +11,13 @@
 """
 from __future__ import annotations
 
-import dataclasses
 import signal
 import sys
 import time
 import traceback
 from typing import Any, Optional
 
-from distft.config import TrainConfig, coerce, field_name, option_name, to_bool
+from distft.config import TrainConfig, coerce, field_name, option_groups, option_name, to_bool
 from distft.errors import DistftError
 from distft.launch.environment import detect
 
@@ -204,11 +203,14 @@ def _keyword_flag(arg: str) -> str:
 
 
 def _train_help() -> str:
+    """`distft train --help`: every option once, under its group's heading (config.GROUPS)."""
     lines = ["Fine-tune a model: distft train --model=PATH --data=PATTERN [--output_dir=DIR] [options]",
-             "", "Options (also keys of --config=FILE.yaml; flags override the file):"]
-    for f in dataclasses.fields(TrainConfig):
-        default = "" if f.default in (None, "") else f" (default {f.default})"
-        lines.append(f"  --{option_name(f.name)}: {f.metadata.get('help', '')}{default}")
+             "", "Options by group (also keys of --config=FILE.yaml; flags override the file):"]
+    for heading, fields in option_groups():
+        lines += ["", f"{heading}:"]
+        for f in fields:
+            default = "" if f.default in (None, "") else f" (default {f.default})"
+            lines.append(f"  --{option_name(f.name)}: {f.metadata.get('help', '')}{default}")
     return "\n".join(lines)
 
 

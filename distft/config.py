@@ -38,134 +38,163 @@ class TrainConfig:
     """Everything `distft train` accepts. Each field is also a `--flag` and a YAML key."""
 
     # What to train on
-    model: str = field(default="", metadata={"help": ".keras, .h5, SavedModel folder, or app:NAME"})
-    data: str = field(default="", metadata={
+    model: str = field(default="", metadata={
+        "group": "model", "help": ".keras, .h5, SavedModel folder, or app:NAME"})
+    data: str = field(default="", metadata={"group": "data",
         "help": "file, glob or folder of .tfrecord/.npz/.csv, or a folder of class subfolders of images"})
-    output_dir: str = field(default="", metadata={
+    output_dir: str = field(default="", metadata={"group": "output",
         "help": "run folder (checkpoints, tensorboard, model); default runs/MODEL-DATE-TIME"})
-    val_data: Optional[str] = field(default=None, metadata={"help": "validation data, same formats"})
-    val_split: float = field(default=0.0, metadata={"help": "hold out this fraction of --data"})
-    label: str = field(default="label", metadata={
+    val_data: Optional[str] = field(default=None, metadata={
+        "group": "data", "help": "validation data, same formats"})
+    val_split: float = field(default=0.0, metadata={
+        "group": "data", "help": "hold out this fraction of --data"})
+    label: str = field(default="label", metadata={"group": "data",
         "help": "CSV label column (numbers or class names), or columns a,b,c for (N, 3) targets"})
-    x_key: Optional[str] = field(default=None, metadata={
+    x_key: Optional[str] = field(default=None, metadata={"group": "data",
         "help": "TFRecord feature holding the input (default x or image), e.g. image/encoded"})
-    y_key: Optional[str] = field(default=None, metadata={
+    y_key: Optional[str] = field(default=None, metadata={"group": "data",
         "help": "TFRecord feature holding the target (default y), e.g. image/class/label"})
     # Model surgery
-    weights: Optional[str] = field(default=None, metadata={"help": "app:NAME weights: FILE or none"})
-    input_shape: Optional[tuple] = field(default=None, metadata={"help": "app:NAME input H,W,C"})
-    num_classes: Optional[int] = field(default=None, metadata={"help": "replace the head: K classes"})
-    head: Optional[str] = field(default=None, metadata={
+    weights: Optional[str] = field(default=None, metadata={
+        "group": "model", "help": "app:NAME weights: FILE or none"})
+    input_shape: Optional[tuple] = field(default=None, metadata={
+        "group": "model", "help": "app:NAME input H,W,C"})
+    num_classes: Optional[int] = field(default=None, metadata={
+        "group": "model", "help": "replace the head: K classes"})
+    head: Optional[str] = field(default=None, metadata={"group": "model",
         "help": "several outputs: the output whose head --num_classes replaces"})
-    head_dropout: float = field(default=0.0, metadata={"help": "dropout before the new head"})
+    head_dropout: float = field(default=0.0, metadata={
+        "group": "model", "help": "dropout before the new head"})
     unfreeze: Optional[str] = field(
         default=None,
-        metadata={"help": "none|all|last:N|from:NAME|re:PATTERN, comma-separated "
+        metadata={"group": "model", "help": "none|all|last:N|from:NAME|re:PATTERN, comma-separated "
                   "(default: none with a new head, else all)"},
     )
-    train_bn: bool = field(default=False, metadata={
+    train_bn: bool = field(default=False, metadata={"group": "model",
         "help": "let unfrozen BatchNorm layers train (moving statistics averaged over workers)"})
-    sync_bn: bool = field(default=False, metadata={
+    sync_bn: bool = field(default=False, metadata={"group": "distribution",
         "help": "with --train_bn: batch statistics over all workers' batches (small batches)"})
-    loss: Optional[str] = field(default=None, metadata={
+    loss: Optional[str] = field(default=None, metadata={"group": "model",
         "help": "Keras loss (default follows the head); several outputs: OUTPUT=LOSS,..."})
-    metrics: Optional[tuple] = field(default=None, metadata={
+    metrics: Optional[tuple] = field(default=None, metadata={"group": "model",
         "help": "Keras metrics, comma-separated; several outputs: OUTPUT=METRIC,..."})
-    loss_weights: Optional[str] = field(default=None, metadata={
+    loss_weights: Optional[str] = field(default=None, metadata={"group": "model",
         "help": "several outputs: OUTPUT=WEIGHT,... (default 1 each)"})
     unsafe_deserialization: bool = field(
-        default=False, metadata={"help": "allow Lambda layers' code in .keras files"})
-    import_: Optional[tuple] = field(default=None, metadata={
+        default=False, metadata={"group": "model", "help": "allow Lambda layers' code in .keras files"})
+    import_: Optional[tuple] = field(default=None, metadata={"group": "model",
         "help": "modules (dotted names or .py files), comma-separated, that every worker imports "
                 "before loading the model: its custom layers, losses and metrics"})
     # Optimisation
-    epochs: int = field(default=3, metadata={"help": "epochs to train"})
-    batch_size: int = field(default=32, metadata={"help": "batch size per worker"})
-    lr: float = field(default=1e-3, metadata={"help": "learning rate for one worker"})
-    scale_lr: bool = field(default=True, metadata={"help": "multiply --lr by the number of workers"})
-    warmup_epochs: float = field(default=0.0, metadata={"help": "linear warm-up from --lr to scaled lr"})
-    optimizer: str = field(default="adam", metadata={"help": "|".join(OPTIMIZERS)})
-    weight_decay: float = field(default=0.004, metadata={"help": "adamw weight decay"})
-    momentum: float = field(default=0.9, metadata={"help": "sgd momentum"})
-    schedule: str = field(default="constant", metadata={"help": "|".join(SCHEDULES)})
-    grad_accum: int = field(default=1, metadata={"help": "batches per allreduce (backward passes)"})
-    compression: str = field(default="none", metadata={"help": "allreduce compression: none|fp16"})
-    allreduce: str = field(default="overlap", metadata={
+    epochs: int = field(default=3, metadata={"group": "optimisation", "help": "epochs to train"})
+    batch_size: int = field(default=32, metadata={"group": "optimisation", "help": "batch size per worker"})
+    lr: float = field(default=1e-3, metadata={
+        "group": "optimisation", "help": "learning rate for one worker"})
+    scale_lr: bool = field(default=True, metadata={
+        "group": "optimisation", "help": "multiply --lr by the number of workers"})
+    warmup_epochs: float = field(default=0.0, metadata={
+        "group": "optimisation", "help": "linear warm-up from --lr to scaled lr"})
+    optimizer: str = field(default="adam", metadata={"group": "optimisation", "help": "|".join(OPTIMIZERS)})
+    weight_decay: float = field(default=0.004, metadata={
+        "group": "optimisation", "help": "adamw weight decay"})
+    momentum: float = field(default=0.9, metadata={"group": "optimisation", "help": "sgd momentum"})
+    schedule: str = field(default="constant", metadata={
+        "group": "optimisation", "help": "|".join(SCHEDULES)})
+    grad_accum: int = field(default=1, metadata={
+        "group": "optimisation", "help": "batches per allreduce (backward passes)"})
+    compression: str = field(default="none", metadata={
+        "group": "distribution", "help": "allreduce compression: none|fp16"})
+    allreduce: str = field(default="overlap", metadata={"group": "distribution",
         "help": "overlap: one async allreduce per gradient, started as the backward pass makes it "
                 "(Horovod fuses what is ready together) | group: one group after the backward pass"})
-    seed: int = field(default=42, metadata={"help": "seed for weights of the new head and shuffling"})
-    shuffle_buffer: int = field(default=10000, metadata={"help": "records in each worker's shuffle buffer"})
+    seed: int = field(default=42, metadata={
+        "group": "optimisation", "help": "seed for weights of the new head and shuffling"})
+    shuffle_buffer: int = field(default=10000, metadata={
+        "group": "data", "help": "records in each worker's shuffle buffer"})
     # Data pipeline
-    preprocess: str = field(default="auto", metadata={
+    preprocess: str = field(default="auto", metadata={"group": "data",
         "help": "images: auto ([0,255] when the model starts with Rescaling or Normalization, "
                 "else [0,1]), scale to [0,1], none ([0,255]), or a keras.applications family's "
                 "preprocess_input (mobilenet_v2, resnet50, efficientnet, ...)"})
-    augment: Optional[tuple] = field(default=None, metadata={
+    augment: Optional[tuple] = field(default=None, metadata={"group": "data",
         "help": "images, training only: any of flip,crop,rotate,color"})
-    cache: Optional[str] = field(default=None, metadata={
+    cache: Optional[str] = field(default=None, metadata={"group": "data",
         "help": "memory|DIR: cache each worker's decoded share (the share then stays fixed)"})
-    steps_per_epoch: Optional[int] = field(default=None, metadata={
+    steps_per_epoch: Optional[int] = field(default=None, metadata={"group": "optimisation",
         "help": "steps of each worker per epoch (default: one pass over the data by all workers)"})
     # Fine-tuning methods
     unfreeze_schedule: Optional[str] = field(
-        default=None, metadata={"help": "staged unfreezing EPOCH:SPEC,EPOCH:SPEC (SPEC as --unfreeze), "
+        default=None, metadata={
+            "group": "methods", "help": "staged unfreezing EPOCH:SPEC,EPOCH:SPEC (SPEC as --unfreeze), "
                                 "e.g. 0:last:2,3:from:block_13,6:all"})
     lr_mult: Optional[str] = field(
-        default=None, metadata={"help": "layer-wise learning rates SPEC=FACTOR,... e.g. re:^block_1=0.1"})
+        default=None, metadata={
+            "group": "methods", "help": "layer-wise learning rates SPEC=FACTOR,... e.g. re:^block_1=0.1"})
     cache_frozen: bool = field(
-        default=False, metadata={"help": "compute the frozen prefix once per worker, train the rest"})
-    precision: str = field(default="float32", metadata={"help": "|".join(PRECISIONS)})
-    jit: Optional[str] = field(default=None, metadata={
+        default=False, metadata={
+            "group": "methods", "help": "compute the frozen prefix once per worker, train the rest"})
+    precision: str = field(default="float32", metadata={"group": "methods", "help": "|".join(PRECISIONS)})
+    jit: Optional[str] = field(default=None, metadata={"group": "methods",
         "help": "XLA for the step's forward, backward and update: auto (on when TensorFlow sees a "
                 "GPU, as in Keras) | on | off; default $DISTFT_JIT, else auto"})
-    steps_per_execution: int = field(default=1, metadata={
+    steps_per_execution: int = field(default=1, metadata={"group": "distribution",
         "help": "training steps per call of the train function: one host sync per N steps; a stop "
                 "or elastic commit waits for the call's end"})
-    ema: float = field(default=0.0, metadata={"help": "moving average of the weights, e.g. 0.999 (0: off)"})
-    lora: int = field(default=0, metadata={
+    ema: float = field(default=0.0, metadata={
+        "group": "methods", "help": "moving average of the weights, e.g. 0.999 (0: off)"})
+    lora: int = field(default=0, metadata={"group": "methods",
         "help": "LoRA rank: train low-rank factors of Dense/EinsumDense/Embedding layers (0: off)"})
-    lora_layers: Optional[str] = field(default=None, metadata={
+    lora_layers: Optional[str] = field(default=None, metadata={"group": "methods",
         "help": "regex on layer paths (e.g. 'query|value') for --lora (default: all those that "
                 "do not train whole)"})
-    lora_alpha: Optional[float] = field(default=None, metadata={
+    lora_alpha: Optional[float] = field(default=None, metadata={"group": "methods",
         "help": "LoRA scale: updates are alpha/rank * A @ B (default: the rank)"})
-    save_adapter: bool = field(default=False, metadata={
+    save_adapter: bool = field(default=False, metadata={"group": "methods",
         "help": "with --lora: also write the factors alone to adapter.npz"})
     # Run
-    threads: Optional[int] = field(default=None, metadata={
+    threads: Optional[int] = field(default=None, metadata={"group": "distribution",
         "help": "TensorFlow intra-op threads per worker (default: its cores on CPU, TF's own on GPU)"})
-    require_gpu: bool = field(default=False, metadata={
+    require_gpu: bool = field(default=False, metadata={"group": "distribution",
         "help": "stop unless every worker has a GPU TensorFlow can use"})
-    log_every: int = field(default=50, metadata={"help": "steps between step-level logs"})
-    keep_checkpoints: int = field(default=3, metadata={"help": "newest checkpoints kept (0: all)"})
-    resume: bool = field(default=False, metadata={"help": "continue from the last checkpoint"})
-    overwrite: bool = field(default=False, metadata={"help": "replace a finished run's outputs"})
+    log_every: int = field(default=50, metadata={
+        "group": "output", "help": "steps between step-level logs"})
+    keep_checkpoints: int = field(default=3, metadata={
+        "group": "output", "help": "newest checkpoints kept (0: all)"})
+    resume: bool = field(default=False, metadata={
+        "group": "output", "help": "continue from the last checkpoint"})
+    overwrite: bool = field(default=False, metadata={
+        "group": "output", "help": "replace a finished run's outputs"})
     # Launching (outside a launcher)
-    np: Optional[int] = field(default=None, metadata={"help": "start this many workers"})
-    hosts: Optional[str] = field(default=None, metadata={"help": "h1:2,h2:2 for --np"})
-    controller: str = field(default="gloo", metadata={"help": "--np controller: gloo|mpi"})
-    min_np: Optional[int] = field(default=None, metadata={
+    np: Optional[int] = field(default=None, metadata={
+        "group": "distribution", "help": "start this many workers"})
+    hosts: Optional[str] = field(default=None, metadata={
+        "group": "distribution", "help": "h1:2,h2:2 for --np"})
+    controller: str = field(default="gloo", metadata={
+        "group": "distribution", "help": "--np controller: gloo|mpi"})
+    min_np: Optional[int] = field(default=None, metadata={"group": "distribution",
         "help": "elastic --np: go on while at least this many workers are left"})
-    max_np: Optional[int] = field(default=None, metadata={
+    max_np: Optional[int] = field(default=None, metadata={"group": "distribution",
         "help": "elastic --np: grow up to this many workers when hosts appear"})
-    host_discovery: Optional[str] = field(default=None, metadata={
+    host_discovery: Optional[str] = field(default=None, metadata={"group": "distribution",
         "help": "elastic --np: executable printing the usable hosts as host:slots lines"})
-    commit_every: int = field(default=100, metadata={
+    commit_every: int = field(default=100, metadata={"group": "distribution",
         "help": "elastic: steps between in-memory commits of the training state"})
-    elastic_timeout: int = field(default=120, metadata={
+    elastic_timeout: int = field(default=120, metadata={"group": "distribution",
         "help": "elastic --np: seconds to wait for --min_np workers after a loss before stopping"})
-    debug: bool = field(default=False, metadata={"help": "show tracebacks and all ranks' logs"})
+    debug: bool = field(default=False, metadata={
+        "group": "output", "help": "show tracebacks and all ranks' logs"})
     # TensorBoard
-    rank_health: bool = field(default=True, metadata={
+    rank_health: bool = field(default=True, metadata={"group": "output",
         "help": "per-rank step time, allreduce wait and input-bound share, one gather per epoch"})
-    slow_rank: float = field(default=0.2, metadata={
+    slow_rank: float = field(default=0.2, metadata={"group": "output",
         "help": "log a rank whose busy time per step exceeds the median by this fraction..."})
-    slow_rank_epochs: int = field(default=2, metadata={"help": "...for this many epochs in a row"})
-    histograms: int = field(default=0, metadata={
+    slow_rank_epochs: int = field(default=2, metadata={
+        "group": "output", "help": "...for this many epochs in a row"})
+    histograms: int = field(default=0, metadata={"group": "output",
         "help": "every N epochs: weight histograms and each layer's relative change (0: off)"})
-    profile: Optional[str] = field(default=None, metadata={
+    profile: Optional[str] = field(default=None, metadata={"group": "output",
         "help": "START:END: TensorFlow profiler trace of these steps (Profile tab)"})
-    profile_ranks: Optional[tuple] = field(default=None, metadata={
+    profile_ranks: Optional[tuple] = field(default=None, metadata={"group": "output",
         "help": "ranks that record --profile, comma-separated (default: 0)"})
 
     @classmethod
@@ -452,3 +481,27 @@ def coerce(cls: type, name: str, value: Any) -> Any:
         kind = {bool: "true or false", int: "an integer", float: "a number",
                 tuple: "a comma-separated list"}.get(hint, "a string")
         raise DistftError(f"--{name}={value!r} is not {kind}: fix the value") from None
+
+
+# The groups of TrainConfig's fields (each field's metadata "group"), in the order that
+# `distft train --help` and the documentation's CLI reference list them, with their headings.
+GROUPS = {
+    "model": "Model",
+    "data": "Data",
+    "optimisation": "Optimisation",
+    "methods": "Fine-tuning methods",
+    "distribution": "Distribution and launching",
+    "output": "Output and monitoring",
+}
+
+
+def option_groups() -> list[tuple[str, list[dataclasses.Field]]]:
+    """TrainConfig's fields by group: (heading, fields) in GROUPS' order, each group's fields in
+    the dataclass's order. `distft train --help` and the CLI reference are made from this."""
+    fields = dataclasses.fields(TrainConfig)
+    stray = [f.name for f in fields if f.metadata.get("group") not in GROUPS]
+    if stray:
+        raise ValueError(f"TrainConfig fields without a known group ({', '.join(GROUPS)}): "
+                         f"{', '.join(stray)}")
+    return [(heading, [f for f in fields if f.metadata["group"] == key])
+            for key, heading in GROUPS.items()]

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Screenshots of the README's TensorBoard views, from a real run, in headless Chromium.
+# Screenshots of the TensorBoard views (docs/tensorboard.md), from a real run, in headless Chromium.
 #
 #   docs/screenshots.sh            # runs the demo's fine-tuning with --histograms=1 --profile=5:15
 #   docs/screenshots.sh RUN_DIR    # or uses a finished run
