@@ -80,6 +80,8 @@ class TrainConfig:
         "help": "Keras metrics, comma-separated; several outputs: OUTPUT=METRIC,..."})
     loss_weights: Optional[str] = field(default=None, metadata={"group": "model",
         "help": "several outputs: OUTPUT=WEIGHT,... (default 1 each)"})
+    label_smoothing: float = field(default=0.0, metadata={"group": "optimisation", "help":
+        "crossentropy against targets smoothed toward uniform by this much, e.g. 0.1 (0: off)"})
     unsafe_deserialization: bool = field(
         default=False, metadata={"group": "model", "help": "allow Lambda layers' code in .keras files"})
     import_: Optional[tuple] = field(default=None, metadata={"group": "model",
@@ -236,6 +238,8 @@ class TrainConfig:
             raise DistftError("--val_split and --val_data exclude each other: pass one")
         if not 0.0 <= self.head_dropout < 1.0:
             raise DistftError(f"--head_dropout must be in [0, 1), got {self.head_dropout}")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise DistftError(f"--label_smoothing must be in [0, 1), got {self.label_smoothing}")
         if self.num_classes is not None and self.num_classes < 2:
             raise DistftError(f"--num_classes must be at least 2, got {self.num_classes}")
         if self.warmup_epochs < 0 or self.keep_checkpoints < 0 or self.shuffle_buffer < 0:

@@ -83,6 +83,7 @@ CASES = {
     "ema": Case({"ema": 0.9}, files=("model.keras", "model_ema.keras")),
     "cache_frozen": Case({"cache_frozen": True}),
     "lora": Case({"lora": 4, "unfreeze": "none"}),  # factors on `features`, merged into model.keras
+    "label_smoothing": Case({"label_smoothing": 0.2}),  # class ids made smoothed one-hot rows
     "one_hot_targets": Case(data="one_hot"),
     "multi_label_targets": Case(data="multi_label"),
     "regression_targets": Case(data="regression"),
@@ -323,3 +324,12 @@ def test_fp16_compression_skips_no_more_steps_than_none(matrix):
           f"{compressed['loss_scale']:g}")
     assert compressed["optimizer_updates"] >= plain["optimizer_updates"]
     assert compressed["loss_scale"] >= plain["loss_scale"]
+
+
+def test_label_smoothing_changes_what_is_learned(matrix):
+    """The "adam" row's run but for --label_smoothing=0.2: other weights, and a higher training
+    loss (smoothed targets keep the crossentropy off zero)."""
+    plain = weights_by_layer(os.path.join(matrix.run_dir("adam", 2), "model.keras"))
+    smoothed = weights_by_layer(os.path.join(matrix.run_dir("label_smoothing", 2), "model.keras"))
+    assert largest_difference(plain, smoothed) > 1e-4
+    assert matrix.metrics("label_smoothing", 2)["train"]["loss"] > matrix.metrics("adam", 2)["train"]["loss"]

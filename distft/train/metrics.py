@@ -61,8 +61,33 @@ def keras_metrics(names: Sequence[str], model: keras.Model, target_shape: tuple,
 
 def objective(ft, cfg: TrainConfig) -> dict[str, Any]:
     """`compile()`'s loss, loss weights and metrics for a model/prepare.py FineTuneModel
-    trained with `cfg`'s options."""
-    return {"loss": ft.loss, "loss_weights": ft.loss_weights, "metrics": compiled(ft)}
+    trained with `cfg`'s options (`--label_smoothing` on every crossentropy loss)."""
+    if isinstance(ft.loss, dict):
+        widths = {name: t.shape[-1] for name, t in zip(ft.model.output_names, ft.model.outputs)}
+        loss = {name: _smoothed(l, cfg.label_smoothing, widths[name]) for name, l in ft.loss.items()}
+    else:
+        loss = _smoothed(ft.loss, cfg.label_smoothing, ft.model.output_shape[-1])
+    return {"loss": loss, "loss_weights": ft.loss_weights, "metrics": compiled(ft)}
+
+
+def _smoothed(loss: Any, smoothing: float, classes: int) -> Any:
+    """`loss` against labels smoothed by `smoothing` (Keras's `label_smoothing`: one-hot rows
+    become (1 - s) * row + s / classes); class ids are made such rows first, since Keras's
+    sparse crossentropy has no smoothing."""
+    if not smoothing:
+        return loss
+    if loss == "categorical_crossentropy":
+        return keras.losses.CategoricalCrossentropy(label_smoothing=smoothing)
+    if loss == "binary_crossentropy":
+        return keras.losses.BinaryCrossentropy(label_smoothing=smoothing)
+    if loss == "sparse_categorical_crossentropy":
+        def smoothed_sparse_categorical_crossentropy(y_true, y_pred):
+            ids = tf.cast(tf.reshape(y_true, tf.shape(y_pred)[:-1]), tf.int32)
+            return keras.losses.categorical_crossentropy(tf.one_hot(ids, classes, dtype=y_pred.dtype),
+                                                         y_pred, label_smoothing=smoothing)
+        return smoothed_sparse_categorical_crossentropy
+    raise DistftError(f"--label_smoothing={smoothing} smooths crossentropy targets, and the loss is "
+                      f"{loss}: leave --label_smoothing out or pass a crossentropy --loss")
 
 
 def compiled(ft) -> Union[list, dict]:
