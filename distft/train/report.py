@@ -7,7 +7,6 @@ Example (under `horovodrun -np 2`):
 """
 from __future__ import annotations
 
-import dataclasses
 import time
 from typing import Any, Optional
 
@@ -29,13 +28,13 @@ from distft.train.trainee import Trainee
 
 
 def announce(setup: Setup, trainee: Trainee, worker: Worker, state: RunState, placement: list[str]) -> None:
-    """Rank 0 prepares the run folder, writes config.yaml (with the `--preprocess` fed) and
-    logs what the run does."""
+    """Rank 0 prepares the run folder, writes config.yaml (the options as run: the
+    `--preprocess` fed) and logs what the run does."""
     if worker.rank != 0:
         return
     cfg, folder = setup.cfg, setup.folder
     folder.prepare(cfg.overwrite)
-    dataclasses.replace(cfg, preprocess=trainee.feed.preprocess).save(folder.file("config.yaml"))
+    trainee.cfg.save(folder.file("config.yaml"))
     _log_start(setup, trainee, worker, state, placement)
     trainee.feed.report()
     methods.describe(cfg, trainee.plan, trainee.averager.jit)

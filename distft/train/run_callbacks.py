@@ -75,7 +75,7 @@ def callbacks(setup: Setup, trainee: Trainee, worker: Worker, state: RunState, f
     if worker.rank == 0:
         tb = TensorBoardLogger(
             folder.file("tensorboard"), timing, cfg.log_every,
-            cfg.to_dict(), {"params/trainable": ft.trainable_params, "params/frozen": ft.frozen_params,
+            trainee.cfg.to_dict(), {"params/trainable": ft.trainable_params, "params/frozen": ft.frozen_params,
                             "workers": worker.size},
             initial_step=state.steps_run, class_names=trainee.train_data.classes)
         tb.write_graph(ft.model)

@@ -9,6 +9,7 @@ Example (under `horovodrun -np 2`):
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Optional
 
@@ -50,7 +51,7 @@ class Trainee:
     ema: Optional[WeightAverage]
     execution: Execution
     checkpoint: tf.train.Checkpoint
-    cfg: TrainConfig  # the options it was built with
+    cfg: TrainConfig  # the options as run: `--preprocess` as fed to this model
 
     @classmethod
     def build(cls, setup: Setup, worker: Worker) -> Trainee:
@@ -78,7 +79,8 @@ class Trainee:
         checkpoint = tf.train.Checkpoint(model=ft.model, optimizer=optimizer, **(
             {"ema": ema.state} if ema else {}), **({"grads": averager.state} if cfg.grad_accum > 1 else {}))
         return cls(ft, feed, train_data, val_data, records, plan, parts, optimizer, clock, averager,
-                   ema, Execution(cfg.steps_per_execution), checkpoint, cfg)
+                   ema, Execution(cfg.steps_per_execution), checkpoint,
+                   dataclasses.replace(cfg, preprocess=feed.preprocess))
 
     def steps(self, size: int) -> int:
         """Steps per epoch on `size` workers (the per-worker batch stays)."""
