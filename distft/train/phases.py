@@ -101,11 +101,10 @@ class Job:
         """The part of `variables()` that training changes: every stage's trainable weights, the
         statistics of their layers (BatchNormalization's), the seed generators' counters, and
         the optimizer's, gradient sums' and EMA's state. What elastic mode commits."""
-        model = self.ft.model
-        ever = self.plan.ever_trainable()
-        statistics = [v for layer in unfreezing.flatten(model) if layer.name in ever
-                      for v in unfreezing.statistics(layer)]
-        found = self.plan.variables() + statistics + [g.state for g in seeds.generators(model)]
+        from distft.model.variables import classify
+
+        kinds = classify(self.ft.model, self.plan.ever_trainable())
+        found = self.plan.variables() + list(kinds.statistics + kinds.seeds)
         return self._with_training_state(list({id(v): v for v in found}.values()))
 
     def _with_training_state(self, model_variables: list) -> list:
@@ -517,7 +516,7 @@ def _log_start(job: Job) -> None:
     log.info("horovod: %s", " ".join(f"{k}={v}" for k, v in worker.horovod.items()))
     log.info("model %s: %d layers trainable (%s)", cfg.model, len(ft.unfrozen),
              ", ".join(ft.unfrozen[-6:]) + (" ..." if len(ft.unfrozen) > 6 else ""))
-    moving = unfreezing.count_params(ft.model.weights) - ft.trainable_params - ft.frozen_params
+    moving = ft.statistics_params
     log.info("weights: %d trainable, %d frozen%s", ft.trainable_params, ft.frozen_params,
              f", {moving} moving statistics (averaged over the workers every epoch)" if moving else "")
     if isinstance(ft.loss, dict):
