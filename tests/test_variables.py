@@ -155,3 +155,19 @@ def test_flags_ride_beside_the_model_through_a_rebuild(tmp_path):
             prepare("app:MobileNetV2", weights="none", input_shape=(32, 32, 3))
     finally:
         keras.mixed_precision.set_global_policy("float32")
+
+
+def test_lora_on_some_projections_of_a_layer_freezes_the_others(tmp_path):
+    """LoRA on a MultiHeadAttention's query and value: its key and output projections train no
+    more either, and are frozen weights, not statistics to average every epoch."""
+    x = L.Input((4, 8), name="x")
+    h = L.MultiHeadAttention(2, 4, name="attention")(x, x)
+    path = str(tmp_path / "mha.keras")
+    keras.Model(x, L.Dense(2, activation="softmax", name="out")(L.GlobalAveragePooling1D()(h))).save(path)
+    ft = prepare(path, num_classes=3, lora_rank=2, lora_layers="attention/(query|value)")
+    kinds = classify(ft.model)
+    assert_partition(ft.model, kinds)
+    assert paths(kinds.trainable) == {f"attention/{p}/lora_kernel_{ab}" for p in ("query", "value")
+                                      for ab in "ab"} | {"distft_head/kernel", "distft_head/bias"}
+    assert {"attention/key/kernel", "attention/attention_output/bias"} <= paths(kinds.frozen)
+    assert kinds.statistics == ()
