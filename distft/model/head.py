@@ -18,17 +18,19 @@ HEAD_NAME = "distft_head"
 
 
 def replace_head(base: keras.Model, num_classes: int, dropout: float = 0.0, seed: int = 0,
-                 output: Optional[str] = None) -> tuple[keras.Model, list[keras.layers.Layer]]:
+                 output: Optional[str] = None, headless: bool = False
+                 ) -> tuple[keras.Model, list[keras.layers.Layer]]:
     """A model ending in a new Dense softmax head of `num_classes`; returns (model, head layers).
 
     The base's last layer is dropped (with a weight-less activation layer after it, if any),
-    except for headless bases (keras.applications with include_top=False) which keep all.
+    except for `headless` bases (keras.applications with include_top=False, as loading's
+    ModelFlags say) which keep all.
     With several outputs (or inputs), the head of `output` is replaced; the new head keeps
     that output's name, so the data's target of that name still feeds it.
     """
     if output is not None or len(base.inputs) > 1:
         return _replace_output(base, output or base.output_names[0], num_classes, dropout, seed)
-    features = _features(base)
+    features = base.outputs[0] if headless else _features(base)
     x = features
     if len(x.shape) > 2:
         x = keras.layers.GlobalAveragePooling2D(name="distft_pool")(x) if len(x.shape) == 4 \
@@ -80,8 +82,6 @@ def _node_input(last: keras.layers.Layer) -> tf.Tensor:
 
 
 def _features(base: keras.Model) -> tf.Tensor:
-    if getattr(base, "_distft_headless", False):
-        return base.outputs[0]
     layers = [l for l in base.layers if not isinstance(l, keras.layers.InputLayer)]
     if len(base.outputs) != 1 or not layers:
         raise DistftError("--num_classes needs a model with one output")

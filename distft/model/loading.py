@@ -5,9 +5,14 @@ or .keras, are rebuilt on Keras 3 (model/keras2.py). An unreadable file's error 
 Keras version that wrote it, or the user classes that no imported module (--import) registers
 (model/custom.py), or says the file is damaged.
 
+What a model's layers do not tell about it (a SavedModel, a headless application) comes in a
+`ModelFlags` record beside it, from `load_with_flags`.
+
 Example:
     model = load("base_model.h5")
     model = load("app:MobileNetV2", weights="none", input_shape=(96, 96, 3))
+    loaded = load_with_flags("app:MobileNetV2", weights="none", input_shape=(96, 96, 3))
+    loaded.model, loaded.flags.headless                                  # ..., True
 """
 from __future__ import annotations
 
@@ -15,6 +20,7 @@ import json
 import os
 import zipfile
 import zlib
+from dataclasses import dataclass
 from typing import NoReturn, Optional
 
 import keras
@@ -23,16 +29,44 @@ from distft.errors import DistftError
 from distft.model import custom, keras2
 
 
+@dataclass(frozen=True)
+class ModelFlags:
+    """What loading learnt about a model that its layers do not tell."""
+
+    saved_model: bool = False  # a SavedModel: one opaque layer, whose head cannot be replaced
+    headless: bool = False  # keras.applications without its top: the new head goes on its output
+
+
+@dataclass(frozen=True)
+class Loaded:
+    """A loaded model and its flags, which hold for any rebuild of it too (precision.cast,
+    lora.merged): nothing rides on the Keras object to be copied."""
+
+    model: keras.Model
+    flags: ModelFlags = ModelFlags()
+
+
 def load(path: str, weights: str | None = None, input_shape: tuple | None = None,
          unsafe_deserialization: bool = False) -> keras.Model:
     """Return an uncompiled Keras model, or raise DistftError naming the problem and the fix."""
+    return load_with_flags(path, weights, input_shape, unsafe_deserialization).model
+
+
+def load_with_flags(path: str, weights: str | None = None, input_shape: tuple | None = None,
+                    unsafe_deserialization: bool = False) -> Loaded:
+    """`load`'s model with its `ModelFlags`."""
     if path.startswith("app:"):
-        return _application(path[4:], weights, input_shape)
+        return Loaded(_application(path[4:], weights, input_shape), ModelFlags(headless=True))
     if not os.path.exists(path):
         raise DistftError(f"--model={path} does not exist: check the path")
     kind = _kind(path)
     if kind == "SavedModel":
-        return _saved_model(path)
+        return Loaded(_saved_model(path), ModelFlags(saved_model=True))
+    return Loaded(_file(path, kind, unsafe_deserialization))
+
+
+def _file(path: str, kind: str, unsafe_deserialization: bool) -> keras.Model:
+    """A .keras or .h5 file's model."""
     version, config = _metadata(path, kind)
     custom.use_keras_hub(path, config)
     safe = not unsafe_deserialization
@@ -146,9 +180,7 @@ def _saved_model(path: str) -> keras.Model:
             if len(outputs) != 1:
                 raise ValueError(f"its {endpoint} signature has {len(outputs)} outputs, not one")
             (outputs,) = outputs.values()
-        model = keras.Model(inputs, outputs, name=os.path.basename(os.path.normpath(path)))
-        model._distft_saved_model = True
-        return model
+        return keras.Model(inputs, outputs, name=os.path.basename(os.path.normpath(path)))
     except Exception as e:
         raise DistftError(f"--model={path}: Keras {keras.__version__} cannot use this SavedModel "
                           f"({type(e).__name__}: {_first_line(e)}): save the model as .keras "
@@ -170,9 +202,7 @@ def _application(name: str, weights: str | None, input_shape: tuple | None) -> k
         raise DistftError(f"--weights={weights} does not exist: pass a weights file or --weights=none")
     try:
         # No top: distft adds its own head (--num_classes) on the pooled features.
-        model = builder(include_top=False, weights=weights, input_shape=input_shape, pooling="avg")
-        model._distft_headless = True
-        return model
+        return builder(include_top=False, weights=weights, input_shape=input_shape, pooling="avg")
     except Exception as e:
         if weights == "imagenet":
             raise DistftError(f"app:{name} could not fetch its imagenet weights ({_first_line(e)}): "

@@ -35,8 +35,6 @@ def cast(model: keras.Model, policy: str) -> keras.Model:
     _set_dtype(config, policy, keep=output_layer)
     rebuilt = model.__class__.from_config(config)
     rebuilt.set_weights(model.get_weights())
-    if hasattr(model, "_distft_headless"):  # loading's mark survives the rebuild
-        rebuilt._distft_headless = model._distft_headless
     return rebuilt
 
 

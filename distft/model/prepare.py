@@ -17,6 +17,7 @@ import tensorflow as tf
 from distft.errors import DistftError
 from distft.model import head as heads
 from distft.model import loading, lora, objective, precision as mixed, unfreeze as unfreezing
+from distft.model.variables import classify
 
 
 @dataclass
@@ -28,16 +29,23 @@ class FineTuneModel:
     head: list[str] = field(default_factory=list)  # names of the new head's layers (always trained)
     target_shape: Union[tuple, dict] = ()  # the data's target shape per record: () for class ids
     loss_weights: Optional[dict] = None  # several outputs: each output's loss weight
+    flags: loading.ModelFlags = loading.ModelFlags()  # what loading learnt about the base model
 
     @property
     def trainable_params(self) -> int:
-        return unfreezing.count_params(self.model.trainable_weights)
+        return unfreezing.count_params(classify(self.model).trainable)
 
     @property
     def frozen_params(self) -> int:
-        """Weights of the layers that do not train (a training BatchNorm layer's moving
-        statistics change, so they are not counted)."""
-        return unfreezing.count_params([w for l in unfreezing.flatten(self.model) for w in _frozen(l)])
+        """Weights that do not change (a training BatchNorm layer's moving statistics change,
+        so they are not counted: see model/variables.py)."""
+        return unfreezing.count_params(classify(self.model).frozen)
+
+    @property
+    def statistics_params(self) -> int:
+        """Weights that change outside the gradients: a training BatchNorm layer's moving
+        statistics (averaged over the workers every epoch)."""
+        return unfreezing.count_params(classify(self.model).statistics)
 
     @property
     def input_shape(self) -> tuple:
@@ -74,7 +82,9 @@ def prepare(model: str, num_classes: Optional[int] = None, unfreeze: Optional[st
     mixed.use(precision)
     # A file Keras saved with LoRA on holds merged kernels and reloads with zeroed factors
     # (which can never train): plain layers instead.
-    base = lora.merged(loading.load(model, weights, input_shape, unsafe_deserialization))
+    loaded = loading.load_with_flags(model, weights, input_shape, unsafe_deserialization)
+    flags = loaded.flags  # they hold for every rebuild of the model below
+    base = lora.merged(loaded.model)
     if isinstance(base, keras.Sequential):  # one graph of leaf layers, as functional models are
         base = keras.Model(base.inputs[0], base.outputs[0], name=base.name)
     base = mixed.cast(base, precision)
@@ -89,13 +99,14 @@ def prepare(model: str, num_classes: Optional[int] = None, unfreeze: Optional[st
         raise DistftError("--loss_weights weighs the losses of a model's several outputs, and "
                           f"--model={model} has one: leave it out")
     new_head: list[keras.layers.Layer] = []
-    if num_classes and getattr(base, "_distft_saved_model", False):
+    if num_classes and flags.saved_model:
         raise DistftError(f"--model={model} is a SavedModel, which Keras 3 loads as one opaque "
                           "layer whose head cannot be replaced: drop --num_classes to fine-tune "
                           "it whole, or save the model as .keras or .h5 and pass that")
     if num_classes:
-        full, new_head = heads.replace_head(base, num_classes, head_dropout, seed, head)
-    elif getattr(base, "_distft_headless", False):
+        full, new_head = heads.replace_head(base, num_classes, head_dropout, seed, head,
+                                            headless=flags.headless)
+    elif flags.headless:
         raise DistftError(f"--model={model} has no classification head: pass --num_classes=K")
     else:
         full = base
@@ -117,22 +128,13 @@ def prepare(model: str, num_classes: Optional[int] = None, unfreeze: Optional[st
         losses, per_metrics, per_weights = objective.per_output(full, shapes, loss, metrics,
                                                                 loss_weights)
         return FineTuneModel(full, losses, per_metrics, trained, [l.name for l in new_head],
-                             {n: tuple(shapes.get(n, ())) for n in full.output_names}, per_weights)
+                             {n: tuple(shapes.get(n, ())) for n in full.output_names}, per_weights,
+                             flags)
     if isinstance(target_shape, dict):  # named data for a one-output model: its output's target
         target_shape = target_shape.get(full.output_names[0], ())
     default_loss, default_metrics = heads.default_objective(full, target_shape)
     return FineTuneModel(full, loss or default_loss, list(metrics) if metrics else default_metrics,
-                         trained, [l.name for l in new_head], tuple(target_shape))
-
-
-def _frozen(layer: keras.layers.Layer) -> list:
-    """The weights of `layer` that do not train: all of a frozen layer's; of a trainable one,
-    those created trainable and frozen since (a LoRA layer's kernel), not those that change
-    without training (BatchNorm's moving statistics, created non-trainable)."""
-    if not layer.trainable:
-        return layer.weights
-    kind = {id(v) for sub in layer._flatten_layers() for v in sub._trainable_variables}
-    return [w for w in layer.weights if not w.trainable and id(w) in kind]
+                         trained, [l.name for l in new_head], tuple(target_shape), flags=flags)
 
 
 def weights_checksum(model: keras.Model) -> str:

@@ -127,18 +127,22 @@ class Plan:
             self.apply(current)
 
     def variables(self) -> list[tf.Variable]:
-        """Every variable trainable in some stage, in a fixed order: the optimizer keeps state
-        (slots) for all of them from the start, so a stage switch keeps what it learnt."""
+        """Every variable trainable in some stage (model/variables.py's `classify`), in a fixed
+        order, stage by stage: the optimizer keeps state (slots) for all of them from the
+        start, so a stage switch keeps what it learnt."""
+        from distft.model.variables import classify
+
         seen, out = set(), []
         for _ in self._each_stage():
-            for v in self.ft.model.trainable_variables:
+            for v in classify(self.ft.model).trainable:
                 if id(v) not in seen:
                     seen.add(id(v))
                     out.append(v)
         return out
 
     def ever_trainable(self) -> set[str]:
-        """Names of the layers that train in some stage."""
+        """Names of the layers that train in some stage (`classify(model, ever_trainable=...)`
+        classes their variables as when they train)."""
         return {name for _ in self._each_stage() for name in self.trainable_layers()}
 
     def describe(self, index: int) -> str:

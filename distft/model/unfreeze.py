@@ -27,13 +27,6 @@ def flatten(layer: keras.layers.Layer) -> list[keras.layers.Layer]:
     return [] if isinstance(layer, keras.layers.InputLayer) else [layer]
 
 
-def statistics(layer: keras.layers.Layer) -> list:
-    """`layer`'s non-trainable variables that training may change (BatchNormalization's moving
-    statistics, seed states): the weights under LoRA's factors, which LoRA froze, left out."""
-    frozen = {id(v) for l in lora.layers_with_lora(layer) for v in l.non_trainable_variables}
-    return [v for v in layer.non_trainable_variables if id(v) not in frozen]
-
-
 def _is_bn(layer: keras.layers.Layer) -> bool:
     return isinstance(layer, keras.layers.BatchNormalization)
 

@@ -18,7 +18,6 @@ from distft.files import atomic_write
 from distft.launch.environment import launched_at
 from distft.model import lora
 from distft.model.prepare import combined_checksum, layer_checksums
-from distft.model.unfreeze import count_params
 from distft.train import methods
 from distft.train.run_callbacks import Callbacks, fmt
 from distft.train.runtime import Worker
@@ -134,7 +133,7 @@ def _log_start(setup: Setup, trainee: Trainee, worker: Worker, state: RunState, 
     log.info("horovod: %s", " ".join(f"{k}={v}" for k, v in worker.horovod.items()))
     log.info("model %s: %d layers trainable (%s)", cfg.model, len(ft.unfrozen),
              ", ".join(ft.unfrozen[-6:]) + (" ..." if len(ft.unfrozen) > 6 else ""))
-    moving = count_params(ft.model.weights) - ft.trainable_params - ft.frozen_params
+    moving = ft.statistics_params
     log.info("weights: %d trainable, %d frozen%s", ft.trainable_params, ft.frozen_params,
              f", {moving} moving statistics (averaged over the workers every epoch)" if moving else "")
     if isinstance(ft.loss, dict):

@@ -22,8 +22,8 @@ from distft.errors import DistftError
 from distft.model import preprocessing
 from distft.model.prepare import FineTuneModel, prepare
 from distft.model.stages import Plan
-from distft.model.unfreeze import flatten, statistics
-from distft.train import frozen_cache, methods, optim, seeds
+from distft.model.variables import classify
+from distft.train import frozen_cache, methods, optim
 from distft.train.callbacks.ema import WeightAverage
 from distft.train.callbacks.rank_health import StepClock
 from distft.train.checks import check_fit
@@ -106,11 +106,8 @@ class Trainee:
         """The part of `variables()` that training changes: every stage's trainable weights, the
         statistics of their layers (BatchNormalization's), the seed generators' counters, and
         the optimizer's, gradient sums' and EMA's state. What elastic mode commits."""
-        model = self.ft.model
-        ever = self.plan.ever_trainable()
-        found = self.plan.variables() + [v for layer in flatten(model) if layer.name in ever
-                                         for v in statistics(layer)] + \
-            [g.state for g in seeds.generators(model)]
+        kinds = classify(self.ft.model, self.plan.ever_trainable())
+        found = self.plan.variables() + list(kinds.statistics + kinds.seeds)
         return self._with_training_state(list({id(v): v for v in found}.values()))
 
     def _with_training_state(self, model_variables: list) -> list:

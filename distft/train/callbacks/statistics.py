@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import keras
 
-from distft.model.unfreeze import flatten, statistics
+from distft.model.variables import classify
 from distft.train.runtime import Worker
 
 
@@ -26,10 +26,9 @@ class LayerStatistics(keras.callbacks.Callback):
         self.watched, self.worker = model, worker
 
     def variables(self) -> list:
-        """The float non-trainable variables of the layers that train now (seed states, which
-        are integers, and the weights under LoRA's factors left out)."""
-        return [v for layer in flatten(self.watched) if layer.trainable
-                for v in statistics(layer) if "float" in str(v.dtype)]
+        """The float statistics of the layers that train now (model/variables.py: not the
+        seed states, nor the weights under LoRA's factors, which are frozen)."""
+        return [v for v in classify(self.watched).statistics if "float" in str(v.dtype)]
 
     def average(self) -> None:
         """Replace the statistics with their mean over all workers (a collective)."""
