@@ -5,7 +5,7 @@ import numpy as np
 import tensorflow as tf
 
 from distft.train.checkpoint import CheckpointStore
-from distft.train.state import RunState
+from distft.train.state import Position, RunState
 
 
 def make(value: float):
@@ -81,3 +81,29 @@ def test_a_checkpoint_written_before_runstate_resumes_on_another_number_of_worke
     metrics = json.load(open(run_dir / "metrics.json"))
     assert (metrics["initial_epoch"], metrics["steps_per_epoch"]) == (2, 358)
     assert metrics["optimizer_updates"] == 2 * 179 + 120 + (358 - 240)
+
+
+def test_runstate_round_trips_reads_version_1_and_refuses_a_newer_version():
+    import pytest
+
+    state = RunState(epoch=3, step_in_epoch=40, steps_per_epoch=100, stopped_by="SIGTERM",
+                     logs={"loss": 0.5}, before={"accuracy": 0.2}, steps_run=340, announced=True,
+                     size=4, lr_offset=1.5, resets=2)
+    assert state.to_json()["version"] == RunState.VERSION
+    assert RunState.from_json(state.to_json()) == state
+    # Version 1's keys, as a checkpoint at an epoch's end wrote them (no steps per epoch).
+    old = RunState.from_json({"epoch": 2, "logs": {"loss": 0.3}, "stage": 1})
+    assert old == RunState(epoch=2, stage=1, logs={"loss": 0.3})
+    assert old.position.rescaled(50) == Position(2, 0, 50)
+    with pytest.raises(ValueError, match="newer"):
+        RunState.from_json({"version": RunState.VERSION + 1, "epoch": 1})
+
+
+def test_a_position_keeps_its_place_in_the_epoch_on_another_number_of_workers():
+    where = Position(epoch=2, skip=40, steps=100)
+    assert where.rescaled(50) == Position(2, 20, 50)  # twice the workers
+    assert where.rescaled(200) == Position(2, 80, 200)
+    assert where.done == 240
+    assert Position(1, 100, 100).rescaled(50) == Position(2, 0, 50)  # stopped after its last step
+    assert (where.next_step(), where.stopped_at()) == ("epoch 3 step 41 of 100", "epoch 3 step 40")
+    assert (Position(2, 0, 100).next_step(), Position(2, 0, 100).stopped_at()) == ("epoch 3", "epoch 2")
