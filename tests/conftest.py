@@ -1,5 +1,6 @@
-"""Shared fixtures: real data and a real base model (the demo's), and a runner for real
-multi-worker jobs (horovodrun over Gloo or MPI, or distft --np) with a hard time-out."""
+"""Shared fixtures: real data and a real base model (the demo's), the local Slurm cluster, and a
+runner for real multi-worker jobs (horovodrun over Gloo or MPI, or distft --np) with a hard
+time-out."""
 from __future__ import annotations
 
 import os
@@ -11,6 +12,8 @@ from dataclasses import dataclass
 
 import pytest
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SLURM = os.path.join(ROOT, "slurm")
 BIN = os.path.dirname(sys.executable)
 DISTFT = os.path.join(BIN, "distft")
 HOROVODRUN = os.path.join(BIN, "horovodrun")
@@ -59,6 +62,67 @@ def demo_data(tmp_path_factory) -> dict:
     paths = make_demo_data(folder)
     paths["folder"] = folder
     return paths
+
+
+SLURM_DAEMONS = ("munged", "slurmctld", "slurmd")
+
+
+def running(name: str) -> bool:
+    """Whether a process of that exact name runs on this machine."""
+    return subprocess.run(["pgrep", "-x", name], capture_output=True).returncode == 0
+
+
+@pytest.fixture(scope="session")
+def cluster():
+    """The real two-node Slurm cluster of slurm/local-cluster.sh, started once for the session
+    and brought down at its end (daemons and munge) unless it was already up before."""
+    before = {name for name in SLURM_DAEMONS if running(name)}
+    result = run(["bash", os.path.join(SLURM, "local-cluster.sh"), "up"], timeout=600)
+    assert result.code == 0, f"the local Slurm cluster did not start:\n{result.out}"
+    yield True
+    if before & {"slurmctld", "slurmd"}:
+        return  # someone's cluster: left as found
+    down = run(["bash", os.path.join(SLURM, "local-cluster.sh"), "down",
+                *(["--keep-munge"] if "munged" in before else [])], timeout=120)
+    assert down.code == 0, f"the local Slurm cluster did not stop:\n{down.out}"
+    left = [name for name in SLURM_DAEMONS if name not in before and running(name)]
+    assert not left, f"still running after local-cluster.sh down: {left}"
+
+
+# The issue's acceptance command (run from the demo's folder), and the shared runs of it.
+ACCEPTANCE = ["train", "--model=base_model.keras", "--data=shards/train-*.tfrecord", "--num_classes=5",
+              "--unfreeze=last:2", "--epochs=3"]
+
+
+@dataclass
+class Launch:
+    """A finished launch shared between tests: its run folder, output and wall time."""
+    run_dir: str
+    result: Result
+    wall: float
+
+
+@pytest.fixture(scope="session")
+def acceptance(demo_data):
+    """`acceptance(how, controller)`: the acceptance command on 2 workers, under horovodrun
+    (`how="horovodrun"`) or `distft --np=2` (`how="np"`), over Gloo or MPI; each launched once,
+    by the first test that asks for it, and shared by the tests that assert on it."""
+    launches: dict[tuple[str, str], Launch] = {}
+
+    def get(how: str, controller: str = "gloo") -> Launch:
+        if (how, controller) not in launches:
+            folder = demo_data["folder"]
+            run_dir = os.path.join(folder, "runs", f"acceptance-{how}-{controller}")
+            args = [*ACCEPTANCE, f"--output_dir={run_dir}"]
+            started = time.time()
+            if how == "horovodrun":
+                result = horovodrun(args, controller=controller, cwd=folder)
+            else:
+                result = distft([*args, "--np=2", f"--controller={controller}"], cwd=folder)
+            launches[how, controller] = Launch(run_dir, result, time.time() - started)
+        return launches[how, controller]
+
+    return get
 
 
 def one_line(out: str, prefix: str) -> str:

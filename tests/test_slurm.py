@@ -14,21 +14,12 @@ import time
 import pytest
 import tensorflow as tf
 
-from conftest import DISTFT, run
+from conftest import DISTFT, SLURM, run
 
 pytestmark = pytest.mark.slurm
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SLURM = os.path.join(ROOT, "slurm")
 # n1 and n2 share one kernel here: Open MPI's shared-memory transport between the 4 workers of
 # a "node" crashes on segments it sees from the other "node", so those go over TCP.
 LOCAL_MPI = {"OMPI_MCA_btl": "self,tcp"}
-
-
-@pytest.fixture(scope="session")
-def cluster():
-    result = run(["bash", os.path.join(SLURM, "local-cluster.sh"), "up"], timeout=600)
-    assert result.code == 0, f"the local Slurm cluster did not start:\n{result.out}"
-    return True
 
 
 @pytest.fixture
@@ -73,7 +64,7 @@ def wait_done(job: str, workdir, timeout: float = 300) -> dict:
         if state.get("JobState") in ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL",
                                      "OUT_OF_MEMORY"):
             return state
-        time.sleep(2)
+        time.sleep(0.5)
     subprocess.run(["scancel", job])
     logs = run(["bash", os.path.join(SLURM, "local-cluster.sh"), "logs"]).out
     pytest.fail(f"job {job} not done after {timeout}s: {job_state(job)}\n{log_of(job, workdir)}\n{logs}")
@@ -135,7 +126,7 @@ def test_requeue_template_checkpoints_on_usr1_requeues_and_finishes(workdir):
     deadline = time.time() + 240
     while f"epoch 3/{epochs}" not in log_of(job, workdir):
         assert time.time() < deadline, log_of(job, workdir)
-        time.sleep(1)
+        time.sleep(0.5)
     subprocess.run(["scancel", "--signal=USR1", "--batch", job], check=True)
     state = wait_done(job, workdir, timeout=600)
     log = log_of(job, workdir)
@@ -153,7 +144,7 @@ def test_sweep_template_one_run_folder_per_array_task(workdir):
     deadline = time.time() + 600
     while subprocess.run(["squeue", "-h", "-j", job], capture_output=True, text=True).stdout.strip():
         assert time.time() < deadline
-        time.sleep(2)
+        time.sleep(0.5)
     runs = sorted(glob.glob(os.path.join(workdir, "runs", f"sweep-{job}", "task-*")))
     assert [os.path.basename(r) for r in runs] == [
         "task-0-unfreeze-last_1-lr-1e-3", "task-1-unfreeze-last_1-lr-3e-4",
@@ -215,7 +206,7 @@ def test_elastic_template_goes_on_without_a_node_whose_worker_died(workdir):
     while "epoch 2/6" not in log_of(job, workdir):
         assert time.time() < deadline and job_state(job).get("JobState") in ("PENDING", "RUNNING"), \
             log_of(job, workdir)
-        time.sleep(1)
+        time.sleep(0.5)
     pids = [int(p) for p in os.listdir("/proc") if p.isdigit() and _is_worker_on(int(p), b"n2")]
     assert len(pids) == 1, pids
     os.kill(pids[0], 9)
