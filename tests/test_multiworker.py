@@ -7,13 +7,10 @@ import pytest
 import keras
 import tensorflow as tf
 
-from conftest import distft, horovodrun
+from conftest import ACCEPTANCE, distft, horovodrun
 from distft.demo import write_tfrecords
 
 pytestmark = pytest.mark.multiworker
-
-ACCEPTANCE = ["train", "--model=base_model.keras", "--data=shards/train-*.tfrecord", "--num_classes=5",
-              "--unfreeze=last:2", "--epochs=3"]
 
 
 def metrics_of(run_dir):
@@ -44,21 +41,17 @@ def check_fine_tuned(folder, run_dir, result):
 
 
 @pytest.mark.parametrize("controller", ["gloo", "mpi"])
-def test_acceptance_command_under_horovodrun(demo_data, controller):
-    folder = demo_data["folder"]
-    run_dir = os.path.join(folder, f"runs/{controller}")
-    result = horovodrun([*ACCEPTANCE, f"--output_dir={run_dir}"], controller=controller, cwd=folder)
-    m = check_fine_tuned(folder, run_dir, result)
+def test_acceptance_command_under_horovodrun(demo_data, acceptance, controller):
+    run = acceptance("horovodrun", controller)  # shared (test_performance_defaults.py)
+    m = check_fine_tuned(demo_data["folder"], run.run_dir, run.result)
     assert m["launcher"] == ("horovodrun" if controller == "gloo" else "mpirun")
 
 
 @pytest.mark.parametrize("controller", ["gloo", "mpi"])
-def test_acceptance_command_with_np(demo_data, controller):
-    folder = demo_data["folder"]
-    run_dir = os.path.join(folder, f"runs/np-{controller}")
-    result = distft([*ACCEPTANCE, f"--output_dir={run_dir}", "--np=2", f"--controller={controller}"],
-                    cwd=folder)
-    check_fine_tuned(folder, run_dir, result)
+def test_acceptance_command_with_np(demo_data, acceptance, controller):
+    run = acceptance("np", controller)  # shared (test_performance_defaults.py)
+    result = run.result
+    check_fine_tuned(demo_data["folder"], run.run_dir, result)
     assert "<stdout>" not in result.out  # the launcher's prefixes are stripped
     assert result.out.count("distft 2 worker(s)") == 1  # one log, from rank 0
 
@@ -124,11 +117,12 @@ def test_resume_continues_at_the_right_epoch(demo_data, tmp_path):
     assert reader.get_tensor(iters[0]) == 4 * m["steps_per_epoch"]
 
 
-def test_finished_run_is_not_overwritten(demo_data, tmp_path):
+def test_finished_run_is_not_overwritten(demo_data, acceptance):
     folder = demo_data["folder"]
-    run_dir = str(tmp_path / "run")
-    args = [*ACCEPTANCE[:-1], "--epochs=1", f"--output_dir={run_dir}"]
-    assert horovodrun(args, cwd=folder).code == 0
+    finished = acceptance("horovodrun")  # the acceptance run (shared): the same command again
+    assert finished.result.code == 0, finished.result.out[-3000:]
+    run_dir = finished.run_dir
+    args = [*ACCEPTANCE, f"--output_dir={run_dir}"]
     before = open(os.path.join(run_dir, "metrics.json")).read()
     again = horovodrun(args, cwd=folder, timeout=120)
     assert again.code != 0
