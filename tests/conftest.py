@@ -68,8 +68,14 @@ SLURM_DAEMONS = ("munged", "slurmctld", "slurmd")
 
 
 def running(name: str) -> bool:
-    """Whether a process of that exact name runs on this machine."""
-    return subprocess.run(["pgrep", "-x", name], capture_output=True).returncode == 0
+    """Whether a process of that exact name runs on this machine (a zombie, exited but not yet
+    reaped, does not run)."""
+    import psutil
+
+    for p in psutil.process_iter(["name", "status"]):
+        if p.info["name"] == name and p.info["status"] != psutil.STATUS_ZOMBIE:
+            return True
+    return False
 
 
 @pytest.fixture(scope="session")
@@ -86,7 +92,7 @@ def cluster():
                 *(["--keep-munge"] if "munged" in before else [])], timeout=120)
     assert down.code == 0, f"the local Slurm cluster did not stop:\n{down.out}"
     left = [name for name in SLURM_DAEMONS if name not in before and running(name)]
-    assert not left, f"still running after local-cluster.sh down: {left}"
+    assert not left, f"still running after local-cluster.sh down: {left}\n{down.out}"
 
 
 # The issue's acceptance command (run from the demo's folder), and the shared runs of it.
