@@ -67,15 +67,17 @@ def demo_data(tmp_path_factory) -> dict:
 SLURM_DAEMONS = ("munged", "slurmctld", "slurmd")
 
 
-def running(name: str) -> bool:
-    """Whether a process of that exact name runs on this machine (a zombie, exited but not yet
-    reaped, does not run)."""
+def pids(name: str) -> set[int]:
+    """The processes of that exact name on this machine (a zombie, exited but not yet reaped,
+    does not count)."""
     import psutil
 
-    for p in psutil.process_iter(["name", "status"]):
-        if p.info["name"] == name and p.info["status"] != psutil.STATUS_ZOMBIE:
-            return True
-    return False
+    return {p.pid for p in psutil.process_iter(["name", "status"])
+            if p.info["name"] == name and p.info["status"] != psutil.STATUS_ZOMBIE}
+
+
+def running(name: str) -> bool:
+    return bool(pids(name))
 
 
 @pytest.fixture(scope="session")
@@ -85,9 +87,10 @@ def cluster():
     before = {name for name in SLURM_DAEMONS if running(name)}
     result = run(["bash", os.path.join(SLURM, "local-cluster.sh"), "up"], timeout=600)
     assert result.code == 0, f"the local Slurm cluster did not start:\n{result.out}"
+    ours = pids("slurmctld")
     yield True
-    if before & {"slurmctld", "slurmd"}:
-        return  # someone's cluster: left as found
+    if before & {"slurmctld", "slurmd"} or pids("slurmctld") != ours:
+        return  # someone's cluster (up before, or started again since): left as found
     down = run(["bash", os.path.join(SLURM, "local-cluster.sh"), "down",
                 *(["--keep-munge"] if "munged" in before else [])], timeout=120)
     assert down.code == 0, f"the local Slurm cluster did not stop:\n{down.out}"
