@@ -3,6 +3,7 @@ runner for real multi-worker jobs (horovodrun over Gloo or MPI, or distft --np) 
 time-out."""
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -51,6 +52,40 @@ def horovodrun(args: list[str], np: int = 2, controller: str = "gloo", **kw) -> 
 
 def distft(args: list[str], **kw) -> Result:
     return run([DISTFT, *args], **kw)
+
+
+CLI_RUNNER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "cli_runner.py")
+
+
+class SharedLaunch:
+    """Several `distft` commands, each as `distft ARGV` would run it, in one 2-worker launch
+    under horovodrun (tests/cli_runner.py): the tests of a module assert on the runs of one
+    launch instead of starting workers, TensorFlow and Horovod for each. `runs`: a list of
+    {"name", "argv", optional "cwd"}."""
+
+    def __init__(self, folder: str, runs: list[dict], timeout: float = 900):
+        from cli_runner import segments
+
+        listing, status = os.path.join(folder, "runs.json"), os.path.join(folder, "status.json")
+        with open(listing, "w") as f:
+            json.dump(runs, f)
+        started = time.time()
+        self.result = run([HOROVODRUN, "-np", "2", "-H", "localhost:2", "--gloo", sys.executable,
+                           CLI_RUNNER, listing, status], timeout=timeout)
+        self.seconds = time.time() - started
+        self.status = {}
+        if os.path.exists(status):
+            with open(status) as f:
+                self.status = json.load(f)
+        self.outputs = segments(self.result.out)
+
+    def output(self, name: str) -> str:
+        """The output of run `name`, which must have ended with exit code 0."""
+        if name not in self.status:
+            pytest.fail(f"the shared launch did not finish {name}:\n{self.result.out[-4000:]}")
+        out = self.outputs.get(name, "")
+        assert self.status[name]["code"] == 0, f"{name}: exit {self.status[name]['code']}\n{out[-3000:]}"
+        return out
 
 
 @pytest.fixture(scope="session")
