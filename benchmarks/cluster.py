@@ -30,6 +30,7 @@ with rank-8 LoRA factors on every Dense layer; distft only), `mobilenet`.
 
 Example (from the repository root, as root):
     python -m benchmarks cluster --quick        # 2 nodes, 1 Gbit/s, convnet10m-full: distft / group / mwms
+                                                # (a look: saved under --workdir, not in results/)
     python -m benchmarks cluster --links=1gbit,10gbit --nodes=2,4 --models=convnet10m-full,mlp10m-full
     python -m benchmarks cluster --tune         # Horovod cycle time, fusion, threads at 1 and 10 Gbit/s
     python -m benchmarks cluster --tune --models=mobilenet --contenders="defaults (cycle 1 ms),cycle 5 ms"
@@ -110,7 +111,8 @@ def main(argv: list[str]) -> int:
     p.add_argument("--records", type=int, default=1280)
     p.add_argument("--delay_ms", type=float, default=0.1, help="node to node (needs netem in the kernel)")
     p.add_argument("--workdir", default="/tmp/distft-cluster", help="models, data and runs (kept)")
-    p.add_argument("--output", default=None, help=f"result JSON (default {os.path.relpath(RESULTS)})")
+    p.add_argument("--output", default=None, help=f"result JSON (default {os.path.relpath(RESULTS)}; "
+                   "with --quick, cluster-quick.json in --workdir)")
     p.add_argument("--calibrate", metavar="FILE,...", help="no runs: the scaling model against these "
                    "results' cases (e.g. a 2-node and a 4-node run), printed and saved to --output")
     a = p.parse_args(argv)
@@ -140,7 +142,7 @@ def main(argv: list[str]) -> int:
     if unknown:
         print(f"cluster: unknown model(s) {', '.join(unknown)}: choose from {', '.join(MODELS)}", file=sys.stderr)
         return 2
-    output = a.output or (result_file("cluster-tune.json") if a.tune else RESULTS)
+    output = output_path(a)
     print(f"command: {invocation()}", flush=True)
     # The lab is removed on these too (SIGINT also when started in the background, which ignores it).
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
@@ -181,6 +183,8 @@ def main(argv: list[str]) -> int:
     if result["scaling_model"]:
         print(calibration_table(result["scaling_model"]))
     save(result, output)
+    if a.quick and not a.output:
+        print(f"--quick: saved in --workdir, {os.path.abspath(output)} (benchmarks/results/ unchanged)")
     for f in failed:
         print(f"cluster: {f['contender']} failed on {f['nodes']} nodes, {f['link']}, {f['model']}, round {f['round']}",
               file=sys.stderr)
@@ -188,6 +192,16 @@ def main(argv: list[str]) -> int:
         case = {k: result["ratios"][0][k] for k in ("link", "nodes", "model", "round")} if result["ratios"] else {}
         print(json.dumps({**case, **{r["ratio"]: r["value"] for r in result["ratios"]}}))
     return 1 if failed else 0
+
+
+def output_path(a: argparse.Namespace) -> str:
+    """Where the result goes: --output, else --quick's file in --workdir (a look, not a result:
+    the repository's tracked results stay as they are), else this TensorFlow's result file."""
+    if a.output:
+        return a.output
+    if a.quick:
+        return os.path.join(a.workdir, "cluster-quick.json")
+    return result_file("cluster-tune.json") if a.tune else RESULTS
 
 
 def _interrupt(signum, _frame) -> None:

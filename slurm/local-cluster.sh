@@ -3,7 +3,8 @@
 # for trying the templates and for distft's tests. Debian 12 / Slurm 22.05, run as root.
 #
 #   bash slurm/local-cluster.sh up      # install (apt) if needed, configure, start, wait
-#   bash slurm/local-cluster.sh down    # stop the daemons
+#   bash slurm/local-cluster.sh down    # stop the daemons (slurmd, slurmctld, munged)
+#   bash slurm/local-cluster.sh down --keep-munge   # ... but leave munged running
 #   bash slurm/local-cluster.sh logs    # print the daemons' logs
 #
 # munge authenticates; slurmctld schedules; two slurmd (ports 17001, 17002) act as two nodes
@@ -104,18 +105,43 @@ SSH
   done
 }
 
+# Stop the daemon whose pid file is $1 if that pid is a process named $2; wait until it is gone.
+stop_pidfile() {
+  local file=$1 name=$2 pid
+  [[ -f $file ]] || return 0
+  pid=$(cat "$file" 2>/dev/null) || return 0
+  [[ $pid =~ ^[0-9]+$ && $(cat "/proc/$pid/comm" 2>/dev/null) == "$name" ]] || return 0
+  kill "$pid" 2>/dev/null || true
+  for _ in $(seq 50); do alive "$pid" || return 0; sleep 0.2; done
+  kill -9 "$pid" 2>/dev/null || true
+}
+
+alive() {  # a process, not a zombie
+  local state
+  state=$(awk '{print $3}' "/proc/$1/stat" 2>/dev/null) || return 1
+  [[ -n $state && $state != Z ]]
+}
+
+stop_slurm() {
+  for n in "${NODES[@]}"; do stop_pidfile "/run/slurmd-$n.pid" slurmd; done
+  stop_pidfile /run/slurmctld.pid slurmctld
+}
+
 down() {
-  pkill -x slurmd 2>/dev/null || true
-  pkill -x slurmctld 2>/dev/null || true
-  for _ in $(seq 50); do pgrep -x slurmd >/dev/null || pgrep -x slurmctld >/dev/null || break; sleep 0.2; done
-  return 0
+  stop_slurm
+  if [[ ${1:-} == --keep-munge ]]; then
+    say "down: slurmd and slurmctld stopped; munged left running"
+  else
+    stop_pidfile /run/munge/munged.pid munged
+    say "down: slurmd, slurmctld and munged stopped"
+  fi
 }
 
 up() {
   install
   configure
   ssh_between_nodes
-  down
+  stop_slurm
   pgrep -x munged >/dev/null || runuser -u munge -- /usr/sbin/munged
   munge -n | unmunge >/dev/null || { say "munge does not work"; logs; exit 1; }
   slurmctld || { say "slurmctld did not start; daemons' logs follow"; logs; exit 1; }
@@ -141,7 +167,7 @@ up() {
 
 case "${1:-up}" in
   up) up ;;
-  down) down ;;
+  down) down "${2:-}" ;;
   logs) logs ;;
-  *) echo "usage: $0 up|down|logs" >&2; exit 2 ;;
+  *) echo "usage: $0 up|down [--keep-munge]|logs" >&2; exit 2 ;;
 esac

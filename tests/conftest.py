@@ -1,7 +1,9 @@
-"""Shared fixtures: real data and a real base model (the demo's), and a runner for real
-multi-worker jobs (horovodrun over Gloo or MPI, or distft --np) with a hard time-out."""
+"""Shared fixtures: real data and a real base model (the demo's), the local Slurm cluster, and a
+runner for real multi-worker jobs (horovodrun over Gloo or MPI, or distft --np) with a hard
+time-out."""
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -11,6 +13,8 @@ from dataclasses import dataclass
 
 import pytest
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SLURM = os.path.join(ROOT, "slurm")
 BIN = os.path.dirname(sys.executable)
 DISTFT = os.path.join(BIN, "distft")
 HOROVODRUN = os.path.join(BIN, "horovodrun")
@@ -50,6 +54,40 @@ def distft(args: list[str], **kw) -> Result:
     return run([DISTFT, *args], **kw)
 
 
+CLI_RUNNER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "cli_runner.py")
+
+
+class SharedLaunch:
+    """Several `distft` commands, each as `distft ARGV` would run it, in one 2-worker launch
+    under horovodrun (tests/cli_runner.py): the tests of a module assert on the runs of one
+    launch instead of starting workers, TensorFlow and Horovod for each. `runs`: a list of
+    {"name", "argv", optional "cwd"}."""
+
+    def __init__(self, folder: str, runs: list[dict], timeout: float = 900):
+        from cli_runner import segments
+
+        listing, status = os.path.join(folder, "runs.json"), os.path.join(folder, "status.json")
+        with open(listing, "w") as f:
+            json.dump(runs, f)
+        started = time.time()
+        self.result = run([HOROVODRUN, "-np", "2", "-H", "localhost:2", "--gloo", sys.executable,
+                           CLI_RUNNER, listing, status], timeout=timeout)
+        self.seconds = time.time() - started
+        self.status = {}
+        if os.path.exists(status):
+            with open(status) as f:
+                self.status = json.load(f)
+        self.outputs = segments(self.result.out)
+
+    def output(self, name: str) -> str:
+        """The output of run `name`, which must have ended with exit code 0."""
+        if name not in self.status:
+            pytest.fail(f"the shared launch did not finish {name}:\n{self.result.out[-4000:]}")
+        out = self.outputs.get(name, "")
+        assert self.status[name]["code"] == 0, f"{name}: exit {self.status[name]['code']}\n{out[-3000:]}"
+        return out
+
+
 @pytest.fixture(scope="session")
 def demo_data(tmp_path_factory) -> dict:
     """The demo's base model (CNN on digits 0-4) and TFRecord shards of digits 5-9."""
@@ -59,6 +97,76 @@ def demo_data(tmp_path_factory) -> dict:
     paths = make_demo_data(folder)
     paths["folder"] = folder
     return paths
+
+
+SLURM_DAEMONS = ("munged", "slurmctld", "slurmd")
+
+
+def pids(name: str) -> set[int]:
+    """The processes of that exact name on this machine (a zombie, exited but not yet reaped,
+    does not count)."""
+    import psutil
+
+    return {p.pid for p in psutil.process_iter(["name", "status"])
+            if p.info["name"] == name and p.info["status"] != psutil.STATUS_ZOMBIE}
+
+
+def running(name: str) -> bool:
+    return bool(pids(name))
+
+
+@pytest.fixture(scope="session")
+def cluster():
+    """The real two-node Slurm cluster of slurm/local-cluster.sh, started once for the session
+    and brought down at its end (daemons and munge) unless it was already up before."""
+    before = {name for name in SLURM_DAEMONS if running(name)}
+    result = run(["bash", os.path.join(SLURM, "local-cluster.sh"), "up"], timeout=600)
+    assert result.code == 0, f"the local Slurm cluster did not start:\n{result.out}"
+    ours = pids("slurmctld")
+    yield True
+    if before & {"slurmctld", "slurmd"} or pids("slurmctld") != ours:
+        return  # someone's cluster (up before, or started again since): left as found
+    down = run(["bash", os.path.join(SLURM, "local-cluster.sh"), "down",
+                *(["--keep-munge"] if "munged" in before else [])], timeout=120)
+    assert down.code == 0, f"the local Slurm cluster did not stop:\n{down.out}"
+    left = [name for name in SLURM_DAEMONS if name not in before and running(name)]
+    assert not left, f"still running after local-cluster.sh down: {left}\n{down.out}"
+
+
+# The issue's acceptance command (run from the demo's folder), and the shared runs of it.
+ACCEPTANCE = ["train", "--model=base_model.keras", "--data=shards/train-*.tfrecord", "--num_classes=5",
+              "--unfreeze=last:2", "--epochs=3"]
+
+
+@dataclass
+class Launch:
+    """A finished launch shared between tests: its run folder, output and wall time."""
+    run_dir: str
+    result: Result
+    wall: float
+
+
+@pytest.fixture(scope="session")
+def acceptance(demo_data):
+    """`acceptance(how, controller)`: the acceptance command on 2 workers, under horovodrun
+    (`how="horovodrun"`) or `distft --np=2` (`how="np"`), over Gloo or MPI; each launched once,
+    by the first test that asks for it, and shared by the tests that assert on it."""
+    launches: dict[tuple[str, str], Launch] = {}
+
+    def get(how: str, controller: str = "gloo") -> Launch:
+        if (how, controller) not in launches:
+            folder = demo_data["folder"]
+            run_dir = os.path.join(folder, "runs", f"acceptance-{how}-{controller}")
+            args = [*ACCEPTANCE, f"--output_dir={run_dir}"]
+            started = time.time()
+            if how == "horovodrun":
+                result = horovodrun(args, controller=controller, cwd=folder)
+            else:
+                result = distft([*args, "--np=2", f"--controller={controller}"], cwd=folder)
+            launches[how, controller] = Launch(run_dir, result, time.time() - started)
+        return launches[how, controller]
+
+    return get
 
 
 def one_line(out: str, prefix: str) -> str:

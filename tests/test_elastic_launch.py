@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from conftest import Job, distft, run
+from conftest import SLURM, Job, distft, run
 from distft.config import TrainConfig
 from distft.errors import DistftError
 from distft.launch import environment
@@ -17,7 +17,6 @@ from distft.launch.elastic import Elastic
 from distft.launch.spawn import JobLog, horovodrun_command
 from test_cli_errors import one_error
 from test_environment import clean_env  # noqa: F401 (fixture)
-from test_slurm import SLURM, cluster  # noqa: F401 (fixture)
 
 # A worker that reports what distft detects, then allreduces until a peer is lost and joins
 # the next rendezvous as an elastic worker does (`hvd.init()` after `hvd.shutdown()`).
@@ -148,7 +147,7 @@ def test_elastic_environment_needs_horovod_elastic(clean_env):  # noqa: F811
 
 
 @pytest.mark.slurm
-def test_discovery_script_lists_the_allocations_usable_nodes(cluster, tmp_path):  # noqa: F811
+def test_discovery_script_lists_the_allocations_usable_nodes(cluster, tmp_path):
     from distft.launch import slurm
 
     script = os.path.join(SLURM, "discover_hosts.sh")
@@ -162,14 +161,14 @@ def test_discovery_script_lists_the_allocations_usable_nodes(cluster, tmp_path):
     def wait_listed(expected: list[str]) -> None:
         deadline = time.time() + 60
         while listed() != expected and time.time() < deadline:
-            time.sleep(1)
+            time.sleep(0.5)
         assert listed() == expected
 
     wait_listed(["n1:2", "n2:2"])
     # DOWN kills a job running on the node: wait until n2 runs none (other Slurm tests).
     deadline = time.time() + 120
     while run(["squeue", "-h", "-w", "n2"]).out.strip() and time.time() < deadline:
-        time.sleep(2)
+        time.sleep(0.5)
     try:
         for state in ("DOWN", "DRAIN"):
             run(["scontrol", "update", "nodename=n2", f"state={state}", "reason=distft-test"])

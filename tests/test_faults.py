@@ -143,5 +143,10 @@ def test_a_second_ctrl_c_stops_at_once(demo_data, tmp_path):
     assert job.wait(30) == 130, job.out[-3000:]
     assert time.time() - started < 15
     assert "Ctrl-C (SIGINT) twice" in one_line(job.out, "distft: stopped:")
-    time.sleep(1)
-    assert not any(psutil.pid_exists(p) and psutil.Process(p).status() != "zombie" for p in workers)
+    def alive() -> list[int]:
+        return [p for p in workers if psutil.pid_exists(p) and psutil.Process(p).status() != "zombie"]
+
+    gone_by = time.time() + 1  # the workers are gone within a second
+    while alive() and time.time() < gone_by:
+        time.sleep(0.1)
+    assert not alive()

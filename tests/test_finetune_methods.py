@@ -1,15 +1,17 @@
 """Fine-tuning methods: staged unfreezing, layer-wise learning rates, cached frozen features,
-mixed precision and XLA, EMA of the weights. Mechanisms in-process, runs on 2 real workers."""
+mixed precision and XLA, EMA of the weights. Mechanisms in-process, runs on 2 real workers (the
+fine-tunes that the tests only read run one after another in one launch: `methods`)."""
 import json
 import os
 import shutil
+from dataclasses import dataclass
 
 import numpy as np
 import pytest
 import keras
 import tensorflow as tf
 
-from conftest import distft, horovodrun
+from conftest import SharedLaunch, distft, horovodrun
 from distft.errors import DistftError
 from distft.model import stages
 from distft.model.prepare import prepare
@@ -164,22 +166,44 @@ def test_cache_split_needs_one_tensor_between_frozen_and_trainable(demo_data):
 
 # ---- two real workers ----
 
-def train(demo_data, out, *flags, np_=2, timeout=300):
-    args = ["train", f"--model={demo_data['model']}", f"--data={demo_data['data']}",
+def train_argv(demo_data, out, *flags):
+    return ["train", f"--model={demo_data['model']}", f"--data={demo_data['data']}",
             f"--val_data={demo_data['val_data']}", "--num_classes=5", f"--output_dir={out}", *flags]
+
+
+def train(demo_data, out, *flags, np_=2, timeout=300):
+    args = train_argv(demo_data, out, *flags)
     return distft([*args, f"--np={np_}"] if np_ > 1 else args, timeout=timeout)
 
 
 SCHEDULE = ["--unfreeze_schedule=0:none,1:last:1,2:all", "--lr_mult=re:^conv1$=0", "--ema=0.9",
             "--epochs=3", "--keep_checkpoints=0"]
+# The 2-worker fine-tunes the tests below read, by name: one launch runs them all (`methods`).
+METHODS = {"staged": SCHEDULE,
+           "plain": ["--unfreeze=last:2", "--epochs=2"],
+           "cached": ["--unfreeze=last:2", "--epochs=2", "--cache_frozen"],
+           "mixed_bfloat16_jit": ["--unfreeze=last:2", "--epochs=2", "--precision=mixed_bfloat16", "--jit"]}
+
+
+@dataclass
+class Run:
+    dir: str  # the run folder
+    out: str  # the run's output (rank 0's lines, as the launch printed them)
 
 
 @pytest.fixture(scope="module")
-def staged(demo_data, tmp_path_factory):
-    out = str(tmp_path_factory.mktemp("staged") / "run")
-    result = train(demo_data, out, *SCHEDULE)
-    assert result.code == 0, result.out[-3000:]
-    return out, result
+def methods(demo_data, tmp_path_factory):
+    """Each of METHODS on 2 workers, one after another in one launch: name -> Run."""
+    root = str(tmp_path_factory.mktemp("methods"))
+    launch = SharedLaunch(root, [{"name": name, "argv": train_argv(demo_data, os.path.join(root, name), *flags)}
+                                 for name, flags in METHODS.items()])
+    return {name: Run(os.path.join(root, name), launch.output(name)) for name in METHODS}
+
+
+@pytest.fixture(scope="module")
+def staged(methods):
+    run = methods["staged"]
+    return run.dir, run
 
 
 @pytest.mark.multiworker
@@ -253,27 +277,21 @@ def test_resume_lands_in_the_right_stage(demo_data, staged, tmp_path):
 
 
 @pytest.mark.multiworker
-def test_cache_frozen_gives_the_same_accuracy(demo_data, tmp_path):
-    flags = ["--unfreeze=last:2", "--epochs=2"]
-    plain = train(demo_data, str(tmp_path / "plain"), *flags)
-    cached = train(demo_data, str(tmp_path / "cached"), *flags, "--cache_frozen")
-    assert plain.code == 0 and cached.code == 0, cached.out[-3000:]
+def test_cache_frozen_gives_the_same_accuracy(methods):
+    plain, cached = methods["plain"], methods["cached"]  # both ended with exit code 0
     assert "cached the frozen prefix's output (8, 8, 16) for 716 records" in cached.out
-    a, b = metrics_of(str(tmp_path / "plain")), metrics_of(str(tmp_path / "cached"))
+    a, b = metrics_of(plain.dir), metrics_of(cached.dir)
     assert len(set(b["weights_checksums"])) == 1
     # The records come in another order (the cache holds each worker's share, in file order),
     # so the runs differ a little: within 2 of the 180 validation records.
     assert abs(a["validation"]["accuracy"] - b["validation"]["accuracy"]) <= 2 / 180 + 1e-6
-    full = keras.models.load_model(str(tmp_path / "cached" / "model.keras"), compile=False)
+    full = keras.models.load_model(os.path.join(cached.dir, "model.keras"), compile=False)
     assert full.input_shape == (None, 8, 8, 1)  # the full model, usable on raw inputs
 
 
 @pytest.mark.multiworker
-def test_mixed_bfloat16_with_xla_on_two_workers(demo_data, tmp_path):
-    out = str(tmp_path / "run")
-    result = train(demo_data, out, "--unfreeze=last:2", "--epochs=2", "--precision=mixed_bfloat16",
-                   "--jit")
-    assert result.code == 0, result.out[-3000:]
+def test_mixed_bfloat16_with_xla_on_two_workers(methods):
+    out = methods["mixed_bfloat16_jit"].dir  # ended with exit code 0
     m = metrics_of(out)
     assert len(set(m["weights_checksums"])) == 1
     assert m["validation"]["loss"] < m["validation_before"]["loss"]

@@ -1,6 +1,7 @@
 """The data layouts users bring, each in a real file, fine-tuned on 2 real workers: targets of
 any shape, image arrays, class names, image folders, other tools' TFRecords; and the one-line
-errors for data that does not fit."""
+errors for data that does not fit. The fine-tunes run one after another in one 2-worker launch
+(the module's `trained` fixture, tests/cli_runner.py), each test asserting on its own runs."""
 import glob
 import json
 import os
@@ -9,7 +10,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import distft, horovodrun
+from conftest import SharedLaunch, distft
 
 pytestmark = pytest.mark.multiworker
 NAMES = ["five", "six", "seven", "eight", "nine"]  # digits 5-9; sorted: eight five nine seven six
@@ -28,15 +29,47 @@ def digits():
     return x, d.target[order] - 5
 
 
-def train(args, out, np_=2, **kw):
+def train_argv(args, out):
+    """`distft train` with the layouts' defaults (3 epochs, batch 16, seed 1, lr 0.005)."""
     defaults = ["--epochs=3", "--batch_size=16", "--seed=1", "--lr=0.005"]
     given = {a.split("=")[0] for a in args}
-    result = horovodrun(["train", *args, f"--output_dir={out}",
-                         *(d for d in defaults if d.split("=")[0] not in given)], np=np_, **kw)
-    assert result.code == 0, result.out[-3000:]
-    metrics = json.load(open(os.path.join(out, "metrics.json")))
-    assert len(set(metrics["weights_checksums"])) == 1  # the workers' weights agree
-    return metrics, result.out
+    return ["train", *args, f"--output_dir={out}", *(d for d in defaults if d.split("=")[0] not in given)]
+
+
+# The data of each fine-tune below, written into its own folder: (name, writer). A writer
+# takes (folder, demo_data, digits) and returns the run's `distft train` arguments.
+LAYOUTS = []
+
+
+def layout(name):
+    def register(writer):
+        LAYOUTS.append((name, writer))
+        return writer
+    return register
+
+
+@pytest.fixture(scope="module")
+def trained(demo_data, digits, tmp_path_factory):
+    """Every fine-tune of this module on 2 workers, in one launch; `trained(name)` is the run's
+    folder, metrics and output (the workers' weights agree)."""
+    import pathlib
+
+    root = pathlib.Path(tmp_path_factory.mktemp("layouts"))
+    runs = []
+    for name, writer in LAYOUTS:
+        folder = root / name
+        folder.mkdir()
+        runs.append({"name": name, "argv": train_argv(writer(folder, demo_data, digits), folder / "run")})
+    launch = SharedLaunch(str(root), runs)
+
+    def get(name):
+        out = launch.output(name)
+        folder = root / name
+        metrics = json.load(open(folder / "run" / "metrics.json"))
+        assert len(set(metrics["weights_checksums"])) == 1  # the workers' weights agree
+        return folder, metrics, out
+
+    return get
 
 
 def improved(metrics, key="loss"):
@@ -82,40 +115,57 @@ def test_regression_npz_with_2d_targets_then_evaluate(tmp_path):
     assert tuned_loss < 0.5 * base_loss, losses
 
 
-def test_one_hot_and_class_ids_reach_the_same_accuracy(demo_data, digits, tmp_path):
-    """Class ids (N,) in an .npz; the same as one-hot rows, a fixed-length float list `y` in a
-    TFRecord."""
+@layout("ids")
+def class_ids(folder, demo_data, digits):
     x, y = digits
-    np.savez(tmp_path / "ids.npz", x=x, y=y)
-    with tf.io.TFRecordWriter(str(tmp_path / "onehot.tfrecord")) as w:
+    np.savez(folder / "ids.npz", x=x, y=y)
+    return [f"--model={demo_data['model']}", f"--data={folder / 'ids.npz'}", "--val_split=0.25",
+            "--num_classes=5"]
+
+
+@layout("onehot")
+def one_hot_rows(folder, demo_data, digits):
+    x, y = digits
+    with tf.io.TFRecordWriter(str(folder / "onehot.tfrecord")) as w:
         for img, label in zip(x, y):
             w.write(tf.train.Example(features=tf.train.Features(feature={
                 "x": tf.train.Feature(float_list=tf.train.FloatList(value=img.ravel() / 255.0)),
                 "y": tf.train.Feature(float_list=tf.train.FloatList(value=np.eye(5)[label])),
             })).SerializeToString())
+    return [f"--model={demo_data['model']}", f"--data={folder / 'onehot.tfrecord'}", "--val_split=0.25",
+            "--num_classes=5"]
+
+
+def test_one_hot_and_class_ids_reach_the_same_accuracy(trained):
+    """Class ids (N,) in an .npz; the same as one-hot rows, a fixed-length float list `y` in a
+    TFRecord."""
     accuracy = {}
-    for data, loss in (("ids.npz", "sparse_categorical_crossentropy"),
-                       ("onehot.tfrecord", "categorical_crossentropy")):
-        metrics, out = train([f"--model={demo_data['model']}", f"--data={tmp_path / data}",
-                              "--val_split=0.25", "--num_classes=5"], str(tmp_path / data[:-4]))
+    for name, loss in (("ids", "sparse_categorical_crossentropy"), ("onehot", "categorical_crossentropy")):
+        _, metrics, out = trained(name)
         assert f"objective: {loss}, metrics accuracy" in objective_line(out)
         improved(metrics)
-        accuracy[data] = metrics["validation"]["accuracy"]
-    assert accuracy["ids.npz"] > 0.6 and abs(accuracy["ids.npz"] - accuracy["onehot.tfrecord"]) < 0.05, accuracy
+        accuracy[name] = metrics["validation"]["accuracy"]
+    assert accuracy["ids"] > 0.6 and abs(accuracy["ids"] - accuracy["onehot"]) < 0.05, accuracy
 
 
-def test_uint8_image_array_is_scaled_resized_and_augmented(demo_data, digits, tmp_path):
-    """(N, 16, 16) uint8 images for a model of (8, 8, 1) inputs in [0, 1]."""
+@layout("uint8_images")
+def uint8_images(folder, demo_data, digits):
     x, y = digits
     big = np.repeat(np.repeat(x[..., 0], 2, axis=1), 2, axis=2)  # (N, 16, 16): grey, no channel axis
-    np.savez(tmp_path / "img.npz", x=big, y=y)
-    metrics, _ = train([f"--model={demo_data['model']}", f"--data={tmp_path / 'img.npz'}",
-                        "--val_split=0.25", "--num_classes=5", "--augment=crop"], str(tmp_path / "run"))
+    np.savez(folder / "img.npz", x=big, y=y)
+    return [f"--model={demo_data['model']}", f"--data={folder / 'img.npz'}", "--val_split=0.25",
+            "--num_classes=5", "--augment=crop"]
+
+
+def test_uint8_image_array_is_scaled_resized_and_augmented(trained):
+    """(N, 16, 16) uint8 images for a model of (8, 8, 1) inputs in [0, 1]."""
+    _, metrics, _ = trained("uint8_images")
     improved(metrics)
     assert metrics["train"]["loss"] < 2.0 and metrics["validation"]["accuracy"] > 0.6, metrics
 
 
-def test_multi_label_targets_under_a_sigmoid_head(tmp_path):
+@layout("multi_label")
+def multi_label(folder, demo_data, digits):
     import keras
 
     rng = np.random.default_rng(1)
@@ -124,16 +174,21 @@ def test_multi_label_targets_under_a_sigmoid_head(tmp_path):
     keras.utils.set_random_seed(0)
     base = keras.Sequential([keras.layers.Input((6,)), keras.layers.Dense(16, activation="relu"),
                              keras.layers.Dense(3, activation="sigmoid")])
-    base.save(tmp_path / "tagger.keras")
-    np.savez(tmp_path / "tags.npz", x=x, y=y)
-    metrics, out = train([f"--model={tmp_path / 'tagger.keras'}", f"--data={tmp_path / 'tags.npz'}",
-                          "--val_split=0.25", "--lr=0.01"], str(tmp_path / "run"))
+    base.save(folder / "tagger.keras")
+    np.savez(folder / "tags.npz", x=x, y=y)
+    return [f"--model={folder / 'tagger.keras'}", f"--data={folder / 'tags.npz'}", "--val_split=0.25",
+            "--lr=0.01"]
+
+
+def test_multi_label_targets_under_a_sigmoid_head(trained):
+    _, metrics, out = trained("multi_label")
     assert "objective: binary_crossentropy, metrics binary_accuracy" in objective_line(out)
     improved(metrics)
     assert metrics["validation"]["binary_accuracy"] > 0.8, metrics
 
 
-def test_multi_target_regression_from_csv_columns(tmp_path):
+@layout("csv_regression")
+def csv_regression(folder, demo_data, digits):
     import keras
 
     rng = np.random.default_rng(2)
@@ -141,30 +196,40 @@ def test_multi_target_regression_from_csv_columns(tmp_path):
     y = x @ rng.normal(size=(4, 3))
     keras.utils.set_random_seed(0)
     base = keras.Sequential([keras.layers.Input((4,)), keras.layers.Dense(3)])
-    base.save(tmp_path / "reg.keras")
+    base.save(folder / "reg.keras")
     rows = ["f0,a,f1,b,f2,c,f3"] + [",".join(f"{v:.5f}" for v in (r[0], t[0], r[1], t[1], r[2], t[2], r[3]))
                                     for r, t in zip(x, y)]
-    (tmp_path / "d.csv").write_text("\n".join(rows) + "\n")
-    metrics, out = train([f"--model={tmp_path / 'reg.keras'}", f"--data={tmp_path / 'd.csv'}",
-                          "--label=a,b,c", "--val_split=0.25", "--lr=0.02"], str(tmp_path / "run"))
+    (folder / "d.csv").write_text("\n".join(rows) + "\n")
+    return [f"--model={folder / 'reg.keras'}", f"--data={folder / 'd.csv'}", "--label=a,b,c",
+            "--val_split=0.25", "--lr=0.02"]
+
+
+def test_multi_target_regression_from_csv_columns(trained):
+    _, metrics, out = trained("csv_regression")
     assert "objective: mean_squared_error" in objective_line(out)
     before, after = improved(metrics)
     assert after < 0.3 * before
 
 
-def test_csv_class_names_and_predictions_named(demo_data, digits, tmp_path):
+@layout("csv_class_names")
+def csv_class_names(folder, demo_data, digits):
     x, y = digits
     rows = [",".join([f"p{i}" for i in range(64)] + ["digit"])]
     rows += [",".join([f"{v / 255:.4f}" for v in xi.ravel()] + [NAMES[yi]]) for xi, yi in zip(x, y)]
-    (tmp_path / "d.csv").write_text("\n".join(rows) + "\n")
-    out = tmp_path / "run"
-    metrics, log = train([f"--model={demo_data['model']}", f"--data={tmp_path / 'd.csv'}", "--label=digit",
-                          "--val_split=0.25", "--num_classes=5"], str(out))
+    (folder / "d.csv").write_text("\n".join(rows) + "\n")
+    (folder / "few.csv").write_text("\n".join(rows[:41]) + "\n")
+    return [f"--model={demo_data['model']}", f"--data={folder / 'd.csv'}", "--label=digit",
+            "--val_split=0.25", "--num_classes=5"]
+
+
+def test_csv_class_names_and_predictions_named(trained, digits, tmp_path):
+    x, y = digits
+    folder, metrics, log = trained("csv_class_names")
+    out = folder / "run"
     assert json.load(open(out / "classes.json"))["class_names"] == sorted(NAMES)
     improved(metrics)
     assert metrics["validation"]["accuracy"] > 0.6
-    (tmp_path / "few.csv").write_text("\n".join(rows[:41]) + "\n")
-    r = distft(["predict", f"--model={out / 'model.keras'}", f"--data={tmp_path / 'few.csv'}",
+    r = distft(["predict", f"--model={out / 'model.keras'}", f"--data={folder / 'few.csv'}",
                 "--label=digit", f"--output={tmp_path / 'p.csv'}"])
     assert r.code == 0, r.out[-2000:]
     table = (tmp_path / "p.csv").read_text().splitlines()
@@ -173,15 +238,20 @@ def test_csv_class_names_and_predictions_named(demo_data, digits, tmp_path):
     assert right >= 24, table[:5]
 
 
-def test_image_folder_trains_directly(demo_data, digits, tmp_path):
+@layout("image_folder")
+def image_folder(folder, demo_data, digits):
     x, y = digits
     for i, (img, label) in enumerate(zip(x[:600], y[:600])):
-        folder = tmp_path / "images" / NAMES[label]
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / f"{i}.png").write_bytes(tf.io.encode_png(img).numpy())
-    out = tmp_path / "run"
-    metrics, log = train([f"--model={demo_data['model']}", f"--data={tmp_path / 'images'}",
-                          "--val_split=0.25", "--num_classes=5", "--augment=flip"], str(out))
+        classes = folder / "images" / NAMES[label]
+        classes.mkdir(parents=True, exist_ok=True)
+        (classes / f"{i}.png").write_bytes(tf.io.encode_png(img).numpy())
+    return [f"--model={demo_data['model']}", f"--data={folder / 'images'}", "--val_split=0.25",
+            "--num_classes=5", "--augment=flip"]
+
+
+def test_image_folder_trains_directly(trained):
+    folder, metrics, log = trained("image_folder")
+    out = folder / "run"
     assert "classes: eight, five, nine, seven, six" in log
     assert json.load(open(out / "classes.json"))["class_names"] == sorted(NAMES)
     assert metrics["steps_run"] == [[metrics["steps_per_epoch"]] * 3] * 2
@@ -200,12 +270,16 @@ def write_other_tool_tfrecords(x, y, path, label_offset=1):
             })).SerializeToString())
 
 
-def test_other_tools_tfrecords_with_keys(demo_data, digits, tmp_path):
+@layout("other_tools_tfrecords")
+def other_tools_tfrecords(folder, demo_data, digits):
     x, y = digits
-    write_other_tool_tfrecords(x, y, tmp_path / "other.tfrecord", label_offset=0)
-    metrics, _ = train([f"--model={demo_data['model']}", f"--data={tmp_path / 'other.tfrecord'}",
-                        "--x_key=image/encoded", "--y_key=image/class/label", "--val_split=0.25",
-                        "--num_classes=5"], str(tmp_path / "run"))
+    write_other_tool_tfrecords(x, y, folder / "other.tfrecord", label_offset=0)
+    return [f"--model={demo_data['model']}", f"--data={folder / 'other.tfrecord'}",
+            "--x_key=image/encoded", "--y_key=image/class/label", "--val_split=0.25", "--num_classes=5"]
+
+
+def test_other_tools_tfrecords_with_keys(trained):
+    _, metrics, _ = trained("other_tools_tfrecords")
     improved(metrics)
     assert metrics["validation"]["accuracy"] > 0.6
 

@@ -4,7 +4,7 @@ digit head and a size head, written by stock Keras in a process that does not im
 as the model's inputs and outputs; one 2-worker fine-tuning, then evaluate on 2 workers and
 predict. The logic (binding names, per-output options, errors) is checked in-process. A small
 two-input, two-output model on CSV columns (NAME, NAME_0..NAME_{k-1}): binding in-process, and
-one short 2-worker run."""
+one short 2-worker run. Both 2-worker fine-tunes run one after another in one launch (`trained`)."""
 import json
 import os
 import subprocess
@@ -13,7 +13,7 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import distft, horovodrun
+from conftest import SharedLaunch, distft
 
 MAKER = os.path.join(os.path.dirname(__file__), "data", "make_two_heads.py")
 
@@ -78,18 +78,38 @@ def test_per_output_options(two_heads):
     assert ft.unfrozen == ["digit"]
 
 
-@pytest.mark.multiworker
-def test_two_inputs_two_outputs_on_2_workers(two_heads, tmp_path):
-    """Shards written by `distft shard`, validation on the .npz, a new digit head, the size loss
-    weighed by 0.5, images augmented; then evaluate (2 workers) and predict."""
-    shards, run = tmp_path / "shards", tmp_path / "run"
+@pytest.fixture(scope="module")
+def trained(two_heads, two_columns, tmp_path_factory):
+    """Both 2-worker fine-tunes (horovodrun, Gloo), one after another in one launch: the image +
+    metadata model on `distft shard` TFRecords (folder `two_heads`: shards/, run/) and the CSV
+    columns model (`two_columns`: run/). `trained(name)`: the folder and the run's output."""
+    root = tmp_path_factory.mktemp("trained")
+    shards, heads_run, columns_run = root / "two_heads" / "shards", root / "two_heads" / "run", root / "two_columns" / "run"
     r = distft(["shard", f"--input={two_heads / 'train.npz'}", f"--output_dir={shards}", "--num_shards=4"])
     assert r.code == 0, r.out[-2000:]
-    r = horovodrun(["train", f"--model={two_heads / 'two_heads.keras'}", f"--data={shards}",
-                    f"--val_data={two_heads / 'val.npz'}", "--num_classes=5", "--head=digit",
-                    "--loss_weights=digit=1,size=0.5", "--unfreeze=all", "--epochs=3", "--lr=3e-3",
-                    "--augment=flip", f"--output_dir={run}"])
-    assert r.code == 0, r.out[-3000:]
+    launch = SharedLaunch(str(root), [
+        {"name": "two_heads",
+         "argv": ["train", f"--model={two_heads / 'two_heads.keras'}", f"--data={shards}",
+                  f"--val_data={two_heads / 'val.npz'}", "--num_classes=5", "--head=digit",
+                  "--loss_weights=digit=1,size=0.5", "--unfreeze=all", "--epochs=3", "--lr=3e-3",
+                  "--augment=flip", f"--output_dir={heads_run}"]},
+        {"name": "two_columns",
+         "argv": ["train", f"--model={two_columns / 'cols.keras'}", f"--data={two_columns / 'train.csv'}",
+                  f"--val_data={two_columns / 'val.csv'}", "--epochs=2", "--batch_size=16", "--lr=1e-2",
+                  f"--output_dir={columns_run}"]}])
+
+    def get(name):
+        return root / name, launch.output(name)
+
+    return get
+
+
+@pytest.mark.multiworker
+def test_two_inputs_two_outputs_on_2_workers(two_heads, trained, tmp_path):
+    """Shards written by `distft shard`, validation on the .npz, a new digit head, the size loss
+    weighed by 0.5, images augmented; then evaluate (2 workers) and predict."""
+    folder, log = trained("two_heads")  # ended with exit code 0
+    run = folder / "run"
     metrics = json.load(open(run / "metrics.json"))
     assert len(metrics["weights_checksums"]) == 2 and len(set(metrics["weights_checksums"])) == 1
     assert metrics["steps_run"][0] == metrics["steps_run"][1]  # each worker its share, equal steps
@@ -100,7 +120,7 @@ def test_two_inputs_two_outputs_on_2_workers(two_heads, tmp_path):
         assert got["loss"] == pytest.approx(got["digit_loss"] + 0.5 * got["size_loss"], rel=1e-4)
     assert metrics["validation"]["digit_loss"] < metrics["validation_before"]["digit_loss"]
     assert "objective per output: digit: sparse_categorical_crossentropy (weight 1), metrics accuracy; " \
-           "size: mean_squared_error (weight 0.5)" in r.out
+           "size: mean_squared_error (weight 0.5)" in log
 
     out = tmp_path / "eval.json"
     r = distft(["evaluate", f"--model={run / 'model.keras'}", f"--data={two_heads / 'val.npz'}",
@@ -216,14 +236,11 @@ def test_csv_columns_bind_to_the_inputs_and_outputs(two_columns, two_heads, tmp_
 
 
 @pytest.mark.multiworker
-def test_csv_columns_on_2_workers(two_columns, tmp_path):
+def test_csv_columns_on_2_workers(trained):
     """CSV without a label column, validated on CSV with class names numbered as the training
     data's; each output's loss in metrics.json, the same weights on both ranks."""
-    run = tmp_path / "run"
-    r = horovodrun(["train", f"--model={two_columns / 'cols.keras'}", f"--data={two_columns / 'train.csv'}",
-                    f"--val_data={two_columns / 'val.csv'}", "--epochs=2", "--batch_size=16", "--lr=1e-2",
-                    f"--output_dir={run}"])
-    assert r.code == 0, r.out[-3000:]
+    folder, _ = trained("two_columns")  # ended with exit code 0
+    run = folder / "run"
     metrics = json.load(open(run / "metrics.json"))
     assert len(metrics["weights_checksums"]) == 2 and len(set(metrics["weights_checksums"])) == 1
     for part in ("train", "validation", "validation_before"):

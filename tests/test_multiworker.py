@@ -1,4 +1,5 @@
-"""Real multi-worker fine-tuning: horovodrun over Gloo and MPI, and distft --np."""
+"""Real multi-worker fine-tuning: horovodrun over Gloo and MPI, and distft --np. The fine-tunes
+on data of their own run one after another in one 2-worker launch (`trained`)."""
 import json
 import os
 
@@ -7,13 +8,10 @@ import pytest
 import keras
 import tensorflow as tf
 
-from conftest import distft, horovodrun
+from conftest import ACCEPTANCE, SharedLaunch, distft, horovodrun
 from distft.demo import write_tfrecords
 
 pytestmark = pytest.mark.multiworker
-
-ACCEPTANCE = ["train", "--model=base_model.keras", "--data=shards/train-*.tfrecord", "--num_classes=5",
-              "--unfreeze=last:2", "--epochs=3"]
 
 
 def metrics_of(run_dir):
@@ -44,21 +42,17 @@ def check_fine_tuned(folder, run_dir, result):
 
 
 @pytest.mark.parametrize("controller", ["gloo", "mpi"])
-def test_acceptance_command_under_horovodrun(demo_data, controller):
-    folder = demo_data["folder"]
-    run_dir = os.path.join(folder, f"runs/{controller}")
-    result = horovodrun([*ACCEPTANCE, f"--output_dir={run_dir}"], controller=controller, cwd=folder)
-    m = check_fine_tuned(folder, run_dir, result)
+def test_acceptance_command_under_horovodrun(demo_data, acceptance, controller):
+    run = acceptance("horovodrun", controller)  # shared (test_performance_defaults.py)
+    m = check_fine_tuned(demo_data["folder"], run.run_dir, run.result)
     assert m["launcher"] == ("horovodrun" if controller == "gloo" else "mpirun")
 
 
 @pytest.mark.parametrize("controller", ["gloo", "mpi"])
-def test_acceptance_command_with_np(demo_data, controller):
-    folder = demo_data["folder"]
-    run_dir = os.path.join(folder, f"runs/np-{controller}")
-    result = distft([*ACCEPTANCE, f"--output_dir={run_dir}", "--np=2", f"--controller={controller}"],
-                    cwd=folder)
-    check_fine_tuned(folder, run_dir, result)
+def test_acceptance_command_with_np(demo_data, acceptance, controller):
+    run = acceptance("np", controller)  # shared (test_performance_defaults.py)
+    result = run.result
+    check_fine_tuned(demo_data["folder"], run.run_dir, result)
     assert "<stdout>" not in result.out  # the launcher's prefixes are stripped
     assert result.out.count("distft 2 worker(s)") == 1  # one log, from rank 0
 
@@ -77,23 +71,66 @@ def uneven_shards(demo_data, folder, sizes):
     return folder
 
 
-@pytest.mark.parametrize("sizes", [[400, 200, 80, 30, 6], [120]], ids=["5-uneven-files", "1-file"])
-def test_uneven_shards_equal_steps_no_hang(demo_data, tmp_path, sizes):
-    data = uneven_shards(demo_data, str(tmp_path / "data"), sizes)
-    # One validation record: rank 1 has none, and joins the summed metric states with zeros.
-    x_val, y_val = np.linspace(0, 1, 64, dtype=np.float32).reshape(1, 8, 8, 1), np.array([3])
-    val = write_tfrecords(x_val, y_val, str(tmp_path / "val-{}.tfrecord"), 1)[0]
-    run_dir = str(tmp_path / "run")
-    result = horovodrun(["train", f"--model={demo_data['model']}", f"--data={data}", "--num_classes=5",
-                         "--epochs=2", "--batch_size=16", f"--val_data={val}", f"--output_dir={run_dir}"],
-                        timeout=240)
-    assert result.code == 0, result.out[-3000:]
+UNEVEN = {"5-uneven-files": [400, 200, 80, 30, 6], "1-file": [120]}
+# One validation record: rank 1 has none, and joins the summed metric states with zeros.
+X_VAL, Y_VAL = np.linspace(0, 1, 64, dtype=np.float32).reshape(1, 8, 8, 1), np.array([3])
+
+
+def uneven_run(demo_data, folder, sizes):
+    data = uneven_shards(demo_data, os.path.join(folder, "data"), sizes)
+    val = write_tfrecords(X_VAL, Y_VAL, os.path.join(folder, "val-{}.tfrecord"), 1)[0]
+    return ["train", f"--model={demo_data['model']}", f"--data={data}", "--num_classes=5",
+            "--epochs=2", "--batch_size=16", f"--val_data={val}", f"--output_dir={folder}/run"]
+
+
+def mobilenet_run(folder):
+    """The Keras 3 acceptance case: MobileNetV2 as one nested layer, a new 10-class head."""
+    keras.utils.set_random_seed(0)
+    backbone = keras.applications.MobileNetV2(input_shape=(32, 32, 3), alpha=0.35,
+                                              include_top=False, weights=None, pooling="avg")
+    images = keras.Input((32, 32, 3), name="images")
+    model = keras.Model(images, keras.layers.Dense(4, activation="softmax", name="classes")(
+        backbone(images)), name="mnv2_classifier")
+    path = os.path.join(folder, "mnv2.keras")
+    model.save(path)
+    rng = np.random.default_rng(0)
+    write_tfrecords(rng.random((128, 32, 32, 3), dtype=np.float32), rng.integers(0, 10, 128),
+                    os.path.join(folder, "img-{}.tfrecord"), 4)
+    return ["train", f"--model={path}", f"--data={folder}/img-*.tfrecord",
+            "--unfreeze=from:block_15_expand", "--num_classes=10", "--epochs=1",
+            "--batch_size=16", f"--output_dir={folder}/run"]
+
+
+@pytest.fixture(scope="module")
+def trained(demo_data, tmp_path_factory):
+    """The fine-tunes below on 2 workers (horovodrun, Gloo), one after another in one launch:
+    `trained(name)` is the run's folder (its data beside `run`) and output."""
+    root = str(tmp_path_factory.mktemp("trained"))
+    runs = []
+    for name, sizes in UNEVEN.items():
+        os.makedirs(os.path.join(root, name))
+        runs.append({"name": name, "argv": uneven_run(demo_data, os.path.join(root, name), sizes)})
+    os.makedirs(os.path.join(root, "mobilenet"))
+    runs.append({"name": "mobilenet", "argv": mobilenet_run(os.path.join(root, "mobilenet"))})
+    launch = SharedLaunch(root, runs)
+
+    def get(name):
+        return os.path.join(root, name), launch.output(name)
+
+    return get
+
+
+@pytest.mark.parametrize("sizes", UNEVEN)
+def test_uneven_shards_equal_steps_no_hang(trained, sizes):
+    folder, _ = trained(sizes)  # ended with exit code 0
+    run_dir = os.path.join(folder, "run")
+    x_val, y_val = X_VAL, Y_VAL
     m = metrics_of(run_dir)
     tuned = keras.models.load_model(os.path.join(run_dir, "model.keras"), compile=False)
     tuned.compile(loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     assert m["validation"] == pytest.approx(tuned.evaluate(x_val, y_val, verbose=0, return_dict=True),
                                             abs=1e-5)
-    total = sum(sizes)
+    total = sum(UNEVEN[sizes])
     assert m["steps_per_epoch"] == total // 32  # the partial global batch is dropped
     # Each rank ran exactly steps_per_epoch steps in every epoch (counted by the ranks themselves).
     assert m["steps_run"] == [[m["steps_per_epoch"]] * 2] * 2
@@ -124,11 +161,12 @@ def test_resume_continues_at_the_right_epoch(demo_data, tmp_path):
     assert reader.get_tensor(iters[0]) == 4 * m["steps_per_epoch"]
 
 
-def test_finished_run_is_not_overwritten(demo_data, tmp_path):
+def test_finished_run_is_not_overwritten(demo_data, acceptance):
     folder = demo_data["folder"]
-    run_dir = str(tmp_path / "run")
-    args = [*ACCEPTANCE[:-1], "--epochs=1", f"--output_dir={run_dir}"]
-    assert horovodrun(args, cwd=folder).code == 0
+    finished = acceptance("horovodrun")  # the acceptance run (shared): the same command again
+    assert finished.result.code == 0, finished.result.out[-3000:]
+    run_dir = finished.run_dir
+    args = [*ACCEPTANCE, f"--output_dir={run_dir}"]
     before = open(os.path.join(run_dir, "metrics.json")).read()
     again = horovodrun(args, cwd=folder, timeout=120)
     assert again.code != 0
@@ -204,27 +242,15 @@ def weights_by_layer(path: str) -> dict:
     return {l.name: l.get_weights() for l in flatten(model) if l.weights}
 
 
-def test_keras3_file_with_a_nested_mobilenet_backbone(tmp_path):
+def test_keras3_file_with_a_nested_mobilenet_backbone(trained):
     """The Keras 3 acceptance case: MobileNetV2 as one nested layer, unfrozen from
     block_15_expand inside it, a new 10-class head, 2 workers under horovodrun --gloo."""
     from distft.model.unfreeze import flatten
 
-    keras.utils.set_random_seed(0)
-    backbone = keras.applications.MobileNetV2(input_shape=(32, 32, 3), alpha=0.35,
-                                              include_top=False, weights=None, pooling="avg")
-    images = keras.Input((32, 32, 3), name="images")
-    model = keras.Model(images, keras.layers.Dense(4, activation="softmax", name="classes")(
-        backbone(images)), name="mnv2_classifier")
-    path = str(tmp_path / "mnv2.keras")
-    model.save(path)
-    rng = np.random.default_rng(0)
-    write_tfrecords(rng.random((128, 32, 32, 3), dtype=np.float32), rng.integers(0, 10, 128),
-                    str(tmp_path / "img-{}.tfrecord"), 4)
-    out = str(tmp_path / "run")
-    result = horovodrun(["train", f"--model={path}", f"--data={tmp_path}/img-*.tfrecord",
-                         "--unfreeze=from:block_15_expand", "--num_classes=10", "--epochs=1",
-                         "--batch_size=16", f"--output_dir={out}"], controller="gloo")
-    assert result.code == 0, result.out[-3000:]
+    folder, _ = trained("mobilenet")  # ended with exit code 0
+    path, out = os.path.join(folder, "mnv2.keras"), os.path.join(folder, "run")
+    [backbone] = [l for l in keras.models.load_model(path, compile=False).layers if isinstance(l, keras.Model)]
+    rng = np.random.default_rng(1)
     m = metrics_of(out)
     assert len(m["weights_checksums"]) == 2 and len(set(m["weights_checksums"])) == 1
     before, after = weights_by_layer(path), weights_by_layer(os.path.join(out, "model.keras"))

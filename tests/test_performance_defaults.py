@@ -3,12 +3,11 @@ compute thread each, Horovod's settings from HOROVOD_DEFAULTS, and a value the u
 import json
 import os
 import re
-import time
 
 import keras
 import pytest
 
-from conftest import distft, horovodrun
+from conftest import distft
 from distft.train.runtime import HOROVOD_DEFAULTS, INTER_OP_THREADS
 
 pytestmark = pytest.mark.multiworker
@@ -23,18 +22,17 @@ def start_lines(out: str) -> str:
 
 
 @pytest.mark.parametrize("how", ["np", "horovodrun"])
-def test_workers_pinned_one_core_each_with_distft_horovod_defaults(demo_data, how):
+def test_workers_pinned_one_core_each_with_distft_horovod_defaults(acceptance, how):
     # Not a skip: the project's machines have at least 2 cores, and fewer must not pass unseen.
     assert len(CORES) >= 2, f"pinning one core per worker needs 2 cores; this process has {CORES}"
-    folder = demo_data["folder"]
-    args = [*TRAIN, f"--output_dir={os.path.join(folder, 'runs', f'defaults-{how}')}"]
     assert not any(k in os.environ for k in HOROVOD_DEFAULTS), "the test needs them unset"
-    started = time.time()
-    result = distft([*args, "--np=2"], cwd=folder) if how == "np" else horovodrun(args, cwd=folder)
-    wall = time.time() - started
+    # The acceptance command's run over Gloo (shared with test_multiworker.py), in this
+    # environment: distft's defaults apply.
+    run = acceptance(how)
+    result, wall = run.result, run.wall
     assert result.code == 0, result.out[-3000:]
     # Time to the first step, from the launch (distft --np) or the worker's start (horovodrun).
-    with open(os.path.join(args[-1].split("=", 1)[1], "metrics.json")) as f:
+    with open(os.path.join(run.run_dir, "metrics.json")) as f:
         first = json.load(f)["first_step_seconds"]
     assert 1 < first < wall, (first, wall)
     assert re.search(rf"first step {first:.1f}s after launch", result.out), result.out[-2000:]

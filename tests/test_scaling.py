@@ -106,3 +106,23 @@ def test_inspect_predicts_from_a_measured_step(capsys):
     cells = out[3].split()
     expected = scaling.allreduce_ms(64, 2 * inputs["trainable_params"], "1gbit")
     assert cells[0] == "64" and float(cells[2]) == pytest.approx(expected, abs=0.05)
+
+
+def test_lab_quick_saves_in_its_workdir_not_in_the_tracked_results(tmp_path):
+    """`python -m benchmarks cluster --quick` is a look: its result goes to --workdir, so that a
+    run leaves the repository's results (tracked files) as they are; --output still wins."""
+    import argparse
+
+    from benchmarks import cluster
+
+    def path(**given):
+        return cluster.output_path(argparse.Namespace(
+            **{"quick": False, "tune": False, "output": None, "workdir": str(tmp_path), **given}))
+
+    quick = path(quick=True)
+    assert quick == str(tmp_path / "cluster-quick.json")
+    results = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks",
+                           "results")
+    assert os.path.dirname(path()) == results  # the full lab's result file, kept in the repository
+    assert os.path.dirname(path(tune=True)) == results
+    assert path(quick=True, output="mine.json") == "mine.json"

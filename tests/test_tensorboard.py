@@ -94,7 +94,7 @@ class Server:
             except OSError:
                 pass
             assert self.proc.poll() is None, self.proc.stdout.read().decode()[-2000:]
-            time.sleep(1)
+            time.sleep(0.25)
         raise AssertionError(f"{path} never ready: {value}")
 
     def scalars(self, run: str, tag: str) -> list[tuple[int, float]]:
