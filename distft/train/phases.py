@@ -22,7 +22,7 @@ import tensorflow as tf
 
 from distft import log
 from distft.config import TrainConfig, default_output_dir
-from distft.data.dataset import DataSet
+from distft.data.dataset import Ready, Source, load
 from distft.errors import DistftError, Stopped, root_cause
 from distft.launch.environment import launched_at
 from distft.files import atomic_write
@@ -66,8 +66,9 @@ class Job:
     folder: RunFolder
     started: float
     resume_from: Optional[str]
-    train_data: DataSet
-    val_data: Optional[DataSet]
+    sources: tuple[Source, Optional[Source]]  # --data and --val_data, opened
+    train_data: Ready = None
+    val_data: Optional[Ready] = None
     ft: FineTuneModel = None
     feed: preprocessing.Feed = None
     plan: Plan = None
@@ -143,26 +144,21 @@ def open_job(cfg: TrainConfig, worker: Worker) -> Job:
         if not worker.env.elastic:
             raise
         setup_error = e  # a worker that joins a run underway finds its folder in use
-    train_data, val_data = worker.all_ok(lambda: _open_data(cfg))
-    return Job(cfg, worker, signals, folder, started, resume_from, train_data, val_data,
-               setup_error=setup_error)
+    sources = worker.all_ok(lambda: _open_data(cfg))
+    return Job(cfg, worker, signals, folder, started, resume_from, sources, setup_error=setup_error)
 
 
 def build(job: Job) -> None:
     """The model bound to the data, its stages, optimizer, gradient averager and EMA, and the
     checkpoint that holds them."""
-    cfg, worker, train_data = job.cfg, job.worker, job.train_data
-    job.ft = ft = worker.all_ok(lambda: _prepare(cfg, train_data))
-    worker.all_ok(lambda: [d.bind(ft.model, flag=f) for d, f in ((train_data, "data"), (job.val_data, "val_data")) if d])
+    cfg, worker, (source, val_source) = job.cfg, job.worker, job.sources
+    job.ft = ft = worker.all_ok(lambda: _prepare(cfg, source))
+    job.train_data, job.val_data = load(source, ft.model, worker, val=val_source)
+    train_data = job.train_data
     job.feed = preprocessing.choose(cfg.preprocess, ft.model, train_data.schema)
     cfg.preprocess = job.feed.preprocess  # config.yaml records what was fed, for evaluate and predict
-    job.records = sum(train_data.count(worker.rank, worker.size, worker.gather).train)
+    job.records = sum(train_data.part_counts())
     job.steps = steps_for(job, worker.size)
-    if cfg.val_split:
-        job.val_data = train_data.held_out()
-    elif job.val_data is not None:
-        job.val_data.count(worker.rank, worker.size, worker.gather)
-        job.val_data.use_classes(train_data.output_classes or train_data.classes, "--data")
     job.plan = plan = worker.all_ok(lambda: methods.plan(ft, cfg))
     job.parts = worker.all_ok(lambda: frozen_cache.split_model(ft, plan, cfg)) if cfg.cache_frozen else None
     worker.all_ok(lambda: check_fit(ft, train_data, cfg.num_classes))
@@ -461,22 +457,22 @@ def _single(tensors: list) -> Any:
     return tensors[0] if len(tensors) == 1 else tensors
 
 
-def _open_data(cfg: TrainConfig) -> tuple[DataSet, Optional[DataSet]]:
-    train = DataSet.open(cfg.data, cfg.label, cfg.val_split, cfg.x_key, cfg.y_key, named_csv=True)
+def _open_data(cfg: TrainConfig) -> tuple[Source, Optional[Source]]:
+    train = Source.open(cfg.data, cfg.label, cfg.val_split, cfg.x_key, cfg.y_key, named_csv=True)
     if cfg.val_data:
-        return train, DataSet.open(cfg.val_data, cfg.label, 0.0, cfg.x_key, cfg.y_key, flag="val_data",
-                                   named_csv=True)
+        return train, Source.open(cfg.val_data, cfg.label, 0.0, cfg.x_key, cfg.y_key, flag="val_data",
+                                  named_csv=True)
     return train, None
 
 
-def _prepare(cfg: TrainConfig, data: DataSet) -> FineTuneModel:
+def _prepare(cfg: TrainConfig, data: Source) -> FineTuneModel:
     return prepare(cfg.model, cfg.num_classes, cfg.unfreeze, cfg.head_dropout, cfg.train_bn,
                    cfg.weights, cfg.input_shape, cfg.loss, cfg.metrics, cfg.seed,
                    cfg.unsafe_deserialization, cfg.precision, data.schema.target_shape, cfg.head,
                    cfg.loss_weights, cfg.lora, cfg.lora_layers, cfg.lora_alpha)
 
 
-def _val_stream(model: keras.Model, val_data: Optional[DataSet], cfg: TrainConfig,
+def _val_stream(model: keras.Model, val_data: Optional[Ready], cfg: TrainConfig,
                 worker: Worker) -> Optional[tf.data.Dataset]:
     if val_data is None:
         return None
@@ -484,7 +480,7 @@ def _val_stream(model: keras.Model, val_data: Optional[DataSet], cfg: TrainConfi
                            training=False, preprocess=cfg.preprocess)
 
 
-def _validator(model: keras.Model, val_data: Optional[DataSet], stream: Optional[tf.data.Dataset],
+def _validator(model: keras.Model, val_data: Optional[Ready], stream: Optional[tf.data.Dataset],
                worker: Worker):
     if val_data is None:
         return None
