@@ -12,7 +12,7 @@ weights=None) with a new 10-class head, trained from `block_13_expand` on.
 
 | contender | what is timed |
 |---|---|
-| `pipeline` | `DataSet.stream(training=True, preprocess="mobilenet_v2", augment=flip,crop,rotate,color)` batches, iterated and discarded |
+| `pipeline` | `Ready.stream(training=True, preprocess="mobilenet_v2", augment=flip,crop,rotate,color)` batches, iterated and discarded |
 | `train` | `model.fit` steps on one batch held in memory (no input work) |
 
 Each is a fresh subprocess with the same threads (`--threads`, intra-op, inter-op max(2, threads)),
@@ -71,10 +71,9 @@ def _threads(threads: int) -> None:
 
 def pipeline(workdir: str, batch_size: int, steps: int, threads: int) -> dict[str, Any]:
     _threads(threads)
-    from distft.data.dataset import DataSet
+    from distft.data.dataset import Source, load
 
-    ds = DataSet.open(os.path.join(workdir, "shards"))
-    ds.count()
+    ds = load(Source.open(os.path.join(workdir, "shards"))).train
     it = iter(ds.stream(0, 1, batch_size, SHAPE, training=True, seed=0, shuffle_buffer=1000,
                         epochs=(0, 1000), preprocess="mobilenet_v2", augment=AUGMENT))
     for _ in range(5):

@@ -6,7 +6,7 @@ Goals / questions:
    samples/s of the same `distft train` job), for data that fits in memory (the issue: the
    per-row generator gave 255-310 samples/s against 367 from shards).
 2. `folder`: what reading an image folder directly costs against its shards: start-up
-   (`DataSet.open` + `count`, and `first_step_seconds` of the run) and samples/s.
+   (`load(Source.open(...))`, and `first_step_seconds` of the run) and samples/s.
 3. `pixels`: is raw uint8 (what `distft shard` writes for uint8 image arrays) the right record
    layout, against PNG-encoded and raw with GZIP TFRecord compression: bytes per record and
    parse+decode records/s.
@@ -24,7 +24,7 @@ Model: MobileNetV2 (alpha 0.35, 96x96x3, weights=None, avg pooling + Dense 10, `
 
 | part | contender | what is timed |
 |---|---|---|
-| npz | `pipeline:npz`, `pipeline:shards` | `DataSet.open(...)` + `count()` (seconds), then `stream(0, 1, 32, (96, 96, 3), training=True, preprocess="mobilenet_v2")` batches iterated (5 warm-up batches, then `--steps` timed) |
+| npz | `pipeline:npz`, `pipeline:shards` | `load(Source.open(...))` (seconds), then `stream(0, 1, 32, (96, 96, 3), training=True, preprocess="mobilenet_v2")` batches iterated (5 warm-up batches, then `--steps` timed) |
 | npz | `train:npz`, `train:shards` | `python -m distft train` (the CLI) on 1 worker: `--num_classes=10 --unfreeze=from:block_13_expand --epochs=2 --batch_size=32 --preprocess=mobilenet_v2`; `samples_per_sec` (the 2nd epoch) and `first_step_seconds` of its metrics.json |
 | folder | `pipeline:folder`, `pipeline:shards` | as above, on the PNG folder and its shards |
 | folder | `train:folder`, `train:shards` | as above |
@@ -158,11 +158,11 @@ def _threads(threads: int) -> None:
 def pipeline(data: str, batch_size: int, steps: int, threads: int) -> dict[str, Any]:
     """Open + count seconds, then records/s of one worker's training stream."""
     _threads(threads)
-    from distft.data.dataset import DataSet
+    from distft.data.dataset import Source, load
 
     started = time.perf_counter()
-    ds = DataSet.open(data)
-    counts = ds.count()
+    ds = load(Source.open(data)).train
+    counts = ds.counts
     open_count = time.perf_counter() - started
     it = iter(ds.stream(0, 1, batch_size, SHAPE, training=True, preprocess="mobilenet_v2"))
     first = time.perf_counter()

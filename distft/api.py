@@ -90,11 +90,11 @@ def evaluate(model: str, data: str, batch_size: int = 256, label: str = "label",
     from distft.train.metrics import compiled
 
     import_modules(import_)
-    worker, ds = _open(data, label, x_key, y_key)
+    worker, source = _open(data, label, x_key, y_key)
     ft = worker.all_ok(lambda: prepare(model, unfreeze="all", metrics=metrics,
                                        unsafe_deserialization=unsafe_deserialization,
-                                       target_shape=ds.schema.target_shape))
-    _count(worker, ds, ft.model, model, classes)
+                                       target_shape=source.schema.target_shape))
+    ds = _load(worker, source, ft.model, model, classes)
     worker.all_ok(lambda: check_fit(ft, ds))
     feed = _feed(preprocess, model, ft.model, ds, worker)
     ft.model.compile(loss=ft.loss, metrics=worker.all_ok(lambda: compiled(ft)))
@@ -152,14 +152,14 @@ def predict(model: str, data: str, output: str, batch_size: int = 256, label: st
         raise DistftError(f"--output={output} must end in .npy (outputs), .npz (one array per "
                           "output) or .csv (class names and probabilities)")
     import_modules(import_)
-    worker, ds = _open(data, label, x_key, y_key)
+    worker, source = _open(data, label, x_key, y_key)
     net = worker.all_ok(lambda: loading.load(model, unsafe_deserialization=unsafe_deserialization))
     outputs = list(net.output_names) if len(net.outputs) > 1 else ["output"]  # a Sequential has no names
     if (len(outputs) > 1) != (kind == ".npz"):
         raise DistftError(f"--output={output}: the model has {len(outputs)} output(s) "
                           f"({', '.join(outputs)}): write " + (
                               "an .npz file, one array per output" if len(outputs) > 1 else ".npy or .csv"))
-    _count(worker, ds, net, model, classes, targets=False)
+    ds = _load(worker, source, net, model, classes, targets=False)
     names = _class_names(model, classes) or ds.classes
     if kind == ".csv" and (len(net.output_shape) != 2 or (names and len(names) != net.output_shape[-1])):
         raise DistftError(f"--output={output}: the model's output {net.output_shape} is not one "
@@ -190,23 +190,22 @@ def predict(model: str, data: str, output: str, batch_size: int = 256, label: st
 
 
 def _open(data: str, label: str, x_key: Optional[str], y_key: Optional[str]):
-    """This worker and `data`, opened (see `_count`)."""
-    from distft.data.dataset import DataSet
+    """This worker and `data`, opened (see `_load`)."""
+    from distft.data.dataset import Source
     from distft.train.runtime import Worker
 
     worker = Worker.start()
-    return worker, worker.all_ok(lambda: DataSet.open(data, label, x_key=x_key, y_key=y_key, named_csv=True))
+    return worker, worker.all_ok(lambda: Source.open(data, label, x_key=x_key, y_key=y_key, named_csv=True))
 
 
-def _count(worker, ds, net, model: str, classes: Optional[str], targets: bool = True) -> None:
-    """`ds` matched to the model `net` (from the file `model`; `targets`: it must hold the
-    outputs' targets), counted, its class names numbered as the model's."""
-    worker.all_ok(lambda: ds.bind(net, targets))
-    ds.count(worker.rank, worker.size, worker.gather)
+def _load(worker, source, net, model: str, classes: Optional[str], targets: bool = True):
+    """`source` matched to the model `net` (from the file `model`; `targets`: it must hold the
+    outputs' targets), counted, its class names numbered as the model's: ready."""
+    from distft.data.dataset import load
+
     names = worker.all_ok(lambda: _class_names(model, classes))
-    if names:
-        worker.all_ok(lambda: ds.use_classes(names, f"the model's classes.json"))
-    return worker, ds
+    return load(source, net, worker, targets=targets, classes=tuple(names) if names else None,
+                where="the model's classes.json").train
 
 
 def _feed(preprocess: str, model: str, net, ds, worker) -> str:

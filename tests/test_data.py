@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from distft.data.dataset import DataSet
+from distft.data.dataset import Ready, Source, load
 from distft.demo import write_tfrecords
 from distft.errors import DistftError
 
@@ -16,7 +16,7 @@ def arrays(n=50, seed=0):
     return rng.random((n, 2, 3), dtype=np.float32), rng.integers(0, 4, n)
 
 
-def all_records(ds: DataSet, size=1, **kw):
+def all_records(ds: Ready, size=1, **kw):
     out = []
     for rank in range(size):
         for x, y in ds.stream(rank, size, batch_size=7, input_shape=(2, 3), training=False, **kw):
@@ -44,8 +44,8 @@ def three_formats(tmp_path):
 @pytest.mark.parametrize("size", [1, 2, 3])
 def test_every_record_once_over_all_workers(three_formats, pattern, size):
     folder, x, y = three_formats
-    ds = DataSet.open(str(folder / pattern))
-    counts = ds.count()
+    ds = load(Source.open(str(folder / pattern))).train
+    counts = ds.counts
     assert sum(counts.train) == 50 and (counts.y_min, counts.y_max) == (y.min(), y.max())
     got = all_records(ds, size)
     assert len(got) == 50
@@ -56,31 +56,27 @@ def test_every_record_once_over_all_workers(three_formats, pattern, size):
 def test_holdout_is_deterministic_disjoint_and_about_the_fraction(tmp_path):
     x, y = arrays(2000)
     write_tfrecords(x, y, str(tmp_path / "p-{}.tfrecord"), 2)
-    train = DataSet.open(str(tmp_path), holdout=0.2)
-    counts = train.count()
-    val = train.held_out()
+    train, val = load(Source.open(str(tmp_path), holdout=0.2))
+    counts = train.counts
     assert sum(counts.train) + sum(counts.held_out) == 2000
     assert abs(sum(counts.held_out) - 400) <= 2
     a, b = all_records(train), all_records(val)
     assert len(a) == sum(counts.train) and len(b) == sum(counts.held_out)
     assert not set(map(str, a)) & set(map(str, b))
-    again = DataSet.open(str(tmp_path), holdout=0.2)
-    again.count()
-    assert all_records(again.held_out()) == b
+    assert all_records(load(Source.open(str(tmp_path), holdout=0.2)).val) == b
 
 
 def test_training_stream_repeats_and_batches_are_full(tmp_path):
     x, y = arrays(10)
     write_tfrecords(x, y, str(tmp_path / "p-{}.tfrecord"), 1)
-    ds = DataSet.open(str(tmp_path))
-    ds.count()
+    ds = load(Source.open(str(tmp_path))).train
     batches = list(ds.stream(0, 1, 4, (2, 3), training=True).take(5))
     assert all(b[0].shape == (4, 2, 3) for b in batches)
 
 
 def test_no_matching_files(tmp_path):
     with pytest.raises(DistftError, match="matches no data file"):
-        DataSet.open(str(tmp_path / "*.tfrecord"))
+        Source.open(str(tmp_path / "*.tfrecord"))
 
 
 def test_corrupt_tfrecord_names_the_file(tmp_path):
@@ -90,18 +86,18 @@ def test_corrupt_tfrecord_names_the_file(tmp_path):
     data = bytearray(path.read_bytes())
     data[len(data) // 2] ^= 0xFF
     path.write_bytes(bytes(data))
-    ds = DataSet.open(str(tmp_path))
+    source = Source.open(str(tmp_path))
     with pytest.raises(DistftError, match="p-1.tfrecord: damaged tfrecord file"):
-        ds.count()
+        load(source)
 
 
 def test_csv_with_non_numeric_column(tmp_path):
     (tmp_path / "d.csv").write_text("a,b,label\n1,2,0\n3,oops,1\n")
     with pytest.raises(DistftError, match=r"d.csv:3: column 'b' is not numeric \('oops'\)"):
-        DataSet.open(str(tmp_path / "d.csv"))
+        Source.open(str(tmp_path / "d.csv"))
     (tmp_path / "e.csv").write_text("a,b,target\n1,2,0\n")
     with pytest.raises(DistftError, match="no label column 'label'.*--label=COLUMN"):
-        DataSet.open(str(tmp_path / "e.csv"))
+        Source.open(str(tmp_path / "e.csv"))
 
 
 def test_images_are_decoded_and_resized(tmp_path):
@@ -113,9 +109,9 @@ def test_images_are_decoded_and_resized(tmp_path):
             w.write(tf.train.Example(features=tf.train.Features(feature={
                 "image": tf.train.Feature(bytes_list=tf.train.BytesList(value=[png])),
                 "y": tf.train.Feature(int64_list=tf.train.Int64List(value=[label]))})).SerializeToString())
-    ds = DataSet.open(str(tmp_path))
-    assert ds.schema.x_kind == "image"
-    ds.count()
+    source = Source.open(str(tmp_path))
+    assert source.schema.x_kind == "image"
+    ds = load(source).train
     x, y = next(iter(ds.stream(0, 1, 3, (8, 8, 3), training=False)))
     assert x.shape == (3, 8, 8, 3) and y.numpy().tolist() == [0, 1, 2]
     np.testing.assert_allclose(x.numpy()[..., 0], 1.0)
@@ -133,16 +129,14 @@ def image_records(tmp_path, n=12, shards=3):
                     "image": tf.train.Feature(bytes_list=tf.train.BytesList(
                         value=[tf.io.encode_png(imgs[i]).numpy()])),
                     "y": tf.train.Feature(int64_list=tf.train.Int64List(value=[i]))})).SerializeToString())
-    ds = DataSet.open(str(tmp_path))
-    ds.count()
+    ds = load(Source.open(str(tmp_path))).train
     return ds, imgs
 
 
 def test_training_stream_gives_exact_steps_per_epoch_from_that_epochs_files(tmp_path):
     x, y = arrays(30)
     write_tfrecords(x, np.arange(30), str(tmp_path / "p-{}.tfrecord"), 5)  # file = y % 5
-    ds = DataSet.open(str(tmp_path))
-    ds.count()
+    ds = load(Source.open(str(tmp_path))).train
     from distft.data.sharding import assign
 
     stream = ds.stream(1, 2, batch_size=4, input_shape=(2, 3), training=True, seed=3, steps=5,
@@ -151,7 +145,7 @@ def test_training_stream_gives_exact_steps_per_epoch_from_that_epochs_files(tmp_
     assert len(batches) == 15 and all(len(b) == 4 for b in batches)  # epochs 2, 3, 4
     for e in range(3):
         files = {int(v) % 5 for b in batches[5 * e:5 * e + 5] for v in b}
-        assert files == set(assign(ds.counts.train, 1, 2, epoch=2 + e, seed=3).files)
+        assert files == set(assign(list(ds.counts.train), 1, 2, epoch=2 + e, seed=3).files)
 
 
 def labels_by_step(ds, rank, size, batch_size, **kw):
@@ -164,8 +158,7 @@ def test_n_workers_see_at_each_step_the_records_one_worker_sees_on_the_n_times_l
         tmp_path, files, size):
     x, _ = arrays(101)  # 101 records: no global batch here divides them
     write_tfrecords(x, np.arange(101), str(tmp_path / "p-{}.tfrecord"), files)
-    ds = DataSet.open(str(tmp_path))
-    ds.count()
+    ds = load(Source.open(str(tmp_path))).train
     steps = 101 // (size * 4)
     one = labels_by_step(ds, 0, 1, size * 4, shuffle_buffer=0, epochs=(0, 3))
     ranks = [labels_by_step(ds, r, size, 4, shuffle_buffer=0, epochs=(0, 3)) for r in range(size)]
@@ -183,8 +176,7 @@ def test_n_workers_see_at_each_step_the_records_one_worker_sees_on_the_n_times_l
 def test_resumed_stream_continues_where_an_uninterrupted_one_is(tmp_path, files, cache):
     x, _ = arrays(60)
     write_tfrecords(x, np.arange(60), str(tmp_path / "p-{}.tfrecord"), files)
-    ds = DataSet.open(str(tmp_path))
-    ds.count()
+    ds = load(Source.open(str(tmp_path))).train
     kw = dict(seed=3, shuffle_buffer=8, cache=cache)
     steps = 60 // 8
     full = labels_by_step(ds, 1, 2, 4, epochs=(0, 5), **kw)
@@ -202,8 +194,7 @@ def test_shuffled_epochs_build_under_a_global_seed_of_zero(tmp_path):
 
     x, _ = arrays(60)
     write_tfrecords(x, np.arange(60), str(tmp_path / "p-{}.tfrecord"), 3)
-    ds = DataSet.open(str(tmp_path))
-    ds.count()
+    ds = load(Source.open(str(tmp_path))).train
     before = context.global_seed()
     tf.random.set_seed(0)
     try:
@@ -258,14 +249,13 @@ def test_image_preprocess_augment_and_cache(tmp_path):
 def test_augment_on_float_records_is_refused(tmp_path):
     x, y = arrays(10)
     write_tfrecords(x, y, str(tmp_path / "p-{}.tfrecord"), 1)
-    ds = DataSet.open(str(tmp_path))
-    ds.count()
+    ds = load(Source.open(str(tmp_path))).train
     with pytest.raises(DistftError, match="--augment and --preprocess apply to image data"):
         ds.stream(0, 1, 4, (2, 3), training=True, augment=("flip",))
 
 
-def first_batch(ds, input_shape, **kw):
-    ds.count()
+def first_batch(source, input_shape, **kw):
+    ds = load(source).train
     x, y = next(iter(ds.stream(0, 1, 100, input_shape, training=False, **kw)))
     return x.numpy(), y.numpy()
 
@@ -274,18 +264,18 @@ def test_image_arrays_are_scaled_and_resized(tmp_path):
     rng = np.random.default_rng(0)
     grey = rng.integers(0, 256, (8, 4, 4), dtype=np.uint8)  # (N, H, W) uint8: grey images
     np.savez(tmp_path / "u8.npz", x=grey, y=np.arange(8))
-    x, _ = first_batch(DataSet.open(str(tmp_path / "u8.npz")), (8, 8, 3))
+    x, _ = first_batch(Source.open(str(tmp_path / "u8.npz")), (8, 8, 3))
     assert x.shape == (8, 8, 8, 3) and 0 <= x.min() and x.max() <= 1
     np.testing.assert_allclose(x[:, ::2, ::2, 0].mean(), grey.mean() / 255, rtol=0.05)
     unit = rng.random((8, 4, 4, 1), dtype=np.float32)  # float in [0, 1]: the same as x / 255
     np.savez(tmp_path / "f.npz", x=unit, y=np.arange(8))
-    x, _ = first_batch(DataSet.open(str(tmp_path / "f.npz")), (4, 4, 1))
+    x, _ = first_batch(Source.open(str(tmp_path / "f.npz")), (4, 4, 1))
     np.testing.assert_allclose(x, unit, rtol=1e-5)
     np.savez(tmp_path / "n.npz", x=unit - 0.5, y=np.arange(8))  # normalised: not pixels
-    ds = DataSet.open(str(tmp_path / "n.npz"))
+    source = Source.open(str(tmp_path / "n.npz"))
     with pytest.raises(DistftError, match="pass --preprocess=none"):
-        first_batch(ds, (4, 4, 1))
-    x, _ = first_batch(ds, (4, 4, 1), preprocess="none")
+        first_batch(source, (4, 4, 1))
+    x, _ = first_batch(source, (4, 4, 1), preprocess="none")
     np.testing.assert_allclose(x, unit - 0.5, rtol=1e-5)
 
 
@@ -293,13 +283,13 @@ def test_targets_keep_their_shape_in_every_format(tmp_path):
     x = np.arange(40, dtype=np.float32).reshape(10, 4)
     y = np.stack([x[:, 0] * 2, x[:, 1] + 0.5], axis=1)
     np.savez(tmp_path / "r.npz", x=x, y=y[:, :1])
-    _, got = first_batch(DataSet.open(str(tmp_path / "r.npz")), (4,))
+    _, got = first_batch(Source.open(str(tmp_path / "r.npz")), (4,))
     np.testing.assert_allclose(np.sort(got, axis=0), y[:, :1])
     rows = ["f0,t0,f1,t1,f2,f3"] + [f"{a},{t[0]},{b},{t[1]},{c},{d}" for (a, b, c, d), t in zip(x, y)]
     (tmp_path / "m.csv").write_text("\n".join(rows) + "\n")
-    ds = DataSet.open(str(tmp_path / "m.csv"), label="t0,t1")
-    assert ds.schema.y_shape == (2,) and ds.schema.y_float
-    feats, got = first_batch(ds, (4,))
+    source = Source.open(str(tmp_path / "m.csv"), label="t0,t1")
+    assert source.schema.y_shape == (2,) and source.schema.y_float
+    feats, got = first_batch(source, (4,))
     np.testing.assert_allclose(feats, x)
     np.testing.assert_allclose(got, y)
 
@@ -307,9 +297,10 @@ def test_targets_keep_their_shape_in_every_format(tmp_path):
 def test_csv_class_names_are_sorted_into_ids(tmp_path):
     names = ["two", "seven", "seven", "one", "two"]
     (tmp_path / "d.csv").write_text("a,label\n" + "\n".join(f"{i},{n}" for i, n in enumerate(names)) + "\n")
-    ds = DataSet.open(str(tmp_path / "d.csv"))
-    feats, y = first_batch(ds, (1,))
-    assert ds.classes == ["one", "seven", "two"]
+    ds = load(Source.open(str(tmp_path / "d.csv"))).train
+    feats, y = next(iter(ds.stream(0, 1, 100, (1,), training=False)))
+    feats, y = feats.numpy(), y.numpy()
+    assert ds.classes == ("one", "seven", "two")
     assert [ds.classes[i] for i in y] == [names[int(f)] for f in feats[:, 0]]
 
 
@@ -319,11 +310,11 @@ def test_image_folder_is_a_data_set(tmp_path):
         for i in range(n):
             img = np.full((6, 6, 1), 40 * (name == "b"), np.uint8)
             (tmp_path / "imgs" / name / f"{i}.png").write_bytes(tf.io.encode_png(img).numpy())
-    ds = DataSet.open(str(tmp_path / "imgs"), holdout=0.25)
-    counts = ds.count()
-    assert ds.classes == ["a", "b"] and sum(counts.train) + sum(counts.held_out) == 8
+    ds = load(Source.open(str(tmp_path / "imgs"), holdout=0.25)).train
+    counts = ds.counts
+    assert ds.classes == ("a", "b") and sum(counts.train) + sum(counts.held_out) == 8
     assert 0 < sum(counts.held_out) < 8
-    x, y = first_batch(DataSet.open(str(tmp_path / "imgs")), (3, 3, 1))
+    x, y = first_batch(Source.open(str(tmp_path / "imgs")), (3, 3, 1))
     assert sorted(y.tolist()) == [0] * 5 + [1] * 3
     np.testing.assert_allclose(x.reshape(8, -1).max(axis=1), np.where(y == 1, 40 / 255, 0), atol=1e-6)
 
@@ -337,10 +328,10 @@ def test_tfrecord_that_does_not_fit_is_not_called_damaged(tmp_path):
                 "x": tf.train.Feature(float_list=tf.train.FloatList(value=xi.ravel())),
                 "y": tf.train.Feature(float_list=tf.train.FloatList(value=[0.0, 1.0])),
             })).SerializeToString())
-    ds = DataSet.open(str(tmp_path / "*.tfrecord"))
+    source = Source.open(str(tmp_path / "*.tfrecord"))
     with pytest.raises(DistftError, match=r"b.tfrecord: record 0 feature 'y' is float_list, "
                                           "expected int64_list") as e:
-        ds.count()
+        load(source)
     assert "damaged" not in str(e.value)
 
 
@@ -348,11 +339,10 @@ def test_compressed_npz_reads_the_same_records(tmp_path):
     x, y = arrays(60)
     np.savez(tmp_path / "plain.npz", x=x, y=y)
     np.savez_compressed(tmp_path / "packed.npz", x=x, y=y)
-    plain, packed = DataSet.open(str(tmp_path / "plain.npz")), DataSet.open(str(tmp_path / "packed.npz"))
+    plain, packed = Source.open(str(tmp_path / "plain.npz")), Source.open(str(tmp_path / "packed.npz"))
     assert plain.npz_offsets is not None and packed.npz_offsets is None  # TensorFlow reads / numpy reads
-    for ds in (plain, packed):
-        ds.count()
-        assert all_records(ds, 2) == expected(x, y)
+    for source in (plain, packed):
+        assert all_records(load(source).train, 2) == expected(x, y)
 
 
 @pytest.mark.parametrize("size", [1, 2, 3])
@@ -360,8 +350,7 @@ def test_by_record_streams_merge_back_into_the_files_order(tmp_path, size):
     x, _ = arrays(12)
     np.savez(tmp_path / "a.npz", x=x[:5], y=np.arange(5))
     np.savez(tmp_path / "b.npz", x=x[5:], y=np.arange(5, 12))
-    ds = DataSet.open(str(tmp_path))
-    ds.count()
+    ds = load(Source.open(str(tmp_path))).train
     merged = np.empty(12, np.int64)
     for rank in range(size):  # as predict merges them
         merged[rank::size] = [v for _, y in ds.stream(rank, size, 4, (2, 3), training=False, by_record=True)

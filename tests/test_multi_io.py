@@ -30,30 +30,26 @@ def two_heads(tmp_path_factory):
 def test_named_arrays_bind_to_the_inputs_and_outputs(two_heads, tmp_path):
     import keras
 
-    from distft.data.dataset import DataSet
+    from distft.data.dataset import Source, load
     from distft.errors import DistftError
 
     model = keras.models.load_model(two_heads / "two_heads.keras")
-    ds = DataSet.open(str(two_heads / "val.npz"), holdout=0.25)
-    ds.bind(model)
-    ds.count()
+    ds, held = load(Source.open(str(two_heads / "val.npz"), holdout=0.25), model)
     assert ds.schema.outputs == ("digit", "size") and [p.image for p in ds.schema.inputs] == [True, False]
     assert ds.counts.ranges["digit"] == (0.0, 4.0)
     x, y = next(iter(ds.stream(0, 1, 8, (), training=True)))
     assert x["image"].shape == (8, 8, 8, 1) and x["meta"].shape == (8, 3)
     assert float(np.max(x["image"])) <= 1.0  # pixels scaled as --preprocess=scale does
     assert y["digit"].dtype.name == "int64" and y["size"].shape == (8,)
-    held = ds.held_out()
     assert sum(held.part_counts()) + sum(ds.part_counts()) == 180 and sum(held.part_counts()) > 30
     # predict needs the inputs only
     z = dict(np.load(two_heads / "val.npz"))
     np.savez(tmp_path / "inputs.npz", image=z["image"], meta=z["meta"])
-    only = DataSet.open(str(tmp_path / "inputs.npz"))
+    only = Source.open(str(tmp_path / "inputs.npz"))
     with pytest.raises(DistftError, match=r"has no array 'digit', 'size' \(it has image, meta\); the "
                                           "model's inputs are image, meta and its outputs digit, size"):
-        only.bind(model)
-    only.bind(model, targets=False)
-    assert only.schema.outputs == ()
+        load(only, model)
+    assert load(only, model, targets=False).train.schema.outputs == ()
 
 
 def test_per_output_options(two_heads):
@@ -183,13 +179,11 @@ def two_columns(tmp_path_factory):
 def test_csv_columns_bind_to_the_inputs_and_outputs(two_columns, two_heads, tmp_path):
     import keras
 
-    from distft.data.dataset import DataSet
+    from distft.data.dataset import Source, load
     from distft.errors import DistftError
 
     model = keras.models.load_model(two_columns / "cols.keras")
-    ds = DataSet.open(str(two_columns / "train.csv"), holdout=0.25, named_csv=True)  # no 'label' column
-    ds.bind(model)
-    ds.count()
+    ds = load(Source.open(str(two_columns / "train.csv"), holdout=0.25, named_csv=True), model).train  # no 'label' column
     assert ds.schema.outputs == ("kind", "score") and ds.output_classes == {"kind": ("cat", "dog", "eel")}
     assert ds.counts.ranges["kind"] == (0.0, 2.0)
     x, y = next(iter(ds.stream(0, 1, 400, (), training=False)))
@@ -199,19 +193,15 @@ def test_csv_columns_bind_to_the_inputs_and_outputs(two_columns, two_heads, tmp_
     assert x["b"].shape == (len(train), 1) and np.allclose(y["score"], train["score"])
     assert list(y["kind"].numpy()) == [["cat", "dog", "eel"].index(k) for k in train["kind"]]
 
-    val = DataSet.open(str(two_columns / "val.csv"), named_csv=True)
-    val.bind(model)
-    val.count()
-    assert val.output_classes == {"kind": ("dog", "eel")}
-    val.use_classes(ds.output_classes, "--data")
+    val = Source.open(str(two_columns / "val.csv"), named_csv=True)
+    assert load(val, model).train.output_classes == {"kind": ("dog", "eel")}
+    val = load(Source.open(str(two_columns / "train.csv"), named_csv=True), model, val=val).val
     _, y = next(iter(val.stream(0, 1, 60, (), training=False)))
     assert set(y["kind"].numpy()) == {1, 2}  # dog and eel keep the training data's ids
 
     inputs = tmp_path / "inputs.csv"  # predict: the inputs alone
     inputs.write_text("b,a_0,a_1,a_2\n1,2,3,4\n")
-    only = DataSet.open(str(inputs), named_csv=True)
-    only.bind(model, targets=False)
-    only.count()
+    only = load(Source.open(str(inputs), named_csv=True), model, targets=False).train
     x, y = next(iter(only.stream(0, 1, 1, (), training=False)))
     assert x["a"].numpy().tolist() == [[2, 3, 4]] and x["b"].numpy().tolist() == [[1]] and y == {}
     for header, message in (
@@ -223,16 +213,16 @@ def test_csv_columns_bind_to_the_inputs_and_outputs(two_columns, two_heads, tmp_
         bad = tmp_path / "bad.csv"
         bad.write_text(header + "\n" + ",".join(["1"] * len(header.split(","))) + "\n")
         with pytest.raises(DistftError, match=message):
-            DataSet.open(str(bad), named_csv=True).bind(model)
+            load(Source.open(str(bad), named_csv=True), model)
     with pytest.raises(DistftError, match=r"the model's input 'image' takes images \(8, 8, 1\), which CSV "
                                           "columns do not hold: write .npz arrays"):
-        DataSet.open(str(two_columns / "train.csv"), named_csv=True).bind(
-            keras.models.load_model(two_heads / "two_heads.keras"))
+        load(Source.open(str(two_columns / "train.csv"), named_csv=True),
+             keras.models.load_model(two_heads / "two_heads.keras"))
     one = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1)])  # one input: the one-input error
     with pytest.raises(DistftError, match="train.csv: no label column 'label' .*: pass --label"):
-        DataSet.open(str(two_columns / "train.csv"), named_csv=True).bind(one)
+        load(Source.open(str(two_columns / "train.csv"), named_csv=True), one)
     with pytest.raises(DistftError, match="no label column 'label'"):  # without named_csv: at once
-        DataSet.open(str(two_columns / "train.csv"))
+        Source.open(str(two_columns / "train.csv"))
 
 
 @pytest.mark.multiworker

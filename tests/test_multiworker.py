@@ -219,11 +219,10 @@ def test_evaluate_and_predict_split_across_workers(demo_data, tmp_path):
 
 def weighted_per_rank(model_path, data, names):
     """Each of 2 workers' results on its own share, averaged weighted by record counts."""
-    from distft.data.dataset import DataSet
+    from distft.data.dataset import Source, load
     from distft.train.metrics import keras_metrics
 
-    ds = DataSet.open(data)
-    ds.count()
+    ds = load(Source.open(data)).train
     parts = []
     for rank in (0, 1):
         model = keras.models.load_model(model_path, compile=False)

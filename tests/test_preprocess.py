@@ -11,7 +11,7 @@ import pytest
 import tensorflow as tf
 
 from conftest import distft, horovodrun, run
-from distft.data.dataset import DataSet
+from distft.data.dataset import Source, load
 from distft.data.formats import Schema
 from distft.model import loading
 from distft.model.prepare import prepare
@@ -98,8 +98,7 @@ def test_app_models_loaded_by_distft_and_what_auto_feeds(tmp_path):
     (tmp_path / "imgs" / "a").mkdir(parents=True)
     png = tf.io.encode_png(np.full((8, 8, 3), 200, np.uint8)).numpy()
     (tmp_path / "imgs" / "a" / "0.png").write_bytes(png)
-    ds = DataSet.open(str(tmp_path / "imgs"))
-    ds.count()
+    ds = load(Source.open(str(tmp_path / "imgs"))).train
     fed = {}
     for name in ("MobileNetV3Small", "MobileNetV2"):
         model = loading.load(f"app:{name}", "none", SMALL)
@@ -148,8 +147,7 @@ def write_digits(folder, images, labels) -> None:
 
 def fine_tuned_accuracy(folder, preprocess: str) -> float:
     """Validation accuracy of the head fine-tuned as the 2-worker run does, fed by `preprocess`."""
-    train, val = DataSet.open(str(folder / "train")), DataSet.open(str(folder / "val"))
-    train.count(), val.count()
+    train, val = (load(Source.open(str(folder / part))).train for part in ("train", "val"))
     ft = prepare(str(folder / "base.keras"), num_classes=5, seed=42)
     ft.model.compile(optimizer=keras.optimizers.Adam(0.02), loss=ft.loss, metrics=ft.metrics)
     stream = train.stream(0, 1, 64, SMALL, training=True, preprocess=preprocess, epochs=(0, 5))

@@ -9,7 +9,7 @@ import pytest
 import tensorflow as tf
 
 import distft
-from distft.data.dataset import DataSet
+from distft.data.dataset import Source, load
 from distft.data.manifest import Manifest, sha256
 from distft.demo import write_tfrecords
 from distft.errors import DistftError
@@ -62,8 +62,7 @@ def test_image_folder_round_trip(image_folder, tmp_path):
         name, img = pixels[r["image"][0]]
         assert m.class_names[r["y"][0]] == name
     # Through the training stream: decoded pixels are exactly the PNG's (same size: no resize).
-    ds = DataSet.open(str(tmp_path / "out"))
-    ds.count()
+    ds = load(Source.open(str(tmp_path / "out"))).train
     got = [(x, y) for xb, yb in ds.stream(0, 1, 5, (10, 12, 3), training=False)
            for x, y in zip(xb.numpy(), yb.numpy())]
     assert len(got) == 20
@@ -162,15 +161,15 @@ def test_manifest_counts_without_reading_and_size_check(tmp_path):
         with open(path, "r+b") as f:
             f.write(b"\0" * os.path.getsize(path))
     for pattern in ("out", "out/shard-*.tfrecord"):
-        ds = DataSet.open(str(tmp_path / pattern))
-        assert ds.count().train == m.counts() and (ds.counts.y_min, ds.counts.y_max) == (0, 4)
-    held = DataSet.open(str(tmp_path / "out"), holdout=0.25)
-    counts = held.count()
+        ds = load(Source.open(str(tmp_path / pattern))).train
+        assert list(ds.counts.train) == m.counts() and (ds.counts.y_min, ds.counts.y_max) == (0, 4)
+    held = load(Source.open(str(tmp_path / "out"), holdout=0.25)).train
+    counts = held.counts
     assert sum(counts.train) + sum(counts.held_out) == 40 and 0 < sum(counts.held_out) < 40
     with open(m.paths()[1], "ab") as f:
         f.write(b"x")
     with pytest.raises(DistftError, match="has .* bytes but manifest.json says"):
-        DataSet.open(str(tmp_path / "out"))
+        Source.open(str(tmp_path / "out"))
 
 
 def test_schema_mismatch_with_the_model_is_one_line(demo_data, tmp_path):
@@ -220,10 +219,9 @@ def test_image_arrays_stay_images_and_class_names_stay_names(tmp_path):
     y = np.eye(3, dtype=np.float32)[rng.integers(0, 3, 30)]  # one-hot rows
     np.savez(tmp_path / "img.npz", x=x, y=y)
     distft.shard(str(tmp_path / "img.npz"), str(tmp_path / "a"), num_shards=2)
-    ds = DataSet.open(str(tmp_path / "a"))
+    ds = load(Source.open(str(tmp_path / "a"))).train
     assert (ds.schema.x_kind, ds.schema.x_shape, ds.schema.x_dtype, ds.schema.y_shape) == \
         ("pixels", (6, 5, 3), "uint8", (3,))
-    ds.count()
     got = [(xb.numpy(), yb.numpy()) for xb, yb in ds.stream(0, 1, 50, (6, 5, 3), training=False,
                                                               preprocess="none")]
     assert sorted(map(bytes, np.round(got[0][0]).astype(np.uint8))) == sorted(map(bytes, x))

@@ -1,9 +1,14 @@
-"""A data set on disk, counted once by all workers together, and each worker's tf.data stream.
+"""A data set on disk, made ready once by all workers together, and each worker's tf.data stream.
+
+`Source.open` learns what the files hold (enough to prepare a model: `schema.target_shape`);
+`load` matches sources to the model, counts them (all workers together) and numbers their
+class names, in that one order, and returns immutable `Ready` data sets, whose methods need
+nothing else first.
 
 Example:
-    ds = DataSet.open("shards/*.tfrecord")
-    ds.count(gather=hvd.allgather_object, rank=hvd.rank(), size=hvd.size())
-    train = ds.stream(rank, size, batch_size=32, input_shape=(8, 8, 1), training=True, seed=0)
+    source = Source.open("shards/*.tfrecord", holdout=0.1)
+    train, val = load(source, model, worker)   # val: the held-out tenth
+    batches = train.stream(rank, size, batch_size=32, input_shape=(8, 8, 1), training=True, seed=0)
 """
 from __future__ import annotations
 
@@ -13,8 +18,9 @@ import glob
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Optional, Union
+from typing import Any, Callable, NamedTuple, Optional, Protocol, Union
 
+import keras
 import numpy as np
 import tensorflow as tf
 
@@ -31,52 +37,74 @@ HOLDOUT_BASE = 10000  # --val_split resolution: 1/10000
 SLOW_LISTING = 10.0  # seconds: listing an image folder this long suggests `distft shard`
 
 
-@dataclass
+@dataclass(frozen=True)
 class Counts:
     """Per-file record counts (train part and held-out part) and the label range (named
     layouts: each output's, in `ranges`)."""
 
-    train: list[int]
-    held_out: list[int]
+    train: tuple[int, ...]
+    held_out: tuple[int, ...]
     y_min: float
     y_max: float
     ranges: dict = field(default_factory=dict)  # named: {output: (lowest, highest) target}
 
 
-@dataclass
-class DataSet:
-    """Files of one format and schema (for an image folder: one file a record); `holdout` > 0
-    splits off a deterministic fraction; `classes` names the class ids, when known."""
+class Workers(Protocol):
+    """The workers that load a data set together (train/runtime.py's Worker is one)."""
 
-    files: list[str]
+    rank: int
+    size: int
+
+    def gather(self, obj: object) -> list: ...
+
+    def all_ok(self, fn: Callable[[], Any]) -> Any: ...
+
+
+class Alone:
+    """One worker: nothing to gather."""
+
+    rank, size = 0, 1
+
+    def gather(self, obj: object) -> list:
+        return [obj]
+
+    def all_ok(self, fn: Callable[[], Any]) -> Any:
+        return fn()
+
+
+@dataclass(frozen=True, eq=False)
+class Source:
+    """Files of one format and schema (for an image folder: one file a record), opened: what a
+    model is prepared for (`schema.target_shape`), not yet read in full. `load` makes it `Ready`.
+    `holdout` > 0 splits off a deterministic fraction; `classes` names the class ids, when known."""
+
+    files: tuple[str, ...]
     schema: Schema
     holdout: float = 0.0
-    part: str = "all"  # all | train | held_out (of the holdout split)
-    counts: Optional[Counts] = field(default=None, repr=False)
+    flag: str = "data"  # the option that named it, for errors
+    label: str = "label"  # CSV: the one-input layout's label column(s)
     manifest: Optional[Manifest] = field(default=None, repr=False)
-    classes: list[str] = field(default_factory=list)
+    classes: tuple[str, ...] = ()
     labels: Optional[np.ndarray] = field(default=None, repr=False)  # image folder: class ids
     npz_offsets: Optional[np.ndarray] = field(default=None, repr=False)  # see formats.npz_offsets
-    label: str = "label"  # CSV: the one-input layout's label column(s)
 
     @classmethod
     def open(cls, pattern: str, label: str = "label", holdout: float = 0.0,
              x_key: Optional[str] = None, y_key: Optional[str] = None, flag: str = "data",
-             named_csv: bool = False) -> DataSet:
+             named_csv: bool = False) -> Source:
         """Resolve a file, folder or glob; check the files share one format and schema.
 
         Shards with a manifest (see data/manifest.py) take their file list, schema, class
         names and counts from it, after a cheap check of each shard's size. A folder of
         class subfolders of images is an image data set. `flag` names the option in errors.
         `named_csv` (the model is not known yet): CSV without the one-input layout (no `label`
-        column, or not numeric) opens as named columns, and its error waits for `bind` to a
+        column, or not numeric) opens as named columns, and its error waits for `load` with a
         one-input model.
         """
-        part = "train" if holdout else "all"
         m = Manifest.find(pattern)
         if m is not None:
             m.verify()
-            return cls(m.paths(), m.to_schema(), holdout, part, manifest=m, classes=list(m.class_names))
+            return cls(tuple(m.paths()), m.to_schema(), holdout, flag, manifest=m, classes=tuple(m.class_names))
         if is_image_folder(pattern):
             started = time.perf_counter()
             paths, labels, classes = images.scan(pattern, flag)
@@ -86,7 +114,7 @@ class DataSet:
                             "shards once with 'distft shard --input=%s --output_dir=SHARDS "
                             "--num_shards=N' and train on those", len(paths), flag, pattern,
                             seconds, pattern)
-            return cls(paths, Schema("folder", "image"), holdout, part, classes=classes,
+            return cls(tuple(paths), Schema("folder", "image"), holdout, flag, classes=tuple(classes),
                        labels=np.array(labels, np.int64))
         files = resolve_files(pattern, flag)
         formats = {format_of(f) for f in files}
@@ -98,23 +126,21 @@ class DataSet:
             if not (named_csv and formats == {"csv"}):
                 raise
             schema = named_schema(files[0])
-        data = cls(files, schema, holdout, part, label=label)
+        offsets = None
         if schema.format == "npz" and not schema.named:  # named: when bound to a model
-            offsets = [npz_offsets(f) for f in files]
-            if all(offsets):  # else (a compressed file) all go through the generator
-                data.npz_offsets = np.array(offsets, np.int64)
-        return data
+            offsets = _npz_offsets(files, ("x", "y"))
+        return cls(tuple(files), schema, holdout, flag, label, npz_offsets=offsets)
 
-    def bind(self, model, targets: bool = True, flag: str = "data") -> None:
-        """Match the data to `model`'s inputs and outputs (see data/named.py): named fields for a
+    def _bound(self, model: Optional[keras.Model], targets: bool) -> Source:
+        """Matched to `model`'s inputs and outputs (see data/named.py): named fields for a
         model with several inputs or outputs (`targets=False`: only the inputs are needed);
-        distft's one-input layout, as opened, for other models. Before `count`."""
-        if not named.is_multi(model):
+        distft's one-input layout, as opened, for other models (and None)."""
+        if model is None or not named.is_multi(model):
             if self.schema.named:  # the one-input layout's own error, naming what is missing
                 infer_schema(self.files[0], self.label, allow_named=False)
-            return
+            return self
         if self.schema.format == "folder":
-            raise DistftError(f"--{flag}: a model with several inputs or outputs reads .npz arrays, "
+            raise DistftError(f"--{self.flag}: a model with several inputs or outputs reads .npz arrays, "
                               "TFRecord features or CSV columns named as its inputs and outputs, not "
                               "an image folder: write the data with np.savez(path, INPUT=..., OUTPUT=...)")
         schema = self.schema if self.schema.named else named_schema(self.files[0])
@@ -124,91 +150,62 @@ class DataSet:
             columns.check(schema.fields, *ports, targets, data)
         inputs, outputs = named.bind(schema.fields, *ports, targets, data,
                                      {"npz": "array", "csv": "column"}.get(schema.format, "feature"))
-        self.schema = dataclasses.replace(schema, inputs=inputs, outputs=outputs)
-        if self.schema.format == "npz":
-            offsets = [npz_offsets(f, self.schema.used()) for f in self.files]
-            self.npz_offsets = np.array(offsets, np.int64) if all(offsets) else None
+        schema = dataclasses.replace(schema, inputs=inputs, outputs=outputs)
+        offsets = _npz_offsets(self.files, schema.used()) if schema.format == "npz" else None
+        return dataclasses.replace(self, schema=schema, npz_offsets=offsets)
 
-    @property
-    def output_classes(self) -> dict[str, tuple]:
-        """Named CSV: the class names of each output that reads them, in id order."""
-        return {f.name: f.classes for f in self.schema.fields if f.classes and f.name in self.schema.outputs}
-
-    def use_classes(self, classes: Union[list[str], dict[str, tuple]], where: str) -> None:
-        """Number this data set's class names as `classes` (the model's, or the training
-        data's; named CSV: by output, as `output_classes`) rather than by its own sorted names."""
-        if isinstance(classes, dict):
-            mine = self.output_classes
-            for name, names in classes.items():
-                _known(list(mine.get(name, ())), list(names), f"{where}'s '{name}'")
-            self.schema = dataclasses.replace(self.schema, fields=tuple(
-                dataclasses.replace(f, classes=tuple(classes[f.name])) if f.name in mine and f.name in classes
-                else f for f in self.schema.fields))
-            return
-        if not self.classes or list(classes) == self.classes:
-            return
-        _known(self.classes, classes, where)
-        if self.labels is not None:
-            self.labels = np.array([classes.index(self.classes[i]) for i in self.labels], np.int64)
-        self.classes = list(classes)
-
-    def held_out(self) -> DataSet:
-        """The held-out fraction of this data set (for --val_split)."""
-        return dataclasses.replace(self, part="held_out")
-
-    def count(self, rank: int = 0, size: int = 1,
-              gather: Callable[[object], list] = lambda x: [x]) -> Counts:
+    def _counted(self, workers: Workers) -> Ready:
         """Count records per file; worker `rank` reads every `size`-th file, `gather` shares.
 
         Each worker reports its results or its error, so every worker sees a bad file at
         the same moment and they stop together instead of leaving the others waiting.
         With a manifest nothing is read: the counts are the manifest's.
         """
+        part = "train" if self.holdout else "all"
         if self.manifest is not None or self.labels is not None:
-            self.counts = self._known_counts()
-            return self.counts
+            return Ready(self, self._known_counts(), part)
         mine: dict[int, tuple] = {}
         error = None
-        for i in range(rank, len(self.files), size):
+        for i in range(workers.rank, len(self.files), workers.size):
             try:
                 mine[i] = self._count_file(i)
             except DistftError as e:
                 error = str(e)
                 break
-        results = gather((mine, error))
+        results = workers.gather((mine, error))
         errors = [e for _, e in results if e]
         if errors:
             raise DistftError(errors[0])
         merged: dict[int, tuple] = {}
-        for part, _ in results:
-            merged.update(part)
+        for found, _ in results:
+            merged.update(found)
         per_file = [merged[i] for i in range(len(self.files))]
+        train, held = tuple(p[0] for p in per_file), tuple(p[1] for p in per_file)
         y = [(lo, hi) for n, k, lo, hi, _ in per_file if n + k]  # lo, hi: one value per output
-        width = len(self.schema.outputs) if self.schema.named else 1
+        schema = self.schema
+        width = len(schema.outputs) if schema.named else 1
         lows = [min(l[i] for l, _ in y) if y else 0.0 for i in range(width)]
         highs = [max(h[i] for _, h in y) if y else 0.0 for i in range(width)]
-        if self.schema.named:
-            ranges = {n: (lo, hi) for n, lo, hi in zip(self.schema.outputs, lows, highs)}
+        if schema.named:
+            ranges = {n: (lo, hi) for n, lo, hi in zip(schema.outputs, lows, highs)}
             texts = self._text_outputs()
             found = [sorted({c for *_, names in per_file for c in names[i]}) for i in range(len(texts))]
             ranges.update({n: (0.0, float(len(c) - 1)) for n, c in zip(texts, found)})
-            self.schema = dataclasses.replace(self.schema, fields=tuple(
+            schema = dataclasses.replace(schema, fields=tuple(
                 dataclasses.replace(f, classes=tuple(found[texts.index(f.name)])) if f.name in texts else f
-                for f in self.schema.fields))
-            self.counts = Counts([p[0] for p in per_file], [p[1] for p in per_file], 0.0, 0.0, ranges)
-            return self.counts
-        lo, hi = lows[0], highs[0]
-        if self.schema.y_names:
-            self.classes = sorted({name for *_, names in per_file for name in names})
-            lo, hi = 0.0, float(len(self.classes) - 1)
-        self.counts = Counts([p[0] for p in per_file], [p[1] for p in per_file], lo, hi)
-        return self.counts
+                for f in schema.fields))
+            return Ready(dataclasses.replace(self, schema=schema), Counts(train, held, 0.0, 0.0, ranges), part)
+        lo, hi, source = lows[0], highs[0], self
+        if schema.y_names:
+            classes = tuple(sorted({name for *_, names in per_file for name in names}))
+            lo, hi, source = 0.0, float(len(classes) - 1), dataclasses.replace(self, classes=classes)
+        return Ready(source, Counts(train, held, lo, hi), part)
 
     def _known_counts(self) -> Counts:
         """Counts from the manifest, or an image folder's one record a file: nothing is read."""
         per_file = self.manifest.counts() if self.manifest is not None else [1] * len(self.files)
-        held = [self._held_out_count(n, index) for index, n in enumerate(per_file)]
-        train = [n - k for n, k in zip(per_file, held)]
+        held = tuple(_held_out_count(self.holdout, n, index) for index, n in enumerate(per_file))
+        train = tuple(n - k for n, k in zip(per_file, held))
         if self.manifest is not None and self.schema.named:  # the shards do not record target ranges
             return Counts(train, held, 0.0, 0.0)
         if self.manifest is not None:
@@ -255,9 +252,8 @@ class DataSet:
                                   "all files need the same layout")
         with np.load(path) as z:
             y = z["y"]
-        k = self._held_out_count(len(y), index)
+        k = _held_out_count(self.holdout, len(y), index)
         return len(y) - k, k, (float(y.min()) if len(y) else 0.0,), (float(y.max()) if len(y) else 0.0,), ()
-
     def _count_named_npz(self, index: int) -> tuple[int, int, tuple, tuple, tuple]:
         """`_count_npz` for named arrays: those the model reads must have the first file's rows."""
         path, schema = self.files[index], self.schema
@@ -280,18 +276,9 @@ class DataSet:
         n = rows.pop()
         with np.load(path) as z:
             ys = [z[name] for name in schema.outputs]
-        k = self._held_out_count(n, index)
+        k = _held_out_count(self.holdout, n, index)
         return (n - k, k, tuple(float(y.min()) if n else 0.0 for y in ys),
                 tuple(float(y.max()) if n else 0.0 for y in ys), ())
-
-    def _held_out_count(self, n: int, index: int) -> int:
-        """How many of file `index`'s `n` records the holdout tags (the same tags as _enumerated)."""
-        fraction = int(round(self.holdout * HOLDOUT_BASE))
-        k = 0
-        for start in range(0, n if fraction else 0, 1 << 20):
-            i = np.arange(start, min(n, start + (1 << 20)), dtype=np.int64)
-            k += int(np.count_nonzero((i * 7919 + index * 104729) % HOLDOUT_BASE < fraction))
-        return k
 
     def _misfit(self, path: str, error: tf.errors.OpError) -> DistftError:
         """The error for a file that parses but does not fit the schema (or, failing to find
@@ -309,17 +296,6 @@ class DataSet:
                 pass
         return damaged(path, self.schema.format, error)
 
-    def _enumerated(self, path: tf.Tensor, index: tf.Tensor) -> tf.data.Dataset:
-        """(is_held_out, record) for each record of one file."""
-        fraction = int(round(self.holdout * HOLDOUT_BASE))
-
-        @tf.autograph.experimental.do_not_convert
-        def tag(i, record):
-            # A stride coprime with the base spreads the held-out records evenly.
-            bucket = tf.math.floormod(i * 7919 + index * 104729, HOLDOUT_BASE)
-            return bucket < fraction, record
-
-        return self._read(path, index).enumerate().map(tag)
 
     def _read(self, path: tf.Tensor, index: tf.Tensor) -> tf.data.Dataset:
         """The raw records of file `index` (an image folder's file: (bytes, class id))."""
@@ -329,25 +305,97 @@ class DataSet:
             return read_records(path, self.schema)
         return tf.data.Dataset.from_tensors((tf.io.read_file(path), tf.gather(self.labels, index)))
 
-    def _records(self, path: tf.Tensor, index: tf.Tensor) -> tf.data.Dataset:
-        if self.part == "all":  # no holdout: no per-record tagging on the hot path
-            return self._read(path, index)
-        want = self.part == "held_out"
-        return self._enumerated(path, index).filter(
-            lambda held, _: tf.equal(held, want)).map(lambda _, record: record)
 
-    def part_counts(self) -> list[int]:
-        if self.counts is None:
-            raise RuntimeError("count() first")
+Classes = Union[tuple[str, ...], dict[str, tuple]]
+
+
+class Loaded(NamedTuple):
+    """What `load` returns: the training data and, when there is any, the validation data."""
+
+    train: Ready
+    val: Optional[Ready]
+
+
+def load(source: Source, model: Optional[keras.Model] = None, workers: Workers = Alone(),
+         val: Optional[Source] = None, targets: bool = True, classes: Optional[Classes] = None,
+         where: str = "") -> Loaded:
+    """`source` (and `val`) made ready for `model`, by all `workers` together (each calls it).
+
+    In this order: both are matched to the model's inputs and outputs (see `Source._bound`;
+    `model` None: the one-input layout; `targets=False`: only the inputs are needed), counted
+    (a collective: each worker counts its part of the files), and their class names numbered:
+    the training data's as `classes` (the model's; `where` names them in errors) when given,
+    `val`'s as the training data's. With a holdout the validation data is its held-out part
+    (`val` is then None)."""
+    bound = workers.all_ok(lambda: [s._bound(model, targets) for s in (source, val) if s])
+    train = bound[0]._counted(workers)
+    if classes is not None:
+        train = workers.all_ok(lambda: train._numbered(classes, where))
+    if source.holdout:
+        return Loaded(train, dataclasses.replace(train, part="held_out"))
+    if val is None:
+        return Loaded(train, None)
+    mine = train.output_classes or train.classes
+    return Loaded(train, workers.all_ok(lambda: bound[1]._counted(workers)._numbered(mine, "--data")))
+
+
+@dataclass(frozen=True, eq=False)
+class Ready:
+    """A data set matched to a model and counted (see `load`): its part ("all", or "train" or
+    "held_out" of a holdout split) and each worker's stream of it."""
+
+    source: Source
+    counts: Counts = field(repr=False)
+    part: str = "all"  # all | train | held_out (of the holdout split)
+
+    @property
+    def schema(self) -> Schema:
+        return self.source.schema
+
+    @property
+    def files(self) -> tuple[str, ...]:
+        return self.source.files
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        """The class names of the targets' ids (image folders, CSV class names, shards)."""
+        return self.source.classes
+
+    @property
+    def output_classes(self) -> dict[str, tuple]:
+        """Named CSV: the class names of each output that reads them, in id order."""
+        return {f.name: f.classes for f in self.schema.fields if f.classes and f.name in self.schema.outputs}
+
+    def _numbered(self, classes: Classes, where: str) -> Ready:
+        """This data set with its class names numbered as `classes` (the model's, or the training
+        data's; named CSV: by output, as `output_classes`) rather than by its own sorted names."""
+        source = self.source
+        if isinstance(classes, dict):
+            mine = self.output_classes
+            for name, names in classes.items():
+                _known(list(mine.get(name, ())), list(names), f"{where}'s '{name}'")
+            schema = dataclasses.replace(self.schema, fields=tuple(
+                dataclasses.replace(f, classes=tuple(classes[f.name])) if f.name in mine and f.name in classes
+                else f for f in self.schema.fields))
+            return dataclasses.replace(self, source=dataclasses.replace(source, schema=schema))
+        if not self.classes or tuple(classes) == self.classes:
+            return self
+        _known(list(self.classes), list(classes), where)
+        labels = source.labels
+        if labels is not None:
+            labels = np.array([list(classes).index(self.classes[i]) for i in labels], np.int64)
+        return dataclasses.replace(self, source=dataclasses.replace(source, classes=tuple(classes), labels=labels))
+
+    def part_counts(self) -> tuple[int, ...]:
+        """Records of each file in this part."""
         return self.counts.held_out if self.part == "held_out" else self.counts.train
 
     def share(self, rank: int, size: int, by_record: bool = False) -> sharding.Share:
-        return sharding.assign(self.part_counts(), rank, size, by_record)
+        return sharding.assign(list(self.part_counts()), rank, size, by_record)
 
     def steps_per_epoch(self, size: int, batch_size: int) -> int:
         """Steps of one epoch on `size` workers: floor(records / (size * batch_size)), at least 1."""
-        return sharding.steps_per_epoch(self.part_counts(), size, batch_size)
-
+        return sharding.steps_per_epoch(list(self.part_counts()), size, batch_size)
     def stream(self, rank: int, size: int, batch_size: int, input_shape: tuple,
                training: bool, seed: int = 0, shuffle_buffer: int = 10000,
                by_record: bool = False, steps: Optional[int] = None,
@@ -424,6 +472,14 @@ class DataSet:
         """`fn` applied to a record's image: `x`, or a named record's image inputs."""
         return named.on_images(self.schema.inputs, x, fn) if self.schema.named else fn(x)
 
+    def _records(self, path: tf.Tensor, index: tf.Tensor) -> tf.data.Dataset:
+        """The raw records of this part of file `index`."""
+        if self.part == "all":  # no holdout: no per-record tagging on the hot path
+            return self.source._read(path, index)
+        want = self.part == "held_out"
+        return _tagged(self.source._read(path, index), self.source.holdout, index).filter(
+            lambda held, _: tf.equal(held, want)).map(lambda _, record: record)
+
     def _share_records(self, share: sharding.Share, in_file_order: bool = False) -> tf.data.Dataset:
         """The raw records of a share, once: its files interleaved (`in_file_order`: one after
         another), then every stride-th record."""
@@ -446,7 +502,7 @@ class DataSet:
                      ) -> Callable[[int], tf.data.Dataset]:
         """For epoch e in range(*epochs): the raw records of worker `rank`'s files in epoch e, once."""
         first, last = epochs or (0, 1)
-        shares = {e: sharding.assign(self.part_counts(), rank, size, epoch=e, seed=seed).files
+        shares = {e: sharding.assign(list(self.part_counts()), rank, size, epoch=e, seed=seed).files
                   for e in range(first, last)}
         most = max(len(f) for f in shares.values())  # one cycle length for every epoch
 
@@ -477,7 +533,7 @@ class DataSet:
             return ""
         import hashlib
 
-        key = repr((self.files, share, self.part, self.holdout, tuple(input_shape)))
+        key = repr((list(self.files), share, self.part, self.source.holdout, tuple(input_shape)))
         os.makedirs(cache, exist_ok=True)
         return os.path.join(cache, f"distft-{hashlib.sha256(key.encode()).hexdigest()[:16]}-rank{rank}")
 
@@ -545,12 +601,40 @@ def resolve_files(pattern: str, flag: str = "data") -> list[str]:
     return files
 
 
+def _npz_offsets(files: tuple[str, ...], names: tuple[str, ...]) -> Optional[np.ndarray]:
+    """Each .npz file's offsets of the arrays `names` (see formats.npz_offsets); None when one
+    is compressed: then all go through the generator."""
+    offsets = [npz_offsets(f, names) for f in files]
+    return np.array(offsets, np.int64) if all(offsets) else None
+
+
+def _held_out_count(holdout: float, n: int, index: int) -> int:
+    """How many of file `index`'s `n` records the holdout tags (the same tags as _tagged)."""
+    fraction = int(round(holdout * HOLDOUT_BASE))
+    k = 0
+    for start in range(0, n if fraction else 0, 1 << 20):
+        i = np.arange(start, min(n, start + (1 << 20)), dtype=np.int64)
+        k += int(np.count_nonzero((i * 7919 + index * 104729) % HOLDOUT_BASE < fraction))
+    return k
+
+
+def _tagged(records: tf.data.Dataset, holdout: float, index: tf.Tensor) -> tf.data.Dataset:
+    """(is_held_out, record) for each of one file's `records`."""
+    fraction = int(round(holdout * HOLDOUT_BASE))
+
+    @tf.autograph.experimental.do_not_convert
+    def tag(i, record):
+        # A stride coprime with the base spreads the held-out records evenly.
+        bucket = tf.math.floormod(i * 7919 + index * 104729, HOLDOUT_BASE)
+        return bucket < fraction, record
+
+    return records.enumerate().map(tag)
+
+
 @functools.lru_cache(maxsize=None)
 def _counter(schema: Schema, holdout: float) -> Callable:
     """(records, held-out records, lowest label, highest label) of one file, as a function
     traced once and run for every file (tracing it per file cost ~0.5 s a file)."""
-    data = DataSet([], schema, holdout)
-
     width = len(schema.outputs) if schema.named else 1
 
     def bounds(record) -> tuple[tf.Tensor, tf.Tensor]:
@@ -573,6 +657,6 @@ def _counter(schema: Schema, holdout: float) -> Callable:
     def count(path, index):
         init = (tf.constant(0, tf.int64), tf.constant(0, tf.int64),
                 tf.fill([width], float("inf")), tf.fill([width], float("-inf")))
-        return data._enumerated(path, index).reduce(init, step)
+        return _tagged(read_records(path, schema), holdout, index).reduce(init, step)
 
     return count

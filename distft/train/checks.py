@@ -10,13 +10,13 @@ from __future__ import annotations
 import math
 from typing import Optional
 
-from distft.data.dataset import DataSet
+from distft.data.dataset import Ready
 from distft.errors import DistftError
 from distft.model import head as heads
 from distft.model.prepare import FineTuneModel
 
 
-def check_fit(ft: FineTuneModel, data: DataSet, num_classes: Optional[int] = None) -> None:
+def check_fit(ft: FineTuneModel, data: Ready, num_classes: Optional[int] = None) -> None:
     """The data's records and targets must fit the model's input and output; one error line
     naming both shapes otherwise."""
     schema, shape = data.schema, ft.input_shape
@@ -25,7 +25,7 @@ def check_fit(ft: FineTuneModel, data: DataSet, num_classes: Optional[int] = Non
             if name in schema.outputs:
                 f = next(f for f in schema.fields if f.name == name)
                 _check_targets(tuple(out.shape), heads.output_activation(ft.model, name), f.shape,
-                               f.is_float, data.counts.ranges.get(name) if data.counts else None, list(f.classes),
+                               f.is_float, data.counts.ranges.get(name), list(f.classes),
                                num_classes, f"--data's '{name}'", f" --head={name}")
         return
     if schema.x_kind == "float" and math.prod(shape) != schema.x_size:
@@ -39,7 +39,7 @@ def check_fit(ft: FineTuneModel, data: DataSet, num_classes: Optional[int] = Non
                           f"{shape} has {shape[-1]}: use images with 1 or 3 channels")
     counts = data.counts
     _check_targets(tuple(ft.model.output_shape), heads.output_activation(ft.model), schema.y_shape,
-                   schema.y_float, (counts.y_min, counts.y_max) if counts else None, data.classes,
+                   schema.y_float, (counts.y_min, counts.y_max), list(data.classes),
                    num_classes, "--data")
 
 

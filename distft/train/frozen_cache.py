@@ -26,7 +26,7 @@ import tensorflow as tf
 
 from distft import log
 from distft.config import TrainConfig
-from distft.data.dataset import DataSet, epoch_stream
+from distft.data.dataset import Ready, epoch_stream
 from distft.errors import DistftError
 from distft.model.prepare import FineTuneModel
 from distft.model.split import split
@@ -48,12 +48,12 @@ def split_model(ft: FineTuneModel, plan: Plan, cfg: TrainConfig) -> tuple[keras.
     return split(ft.model, plan.ever_trainable())
 
 
-def cached(parts: tuple[keras.Model, keras.Model], ft: FineTuneModel, data: DataSet,
+def cached(parts: tuple[keras.Model, keras.Model], ft: FineTuneModel, data: Ready,
            cfg: TrainConfig, worker: Worker, compile: Callable[[keras.Model], None],
            steps: int, preprocess: str) -> tuple[keras.Model, Callable[..., tf.data.Dataset]]:
     """The model to fit (the trainable rest, compiled by `compile`) and `streams(first,
     skip=0)`: its stream of cached features (the images fed as `preprocess`), `steps` batches
-    an epoch, from batch `skip` of epoch `first` to the last epoch (as DataSet.stream's)."""
+    an epoch, from batch `skip` of epoch `first` to the last epoch (as Ready.stream's)."""
     prefix, rest = parts
     started = time.perf_counter()
     stream = data.stream(worker.rank, worker.size, cfg.batch_size, ft.input_shape, training=False,

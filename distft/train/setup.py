@@ -14,7 +14,7 @@ import keras
 
 from distft import log
 from distft.config import TrainConfig
-from distft.data.dataset import DataSet
+from distft.data.dataset import Source
 from distft.errors import DistftError
 from distft.train.callbacks.stopping import StopSignals
 from distft.train.gpu import check_gpus
@@ -25,15 +25,16 @@ from distft.train.runtime import Worker
 @dataclass(frozen=True)
 class Setup:
     """What a run starts from: its options (run folder decided), the stop signals it listens
-    to, its folder and the checkpoint to resume from, and its data as opened."""
+    to, its folder and the checkpoint to resume from, and its data as opened (made ready for
+    the model by the trainee)."""
 
     cfg: TrainConfig
     signals: StopSignals
     folder: RunFolder
     started: float
     resume_from: Optional[str]
-    train_data: DataSet
-    val_data: Optional[DataSet]
+    train_data: Source
+    val_data: Optional[Source]
     refused: Optional[DistftError] = None  # elastic mode: the folder's error, raised unless the run is underway
 
     @classmethod
@@ -58,9 +59,9 @@ class Setup:
         return cls(chosen, signals, folder, started, resume_from, train_data, val_data, refused)
 
 
-def _open_data(cfg: TrainConfig) -> tuple[DataSet, Optional[DataSet]]:
-    train = DataSet.open(cfg.data, cfg.label, cfg.val_split, cfg.x_key, cfg.y_key, named_csv=True)
+def _open_data(cfg: TrainConfig) -> tuple[Source, Optional[Source]]:
+    train = Source.open(cfg.data, cfg.label, cfg.val_split, cfg.x_key, cfg.y_key, named_csv=True)
     if cfg.val_data:
-        return train, DataSet.open(cfg.val_data, cfg.label, 0.0, cfg.x_key, cfg.y_key, flag="val_data",
-                                   named_csv=True)
+        return train, Source.open(cfg.val_data, cfg.label, 0.0, cfg.x_key, cfg.y_key, flag="val_data",
+                                  named_csv=True)
     return train, None

@@ -17,7 +17,7 @@ import keras
 import tensorflow as tf
 
 from distft.config import TrainConfig
-from distft.data.dataset import DataSet
+from distft.data.dataset import Ready, Source, load
 from distft.errors import DistftError
 from distft.model import preprocessing
 from distft.model.prepare import FineTuneModel, prepare
@@ -40,8 +40,8 @@ class Trainee:
 
     ft: FineTuneModel
     feed: preprocessing.Feed  # what the images are fed as (`--preprocess`, decided for this model)
-    train_data: DataSet  # bound to the model and counted
-    val_data: Optional[DataSet]
+    train_data: Ready  # matched to the model and counted
+    val_data: Optional[Ready]  # --val_data's, or --val_split's held-out part
     records: int  # training records over all workers
     plan: Plan
     parts: Optional[tuple]  # --cache_frozen: (frozen prefix, trainable rest)
@@ -55,16 +55,11 @@ class Trainee:
 
     @classmethod
     def build(cls, setup: Setup, worker: Worker) -> Trainee:
-        cfg, train_data, val_data = setup.cfg, setup.train_data, setup.val_data
-        ft = worker.all_ok(lambda: _prepare(cfg, train_data))
-        worker.all_ok(lambda: [d.bind(ft.model, flag=f) for d, f in ((train_data, "data"), (val_data, "val_data")) if d])
+        cfg = setup.cfg
+        ft = worker.all_ok(lambda: _prepare(cfg, setup.train_data))
+        train_data, val_data = load(setup.train_data, ft.model, worker, val=setup.val_data)
         feed = preprocessing.choose(cfg.preprocess, ft.model, train_data.schema)
-        records = sum(train_data.count(worker.rank, worker.size, worker.gather).train)
-        if cfg.val_split:
-            val_data = train_data.held_out()
-        elif val_data is not None:
-            val_data.count(worker.rank, worker.size, worker.gather)
-            val_data.use_classes(train_data.output_classes or train_data.classes, "--data")
+        records = sum(train_data.part_counts())
         plan = worker.all_ok(lambda: methods.plan(ft, cfg))
         parts = worker.all_ok(lambda: frozen_cache.split_model(ft, plan, cfg)) if cfg.cache_frozen else None
         worker.all_ok(lambda: check_fit(ft, train_data, cfg.num_classes))
@@ -115,14 +110,14 @@ class Trainee:
                 (list(self.ema.state.variables) if self.ema else []))
 
 
-def _steps(records: int, size: int, steps_per_epoch: Optional[int], data: DataSet, batch_size: int) -> int:
+def _steps(records: int, size: int, steps_per_epoch: Optional[int], data: Ready, batch_size: int) -> int:
     if records < size:
         raise DistftError(f"--data has {records} training records for {size} workers: "
                           "give more data than workers, or fewer workers")
     return steps_per_epoch or data.steps_per_epoch(size, batch_size)
 
 
-def _prepare(cfg: TrainConfig, data: DataSet) -> FineTuneModel:
+def _prepare(cfg: TrainConfig, data: Source) -> FineTuneModel:
     return prepare(cfg.model, cfg.num_classes, cfg.unfreeze, cfg.head_dropout, cfg.train_bn,
                    cfg.weights, cfg.input_shape, cfg.loss, cfg.metrics, cfg.seed,
                    cfg.unsafe_deserialization, cfg.precision, data.schema.target_shape, cfg.head,
