@@ -73,7 +73,7 @@ class Commands:
         IMPORT as for evaluate; HEAD: the output whose head --num_classes replaces.
 
         With --workers=8,64,512: instead, predict the step time and efficiency on that many
-        workers joined by --link (distft/scaling.py; README, Performance), from one worker's
+        workers joined by --link (distft/scaling.py; docs/performance.md), from one worker's
         step: --step_ms, or a short timing here at --batch_size.
         """
         from distft import api

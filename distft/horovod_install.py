@@ -212,7 +212,7 @@ def _build(env: dict, folder: str) -> str:
         # No build isolation: the build must see this environment's TensorFlow.
         _pip("wheel", "--no-build-isolation", "--no-deps", "-w", os.path.join(src, "wheel"), tree,
              env=env, fix="Horovod's build failed (its output is above); check the "
-                          "prerequisites in the README's 'Your own environment' section")
+                          "prerequisites in docs/install.md's 'Your own environment' section")
         os.makedirs(folder, exist_ok=True)
         built = glob.glob(os.path.join(src, "wheel", "horovod-*.whl"))[0]
         return shutil.move(built, os.path.join(folder, os.path.basename(built)))

@@ -94,7 +94,7 @@ else
   say "Keras Hub needs Python 3.11 or newer: skipped (Keras Hub models will not load)"
 fi
 
-# Horovod, built against that TensorFlow by distft's own command (the README's way for any
+# Horovod, built against that TensorFlow by distft's own command (docs/install.md's way for any
 # environment): the wheel is kept in ~/.cache/distft/wheels per Python and TensorFlow, so a
 # second set-up on this machine (another clone, CI) installs it in seconds instead of compiling.
 unwarned "$VENV/bin/distft" install-horovod

@@ -56,7 +56,7 @@ def use_keras_hub(model: str, config: Optional[dict]) -> None:
         return
     if importlib.util.find_spec(HUB) is None:
         raise DistftError(f"--model={model} is a Keras Hub model ({hub}) and keras_hub is not "
-                          "installed: install it as the README's 'Keras Hub models' says "
+                          "installed: install it as docs/lora.md's 'Keras Hub models' says "
                           "(Python 3.11 or newer)")
     importlib.import_module(HUB)
 

@@ -21,7 +21,7 @@ from distft.launch.environment import Environment, detect
 
 # Horovod settings for distft's workers unless set in the environment (the start log shows
 # them): Horovod's own 1 ms cycle, re-measured in the cluster lab (`python -m benchmarks
-# cluster --tune`; figures in the README's Performance section).
+# cluster --tune`; figures in docs/performance.md).
 HOROVOD_DEFAULTS = {"HOROVOD_CYCLE_TIME": "1"}
 INTER_OP_THREADS = 1  # on CPU; TF_NUM_INTEROP_THREADS overrides
 _INTER_OP_VARIABLE = "TF_NUM_INTEROP_THREADS"
@@ -193,6 +193,6 @@ def _place(env: Environment, threads: Optional[int], pin_cores: bool) -> tuple[s
     if _INTER_OP_VARIABLE in os.environ:  # TensorFlow reads the user's value
         return "CPU", threads, os.environ[_INTER_OP_VARIABLE]
     # One op at a time, each using the worker's cores: a second inter-op thread on a worker's
-    # one core cost distft 15-25% (README, Performance).
+    # one core cost distft 15-25% (docs/performance.md).
     tf.config.threading.set_inter_op_parallelism_threads(INTER_OP_THREADS)
     return "CPU", threads, str(INTER_OP_THREADS)
