@@ -19,7 +19,7 @@ colour fields + noise, as `benchmarks/input.py` makes them; 10 classes, round ro
 `images.npz` (x (N, 96, 96, 3) uint8, y (N,) int64), `distft shard` of it into 4 shards
 (`shards_npz/`, raw uint8 records); the same images as PNG files in 10 class subfolders
 (`folder/`) and `distft shard` of that folder into 4 shards (`shards_folder/`, PNG records).
-For part 3 also sklearn's 1797 8x8 digits scaled to [0, 255] and resized to 28x28x1 uint8.
+For part 3 also the demo's 1797 8x8 digits scaled to [0, 255] and resized to 28x28x1 uint8.
 Model: MobileNetV2 (alpha 0.35, 96x96x3, weights=None, avg pooling + Dense 10, `.keras`).
 
 | part | contender | what is timed |
@@ -91,7 +91,7 @@ def prepare(workdir: str, images: int) -> None:
     save_mobilenet(os.path.join(workdir, "base.keras"), SHAPE, CLASSES)
 
     # Part 3: one TFRecord file per layout and data set.
-    from sklearn.datasets import load_digits
+    from distft.demo import load_digits
 
     d = load_digits()
     digits = tf.image.resize(np.round(d.images * 255 / 16)[..., None], (28, 28)).numpy()

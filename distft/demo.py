@@ -1,4 +1,4 @@
-"""The built-in example: a real fine-tuning on real data shipped inside scikit-learn.
+"""The built-in example: a real fine-tuning on real data shipped inside distft.
 
 1. Pretrain a small CNN on handwritten digits 0-4 (`base_model.keras`, Keras 3 format).
 2. Write digits 5-9 as TFRecord shards (train and validation).
@@ -11,7 +11,9 @@ Example:
 """
 from __future__ import annotations
 
+import gzip
 import os
+from typing import NamedTuple
 
 import numpy as np
 
@@ -20,6 +22,26 @@ from distft.api import _setup_logging
 from distft.files import atomic_write
 
 SHARDS = 4
+DIGITS = os.path.join(os.path.dirname(__file__), "assets", "digits.csv.gz")
+
+
+class Digits(NamedTuple):
+    images: np.ndarray  # (1797, 8, 8) float64, grey levels 0-16
+    target: np.ndarray  # (1797,) int64, the digit
+
+
+def load_digits() -> Digits:
+    """The 1,797 8x8 handwritten digits of UCI's "Optical Recognition of Handwritten Digits"
+    (CC BY 4.0), as scikit-learn's `load_digits` gives them: one row a digit, 64 grey levels
+    then the label. Read from the copy shipped in distft, so that the demo needs no
+    scikit-learn (which Keras imports on start whenever it is installed).
+
+    Example:
+        images, target = load_digits()
+    """
+    with gzip.open(DIGITS, "rt") as f:
+        rows = np.loadtxt(f, delimiter=",")
+    return Digits(rows[:, :-1].reshape(-1, 8, 8), rows[:, -1].astype(np.int64))
 
 
 def build_base_model(classes: int = 5, seed: int = 0):
@@ -59,8 +81,6 @@ def write_tfrecords(x: np.ndarray, y: np.ndarray, pattern: str, shards: int) -> 
 
 def make_demo_data(folder: str, seed: int = 0) -> dict[str, str]:
     """Write base_model.keras and the shards; return their paths."""
-    from sklearn.datasets import load_digits
-
     digits = load_digits()
     x = (digits.images / 16.0).astype(np.float32)[..., None]
     y = digits.target
@@ -92,7 +112,7 @@ def run_demo(output_dir: str = "distft-demo", np: int = 2, epochs: int = 10,
 
     require()  # before the pretraining, not after it
     _setup_logging(0, 1, False)
-    log.info("demo: pretraining a CNN on digits 0-4 (sklearn's load_digits) -> %s", output_dir)
+    log.info("demo: pretraining a CNN on digits 0-4 (UCI's handwritten digits) -> %s", output_dir)
     paths = make_demo_data(output_dir)
     log.info("demo: base model %s; digits 5-9 as %d train shards (%d records) and a validation "
              "shard (%d records)", paths["model"], SHARDS, paths["train_records"], paths["val_records"])

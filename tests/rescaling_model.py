@@ -1,4 +1,4 @@
-"""A Keras-tutorial style model written by stock Keras alone (run as a script; no distft import):
+"""A Keras-tutorial style model built by stock Keras alone (run as a script; distft only reads the digits):
 Rescaling(1/255) first, pretrained on digits 0-4 as 32x32 RGB pixels in [0, 255].
 
 Example:
@@ -8,7 +8,8 @@ import sys
 
 import keras
 import numpy as np
-from sklearn.datasets import load_digits
+
+from distft.demo import load_digits
 
 
 def pixels(images: np.ndarray) -> np.ndarray:

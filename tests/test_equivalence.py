@@ -136,7 +136,7 @@ def write_data(folder: str, base_model: str, records: int) -> dict[str, dict]:
     linear size head (the ink's mean), its arrays named so. Returns each kind's
     `distft.train` options."""
     import keras
-    from sklearn.datasets import load_digits
+    from distft.demo import load_digits
 
     d = load_digits()
     keep = np.flatnonzero(d.target >= 5)

@@ -18,8 +18,8 @@ NAMES = ["five", "six", "seven", "eight", "nine"]  # digits 5-9; sorted: eight f
 
 @pytest.fixture(scope="module")
 def digits():
-    """sklearn's digits 5-9 (the demo's fine-tuning task): uint8 8x8 images, labels 0-4."""
-    from sklearn.datasets import load_digits
+    """The demo's digits 5-9 (the demo's fine-tuning task): uint8 8x8 images, labels 0-4."""
+    from distft.demo import load_digits
 
     d = load_digits()
     keep = d.target >= 5

@@ -58,7 +58,7 @@ def test_acceptance_command_with_np(demo_data, acceptance, controller):
 
 
 def uneven_shards(demo_data, folder, sizes):
-    from sklearn.datasets import load_digits
+    from distft.demo import load_digits
 
     d = load_digits()
     keep = d.target >= 5

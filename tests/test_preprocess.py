@@ -162,7 +162,7 @@ def test_rescaling_first_cnn_fine_tunes_from_an_image_folder(tmp_path):
     """The issue's case: stock Keras writes a Rescaling(1/255)-first CNN pretrained on digits 0-4
     in [0, 255]; fine-tuned on PNGs of digits 5-9 on 2 workers, auto feeds [0, 255] and learns,
     where [0, 1] (--preprocess=scale, the old default) stays near chance. Evaluate feeds as trained."""
-    from sklearn.datasets import load_digits
+    from distft.demo import load_digits
 
     script = os.path.join(os.path.dirname(__file__), "rescaling_model.py")
     written = run([sys.executable, script, str(tmp_path / "base.keras")], timeout=180)

@@ -1,4 +1,4 @@
-"""Write a two-input, two-output model and its data with stock Keras and numpy only (no distft):
+"""Write a two-input, two-output model and its data with stock Keras and numpy (distft only reads the digits):
 an image + metadata model with a digit head (softmax over 5 classes) and a size head (linear),
 pretrained a little on digits 0-4; then `train.npz`/`val.npz` of digits 5-9 with arrays named
 as the model's inputs and outputs (image, meta; digit, size).
@@ -10,7 +10,8 @@ import sys
 
 import keras
 import numpy as np
-from sklearn.datasets import load_digits
+
+from distft.demo import load_digits
 
 
 def arrays(images, labels, rng):
