@@ -217,6 +217,10 @@ def _train_help() -> str:
 Commands.train.__doc__ = _train_help()
 
 
+# Seconds a rank > 0 waits, after an error every rank raised, for rank 0 to report it.
+SHARED_ERROR_GRACE = 10.0
+
+
 def main(argv: Optional[list[str]] = None) -> None:
     import fire
 
@@ -245,7 +249,7 @@ def main(argv: Optional[list[str]] = None) -> None:
             # SIGTERM as soon as rank 0 exits (so the default action, not the stop handler), so
             # the wait only bounds a slow rank 0 on a loaded machine.
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
-            time.sleep(10)
+            time.sleep(SHARED_ERROR_GRACE)
         sys.exit(e.exit_code)
     except KeyboardInterrupt:
         print("distft: interrupted", file=sys.stderr)

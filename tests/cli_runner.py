@@ -29,6 +29,10 @@ def main(runs_path: str, status_path: str) -> None:
     log.import_tensorflow()
     import keras
 
+    # A launcher ends a job when its rank 0 exits; here the ranks go on to the next command, so
+    # a rank > 0 need not wait for rank 0 to report a shared error.
+    cli.SHARED_ERROR_GRACE = 0.0
+
     with open(runs_path) as f:
         runs = json.load(f)
     status, home = {}, os.getcwd()
@@ -59,17 +63,22 @@ def main(runs_path: str, status_path: str) -> None:
             json.dump(status, f, indent=1)
 
 
-def segments(out: str) -> dict[str, str]:
-    """A launch's output per command: the lines between rank 0's begin and end lines."""
-    found, current = {}, None
+def segments(out: str, every_rank: bool = False) -> dict[str, str]:
+    """A launch's output per command: the lines between rank 0's begin and end lines (with
+    `every_rank`, each rank's lines between its own)."""
+    found, current = {}, {}
     for line in out.splitlines():
+        rank = re.match(r"\[(\d+)\]", line)
+        rank = rank.group(1) if rank else None
+        if rank != "0" and not every_rank:
+            continue
         mark = re.search(r"cli_runner: (begin|end) (\S+)", line)
-        if mark and line.startswith("[0]"):
-            current = mark.group(2) if mark.group(1) == "begin" else None
-            if current:
-                found[current] = []
-        elif current:
-            found[current].append(line)
+        if mark:
+            current[rank] = mark.group(2) if mark.group(1) == "begin" else None
+            if current[rank]:
+                found.setdefault(current[rank], [])
+        elif current.get(rank):
+            found[current[rank]].append(line)
     return {name: "\n".join(lines) for name, lines in found.items()}
 
 

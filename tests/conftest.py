@@ -78,14 +78,20 @@ class SharedLaunch:
             with open(status) as f:
                 self.status = json.load(f)
         self.outputs = segments(self.result.out)
+        self.every_rank = segments(self.result.out, every_rank=True)
 
     def output(self, name: str) -> str:
         """The output of run `name`, which must have ended with exit code 0."""
+        code, out = self.ended(name)
+        assert code == 0, f"{name}: exit {code}\n{out[-3000:]}"
+        return out
+
+    def ended(self, name: str, every_rank: bool = False) -> tuple[int, str]:
+        """Run `name`'s exit code and output (rank 0's, or with `every_rank` every rank's lines
+        with their `[RANK]<stdout|stderr>:` prefixes)."""
         if name not in self.status:
             pytest.fail(f"the shared launch did not finish {name}:\n{self.result.out[-4000:]}")
-        out = self.outputs.get(name, "")
-        assert self.status[name]["code"] == 0, f"{name}: exit {self.status[name]['code']}\n{out[-3000:]}"
-        return out
+        return self.status[name]["code"], (self.every_rank if every_rank else self.outputs).get(name, "")
 
 
 @pytest.fixture(scope="session")

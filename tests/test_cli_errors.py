@@ -5,7 +5,7 @@ import time
 import numpy as np
 import pytest
 
-from conftest import distft, horovodrun
+from conftest import SharedLaunch, distft, horovodrun
 from distft.demo import write_tfrecords
 
 
@@ -35,36 +35,6 @@ def test_option_errors_before_any_work(tmp_path, args, expected):
                     timeout=60)
     one_error(result, expected)
     assert not os.path.exists(f"{tmp_path}/o")
-
-
-@pytest.fixture(scope="module")
-def bad_inputs(demo_data, tmp_path_factory):
-    folder = tmp_path_factory.mktemp("bad")
-    rng = np.random.default_rng(0)
-    write_tfrecords(rng.random((40, 10), dtype=np.float32), rng.integers(0, 5, 40),
-                    str(folder / "wide-{}.tfrecord"), 2)
-    write_tfrecords(rng.random((1, 64), dtype=np.float32), np.array([1]), str(folder / "one-{}.tfrecord"), 1)
-    return str(folder)
-
-
-@pytest.mark.multiworker
-@pytest.mark.parametrize("change, expected", [
-    ({"--model": "missing.h5"}, "--model=missing.h5 does not exist"),
-    ({"--unfreeze": "from:conv9"}, "no layer named 'conv9'; close matches: conv2, conv1"),
-    ({"--data": "nothing/*.tfrecord"}, "matches no data file"),
-    ({"--num_classes": "3"}, "labels span [0, 4] but the model has 3 classes"),
-    ({"--data": "{bad}/wide-*.tfrecord"}, "records have 10 features but the model's input"),
-    ({"--data": "{bad}/one-*.tfrecord"}, "has 1 training records for 2 workers"),
-    ({"--profile": "5:15", "--profile_ranks": "0,2"}, "--profile_ranks=0,2 names rank 2 but the job "
-                                                      "has 2 worker(s): pass ranks below 2"),
-])
-def test_bad_input_on_two_workers(demo_data, bad_inputs, tmp_path, change, expected):
-    args = {"--model": demo_data["model"], "--data": demo_data["data"], "--num_classes": "5",
-            "--unfreeze": "last:2", "--output_dir": str(tmp_path / "run"), "--np": "2"}
-    args.update({k: v.format(bad=bad_inputs) for k, v in change.items()})
-    result = distft(["train", *(f"{k}={v}" for k, v in args.items())], timeout=120)
-    one_error(result, expected)
-    assert not os.path.exists(tmp_path / "run" / "model.keras")
 
 
 @pytest.mark.multiworker
@@ -108,18 +78,48 @@ def test_the_one_line_names_the_first_failure_not_the_teardown(capsys, first):
     assert capsys.readouterr().out == ""  # the launcher's lines are not relayed
 
 
+# Bad input on 2 workers: each case's options over a good run's, and its one error line.
+ON_TWO_WORKERS = [
+    ({"--model": "missing.h5"}, "--model=missing.h5 does not exist"),
+    ({"--unfreeze": "from:conv9"}, "no layer named 'conv9'; close matches: conv2, conv1"),
+    ({"--data": "nothing/*.tfrecord"}, "matches no data file"),
+    ({"--num_classes": "3"}, "labels span [0, 4] but the model has 3 classes"),
+    ({"--data": "{b}/wide-*.tfrecord"}, "records have 10 features but the model's input"),
+    ({"--data": "{b}/one-*.tfrecord"}, "has 1 training records for 2 workers"),
+    ({"--profile": "5:15", "--profile_ranks": "0,2"}, "--profile_ranks=0,2 names rank 2 but the job "
+                                                      "has 2 worker(s): pass ranks below 2"),
+    ({"--model": "{b}/model.h5"}, "is neither a .keras (zip) nor an .h5 (HDF5) file"),
+    ({"--model": "{b}/truncated.h5"}, "is a damaged keras file"),
+    ({"--data": "{b}/corrupt"}, "damaged tfrecord file"),
+    ({"--data": "{b}/bad.csv", "--label": "label"}, "bad.csv:251: column 'p0' is not numeric ('oops')"),
+    ({"--output_dir": "{b}/a_file"}, "is a file: pass a folder path"),
+    ({"--output_dir": "/proc/distft-run"}, "is not writable"),
+    ({"--config": "{b}/broken.yaml"}, "is not valid YAML at line"),
+    ({"--config": "{b}/unknown.yaml"}, "unknown option --learning_rate"),
+    ({"--learning_rate": "0.1"}, "unknown option --learning_rate: did you mean --lr"),
+    ({"--epochs": "0"}, "--epochs must be positive"),
+    ({"--lr": "-0.1"}, "--lr must be positive"),
+    ({"--batch_size": "0"}, "--batch_size must be positive"),
+]
+
+
 def corrupt_copy(src: str, dst: str) -> None:
     data = bytearray(open(src, "rb").read())
     data[len(data) // 2] ^= 0xFF
     open(dst, "wb").write(bytes(data))
 
 
-@pytest.fixture(scope="module")
-def broken_files(demo_data, tmp_path_factory):
+def write_bad_inputs(folder, demo_data) -> None:
+    """Broken and misfitting files: data of the wrong width or too few records, a model file
+    that is not one or is cut short, a shard with a flipped byte, a CSV with a bad cell past the
+    rows read to learn its schema, a file where a folder belongs, broken and unknown YAML."""
     import glob
     import shutil
 
-    folder = tmp_path_factory.mktemp("broken")
+    rng = np.random.default_rng(0)
+    write_tfrecords(rng.random((40, 10), dtype=np.float32), rng.integers(0, 5, 40),
+                    str(folder / "wide-{}.tfrecord"), 2)
+    write_tfrecords(rng.random((1, 64), dtype=np.float32), np.array([1]), str(folder / "one-{}.tfrecord"), 1)
     (folder / "model.h5").write_text("this is not a model\n")
     model = open(demo_data["model"], "rb").read()
     (folder / "truncated.h5").write_bytes(model[: len(model) // 3])
@@ -130,38 +130,58 @@ def broken_files(demo_data, tmp_path_factory):
     corrupt_copy(shards[-1], str(folder / "corrupt" / os.path.basename(shards[-1])))
     rows = ["label," + ",".join(f"p{i}" for i in range(64))]
     rows += [f"{i % 5}," + ",".join(["0.5"] * 64) for i in range(300)]
-    rows[250] = rows[250].replace("0.5", "oops", 1)  # past the rows read to learn the schema
+    rows[250] = rows[250].replace("0.5", "oops", 1)
     (folder / "bad.csv").write_text("\n".join(rows) + "\n")
     (folder / "a_file").write_text("x")
     (folder / "broken.yaml").write_text("epochs: [3\n")
     (folder / "unknown.yaml").write_text("learning_rate: 0.1\n")
-    return str(folder)
+
+
+@pytest.fixture(scope="module")
+def bad_runs(demo_data, tmp_path_factory):
+    """Every case of ON_TWO_WORKERS as `distft train` on the 2 workers of one horovodrun launch
+    (tests/cli_runner.py), each into its own output folder that already holds earlier work."""
+    folder = tmp_path_factory.mktemp("bad")
+    write_bad_inputs(folder, demo_data)
+    runs = []
+    for i, (change, _) in enumerate(ON_TWO_WORKERS):
+        out = folder / f"run-{i}"
+        out.mkdir()
+        (out / "keep.txt").write_text("earlier work")
+        args = {"--model": demo_data["model"], "--data": demo_data["data"], "--num_classes": "5",
+                "--unfreeze": "last:2", "--output_dir": str(out)}
+        args.update({k: v.format(b=folder) for k, v in change.items()})
+        runs.append({"name": f"case-{i}", "argv": ["train", *(f"{k}={v}" for k, v in args.items())],
+                     "cwd": str(folder)})
+    launch = SharedLaunch(str(folder), runs)
+    return lambda i: (folder / f"run-{i}", launch)
 
 
 @pytest.mark.multiworker
-@pytest.mark.parametrize("change, expected", [
-    ({"--model": "{b}/model.h5"}, "is neither a .keras (zip) nor an .h5 (HDF5) file"),
-    ({"--model": "{b}/truncated.h5"}, "is a damaged keras file"),
-    ({"--data": "{b}/corrupt"}, "damaged tfrecord file"),
-    ({"--data": "{b}/bad.csv"}, "bad.csv:251: column 'p0' is not numeric ('oops')"),
-    ({"--output_dir": "{b}/a_file"}, "is a file: pass a folder path"),
-    ({"--output_dir": "/proc/distft-run"}, "is not writable"),
-    ({"--config": "{b}/broken.yaml"}, "is not valid YAML at line"),
-    ({"--config": "{b}/unknown.yaml"}, "unknown option --learning_rate"),
-    ({"--learning_rate": "0.1"}, "unknown option --learning_rate: did you mean --lr"),
-    ({"--epochs": "0"}, "--epochs must be positive"),
-    ({"--lr": "-0.1"}, "--lr must be positive"),
-    ({"--batch_size": "0"}, "--batch_size must be positive"),
-])
-def test_bad_input_under_horovodrun(demo_data, broken_files, tmp_path, change, expected):
+@pytest.mark.parametrize("case", range(len(ON_TWO_WORKERS)),
+                         ids=[f"{'-'.join(c)}-{i}" for i, (c, _) in enumerate(ON_TWO_WORKERS)])
+def test_bad_input_on_two_workers(bad_runs, case):
+    """One error line, from rank 0, exit code 2, within a minute; the output folder untouched."""
+    out, launch = bad_runs(case)
+    code, lines = launch.ended(f"case-{case}", every_rank=True)
+    errors = [l for l in lines.splitlines() if "distft: error:" in l]
+    assert code == 2 and len(errors) == 1, lines[-3000:]
+    assert errors[0].startswith("[0]<stderr>:") and ON_TWO_WORKERS[case][1] in errors[0], errors
+    assert "Traceback" not in lines, lines[-3000:]
+    assert launch.status[f"case-{case}"]["seconds"] < 60
+    assert sorted(os.listdir(out)) == ["keep.txt"] and (out / "keep.txt").read_text() == "earlier work"
+
+
+@pytest.mark.multiworker
+def test_bad_input_under_a_users_own_horovodrun(demo_data, tmp_path):
+    """The launcher's path of the cases above: horovodrun ends the job with rank 0's one line,
+    quickly, though rank 1 raised the same error (it waits for rank 0 to report it)."""
     out = tmp_path / "run"
     out.mkdir()
     (out / "keep.txt").write_text("earlier work")
-    args = {"--model": demo_data["model"], "--data": demo_data["data"], "--num_classes": "5",
-            "--output_dir": str(out), "--label": "label"}
-    args.update({k: v.format(b=broken_files) for k, v in change.items()})
     started = time.time()
-    result = horovodrun(["train", *(f"{k}={v}" for k, v in args.items())], timeout=90)
+    result = horovodrun(["train", f"--model={demo_data['model']}", "--data=nothing/*.tfrecord",
+                         "--num_classes=5", f"--output_dir={out}"], timeout=90)
     assert time.time() - started < 60
-    assert one_error(result, expected, launcher=True).startswith("[0]<stderr>:")  # rank 0
-    assert sorted(os.listdir(out)) == ["keep.txt"] and (out / "keep.txt").read_text() == "earlier work"
+    assert one_error(result, "matches no data file", launcher=True).startswith("[0]<stderr>:")
+    assert sorted(os.listdir(out)) == ["keep.txt"]
