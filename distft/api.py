@@ -87,7 +87,7 @@ def evaluate(model: str, data: str, batch_size: int = 256, label: str = "label",
     from distft.model.prepare import prepare
     from distft.train.checks import check_fit
     from distft.train.evaluation import evaluate_split
-    from distft.train.metrics import compiled
+    from distft.train.metrics import objective
 
     import_modules(import_)
     worker, source = _open(data, label, x_key, y_key)
@@ -97,7 +97,8 @@ def evaluate(model: str, data: str, batch_size: int = 256, label: str = "label",
     ds = _load(worker, source, ft.model, model, classes)
     worker.all_ok(lambda: check_fit(ft, ds))
     feed = _feed(preprocess, model, ft.model, ds, worker)
-    ft.model.compile(loss=ft.loss, metrics=worker.all_ok(lambda: compiled(ft)))
+    # Every output weighs 1 in `loss`; the loss and metrics default to the file's (a kept head).
+    ft.model.compile(**{**worker.all_ok(lambda: objective(ft, None)), "loss_weights": None})
     stream = ds.stream(worker.rank, worker.size, batch_size, ft.input_shape, training=False,
                        preprocess=feed)
     results = evaluate_split(ft.model, stream, ds.share(worker.rank, worker.size).records, worker)
