@@ -220,3 +220,103 @@ def test_several_outputs_take_the_files_loss_per_output_and_its_weights(logits_f
     ft = prepare(logits_files["two"], target_shape={"a": (), "b": (1,)},
                  loss="a=categorical_focal_crossentropy:from_logits=true:gamma=3")
     assert objective.describe(ft.loss["a"]) == "CategoricalFocalCrossentropy(from_logits=True, gamma=3)"
+
+
+# --- fine-tunes on 2 workers, keeping the logits head -----------------------------------------
+
+def tiny_keras_hub_classifier() -> keras.Model:
+    """A Keras Hub ImageClassifier of a tiny ResNet (random weights, 16x16 RGB images), with
+    Keras Hub's default head (logits) and compile() (from_logits)."""
+    import keras_hub
+
+    keras.utils.set_random_seed(0)
+    backbone = keras_hub.models.ResNetBackbone(
+        input_conv_filters=[64], input_conv_kernel_sizes=[3], stackwise_num_filters=[64],
+        stackwise_num_blocks=[1], stackwise_num_strides=[1], block_type="basic_block",
+        use_pre_activation=False, image_shape=(16, 16, 3))
+    classifier = keras_hub.models.ImageClassifier(backbone=backbone, num_classes=5)
+    classifier.compile()
+    return classifier
+
+
+@pytest.fixture(scope="module")
+def tuned(logits_files, tmp_path_factory):
+    """Each fine-tune on 2 workers, in one launch: `tuned(name)` is its metrics and output."""
+    from sklearn.datasets import load_digits
+
+    from conftest import SharedLaunch
+
+    root = tmp_path_factory.mktemp("tuned")
+    d = load_digits()
+    order = np.random.default_rng(0).permutation(np.flatnonzero(d.target >= 5))
+    images, y = d.images[order] / 16.0, d.target[order] - 5
+    np.savez(root / "digits.npz", x=images.reshape(len(y), -1).astype(np.float32), y=y)
+    big = np.repeat(np.repeat(images, 2, axis=1), 2, axis=2)  # 16x16, grey as RGB
+    np.savez(root / "images.npz", x=np.round(np.repeat(big[..., None], 3, axis=-1) * 255).astype(np.uint8), y=y)
+    hub = str(root / "hub.keras")
+    tiny_keras_hub_classifier().save(hub)
+    common = ["--epochs=4", "--batch_size=16", "--seed=1", "--lr=0.01", "--val_split=0.25"]
+    runs = {"file_objective": [f"--model={logits_files['compiled']}", f"--data={root / 'digits.npz'}"],
+            "loss_arguments": [f"--model={logits_files['plain']}", f"--data={root / 'digits.npz'}",
+                               "--loss=sparse_categorical_crossentropy:from_logits=true",
+                               "--metrics=accuracy,sparse_top_k_categorical_accuracy:k=2"],
+            "keras_hub": [f"--model={hub}", f"--data={root / 'images.npz'}", "--lr=0.003"]}
+    launch = SharedLaunch(str(root), [{"name": name, "argv": ["train", *argv, *common,
+                                                               f"--output_dir={root / name}"]}
+                                      for name, argv in runs.items()])
+
+    def get(name):
+        out = launch.output(name)
+        with open(root / name / "metrics.json") as f:
+            metrics = json.load(f)
+        assert len(set(metrics["weights_checksums"])) == 1  # the workers' weights agree
+        return metrics, out, str(root / name)
+
+    return get
+
+
+def objective_line(out: str) -> str:
+    return next(line for line in out.splitlines() if "objective:" in line)
+
+
+@pytest.mark.multiworker
+def test_a_logits_classifier_keeps_its_head_and_its_files_objective(tuned):
+    metrics, out, _ = tuned("file_objective")
+    assert ("objective: SparseCategoricalCrossentropy(from_logits=True) from the model file, metrics "
+            "accuracy, SparseTopKCategoricalAccuracy(k=2) from the model file, weighted metrics accuracy "
+            "from the model file (--loss and --metrics to change)") in objective_line(out)
+    before, after = metrics["validation_before"], metrics["validation"]
+    print(f"validation accuracy {before['accuracy']:.3f} -> {after['accuracy']:.3f}, loss "
+          f"{before['loss']:.3f} -> {after['loss']:.3f}")
+    assert before["accuracy"] < 0.4 and after["accuracy"] > 0.8, (before, after)
+    assert after["sparse_top_k_categorical_accuracy"] >= after["accuracy"]
+    assert after["weighted_accuracy"] == pytest.approx(after["accuracy"])  # no sample weights
+
+
+@pytest.mark.multiworker
+def test_the_loss_given_with_from_logits_trains_as_the_files_own(tuned):
+    """The same weights, uncompiled, with --loss=...:from_logits=true: the same run, to the
+    last weight."""
+    from test_multiworker import weights_by_layer
+
+    metrics, out, folder = tuned("loss_arguments")
+    assert "objective: SparseCategoricalCrossentropy(from_logits=True), metrics accuracy, " \
+           "SparseTopKCategoricalAccuracy(k=2)" in objective_line(out)
+    _, _, own = tuned("file_objective")
+    given, filed = (weights_by_layer(os.path.join(f, "model.keras")) for f in (folder, own))
+    for layer in filed:
+        for a, b in zip(given[layer], filed[layer]):
+            np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+    assert metrics["validation"]["accuracy"] > 0.8
+
+
+@pytest.mark.multiworker
+def test_a_keras_hub_image_classifier_keeps_its_logits_head(tuned):
+    metrics, out, folder = tuned("keras_hub")
+    assert "objective: SparseCategoricalCrossentropy(from_logits=True) from the model file, metrics " \
+           "sparse_categorical_accuracy from the model file" in objective_line(out)
+    before, after = metrics["validation_before"], metrics["validation"]
+    print(f"validation accuracy {before['sparse_categorical_accuracy']:.3f} -> "
+          f"{after['sparse_categorical_accuracy']:.3f}")
+    assert after["sparse_categorical_accuracy"] > before["sparse_categorical_accuracy"] + 0.3, (before, after)
+    assert os.path.exists(os.path.join(folder, "model.keras"))
