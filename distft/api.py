@@ -66,8 +66,9 @@ def evaluate(model: str, data: str, batch_size: int = 256, label: str = "label",
     or across `np` workers that this call starts; exact for every Keras metric (each metric's
     state is summed over the workers).
 
-    `metrics`: Keras metric names (e.g. "auc,precision,recall,f1_score"; default: the head's,
-    as in train). Images are fed as in training (`preprocess`: auto feeds what the run that
+    `metrics`: Keras metric names, with arguments NAME:KEY=VALUE (e.g.
+    "auc,precision,recall,f1_score"; default: the model file's if it was compiled, else the
+    head's, as in train). Images are fed as in training (`preprocess`: auto feeds what the run that
     wrote the model fed, see model/preprocessing.py). Class names in the
     data are numbered as in `classes` (a classes.json; default: the one beside the model).
     `output`: also write the results to this JSON file. `import_`: modules to import first
