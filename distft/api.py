@@ -272,7 +272,8 @@ def inspect(model: str, num_classes: Optional[int] = None, unfreeze: Optional[st
         scaling.check(workers, link, batch_size, compression, latency_ms, overlap)
     import_modules(import_)
     ft = prepare(model, num_classes, unfreeze, train_bn=train_bn, weights=weights,
-                 input_shape=input_shape, unsafe_deserialization=unsafe_deserialization, head=head)
+                 input_shape=input_shape, unsafe_deserialization=unsafe_deserialization, head=head,
+                 file_objective=False)  # layers only: the file's loss need not be rebuilt
     rows = [{"index": i, "name": l.name, "type": type(l).__name__,
              "params": unfreezing.count_params(l.weights), "trainable": bool(l.trainable and l.weights)}
             for i, l in enumerate(unfreezing.flatten(ft.model))]

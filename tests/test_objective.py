@@ -320,3 +320,24 @@ def test_a_keras_hub_image_classifier_keeps_its_logits_head(tuned):
           f"{after['sparse_categorical_accuracy']:.3f}")
     assert after["sparse_categorical_accuracy"] > before["sparse_categorical_accuracy"] + 0.3, (before, after)
     assert os.path.exists(os.path.join(folder, "model.keras"))
+
+
+def test_a_file_objective_keras_cannot_rebuild_names_the_fix(tmp_path):
+    """A loss of the user's that no --import registers: one line with the fix; --loss (and
+    --metrics) replace it, and a look at the layers (inspect) does not need it."""
+    @keras.saving.register_keras_serializable(package="mine")
+    def my_loss(y_true, y_pred):
+        return keras.ops.mean(keras.ops.square(y_pred))
+
+    model = logits_model()
+    model.compile("adam", loss=my_loss)
+    path = str(tmp_path / "mine.keras")
+    model.save(path)
+    del keras.saving.get_custom_objects()["mine>my_loss"]
+    with pytest.raises(DistftError, match="--model was compiled with loss that Keras .* cannot rebuild "
+                                          r"here \(.*\): pass --import=MODULE for the module that "
+                                          "registers them, or --loss=... to replace them"):
+        prepare(path, target_shape=())
+    ft = prepare(path, target_shape=(), loss="sparse_categorical_crossentropy:from_logits=true")
+    assert ft.origin["loss"] == "--loss"
+    assert prepare(path, target_shape=(), file_objective=False).loss == "mean_squared_error"

@@ -85,11 +85,12 @@ def prepare(model: str, num_classes: Optional[int] = None, unfreeze: Optional[st
             unsafe_deserialization: bool = False, precision: str = "float32",
             target_shape: Union[tuple, dict] = (), head: Optional[str] = None,
             loss_weights: Optional[str] = None, lora_rank: int = 0,
-            lora_layers: Optional[str] = None, lora_alpha: Optional[float] = None
-            ) -> FineTuneModel:
+            lora_layers: Optional[str] = None, lora_alpha: Optional[float] = None,
+            file_objective: bool = True) -> FineTuneModel:
     """Load `model`, replace its head if `num_classes` (with several outputs: the head of output
     `head`), and set which layers train; with `lora_rank`, LoRA factors on `lora_layers`
-    (model/lora.py) train beside `unfreeze` (default none).
+    (model/lora.py) train beside `unfreeze` (default none). `file_objective=False`: the head's
+    default objective even for a file compiled with its own (for a look at the layers).
 
     The default loss and metrics are the ones the model file was compiled with for a kept
     head, else they follow the head and `target_shape` (the data's per-record target shape;
@@ -149,7 +150,8 @@ def prepare(model: str, num_classes: Optional[int] = None, unfreeze: Optional[st
                              else target_shape)
         shapes = {outputs[0]: target_shape}
     new_outputs = (head or outputs[0],) if num_classes else ()
-    chosen = objective.choose(full, shapes, loss, metrics, loss_weights, flags.compiled,
+    chosen = objective.choose(full, shapes, loss, metrics, loss_weights,
+                              flags.compiled if file_objective else None,
                               new_outputs, not unsafe_deserialization)
     if several:
         return FineTuneModel(full, chosen.loss, chosen.metrics, trained, [l.name for l in new_head],
