@@ -66,8 +66,9 @@ def evaluate(model: str, data: str, batch_size: int = 256, label: str = "label",
     or across `np` workers that this call starts; exact for every Keras metric (each metric's
     state is summed over the workers).
 
-    `metrics`: Keras metric names (e.g. "auc,precision,recall,f1_score"; default: the head's,
-    as in train). Images are fed as in training (`preprocess`: auto feeds what the run that
+    `metrics`: Keras metric names, with arguments NAME:KEY=VALUE (e.g.
+    "auc,precision,recall,f1_score"; default: the model file's if it was compiled, else the
+    head's, as in train). Images are fed as in training (`preprocess`: auto feeds what the run that
     wrote the model fed, see model/preprocessing.py). Class names in the
     data are numbered as in `classes` (a classes.json; default: the one beside the model).
     `output`: also write the results to this JSON file. `import_`: modules to import first
@@ -87,7 +88,7 @@ def evaluate(model: str, data: str, batch_size: int = 256, label: str = "label",
     from distft.model.prepare import prepare
     from distft.train.checks import check_fit
     from distft.train.evaluation import evaluate_split
-    from distft.train.metrics import compiled
+    from distft.train.metrics import objective
 
     import_modules(import_)
     worker, source = _open(data, label, x_key, y_key)
@@ -97,7 +98,8 @@ def evaluate(model: str, data: str, batch_size: int = 256, label: str = "label",
     ds = _load(worker, source, ft.model, model, classes)
     worker.all_ok(lambda: check_fit(ft, ds))
     feed = _feed(preprocess, model, ft.model, ds, worker)
-    ft.model.compile(loss=ft.loss, metrics=worker.all_ok(lambda: compiled(ft)))
+    # Every output weighs 1 in `loss`; the loss and metrics default to the file's (a kept head).
+    ft.model.compile(**{**worker.all_ok(lambda: objective(ft, None)), "loss_weights": None})
     stream = ds.stream(worker.rank, worker.size, batch_size, ft.input_shape, training=False,
                        preprocess=feed)
     results = evaluate_split(ft.model, stream, ds.share(worker.rank, worker.size).records, worker)
@@ -270,7 +272,8 @@ def inspect(model: str, num_classes: Optional[int] = None, unfreeze: Optional[st
         scaling.check(workers, link, batch_size, compression, latency_ms, overlap)
     import_modules(import_)
     ft = prepare(model, num_classes, unfreeze, train_bn=train_bn, weights=weights,
-                 input_shape=input_shape, unsafe_deserialization=unsafe_deserialization, head=head)
+                 input_shape=input_shape, unsafe_deserialization=unsafe_deserialization, head=head,
+                 file_objective=False)  # layers only: the file's loss need not be rebuilt
     rows = [{"index": i, "name": l.name, "type": type(l).__name__,
              "params": unfreezing.count_params(l.weights), "trainable": bool(l.trainable and l.weights)}
             for i, l in enumerate(unfreezing.flatten(ft.model))]

@@ -38,7 +38,8 @@ class Commands:
                  import_: Optional[str] = None) -> None:
         """Loss and metrics of MODEL over DATA (all workers' shares when launched, or NP workers
         started here), exact over the workers for every Keras metric; METRICS: Keras names,
-        e.g. auc,precision,recall,f1_score (default: the head's); OUTPUT: also write them as JSON;
+        e.g. auc,precision,recall,f1_score, each with arguments NAME:KEY=VALUE (default: the model
+        file's, else the head's); OUTPUT: also write them as JSON;
         IMPORT: modules or .py files defining the model's custom classes (as for train).
         """
         from distft import api

@@ -21,6 +21,7 @@ import yaml
 
 from distft.errors import DistftError
 from distft.files import load_yaml
+from distft.model import specs
 from distft.model.families import PREPROCESSING
 
 OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
@@ -75,9 +76,15 @@ class TrainConfig:
     sync_bn: bool = field(default=False, metadata={"group": "distribution",
         "help": "with --train_bn: batch statistics over all workers' batches (small batches)"})
     loss: Optional[str] = field(default=None, metadata={"group": "model",
-        "help": "Keras loss (default follows the head); several outputs: OUTPUT=LOSS,..."})
+        "help": "Keras loss, with arguments after colons: NAME:KEY=VALUE:KEY=VALUE, e.g. "
+                "sparse_categorical_crossentropy:from_logits=true (YAML: {name: NAME, KEY: VALUE}); "
+                "default: the one the model file was compiled with if the head is kept, else "
+                "it follows the head; several outputs: OUTPUT=LOSS,..."})
     metrics: Optional[tuple] = field(default=None, metadata={"group": "model",
-        "help": "Keras metrics, comma-separated; several outputs: OUTPUT=METRIC,..."})
+        "help": "Keras metrics, comma-separated, each with arguments after colons: "
+                "accuracy,sparse_top_k_categorical_accuracy:k=3 (YAML: a list of names and "
+                "{name: NAME, KEY: VALUE} mappings); default as for --loss; several outputs: "
+                "OUTPUT=METRIC,..."})
     loss_weights: Optional[str] = field(default=None, metadata={"group": "model",
         "help": "several outputs: OUTPUT=WEIGHT,... (default 1 each)"})
     label_smoothing: float = field(default=0.0, metadata={"group": "optimisation", "help":
@@ -267,9 +274,16 @@ class TrainConfig:
                               "pass --jit=off (or auto)")
         if self.resume and self.overwrite:
             raise DistftError("--resume and --overwrite exclude each other: pass one")
+        self._check_objective()
         self._check_methods()
         self._check_tensorboard()
         self._check_elastic()
+
+    def _check_objective(self) -> None:
+        """--loss's and --metrics' items are NAME[:KEY=VALUE...] (whether Keras knows the names
+        and arguments is checked with the model: --import may register them)."""
+        specs.parse_all(self.loss.split(",") if self.loss else [], "loss")
+        specs.parse_all(list(self.metrics or ()), "metrics")
 
     def _check_methods(self) -> None:
         """The fine-tuning methods' flags (their layer specs are checked against the model later)."""
@@ -369,6 +383,7 @@ def evaluation_options(batch_size: Any, preprocess: str, metrics: Any, np: Any
     _positive("batch_size", batch_size)
     _one_of("preprocess", preprocess, PREPROCESSING)
     _workers(np)
+    specs.parse_all(list(metrics or ()), "metrics")
     return batch_size, preprocess, metrics, np
 
 
@@ -467,6 +482,10 @@ def coerce(cls: type, name: str, value: Any) -> Any:
             if isinstance(value, bool):
                 raise ValueError
             return float(value)
+        if name in ("loss", "metrics") and not isinstance(value, str):
+            # YAML: a name, {name: NAME, KEY: VALUE}, a list, or a mapping by output
+            found = specs.items(value, name)
+            return tuple(found) if hint is tuple else ",".join(found)
         if hint is tuple:
             if isinstance(value, dict):  # YAML {OUTPUT: NAME or [NAMES], ...}
                 value = [f"{k}={v}" for k, vs in value.items() for v in (vs if isinstance(vs, list) else [vs])]

@@ -118,6 +118,13 @@ CASES = {
     "metrics": Case({"metrics": "accuracy,auc,precision,recall,f1_score"}, validate=True),
     "val_split": Case({"val_split": 0.1}),
     "loss": Case({"loss": "mean_absolute_error"}, data="regression"),
+    # A logits head kept with the objective its file was compiled with: from_logits, top-k and
+    # weighted metrics, validated each epoch (the metrics' states summed over the workers).
+    "model_objective": Case(data="logits", validate=True),
+    # The same weights uncompiled, the loss and metrics given with arguments.
+    "loss_arguments": Case({"loss": "sparse_categorical_crossentropy:from_logits=true",
+                            "metrics": "accuracy,sparse_top_k_categorical_accuracy:k=2,auc:from_logits=true"},
+                           data="logits_plain", validate=True),
     # An image + metadata model with a new digit head and a weighted size head, validated on
     # its own .npz each epoch (per-output losses over partial batches).
     "two_inputs_two_outputs": Case(data="two_heads"),
@@ -132,7 +139,8 @@ def write_data(folder: str, base_model: str, records: int) -> dict[str, dict]:
     """The first `records` of digits 5-9 (seeded order), as one file per kind of target, with
     the base model each needs: class ids (TFRecord) and one-hot rows under the demo's base with
     a new softmax head; the digit's 4 binary digits under a sigmoid head; 2 regression targets
-    under a linear head; an image + (mean, std) model with a digit head (new, 5 classes) and a
+    under a linear head; the class ids under a logits head (5 linear outputs), saved compiled
+    with from_logits (`logits`) and not compiled (`logits_plain`); an image + (mean, std) model with a digit head (new, 5 classes) and a
     linear size head (the ink's mean), its arrays named so. Returns each kind's
     `distft.train` options."""
     import keras
@@ -161,6 +169,16 @@ def write_data(folder: str, base_model: str, records: int) -> dict[str, dict]:
         model_path = os.path.join(folder, f"{kind}_base.keras")
         keras.Model(base.inputs, out).save(model_path)
         kinds[kind] = {"model": model_path, "data": kinds[kind]["data"], "num_classes": None}
+    keras.utils.set_random_seed(0)
+    logits = keras.Model(base.inputs, keras.layers.Dense(5, name="classes")(base.get_layer("features").output))
+    logits.save(os.path.join(folder, "logits_plain.keras"))  # not compiled: no objective in the file
+    logits.compile(optimizer="adam", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                   metrics=["accuracy", keras.metrics.SparseTopKCategoricalAccuracy(k=2)],
+                   weighted_metrics=["accuracy"])
+    logits.save(os.path.join(folder, "logits.keras"))
+    for kind in ("logits", "logits_plain"):
+        kinds[kind] = {"model": os.path.join(folder, f"{kind}.keras"), "data": kinds["ids"]["data"],
+                       "num_classes": None}
     keras.utils.set_random_seed(0)
     image, meta = keras.Input((8, 8, 1), name="image"), keras.Input((2,), name="meta")
     features = keras.Model(base.inputs, base.get_layer("features").output)(image)
@@ -333,3 +351,18 @@ def test_label_smoothing_changes_what_is_learned(matrix):
     smoothed = weights_by_layer(os.path.join(matrix.run_dir("label_smoothing", 2), "model.keras"))
     assert largest_difference(plain, smoothed) > 1e-4
     assert matrix.metrics("label_smoothing", 2)["train"]["loss"] > matrix.metrics("adam", 2)["train"]["loss"]
+
+
+def test_the_loss_with_from_logits_trains_as_the_files_own_objective(matrix):
+    """The logits model kept with the objective its file was compiled with, and the same
+    weights uncompiled with --loss=sparse_categorical_crossentropy:from_logits=true: the same
+    training (the metrics differ, not the loss), and both reach the same accuracy."""
+    own = weights_by_layer(os.path.join(matrix.run_dir("model_objective", 2), "model.keras"))
+    given = weights_by_layer(os.path.join(matrix.run_dir("loss_arguments", 2), "model.keras"))
+    print(f"file's objective against --loss with from_logits: largest weight difference "
+          f"{largest_difference(own, given):.3g}")
+    assert largest_difference(own, given) < 1e-6
+    a, b = (matrix.metrics(n, 2)["validation"] for n in ("model_objective", "loss_arguments"))
+    assert a["accuracy"] == pytest.approx(b["accuracy"]) and a["loss"] == pytest.approx(b["loss"], rel=1e-5)
+    assert a["weighted_accuracy"] == pytest.approx(a["accuracy"])  # no sample weights
+    assert {"sparse_top_k_categorical_accuracy", "auc"} <= b.keys()

@@ -109,11 +109,16 @@ def output_activation(model: keras.Model, output: Optional[str] = None) -> str:
 
 
 def default_objective(model: keras.Model, target_shape: tuple = (),
-                      output: Optional[str] = None) -> tuple[str, list[str]]:
+                      output: Optional[str] = None, activation: Optional[str] = None
+                      ) -> tuple[str, list[str]]:
     """Loss and metrics that follow the head (of `output`, with several) and the target's shape
     per record: class ids (sparse) or one-hot rows (K,) under softmax, one or K 0/1 labels under
-    sigmoid, values under a linear head."""
-    act = output_activation(model, output)
+    sigmoid, values under a linear head. `activation`: the head's as its loss reads it, if not
+    its own (a linear output whose loss applies softmax to logits: model/objective.py).
+
+    distft's new head (`replace_head`) ends in softmax, so its loss takes probabilities
+    (from_logits=False, Keras' default)."""
+    act = activation or output_activation(model, output)
     rows = bool(target_shape) and target_shape[-1] > 1
     if act == "softmax":
         return ("categorical_crossentropy" if rows else "sparse_categorical_crossentropy"), ["accuracy"]

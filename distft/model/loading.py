@@ -20,7 +20,7 @@ import json
 import os
 import zipfile
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import NoReturn, Optional
 
 import keras
@@ -35,6 +35,10 @@ class ModelFlags:
 
     saved_model: bool = False  # a SavedModel: one opaque layer, whose head cannot be replaced
     headless: bool = False  # keras.applications without its top: the new head goes on its output
+    # The compile config of a .keras file Keras 3 wrote after compile() (its loss, metrics,
+    # weighted metrics, loss weights, serialized), or None: the defaults of a kept head
+    # (model/objective.py). Loading compiles nothing (compile=False).
+    compiled: Optional[dict] = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)
@@ -62,12 +66,23 @@ def load_with_flags(path: str, weights: str | None = None, input_shape: tuple | 
     kind = _kind(path)
     if kind == "SavedModel":
         return Loaded(_saved_model(path), ModelFlags(saved_model=True))
-    return Loaded(_file(path, kind, unsafe_deserialization))
-
-
-def _file(path: str, kind: str, unsafe_deserialization: bool) -> keras.Model:
-    """A .keras or .h5 file's model."""
     version, config = _metadata(path, kind)
+    model = _file(path, kind, unsafe_deserialization, version, config)
+    return Loaded(model, ModelFlags(compiled=_compile_config(kind, version, config)))
+
+
+def _compile_config(kind: str, version: Optional[str], config: Optional[dict]) -> Optional[dict]:
+    """The compile config that Keras 3 saved in a .keras file's config.json (None if the model
+    was not compiled, or Keras 2 wrote the file: its serialization is not Keras 3's)."""
+    if kind != "keras" or not version or version.startswith("2.") or not config:
+        return None
+    compiled = config.get("compile_config")
+    return compiled if isinstance(compiled, dict) and compiled else None
+
+
+def _file(path: str, kind: str, unsafe_deserialization: bool, version: Optional[str],
+          config: Optional[dict]) -> keras.Model:
+    """A .keras or .h5 file's model (`version` and `config`: its `_metadata`)."""
     custom.use_keras_hub(path, config)
     safe = not unsafe_deserialization
     try:

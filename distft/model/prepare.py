@@ -8,7 +8,7 @@ Example:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional, Union
+from typing import Any, Optional, Union
 
 import numpy as np
 import keras
@@ -23,13 +23,21 @@ from distft.model.variables import classify
 @dataclass
 class FineTuneModel:
     model: keras.Model
-    loss: Union[str, dict]  # several outputs: by output name, as metrics and target_shape
+    # Several outputs: by output name, as the metrics and target_shape. A loss or metric is a
+    # Keras name, or a Keras object (a Loss, a Metric, a function: made with --loss/--metrics
+    # arguments or rebuilt from the file's compile config), see model/objective.py.
+    loss: Union[str, Any, dict]
     metrics: Union[list, dict]
     unfrozen: list[str] = field(default_factory=list)  # names of trainable leaf layers
     head: list[str] = field(default_factory=list)  # names of the new head's layers (always trained)
     target_shape: Union[tuple, dict] = ()  # the data's target shape per record: () for class ids
     loss_weights: Optional[dict] = None  # several outputs: each output's loss weight
     flags: loading.ModelFlags = loading.ModelFlags()  # what loading learnt about the base model
+    weighted_metrics: Union[list, dict] = field(default_factory=list)  # the file's, as metrics
+    # Where each part of the objective came from: origin["loss"] is "--loss",
+    # objective.FROM_FILE, or "" (the head's default); also "metrics", "weighted_metrics",
+    # "loss_weights"; several outputs: each by output name.
+    origin: dict = field(default_factory=dict)
 
     @property
     def trainable_params(self) -> int:
@@ -56,10 +64,18 @@ class FineTuneModel:
 
     @property
     def classes(self) -> Optional[int]:
-        """Number of classes of a softmax output (of the only output), else None."""
-        if len(self.model.outputs) > 1 or heads.output_activation(self.model) != "softmax":
+        """Number of classes of a softmax output (of the only output; logits that the loss reads
+        through softmax count), else None."""
+        if len(self.model.outputs) > 1 or self.activation() != "softmax":
             return None
         return int(self.model.output_shape[-1])
+
+    def activation(self, output: Optional[str] = None) -> str:
+        """The activation of the output (named `output`, with several) as its loss reads it:
+        'softmax', 'sigmoid' or 'linear' (logits under a from-logits crossentropy: the
+        activation that the loss applies)."""
+        loss = self.loss.get(output) if isinstance(self.loss, dict) else self.loss
+        return objective.activation(self.model, loss, output)
 
 
 def prepare(model: str, num_classes: Optional[int] = None, unfreeze: Optional[str] = None,
@@ -69,15 +85,17 @@ def prepare(model: str, num_classes: Optional[int] = None, unfreeze: Optional[st
             unsafe_deserialization: bool = False, precision: str = "float32",
             target_shape: Union[tuple, dict] = (), head: Optional[str] = None,
             loss_weights: Optional[str] = None, lora_rank: int = 0,
-            lora_layers: Optional[str] = None, lora_alpha: Optional[float] = None
-            ) -> FineTuneModel:
+            lora_layers: Optional[str] = None, lora_alpha: Optional[float] = None,
+            file_objective: bool = True) -> FineTuneModel:
     """Load `model`, replace its head if `num_classes` (with several outputs: the head of output
     `head`), and set which layers train; with `lora_rank`, LoRA factors on `lora_layers`
-    (model/lora.py) train beside `unfreeze` (default none).
+    (model/lora.py) train beside `unfreeze` (default none). `file_objective=False`: the head's
+    default objective even for a file compiled with its own (for a look at the layers).
 
-    The default loss and metrics follow the head and `target_shape` (the data's per-record
-    target shape; several outputs: by output name, and each output has its own loss, metrics
-    and weight, see model/objective.py). A mixed `precision` becomes Keras' global policy first
+    The default loss and metrics are the ones the model file was compiled with for a kept
+    head, else they follow the head and `target_shape` (the data's per-record target shape;
+    several outputs: by output name, and each output has its own loss, metrics and weight, see
+    model/objective.py). A mixed `precision` becomes Keras' global policy first
     (see model/precision.py)."""
     mixed.use(precision)
     # A file Keras saved with LoRA on holds merged kernels and reloads with zeroed factors
@@ -123,18 +141,26 @@ def prepare(model: str, num_classes: Optional[int] = None, unfreeze: Optional[st
         raise DistftError(f"--unfreeze={spec} leaves no weight to train: unfreeze some layers "
                           "(e.g. --unfreeze=last:2) or add a head with --num_classes")
     trained = [l.name for l in body + new_head if l.trainable and l.weights]
+    outputs = list(full.output_names)
     if several:
-        shapes = target_shape if isinstance(target_shape, dict) else {}
-        losses, per_metrics, per_weights = objective.per_output(full, shapes, loss, metrics,
-                                                                loss_weights)
-        return FineTuneModel(full, losses, per_metrics, trained, [l.name for l in new_head],
-                             {n: tuple(shapes.get(n, ())) for n in full.output_names}, per_weights,
-                             flags)
-    if isinstance(target_shape, dict):  # named data for a one-output model: its output's target
-        target_shape = target_shape.get(full.output_names[0], ())
-    default_loss, default_metrics = heads.default_objective(full, target_shape)
-    return FineTuneModel(full, loss or default_loss, list(metrics) if metrics else default_metrics,
-                         trained, [l.name for l in new_head], tuple(target_shape), flags=flags)
+        shapes = {n: tuple(target_shape.get(n, ())) for n in outputs} if isinstance(target_shape, dict) \
+            else {n: () for n in outputs}
+    else:  # named data for a one-output model: its output's target
+        target_shape = tuple(target_shape.get(outputs[0], ()) if isinstance(target_shape, dict)
+                             else target_shape)
+        shapes = {outputs[0]: target_shape}
+    new_outputs = (head or outputs[0],) if num_classes else ()
+    chosen = objective.choose(full, shapes, loss, metrics, loss_weights,
+                              flags.compiled if file_objective else None,
+                              new_outputs, not unsafe_deserialization)
+    if several:
+        return FineTuneModel(full, chosen.loss, chosen.metrics, trained, [l.name for l in new_head],
+                             shapes, chosen.loss_weights, flags, chosen.weighted_metrics, chosen.origin)
+    one = outputs[0]
+    return FineTuneModel(full, chosen.loss[one], chosen.metrics[one], trained,
+                         [l.name for l in new_head], target_shape, flags=flags,
+                         weighted_metrics=chosen.weighted_metrics[one],
+                         origin={part: by[one] for part, by in chosen.origin.items() if one in by})
 
 
 def weights_checksum(model: keras.Model) -> str:

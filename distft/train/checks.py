@@ -12,7 +12,7 @@ from typing import Optional
 
 from distft.data.dataset import Ready
 from distft.errors import DistftError
-from distft.model import head as heads
+from distft.model import objective
 from distft.model.prepare import FineTuneModel
 
 
@@ -24,9 +24,11 @@ def check_fit(ft: FineTuneModel, data: Ready, num_classes: Optional[int] = None)
         for name, out in zip(ft.model.output_names, ft.model.outputs):
             if name in schema.outputs:
                 f = next(f for f in schema.fields if f.name == name)
-                _check_targets(tuple(out.shape), heads.output_activation(ft.model, name), f.shape,
+                _check_targets(tuple(out.shape), ft.activation(name), f.shape,
                                f.is_float, data.counts.ranges.get(name), list(f.classes),
                                num_classes, f"--data's '{name}'", f" --head={name}")
+                _check_loss(tuple(out.shape), ft.loss[name], ft.origin.get("loss", {}).get(name, ""),
+                            f.shape, f"--data's '{name}'", f"{name}=")
         return
     if schema.x_kind == "float" and math.prod(shape) != schema.x_size:
         raise DistftError(f"--data records have {schema.x_size} features but the model's input "
@@ -38,9 +40,30 @@ def check_fit(ft: FineTuneModel, data: Ready, num_classes: Optional[int] = None)
         raise DistftError(f"--data images have {schema.x_shape[-1]} channels but the model's input "
                           f"{shape} has {shape[-1]}: use images with 1 or 3 channels")
     counts = data.counts
-    _check_targets(tuple(ft.model.output_shape), heads.output_activation(ft.model), schema.y_shape,
+    _check_targets(tuple(ft.model.output_shape), ft.activation(), schema.y_shape,
                    schema.y_float, (counts.y_min, counts.y_max), list(data.classes),
                    num_classes, "--data")
+    _check_loss(tuple(ft.model.output_shape), ft.loss, ft.origin.get("loss", ""), schema.y_shape, "--data")
+
+
+def _check_loss(out: tuple, loss, origin: str, y_shape: tuple, what: str, output: str = "") -> None:
+    """A crossentropy's targets: class ids for a sparse one, rows of the output's width for a
+    categorical one (the loss's `origin`, e.g. the model file, is named in the error)."""
+    if len(out) != 2 or out[-1] < 2:
+        return
+    kind = objective.loss_kind(loss)
+    width = y_shape[-1] if y_shape else 1
+    shape = f"(N, {', '.join(map(str, y_shape))})" if y_shape else "(N,)"
+    source = f" (from {origin})" if origin == objective.FROM_FILE else ""
+    logits = ":from_logits=true" if objective.options(loss).get("from_logits") else ""
+    if kind == "sparse_categorical_crossentropy" and width > 1:
+        raise DistftError(f"{what} targets have shape {shape}, rows, but the loss "
+                          f"{objective.describe(loss)}{source} takes class ids (N,): pass "
+                          f"--loss={output}categorical_crossentropy{logits}, or class-id targets")
+    if kind in ("categorical_crossentropy", "categorical_focal_crossentropy") and width == 1:
+        raise DistftError(f"{what} targets have shape {shape}, class ids, but the loss "
+                          f"{objective.describe(loss)}{source} takes one-hot rows (N, {out[-1]}): "
+                          f"pass --loss={output}sparse_categorical_crossentropy{logits}, or one-hot targets")
 
 
 def _check_targets(out: tuple, act: str, y_shape: tuple, y_float: bool, y_range: Optional[tuple],
@@ -58,7 +81,12 @@ def _check_targets(out: tuple, act: str, y_shape: tuple, y_float: bool, y_range:
         raise DistftError(f"{found}: give targets of width {k}" + (
             f", or pass --num_classes={width}{head_flag} for a new head" if act == "softmax" else ""))
     if width == 1 and k > 1 and act != "softmax":
-        raise DistftError(f"{found}: a {act} output of {k} values needs targets of shape (N, {k})")
+        logits = "" if act != "linear" or y_float else (
+            f", or, if it gives the logits of {k} classes, pass --loss="
+            f"{head_flag.replace(' --head=', '')}{'=' if head_flag else ''}"
+            "sparse_categorical_crossentropy:from_logits=true")
+        raise DistftError(f"{found}: a {act} output of {k} values needs targets of shape (N, {k})"
+                          + logits)
     if y_range is None or act not in ("softmax", "sigmoid"):
         return
     lo, hi = y_range

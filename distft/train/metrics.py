@@ -18,29 +18,38 @@ import tensorflow as tf
 
 from distft.config import TrainConfig
 from distft.errors import DistftError
-from distft.model.head import output_activation
+from distft.model import objective as model_objective
 from distft.train.runtime import Worker
 
 # Names Keras resolves for class-id targets itself (by the targets' and outputs' shapes).
 _SPARSE_AWARE = ("accuracy", "acc", "crossentropy", "ce")
 
 
-def keras_metrics(names: Sequence[str], model: keras.Model, target_shape: tuple,
-                  output: Optional[str] = None) -> list[Union[str, keras.metrics.Metric]]:
+def keras_metrics(names: Sequence[Any], model: keras.Model, target_shape: tuple,
+                  output: Optional[str] = None, loss: Any = None) -> list[Union[str, keras.metrics.Metric]]:
     """Keras metrics for `names` on `model` (on its output `output`, with several), whose
-    targets have `target_shape` per record.
+    targets have `target_shape` per record and whose loss is `loss`. A name may also be a Keras
+    metric object or function (made with arguments, or rebuilt from the model file): each
+    compile gets a fresh copy.
 
-    Under a softmax head with class-id targets, a metric that compares rows (auc, precision,
-    recall, f1_score, mae, ...: Keras 3 has no sparse variant of these) sees the ids one-hot.
-    F1 and F-beta scores are averaged over the classes ("macro") so that each is one number;
-    they threshold at 0.5 unless the head is a softmax (then the top class counts).
+    Under a softmax head (or logits that `loss` reads through softmax) with class-id targets, a
+    metric that compares rows (auc, precision, recall, f1_score, mae, ...: Keras 3 has no
+    sparse variant of these) sees the ids one-hot. F1 and F-beta scores are averaged over the
+    classes ("macro") so that each is one number; they threshold at 0.5 unless the head is a
+    softmax (then the top class counts).
     """
-    softmax = output_activation(model, output) == "softmax"
+    softmax = model_objective.activation(model, loss, output) == "softmax"
     width = model.outputs[list(model.output_names).index(output)].shape[-1] if output else \
         model.output_shape[-1]
     class_ids = softmax and not (target_shape and target_shape[-1] > 1)
     metrics: list[Union[str, keras.metrics.Metric]] = []
     for name in names:
+        if not isinstance(name, str):
+            metric = _fresh(name)
+            sparse = type(metric).__name__.startswith("Sparse") or \
+                getattr(getattr(metric, "_fn", None), "__name__", "").startswith("sparse_")
+            metrics.append(_OneHot(metric, int(width)) if class_ids and not sparse else metric)
+            continue
         if name.lower() in _SPARSE_AWARE or name.lower().startswith("sparse_"):
             metrics.append(name)
             continue
@@ -59,49 +68,83 @@ def keras_metrics(names: Sequence[str], model: keras.Model, target_shape: tuple,
     return metrics
 
 
-def objective(ft, cfg: TrainConfig) -> dict[str, Any]:
-    """`compile()`'s loss, loss weights and metrics for a model/prepare.py FineTuneModel
-    trained with `cfg`'s options (`--label_smoothing` on every crossentropy loss)."""
+def _fresh(metric: Any) -> keras.metrics.Metric:
+    """A new metric made as `metric` was (a function: its mean), with no state: the Keras way,
+    serialized and deserialized."""
+    if not isinstance(metric, keras.metrics.Metric):
+        return keras.metrics.MeanMetricWrapper(metric, name=getattr(metric, "__name__", None))
+    try:
+        return keras.metrics.deserialize(keras.metrics.serialize(metric))
+    except Exception:  # a class that cannot be rebuilt from its config: a copy of its state
+        import copy
+
+        return copy.deepcopy(metric)
+
+
+def objective(ft, cfg: Optional[TrainConfig]) -> dict[str, Any]:
+    """`compile()`'s loss, loss weights, metrics and weighted metrics for a model/prepare.py
+    FineTuneModel trained with `cfg`'s options (`--label_smoothing` on every crossentropy
+    loss; None: no options)."""
+    smoothing = cfg.label_smoothing if cfg else 0.0
     if isinstance(ft.loss, dict):
         widths = {name: t.shape[-1] for name, t in zip(ft.model.output_names, ft.model.outputs)}
-        loss = {name: _smoothed(l, cfg.label_smoothing, widths[name]) for name, l in ft.loss.items()}
+        loss = {name: _smoothed(l, smoothing, widths[name]) for name, l in ft.loss.items()}
     else:
-        loss = _smoothed(ft.loss, cfg.label_smoothing, ft.model.output_shape[-1])
-    return {"loss": loss, "loss_weights": ft.loss_weights, "metrics": compiled(ft)}
+        loss = _smoothed(ft.loss, smoothing, ft.model.output_shape[-1])
+    weighted = compiled(ft, weighted=True)
+    return {"loss": loss, "loss_weights": ft.loss_weights, "metrics": compiled(ft),
+            "weighted_metrics": weighted if any(weighted.values() if isinstance(weighted, dict)
+                                                else weighted) else None}
 
 
 def _smoothed(loss: Any, smoothing: float, classes: int) -> Any:
     """`loss` against labels smoothed by `smoothing` (Keras's `label_smoothing`: one-hot rows
     become (1 - s) * row + s / classes); class ids are made such rows first, since Keras's
-    sparse crossentropy has no smoothing."""
+    sparse crossentropy has no smoothing. A loss object keeps its other arguments
+    (from_logits)."""
     if not smoothing:
         return loss
-    if loss == "categorical_crossentropy":
-        return keras.losses.CategoricalCrossentropy(label_smoothing=smoothing)
-    if loss == "binary_crossentropy":
-        return keras.losses.BinaryCrossentropy(label_smoothing=smoothing)
-    if loss == "sparse_categorical_crossentropy":
+    kind = model_objective.loss_kind(loss)
+    config = model_objective.options(loss)
+    if config.get("label_smoothing"):
+        raise DistftError(f"--label_smoothing={smoothing} and the loss's own label_smoothing="
+                          f"{config['label_smoothing']} both smooth the targets: pass one")
+    if kind in ("categorical_crossentropy", "binary_crossentropy"):
+        if isinstance(loss, str):
+            return (keras.losses.CategoricalCrossentropy if kind.startswith("categorical")
+                    else keras.losses.BinaryCrossentropy)(label_smoothing=smoothing)
+        return type(loss).from_config({**config, "label_smoothing": smoothing})
+    if kind == "sparse_categorical_crossentropy" and not config.get("ignore_class"):
+        from_logits = bool(config.get("from_logits"))
+
         def smoothed_sparse_categorical_crossentropy(y_true, y_pred):
             ids = tf.cast(tf.reshape(y_true, tf.shape(y_pred)[:-1]), tf.int32)
             return keras.losses.categorical_crossentropy(tf.one_hot(ids, classes, dtype=y_pred.dtype),
-                                                         y_pred, label_smoothing=smoothing)
+                                                         y_pred, from_logits=from_logits,
+                                                         label_smoothing=smoothing)
         return smoothed_sparse_categorical_crossentropy
     raise DistftError(f"--label_smoothing={smoothing} smooths crossentropy targets, and the loss is "
-                      f"{loss}: leave --label_smoothing out or pass a crossentropy --loss")
+                      f"{model_objective.describe(loss)}: leave --label_smoothing out or pass a "
+                      "crossentropy --loss")
 
 
-def compiled(ft) -> Union[list, dict]:
-    """The compiled metrics of a model/prepare.py FineTuneModel. With several outputs: by
-    output, each also with its loss as a metric (`OUTPUT_loss`): Keras's own per-output loss
-    counts every batch once, a short last batch as a full one, so it is not exact in evaluation."""
-    if not isinstance(ft.metrics, dict):
-        return keras_metrics(ft.metrics, ft.model, ft.target_shape)
-    return {name: [*keras_metrics(names, ft.model, ft.target_shape[name], name), _loss_metric(ft.loss[name])]
-            for name, names in ft.metrics.items()}
+def compiled(ft, weighted: bool = False) -> Union[list, dict]:
+    """The compiled metrics (or `weighted` metrics) of a model/prepare.py FineTuneModel. With
+    several outputs: by output, each also with its loss as a metric (`OUTPUT_loss`): Keras's
+    own per-output loss counts every batch once, a short last batch as a full one, so it is
+    not exact in evaluation."""
+    chosen = ft.weighted_metrics if weighted else ft.metrics
+    if not isinstance(ft.loss, dict):
+        return keras_metrics(chosen, ft.model, ft.target_shape, loss=ft.loss)
+    if weighted:
+        return {name: keras_metrics(chosen.get(name, []), ft.model, ft.target_shape[name], name, ft.loss[name])
+                for name in ft.loss}
+    return {name: [*keras_metrics(names, ft.model, ft.target_shape[name], name, ft.loss[name]),
+                   _loss_metric(ft.loss[name])] for name, names in chosen.items()}
 
 
-def _loss_metric(name: str) -> keras.metrics.Metric:
-    """The mean of loss `name` over the records."""
+def _loss_metric(name: Any) -> keras.metrics.Metric:
+    """The mean of loss `name` (or loss object) over the records."""
     loss = keras.losses.get(name)
     return keras.metrics.MeanMetricWrapper(loss.call if isinstance(loss, keras.losses.Loss) else loss,
                                            name="loss")

@@ -16,7 +16,8 @@ from distft import log
 from distft.errors import DistftError
 from distft.files import atomic_write
 from distft.launch.environment import launched_at
-from distft.model import lora
+from distft.model import head as heads
+from distft.model import lora, objective
 from distft.model.prepare import combined_checksum, layer_checksums
 from distft.train import methods
 from distft.train.run_callbacks import Callbacks, fmt
@@ -136,13 +137,7 @@ def _log_start(setup: Setup, trainee: Trainee, worker: Worker, state: RunState, 
     moving = ft.statistics_params
     log.info("weights: %d trainable, %d frozen%s", ft.trainable_params, ft.frozen_params,
              f", {moving} moving statistics (averaged over the workers every epoch)" if moving else "")
-    if isinstance(ft.loss, dict):
-        log.info("objective per output: %s", "; ".join(
-            f"{n}: {ft.loss[n]} (weight {(ft.loss_weights or {}).get(n, 1.0):g}), metrics "
-            f"{', '.join(ft.metrics[n])}" for n in ft.loss))
-    else:
-        log.info("objective: %s, metrics %s%s", ft.loss, ", ".join(ft.metrics),
-                 "" if cfg.loss else f" (for targets of shape {setup.train_data.schema.describe_y()}; --loss to change)")
+    _log_objective(ft, setup.train_data.schema.describe_y())
     log.info("data %s: %d records, %d steps/epoch of %d per worker (global batch %d%s%s)",
              cfg.data, trainee.records, position.steps, cfg.batch_size, cfg.batch_size * worker.size,
              f", {cfg.batch_size * worker.size * cfg.grad_accum} per update" if cfg.grad_accum > 1 else "",
@@ -150,3 +145,41 @@ def _log_start(setup: Setup, trainee: Trainee, worker: Worker, state: RunState, 
     if setup.resume_from:
         log.info("resuming from %s: %d epoch(s) done, %d to go (from %s)", setup.resume_from,
                  position.epoch, cfg.epochs - position.epoch, position.next_step())
+
+
+def _log_objective(ft, targets: str) -> None:
+    """The objective line: each part of the loss and metrics, and where it came from (the
+    model file, or the head's defaults for `targets`, a shape)."""
+    def told(part: str, output: Optional[str] = None) -> str:
+        where = ft.origin.get(part, {})
+        where = where.get(output, "") if isinstance(where, dict) else where
+        return f" from {objective.FROM_FILE}" if where == objective.FROM_FILE else ""
+
+    def listed(items: list) -> str:
+        return ", ".join(objective.describe(m) for m in items) or "none"
+
+    several = isinstance(ft.loss, dict)
+    for name in (ft.loss if several else [None]):
+        loss = ft.loss[name] if several else ft.loss
+        act = heads.output_activation(ft.model, name)
+        if objective.reads_logits(loss) and act != "linear":
+            log.warning("the loss %s%s applies %s to logits, and the model's output%s is already "
+                        "a %s: pass the loss without from_logits", objective.describe(loss),
+                        told("loss", name), objective.reads_logits(loss),
+                        f" {name}" if name else "", act)
+    if several:
+        weighted = ft.weighted_metrics if isinstance(ft.weighted_metrics, dict) else {}
+        log.info("objective per output: %s", "; ".join(
+            f"{n}: {objective.describe(ft.loss[n])}{told('loss', n)} (weight "
+            f"{(ft.loss_weights or {}).get(n, 1.0):g}{told('loss_weights', n)}), metrics "
+            f"{listed(ft.metrics[n])}{told('metrics', n)}" + (
+                f", weighted metrics {listed(weighted[n])}{told('weighted_metrics', n)}"
+                if weighted.get(n) else "") for n in ft.loss))
+        return
+    origins = {ft.origin.get(part, "") for part in ("loss", "metrics")}
+    log.info("objective: %s%s, metrics %s%s%s%s", objective.describe(ft.loss), told("loss"),
+             listed(ft.metrics), told("metrics"),
+             f", weighted metrics {listed(ft.weighted_metrics)}{told('weighted_metrics')}"
+             if ft.weighted_metrics else "",
+             f" (for targets of shape {targets}; --loss to change)" if ft.origin.get("loss", "") == ""
+             else " (--loss and --metrics to change)" if objective.FROM_FILE in origins else "")
