@@ -44,26 +44,43 @@ def layers_with_lora(layer: keras.layers.Layer) -> list[keras.layers.Layer]:
 
 
 def enable(leaves: list[keras.layers.Layer], whole: set[int], rank: int,
-           alpha: Optional[float] = None, pattern: Optional[str] = None) -> list[str]:
+           alpha: Optional[float] = None, pattern: Optional[str] = None,
+           model: Optional[keras.Model] = None) -> list[str]:
     """Enable LoRA of `rank` on the Dense, EinsumDense and Embedding layers in `leaves` (the
-    model's leaf layers; nested sublayers included) whose path `pattern` matches, or on all of
-    them outside the leaves `whole` (indices of layers that train whole); their paths."""
-    found = [(i, sub) for i, leaf in enumerate(leaves) for sub in leaf._flatten_layers()
-             if isinstance(sub, TARGETS) and sub.weights]
+    model's leaf layers; nested sublayers included) whose path `pattern` matches, or else on
+    those outside the leaves `whole` (indices of layers that train whole) that Keras Hub's
+    `enable_lora` picks in the backbones of `model`, or on all of them when it has none; their
+    paths. A layer is enabled once, however often it is reached."""
+    found, seen = [], set()
+    for i, leaf in enumerate(leaves):
+        for sub in leaf._flatten_layers():
+            if isinstance(sub, TARGETS) and sub.weights and id(sub) not in seen:
+                seen.add(id(sub))
+                found.append((i, sub))
+    hub = hub_targets(model) if model is not None and not pattern else None
     if pattern:
         chosen = [(i, l) for i, l in found if re.search(pattern, l.path)]
         clash = [l.path for i, l in chosen if i in whole]
         if clash:
             raise DistftError(f"--lora_layers={pattern} matches {', '.join(clash[:4])}, which "
                               "--unfreeze trains whole: narrow the pattern or --unfreeze")
+    elif hub is not None:
+        chosen = [(i, l) for i, l in found if id(l) in hub and i not in whole]
     else:
         chosen = [(i, l) for i, l in found if i not in whole]
     if not chosen:
         kinds = "Dense, EinsumDense or Embedding layer"
-        raise DistftError(f"--lora_layers={pattern} matches no {kinds}: see the paths of "
-                          f"{', '.join(l.path for _, l in found[:6]) or 'none'}" if pattern else
-                          f"--lora found no {kinds} outside --unfreeze and the head: unfreeze "
-                          "fewer layers or use --unfreeze alone")
+        if pattern:
+            message = (f"--lora_layers={pattern} matches no {kinds}: see the paths of "
+                       f"{', '.join(l.path for _, l in found[:6]) or 'none'}")
+        elif hub is not None:
+            message = ("--lora found none of the layers Keras Hub's enable_lora picks "
+                       "(default_lora_layer_names) outside --unfreeze: choose them with "
+                       f"--lora_layers=PATTERN, among {', '.join(l.path for _, l in found[:6])}")
+        else:
+            message = (f"--lora found no {kinds} outside --unfreeze and the head: unfreeze "
+                       "fewer layers or use --unfreeze alone")
+        raise DistftError(message)
     for _, layer in chosen:
         try:
             layer.enable_lora(rank, lora_alpha=alpha)
@@ -71,6 +88,18 @@ def enable(leaves: list[keras.layers.Layer], whole: set[int], rank: int,
             raise DistftError(f"--lora: layer {layer.path} cannot take LoRA ({e}): leave it out "
                               "with --lora_layers") from None
     return [l.path for _, l in chosen]
+
+
+def hub_targets(model: keras.Model) -> Optional[set[int]]:
+    """The ids of the layers that Keras Hub's `backbone.enable_lora(rank)` enables, over the Keras
+    Hub backbones in `model` (layers with weights named as `default_lora_layer_names()` says,
+    which can take LoRA); None when `model` holds no Keras Hub backbone."""
+    backbones = [l for l in model._flatten_layers(include_self=True)
+                 if callable(getattr(l, "default_lora_layer_names", None))]
+    if not backbones:
+        return None
+    return {id(l) for b in backbones for l in b._flatten_layers(include_self=False)
+            if l.weights and l.name in b.default_lora_layer_names() and hasattr(l, "enable_lora")}
 
 
 def summary(model: keras.Model) -> dict[str, Any]:
