@@ -4,16 +4,22 @@ trained while the layers' own weights stay frozen; merged into plain layers for 
 `--lora=RANK` turns it on for the layers whose path (Keras' `layer.path`, e.g. `mha/query` for a
 MultiHeadAttention's query projection) `--lora_layers=PATTERN` matches (a regular expression,
 searched); by default every such layer that does not train whole (not the new head, not a layer
-of `--unfreeze`). A layer's weight W then computes as W + alpha/RANK * A @ B, where A (he_uniform)
-and B (zeros) are the factors and alpha is `--lora_alpha` (default RANK).
+of `--unfreeze`), and in a model holding Keras Hub backbones the layers their own
+`backbone.enable_lora` picks (by name, `default_lora_layer_names()`: the attention's query and
+value). A layer reached twice (the tied input and output embedding of a Keras Hub language model)
+takes one pair of factors. A layer's weight W then computes as W + alpha/RANK * A @ B, where A
+(he_uniform) and B (zeros) are the factors and alpha is `--lora_alpha` (default RANK).
 
 Keras's own save merges the factors into W but keeps `lora_rank` in the layer's config, and a
 reload re-enables LoRA with zeroed factors (keras#23244): distft's checkpoints hold the factors
 as variables of their own (TensorFlow checkpoints), and `merged` strips LoRA from the model
-it saves.
+it saves. A model that rebuilds itself from its own config (a Keras Hub task such as
+GemmaCausalLM, with its backbone and preprocessor) is merged as its own class (`plain`), so that
+stock keras_hub opens it as the task it was, and generates.
 
 Example:
     paths = enable(body_layers, whole=set(), rank=8, alpha=None, pattern="query|value")
+    paths = enable(body_layers, whole=set(), rank=8, model=model)  # a Keras Hub model: query, value
     plain = merged(model)                      # no lora_rank in its config; same predictions
     save_adapter(model, "runs/a/adapter.npz")  # the factors alone, by variable path
 """
@@ -115,16 +121,56 @@ def merged(model: keras.Model) -> keras.Model:
     """`model` rebuilt with plain layers holding W + alpha/rank * A @ B (what Keras's save
     writes for a LoRA layer), so that stock Keras loads it as trained; `model` itself when it
     has no LoRA layer."""
-    if not layers_with_lora(model):
-        return model
+    return _rebuilt(model) if layers_with_lora(model) else model
+
+
+def plain(model: keras.Model, name: Optional[str] = None) -> keras.Model:
+    """A fresh copy of `model` to save, named `name` (default its own): no distft train step or
+    compile state, LoRA factors merged. A model of its own class that rebuilds itself from its
+    config (a Keras Hub task: its backbone and preprocessor, and a tied embedding once) stays of
+    that class; any other is a functional model of its graph."""
+    if rebuilds_itself(model):
+        return _rebuilt(model, name)
+    return merged(keras.Model(_single(model.inputs), _single(model.outputs), name=name or model.name))
+
+
+def rebuilds_itself(model: keras.Model) -> bool:
+    """A functional model of a class with its own `get_config` (Keras Hub's tasks and backbones),
+    which a plain functional copy would lose (and with it, a layer shared inside it)."""
+    from keras.src.models.functional import Functional
+
+    return (isinstance(model, Functional) and type(model) not in (Functional, keras.Model) and
+            not isinstance(model, keras.Sequential) and type(model).get_config is not Functional.get_config)
+
+
+def _single(tensors: list) -> Any:
+    """The one tensor of a one-element list (so the saved model's `output` is a tensor)."""
+    return tensors[0] if len(tensors) == 1 else tensors
+
+
+def _rebuilt(model: keras.Model, name: Optional[str] = None) -> keras.Model:
+    """`model` deserialized from its config without LoRA nor compile state, holding its weights
+    (a LoRA layer's merged)."""
     config = _without_lora(keras.saving.serialize_keras_object(model))
+    config.pop("compile_config", None)
+    if name:
+        config["config"]["name"] = name
     # The model was loaded already (Lambda code only with --unsafe_deserialization).
     plain = keras.saving.deserialize_keras_object(config, safe_mode=False)
+    from keras.src.saving import saving_lib
+
     with tempfile.TemporaryDirectory(prefix="distft-lora-") as tmp:
         path = os.path.join(tmp, "merged.weights.h5")
-        model.save_weights(path)  # Keras writes each LoRA layer's merged kernel
-        plain.load_weights(path)
+        # Keras writes each LoRA layer's merged kernel; the model's weights alone (a compiled
+        # model's optimizer state is not the copy's).
+        saving_lib.save_weights_only(model, path, objects_to_skip=_optimizer(model))
+        saving_lib.load_weights_only(plain, path, objects_to_skip=_optimizer(plain))
     return plain
+
+
+def _optimizer(model: keras.Model) -> list:
+    optimizer = getattr(model, "optimizer", None)
+    return [optimizer] if optimizer is not None else []
 
 
 def _without_lora(config: Any) -> Any:
