@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import tempfile
 from typing import Any, Optional
 
@@ -157,14 +158,30 @@ def _rebuilt(model: keras.Model, name: Optional[str] = None) -> keras.Model:
         config["config"]["name"] = name
     # The model was loaded already (Lambda code only with --unsafe_deserialization).
     plain = keras.saving.deserialize_keras_object(config, safe_mode=False)
-    from keras.src.saving import saving_lib
+    from keras.src.saving import saving_lib as lib
 
+    skip = {id(o) for o in _optimizer(model)}  # a compiled model's optimizer state is not the copy's
     with tempfile.TemporaryDirectory(prefix="distft-lora-") as tmp:
-        path = os.path.join(tmp, "merged.weights.h5")
-        # Keras writes each LoRA layer's merged kernel; the model's weights alone (a compiled
-        # model's optimizer state is not the copy's).
-        saving_lib.save_weights_only(model, path, objects_to_skip=_optimizer(model))
-        saving_lib.load_weights_only(plain, path, objects_to_skip=_optimizer(plain))
+        # What Keras's save writes but the config: each LoRA layer's merged kernel, and assets
+        # (a Keras Hub tokenizer's vocabulary, which its config leaves out).
+        path, assets = os.path.join(tmp, "merged.weights.h5"), os.path.join(tmp, "assets")
+        weights, written = lib.H5IOStore(path, mode="w"), lib.DiskIOStore("assets", mode="w")
+        try:
+            lib._save_state(model, weights_store=weights, assets_store=written, inner_path="",
+                            visited_saveables=set(skip))
+            weights.close()
+            shutil.copytree(written.working_dir, assets)
+        finally:
+            written.close()
+        weights, failed, errors = lib.H5IOStore(path, mode="r"), set(), {}
+        try:
+            lib._load_state(plain, weights_store=weights, assets_store=lib.DiskIOStore(assets, mode="r"),
+                            inner_path="", visited_saveables={id(o) for o in _optimizer(plain)},
+                            failed_saveables=failed, error_msgs=errors)
+        finally:
+            weights.close()
+        if failed:
+            lib._raise_loading_failure(errors)
     return plain
 
 
