@@ -51,6 +51,32 @@ np.savez(os.path.join(folder, "train.npz"), token_ids=ids[:, :-1],
          padding_mask=np.ones(({RECORDS}, {LENGTH}), "int32"), token_embedding=ids[:, 1:])
 np.savez(os.path.join(folder, "probe.npz"), token_ids=ids[:6, :-1],
          padding_mask=np.ones((6, {LENGTH}), "int32"))
+# A GPT2CausalLM saved with its preprocessor: a byte-pair tokenizer, which (unlike Gemma's
+# SentencePiece) works without tensorflow-text.
+vocabulary = {{"<|endoftext|>": 0, "a": 1, "b": 2, "\u0120": 3, "ab": 4, "\u0120a": 5, "\u0120b": 6}}
+tokenizer = keras_hub.models.GPT2Tokenizer(vocabulary=vocabulary,
+                                           merges=["a b", "\u0120 a", "\u0120 b"])
+backbone = keras_hub.models.GPT2Backbone(vocabulary_size=7, num_layers=2, num_heads=2,
+    hidden_dim=16, intermediate_dim=32, max_sequence_length=32)
+keras_hub.models.GPT2CausalLM(backbone=backbone, preprocessor=keras_hub.models.GPT2CausalLMPreprocessor(
+    tokenizer=tokenizer, sequence_length=12)).save(os.path.join(folder, "gpt2.keras"))
+assert not any(m.startswith("distft") for m in sys.modules)
+"""
+
+# Stock keras_hub, no distft: a merged GPT2CausalLM with its preprocessor generates from text;
+# its logits on the probe.
+STOCK_TEXT = """
+import json, sys
+import numpy as np, keras, keras_hub
+model = keras.saving.load_model(sys.argv[1])
+assert type(model) is keras_hub.models.GPT2CausalLM, type(model)
+assert type(model.preprocessor) is keras_hub.models.GPT2CausalLMPreprocessor
+assert model.preprocessor.sequence_length == 12
+assert list(model.preprocessor.tokenizer.get_vocabulary())[:3] == ["<|endoftext|>", "a", "b"]
+assert "lora" not in json.dumps(model.get_config())
+text = model.generate("ab a", max_length=10)
+assert isinstance(text, str) and text.startswith("ab a"), text
+np.save(sys.argv[3], np.asarray(model(dict(np.load(sys.argv[2])))))
 assert not any(m.startswith("distft") for m in sys.modules)
 """
 
@@ -181,6 +207,29 @@ def test_the_default_targets_are_keras_hubs_own_and_the_tied_embedding_takes_lor
     np.testing.assert_allclose(np.asarray(plain(probe)), np.asarray(ft.model(probe)), rtol=1e-4,
                                atol=1e-5)
     assert not np.allclose(np.asarray(plain(probe)), np.asarray(stock(probe)), atol=1e-3)
+
+
+def test_a_task_saved_with_its_preprocessor_is_merged_with_it(gemma, tmp_path):
+    """What the run saves (`lora.plain`) of a GPT2CausalLM with its preprocessor: the same task
+    with the same preprocessor, which stock keras_hub generates text with, giving the LoRA
+    model's logits; its tied embedding with factors too."""
+    from distft.model import lora
+
+    ft = prepared({"gemma": os.path.join(gemma["folder"], "gpt2.keras")},
+                  lora_layers="token_embedding|query|value")
+    assert len(lora.summary(ft.model)["layers"]) == 5
+    rng = np.random.default_rng(0)
+    for v in ft.model.trainable_variables:
+        v.assign(rng.normal(0, 0.1, v.shape))
+    probe = {"token_ids": np.array([[1, 2, 5, 6, 4, 0]], "int32"),
+             "padding_mask": np.array([[1, 1, 1, 1, 1, 0]], "int32")}
+    np.savez(tmp_path / "probe.npz", **probe)
+    lora.plain(ft.model).save(tmp_path / "merged.keras")
+    result = run([sys.executable, "-c", STOCK_TEXT, str(tmp_path / "merged.keras"),
+                  str(tmp_path / "probe.npz"), str(tmp_path / "logits.npy")], timeout=180)
+    assert result.code == 0, result.out[-3000:]
+    np.testing.assert_allclose(np.load(tmp_path / "logits.npy"), np.asarray(ft.model(probe)),
+                               rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.multiworker
