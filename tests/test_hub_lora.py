@@ -9,6 +9,8 @@ shared `ReversibleEmbedding`.
   as a GemmaCausalLM without LoRA, generates, and gives the trained LoRA model's logits;
   adapter.npz added to the base gives model.keras's weights.
 - The 2-worker run and a 1-worker run at the doubled batch end at the same weights.
+- A GPT2CausalLM saved with its preprocessor (a byte-pair tokenizer, which needs no
+  tensorflow-text) is saved merged with it: stock keras_hub generates text with it.
 
 The loss is `sparse_categorical_crossentropy` on the next token (no `from_logits` on this
 branch: it takes the logits as probabilities, which makes a poor language model but a fine
