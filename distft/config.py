@@ -155,7 +155,7 @@ class TrainConfig:
         "help": "LoRA rank: train low-rank factors of Dense/EinsumDense/Embedding layers (0: off)"})
     lora_layers: Optional[str] = field(default=None, metadata={"group": "methods",
         "help": "regex on layer paths (e.g. 'query|value') for --lora (default: all those that "
-                "do not train whole)"})
+                "do not train whole; in a Keras Hub backbone those its enable_lora picks)"})
     lora_alpha: Optional[float] = field(default=None, metadata={"group": "methods",
         "help": "LoRA scale: updates are alpha/rank * A @ B (default: the rank)"})
     save_adapter: bool = field(default=False, metadata={"group": "methods",

@@ -134,21 +134,36 @@ def test_an_input_of_any_length_takes_the_arrays_length():
 
 
 def test_lora_on_a_keras_hub_classifier_trains_only_the_factors_and_the_new_head(files):
-    """Keras Hub's transformer layers are EinsumDense and Dense inside: they take factors; the
-    new head keeps the output's name, so the data's target array stays `logits`."""
+    """By default the factors go where Keras Hub's own `backbone.enable_lora` puts them (the
+    attention's query and value); `--lora_layers` reaches its other EinsumDense, Dense and
+    Embedding layers. The new head keeps the output's name, so the data's target array stays
+    `logits`."""
     need_keras_hub()
+    import keras
+
     from distft.model import lora
     from distft.model.prepare import prepare
 
-    ft = prepare(os.path.join(files, "hub_classifier.keras"), num_classes=2, lora_rank=4)
+    path = os.path.join(files, "hub_classifier.keras")
+    stock = keras.saving.load_model(path)
+    stock.backbone.enable_lora(4)
+    picked = {l.path for l in stock._flatten_layers() if getattr(l, "lora_enabled", False)}
+    attention = "transformer_layer_0/self_attention_layer/"
+    assert picked == {attention + "query", attention + "value"}
+    ft = prepare(path, num_classes=2, lora_rank=4)
+    assert set(lora.summary(ft.model)["layers"]) == picked and ft.model.output_names == ["logits"]
+    assert {v.path for v in ft.model.trainable_variables} == {"logits/kernel", "logits/bias"} | {
+        f"{l}/lora_kernel_{ab}" for l in picked for ab in "ab"}
+
+    ft = prepare(path, num_classes=2, lora_rank=4, lora_layers=".")
     block = "transformer_layer_0/"
     layers = {"token_embedding", "segment_embedding", "pooled_dense"} | {
         block + l for l in ("feedforward_intermediate_dense", "feedforward_output_dense")} | {
-        f"{block}self_attention_layer/{l}" for l in ("query", "key", "value", "attention_output")}
+        attention + l for l in ("query", "key", "value", "attention_output")}
     assert {v.path for v in ft.model.trainable_variables} == {"logits/kernel", "logits/bias"} | {
         f"{l}/lora_{'embeddings' if l.endswith('embedding') else 'kernel'}_{ab}"
         for l in layers for ab in "ab"}
-    assert set(lora.summary(ft.model)["layers"]) == layers and ft.model.output_names == ["logits"]
+    assert set(lora.summary(ft.model)["layers"]) == layers
 
 
 @pytest.mark.multiworker

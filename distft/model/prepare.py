@@ -133,7 +133,7 @@ def prepare(model: str, num_classes: Optional[int] = None, unfreeze: Optional[st
     spec = unfreeze if unfreeze is not None else ("none" if num_classes or lora_rank else "all")
     chosen = unfreezing.select(body, spec, train_bn)
     if lora_rank:
-        lora.enable(body, chosen, lora_rank, lora_alpha, lora_layers)
+        lora.enable(body, chosen, lora_rank, lora_alpha, lora_layers, model=full)
     unfreezing.apply(full, body, chosen, train_bn)
     for layer in new_head:
         layer.trainable = True

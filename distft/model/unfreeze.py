@@ -21,9 +21,17 @@ from distft.model import lora
 
 
 def flatten(layer: keras.layers.Layer) -> list[keras.layers.Layer]:
-    """The leaf layers of a (possibly nested) model, in order; InputLayers dropped."""
+    """The leaf layers of a (possibly nested) model, in order; InputLayers dropped. A layer
+    reached twice (a shared one, such as the tied input and output embedding of a Keras Hub
+    language model, called in its backbone and again by the task) is listed once, where it is
+    first reached, so that `--unfreeze` and `--lora` set it once."""
+    seen: set[int] = set()
+    return [leaf for leaf in _leaves(layer) if not (id(leaf) in seen or seen.add(id(leaf)))]
+
+
+def _leaves(layer: keras.layers.Layer) -> list[keras.layers.Layer]:
     if isinstance(layer, keras.Model):
-        return [leaf for sub in layer.layers for leaf in flatten(sub)]
+        return [leaf for sub in layer.layers for leaf in _leaves(sub)]
     return [] if isinstance(layer, keras.layers.InputLayer) else [layer]
 
 

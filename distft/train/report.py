@@ -116,14 +116,9 @@ def _save(setup: Setup, trainee: Trainee, worker: Worker, metrics: dict[str, Any
 
 
 def _plain(model: keras.Model, name: Optional[str] = None) -> keras.Model:
-    """`model` as a plain functional model, for saving: no distft train step or compile state,
-    LoRA factors merged."""
-    return lora.merged(keras.Model(_single(model.inputs), _single(model.outputs), name=name or model.name))
-
-
-def _single(tensors: list) -> Any:
-    """The one tensor of a one-element list (so the saved model's `output` is a tensor)."""
-    return tensors[0] if len(tensors) == 1 else tensors
+    """`model` for saving: no distft train step or compile state, LoRA factors merged, of its
+    own class if it rebuilds itself from its config (a Keras Hub task), see model/lora.py."""
+    return lora.plain(model, name)
 
 
 def _log_start(setup: Setup, trainee: Trainee, worker: Worker, state: RunState, placement: list[str]) -> None:
