@@ -142,7 +142,7 @@ def _log_start(setup: Setup, trainee: Trainee, worker: Worker, state: RunState, 
             f"{', '.join(ft.metrics[n])}" for n in ft.loss))
     else:
         log.info("objective: %s, metrics %s%s", ft.loss, ", ".join(ft.metrics),
-                 "" if cfg.loss else f" (for targets of shape {setup.train_data.schema.describe_y()}; --loss to change)")
+                 "" if cfg.loss else f" (for targets of shape {setup.train_data.layout.describe_y()}; --loss to change)")
     log.info("data %s: %d records, %d steps/epoch of %d per worker (global batch %d%s%s)",
              cfg.data, trainee.records, position.steps, cfg.batch_size, cfg.batch_size * worker.size,
              f", {cfg.batch_size * worker.size * cfg.grad_accum} per update" if cfg.grad_accum > 1 else "",
