@@ -1,25 +1,10 @@
-"""Record layouts: one small type for each way files hold records, which learns itself from a
-file, reads a file with tf.data, counts and checks it, and decodes its records for a model.
-
-Layouts (`infer_layout` picks one from a file's extension, see FORMATS, and its first records):
-- TFRecordLayout: features (`x`: float list, or `image`: encoded PNG/JPEG bytes, or raw uint8
-  pixels from `distft shard`) and a target (`y`: int64 or float, one value or a fixed-length
-  list). Other tools' feature names are read with `x_key`/`y_key` (e.g. `image/encoded`,
-  `image/class/label`). GZIP-compressed files are recognised.
-- NpzLayout: arrays `x` (N, F) features or (N, H, W[, C]) images (uint8 or float), and `y`
-  (N,) or (N, K).
-- CsvLayout: a header, label column(s) (`label="a,b"` for several), the other columns numeric;
-  a single label column may hold class names instead of numbers.
-- NamedTFRecordLayout, NamedNpzLayout, NamedCsvLayout: for models with several inputs or
-  outputs, features, arrays or CSV columns named as the model's inputs and outputs, without
-  `x` and `y` (see data/named.py and data/columns.py).
-- ImageFolderLayout: a folder of class subfolders of JPEG/PNG images (see data/images.py).
-
-A new file layout is one subclass of `XY` (and `Named`) and its extensions in FORMATS.
-
-Example:
-    layout = infer_layout("shards/part-0.tfrecord", label="label")   # a TFRecordLayout
-    ds = layout.read(tf.constant(path))   # raw records
+"""Record layouts: one small type for each way files hold records (see `Layout`), which
+learns itself from a file, reads a file with tf.data, counts and checks it, and decodes its
+records for a model. `infer_layout` picks the type by the file's extension (FORMATS), then
+reads the file's start: distft's one-input layouts (`XY`: TFRecordLayout, NpzLayout,
+CsvLayout, ImageFolderLayout) or, for models with several inputs or outputs, named fields
+(`Named`: NamedTFRecordLayout, NamedNpzLayout, NamedCsvLayout). A new file layout is a
+subclass and its extensions in FORMATS.
 """
 from __future__ import annotations
 
@@ -220,13 +205,10 @@ class XY(Layout):
                               self.pixel_scale)
 
     def examples(self, path: str, classes: list, chunk: int) -> Iterator[tuple[list[bytes], np.ndarray]]:
+        """.npz and CSV: from their `chunks`, (x, y) rows with class names as ids."""
         shards = self.shards()
         for x, y in self.chunks(path, classes, chunk):
             yield shards.serialize(x, y)
-
-    def chunks(self, path: str, classes: list, chunk: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """(x, y) rows of a file, `chunk` at a time; class names as their index in `classes`."""
-        raise NotImplementedError
 
 
 @dataclass(frozen=True)
@@ -245,8 +227,8 @@ class Named(Layout):
 
     @property
     def pixel_scales(self) -> tuple[float, ...]:
-        shown = {p.name for p in self.inputs if p.image}
-        return tuple(f.pixel_scale for f in self.fields if f.name in shown)
+        image_inputs = {p.name for p in self.inputs if p.image}
+        return tuple(f.pixel_scale for f in self.fields if f.name in image_inputs)
 
     @property
     def target_shape(self) -> dict[str, tuple]:
@@ -310,7 +292,8 @@ def damaged(path: str, fmt: str, error: BaseException) -> DistftError:
 # --- TFRecord ---------------------------------------------------------------------------------
 
 class _TFRecordFile:
-    """What the TFRecord layouts share: reading, counting and checking files of Examples."""
+    """What the TFRecord layouts share: reading, counting and checking files of Examples (each
+    by its `check_example`)."""
 
     format = "tfrecord"
     compression: str
@@ -336,10 +319,6 @@ class _TFRecordFile:
                 raise DistftError(f"{path}: record {n} {problem} (the first file's records fit "
                                   f"{self.reads} as read): write every record with the same features")
 
-    def check_example(self, record: bytes) -> Optional[str]:
-        """What in one serialized record does not fit (None if it fits)."""
-        raise NotImplementedError
-
     def examples(self, path: str, classes: list, chunk: int) -> Iterator[tuple[list[bytes], np.ndarray]]:
         for batch in tf.data.TFRecordDataset(path, self.compression, 1 << 20).batch(chunk):
             yield list(batch.numpy()), self.labels(batch)  # kept as they are
@@ -360,7 +339,10 @@ def _first_features(path: str):
 
 @dataclass(frozen=True)
 class TFRecordLayout(_TFRecordFile, XY):
-    """Examples of a feature `x_key` and a target `y_key` (see the module docstring)."""
+    """Examples of features (`x`: float list, or `image`: encoded PNG/JPEG bytes, or raw uint8
+    pixels from `distft shard`) and a target (`y`: int64 or float, one value or a fixed-length
+    list). Other tools' feature names are read with `x_key`/`y_key` (e.g. `image/encoded`,
+    `image/class/label`). GZIP-compressed files are recognised."""
 
     compression: str = ""  # "" or GZIP
     x_key: str = "x"
@@ -428,6 +410,7 @@ class TFRecordLayout(_TFRecordFile, XY):
         return self.y_of(batch).numpy()
 
     def check_example(self, record: bytes) -> Optional[str]:
+        """What in one serialized record does not fit (None if it fits)."""
         feats = tf.train.Example.FromString(record).features.feature
         for key, kinds, size in ((self.x_key, ("bytes_list",) if self.x_is_bytes else ("float_list",),
                                   None if self.x_is_bytes else self.x_size),
@@ -527,7 +510,7 @@ class _NpzFile:
 
 @dataclass(frozen=True)
 class NpzLayout(_NpzFile, XY):
-    """Arrays `x` and `y` (see the module docstring)."""
+    """Arrays `x` (N, F) features or (N, H, W[, C]) images (uint8 or float), and `y` (N,) or (N, K)."""
 
     stored: tuple = ()  # the arrays' dtypes as saved, e.g. ("|u1", "<i8")
     arrays = ("x", "y")
@@ -769,7 +752,8 @@ def _npz_in_graph(path: tf.Tensor, offsets: tf.Tensor, arrays) -> list[tf.Tensor
 # --- CSV --------------------------------------------------------------------------------------
 
 class _CsvFile:
-    """What the CSV layouts share: a header, rows checked cell by cell, class-name columns."""
+    """What the CSV layouts share: a header, rows checked cell by cell (`cell_problem`: what in
+    a value of a column does not fit), class-name columns."""
 
     format = "csv"
     item = "column"
@@ -795,10 +779,6 @@ class _CsvFile:
         return next(filter(None, (self.cell_problem(name, value, i in self.label_columns)
                                   for i, (name, value) in enumerate(zip(self.columns, row)))), None)
 
-    def cell_problem(self, name: str, value: str, label: bool) -> Optional[str]:
-        """What in one value of column `name` does not fit (None if it fits)."""
-        raise NotImplementedError
-
     def rows(self, path: str) -> Iterator[list]:
         """The rows of a file, each checked (DistftError naming the line)."""
         with _open_text(path) as f:
@@ -818,7 +798,8 @@ class _CsvFile:
 
 @dataclass(frozen=True)
 class CsvLayout(_CsvFile, XY):
-    """Feature columns and label column(s) (see the module docstring)."""
+    """A header, label column(s) (`label="a,b"` for several), the other columns numeric; a
+    single label column may hold class names instead of numbers."""
 
     columns: tuple = ()
     label_columns: tuple = ()
@@ -917,9 +898,9 @@ class NamedCsvLayout(_CsvFile, Named):
         return super().bind(ports, targets, data)
 
     def cell_problem(self, name: str, value: str, label: bool) -> Optional[str]:
-        number = columns.number(value)
         if name not in self.read_columns:
             return None
+        number = columns.number(value)
         if not label and number is None:
             return f"column '{name}' is not numeric ({value!r}): the first rows held numbers"
         if label and number is not None:
