@@ -176,8 +176,8 @@ def pipeline(data: str, batch_size: int, steps: int, threads: int) -> dict[str, 
     seconds = time.perf_counter() - start
     assert tuple(x.shape) == (batch_size, *SHAPE), x.shape
     return {"records_per_sec": steps * batch_size / seconds, "open_count_seconds": open_count,
-            "first_batch_seconds": first_batch, "records": sum(counts.train), "format": ds.schema.format,
-            "x_kind": ds.schema.x_kind}
+            "first_batch_seconds": first_batch, "records": sum(counts.train), "format": ds.layout.format,
+            "x_kind": ds.layout.x_kind}
 
 
 def train(workdir: str, data: str, output_dir: str, epochs: int, batch_size: int) -> dict[str, Any]:

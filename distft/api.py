@@ -94,7 +94,7 @@ def evaluate(model: str, data: str, batch_size: int = 256, label: str = "label",
     worker, source = _open(data, label, x_key, y_key)
     ft = worker.all_ok(lambda: prepare(model, unfreeze="all", metrics=metrics,
                                        unsafe_deserialization=unsafe_deserialization,
-                                       target_shape=source.schema.target_shape))
+                                       target_shape=source.layout.target_shape))
     ds = _load(worker, source, ft.model, model, classes)
     worker.all_ok(lambda: check_fit(ft, ds))
     feed = _feed(preprocess, model, ft.model, ds, worker)
@@ -216,7 +216,7 @@ def _feed(preprocess: str, model: str, net, ds, worker) -> str:
     from distft.model import preprocessing
 
     trained = worker.all_ok(lambda: preprocessing.trained_with(model))
-    feed = worker.all_ok(lambda: preprocessing.choose(preprocess, net, ds.schema, trained))
+    feed = worker.all_ok(lambda: preprocessing.choose(preprocess, net, ds.layout, trained))
     if worker.rank == 0:
         feed.report()
     return feed.preprocess

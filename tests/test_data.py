@@ -110,7 +110,7 @@ def test_images_are_decoded_and_resized(tmp_path):
                 "image": tf.train.Feature(bytes_list=tf.train.BytesList(value=[png])),
                 "y": tf.train.Feature(int64_list=tf.train.Int64List(value=[label]))})).SerializeToString())
     source = Source.open(str(tmp_path))
-    assert source.schema.x_kind == "image"
+    assert source.layout.x_kind == "image"
     ds = load(source).train
     x, y = next(iter(ds.stream(0, 1, 3, (8, 8, 3), training=False)))
     assert x.shape == (3, 8, 8, 3) and y.numpy().tolist() == [0, 1, 2]
@@ -288,7 +288,7 @@ def test_targets_keep_their_shape_in_every_format(tmp_path):
     rows = ["f0,t0,f1,t1,f2,f3"] + [f"{a},{t[0]},{b},{t[1]},{c},{d}" for (a, b, c, d), t in zip(x, y)]
     (tmp_path / "m.csv").write_text("\n".join(rows) + "\n")
     source = Source.open(str(tmp_path / "m.csv"), label="t0,t1")
-    assert source.schema.y_shape == (2,) and source.schema.y_float
+    assert source.layout.y_shape == (2,) and source.layout.y_float
     feats, got = first_batch(source, (4,))
     np.testing.assert_allclose(feats, x)
     np.testing.assert_allclose(got, y)
@@ -340,7 +340,7 @@ def test_compressed_npz_reads_the_same_records(tmp_path):
     np.savez(tmp_path / "plain.npz", x=x, y=y)
     np.savez_compressed(tmp_path / "packed.npz", x=x, y=y)
     plain, packed = Source.open(str(tmp_path / "plain.npz")), Source.open(str(tmp_path / "packed.npz"))
-    assert plain.npz_offsets is not None and packed.npz_offsets is None  # TensorFlow reads / numpy reads
+    assert plain.located is not None and packed.located is None  # TensorFlow reads / numpy reads
     for source in (plain, packed):
         assert all_records(load(source).train, 2) == expected(x, y)
 

@@ -35,7 +35,7 @@ def test_named_arrays_bind_to_the_inputs_and_outputs(two_heads, tmp_path):
 
     model = keras.models.load_model(two_heads / "two_heads.keras")
     ds, held = load(Source.open(str(two_heads / "val.npz"), holdout=0.25), model)
-    assert ds.schema.outputs == ("digit", "size") and [p.image for p in ds.schema.inputs] == [True, False]
+    assert ds.layout.outputs == ("digit", "size") and [p.image for p in ds.layout.inputs] == [True, False]
     assert ds.counts.ranges["digit"] == (0.0, 4.0)
     x, y = next(iter(ds.stream(0, 1, 8, (), training=True)))
     assert x["image"].shape == (8, 8, 8, 1) and x["meta"].shape == (8, 3)
@@ -49,7 +49,7 @@ def test_named_arrays_bind_to_the_inputs_and_outputs(two_heads, tmp_path):
     with pytest.raises(DistftError, match=r"has no array 'digit', 'size' \(it has image, meta\); the "
                                           "model's inputs are image, meta and its outputs digit, size"):
         load(only, model)
-    assert load(only, model, targets=False).train.schema.outputs == ()
+    assert load(only, model, targets=False).train.layout.outputs == ()
 
 
 def test_per_output_options(two_heads):
@@ -184,7 +184,7 @@ def test_csv_columns_bind_to_the_inputs_and_outputs(two_columns, two_heads, tmp_
 
     model = keras.models.load_model(two_columns / "cols.keras")
     ds = load(Source.open(str(two_columns / "train.csv"), holdout=0.25, named_csv=True), model).train  # no 'label' column
-    assert ds.schema.outputs == ("kind", "score") and ds.output_classes == {"kind": ("cat", "dog", "eel")}
+    assert ds.layout.outputs == ("kind", "score") and ds.output_classes == {"kind": ("cat", "dog", "eel")}
     assert ds.counts.ranges["kind"] == (0.0, 2.0)
     x, y = next(iter(ds.stream(0, 1, 400, (), training=False)))
     table = np.genfromtxt(two_columns / "train.csv", delimiter=",", names=True, dtype=None, encoding=None)

@@ -12,13 +12,13 @@ import tensorflow as tf
 
 from conftest import distft, horovodrun, run
 from distft.data.dataset import Source, load
-from distft.data.formats import Schema
+from distft.data.formats import ImageFolderLayout, NpzLayout
 from distft.model import loading
 from distft.model.prepare import prepare
 from distft.model.preprocessing import choose, detect, trained_with
 
 L = keras.layers
-IMAGES = Schema("folder", "image")
+IMAGES = ImageFolderLayout()
 SMALL = (32, 32, 3)
 
 
@@ -102,7 +102,7 @@ def test_app_models_loaded_by_distft_and_what_auto_feeds(tmp_path):
     fed = {}
     for name in ("MobileNetV3Small", "MobileNetV2"):
         model = loading.load(f"app:{name}", "none", SMALL)
-        feed = choose("auto", model, ds.schema)
+        feed = choose("auto", model, ds.layout)
         x, _ = next(iter(ds.stream(0, 1, 1, SMALL, training=False, preprocess=feed.preprocess)))
         fed[name] = (float(np.max(x)), feed.note)
     top, note = fed["MobileNetV3Small"]
@@ -122,9 +122,9 @@ def test_explicit_values_win_and_features_are_unaffected(tmp_path):
     assert choose("none", cnn(), IMAGES).warning is None  # nothing detected: nothing to contradict
     family = choose("mobilenet_v2", rescaling, IMAGES)
     assert family.preprocess == "mobilenet_v2" and "mobilenet_v2.preprocess_input" in family.warning
-    for schema in (Schema("npz", "float", (4,)), Schema("npz", "pixels", (8, 8, 1), pixel_scale=0)):
-        assert choose("auto", rescaling, schema) == choose("scale", rescaling, schema)  # as before
-        assert choose("auto", rescaling, schema).note is None
+    for layout in (NpzLayout("float", (4,)), NpzLayout("pixels", (8, 8, 1), pixel_scale=0)):
+        assert choose("auto", rescaling, layout) == choose("scale", rescaling, layout)  # as before
+        assert choose("auto", rescaling, layout).note is None
     # A run folder's config.yaml records what training fed; evaluate and predict feed the same.
     (tmp_path / "config.yaml").write_text("model: base.keras\npreprocess: scale\n")
     assert trained_with(str(tmp_path / "model.keras")) == "scale"

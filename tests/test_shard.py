@@ -220,7 +220,7 @@ def test_image_arrays_stay_images_and_class_names_stay_names(tmp_path):
     np.savez(tmp_path / "img.npz", x=x, y=y)
     distft.shard(str(tmp_path / "img.npz"), str(tmp_path / "a"), num_shards=2)
     ds = load(Source.open(str(tmp_path / "a"))).train
-    assert (ds.schema.x_kind, ds.schema.x_shape, ds.schema.x_dtype, ds.schema.y_shape) == \
+    assert (ds.layout.x_kind, ds.layout.x_shape, ds.layout.x_dtype, ds.layout.y_shape) == \
         ("pixels", (6, 5, 3), "uint8", (3,))
     got = [(xb.numpy(), yb.numpy()) for xb, yb in ds.stream(0, 1, 50, (6, 5, 3), training=False,
                                                               preprocess="none")]

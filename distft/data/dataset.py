@@ -1,6 +1,6 @@
 """A data set on disk, made ready once by all workers together, and each worker's tf.data stream.
 
-`Source.open` learns what the files hold (enough to prepare a model: `schema.target_shape`);
+`Source.open` learns what the files hold (enough to prepare a model: `layout.target_shape`);
 `load` matches sources to the model, counts them (all workers together) and numbers their
 class names, in that one order, and returns immutable `Ready` data sets, whose methods need
 nothing else first.
@@ -25,10 +25,9 @@ import numpy as np
 import tensorflow as tf
 
 from distft import log
-from distft.data import columns, images, named, sharding
-from distft.data.decode import batch_decoder, record_decoder
-from distft.data.formats import FORMATS, UNREADABLE, Schema, check_example, csv_labels, csv_rows, damaged, format_of, \
-    infer_schema, label_of, named_schema, npz_arrays, npz_headers, npz_offsets, read_records
+from distft.data import images, named, sharding
+from distft.data.formats import FORMATS, UNREADABLE, CsvLayout, ImageFolderLayout, Layout, Named, damaged, \
+    infer_layout, layout_type, named_layout
 from distft.data.manifest import NAME, Manifest
 from distft.errors import DistftError
 
@@ -74,27 +73,27 @@ class Alone:
 
 @dataclass(frozen=True, eq=False)
 class Source:
-    """Files of one format and schema (for an image folder: one file a record), opened: what a
-    model is prepared for (`schema.target_shape`), not yet read in full. `load` makes it `Ready`.
+    """Files of one layout (for an image folder: one file a record), opened: what a model is
+    prepared for (`layout.target_shape`), not yet read in full. `load` makes it `Ready`.
     `holdout` > 0 splits off a deterministic fraction; `classes` names the class ids, when known."""
 
     files: tuple[str, ...]
-    schema: Schema
+    layout: Layout
     holdout: float = 0.0
     flag: str = "data"  # the option that named it, for errors
     label: str = "label"  # CSV: the one-input layout's label column(s)
     manifest: Optional[Manifest] = field(default=None, repr=False)
     classes: tuple[str, ...] = ()
     labels: Optional[np.ndarray] = field(default=None, repr=False)  # image folder: class ids
-    npz_offsets: Optional[np.ndarray] = field(default=None, repr=False)  # see formats.npz_offsets
+    located: Optional[np.ndarray] = field(default=None, repr=False)  # see Layout.locate
 
     @classmethod
     def open(cls, pattern: str, label: str = "label", holdout: float = 0.0,
              x_key: Optional[str] = None, y_key: Optional[str] = None, flag: str = "data",
              named_csv: bool = False) -> Source:
-        """Resolve a file, folder or glob; check the files share one format and schema.
+        """Resolve a file, folder or glob; check the files share one format and layout.
 
-        Shards with a manifest (see data/manifest.py) take their file list, schema, class
+        Shards with a manifest (see data/manifest.py) take their file list, layout, class
         names and counts from it, after a cheap check of each shard's size. A folder of
         class subfolders of images is an image data set. `flag` names the option in errors.
         `named_csv` (the model is not known yet): CSV without the one-input layout (no `label`
@@ -104,7 +103,7 @@ class Source:
         m = Manifest.find(pattern)
         if m is not None:
             m.verify()
-            return cls(tuple(m.paths()), m.to_schema(), holdout, flag, manifest=m, classes=tuple(m.class_names))
+            return cls(tuple(m.paths()), m.to_layout(), holdout, flag, manifest=m, classes=tuple(m.class_names))
         if is_image_folder(pattern):
             started = time.perf_counter()
             paths, labels, classes = images.scan(pattern, flag)
@@ -114,45 +113,37 @@ class Source:
                             "shards once with 'distft shard --input=%s --output_dir=SHARDS "
                             "--num_shards=N' and train on those", len(paths), flag, pattern,
                             seconds, pattern)
-            return cls(tuple(paths), Schema("folder", "image"), holdout, flag, classes=tuple(classes),
+            return cls(tuple(paths), ImageFolderLayout(), holdout, flag, classes=tuple(classes),
                        labels=np.array(labels, np.int64))
-        files = resolve_files(pattern, flag)
-        formats = {format_of(f) for f in files}
-        if len(formats) > 1:
-            raise DistftError(f"--{flag}={pattern} mixes formats {sorted(formats)}: use one format")
+        files = tuple(resolve_files(pattern, flag))
+        kinds = {layout_type(f) for f in files}
+        if len(kinds) > 1:
+            raise DistftError(f"--{flag}={pattern} mixes formats {sorted(k.format for k in kinds)}: use one format")
         try:
-            schema = infer_schema(files[0], label, x_key, y_key)
+            layout = infer_layout(files[0], label, x_key, y_key)
         except DistftError:
-            if not (named_csv and formats == {"csv"}):
+            if not (named_csv and kinds == {CsvLayout}):
                 raise
-            schema = named_schema(files[0])
-        offsets = None
-        if schema.format == "npz" and not schema.named:  # named: when bound to a model
-            offsets = _npz_offsets(files, ("x", "y"))
-        return cls(tuple(files), schema, holdout, flag, label, npz_offsets=offsets)
+            layout = named_layout(files[0])
+        return cls(files, layout, holdout, flag, label, located=layout.locate(files))
 
     def _bound(self, model: Optional[keras.Model], targets: bool) -> Source:
         """Matched to `model`'s inputs and outputs (see data/named.py): named fields for a
         model with several inputs or outputs (`targets=False`: only the inputs are needed);
         distft's one-input layout, as opened, for other models (and None)."""
+        is_named = isinstance(self.layout, Named)
         if model is None or not named.is_multi(model):
-            if self.schema.named:  # the one-input layout's own error, naming what is missing
-                infer_schema(self.files[0], self.label, allow_named=False)
+            if is_named:  # the one-input layout's own error, naming what is missing
+                infer_layout(self.files[0], self.label, allow_named=False)
             return self
-        if self.schema.format == "folder":
+        if self.labels is not None:
             raise DistftError(f"--{self.flag}: a model with several inputs or outputs reads .npz arrays, "
                               "TFRecord features or CSV columns named as its inputs and outputs, not "
                               "an image folder: write the data with np.savez(path, INPUT=..., OUTPUT=...)")
-        schema = self.schema if self.schema.named else named_schema(self.files[0])
+        layout = self.layout if is_named else named_layout(self.files[0])
         data = self.manifest.folder if self.manifest else ",".join(self.files[:3])
-        ports = named.model_ports(model)
-        if schema.format == "csv":
-            columns.check(schema.fields, *ports, targets, data)
-        inputs, outputs = named.bind(schema.fields, *ports, targets, data,
-                                     {"npz": "array", "csv": "column"}.get(schema.format, "feature"))
-        schema = dataclasses.replace(schema, inputs=inputs, outputs=outputs)
-        offsets = _npz_offsets(self.files, schema.used()) if schema.format == "npz" else None
-        return dataclasses.replace(self, schema=schema, npz_offsets=offsets)
+        layout = layout.bind(named.model_ports(model), targets, data)
+        return dataclasses.replace(self, layout=layout, located=layout.locate(self.files))
 
     def _counted(self, workers: Workers) -> Ready:
         """Count records per file; worker `rank` reads every `size`-th file, `gather` shares.
@@ -182,22 +173,20 @@ class Source:
         per_file = [merged[i] for i in range(len(self.files))]
         train, held = tuple(p[0] for p in per_file), tuple(p[1] for p in per_file)
         y = [(lo, hi) for n, k, lo, hi, _ in per_file if n + k]  # lo, hi: one value per output
-        schema = self.schema
-        width = len(schema.outputs) if schema.named else 1
-        lows = [min(l[i] for l, _ in y) if y else 0.0 for i in range(width)]
-        highs = [max(h[i] for _, h in y) if y else 0.0 for i in range(width)]
-        if schema.named:
-            ranges = {n: (lo, hi) for n, lo, hi in zip(schema.outputs, lows, highs)}
-            texts = self._text_outputs()
-            found = [sorted({c for *_, names in per_file for c in names[i]}) for i in range(len(texts))]
-            ranges.update({n: (0.0, float(len(c) - 1)) for n, c in zip(texts, found)})
-            schema = dataclasses.replace(schema, fields=tuple(
-                dataclasses.replace(f, classes=tuple(found[texts.index(f.name)])) if f.name in texts else f
-                for f in schema.fields))
-            return Ready(dataclasses.replace(self, schema=schema), Counts(train, held, 0.0, 0.0, ranges), part)
+        layout = self.layout
+        lows = [min(l[i] for l, _ in y) if y else 0.0 for i in range(layout.width)]
+        highs = [max(h[i] for _, h in y) if y else 0.0 for i in range(layout.width)]
+        # The class names of each target that holds names, over all files.
+        found = [tuple(sorted(set().union(*(names[i] for *_, names in per_file))))
+                 for i in range(len(per_file[0][4]))]
+        if isinstance(layout, Named):
+            ranges = {n: (lo, hi) for n, lo, hi in zip(layout.outputs, lows, highs)}
+            ranges.update({n: (0.0, float(len(c) - 1)) for n, c in zip(layout.text_outputs, found)})
+            layout = layout.with_classes(dict(zip(layout.text_outputs, found)))
+            return Ready(dataclasses.replace(self, layout=layout), Counts(train, held, 0.0, 0.0, ranges), part)
         lo, hi, source = lows[0], highs[0], self
-        if schema.y_names:
-            classes = tuple(sorted({name for *_, names in per_file for name in names}))
+        if found:
+            classes = found[0]
             lo, hi, source = 0.0, float(len(classes) - 1), dataclasses.replace(self, classes=classes)
         return Ready(source, Counts(train, held, lo, hi), part)
 
@@ -206,7 +195,7 @@ class Source:
         per_file = self.manifest.counts() if self.manifest is not None else [1] * len(self.files)
         held = tuple(_held_out_count(self.holdout, n, index) for index, n in enumerate(per_file))
         train = tuple(n - k for n, k in zip(per_file, held))
-        if self.manifest is not None and self.schema.named:  # the shards do not record target ranges
+        if self.manifest is not None and isinstance(self.layout, Named):  # the shards record no target ranges
             return Counts(train, held, 0.0, 0.0)
         if self.manifest is not None:
             return Counts(train, held, *self.manifest.label_range())
@@ -214,96 +203,30 @@ class Source:
 
     def _count_file(self, index: int) -> tuple[int, int, tuple, tuple, tuple]:
         """(records, held-out records, lowest and highest target value (one per output), class
-        names) of one file, after checking that it fits the schema."""
-        path, schema = self.files[index], self.schema
-        fmt = schema.format
+        names (per target that holds names)) of one file, after checking that it fits the layout."""
+        path, layout = self.files[index], self.layout
         try:
-            if fmt == "npz":
-                return self._count_npz(index)
-            n, k, lo, hi = _counter(schema, self.holdout)(tf.constant(path), tf.constant(index, tf.int64))
-            if schema.named:  # for each class-name output, its names in this file
-                names = tuple(tuple(set(csv_labels(path, schema, n))) for n in self._text_outputs())
-            else:
-                names = tuple(sorted(set(csv_labels(path, schema)))) if schema.y_names else ()
-            lo, hi = tuple(lo.numpy().tolist()), tuple(hi.numpy().tolist())
+            cheap = layout.count_cheaply(path, self.files[0])
+            if cheap is not None:
+                n, ys = cheap
+                k = _held_out_count(self.holdout, n, index)
+                return (n - k, k, tuple(float(y.min()) if n else 0.0 for y in ys),
+                        tuple(float(y.max()) if n else 0.0 for y in ys), ())
+            n, k, lo, hi = _counter(layout, self.holdout)(tf.constant(path), tf.constant(index, tf.int64))
+            names = layout.class_names(path)
         except DistftError:
             raise
         except tf.errors.InvalidArgumentError as e:
-            raise self._misfit(path, e) from None
+            layout.misfit(path)  # raises for a file that reads but does not fit
+            raise damaged(path, layout.format, e) from None
         except (tf.errors.OpError, *UNREADABLE) as e:
-            raise damaged(path, fmt, e) from None
-        return int(n), int(k), lo, hi, names
-
-    def _text_outputs(self) -> list[str]:
-        """Named CSV: the outputs read whose column holds class names."""
-        return [f.name for f in self.schema.fields if f.dtype == columns.TEXT and f.name in self.schema.outputs]
-
-    def _count_npz(self, index: int) -> tuple[int, int, tuple, tuple, tuple]:
-        """An .npz file's counts from its header and `y` alone (`x` is not read), after
-        checking its arrays have the first file's layout."""
-        path = self.files[index]
-        if self.schema.named:
-            return self._count_named_npz(index)
-        # Headers only: the first file's are read again rather than kept (a few hundred bytes).
-        for name, (shape, dtype), (want, want_dtype) in zip("xy", npz_headers(path), npz_headers(self.files[0])):
-            if shape[1:] != want[1:] or dtype != want_dtype:
-                raise DistftError(f"{path}: array '{name}' has rows of shape {shape[1:]} and type "
-                                  f"{dtype} but {self.files[0]} has {want[1:]} and {want_dtype}: "
-                                  "all files need the same layout")
-        with np.load(path) as z:
-            y = z["y"]
-        k = _held_out_count(self.holdout, len(y), index)
-        return len(y) - k, k, (float(y.min()) if len(y) else 0.0,), (float(y.max()) if len(y) else 0.0,), ()
-    def _count_named_npz(self, index: int) -> tuple[int, int, tuple, tuple, tuple]:
-        """`_count_npz` for named arrays: those the model reads must have the first file's rows."""
-        path, schema = self.files[index], self.schema
-        arrays = npz_arrays(path)
-        for f in schema.fields:
-            if f.name not in schema.used():
-                continue
-            if f.name not in arrays:
-                raise DistftError(f"{path}: no array '{f.name}' (it has {', '.join(arrays)}): every "
-                                  "file needs the arrays the model reads")
-            shape, dtype = arrays[f.name]
-            if shape[1:] != f.shape or dtype.name != f.dtype:
-                raise DistftError(f"{path}: array '{f.name}' has rows of shape {shape[1:]} and type "
-                                  f"{dtype} but {self.files[0]} has {f.shape} and {f.dtype}: "
-                                  "all files need the same layout")
-        rows = {arrays[n][0][0] for n in schema.used()}
-        if len(rows) > 1:
-            raise DistftError(f"{path}: the arrays {', '.join(schema.used())} have different numbers "
-                              "of rows: each array needs one row a record")
-        n = rows.pop()
-        with np.load(path) as z:
-            ys = [z[name] for name in schema.outputs]
-        k = _held_out_count(self.holdout, n, index)
-        return (n - k, k, tuple(float(y.min()) if n else 0.0 for y in ys),
-                tuple(float(y.max()) if n else 0.0 for y in ys), ())
-
-    def _misfit(self, path: str, error: tf.errors.OpError) -> DistftError:
-        """The error for a file that parses but does not fit the schema (or, failing to find
-        what does not fit, a damaged file)."""
-        if self.schema.format == "tfrecord":
-            for n, record in enumerate(tf.data.TFRecordDataset(path, self.schema.compression)):
-                problem = check_example(record.numpy(), self.schema)
-                if problem:
-                    read = ", ".join(self.schema.used()) if self.schema.named else \
-                        f"{self.schema.x_key}/{self.schema.y_key}"
-                    return DistftError(f"{path}: record {n} {problem} (the first file's records "
-                                       f"fit {read} as read): write every record with the same features")
-        if self.schema.format == "csv":
-            for _ in csv_rows(path, self.schema):  # raises, naming the line, for a row that does not fit
-                pass
-        return damaged(path, self.schema.format, error)
-
+            raise damaged(path, layout.format, e) from None
+        return int(n), int(k), tuple(lo.numpy().tolist()), tuple(hi.numpy().tolist()), names
 
     def _read(self, path: tf.Tensor, index: tf.Tensor) -> tf.data.Dataset:
-        """The raw records of file `index` (an image folder's file: (bytes, class id))."""
-        if self.npz_offsets is not None:
-            return read_records(path, self.schema, tf.gather(self.npz_offsets, index))
-        if self.labels is None:
-            return read_records(path, self.schema)
-        return tf.data.Dataset.from_tensors((tf.io.read_file(path), tf.gather(self.labels, index)))
+        """The raw records of file `index`, given what is known of it (an image's class id)."""
+        known = self.labels if self.labels is not None else self.located
+        return self.layout.read(path, None if known is None else tf.gather(known, index))
 
 
 Classes = Union[tuple[str, ...], dict[str, tuple]]
@@ -349,8 +272,8 @@ class Ready:
     part: str = "all"  # all | train | held_out (of the holdout split)
 
     @property
-    def schema(self) -> Schema:
-        return self.source.schema
+    def layout(self) -> Layout:
+        return self.source.layout
 
     @property
     def files(self) -> tuple[str, ...]:
@@ -364,7 +287,7 @@ class Ready:
     @property
     def output_classes(self) -> dict[str, tuple]:
         """Named CSV: the class names of each output that reads them, in id order."""
-        return {f.name: f.classes for f in self.schema.fields if f.classes and f.name in self.schema.outputs}
+        return self.layout.output_classes
 
     def _numbered(self, classes: Classes, where: str) -> Ready:
         """This data set with its class names numbered as `classes` (the model's, or the training
@@ -374,10 +297,8 @@ class Ready:
             mine = self.output_classes
             for name, names in classes.items():
                 _known(list(mine.get(name, ())), list(names), f"{where}'s '{name}'")
-            schema = dataclasses.replace(self.schema, fields=tuple(
-                dataclasses.replace(f, classes=tuple(classes[f.name])) if f.name in mine and f.name in classes
-                else f for f in self.schema.fields))
-            return dataclasses.replace(self, source=dataclasses.replace(source, schema=schema))
+            layout = self.layout.with_classes({n: classes[n] for n in mine if n in classes})
+            return dataclasses.replace(self, source=dataclasses.replace(source, layout=layout))
         if not self.classes or tuple(classes) == self.classes:
             return self
         _known(list(self.classes), list(classes), where)
@@ -420,57 +341,51 @@ class Ready:
         workers' records interleave back to it. Images are decoded, resized to `input_shape`,
         augmented (training only) and preprocessed record by record.
         """
-        image = self.schema.has_images
+        image = self.layout.has_images
         if not image and (augment or preprocess not in ("scale", "none")):
             raise DistftError("--augment and --preprocess apply to image data, and --data holds "
                               "feature records: leave them out")
-        scales = [f.pixel_scale for f in self.schema.fields if f.name in
-                  {p.name for p in self.schema.inputs if p.image}] or [self.schema.pixel_scale]
-        if image and 0 in scales and preprocess != "none":
+        if image and 0 in self.layout.pixel_scales and preprocess != "none":
             raise DistftError("--data's 'x' holds float images whose values are not pixels in "
                               "[0, 1] or [0, 255] (already normalised?): pass --preprocess=none "
                               "to feed them as they are")
+        per_record, per_batch = self.layout.decoders(tuple(input_shape), tuple(self.classes))
         share = self.share(rank, size, by_record)
         steps = steps or self.steps_per_epoch(size, batch_size)
         per_epoch = functools.partial(epoch_stream, records=steps * batch_size, epochs=epochs, seed=seed,
                                       rank=rank, shuffle_buffer=shuffle_buffer, skip=skip * batch_size)
         if not training:
-            ds = self._decoded(self._share_records(share, by_record), input_shape)
+            ds = self._decoded(self._share_records(share, by_record), per_record)
         elif cache is not None:
-            cached = self._decoded(self._share_records(share, by_record), input_shape)
+            cached = self._decoded(self._share_records(share, by_record), per_record)
             cached = cached.cache(self._cache_path(cache, share, rank, input_shape))
             # One whole pass fills the cache first: TF throws away a cache that was read in part.
             ds = cached.filter(lambda *_: False).concatenate(per_epoch(lambda e: cached))
         elif share.stride > 1:
             records = self._share_records(share, by_record)
-            ds = self._decoded(per_epoch(lambda e: records), input_shape)
+            ds = self._decoded(per_epoch(lambda e: records), per_record)
         else:
-            ds = self._decoded(per_epoch(self._epoch_files(rank, size, seed, epochs)), input_shape)
+            ds = self._decoded(per_epoch(self._epoch_files(rank, size, seed, epochs)), per_record)
         if image:
             if training and augment:
                 fn = images.augmenter(tuple(augment), seed)
                 # A record's seed is its place in the rank's stream, so a resumed run continues them.
                 first = ((epochs or (0,))[0] * steps + skip) * batch_size
                 ds = ds.enumerate(first).map(
-                    lambda i, r: (self._on_images(r[0], lambda x: fn(x, tf.stack([tf.cast(rank, tf.int64), i]))),
+                    lambda i, r: (self.layout.on_images(r[0], lambda x: fn(x, tf.stack([tf.cast(rank, tf.int64), i]))),
                                   r[1]),
                     num_parallel_calls=AUTOTUNE, deterministic=True)
             prep = images.preprocessor(preprocess)
-            ds = ds.map(lambda x, y: (self._on_images(x, prep), y), num_parallel_calls=AUTOTUNE,
+            ds = ds.map(lambda x, y: (self.layout.on_images(x, prep), y), num_parallel_calls=AUTOTUNE,
                         deterministic=True)
         ds = ds.batch(batch_size, drop_remainder=training)
-        if not image and not self.schema.named:
+        if per_batch is not None:
             # Plain TF ops: autograph's conversion would add seconds to every start.
-            decode = tf.autograph.experimental.do_not_convert(
-                batch_decoder(self.schema, tuple(input_shape), tuple(self.classes)))
-            ds = ds.map(decode, num_parallel_calls=AUTOTUNE, deterministic=True)
+            ds = ds.map(tf.autograph.experimental.do_not_convert(per_batch), num_parallel_calls=AUTOTUNE,
+                        deterministic=True)
         options = tf.data.Options()
         options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
         return ds.with_options(options).prefetch(AUTOTUNE)
-
-    def _on_images(self, x, fn: Callable[[tf.Tensor], tf.Tensor]):
-        """`fn` applied to a record's image: `x`, or a named record's image inputs."""
-        return named.on_images(self.schema.inputs, x, fn) if self.schema.named else fn(x)
 
     def _records(self, path: tf.Tensor, index: tf.Tensor) -> tf.data.Dataset:
         """The raw records of this part of file `index`."""
@@ -514,16 +429,11 @@ class Ready:
 
         return epoch
 
-    def _decoded(self, records: tf.data.Dataset, input_shape: tuple) -> tf.data.Dataset:
-        """Images: (float32 image in [0, 255] of input_shape, y) per record; named records:
-        ({input: value}, {output: target}); else unchanged."""
-        if self.schema.named:
-            decode = named.record_decoder(self.schema.fields, self.schema.inputs, self.schema.outputs,
-                                          self.schema.format == "tfrecord")
-        elif not self.schema.is_image:
+    @staticmethod
+    def _decoded(records: tf.data.Dataset, decode: Optional[Callable]) -> tf.data.Dataset:
+        """`records` decoded one by one (see Layout.decoders), or unchanged without `decode`."""
+        if decode is None:
             return records
-        else:
-            decode = record_decoder(self.schema, tuple(input_shape), tuple(self.classes))
         return records.map(tf.autograph.experimental.do_not_convert(decode),
                            num_parallel_calls=AUTOTUNE, deterministic=True)
 
@@ -601,13 +511,6 @@ def resolve_files(pattern: str, flag: str = "data") -> list[str]:
     return files
 
 
-def _npz_offsets(files: tuple[str, ...], names: tuple[str, ...]) -> Optional[np.ndarray]:
-    """Each .npz file's offsets of the arrays `names` (see formats.npz_offsets); None when one
-    is compressed: then all go through the generator."""
-    offsets = [npz_offsets(f, names) for f in files]
-    return np.array(offsets, np.int64) if all(offsets) else None
-
-
 def _held_out_count(holdout: float, n: int, index: int) -> int:
     """How many of file `index`'s `n` records the holdout tags (the same tags as _tagged)."""
     fraction = int(round(holdout * HOLDOUT_BASE))
@@ -632,23 +535,17 @@ def _tagged(records: tf.data.Dataset, holdout: float, index: tf.Tensor) -> tf.da
 
 
 @functools.lru_cache(maxsize=None)
-def _counter(schema: Schema, holdout: float) -> Callable:
+def _counter(layout: Layout, holdout: float) -> Callable:
     """(records, held-out records, lowest label, highest label) of one file, as a function
     traced once and run for every file (tracing it per file cost ~0.5 s a file)."""
-    width = len(schema.outputs) if schema.named else 1
-
-    def bounds(record) -> tuple[tf.Tensor, tf.Tensor]:
-        if schema.named:
-            return named.target_bounds(record, schema.fields, schema.outputs, schema.format == "tfrecord")
-        y = label_of(record, schema)
-        return tf.reduce_min(y)[None], tf.reduce_max(y)[None]
+    width = layout.width
 
     @tf.autograph.experimental.do_not_convert  # plain TF ops: converting costs seconds
     def step(acc, item):
         n, k, lo, hi = acc
         held, record = item
         if width:
-            low, high = bounds(record)
+            low, high = layout.bounds(record)
             lo, hi = tf.minimum(lo, low), tf.maximum(hi, high)
         return n + tf.cast(~held, tf.int64), k + tf.cast(held, tf.int64), lo, hi
 
@@ -657,6 +554,6 @@ def _counter(schema: Schema, holdout: float) -> Callable:
     def count(path, index):
         init = (tf.constant(0, tf.int64), tf.constant(0, tf.int64),
                 tf.fill([width], float("inf")), tf.fill([width], float("-inf")))
-        return _tagged(read_records(path, schema), holdout, index).reduce(init, step)
+        return _tagged(layout.read(path), holdout, index).reduce(init, step)
 
     return count

@@ -7,7 +7,7 @@ means every shard it lists is complete.
 
 Example:
     m = Manifest.find("shards/")                  # or "shards/shard-*.tfrecord", or None
-    m.counts(), m.class_names, m.to_schema()
+    m.counts(), m.class_names, m.to_layout()
     m.verify(full=True)                           # sizes, and every shard's sha256
 """
 from __future__ import annotations
@@ -21,16 +21,23 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from distft.data import named
-from distft.data.formats import Schema
+from distft.data.formats import Layout, NamedTFRecordLayout, TFRecordLayout
 from distft.errors import DistftError
 from distft.files import write_json
 
 NAME = "manifest.json"
 VERSION = 1
-# The formats.Schema fields a manifest records (schema["record"]); older manifests have only
+# What a manifest records of the shards' layout (schema["record"]), with the values a layout
+# without the field records (x_kind "named": a NamedTFRecordLayout); older manifests have only
 # schema["features"].
-RECORD_FIELDS = ("x_kind", "x_shape", "y_shape", "y_float", "x_dtype", "pixel_scale", "x_key", "y_key",
-                 "fields")
+RECORD = {"x_kind": "named", "x_shape": (), "y_shape": (), "y_float": False, "x_dtype": "float32",
+          "pixel_scale": 1.0, "x_key": "x", "y_key": "y", "fields": ()}
+
+
+def record(layout: Layout) -> dict[str, Any]:
+    """schema["record"] of shards of `layout` (a TFRecordLayout or NamedTFRecordLayout)."""
+    values = dataclasses.asdict(layout)
+    return {k: values.get(k, default) for k, default in RECORD.items()}
 
 
 @dataclass
@@ -38,7 +45,7 @@ class Manifest:
     """The contents of a `manifest.json`; `folder` is where it was found (not saved)."""
 
     shards: list[dict[str, Any]]  # {file, records, bytes, sha256}
-    schema: dict[str, Any]  # {features: {name: {dtype, shape}}, record: {RECORD_FIELDS}, y_min, y_max}
+    schema: dict[str, Any]  # {features: {name: {dtype, shape}}, record: RECORD's keys, y_min, y_max}
     class_names: list[str] = field(default_factory=list)
     source: str = ""
     compression: str = ""
@@ -92,19 +99,19 @@ class Manifest:
     def counts(self) -> list[int]:
         return [int(s["records"]) for s in self.shards]
 
-    def to_schema(self) -> Schema:
-        """The formats.Schema of the shards."""
-        record = self.schema.get("record")
-        if record:
-            return Schema("tfrecord", compression=self.compression, **{
-                k: named.from_dicts(v) if k == "fields" else tuple(v) if isinstance(v, list) else v
-                for k, v in record.items() if k in RECORD_FIELDS})
+    def to_layout(self) -> Layout:
+        """The layout of the shards."""
+        saved = self.schema.get("record")
+        if saved and saved["x_kind"] == RECORD["x_kind"]:
+            return NamedTFRecordLayout(fields=named.from_dicts(saved["fields"]), compression=self.compression)
+        if saved:
+            return TFRecordLayout(compression=self.compression, **{
+                k: tuple(v) if isinstance(v, list) else v for k, v in saved.items() if k in RECORD and k != "fields"})
         feats = self.schema["features"]
         y_float = feats["y"]["dtype"].startswith("float")
         if "image" in feats:
-            return Schema("tfrecord", "image", (), (), y_float, compression=self.compression, x_key="image")
-        return Schema("tfrecord", "float", (int(feats["x"]["shape"][0]),), (), y_float,
-                      compression=self.compression)
+            return TFRecordLayout("image", (), (), y_float, compression=self.compression, x_key="image")
+        return TFRecordLayout("float", (int(feats["x"]["shape"][0]),), (), y_float, compression=self.compression)
 
     def label_range(self) -> tuple[float, float]:
         return float(self.schema.get("y_min", 0.0)), float(self.schema.get("y_max", 0.0))

@@ -11,8 +11,8 @@ Keras Hub model's token ids do: the field's) and cast to its type. A record beco
 ({input: tensor}, {output: target}).
 
 Example:
-    schema = bind(schema, model_ports(model), targets=True, data="train.npz")
-    x, y = record_decoder(schema)(record)   # x["image"], x["meta"], y["digit"], y["size"]
+    inputs, outputs = bind(fields, *model_ports(model), targets=True, data="train.npz")
+    x, y = record_decoder(fields, inputs, outputs, lambda r: r)(record)   # x["image"], y["digit"]
 """
 from __future__ import annotations
 
@@ -168,12 +168,11 @@ def parse_spec(fields: tuple[Field, ...], names: tuple[str, ...]) -> dict:
 
 
 def record_decoder(fields: tuple[Field, ...], inputs: tuple[Port, ...], outputs: tuple[str, ...],
-                   tfrecord: bool) -> Callable:
-    """record ({name: values} from .npz, or a serialized Example) -> ({input: tensor},
-    {output: target}, or the target alone for one output); image inputs as float32 images in
-    [0, 255] of the input's shape."""
+                   values_of: Callable) -> Callable:
+    """record (`values_of` it: {name: value}) -> ({input: tensor}, {output: target}, or the
+    target alone for one output); image inputs as float32 images in [0, 255] of the input's
+    shape."""
     by_name = {f.name: f for f in fields}
-    spec = parse_spec(fields, tuple(p.name for p in inputs) + outputs)
 
     def value(v: tf.Tensor, port: Port) -> tf.Tensor:
         f = by_name[port.name]
@@ -194,7 +193,7 @@ def record_decoder(fields: tuple[Field, ...], inputs: tuple[Port, ...], outputs:
         return tf.reshape(tf.cast(v, tf.float32 if f.is_float else tf.int64), f.shape)
 
     def decode(record):
-        values = tf.io.parse_single_example(record, spec) if tfrecord else record
+        values = values_of(record)
         ys = {n: target(values[n], n) for n in outputs}
         # One output's target alone: Keras pairs a dict of targets with a dict of losses.
         return {p.name: value(values[p.name], p) for p in inputs}, ys.popitem()[1] if len(ys) == 1 else ys
@@ -214,10 +213,9 @@ def on_images(inputs: tuple[Port, ...], x: dict, fn: Callable[[tf.Tensor], tf.Te
     return {k: fn(v) if k in images_ else v for k, v in x.items()}
 
 
-def target_bounds(record, fields: tuple[Field, ...], outputs: tuple[str, ...],
-                  tfrecord: bool) -> tuple[tf.Tensor, tf.Tensor]:
-    """The lowest and highest target value of one raw record, per output (float32 vectors)."""
-    values = tf.io.parse_single_example(record, parse_spec(fields, outputs)) if tfrecord else record
+def target_bounds(values: dict, fields: tuple[Field, ...], outputs: tuple[str, ...]
+                  ) -> tuple[tf.Tensor, tf.Tensor]:
+    """The lowest and highest target value of one record's `values`, per output (float32 vectors)."""
     text = {f.name for f in fields if f.dtype == "str"}  # class names: counted apart
     ys = [tf.zeros([1]) if n in text else tf.reshape(tf.cast(values[n], tf.float32), [-1]) for n in outputs]
     return tf.stack([tf.reduce_min(y) for y in ys]), tf.stack([tf.reduce_max(y) for y in ys])

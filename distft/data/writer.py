@@ -15,13 +15,10 @@ Example:
 """
 from __future__ import annotations
 
-import dataclasses
-import gzip
 import multiprocessing
 import os
 import queue
 import random
-import struct
 import sys
 import time
 import traceback
@@ -30,10 +27,9 @@ from typing import Callable, Iterator, Optional
 import numpy as np
 
 from distft import log
-from distft.data import images, named
-from distft.data.formats import FORMATS, Schema, csv_labels, csv_rows, format_of, infer_schema, npz_arrays, \
-    npz_chunks, npz_headers, parse_spec, x_is_bytes
-from distft.data.manifest import NAME, RECORD_FIELDS, Manifest, sha256
+from distft.data import images, manifest
+from distft.data.formats import FORMATS, Layout, TFRecordLayout, infer_layout, layout_type
+from distft.data.manifest import NAME, Manifest, sha256
 from distft.errors import DistftError
 
 CHUNK = 1024  # records per read
@@ -74,22 +70,10 @@ class Source:
 
     description = ""
     class_names: list[str] = []
+    shard_layout: Layout  # the layout of the shards' records
 
     def count(self) -> int:
         raise NotImplementedError
-
-    def record_schema(self) -> Schema:
-        """The schema of the shards' records."""
-        raise NotImplementedError
-
-    def features(self) -> dict:
-        """The shards' features, for the manifest: {name: {dtype, shape}}."""
-        s = self.record_schema()
-        if s.named:
-            return {f.name: {"dtype": "string" if f.raw_bytes else f.dtype, "shape": list(f.shape)}
-                    for f in s.fields}
-        x = {"dtype": "string", "shape": []} if x_is_bytes(s) else {"dtype": "float32", "shape": list(s.x_shape)}
-        return {s.x_key: x, s.y_key: {"dtype": "float32" if s.y_float else "int64", "shape": list(s.y_shape)}}
 
     def read(self, keep: Callable[[np.ndarray], np.ndarray]) -> Iterator[tuple[np.ndarray, list, np.ndarray]]:
         """(positions, serialized Examples, labels) of the positions `keep` marks, chunk by chunk."""
@@ -98,6 +82,8 @@ class Source:
 
 class ImageFolder(Source):
     """One subfolder per class of JPEG/PNG files, in a seeded shuffled order."""
+
+    shard_layout = TFRecordLayout("image", x_key="image")
 
     def __init__(self, folder: str, seed: int):
         paths, labels, self.class_names = images.scan(folder)
@@ -110,9 +96,6 @@ class ImageFolder(Source):
     def count(self) -> int:
         return len(self.paths)
 
-    def record_schema(self) -> Schema:
-        return Schema("tfrecord", "image", x_key="image")
-
     def read(self, keep):
         for start in range(0, len(self.paths), CHUNK):
             pos = np.arange(start, min(start + CHUNK, len(self.paths)))
@@ -120,7 +103,7 @@ class ImageFolder(Source):
             examples = []
             for p in pos:
                 with open(self.paths[p], "rb") as f:
-                    examples.append(_example(self.labels[p], f.read(), "image"))
+                    examples.append(self.shard_layout.example(f.read(), self.labels[p]))
             yield pos, examples, self.labels[pos]
 
 
@@ -130,70 +113,29 @@ class Files(Source):
     image arrays (see benchmarks/layouts.py, part 3, for why not PNG), and `y` (class names: ids)."""
 
     def __init__(self, files: list[str], label: str, x_key: Optional[str] = None,
-                 y_key: Optional[str] = None, schema: Optional[Schema] = None):
+                 y_key: Optional[str] = None, layout: Optional[Layout] = None):
         self.files, self.label = files, label
-        self.schema = schema or infer_schema(files[0], label, x_key, y_key)
-        self.description = f"{len(files)} {self.schema.format} file(s) from {os.path.dirname(files[0])}"
-        if self.schema.y_names:
-            self.class_names = sorted({n for f in files for n in csv_labels(f, self.schema)})
+        self.layout = layout or infer_layout(files[0], label, x_key, y_key)
+        self.shard_layout = self.layout.shards()
+        self.description = f"{len(files)} {self.layout.format} file(s) from {os.path.dirname(files[0])}"
+        self.class_names = sorted({n for f in files for names in self.layout.class_names(f) for n in names})
 
     def count(self) -> int:
         return sum(self.file_counts())
 
     def file_counts(self) -> list[int]:
         if not hasattr(self, "_counts"):
-            self._counts = [_count(f, self.schema) for f in self.files]
+            self._counts = [self.layout.count(f) for f in self.files]
         return self._counts
-
-    def record_schema(self) -> Schema:
-        """The schema of the shards' records."""
-        s = self.schema
-        if s.format == "tfrecord":
-            return s
-        if s.named:
-            return Schema("tfrecord", "named", fields=named.shard_fields(s.fields))
-        return Schema("tfrecord", s.x_kind, s.x_shape, s.y_shape, s.y_float, x_dtype=s.x_dtype,
-                      pixel_scale=s.pixel_scale)
 
     def read(self, keep):
         start = 0
         for path in self.files:
-            for examples, labels in self._chunks(path):
+            for examples, labels in self.layout.examples(path, self.class_names, CHUNK):
                 pos = np.arange(start, start + len(labels))
                 start += len(labels)
                 kept = keep(pos)
                 yield pos[kept], [e for e, k in zip(examples, kept) if k], labels[kept]
-
-    def _chunks(self, path: str) -> Iterator[tuple[list, np.ndarray]]:
-        s = self.schema
-        if s.format == "tfrecord":  # kept as they are: only the label is parsed
-            import tensorflow as tf
-
-            spec = parse_spec(s, with_x=False) if not s.named else {}
-            for batch in tf.data.TFRecordDataset(path, s.compression, 1 << 20).batch(CHUNK):
-                yield list(batch.numpy()), (np.zeros(len(batch)) if s.named else  # no one target
-                                            tf.io.parse_example(batch, spec)[s.y_key].numpy())
-        elif s.named:
-            names = tuple(f.name for f in s.fields)
-            fields = self.record_schema().fields
-            for arrays in npz_chunks(path, CHUNK, names):
-                rows = [dict(zip(names, row)) for row in zip(*arrays)]
-                yield [named.example(fields, row) for row in rows], np.zeros(len(rows))
-        elif s.format == "npz":
-            for x, y in npz_chunks(path, CHUNK):
-                yield self._examples(x, y)
-        else:
-            for x, y in _csv_chunks(path, s, self.class_names):
-                yield self._examples(x, y)
-
-    def _examples(self, x: np.ndarray, y: np.ndarray) -> tuple[list, np.ndarray]:
-        s = self.record_schema()
-        y = y.astype(np.float32 if s.y_float else np.int64).reshape(len(y), *s.y_shape)
-        if x_is_bytes(s):
-            rows = [row.tobytes() for row in x.reshape(len(x), *s.x_shape)]
-        else:
-            rows = list(x.reshape(len(x), -1).astype(np.float32))
-        return [_example(x=row, y=label) for row, label in zip(rows, y)], y
 
 
 def open_source(path: str, label: str, seed: int, x_key: Optional[str] = None,
@@ -210,61 +152,15 @@ def open_source(path: str, label: str, seed: int, x_key: Optional[str] = None,
         raise DistftError(f"--input={path} matches no data file: pass an image folder (one "
                           "subfolder per class), or TFRecord, .npz or .csv files") from None
     files = [f for f in files if os.path.basename(f) != NAME]
-    formats = {format_of(f) for f in files}
+    formats = {layout_type(f).format for f in files}
     if len(formats) > 1:
         raise DistftError(f"--input={path} mixes formats {sorted(formats)}: use one format")
     previous = Manifest.find(path)  # re-sharding shards keeps their layout and class names
     if previous is not None:
-        source = Files(files, label, schema=previous.to_schema())
+        source = Files(files, label, layout=previous.to_layout())
         source.class_names = previous.class_names
         return source
     return Files(files, label, x_key, y_key)
-
-
-def _example(y: np.ndarray, x, x_key: str = "x") -> bytes:
-    """A tf.train.Example of `x` (float row, or bytes) and target `y` (one value or a row)."""
-    import tensorflow as tf
-
-    f = tf.train.Feature
-    y = np.atleast_1d(y)
-    feats = {"y": f(float_list=tf.train.FloatList(value=y)) if y.dtype.kind == "f"
-             else f(int64_list=tf.train.Int64List(value=y))}
-    feats[x_key] = f(bytes_list=tf.train.BytesList(value=[x])) if isinstance(x, bytes) \
-        else f(float_list=tf.train.FloatList(value=x))
-    return tf.train.Example(features=tf.train.Features(feature=feats)).SerializeToString()
-
-
-def _count(path: str, schema) -> int:
-    """Records in one file without decoding them."""
-    if schema.format == "npz":
-        return next(iter(npz_arrays(path).values()))[0][0] if schema.named else npz_headers(path)[1][0][0]
-    if schema.format == "csv":
-        opener = gzip.open if path.endswith(".gz") else open
-        with opener(path, "rb") as f:
-            lines, last = 0, b"\n"
-            for block in iter(lambda: f.read(1 << 22), b""):
-                lines, last = lines + block.count(b"\n"), block[-1:]
-        return lines + (last != b"\n") - 1  # minus the header
-    opener = gzip.open if schema.compression == "GZIP" else open
-    n = 0
-    with opener(path, "rb") as f:  # TFRecord framing: length (8), crc (4), data, crc (4)
-        while header := f.read(8):
-            if len(header) < 8:
-                raise DistftError(f"{path}: truncated TFRecord file: regenerate it")
-            f.seek(struct.unpack("<Q", header)[0] + 8, os.SEEK_CUR)
-            n += 1
-    return n
-
-
-def _csv_chunks(path: str, schema: Schema, classes: list[str]) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """(features, targets) of CHUNK rows at a time; class names become their index in `classes`."""
-    labels = list(schema.label_columns)
-    rows = csv_rows(path, schema)
-    while chunk := [r for _, r in zip(range(CHUNK), rows)]:
-        table = np.array(chunk, object)
-        y = table[:, labels]
-        y = np.vectorize(classes.index)(y[:, 0]) if schema.y_names else y.astype(np.float64)
-        yield np.delete(table, labels, axis=1).astype(np.float32), y
 
 
 # --- writing ----------------------------------------------------------------------------------
@@ -290,9 +186,8 @@ def write(input: str, output_dir: str, num_shards: int, compression: str = "", l
              total, num_shards, min(workers, num_shards))
     shards, y_range = _run_workers(source, total, output_dir, num_shards, compression, seed,
                                    min(workers, num_shards))
-    record = dataclasses.asdict(source.record_schema())
-    record = {k: record[k] for k in RECORD_FIELDS}
-    m = Manifest(shards=shards, schema={"features": source.features(), "record": record,
+    m = Manifest(shards=shards, schema={"features": source.shard_layout.features(),
+                                        "record": manifest.record(source.shard_layout),
                                         "y_min": y_range[0], "y_max": y_range[1]},
                  class_names=list(source.class_names), source=os.path.abspath(input),
                  compression=compression, seed=seed, folder=output_dir)

@@ -8,7 +8,7 @@ scaled to [0, 1], as before. Evaluate and predict feed what the training run fed
 config.yaml beside the model records the value it used.
 
 Example:
-    feed = choose("auto", keras.applications.MobileNetV3Small(weights=None), data.schema)
+    feed = choose("auto", keras.applications.MobileNetV3Small(weights=None), data.layout)
     feed.preprocess   # "none": pixels in [0, 255], as they are
     feed.report()     # preprocess: model starts with Rescaling(0.00784, offset -1) (layer
                       # rescaling) -> feeding pixels in [0, 255]
@@ -27,7 +27,7 @@ from keras.src.layers.preprocessing.image_preprocessing.base_image_preprocessing
 from distft import log
 from distft.files import load_yaml
 from distft.model.families import PREPROCESSING
-from distft.data.formats import Schema
+from distft.data.formats import Layout
 from distft.model.unfreeze import flatten
 
 AUTO = "auto"
@@ -82,11 +82,11 @@ def detect(model: keras.Model) -> Optional[Found]:
     return None
 
 
-def choose(preprocess: str, model: keras.Model, schema: Schema, trained: Optional[str] = None) -> Feed:
-    """The --preprocess to use for `model` on data of `schema`. `auto` feeds what the training
+def choose(preprocess: str, model: keras.Model, layout: Layout, trained: Optional[str] = None) -> Feed:
+    """The --preprocess to use for `model` on data of `layout`. `auto` feeds what the training
     run fed (`trained`, from its config.yaml), else what the model's first layers expect; an
     explicit value wins, with a warning when it differs from that."""
-    if not schema.has_images or schema.pixel_scale == 0:  # features, or floats that are not pixels
+    if not layout.has_images or 0 in layout.pixel_scales:  # features, or floats that are not pixels
         return Feed("scale" if preprocess == AUTO else preprocess)
     found = detect(model)
     if trained:

@@ -7,10 +7,10 @@ Example:
 """
 from __future__ import annotations
 
-import math
 from typing import Optional
 
 from distft.data.dataset import Ready
+from distft.data.formats import Named
 from distft.errors import DistftError
 from distft.model import objective
 from distft.model.prepare import FineTuneModel
@@ -19,31 +19,23 @@ from distft.model.prepare import FineTuneModel
 def check_fit(ft: FineTuneModel, data: Ready, num_classes: Optional[int] = None) -> None:
     """The data's records and targets must fit the model's input and output; one error line
     naming both shapes otherwise."""
-    schema, shape = data.schema, ft.input_shape
-    if schema.named:
+    layout = data.layout
+    if isinstance(layout, Named):
         for name, out in zip(ft.model.output_names, ft.model.outputs):
-            if name in schema.outputs:
-                f = next(f for f in schema.fields if f.name == name)
+            if name in layout.outputs:
+                f = next(f for f in layout.fields if f.name == name)
                 _check_targets(tuple(out.shape), ft.activation(name), f.shape,
                                f.is_float, data.counts.ranges.get(name), list(f.classes),
                                num_classes, f"--data's '{name}'", f" --head={name}")
                 _check_loss(tuple(out.shape), ft.loss[name], ft.origin.get("loss", {}).get(name, ""),
                             f.shape, f"--data's '{name}'", f"{name}=")
         return
-    if schema.x_kind == "float" and math.prod(shape) != schema.x_size:
-        raise DistftError(f"--data records have {schema.x_size} features but the model's input "
-                          f"{shape} needs {math.prod(shape)}: use data made for this model")
-    if schema.is_image and len(shape) != 3:
-        raise DistftError(f"--data holds images but the model's input is {shape}: "
-                          "use an image model (H,W,C input)")
-    if schema.x_kind == "pixels" and {schema.x_shape[-1], shape[-1]} not in ({1, 3}, {shape[-1]}):
-        raise DistftError(f"--data images have {schema.x_shape[-1]} channels but the model's input "
-                          f"{shape} has {shape[-1]}: use images with 1 or 3 channels")
+    layout.check_input(ft.input_shape)
     counts = data.counts
-    _check_targets(tuple(ft.model.output_shape), ft.activation(), schema.y_shape,
-                   schema.y_float, (counts.y_min, counts.y_max), list(data.classes),
+    _check_targets(tuple(ft.model.output_shape), ft.activation(), layout.y_shape,
+                   layout.y_float, (counts.y_min, counts.y_max), list(data.classes),
                    num_classes, "--data")
-    _check_loss(tuple(ft.model.output_shape), ft.loss, ft.origin.get("loss", ""), schema.y_shape, "--data")
+    _check_loss(tuple(ft.model.output_shape), ft.loss, ft.origin.get("loss", ""), layout.y_shape, "--data")
 
 
 def _check_loss(out: tuple, loss, origin: str, y_shape: tuple, what: str, output: str = "") -> None:

@@ -132,7 +132,7 @@ def _log_start(setup: Setup, trainee: Trainee, worker: Worker, state: RunState, 
     moving = ft.statistics_params
     log.info("weights: %d trainable, %d frozen%s", ft.trainable_params, ft.frozen_params,
              f", {moving} moving statistics (averaged over the workers every epoch)" if moving else "")
-    _log_objective(ft, setup.train_data.schema.describe_y())
+    _log_objective(ft, setup.train_data.layout.describe_y())
     log.info("data %s: %d records, %d steps/epoch of %d per worker (global batch %d%s%s)",
              cfg.data, trainee.records, position.steps, cfg.batch_size, cfg.batch_size * worker.size,
              f", {cfg.batch_size * worker.size * cfg.grad_accum} per update" if cfg.grad_accum > 1 else "",

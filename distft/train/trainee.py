@@ -58,7 +58,7 @@ class Trainee:
         cfg = setup.cfg
         ft = worker.all_ok(lambda: _prepare(cfg, setup.train_data))
         train_data, val_data = load(setup.train_data, ft.model, worker, val=setup.val_data)
-        feed = preprocessing.choose(cfg.preprocess, ft.model, train_data.schema)
+        feed = preprocessing.choose(cfg.preprocess, ft.model, train_data.layout)
         records = sum(train_data.part_counts())
         plan = worker.all_ok(lambda: methods.plan(ft, cfg))
         parts = worker.all_ok(lambda: frozen_cache.split_model(ft, plan, cfg)) if cfg.cache_frozen else None
@@ -120,5 +120,5 @@ def _steps(records: int, size: int, steps_per_epoch: Optional[int], data: Ready,
 def _prepare(cfg: TrainConfig, data: Source) -> FineTuneModel:
     return prepare(cfg.model, cfg.num_classes, cfg.unfreeze, cfg.head_dropout, cfg.train_bn,
                    cfg.weights, cfg.input_shape, cfg.loss, cfg.metrics, cfg.seed,
-                   cfg.unsafe_deserialization, cfg.precision, data.schema.target_shape, cfg.head,
+                   cfg.unsafe_deserialization, cfg.precision, data.layout.target_shape, cfg.head,
                    cfg.loss_weights, cfg.lora, cfg.lora_layers, cfg.lora_alpha)
