@@ -189,18 +189,6 @@ class XY(Layout):
     def on_images(self, x, fn: Callable[[tf.Tensor], tf.Tensor]):
         return fn(x)
 
-    def shards(self) -> Layout:
-        from distft.data.formats.tfrecord import TFRecordLayout  # it is an XY itself
-
-        return TFRecordLayout(self.x_kind, self.x_shape, self.y_shape, self.y_float, self.x_dtype,
-                              self.pixel_scale)
-
-    def examples(self, path: str, classes: list, chunk: int) -> Iterator[tuple[list[bytes], np.ndarray]]:
-        """.npz and CSV: from their `chunks`, (x, y) rows with class names as ids."""
-        shards = self.shards()
-        for x, y in self.chunks(path, classes, chunk):
-            yield shards.serialize(x, y)
-
 
 @dataclass(frozen=True)
 class Named(Layout):

@@ -14,6 +14,7 @@ import tensorflow as tf
 
 from distft.data import columns, named
 from distft.data.formats.base import Layout, Named, XY
+from distft.data.formats.tfrecord import ShardedAsTFRecords
 from distft.errors import DistftError
 
 
@@ -63,7 +64,7 @@ class _CsvFile:
 
 
 @dataclass(frozen=True)
-class CsvLayout(_CsvFile, XY):
+class CsvLayout(_CsvFile, ShardedAsTFRecords, XY):
     """A header, label column(s) (`label="a,b"` for several), the other columns numeric; a
     single label column may hold class names instead of numbers."""
 

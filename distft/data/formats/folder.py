@@ -7,10 +7,11 @@ from typing import Optional
 import tensorflow as tf
 
 from distft.data.formats.base import XY
+from distft.data.formats.tfrecord import ShardedAsTFRecords
 
 
 @dataclass(frozen=True)
-class ImageFolderLayout(XY):
+class ImageFolderLayout(ShardedAsTFRecords, XY):
     """A folder of class subfolders of JPEG/PNG images: a file a record, (bytes, class id)."""
 
     format = "folder"

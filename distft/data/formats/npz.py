@@ -13,7 +13,7 @@ import tensorflow as tf
 
 from distft.data import named
 from distft.data.formats.base import CHUNK, Layout, Named, UNREADABLE, XY, damaged
-from distft.data.formats.tfrecord import NamedTFRecordLayout
+from distft.data.formats.tfrecord import NamedTFRecordLayout, ShardedAsTFRecords
 from distft.errors import DistftError
 
 
@@ -32,7 +32,7 @@ class _NpzFile:
 
 
 @dataclass(frozen=True)
-class NpzLayout(_NpzFile, XY):
+class NpzLayout(_NpzFile, ShardedAsTFRecords, XY):
     """Arrays `x` (N, F) features or (N, H, W[, C]) images (uint8 or float), and `y` (N,) or (N, K)."""
 
     stored: tuple = ()  # the arrays' dtypes as saved, e.g. ("|u1", "<i8")

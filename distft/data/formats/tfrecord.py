@@ -215,3 +215,17 @@ def _suggest_keys(feats) -> str:
         return next((k for h in hints for k in names if h in k.lower()), names[0] if names else "FEATURE")
     return (f"--x_key={pick(('bytes_list', 'float_list'), ('encoded', 'image', 'x'))} "
             f"--y_key={pick(('int64_list', 'float_list'), ('label', 'target', 'class', 'y'))}")
+
+
+class ShardedAsTFRecords:
+    """For the one-input layouts of other files: `distft shard` writes their records as
+    TFRecords of `x` and `y` (`chunks`: a file's (x, y) rows, class names as ids)."""
+
+    def shards(self) -> Layout:
+        return TFRecordLayout(self.x_kind, self.x_shape, self.y_shape, self.y_float, self.x_dtype,
+                              self.pixel_scale)
+
+    def examples(self, path: str, classes: list, chunk: int) -> Iterator[tuple[list[bytes], np.ndarray]]:
+        shards = self.shards()
+        for x, y in self.chunks(path, classes, chunk):
+            yield shards.serialize(x, y)
