@@ -353,6 +353,14 @@ class TrainConfig:
             raise DistftError(f"--profile_ranks={','.join(self.profile_ranks)} is not a list of "
                               "ranks: pass e.g. --profile_ranks=0,1")
 
+    def profiled_ranks(self, size: int) -> list[int]:
+        """The ranks --profile_ranks names (default 0), checked against the job's `size`."""
+        ranks = sorted({int(r) for r in self.profile_ranks or ("0",)})
+        if ranks[-1] >= size:
+            raise DistftError(f"--profile_ranks={','.join(map(str, ranks))} names rank {ranks[-1]} but the "
+                              f"job has {size} worker(s): pass ranks below {size}")
+        return ranks
+
     def profile_steps(self) -> tuple[int, int]:
         """--profile as (first, last) step, 1-based over the whole run."""
         start, _, end = str(self.profile).partition(":")

@@ -41,7 +41,7 @@ def main(runs_path: str, status_path: str) -> None:
         # What one run leaves in Keras' global state must not reach the next.
         keras.backend.clear_session()
         keras.mixed_precision.set_global_policy("float32")
-        print(f"cli_runner: begin {name}", flush=True)
+        mark(f"cli_runner: begin {name}")
         started = time.time()
         os.chdir(run.get("cwd") or home)
         try:
@@ -57,28 +57,33 @@ def main(runs_path: str, status_path: str) -> None:
         sys.stdout.flush()
         sys.stderr.flush()
         status[name] = {"code": code, "seconds": round(time.time() - started, 1)}
-        print(f"cli_runner: end {name}: exit {code} ({status[name]['seconds']}s)", flush=True)
+        mark(f"cli_runner: end {name}: exit {code} ({status[name]['seconds']}s)")
     if detect().rank == 0:
         with open(status_path, "w") as f:
             json.dump(status, f, indent=1)
 
 
+def mark(line: str) -> None:
+    """A begin or end line on both streams: a launcher relays each stream on its own, so a
+    stream's lines are framed by its own marks."""
+    for stream in (sys.stdout, sys.stderr):
+        print(line, file=stream, flush=True)
+
+
 def segments(out: str, every_rank: bool = False) -> dict[str, str]:
-    """A launch's output per command: the lines between rank 0's begin and end lines (with
-    `every_rank`, each rank's lines between its own)."""
+    """A launch's output per command: the lines of rank 0 (with `every_rank`, of every rank)
+    between the begin and end marks of their own stream (`[RANK]<stdout>` or `<stderr>`)."""
     found, current = {}, {}
     for line in out.splitlines():
-        rank = re.match(r"\[(\d+)\]", line)
-        rank = rank.group(1) if rank else None
-        if rank != "0" and not every_rank:
+        stream = re.match(r"\[(\d+)\]<\w+>", line)
+        if not stream or (stream.group(1) != "0" and not every_rank):
             continue
         mark = re.search(r"cli_runner: (begin|end) (\S+)", line)
         if mark:
-            current[rank] = mark.group(2) if mark.group(1) == "begin" else None
-            if current[rank]:
-                found.setdefault(current[rank], [])
-        elif current.get(rank):
-            found[current[rank]].append(line)
+            current[stream.group(0)] = mark.group(2) if mark.group(1) == "begin" else None
+            found.setdefault(mark.group(2), [])
+        elif current.get(stream.group(0)):
+            found[current[stream.group(0)]].append(line)
     return {name: "\n".join(lines) for name, lines in found.items()}
 
 

@@ -242,9 +242,8 @@ def tiny_keras_hub_classifier() -> keras.Model:
 @pytest.fixture(scope="module")
 def tuned(logits_files, tmp_path_factory):
     """Each fine-tune on 2 workers, in one launch: `tuned(name)` is its metrics and output."""
-    from sklearn.datasets import load_digits
-
     from conftest import SharedLaunch
+    from distft.demo import load_digits
 
     root = tmp_path_factory.mktemp("tuned")
     d = load_digits()

@@ -12,7 +12,6 @@ from typing import Any, Optional, Union
 
 import numpy as np
 import keras
-import tensorflow as tf
 
 from distft.errors import DistftError
 from distft.model import head as heads
@@ -74,8 +73,14 @@ class FineTuneModel:
         """The activation of the output (named `output`, with several) as its loss reads it:
         'softmax', 'sigmoid' or 'linear' (logits under a from-logits crossentropy: the
         activation that the loss applies)."""
-        loss = self.loss.get(output) if isinstance(self.loss, dict) else self.loss
-        return objective.activation(self.model, loss, output)
+        return objective.activation(self.model, self.loss_of(output)[0], output)
+
+    def loss_of(self, output: Optional[str] = None) -> tuple[Any, str]:
+        """The loss of the output (named `output`, with several) and where it came from (see
+        `origin`)."""
+        if isinstance(self.loss, dict):
+            return self.loss.get(output), self.origin.get("loss", {}).get(output, "")
+        return self.loss, self.origin.get("loss", "")
 
 
 def prepare(model: str, num_classes: Optional[int] = None, unfreeze: Optional[str] = None,

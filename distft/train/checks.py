@@ -27,15 +27,15 @@ def check_fit(ft: FineTuneModel, data: Ready, num_classes: Optional[int] = None)
                 _check_targets(tuple(out.shape), ft.activation(name), f.shape,
                                f.is_float, data.counts.ranges.get(name), list(f.classes),
                                num_classes, f"--data's '{name}'", f" --head={name}")
-                _check_loss(tuple(out.shape), ft.loss[name], ft.origin.get("loss", {}).get(name, ""),
-                            f.shape, f"--data's '{name}'", f"{name}=")
+                _check_loss(tuple(out.shape), *ft.loss_of(name), f.shape, f"--data's '{name}'",
+                            f"{name}=" if isinstance(ft.loss, dict) else "")
         return
     layout.check_input(ft.input_shape)
     counts = data.counts
     _check_targets(tuple(ft.model.output_shape), ft.activation(), layout.y_shape,
                    layout.y_float, (counts.y_min, counts.y_max), list(data.classes),
                    num_classes, "--data")
-    _check_loss(tuple(ft.model.output_shape), ft.loss, ft.origin.get("loss", ""), layout.y_shape, "--data")
+    _check_loss(tuple(ft.model.output_shape), *ft.loss_of(), layout.y_shape, "--data")
 
 
 def _check_loss(out: tuple, loss, origin: str, y_shape: tuple, what: str, output: str = "") -> None:

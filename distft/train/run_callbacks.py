@@ -24,7 +24,6 @@ import keras
 import tensorflow as tf
 
 from distft import log
-from distft.errors import DistftError
 from distft.train.callbacks.checkpointing import Checkpointing
 from distft.train.callbacks.confusion import ConfusionMatrix
 from distft.train.callbacks.ema import EMA
@@ -148,10 +147,7 @@ def _profiler(setup: Setup, worker: Worker, position: Position) -> list[keras.ca
     cfg, log_dir = setup.cfg, setup.folder.file("tensorboard")
     first, last = cfg.profile_steps()
     done, total = position.done, cfg.epochs * position.steps
-    ranks = sorted({int(r) for r in cfg.profile_ranks or ("0",)})
-    if ranks[-1] >= worker.size:
-        raise DistftError(f"--profile_ranks={','.join(map(str, ranks))} names rank {ranks[-1]} but the "
-                          f"job has {worker.size} worker(s): pass ranks below {worker.size}")
+    ranks = cfg.profiled_ranks(worker.size)
     if worker.rank == 0 and not done < first <= total:
         log.warning("--profile=%s: the run goes from step %d to %d, so nothing is traced",
                     cfg.profile, done + 1, total)

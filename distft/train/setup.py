@@ -44,6 +44,8 @@ class Setup:
         signals.install()  # remember a signal that arrives while the run is being set up
         keras.utils.set_random_seed(cfg.seed)
         check_gpus(worker, cfg.require_gpu)
+        if cfg.profile:
+            cfg.profiled_ranks(worker.size)  # before the run folder is written
         chosen = cfg.with_run_folder(worker.agree)  # launched without --output_dir: rank 0's choice
         if chosen is not cfg and worker.rank == 0:
             log.info("run folder: %s (choose one with --output_dir)", chosen.output_dir)
