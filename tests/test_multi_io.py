@@ -115,8 +115,9 @@ def test_two_inputs_two_outputs_on_2_workers(two_heads, trained, tmp_path):
         assert set(got) == keys, (part, got)
         assert got["loss"] == pytest.approx(got["digit_loss"] + 0.5 * got["size_loss"], rel=1e-4)
     assert metrics["validation"]["digit_loss"] < metrics["validation_before"]["digit_loss"]
+    # digit's head is new (its default loss); size keeps its head and the file's loss
     assert "objective per output: digit: sparse_categorical_crossentropy (weight 1), metrics accuracy; " \
-           "size: mean_squared_error (weight 0.5)" in log
+           "size: mse from the model file (weight 0.5), metrics mean_absolute_error" in log
 
     out = tmp_path / "eval.json"
     r = distft(["evaluate", f"--model={run / 'model.keras'}", f"--data={two_heads / 'val.npz'}",

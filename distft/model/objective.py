@@ -23,6 +23,7 @@ Example:
 from __future__ import annotations
 
 import inspect
+import re
 from dataclasses import dataclass, field
 from typing import Any, Optional, Sequence
 
@@ -330,11 +331,17 @@ def describe(item: Any) -> str:
         defaults = {}
     shown = {k: v for k, v in config.items() if k not in ("name", "dtype", "fn") and
              (k not in defaults or defaults[k] != v)}
-    if "name" in config and "name" in defaults and config["name"] != defaults["name"]:
+    if "name" in config and "name" in defaults and not _numbered(config["name"], defaults["name"]):
         shown = {"name": config["name"], **shown}
     if not shown and defaults and isinstance(config.get("name"), str):
         return config["name"]  # as made by name: sparse_categorical_accuracy
     return f"{type(item).__name__}({', '.join(f'{k}={v!r}' for k, v in shown.items())})"
+
+
+def _numbered(name: str, default: str) -> bool:
+    """`name` is the class's default name as Keras numbers it per process (auc, auc_1, ...)."""
+    base = re.sub(r"_\d+$", "", default)
+    return re.fullmatch(rf"{re.escape(base)}(_\d+)?", str(name)) is not None
 
 
 def _config(item: Any) -> dict:

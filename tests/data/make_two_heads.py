@@ -1,4 +1,4 @@
-"""Write a two-input, two-output model and its data with stock Keras and numpy (distft only reads the digits):
+"""Write a two-input, two-output model and its data with stock Keras and numpy only (no distft):
 an image + metadata model with a digit head (softmax over 5 classes) and a size head (linear),
 pretrained a little on digits 0-4; then `train.npz`/`val.npz` of digits 5-9 with arrays named
 as the model's inputs and outputs (image, meta; digit, size).
@@ -11,7 +11,14 @@ import sys
 import keras
 import numpy as np
 
-from distft.demo import load_digits
+# The demo's digits, read as data (no distft import): 64 grey levels 0-16, then the label.
+DIGITS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "distft", "assets",
+                      "digits.csv.gz")
+
+
+def load_digits() -> tuple[np.ndarray, np.ndarray]:
+    rows = np.loadtxt(DIGITS, delimiter=",")
+    return rows[:, :-1].reshape(-1, 8, 8), rows[:, -1].astype(np.int64)
 
 
 def arrays(images, labels, rng):
@@ -24,8 +31,8 @@ def arrays(images, labels, rng):
 def main(out: str) -> None:
     os.makedirs(out, exist_ok=True)
     keras.utils.set_random_seed(0)
-    digits = load_digits()
-    images, labels = (digits.images * 255 / 16).astype(np.uint8), digits.target
+    images, labels = load_digits()
+    images = (images * 255 / 16).astype(np.uint8)
     rng = np.random.default_rng(0)
     image = keras.Input((8, 8, 1), name="image")
     meta = keras.Input((3,), name="meta")
