@@ -21,13 +21,13 @@ from __future__ import annotations
 import json
 import os
 import re
-import subprocess
 import sys
 
 import numpy as np
 import pytest
 
 from conftest import SharedLaunch, run
+from test_custom_objects import need_keras_hub
 
 B = 8  # batch per worker; the 1-worker run takes 2 * B
 STEPS = 4
@@ -123,12 +123,6 @@ json.dump({"adapted": sorted(adapted), "adapter_diff": diff, "moved": moved,
            "distft": [m for m in sys.modules if m.startswith("distft")]},
           open(out_path + ".json", "w"))
 """
-
-
-def need_keras_hub() -> None:
-    if sys.version_info < (3, 11):
-        pytest.skip("keras-hub requires Python 3.11 or newer")
-    import keras_hub  # noqa: F401
 
 
 @pytest.fixture(scope="module")
