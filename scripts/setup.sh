@@ -73,13 +73,15 @@ pip_install -e ".[profile]"  # TensorBoard's Profile tab (distft train --profile
 # without its dependencies: it requires the 'tensorflow' package, which pip would install over
 # tensorflow-cpu (the same files), breaking TensorFlow.
 pip_install --no-deps "tf-keras==${TF_REQ##*==}"
-# Keras Hub (the 'hub' extra) with its dependencies except tensorflow-text: that one also requires
-# the 'tensorflow' package, which pip would install over tensorflow-cpu. keras_hub imports it only
-# for its tokenizers (text in); its models, fed token ids, work without it. Python 3.11+ only.
+# Keras Hub (the 'hub' extra), and tensorflow-text for its tokenizers (text in), without the
+# 'tensorflow' package that both require: pip would install it over tensorflow-cpu (the same
+# files, and the same version as tensorflow-text's .so files are built for), breaking TensorFlow.
+# tensorflow-text's ops load against tensorflow-cpu's libtensorflow_framework. Python 3.11+ only.
+TEXT_REQ="tensorflow-text~=${TF_REQ##*==}"  # the release built for this TensorFlow (2.21.1 for 2.21.0)
 if "$VENV/bin/python" -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
-  if ! "$VENV/bin/python" -c "import keras_hub" 2>/dev/null; then
-    say "installing $HUB_REQ without tensorflow-text"
-    pip_install --no-deps "$HUB_REQ"
+  if ! "$VENV/bin/python" -c "import keras_hub, tensorflow_text" 2>/dev/null; then
+    say "installing $HUB_REQ and $TEXT_REQ (without the 'tensorflow' package)"
+    pip_install --no-deps "$HUB_REQ" "$TEXT_REQ"
     mapfile -t hub_deps < <("$VENV/bin/python" - <<'PY'
 from importlib.metadata import requires
 from packaging.requirements import Requirement
