@@ -20,6 +20,7 @@ from typing import Any, Callable, Optional, Union, get_args, get_origin, get_typ
 import yaml
 
 from distft.errors import DistftError
+from distft.data.formats.text import TextOptions
 from distft.files import load_yaml
 from distft.model import specs
 from distft.model.families import PREPROCESSING
@@ -55,6 +56,14 @@ class TrainConfig:
         "help": "TFRecord feature holding the input (default x or image), e.g. image/encoded"})
     y_key: Optional[str] = field(default=None, metadata={"group": "data",
         "help": "TFRecord feature holding the target (default y), e.g. image/class/label"})
+    text_key: str = field(default="text", metadata={"group": "data",
+        "help": "text records (.jsonl, .txt, a CSV column, a TFRecord feature): the field of the text"})
+    prompt_key: Optional[str] = field(default=None, metadata={"group": "data",
+        "help": "with --response_key: prompt/response pairs; a causal LM learns the responses only"})
+    response_key: Optional[str] = field(default=None, metadata={"group": "data",
+        "help": "the field of the responses (see --prompt_key)"})
+    sequence_length: Optional[int] = field(default=None, metadata={"group": "data",
+        "help": "text: tokens a record, overriding the model's preprocessor's"})
     # Model surgery
     weights: Optional[str] = field(default=None, metadata={
         "group": "model", "help": "app:NAME weights: FILE or none"})
@@ -229,6 +238,10 @@ class TrainConfig:
             return self
         return dataclasses.replace(self, output_dir=agree(lambda: default_output_dir(self.model)))
 
+    def text(self) -> TextOptions:
+        """Where text records hold their text (see data/formats/text.py)."""
+        return TextOptions(self.text_key, self.prompt_key, self.response_key, self.sequence_length)
+
     def check(self) -> None:
         """Raise DistftError for values no run could use."""
         for name in ("model", "data"):
@@ -239,6 +252,9 @@ class TrainConfig:
                     "steps_per_execution": self.steps_per_execution}
         for name, value in positive.items():
             _positive(name, value)
+        if self.sequence_length is not None:
+            _positive("sequence_length", self.sequence_length)
+        self.text()  # --prompt_key and --response_key together
         if not 0.0 <= self.val_split < 1.0:
             raise DistftError(f"--val_split must be in [0, 1), got {self.val_split}")
         if self.val_split and self.val_data:

@@ -26,8 +26,8 @@ import tensorflow as tf
 
 from distft import log
 from distft.data import images, named, sharding
-from distft.data.formats import FORMATS, UNREADABLE, CsvLayout, ImageFolderLayout, Layout, Named, damaged, \
-    infer_layout, layout_type, named_layout
+from distft.data.formats import FORMATS, UNREADABLE, CsvLayout, ImageFolderLayout, Layout, Named, Text, \
+    TextOptions, damaged, infer_layout, layout_type, named_layout, text_layout, text_preprocessor
 from distft.data.manifest import NAME, Manifest
 from distft.errors import DistftError
 
@@ -86,11 +86,12 @@ class Source:
     classes: tuple[str, ...] = ()
     labels: Optional[np.ndarray] = field(default=None, repr=False)  # image folder: class ids
     located: Optional[np.ndarray] = field(default=None, repr=False)  # see Layout.locate
+    text: TextOptions = TextOptions()  # where text records hold their text
 
     @classmethod
     def open(cls, pattern: str, label: str = "label", holdout: float = 0.0,
              x_key: Optional[str] = None, y_key: Optional[str] = None, flag: str = "data",
-             named_csv: bool = False) -> Source:
+             named_csv: bool = False, text: TextOptions = TextOptions()) -> Source:
         """Resolve a file, folder or glob; check the files share one format and layout.
 
         Shards with a manifest (see data/manifest.py) take their file list, layout, class
@@ -98,7 +99,8 @@ class Source:
         class subfolders of images is an image data set. `flag` names the option in errors.
         `named_csv` (the model is not known yet): CSV without the one-input layout (no `label`
         column, or not numeric) opens as named columns, and its error waits for `load` with a
-        one-input model.
+        one-input model. `text`: where text records (.jsonl, .txt; CSV or TFRecord for a model
+        that takes text) hold it.
         """
         m = Manifest.find(pattern)
         if m is not None:
@@ -120,17 +122,27 @@ class Source:
         if len(kinds) > 1:
             raise DistftError(f"--{flag}={pattern} mixes formats {sorted(k.format for k in kinds)}: use one format")
         try:
-            layout = infer_layout(files[0], label, x_key, y_key)
+            layout = infer_layout(files[0], label, x_key, y_key, text=text)
         except DistftError:
             if not (named_csv and kinds == {CsvLayout}):
                 raise
             layout = named_layout(files[0])
-        return cls(files, layout, holdout, flag, label, located=layout.locate(files))
+        return cls(files, layout, holdout, flag, label, located=layout.locate(files), text=text)
 
     def _bound(self, model: Optional[keras.Model], targets: bool) -> Source:
-        """Matched to `model`'s inputs and outputs (see data/named.py): named fields for a
-        model with several inputs or outputs (`targets=False`: only the inputs are needed);
-        distft's one-input layout, as opened, for other models (and None)."""
+        """Matched to `model`'s inputs and outputs (see data/named.py): text records to a model
+        that takes text (its preprocessor's); named fields for a model with several inputs or
+        outputs (`targets=False`: only the inputs are needed); distft's one-input layout, as
+        opened, for other models (and None)."""
+        preprocessor = text_preprocessor(model)
+        if isinstance(self.layout, Text) or (preprocessor is not None and self._holds_text()):
+            if preprocessor is None:
+                raise DistftError(f"--{self.flag} holds text and the model has no preprocessor to "
+                                  "tokenize it: use a Keras Hub task saved with its preprocessor, "
+                                  "or token ids")
+            layout = self.layout if isinstance(self.layout, Text) else \
+                text_layout(self.files[0], self.text, self.label)
+            return dataclasses.replace(self, layout=layout.bind(preprocessor, self.flag), located=None)
         is_named = isinstance(self.layout, Named)
         if model is None or not named.is_multi(model):
             if is_named:  # the one-input layout's own error, naming what is missing
@@ -144,6 +156,14 @@ class Source:
         data = self.manifest.folder if self.manifest else ",".join(self.files[:3])
         layout = layout.bind(named.model_ports(model), targets, data)
         return dataclasses.replace(self, layout=layout, located=layout.locate(self.files))
+
+    def _holds_text(self) -> bool:
+        """CSV or TFRecord records that hold the text fields (else: token ids, say)."""
+        try:
+            text_layout(self.files[0], self.text, self.label)
+        except DistftError:
+            return False
+        return True
 
     def _counted(self, workers: Workers) -> Ready:
         """Count records per file; worker `rank` reads every `size`-th file, `gather` shares.
@@ -184,7 +204,7 @@ class Source:
             ranges.update({n: (0.0, float(len(c) - 1)) for n, c in zip(layout.text_outputs, found)})
             layout = layout.with_classes(dict(zip(layout.text_outputs, found)))
             return Ready(dataclasses.replace(self, layout=layout), Counts(train, held, 0.0, 0.0, ranges), part)
-        lo, hi, source = lows[0], highs[0], self
+        lo, hi, source = (lows[0], highs[0], self) if lows else (0.0, 0.0, self)
         if found:
             classes = found[0]
             lo, hi, source = 0.0, float(len(classes) - 1), dataclasses.replace(self, classes=classes)

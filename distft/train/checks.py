@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Optional
 
 from distft.data.dataset import Ready
-from distft.data.formats import Named
+from distft.data.formats import Named, Text
 from distft.errors import DistftError
 from distft.model import objective
 from distft.model.prepare import FineTuneModel
@@ -29,6 +29,8 @@ def check_fit(ft: FineTuneModel, data: Ready, num_classes: Optional[int] = None)
                                num_classes, f"--data's '{name}'", f" --head={name}")
                 _check_loss(tuple(out.shape), *ft.loss_of(name), f.shape, f"--data's '{name}'",
                             f"{name}=" if isinstance(ft.loss, dict) else "")
+        return
+    if isinstance(layout, Text) and not layout.label:  # a causal LM: its preprocessor makes the targets
         return
     layout.check_input(ft.input_shape)
     counts = data.counts

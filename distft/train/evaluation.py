@@ -25,7 +25,7 @@ def evaluate_split(model: keras.Model, stream: tf.data.Dataset, records: int,
     if records:
         with warnings.catch_warnings():  # Keras 3 warns when a finite stream ends, as it must here
             warnings.filterwarnings("ignore", message="Your input ran out of data")
-            model.evaluate(stream, verbose=0)
+            keras.Model.evaluate(model, stream, verbose=0)  # not a Keras Hub task's: preprocessed already
     else:  # takes part with zero states; evaluate would have built the compiled metrics
         build_compiled(model, stream.element_spec)
         model.reset_metrics()

@@ -81,20 +81,66 @@ def _fresh(metric: Any) -> keras.metrics.Metric:
         return copy.deepcopy(metric)
 
 
-def objective(ft, cfg: Optional[TrainConfig]) -> dict[str, Any]:
+def objective(ft, cfg: Optional[TrainConfig], tokens: bool = False) -> dict[str, Any]:
     """`compile()`'s loss, loss weights, metrics and weighted metrics for a model/prepare.py
     FineTuneModel trained with `cfg`'s options (`--label_smoothing` on every crossentropy
-    loss; None: no options)."""
+    loss; None: no options). `tokens` (a causal LM on text, see train/step.py): the loss sums
+    over the weighted tokens, and the weighted metrics hold perplexity and token accuracy."""
     smoothing = cfg.label_smoothing if cfg else 0.0
     if isinstance(ft.loss, dict):
         widths = {name: t.shape[-1] for name, t in zip(ft.model.output_names, ft.model.outputs)}
         loss = {name: _smoothed(l, smoothing, widths[name]) for name, l in ft.loss.items()}
     else:
         loss = _smoothed(ft.loss, smoothing, ft.model.output_shape[-1])
-    weighted = compiled(ft, weighted=True)
-    return {"loss": loss, "loss_weights": ft.loss_weights, "metrics": compiled(ft),
+    weighted, metrics = compiled(ft, weighted=True), compiled(ft)
+    if tokens:  # every metric counts the real tokens only; the head's default (accuracy) goes
+        origin = ft.origin.get("metrics", "")
+        chosen = metrics if (any(origin.values()) if isinstance(origin, dict) else origin) else []
+        loss, weighted, metrics = _summed(loss), _per_token(list(weighted) + list(chosen), loss), []
+    return {"loss": loss, "loss_weights": ft.loss_weights, "metrics": metrics,
             "weighted_metrics": weighted if any(weighted.values() if isinstance(weighted, dict)
                                                 else weighted) else None}
+
+
+def _summed(loss: Any) -> keras.losses.Loss:
+    """`loss` (a name, function or Loss object, with its arguments) summing over the batch."""
+    if isinstance(loss, keras.losses.Loss):
+        return type(loss).from_config({**loss.get_config(), "reduction": "sum"})
+    fn = keras.losses.get(loss)
+    if isinstance(fn, keras.losses.Loss):
+        return _summed(fn)
+    return keras.losses.LossFunctionWrapper(fn, reduction="sum", name=getattr(fn, "__name__", None))
+
+
+def _per_token(weighted: list, loss: Any) -> list:
+    """The weighted metrics of a causal LM: the model's own, and perplexity and token accuracy
+    unless it has them."""
+    names = {getattr(m, "name", m) for m in weighted}
+    from_logits = bool(model_objective.options(loss).get("from_logits"))
+    more = []
+    if "perplexity" not in names:
+        more.append(_Perplexity(from_logits))
+    if not names & {"accuracy", "sparse_categorical_accuracy"}:
+        more.append(keras.metrics.SparseCategoricalAccuracy(name="accuracy"))
+    return list(weighted) + more
+
+
+class _Perplexity(keras.metrics.Mean):
+    """exp of the mean crossentropy per weighted token: the sums add up over workers exactly."""
+
+    def __init__(self, from_logits: bool, name: str = "perplexity", **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.from_logits = from_logits
+
+    def update_state(self, y_true, y_pred, sample_weight=None):
+        ce = keras.losses.sparse_categorical_crossentropy(y_true, y_pred, from_logits=self.from_logits)
+        return super().update_state(ce, sample_weight=sample_weight)
+
+    def result(self):
+        return tf.exp(super().result())
+
+    def get_config(self):
+        return {**super().get_config(), "from_logits": self.from_logits}
 
 
 def _smoothed(loss: Any, smoothing: float, classes: int) -> Any:

@@ -128,8 +128,10 @@ def _fit(model: keras.Model, stream: tf.data.Dataset, streams: Callable[..., tf.
          callbacks: ResumedRun, start: Position, epochs: int):
     """`model.fit` from `start`: the rest of its epoch first (a call of their own), then whole
     epochs from `streams(start.epoch + 1)`."""
-    fit = lambda data, first, last, n: model.fit(  # each worker's stream is shuffled already
-        data, steps_per_epoch=n, epochs=last, initial_epoch=first, callbacks=callbacks, verbose=0,
+    # Keras's own fit, not a Keras Hub task's, which would run its preprocessor again: the
+    # stream is preprocessed already. Each worker's stream is shuffled already.
+    fit = lambda data, first, last, n: keras.Model.fit(
+        model, data, steps_per_epoch=n, epochs=last, initial_epoch=first, callbacks=callbacks, verbose=0,
         shuffle=False)
     if not start.skip:
         return fit(stream, start.epoch, epochs, start.steps)

@@ -93,7 +93,7 @@ def callbacks(setup: Setup, trainee: Trainee, worker: Worker, state: RunState, f
                                    cfg.slow_rank_epochs, tb.write_ranks if tb else None))
     if validate:
         found.append(Validation(validate))
-        if ft.classes:
+        if ft.classes and not trainee.averager.tokens:  # a class a record, not a token a position
             confusion = ConfusionMatrix(ft.model, val_stream, ft.classes, worker,
                                         tb.write_confusion if tb else None)
             found.append(confusion)

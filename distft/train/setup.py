@@ -62,8 +62,9 @@ class Setup:
 
 
 def _open_data(cfg: TrainConfig) -> tuple[Source, Optional[Source]]:
-    train = Source.open(cfg.data, cfg.label, cfg.val_split, cfg.x_key, cfg.y_key, named_csv=True)
+    train = Source.open(cfg.data, cfg.label, cfg.val_split, cfg.x_key, cfg.y_key, named_csv=True,
+                        text=cfg.text())
     if cfg.val_data:
         return train, Source.open(cfg.val_data, cfg.label, 0.0, cfg.x_key, cfg.y_key, flag="val_data",
-                                  named_csv=True)
+                                  named_csv=True, text=cfg.text())
     return train, None

@@ -18,6 +18,11 @@ as inner functions; the allreduce, which has no XLA kernel, runs between them (s
 gradients leave the compiled backward pass together: no overlap).
 A variable the loss does not reach (gradient None) is left out of the update, as Keras leaves
 it out, so no optimizer moves it (Adam's momentum, AdamW's decay).
+With `tokens` (a causal LM on text: targets weighted per token, padding and prompts 0) the
+loss is the mean over the real tokens of all workers, not a mean of per-worker means: the
+compiled loss sums (reduction "sum"), the step divides by the tokens' total, allreduced
+first, so N workers whose batches hold different numbers of tokens step where one worker on
+all their batches steps.
 With fp16 compression each worker divides its gradients by the number of workers in float32
 before they are cast to fp16 and summed, so the sum of loss-scaled fp16 values cannot overflow
 where one worker's value does not (Horovod's `prescale_factor` scales after the cast).
@@ -46,11 +51,12 @@ class GradientAverager:
     given when it is made (`train_step`), so an elastic reset makes a new one."""
 
     def __init__(self, variables: list, accumulate: int = 1, compression: str = "none",
-                 clock: Optional[StepClock] = None, overlap: bool = True, jit: bool = False):
+                 clock: Optional[StepClock] = None, overlap: bool = True, jit: bool = False,
+                 tokens: bool = False):
         import horovod.tensorflow as hvd
 
         self.hvd, self.accumulate, self.clock = hvd, accumulate, clock
-        self.overlap, self.jit = overlap, jit
+        self.overlap, self.jit, self.tokens = overlap, jit, tokens
         self.fp16 = compression == "fp16"
         # Checkpointed (`state`), so a resume continues a partly accumulated update exactly.
         self.state = tf.Module()
@@ -125,19 +131,54 @@ class GradientAverager:
         def averaged_step(data):
             x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
             variables = model.trainable_variables  # this trace's: a stage switch retraces
+            if self.tokens:
+                mine = tf.reduce_sum(tf.cast(sample_weight, tf.float32))
+                total = mine if size == 1 else self.hvd.allreduce(mine, op=self.hvd.Sum)
 
             def forward_backward(x, y, sample_weight):
                 with tf.GradientTape() as tape:
                     y_pred = model(x, training=True)
                     loss = model.compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=sample_weight,
                                               training=True)
+                    if self.tokens:  # this worker's share of the mean over every worker's tokens
+                        summed, own = token_loss(model, loss)
+                        loss = summed * tf.math.divide_no_nan(tf.cast(size, summed.dtype),
+                                                              tf.cast(total, summed.dtype)) + own
+                        tracked = (tf.math.divide_no_nan(summed, tf.cast(mine, summed.dtype)) + own, mine)
+                    else:
+                        tracked = (loss, tf.shape(tf.nest.flatten(x)[0])[0])
                     scaled = model.optimizer.scale_loss(loss)
-                return loss, y_pred, tape.gradient(scaled, variables)
+                return tracked, y_pred, tape.gradient(scaled, variables)
 
-            loss, y_pred, grads = self._compiled(forward_backward)(x, y, sample_weight)
-            loss_tracker.update_state(loss, sample_weight=tf.shape(tf.nest.flatten(x)[0])[0])
+            (loss, weight), y_pred, grads = self._compiled(forward_backward)(x, y, sample_weight)
+            loss_tracker.update_state(loss, sample_weight=weight)
             self.apply(model.optimizer, grads, variables, size)
             with tf.control_dependencies(then() if then else []):  # the clock's end waits for it
                 return model.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
 
         return step
+
+
+def token_loss(model: keras.Model, loss: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    """(the compiled loss, summed over a batch's weighted tokens, the model's own losses) of
+    `compute_loss`'s total `loss`, which adds the two."""
+    own = [tf.reduce_sum(tf.cast(l, loss.dtype)) for l in model.losses]
+    own = tf.add_n(own) if own else tf.zeros((), loss.dtype)
+    return loss - own, own
+
+
+def token_test_step(model: keras.Model) -> Callable:
+    """A `test_step` whose loss is the mean over the real tokens (see `tokens` above): the loss
+    tracker's sums add up over workers and batches to the mean over all of them."""
+    loss_tracker = next(m for m in model.metrics if m.name == "loss")
+
+    def step(data):
+        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        y_pred = model(x, training=False)
+        summed, own = token_loss(model, model.compute_loss(x=x, y=y, y_pred=y_pred,
+                                                           sample_weight=sample_weight, training=False))
+        tokens = tf.reduce_sum(tf.cast(sample_weight, summed.dtype))
+        loss_tracker.update_state(tf.math.divide_no_nan(summed, tokens) + own, sample_weight=tokens)
+        return model.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
+
+    return step

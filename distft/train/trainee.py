@@ -31,7 +31,7 @@ from distft.train.execution import Execution
 from distft.train.metrics import objective
 from distft.train.runtime import Worker
 from distft.train.setup import Setup
-from distft.train.step import GradientAverager
+from distft.train.step import GradientAverager, token_test_step
 
 
 @dataclass(frozen=True)
@@ -69,7 +69,8 @@ class Trainee:
         clock = StepClock() if cfg.rank_health else None
         averager = GradientAverager(plan.variables(), cfg.grad_accum, cfg.compression, clock,
                                     overlap=cfg.allreduce == "overlap",
-                                    jit=methods.use_xla(cfg.jit, ft.model, cfg.sync_bn))
+                                    jit=methods.use_xla(cfg.jit, ft.model, cfg.sync_bn),
+                                    tokens=train_data.layout.token_weighted)
         ema = WeightAverage(plan.variables(), cfg.ema) if cfg.ema else None
         checkpoint = tf.train.Checkpoint(model=ft.model, optimizer=optimizer, **(
             {"ema": ema.state} if ema else {}), **({"grads": averager.state} if cfg.grad_accum > 1 else {}))
@@ -87,9 +88,12 @@ class Trainee:
 
         Not XLA as a whole (Keras 3's default on GPUs): Horovod's ops have no XLA kernel; the
         step compiles its compute around them (--jit)."""
+        tokens = self.averager.tokens
         model.compile(optimizer=self.optimizer, jit_compile=False, steps_per_execution=self.execution.n,
-                      **objective(self.ft, self.cfg))
+                      **objective(self.ft, self.cfg, tokens))
         model.train_step = self.averager.train_step(model, size, self.ema.update if self.ema else None)
+        if tokens:
+            model.test_step = token_test_step(model)
         self.execution.install(model)
 
     def variables(self) -> list:

@@ -17,31 +17,37 @@ from distft.data.formats.base import UNREADABLE, XY, Layout, Named, damaged
 from distft.data.formats.csvtable import CsvLayout, NamedCsvLayout
 from distft.data.formats.folder import ImageFolderLayout
 from distft.data.formats.npz import NamedNpzLayout, NpzLayout
+from distft.data.formats.text import TEXT_FORMATS, JsonlTextLayout, Text, TextOptions, TxtLayout, \
+    text_preprocessor
 from distft.data.formats.tfrecord import NamedTFRecordLayout, TFRecordLayout
 from distft.errors import DistftError
 
 __all__ = ["FORMATS", "UNREADABLE", "CsvLayout", "ImageFolderLayout", "Layout", "Named", "NamedCsvLayout",
-           "NamedNpzLayout", "NamedTFRecordLayout", "NpzLayout", "TFRecordLayout", "XY", "damaged",
-           "infer_layout", "layout_type", "named_layout"]
+           "NamedNpzLayout", "NamedTFRecordLayout", "NpzLayout", "TFRecordLayout", "Text", "TextOptions",
+           "XY", "damaged", "infer_layout", "layout_type", "named_layout", "text_layout", "text_preprocessor"]
 
 FORMATS = {".tfrecord": TFRecordLayout, ".tfrecords": TFRecordLayout, ".tfrec": TFRecordLayout,
-           ".gz": TFRecordLayout, ".npz": NpzLayout, ".csv": CsvLayout}
+           ".gz": TFRecordLayout, ".npz": NpzLayout, ".csv": CsvLayout, ".jsonl": JsonlTextLayout,
+           ".txt": TxtLayout}
 
 
 def layout_type(path: str) -> type:
     """The layout class of a file, by its extension."""
     ext = os.path.splitext(path)[1].lower()
     if ext not in FORMATS:
-        raise DistftError(f"{path}: unknown data format '{ext}': use .tfrecord, .npz or .csv files, "
-                          "or a folder of class subfolders of images")
+        raise DistftError(f"{path}: unknown data format '{ext}': use .tfrecord, .npz, .csv, .jsonl or "
+                          ".txt files, or a folder of class subfolders of images")
     return FORMATS[ext]
 
 
 def infer_layout(path: str, label: str = "label", x_key: Optional[str] = None,
-                 y_key: Optional[str] = None, allow_named: bool = True) -> Layout:
+                 y_key: Optional[str] = None, allow_named: bool = True,
+                 text: TextOptions = TextOptions()) -> Layout:
     """Read the start of `path` to learn its layout: named fields (`allow_named`) when .npz or
-    TFRecord records lack `x` and `y` and no keys are given."""
+    TFRecord records lack `x` and `y` and no keys are given; text for .jsonl and .txt."""
     kind = layout_type(path)
+    if issubclass(kind, Text):
+        return text_layout(path, text, label)
     try:
         return kind.infer(path, label, x_key, y_key, allow_named)
     except DistftError:
@@ -53,3 +59,15 @@ def infer_layout(path: str, label: str = "label", x_key: Optional[str] = None,
 def named_layout(path: str) -> Named:
     """The named fields of an .npz, TFRecord or CSV file (every array, feature or column group)."""
     return layout_type(path).named(path)
+
+
+def text_layout(path: str, text: TextOptions, label: str = "label") -> Text:
+    """The text records of `path` (JSONL, .txt, CSV or TFRecord), with a `label` field of class
+    ids when the records have one."""
+    kind = TEXT_FORMATS[layout_type(path).format]
+    try:
+        return kind.infer_text(path, text, label)
+    except DistftError:
+        raise
+    except (*UNREADABLE, UnicodeDecodeError, tf.errors.OpError) as e:
+        raise damaged(path, kind.format, e) from e

@@ -29,7 +29,8 @@ class Layout:
         per_record, per_batch = layout.decoders((8, 8, 1), classes=())   # (x, y) for a model
     """
 
-    format: ClassVar[str]  # as errors name it: tfrecord | npz | csv | folder
+    format: ClassVar[str]  # as errors name it: tfrecord | npz | csv | folder | jsonl | txt
+    token_weighted: ClassVar[bool] = False  # targets weighted per token (see Text)
 
     @property
     def has_images(self) -> bool:

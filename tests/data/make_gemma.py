@@ -1,0 +1,55 @@
+"""Stock keras_hub, no distft: a tiny GemmaCausalLM saved with its preprocessor (a SentencePiece
+word vocabulary trained here), and text data of one pattern: each word is followed by the next
+of a cycle of WORDS. Random weights: the base model knows nothing of the pattern.
+
+    python make_gemma.py FOLDER [RECORDS] [SEED]
+
+writes FOLDER/gemma.keras, train.jsonl (texts of 2 to 12 words), pairs.jsonl (the same texts as
+prompt and response) and held.jsonl (other texts).
+"""
+import io
+import json
+import os
+import sys
+
+import keras
+import keras_hub
+import numpy as np
+import sentencepiece as spm
+
+WORDS = ("zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen "
+         "fifteen sixteen seventeen eighteen nineteen").split()
+LENGTH = 16  # the preprocessor's sequence length
+
+
+def texts(rng: np.random.Generator, n: int) -> list:
+    starts, lengths = rng.integers(0, len(WORDS), n), rng.integers(2, 13, n)
+    return [" ".join(WORDS[(s + i) % len(WORDS)] for i in range(k)) for s, k in zip(starts, lengths)]
+
+
+def main(folder: str, records: int = 128, seed: int = 0) -> None:
+    os.makedirs(folder, exist_ok=True)
+    proto = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter([" ".join(WORDS)] * 4), model_writer=proto, vocab_size=len(WORDS) + 4,
+        model_type="word", pad_id=0, unk_id=1, bos_id=2, eos_id=3, pad_piece="<pad>",
+        unk_piece="<unk>", bos_piece="<bos>", eos_piece="<eos>", minloglevel=2)
+    tokenizer = keras_hub.models.GemmaTokenizer(proto=proto.getvalue())
+    keras.utils.set_random_seed(seed)
+    backbone = keras_hub.models.GemmaBackbone(
+        vocabulary_size=tokenizer.vocabulary_size(), num_layers=2, num_query_heads=2,
+        num_key_value_heads=1, hidden_dim=32, intermediate_dim=64, head_dim=16)
+    preprocessor = keras_hub.models.GemmaCausalLMPreprocessor(tokenizer, sequence_length=LENGTH)
+    keras_hub.models.GemmaCausalLM(backbone, preprocessor).save(os.path.join(folder, "gemma.keras"))
+    rng = np.random.default_rng(seed)
+    train, held = texts(rng, records), texts(rng, 32)
+    for name, rows in (("train", [{"text": t} for t in train]), ("held", [{"text": t} for t in held]),
+                       ("pairs", [{"prompt": " ".join(t.split()[:1]), "response": " ".join(t.split()[1:])}
+                                  for t in train])):
+        with open(os.path.join(folder, f"{name}.jsonl"), "w") as f:
+            f.writelines(json.dumps(r) + "\n" for r in rows)
+    assert not any(m.startswith("distft") for m in sys.modules)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], *map(int, sys.argv[2:]))
