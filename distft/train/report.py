@@ -20,6 +20,7 @@ from distft.model import head as heads
 from distft.model import lora, objective
 from distft.model.prepare import combined_checksum, layer_checksums
 from distft.train import methods
+from distft.train.metrics import objective as objective_for
 from distft.train.run_callbacks import Callbacks, fmt
 from distft.train.runtime import Worker
 from distft.train.setup import Setup
@@ -132,7 +133,10 @@ def _log_start(setup: Setup, trainee: Trainee, worker: Worker, state: RunState, 
     moving = ft.statistics_params
     log.info("weights: %d trainable, %d frozen%s", ft.trainable_params, ft.frozen_params,
              f", {moving} moving statistics (averaged over the workers every epoch)" if moving else "")
-    _log_objective(ft, setup.train_data.layout.describe_y())
+    if trainee.averager.tokens:
+        _log_token_objective(ft, objective_for(ft, cfg, tokens=True)["weighted_metrics"])
+    else:
+        _log_objective(ft, setup.train_data.layout.describe_y())
     log.info("data %s: %d records, %d steps/epoch of %d per worker (global batch %d%s%s)",
              cfg.data, trainee.records, position.steps, cfg.batch_size, cfg.batch_size * worker.size,
              f", {cfg.batch_size * worker.size * cfg.grad_accum} per update" if cfg.grad_accum > 1 else "",
@@ -140,6 +144,14 @@ def _log_start(setup: Setup, trainee: Trainee, worker: Worker, state: RunState, 
     if setup.resume_from:
         log.info("resuming from %s: %d epoch(s) done, %d to go (from %s)", setup.resume_from,
                  position.epoch, cfg.epochs - position.epoch, position.next_step())
+
+
+def _log_token_objective(ft, metrics: list) -> None:
+    """A causal LM's objective line: its loss, over the real tokens, and its per-token metrics."""
+    where = f" from {objective.FROM_FILE}" if ft.origin.get("loss") == objective.FROM_FILE else ""
+    log.info("objective: %s%s, the mean over every worker's real tokens (padding and prompts "
+             "weigh 0); metrics per token: %s (--loss and --metrics to change)",
+             objective.describe(ft.loss), where, ", ".join(objective.describe(m) for m in metrics))
 
 
 def _log_objective(ft, targets: str) -> None:

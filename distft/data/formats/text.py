@@ -318,6 +318,8 @@ def _prompted(preprocessor: Any, prompts: tf.Tensor, responses: tf.Tensor, lengt
     """(x, y, sample_weight) of prompt/response pairs, as `preprocessor` packs a text (start
     token, tokens, end token, padding to `length` + 1, shifted by one for the next-token
     targets), with the weights of the prompt's tokens 0: only the response is learnt."""
+    if not preprocessor.built:  # its packer is made when it is built
+        preprocessor.build(None)
     tokenizer, packer = preprocessor.tokenizer, preprocessor.packer
     prompt, response = tokenizer(prompts), tokenizer(responses)
     start = int(bool(preprocessor.add_start_token))

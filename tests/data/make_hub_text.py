@@ -1,11 +1,15 @@
-"""Stock keras_hub, no distft: a tiny GemmaCausalLM saved with its preprocessor (a SentencePiece
-word vocabulary trained here), and text data of one pattern: each word is followed by the next
-of a cycle of WORDS. Random weights: the base model knows nothing of the pattern.
+"""Stock keras_hub, no distft: tiny Keras Hub text models saved with their preprocessors, with
+random weights, and text data they know nothing of.
 
-    python make_gemma.py FOLDER [RECORDS] [SEED]
+- gemma.keras: a GemmaCausalLM (a SentencePiece word vocabulary trained here); gemma_ids.keras,
+  the same without a preprocessor. Data of one pattern, each word followed by the next of a
+  cycle of WORDS: train.jsonl (RECORDS texts of 2 to 12 words), pairs.jsonl (the same texts as
+  a one-word prompt and its response), held.jsonl and held.txt (other texts).
+- bert.keras: a BertTextClassifier (a WordPiece vocabulary of WORDS; logits, as Keras Hub's
+  classifiers are) and reviews.csv, a text column and a label column: 1 when the text holds
+  "seven".
 
-writes FOLDER/gemma.keras, train.jsonl (texts of 2 to 12 words), pairs.jsonl (the same texts as
-prompt and response) and held.jsonl (other texts).
+    python make_hub_text.py FOLDER [RECORDS] [SEED]
 """
 import io
 import json
@@ -41,14 +45,34 @@ def main(folder: str, records: int = 128, seed: int = 0) -> None:
         num_key_value_heads=1, hidden_dim=32, intermediate_dim=64, head_dim=16)
     preprocessor = keras_hub.models.GemmaCausalLMPreprocessor(tokenizer, sequence_length=LENGTH)
     keras_hub.models.GemmaCausalLM(backbone, preprocessor).save(os.path.join(folder, "gemma.keras"))
+    keras_hub.models.GemmaCausalLM(backbone, None).save(os.path.join(folder, "gemma_ids.keras"))
     rng = np.random.default_rng(seed)
     train, held = texts(rng, records), texts(rng, 32)
+    with open(os.path.join(folder, "held.txt"), "w") as f:
+        f.writelines(t + "\n\n" for t in held)  # empty lines are skipped
     for name, rows in (("train", [{"text": t} for t in train]), ("held", [{"text": t} for t in held]),
                        ("pairs", [{"prompt": " ".join(t.split()[:1]), "response": " ".join(t.split()[1:])}
                                   for t in train])):
         with open(os.path.join(folder, f"{name}.jsonl"), "w") as f:
             f.writelines(json.dumps(r) + "\n" for r in rows)
+    classifier(folder, rng, records, seed)
     assert not any(m.startswith("distft") for m in sys.modules)
+
+
+def classifier(folder: str, rng: np.random.Generator, records: int, seed: int) -> None:
+    tokenizer = keras_hub.models.BertTokenizer(
+        vocabulary=["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS])
+    keras.utils.set_random_seed(seed)
+    backbone = keras_hub.models.BertBackbone(
+        vocabulary_size=tokenizer.vocabulary_size(), num_layers=2, num_heads=2, hidden_dim=32,
+        intermediate_dim=64, max_sequence_length=LENGTH)
+    preprocessor = keras_hub.models.BertTextClassifierPreprocessor(tokenizer, sequence_length=LENGTH)
+    keras_hub.models.BertTextClassifier(backbone, num_classes=2, preprocessor=preprocessor).save(
+        os.path.join(folder, "bert.keras"))
+    rows = [" ".join(rng.choice(WORDS, rng.integers(2, 8))) for _ in range(records)]
+    with open(os.path.join(folder, "reviews.csv"), "w") as f:
+        f.write("text,label\n")
+        f.writelines(f"{t},{int('seven' in t.split())}\n" for t in rows)
 
 
 if __name__ == "__main__":
