@@ -186,14 +186,18 @@ def test_the_callback_writes_each_epochs_generations_to_tensorboard(gemma, tmp_p
         def on_epoch_end(self, epoch, logs=None):
             heard.append([lm.generate(p, max_length=MAX_LENGTH) for p in PROMPTS])
 
-    folders = {name: str(tmp_path / name) for name in ("model", "function", "rank1")}
+    def broken() -> keras.Model:
+        raise RuntimeError("no model here")
+
+    folders = {name: str(tmp_path / name) for name in ("model", "function", "rank1", "broken")}
     callbacks = [Generations(lm, PROMPTS, folders["model"], MAX_LENGTH, rank=0),
                  Generations(lambda: lm, PROMPTS, folders["function"], MAX_LENGTH, rank=0),
-                 Generations(lm, PROMPTS, folders["rank1"], MAX_LENGTH, rank=1), Listen()]
+                 Generations(lm, PROMPTS, folders["rank1"], MAX_LENGTH, rank=1),
+                 Generations(broken, PROMPTS, folders["broken"], MAX_LENGTH, rank=0), Listen()]
     lm.compile(optimizer=keras.optimizers.Adam(3e-2))
     lm.fit(["a bird flew over the tree"] * 16, batch_size=8, epochs=2, verbose=0,
            callbacks=callbacks)
-    assert heard[0] != heard[1], heard  # the model changed between the epochs
+    assert len(heard) == 2 and heard[0] != heard[1], heard  # trained on, the model changed
     for name in ("model", "function"):
         texts = _texts(folders[name])
         assert sorted(texts) == [1, 2], texts
@@ -201,4 +205,4 @@ def test_the_callback_writes_each_epochs_generations_to_tensorboard(gemma, tmp_p
             rows = texts[step].splitlines()
             assert rows[:2] == ["| prompt | generated |", "|---|---|"], texts[step]
             assert rows[2:] == [f"| {p} | {s} |" for p, s in zip(PROMPTS, said)], texts[step]
-    assert not os.path.exists(folders["rank1"])
+    assert not os.path.exists(folders["rank1"]) and not os.path.exists(folders["broken"])
