@@ -8,9 +8,10 @@ Example:
 # The subpackage distft.train first: loading it later (the trainer does) would rebind the
 # package attribute `distft.train` from the function to the subpackage.
 import distft.train  # noqa: F401  isort: skip
-from distft.api import evaluate, inspect, predict, shard, train
+from distft.api import evaluate, generate, inspect, predict, shard, train
 from distft.config import TrainConfig
 from distft.errors import DistftError
 
 __version__ = "0.1.0"
-__all__ = ["train", "evaluate", "predict", "inspect", "shard", "TrainConfig", "DistftError", "__version__"]
+__all__ = ["train", "evaluate", "predict", "generate", "inspect", "shard", "TrainConfig", "DistftError",
+           "__version__"]

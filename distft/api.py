@@ -191,6 +191,37 @@ def predict(model: str, data: str, output: str, batch_size: int = 256, label: st
     return output
 
 
+def generate(model: Union[str, "keras.Model"], prompts: Union[str, Sequence[str]],
+             sampler: str = "greedy", max_length: int = 64, seed: Optional[int] = None,
+             output: Optional[str] = None, batch_size: int = 16) -> list[str]:
+    """Continue each prompt with a Keras Hub causal language model: `model` is its .keras file,
+    a run folder holding model.keras, or the loaded `CausalLM`, saved with its preprocessor.
+    Returns what the model's `generate` gives for each prompt (the prompt, then its
+    continuation, up to `max_length` tokens in all), after `compile(sampler=sampler)` (keras_hub's
+    sampler names: greedy, top_k, top_p, random, beam, contrastive); `seed` makes a random
+    sampler repeatable. `output`: also write `{"prompt", "generated"}` JSON lines there. One
+    process, no workers.
+
+    Example:
+        distft.generate("runs/lm", ["The cat"], sampler="top_k", max_length=32, seed=1)
+    """
+    from distft.model import generation
+
+    _setup_logging(0, 1, False, tensorflow=False)
+    sampler, max_length, batch_size = generation.check(sampler, max_length, batch_size)
+    prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+    if not prompts or not all(isinstance(p, str) for p in prompts):
+        raise DistftError("prompts: pass a text or a list of texts")
+    log.import_tensorflow(False)
+    lm = generation.causal_lm(model)
+    texts = generation.generate(lm, prompts, sampler, max_length, seed, batch_size)
+    if output:
+        generation.write_jsonl(output, prompts, texts)
+        log.info("wrote %s: %d prompts and their continuations (--sampler=%s --max_length=%d)",
+                 output, len(texts), sampler, max_length)
+    return texts
+
+
 def _open(data: str, label: str, x_key: Optional[str], y_key: Optional[str]):
     """This worker and `data`, opened (see `_load`)."""
     from distft.data.dataset import Source

@@ -3,6 +3,7 @@
     distft train    --model=PATH --data=PATTERN [--output_dir=DIR] [options]
     distft evaluate --model=PATH --data=PATTERN [--metrics=auc,precision,...] [--np=N] [--batch_size=B]
     distft predict  --model=PATH --data=PATTERN --output=FILE.npy|FILE.npz|FILE.csv
+    distft generate --model=DIR_OR_FILE (--prompt=TEXT | --prompts=FILE) [--sampler=greedy|top_k]
     distft inspect  --model=PATH [--num_classes=K --unfreeze=SPEC]
     distft inspect  --model=PATH --unfreeze=SPEC --workers=8,64,512 --link=25gbit [--step_ms=MS]
     distft shard    --input=SRC --output_dir=DIR --num_shards=K [--compression=GZIP]
@@ -62,6 +63,32 @@ class Commands:
         api.predict(model, data, str(output), int(batch_size), _str(label), bool(unsafe_deserialization),
                     _preprocess(preprocess), _str(x_key), _str(y_key), _str(classes),
                     _str(import_))
+
+    def generate(self, model: str, prompt: Optional[str] = None, prompts: Optional[str] = None,
+                 sampler: str = "greedy", max_length: int = 64, output: Optional[str] = None,
+                 seed: Optional[int] = None, batch_size: int = 16) -> None:
+        """Continue PROMPT, or each line of the file PROMPTS, with MODEL: a Keras Hub causal
+        language model saved with its preprocessor (a .keras file, or a run folder holding
+        model.keras). Prints each text as the model's generate gives it (the prompt, then its
+        continuation; one a line, a line break in it shown as \\n), or writes them to OUTPUT as
+        JSON lines {"prompt": ..., "generated": ...}. SAMPLER: keras_hub's greedy, top_k, top_p,
+        random, beam or contrastive; MAX_LENGTH: tokens in all; SEED: repeatable sampling;
+        BATCH_SIZE: prompts a generate call.
+
+        Example:
+            distft generate --model=runs/lm --prompt="The cat" --max_length=32
+            distft generate --model=lm.keras --prompts=prompts.txt --sampler=top_k --seed=1 \\
+                --output=generated.jsonl
+        """
+        from distft import api
+        from distft.model.generation import prompts_from
+
+        texts = api.generate(str(model), prompts_from(_str(prompt), _str(prompts)), _str(sampler),
+                             max_length, None if seed is None else _integer("seed", seed),
+                             _str(output), batch_size)
+        if output is None:
+            for text in texts:
+                print(text.replace("\n", "\\n"), flush=True)
 
     def inspect(self, model: str, num_classes: Optional[int] = None, unfreeze: Optional[str] = None,
                 train_bn: bool = False, weights: Optional[str] = None,
@@ -198,6 +225,26 @@ def _integer(name: str, value: Any) -> int:
     return int(value)
 
 
+# Flags whose value is free text: Fire would read `--prompt=hello, world` as a tuple and
+# `--prompt=1e3` as a number, so `main` hands their values to Fire quoted, as typed.
+TEXT_FLAGS = ("--prompt",)
+
+
+def _text_flags(argv: list[str]) -> list[str]:
+    """`argv` with the values of TEXT_FLAGS (`--prompt=TEXT` or `--prompt TEXT`) quoted for
+    Fire, which unquotes them to the same string."""
+    out: list[str] = []
+    for arg in argv:
+        name, sep, value = arg.partition("=")
+        if out and out[-1] in TEXT_FLAGS and not arg.startswith("--"):
+            out.append(repr(arg))
+        elif sep and name in TEXT_FLAGS:
+            out.append(f"{name}={value!r}")
+        else:
+            out.append(arg)
+    return out
+
+
 def _keyword_flag(arg: str) -> str:
     name, sep, value = arg.partition("=")
     return f"--{field_name(name[2:])}{sep}{value}" if name.startswith("--") else arg
@@ -227,7 +274,7 @@ def main(argv: Optional[list[str]] = None) -> None:
 
     argv = sys.argv[1:] if argv is None else argv
     # A flag named after a Python keyword (--import) reaches Fire as its parameter (import_).
-    argv = [_keyword_flag(a) for a in argv]
+    argv = _text_flags([_keyword_flag(a) for a in argv])
     if any(a in ("--help", "-h") for a in argv) and "--" not in argv:
         argv = [a for a in argv if a not in ("--help", "-h")] + ["--", "--help"]
     debug = any(a in ("--debug", "--debug=true", "--debug=True") for a in argv)

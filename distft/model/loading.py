@@ -6,13 +6,15 @@ Keras version that wrote it, or the user classes that no imported module (--impo
 (model/custom.py), or says the file is damaged.
 
 What a model's layers do not tell about it (a SavedModel, a headless application) comes in a
-`ModelFlags` record beside it, from `load_with_flags`.
+`ModelFlags` record beside it, from `load_with_flags`. `model_file` finds the model of a
+distft run folder (its model.keras), for the commands that take one.
 
 Example:
     model = load("base_model.h5")
     model = load("app:MobileNetV2", weights="none", input_shape=(96, 96, 3))
     loaded = load_with_flags("app:MobileNetV2", weights="none", input_shape=(96, 96, 3))
     loaded.model, loaded.flags.headless                                  # ..., True
+    model = load(model_file("runs/a"))                                   # runs/a/model.keras
 """
 from __future__ import annotations
 
@@ -54,6 +56,18 @@ def load(path: str, weights: str | None = None, input_shape: tuple | None = None
          unsafe_deserialization: bool = False) -> keras.Model:
     """Return an uncompiled Keras model, or raise DistftError naming the problem and the fix."""
     return load_with_flags(path, weights, input_shape, unsafe_deserialization).model
+
+
+def model_file(path: str) -> str:
+    """`path`, or the model.keras in it when it is a distft run folder (a SavedModel folder is
+    itself the model)."""
+    if not os.path.isdir(path) or os.path.exists(os.path.join(path, "saved_model.pb")):
+        return path
+    inside = os.path.join(path, "model.keras")
+    if not os.path.isfile(inside):
+        raise DistftError(f"--model={path} is a folder with neither model.keras (a distft run "
+                          "folder) nor saved_model.pb: pass a model file or a run folder")
+    return inside
 
 
 def load_with_flags(path: str, weights: str | None = None, input_shape: tuple | None = None,
