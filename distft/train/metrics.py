@@ -119,16 +119,16 @@ def _per_token(weighted: list, loss: Any) -> list:
     from_logits = bool(model_objective.options(loss).get("from_logits"))
     more = []
     if "perplexity" not in names:
-        more.append(_Perplexity(from_logits))
+        more.append(Perplexity(from_logits))
     if not names & {"accuracy", "sparse_categorical_accuracy"}:
         more.append(keras.metrics.SparseCategoricalAccuracy(name="accuracy"))
     return list(weighted) + more
 
 
-class _Perplexity(keras.metrics.Mean):
+class Perplexity(keras.metrics.Mean):
     """exp of the mean crossentropy per weighted token: the sums add up over workers exactly."""
 
-    def __init__(self, from_logits: bool, name: str = "perplexity", **kwargs):
+    def __init__(self, from_logits: bool = True, name: str = "perplexity", **kwargs):
         super().__init__(name=name, **kwargs)
         self.from_logits = from_logits
 

@@ -37,6 +37,7 @@ from distft.train.callbacks.stopping import GracefulStop
 from distft.train.callbacks.tensorboard import TensorBoardLogger
 from distft.train.callbacks.timing import Timing
 from distft.train.callbacks.unfreezing import StagedUnfreezing
+from distft.train.callbacks.samples import Generations
 from distft.train.callbacks.validation import Validation
 from distft.train.callbacks.weights import WeightChanges
 from distft.train.evaluation import evaluate_split
@@ -99,6 +100,12 @@ def callbacks(setup: Setup, trainee: Trainee, worker: Worker, state: RunState, f
             found.append(confusion)
             if first and not position.epoch:
                 confusion.measure(0)
+    if tb and trainee.averager.tokens:  # what the causal LM says, each epoch
+        samples = Generations(ft.model, _prompts(trainee), folder.file("tensorboard/validation"),
+                              _generated_length(trainee), worker.rank)
+        found.append(samples)
+        if not position.epoch and not position.skip:
+            samples.write(0)
     if trainee.ema:
         found.append(EMA(trainee.ema, validate))
     if tb:
@@ -124,6 +131,17 @@ def _state(trainee: Trainee, state: RunState, at: Position, stop: GracefulStop,
     trained = at.epoch if at.skip else max(0, at.epoch - 1)
     return state.at(at, stage=trainee.plan.index_at(trained), stopped_by=stop.stopped_by,
                     logs={k: float(v) for k, v in (logs or {}).items()})
+
+
+def _prompts(trainee: Trainee, n: int = 3) -> list[str]:
+    """A few prompts of the validation data (else the training data's): see Text.prompts."""
+    data = trainee.val_data or trainee.train_data
+    return data.layout.prompts(data.files[0], n)
+
+
+def _generated_length(trainee: Trainee) -> int:
+    """Tokens in all of a generation: the length the model trains on."""
+    return trainee.cfg.sequence_length or trainee.train_data.layout.preprocessor.sequence_length
 
 
 def _val_stream(setup: Setup, trainee: Trainee, worker: Worker) -> Optional[tf.data.Dataset]:

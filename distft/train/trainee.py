@@ -72,6 +72,10 @@ class Trainee:
                                     jit=methods.use_xla(cfg.jit, ft.model, cfg.sync_bn),
                                     tokens=train_data.layout.token_weighted)
         ema = WeightAverage(plan.variables(), cfg.ema) if cfg.ema else None
+        # A Keras Hub task compiles itself with a default optimizer whenever it is made (loaded,
+        # or rebuilt for LoRA), which its checkpoint dependencies keep until another takes its
+        # place: distft's, as compile will, so that a checkpoint read before compile matches.
+        ft.model.optimizer = optimizer
         checkpoint = tf.train.Checkpoint(model=ft.model, optimizer=optimizer, **(
             {"ema": ema.state} if ema else {}), **({"grads": averager.state} if cfg.grad_accum > 1 else {}))
         return cls(ft, feed, train_data, val_data, records, plan, parts, optimizer, clock, averager,

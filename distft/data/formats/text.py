@@ -137,6 +137,18 @@ class Text(Layout):
     def on_images(self, x, fn):
         return x
 
+    def prompts(self, path: str, n: int) -> list[str]:
+        """The first `n` records' prompts, to see what a causal LM makes of them: a pair's
+        prompt, or the first half of a text's words."""
+        found = []
+        for record in self.read(tf.constant(path)).take(n):
+            if self.keys.paired:
+                found.append(record[self.keys.prompt].numpy().decode())
+                continue
+            words = record[self.keys.text].numpy().decode().split()
+            found.append(" ".join(words[:max(1, len(words) // 2)]))
+        return found
+
     def shards(self) -> Layout:
         return TFRecordTextLayout(self.keys, self.label)
 
@@ -164,7 +176,7 @@ class Text(Layout):
             return None
         named = ", ".join(f"'{k}'" for k in missing)
         return DistftError(f"{path}: {where} has no {named} (it has {', '.join(sorted(found)) or 'nothing'}): "
-                           f"name the text with {self.keys.flags()} and class ids with --label")
+                           f"name the text with {self.keys.flags()}")
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,210 @@
+"""Keras Hub text models on raw text (issue 30): tiny models that stock keras_hub writes with
+their preprocessors in a process without distft (tests/data/make_hub_text.py), fine-tuned on
+2 workers from JSONL, .txt and CSV text.
+
+- A GemmaCausalLM with `--lora` on raw text: held-out token accuracy rises from the random
+  base's to far above it, the loss is the mean over all workers' real tokens, perplexity and
+  token accuracy are reported, TensorBoard's Text tab shows what the model says each epoch,
+  and the merged model.keras, opened in stock keras_hub, generates the pattern it learnt.
+- The same with prompt/response pairs (the prompts' tokens weigh 0).
+- A BERT text classifier (logits head, kept with its file's objective) on a CSV text column.
+- Text for a model without a preprocessor, half a prompt/response pair, and a missing text
+  field: one error line each.
+- Ctrl-C, then --resume, of a LoRA causal-LM run ends where a run never stopped ends.
+
+tests/test_equivalence.py holds the exactness rows (2 workers against 1 on the doubled batch).
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+
+import numpy as np
+import pytest
+
+from conftest import DISTFT, Job, SharedLaunch, horovodrun, one_line, run
+from test_custom_objects import need_keras_hub
+
+pytestmark = pytest.mark.multiworker
+
+HERE = os.path.dirname(__file__)
+MAKE = os.path.join(HERE, "data", "make_hub_text.py")
+RECORDS = 261
+
+# Stock keras_hub, no distft: what a saved causal LM is and says.
+STOCK = """
+import json, sys
+import keras, keras_hub
+model = keras.saving.load_model(sys.argv[1])
+print(json.dumps({"task": type(model).__name__, "preprocessor": type(model.preprocessor).__name__,
+                  "lora": "lora" in json.dumps(model.get_config()),
+                  "generated": [model.generate(p, max_length=8) for p in sys.argv[2:]]}))
+assert not any(m.startswith("distft") for m in sys.modules)
+"""
+
+
+@pytest.fixture(scope="module")
+def hub(tmp_path_factory) -> str:
+    need_keras_hub()
+    folder = str(tmp_path_factory.mktemp("hub_text"))
+    result = run([sys.executable, MAKE, folder, str(RECORDS)], timeout=300)
+    assert result.code == 0, result.out[-3000:]
+    return folder
+
+
+def lm_args(hub: str, name: str, *more: str) -> list[str]:
+    return ["train", f"--model={hub}/gemma.keras", "--lora=4", "--lr=2e-2", "--batch_size=16",
+            "--log_every=1000", f"--output_dir={hub}/runs/{name}", *more]
+
+
+@pytest.fixture(scope="module")
+def launch(hub) -> SharedLaunch:
+    runs = [
+        {"name": "lora", "argv": lm_args(hub, "lora", f"--data={hub}/train.jsonl",
+                                         f"--val_data={hub}/held.txt", "--epochs=12")},
+        {"name": "pairs", "argv": lm_args(hub, "pairs", f"--data={hub}/pairs.jsonl", "--val_split=0.2",
+                                          "--prompt_key=prompt", "--response_key=response", "--epochs=12")},
+        {"name": "classifier", "argv": ["train", f"--model={hub}/bert.keras", f"--data={hub}/reviews.csv",
+                                        "--val_split=0.2", "--epochs=8", "--lr=3e-3", "--batch_size=16",
+                                        f"--output_dir={hub}/runs/classifier"]},
+        {"name": "no_preprocessor", "argv": ["train", f"--model={hub}/gemma_ids.keras",
+                                             f"--data={hub}/train.jsonl", f"--output_dir={hub}/runs/x1"]},
+        {"name": "half_pair", "argv": lm_args(hub, "x2", f"--data={hub}/pairs.jsonl", "--prompt_key=prompt")},
+        {"name": "missing_field", "argv": lm_args(hub, "x3", f"--data={hub}/pairs.jsonl")},
+    ]
+    os.makedirs(os.path.join(hub, "runs"), exist_ok=True)
+    return SharedLaunch(os.path.join(hub, "runs"), runs)
+
+
+def metrics(hub: str, name: str) -> dict:
+    with open(os.path.join(hub, "runs", name, "metrics.json")) as f:
+        return json.load(f)
+
+
+def test_lora_on_raw_text_learns_the_pattern_and_the_merged_model_generates_it(hub, launch):
+    out = launch.output("lora")
+    line = one_line(out, "distft objective:")
+    assert "SparseCategoricalCrossentropy(from_logits=True) from the model file" in line, line
+    assert "the mean over every worker's real tokens" in line and "perplexity" in line, line
+    assert "LoRA rank 4" in out and "attention/query" in out
+    m = metrics(hub, "lora")
+    before, after = m["validation_before"], m["validation"]
+    print(f"held-out token accuracy {before['sparse_categorical_accuracy']:.3f} -> "
+          f"{after['sparse_categorical_accuracy']:.3f}, perplexity {before['perplexity']:.1f} -> "
+          f"{after['perplexity']:.2f}")
+    assert before["sparse_categorical_accuracy"] < 0.1 and after["sparse_categorical_accuracy"] > 0.6
+    assert after["perplexity"] == pytest.approx(np.exp(after["loss"]), rel=1e-4)
+    assert after["perplexity"] < before["perplexity"] / 10
+    assert m["workers"] == 2 and len(set(m["weights_checksums"])) == 1
+
+    stock = run([sys.executable, "-c", STOCK, f"{hub}/runs/lora/model.keras", "five", "twelve thirteen"])
+    assert stock.code == 0, stock.out[-3000:]
+    said = json.loads(stock.out.strip().splitlines()[-1])
+    assert said["task"] == "GemmaCausalLM" and said["preprocessor"] == "GemmaCausalLMPreprocessor"
+    assert not said["lora"]  # merged
+    print(f"generated: {said['generated']}")
+    assert said["generated"][0].startswith("five six seven eight"), said
+    assert said["generated"][1].startswith("twelve thirteen fourteen fifteen"), said
+
+
+def test_each_epoch_tensorboard_shows_what_the_model_says(hub, launch):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    launch.output("lora")
+    events = EventAccumulator(f"{hub}/runs/lora/tensorboard/validation", size_guidance={"tensors": 0})
+    events.Reload()
+    tables = {e.step: e.tensor_proto.string_val[0].decode() for e in events.Tensors("generations")}
+    assert sorted(tables) == list(range(13))  # before training, then after each of 12 epochs
+    # The first held-out text's first half, continued: nothing of the pattern at first.
+    with open(f"{hub}/held.txt") as f:
+        first = f.readline().split()
+    prompt = " ".join(first[:len(first) // 2])
+    assert f"| {prompt} |" in tables[0] and f"| {prompt} |" in tables[12]
+    assert tables[0] != tables[12]
+
+
+def test_prompt_response_pairs_learn_the_responses(hub, launch):
+    out = launch.output("pairs")
+    m = metrics(hub, "pairs")
+    before, after = m["validation_before"], m["validation"]
+    print(f"pairs: held-out response-token accuracy {before['sparse_categorical_accuracy']:.3f} -> "
+          f"{after['sparse_categorical_accuracy']:.3f}")
+    assert before["sparse_categorical_accuracy"] < 0.2 and after["sparse_categorical_accuracy"] > 0.5
+    assert "weights identical on all 2 workers" in out
+
+
+def test_a_text_classifier_keeps_its_logits_head_and_learns_from_a_csv_column(hub, launch):
+    out = launch.output("classifier")
+    assert "from_logits=True) from the model file" in one_line(out, "distft objective:")
+    m = metrics(hub, "classifier")
+    print(f"classifier: held-out accuracy {m['validation_before']['sparse_categorical_accuracy']:.3f}"
+          f" -> {m['validation']['sparse_categorical_accuracy']:.3f}")
+    assert m["validation"]["sparse_categorical_accuracy"] > 0.95
+    assert m["validation"]["loss"] < m["validation_before"]["loss"] / 4
+
+
+@pytest.mark.parametrize("name, words", [
+    ("no_preprocessor", ["holds text", "no preprocessor", "Keras Hub task"]),
+    ("half_pair", ["--prompt_key and --response_key go together"]),
+    ("missing_field", ["line 1 has no 'text'", "--text_key"]),
+])
+def test_bad_text_input_is_one_error_line(launch, name, words):
+    code, out = launch.ended(name)
+    assert code != 0
+    line = one_line(out, "distft: error:")
+    assert all(w in line for w in words), line
+    assert "Traceback" not in out
+
+
+def test_prompt_tokens_weigh_nothing():
+    """Keras Hub's packing of a text (start token, tokens, end token, padding), the prompt's
+    targets weighted 0: the model learns to continue the prompt, not to say it."""
+    need_keras_hub()
+    import keras_hub
+    import tensorflow as tf
+
+    from distft.data.formats.text import _prompted
+
+    vocabulary = {"<|endoftext|>": 0, "a": 1, "b": 2, "c": 3, "\u0120a": 4, "\u0120b": 5, "\u0120c": 6,
+                  "\u0120": 7}
+    tokenizer = keras_hub.models.GPT2Tokenizer(vocabulary=vocabulary, merges=["\u0120 a", "\u0120 b", "\u0120 c"])
+    preprocessor = keras_hub.models.GPT2CausalLMPreprocessor(tokenizer, sequence_length=8)
+    pairs = tf.data.Dataset.from_tensors((["a b", "c"], [" c a", " b b b"]))  # in tf.data, as distft runs it
+    x, y, weights = next(iter(pairs.map(lambda p, r: _prompted(preprocessor, p, r, 8))))
+    # GPT-2 packs <|endoftext|> at both ends: [0, prompt..., response..., 0, padding].
+    np.testing.assert_array_equal(x["token_ids"], [[0, 1, 5, 6, 4, 0, 0, 0], [0, 3, 5, 5, 5, 0, 0, 0]])
+    np.testing.assert_array_equal(y, [[1, 5, 6, 4, 0, 0, 0, 0], [3, 5, 5, 5, 0, 0, 0, 0]])
+    np.testing.assert_array_equal(np.asarray(weights, int), [[0, 0, 1, 1, 1, 0, 0, 0], [0, 1, 1, 1, 1, 0, 0, 0]])
+    plain_x, plain_y, plain_weights = next(iter(tf.data.Dataset.from_tensors(["a b c a"]).map(preprocessor)))
+    np.testing.assert_array_equal(plain_x["token_ids"][0], [0, 1, 5, 6, 4, 0, 0, 0])  # the same packing
+    assert int(np.sum(plain_weights)) == 5
+
+
+def test_ctrl_c_then_resume_of_a_lora_language_model_ends_with_the_uninterrupted_weights(hub, tmp_path):
+    from distft.train.checkpoint import CheckpointStore
+    from test_multiworker import weights_by_layer
+
+    def args(run_dir: str) -> list[str]:  # 300 steps an epoch: stopped mid-epoch
+        return [*lm_args(hub, "unused", f"--data={hub}/train.jsonl", "--epochs=3", "--steps_per_epoch=300",
+                         "--batch_size=8", "--schedule=cosine"), f"--output_dir={run_dir}"]
+
+    run_dir = str(tmp_path / "stopped")
+    job = Job([DISTFT, *args(run_dir), "--np=2"], str(tmp_path / "log"))
+    job.wait_for("epoch 1/3")
+    os.killpg(job.proc.pid, signal.SIGINT)
+    assert job.wait(60) == 75, job.out[-3000:]
+    _, state = CheckpointStore(os.path.join(run_dir, "checkpoints")).latest()
+    assert state.stopped_by == "Ctrl-C (SIGINT)" and 0 < state.step_in_epoch < 300, state
+    resumed = Job([DISTFT, *args(run_dir), "--np=2", "--resume"], str(tmp_path / "log2"))
+    assert resumed.wait(300) == 0, resumed.out[-3000:]
+    assert f"(from epoch {state.epoch + 1} step {state.step_in_epoch + 1} of 300)" in resumed.out
+    straight = str(tmp_path / "straight")
+    whole = horovodrun(args(straight))
+    assert whole.code == 0, whole.out[-3000:]
+    a, b = (weights_by_layer(os.path.join(d, "model.keras")) for d in (run_dir, straight))
+    diff = max(float(np.abs(x - y).max()) for layer in a for x, y in zip(a[layer], b[layer]))
+    print(f"stopped at epoch {state.epoch + 1} step {state.step_in_epoch}; resumed vs never stopped: "
+          f"largest weight difference {diff:.3g}")
+    assert diff < 1e-5
