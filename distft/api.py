@@ -14,6 +14,7 @@ from typing import Any, Optional, Sequence, Union
 
 from distft import log, scaling
 from distft.config import TrainConfig, evaluation_options
+from distft.data.formats.text import TextOptions
 from distft.errors import DistftError
 from distft.launch.environment import Environment, detect
 
@@ -61,7 +62,9 @@ def evaluate(model: str, data: str, batch_size: int = 256, label: str = "label",
              x_key: Optional[str] = None, y_key: Optional[str] = None,
              classes: Optional[str] = None, metrics: Union[str, Sequence[str], None] = None,
              np: Optional[int] = None, output: Optional[str] = None,
-             import_: Union[str, Sequence[str], None] = None) -> dict[str, float]:
+             import_: Union[str, Sequence[str], None] = None,
+             text_key: str = "text", prompt_key: Optional[str] = None,
+             response_key: Optional[str] = None) -> dict[str, float]:
     """Loss and metrics of `model` over all of `data`, split across the workers when launched
     or across `np` workers that this call starts; exact for every Keras metric (each metric's
     state is summed over the workers).
@@ -72,7 +75,9 @@ def evaluate(model: str, data: str, batch_size: int = 256, label: str = "label",
     wrote the model fed, see model/preprocessing.py). Class names in the
     data are numbered as in `classes` (a classes.json; default: the one beside the model).
     `output`: also write the results to this JSON file. `import_`: modules to import first
-    (`--import`: names or .py files, whose classes the model uses).
+    (`--import`: names or .py files, whose classes the model uses). Text records (a Keras Hub
+    task's, see train's --text_key, --prompt_key, --response_key): a causal LM's loss is the mean
+    over the real tokens, with perplexity and token accuracy.
     """
     options = dict(locals())  # this call's arguments, for the workers that --np starts
     env = detect()
@@ -89,9 +94,10 @@ def evaluate(model: str, data: str, batch_size: int = 256, label: str = "label",
     from distft.train.checks import check_fit
     from distft.train.evaluation import evaluate_split
     from distft.train.metrics import objective
+    from distft.train.step import evaluate_per_token
 
     import_modules(import_)
-    worker, source = _open(data, label, x_key, y_key)
+    worker, source = _open(data, label, x_key, y_key, TextOptions(text_key, prompt_key, response_key))
     ft = worker.all_ok(lambda: prepare(model, unfreeze="all", metrics=metrics,
                                        unsafe_deserialization=unsafe_deserialization,
                                        target_shape=source.layout.target_shape))
@@ -99,7 +105,10 @@ def evaluate(model: str, data: str, batch_size: int = 256, label: str = "label",
     worker.all_ok(lambda: check_fit(ft, ds))
     feed = _feed(preprocess, model, ft.model, ds, worker)
     # Every output weighs 1 in `loss`; the loss and metrics default to the file's (a kept head).
-    ft.model.compile(**{**worker.all_ok(lambda: objective(ft, None)), "loss_weights": None})
+    tokens = ds.layout.token_weighted  # a causal LM on text: the mean over the real tokens
+    ft.model.compile(**{**worker.all_ok(lambda: objective(ft, None, tokens)), "loss_weights": None})
+    if tokens:
+        evaluate_per_token(ft.model)
     stream = ds.stream(worker.rank, worker.size, batch_size, ft.input_shape, training=False,
                        preprocess=feed)
     results = evaluate_split(ft.model, stream, ds.share(worker.rank, worker.size).records, worker)
@@ -135,11 +144,14 @@ def _warn_np_ignored(np: Optional[int], env: Environment) -> None:
 def predict(model: str, data: str, output: str, batch_size: int = 256, label: str = "label",
             unsafe_deserialization: bool = False, preprocess: str = "auto",
             x_key: Optional[str] = None, y_key: Optional[str] = None,
-            classes: Optional[str] = None, import_: Union[str, Sequence[str], None] = None) -> str:
+            classes: Optional[str] = None, import_: Union[str, Sequence[str], None] = None,
+            text_key: str = "text") -> str:
     """Write the model's outputs for every record of `data`, in file order, to `output`:
     `.npy` (the outputs), `.npz` (one array per output, named as the outputs: a model with
     several outputs), or `.csv` (the predicted class's name, then one probability column per
-    class, named from `classes`: a classes.json, default the one beside the model).
+    class, named from `classes`: a classes.json, default the one beside the model), or, for a
+    Keras Hub causal LM on text, `.jsonl`: each record's text (the field `text_key`, e.g. the
+    prompts of pairs) continued by the model's `generate`, up to the length its preprocessor packs.
     `import_`: modules to import first, as in `evaluate`."""
     _setup_logging(detect().rank, detect().size, False)
 
@@ -150,12 +162,14 @@ def predict(model: str, data: str, output: str, batch_size: int = 256, label: st
     from distft.files import atomic_write
 
     kind = os.path.splitext(output)[1]
-    if kind not in (".npy", ".npz", ".csv"):
+    if kind not in (".npy", ".npz", ".csv", ".jsonl"):
         raise DistftError(f"--output={output} must end in .npy (outputs), .npz (one array per "
-                          "output) or .csv (class names and probabilities)")
+                          "output), .csv (class names and probabilities) or .jsonl (a causal LM's text)")
     import_modules(import_)
-    worker, source = _open(data, label, x_key, y_key)
+    worker, source = _open(data, label, x_key, y_key, TextOptions(text_key))
     net = worker.all_ok(lambda: loading.load(model, unsafe_deserialization=unsafe_deserialization))
+    if kind == ".jsonl":
+        return _generated(worker, net, _load(worker, source, net, model, classes, targets=False), output)
     outputs = list(net.output_names) if len(net.outputs) > 1 else ["output"]  # a Sequential has no names
     if (len(outputs) > 1) != (kind == ".npz"):
         raise DistftError(f"--output={output}: the model has {len(outputs)} output(s) "
@@ -191,6 +205,22 @@ def predict(model: str, data: str, output: str, batch_size: int = 256, label: st
     return output
 
 
+def _generated(worker, net, ds, output: str) -> str:
+    """predict's `.jsonl`: each record's prompt continued by a causal LM, split by record over
+    the workers and written in file order by rank 0."""
+    from distft.model.generation import causal_lm, continuations, write_jsonl
+
+    lm = worker.all_ok(lambda: causal_lm(net))
+    prompts = [p for path in ds.files for p in ds.layout.prompts(path, whole=True)]
+    mine = continuations(lm, prompts[worker.rank::worker.size], lm.preprocessor.sequence_length)
+    parts = worker.gather(mine)
+    if worker.rank == 0:
+        texts = [parts[i % worker.size][i // worker.size] for i in range(len(prompts))]
+        write_jsonl(output, prompts, texts)
+        log.info("wrote %s: %d generated texts", output, len(texts))
+    return output
+
+
 def generate(model: Union[str, "keras.Model"], prompts: Union[str, Sequence[str]],
              sampler: str = "greedy", max_length: int = 64, seed: Optional[int] = None,
              output: Optional[str] = None, batch_size: int = 16) -> list[str]:
@@ -222,13 +252,15 @@ def generate(model: Union[str, "keras.Model"], prompts: Union[str, Sequence[str]
     return texts
 
 
-def _open(data: str, label: str, x_key: Optional[str], y_key: Optional[str]):
+def _open(data: str, label: str, x_key: Optional[str], y_key: Optional[str],
+          text: TextOptions = TextOptions()):
     """This worker and `data`, opened (see `_load`)."""
     from distft.data.dataset import Source
     from distft.train.runtime import Worker
 
     worker = Worker.start()
-    return worker, worker.all_ok(lambda: Source.open(data, label, x_key=x_key, y_key=y_key, named_csv=True))
+    return worker, worker.all_ok(lambda: Source.open(data, label, x_key=x_key, y_key=y_key, named_csv=True,
+                                                     text=text))
 
 
 def _load(worker, source, net, model: str, classes: Optional[str], targets: bool = True):
@@ -321,10 +353,12 @@ def inspect(model: str, num_classes: Optional[int] = None, unfreeze: Optional[st
 
 def shard(input: Optional[str], output_dir: str, num_shards: int = 0, compression: str = "",
           label: str = "label", seed: int = 0, workers: int = 1, overwrite: bool = False,
-          verify: bool = False, x_key: Optional[str] = None, y_key: Optional[str] = None) -> str:
+          verify: bool = False, x_key: Optional[str] = None, y_key: Optional[str] = None,
+          text: TextOptions = TextOptions()) -> str:
     """Write `num_shards` balanced TFRecord shards of `input` and a manifest.json; return its path.
 
-    `input`: a folder of class subfolders of JPEG/PNG images, or TFRecord, .npz or .csv files.
+    `input`: a folder of class subfolders of JPEG/PNG images, or TFRecord, .npz or .csv files,
+    or text (.jsonl, .txt; `text`: where records hold it), written as TFRecord strings.
     `verify`: instead, check the shards in `output_dir` against their manifest (sizes, sha256).
     """
     _setup_logging(0, 1, False)
@@ -341,7 +375,7 @@ def shard(input: Optional[str], output_dir: str, num_shards: int = 0, compressio
         if not input:
             raise DistftError("--input is required: pass --input=SRC (or --verify to check shards)")
         m = write(input, output_dir, num_shards, compression, label, seed, workers, overwrite,
-                  x_key, y_key)
+                  x_key, y_key, text)
     return os.path.join(m.folder, "manifest.json")
 
 

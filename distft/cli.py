@@ -19,6 +19,7 @@ import traceback
 from typing import Any, Optional
 
 from distft.config import TrainConfig, coerce, field_name, option_groups, option_name, to_bool
+from distft.data.formats.text import TextOptions
 from distft.errors import DistftError
 from distft.launch.environment import detect
 
@@ -36,33 +37,37 @@ class Commands:
                  x_key: Optional[str] = None, y_key: Optional[str] = None,
                  classes: Optional[str] = None, metrics: Optional[str] = None,
                  np: Optional[int] = None, output: Optional[str] = None,
-                 import_: Optional[str] = None) -> None:
+                 import_: Optional[str] = None, text_key: str = "text",
+                 prompt_key: Optional[str] = None, response_key: Optional[str] = None) -> None:
         """Loss and metrics of MODEL over DATA (all workers' shares when launched, or NP workers
         started here), exact over the workers for every Keras metric; METRICS: Keras names,
         e.g. auc,precision,recall,f1_score, each with arguments NAME:KEY=VALUE (default: the model
         file's, else the head's); OUTPUT: also write them as JSON;
-        IMPORT: modules or .py files defining the model's custom classes (as for train).
+        IMPORT: modules or .py files defining the model's custom classes (as for train);
+        TEXT_KEY, PROMPT_KEY, RESPONSE_KEY: text records, as for train (a causal LM: the loss
+        over the real tokens, perplexity, token accuracy).
         """
         from distft import api
 
         api.evaluate(model, data, int(batch_size), _str(label), bool(unsafe_deserialization),
                      preprocess, _str(x_key), _str(y_key), _str(classes), _str(metrics), np,
-                     _str(output), _str(import_))
+                     _str(output), _str(import_), str(text_key), _str(prompt_key), _str(response_key))
 
     def predict(self, model: str, data: str, output: str, batch_size: int = 256,
                 label: str = "label", unsafe_deserialization: bool = False,
                 preprocess: str = "auto", x_key: Optional[str] = None,
                 y_key: Optional[str] = None, classes: Optional[str] = None,
-                import_: Optional[str] = None) -> None:
+                import_: Optional[str] = None, text_key: str = "text") -> None:
         """Write MODEL's outputs for each record of DATA, in order, to OUTPUT: .npy, .npz (one
         array per output: models with several outputs), or .csv with the predicted class name
         and each class's probability (names from CLASSES, a classes.json, by default the one
-        beside MODEL); IMPORT as for evaluate."""
+        beside MODEL), or .jsonl: a Keras Hub causal LM's continuation of each text (the field
+        TEXT_KEY of .jsonl records); IMPORT as for evaluate."""
         from distft import api
 
         api.predict(model, data, str(output), int(batch_size), _str(label), bool(unsafe_deserialization),
                     _preprocess(preprocess), _str(x_key), _str(y_key), _str(classes),
-                    _str(import_))
+                    _str(import_), str(text_key))
 
     def generate(self, model: str, prompt: Optional[str] = None, prompts: Optional[str] = None,
                  sampler: str = "greedy", max_length: int = 64, output: Optional[str] = None,
@@ -143,10 +148,12 @@ class Commands:
     def shard(self, output_dir: str, input: Optional[str] = None, num_shards: int = 0,
               compression: str = "", label: str = "label", seed: int = 0, workers: int = 1,
               overwrite: bool = False, verify: bool = False, x_key: Optional[str] = None,
-              y_key: Optional[str] = None) -> None:
+              y_key: Optional[str] = None, text_key: str = "text", prompt_key: Optional[str] = None,
+              response_key: Optional[str] = None) -> None:
         """Write NUM_SHARDS balanced TFRecord shards of INPUT (image folder with one subfolder per
-        class, or TFRecord/.npz/.csv files) and a manifest.json into OUTPUT_DIR; --verify checks
-        the shards of OUTPUT_DIR against their manifest (sizes and sha256).
+        class, TFRecord/.npz/.csv files, or text: .jsonl/.txt, as train reads it) and a
+        manifest.json into OUTPUT_DIR; --verify checks the shards of OUTPUT_DIR against their
+        manifest (sizes and sha256).
 
         Example:
             distft shard --input=flowers/ --output_dir=shards/ --num_shards=64 --workers=2
@@ -157,7 +164,7 @@ class Commands:
         api.shard(input and str(input), str(output_dir), _integer("num_shards", num_shards),
                   str(compression or ""), _str(label), _integer("seed", seed),
                   _integer("workers", workers), to_bool(overwrite), to_bool(verify), _str(x_key),
-                  _str(y_key))
+                  _str(y_key), TextOptions(str(text_key), _str(prompt_key), _str(response_key)))
 
     def slurm(self, template: str = "multi-node", nodes: int = 2, gpus_per_node: int = 4,
               cpus_per_task: int = 8, time: str = "04:00:00", partition: Optional[str] = None,

@@ -61,11 +61,21 @@ def lm_args(hub: str, name: str, *more: str) -> list[str]:
 
 @pytest.fixture(scope="module")
 def launch(hub) -> SharedLaunch:
+    sharded = run([DISTFT, "shard", f"--input={hub}/pairs.jsonl", "--prompt_key=prompt",
+                   "--response_key=response", f"--output_dir={hub}/shards", "--num_shards=4"])
+    assert sharded.code == 0, sharded.out[-3000:]
+    lora_model = f"{hub}/runs/lora/model.keras"
     runs = [
         {"name": "lora", "argv": lm_args(hub, "lora", f"--data={hub}/train.jsonl",
                                          f"--val_data={hub}/held.txt", "--epochs=12")},
         {"name": "pairs", "argv": lm_args(hub, "pairs", f"--data={hub}/pairs.jsonl", "--val_split=0.2",
                                           "--prompt_key=prompt", "--response_key=response", "--epochs=12")},
+        {"name": "evaluate", "argv": ["evaluate", f"--model={lora_model}", f"--data={hub}/held.jsonl",
+                                      f"--output={hub}/runs/evaluated.json"]},
+        {"name": "predict", "argv": ["predict", f"--model={lora_model}", f"--data={hub}/held.txt",
+                                     f"--output={hub}/runs/generated.jsonl"]},
+        {"name": "shards", "argv": lm_args(hub, "shards", f"--data={hub}/shards", "--val_split=0.2",
+                                           "--sequence_length=12", "--cache=memory", "--epochs=6")},
         {"name": "classifier", "argv": ["train", f"--model={hub}/bert.keras", f"--data={hub}/reviews.csv",
                                         "--val_split=0.2", "--epochs=8", "--lr=3e-3", "--batch_size=16",
                                         f"--output_dir={hub}/runs/classifier"]},
@@ -123,6 +133,37 @@ def test_each_epoch_tensorboard_shows_what_the_model_says(hub, launch):
     prompt = " ".join(first[:len(first) // 2])
     assert f"| {prompt} |" in tables[0] and f"| {prompt} |" in tables[12]
     assert tables[0] != tables[12]
+
+
+def test_evaluate_and_predict_read_text(hub, launch):
+    """evaluate on 2 workers gives the run's own last validation (the same texts as JSONL);
+    predict writes each text continued by the model, in file order."""
+    launch.output("evaluate")
+    with open(f"{hub}/runs/evaluated.json") as f:
+        evaluated = json.load(f)
+    assert evaluated == pytest.approx(metrics(hub, "lora")["validation"], rel=1e-5)
+    launch.output("predict")
+    with open(f"{hub}/held.txt") as f:
+        texts = [line.strip() for line in f if line.strip()]
+    with open(f"{hub}/runs/generated.jsonl") as f:
+        rows = [json.loads(line) for line in f]
+    assert [r["prompt"] for r in rows] == texts
+    assert all(r["generated"].startswith(r["prompt"]) for r in rows)
+    continued = [r for r in rows if len(r["generated"]) > len(r["prompt"])]  # the rest ended at once
+    assert len(continued) > 0.75 * len(rows)
+
+
+def test_text_shards_train_with_another_sequence_length(hub, launch):
+    """`distft shard` writes prompt/response pairs into balanced TFRecord shards whose manifest
+    says they are text; training on them (cached in memory, 12 tokens a record) learns."""
+    with open(f"{hub}/shards/manifest.json") as f:
+        manifest = json.load(f)
+    assert manifest["schema"]["record"] == {"x_kind": "text", "fields": ["prompt", "response"], "label": None}
+    assert sorted(s["records"] for s in manifest["shards"]) == [65, 65, 65, 66]
+    out = launch.output("shards")
+    m = metrics(hub, "shards")
+    assert m["validation"]["sparse_categorical_accuracy"] > 0.3 > m["validation_before"]["sparse_categorical_accuracy"]
+    assert "weights identical on all 2 workers" in out
 
 
 def test_prompt_response_pairs_learn_the_responses(hub, launch):

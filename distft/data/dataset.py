@@ -105,7 +105,8 @@ class Source:
         m = Manifest.find(pattern)
         if m is not None:
             m.verify()
-            return cls(tuple(m.paths()), m.to_layout(), holdout, flag, manifest=m, classes=tuple(m.class_names))
+            return cls(tuple(m.paths()), m.to_layout(), holdout, flag, manifest=m, classes=tuple(m.class_names),
+                       text=text)
         if is_image_folder(pattern):
             started = time.perf_counter()
             paths, labels, classes = images.scan(pattern, flag)
@@ -142,7 +143,8 @@ class Source:
                                   "or token ids")
             layout = self.layout if isinstance(self.layout, Text) else \
                 text_layout(self.files[0], self.text, self.label)
-            return dataclasses.replace(self, layout=layout.bind(preprocessor, self.flag), located=None)
+            layout = layout.bind(preprocessor, self.flag, self.text.sequence_length)
+            return dataclasses.replace(self, layout=layout, located=None)
         is_named = isinstance(self.layout, Named)
         if model is None or not named.is_multi(model):
             if is_named:  # the one-input layout's own error, naming what is missing

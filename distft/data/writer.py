@@ -28,7 +28,7 @@ import numpy as np
 
 from distft import log
 from distft.data import images, manifest
-from distft.data.formats import FORMATS, Layout, TFRecordLayout, infer_layout, layout_type
+from distft.data.formats import FORMATS, Layout, TextOptions, TFRecordLayout, infer_layout, layout_type
 from distft.data.manifest import NAME, Manifest, sha256
 from distft.errors import DistftError
 
@@ -113,9 +113,10 @@ class Files(Source):
     image arrays (see benchmarks/layouts.py, part 3, for why not PNG), and `y` (class names: ids)."""
 
     def __init__(self, files: list[str], label: str, x_key: Optional[str] = None,
-                 y_key: Optional[str] = None, layout: Optional[Layout] = None):
+                 y_key: Optional[str] = None, layout: Optional[Layout] = None,
+                 text: TextOptions = TextOptions()):
         self.files, self.label = files, label
-        self.layout = layout or infer_layout(files[0], label, x_key, y_key)
+        self.layout = layout or infer_layout(files[0], label, x_key, y_key, text=text)
         self.shard_layout = self.layout.shards()
         self.description = f"{len(files)} {self.layout.format} file(s) from {os.path.dirname(files[0])}"
         self.class_names = sorted({n for f in files for names in self.layout.class_names(f) for n in names})
@@ -139,8 +140,9 @@ class Files(Source):
 
 
 def open_source(path: str, label: str, seed: int, x_key: Optional[str] = None,
-                y_key: Optional[str] = None) -> Source:
-    """An image folder (class subfolders), or a file, folder or glob of TFRecord/.npz/.csv."""
+                y_key: Optional[str] = None, text: TextOptions = TextOptions()) -> Source:
+    """An image folder (class subfolders), or a file, folder or glob of TFRecord/.npz/.csv, or
+    of text (.jsonl, .txt: where `text` says)."""
     from distft.data.dataset import resolve_files
 
     if os.path.isdir(path) and not any(os.path.splitext(f)[1].lower() in FORMATS
@@ -160,14 +162,14 @@ def open_source(path: str, label: str, seed: int, x_key: Optional[str] = None,
         source = Files(files, label, layout=previous.to_layout())
         source.class_names = previous.class_names
         return source
-    return Files(files, label, x_key, y_key)
+    return Files(files, label, x_key, y_key, text=text)
 
 
 # --- writing ----------------------------------------------------------------------------------
 
 def write(input: str, output_dir: str, num_shards: int, compression: str = "", label: str = "label",
           seed: int = 0, workers: int = 1, overwrite: bool = False, x_key: Optional[str] = None,
-          y_key: Optional[str] = None) -> Manifest:
+          y_key: Optional[str] = None, text: TextOptions = TextOptions()) -> Manifest:
     """Write `num_shards` balanced shards of `input` and their manifest into `output_dir`."""
     compression = (compression or "").upper().replace("NONE", "")
     if compression not in COMPRESSIONS:
@@ -176,7 +178,7 @@ def write(input: str, output_dir: str, num_shards: int, compression: str = "", l
         raise DistftError(f"--num_shards and --workers must be at least 1, got {num_shards} and {workers}")
     _check_output(output_dir, overwrite)
     started = time.time()
-    source = open_source(input, label, seed, x_key, y_key)
+    source = open_source(input, label, seed, x_key, y_key, text)
     total = source.count()
     if total < num_shards:
         raise DistftError(f"--input has {total} records for --num_shards={num_shards}: ask for "

@@ -167,9 +167,14 @@ def token_loss(model: keras.Model, loss: tf.Tensor) -> tuple[tf.Tensor, tf.Tenso
     return loss - own, own
 
 
-def token_test_step(model: keras.Model) -> Callable:
-    """A `test_step` whose loss is the mean over the real tokens (see `tokens` above): the loss
-    tracker's sums add up over workers and batches to the mean over all of them."""
+def evaluate_per_token(model: keras.Model) -> None:
+    """Give `model` (compiled with `tokens`, see train/metrics.py) a `test_step` whose loss is the
+    mean over the real tokens (see `tokens` above): the loss tracker's sums add up over workers
+    and batches to the mean over all of them."""
+    model.test_step = _token_test_step(model)
+
+
+def _token_test_step(model: keras.Model) -> Callable:
     loss_tracker = next(m for m in model.metrics if m.name == "loss")
 
     def step(data):

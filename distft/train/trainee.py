@@ -31,7 +31,7 @@ from distft.train.execution import Execution
 from distft.train.metrics import objective
 from distft.train.runtime import Worker
 from distft.train.setup import Setup
-from distft.train.step import GradientAverager, token_test_step
+from distft.train.step import GradientAverager, evaluate_per_token
 
 
 @dataclass(frozen=True)
@@ -97,7 +97,7 @@ class Trainee:
                       **objective(self.ft, self.cfg, tokens))
         model.train_step = self.averager.train_step(model, size, self.ema.update if self.ema else None)
         if tokens:
-            model.test_step = token_test_step(model)
+            evaluate_per_token(model)
         self.execution.install(model)
 
     def variables(self) -> list:

@@ -23,6 +23,7 @@ import numpy as np
 import tensorflow as tf
 
 from distft.data.formats.base import Decoder, Layout
+from distft.data.formats.tfrecord import _TFRecordFile, _first_features
 from distft.errors import DistftError
 
 
@@ -96,9 +97,12 @@ class Text(Layout):
     def describe_y(self) -> str:
         return "(N,)" if self.label else "tokens"
 
-    def bind(self, preprocessor: Any, flag: str) -> Text:
-        """Given the model's `preprocessor`: a causal LM's trains on the text alone; any other
-        (a classifier's) needs the class ids in `label`."""
+    def bind(self, preprocessor: Any, flag: str, sequence_length: Optional[int] = None) -> Text:
+        """Given the model's `preprocessor` (and `sequence_length`, its override): a causal LM's
+        trains on the text alone; any other (a classifier's) needs the class ids in `label`."""
+        if sequence_length != self.keys.sequence_length:
+            return dataclasses.replace(self, keys=dataclasses.replace(self.keys, sequence_length=sequence_length)
+                                       ).bind(preprocessor, flag, sequence_length)
         if is_causal_lm(preprocessor):
             return dataclasses.replace(self, label=None, preprocessor=preprocessor)
         if self.keys.paired:
@@ -137,20 +141,21 @@ class Text(Layout):
     def on_images(self, x, fn):
         return x
 
-    def prompts(self, path: str, n: int) -> list[str]:
-        """The first `n` records' prompts, to see what a causal LM makes of them: a pair's
-        prompt, or the first half of a text's words."""
+    def prompts(self, path: str, n: int = -1, whole: bool = False) -> list[str]:
+        """The first `n` records' prompts (-1: all), to see what a causal LM makes of them: a
+        pair's prompt, or a text (`whole`), or the first half of its words."""
         found = []
         for record in self.read(tf.constant(path)).take(n):
             if self.keys.paired:
                 found.append(record[self.keys.prompt].numpy().decode())
                 continue
-            words = record[self.keys.text].numpy().decode().split()
-            found.append(" ".join(words[:max(1, len(words) // 2)]))
+            text = record[self.keys.text].numpy().decode()
+            words = text.split()
+            found.append(text if whole else " ".join(words[:max(1, len(words) // 2)]))
         return found
 
     def shards(self) -> Layout:
-        return TFRecordTextLayout(self.keys, self.label)
+        return TFRecordTextLayout(dataclasses.replace(self.keys, sequence_length=None), self.label)
 
     def examples(self, path: str, classes: list, chunk: int) -> Iterator[tuple[list[bytes], np.ndarray]]:
         shards = self.shards()
@@ -213,6 +218,9 @@ class JsonlTextLayout(Text):
             lambda line: tf.strings.length(tf.strings.strip(line)) > 0)
         return self._records(lines.map(strings))
 
+    def count(self, path: str) -> int:
+        return sum(1 for _ in _json_rows(path))
+
     def misfit(self, path: str) -> None:
         for n, row in _json_rows(path):
             error = self._missing(path, set(row), f"line {n}")
@@ -257,6 +265,10 @@ class TxtLayout(Text):
             lambda line: tf.strings.length(tf.strings.strip(line)) > 0)
         return self._records(lines)
 
+    def count(self, path: str) -> int:
+        with open(path, encoding="utf-8") as f:
+            return sum(1 for line in f if line.strip())
+
 
 @dataclass(frozen=True)
 class CsvTextLayout(Text):
@@ -281,19 +293,20 @@ class CsvTextLayout(Text):
                                                select_cols=[self.columns.index(k) for k in order])
         return self._records(rows.map(lambda *v: tuple(dict(zip(order, v))[k] for k in self.fields)))
 
+    def count(self, path: str) -> int:
+        with open(path, newline="", encoding="utf-8") as f:
+            return sum(1 for row in csv.reader(f) if row) - 1
+
 
 @dataclass(frozen=True)
-class TFRecordTextLayout(Text):
+class TFRecordTextLayout(_TFRecordFile, Text):
     """TFRecord Examples with the text (or prompt and response) as bytes features, and an int64
     class id for a classifier; what `distft shard` writes of any text layout."""
 
-    format = "tfrecord"
     compression: str = ""
 
     @classmethod
     def infer_text(cls, path: str, keys: TextOptions, label: Optional[str]) -> TFRecordTextLayout:
-        from distft.data.formats.tfrecord import _first_features
-
         compression, feats = _first_features(path)
         layout = cls(keys, label if label in feats else None, compression=compression)
         error = layout._missing(path, set(feats), "the first record")
@@ -301,12 +314,32 @@ class TFRecordTextLayout(Text):
             raise error
         return layout
 
-    def read(self, path: tf.Tensor, known: Optional[tf.Tensor] = None) -> tf.data.Dataset:
+    @property
+    def reads(self) -> str:
+        return ", ".join(self.fields)
+
+    def spec(self) -> dict:
         spec = {k: tf.io.FixedLenFeature([], tf.string) for k in self.keys.names}
         if self.label:
             spec[self.label] = tf.io.FixedLenFeature([], tf.int64)
-        return tf.data.TFRecordDataset(path, self.compression, 1 << 20).map(
-            lambda r: tf.io.parse_single_example(r, spec))
+        return spec
+
+    def read(self, path: tf.Tensor, known: Optional[tf.Tensor] = None) -> tf.data.Dataset:
+        return super().read(path).map(lambda r: tf.io.parse_single_example(r, self.spec()))
+
+    def labels(self, batch: tf.Tensor) -> np.ndarray:
+        if not self.label:
+            return np.zeros(len(batch), np.int64)
+        return tf.io.parse_example(batch, {self.label: self.spec()[self.label]})[self.label].numpy()
+
+    def check_example(self, record: bytes) -> Optional[str]:
+        feats = tf.train.Example.FromString(record).features.feature
+        for key in self.fields:
+            kind = feats[key].WhichOneof("kind") if key in feats else None
+            want = "int64_list" if key == self.label else "bytes_list"
+            if kind != want:
+                return f"has no {want} feature '{key}'"
+        return None
 
     def example(self, row: dict, label: Optional[int]) -> bytes:
         f = tf.train.Feature
