@@ -250,3 +250,44 @@ def _is_worker_on(pid: int, node: bytes) -> bool:
     except OSError:
         return False
     return b"HOROVOD_HOSTNAME=" + node in environ and b"distft" in cmd and b"horovodrun" not in cmd
+
+
+@pytest.mark.slurm
+def test_discovery_script_lists_the_allocations_usable_nodes(cluster, tmp_path):
+    from distft.launch import slurm
+
+    script = os.path.join(SLURM, "discover_hosts.sh")
+    env = {"SLURM_JOB_NODELIST": "n[1-2]", "SLURM_NTASKS_PER_NODE": "2"}
+
+    def listed() -> list[str]:
+        result = run([script], timeout=30, env=env)
+        assert result.code == 0, result.out
+        return result.lines
+
+    def wait_listed(expected: list[str]) -> None:
+        deadline = time.time() + 60
+        while listed() != expected and time.time() < deadline:
+            time.sleep(0.5)
+        assert listed() == expected
+
+    wait_listed(["n1:2", "n2:2"])
+    # DOWN kills a job running on the node: wait until n2 runs none (other Slurm tests).
+    deadline = time.time() + 120
+    while run(["squeue", "-h", "-w", "n2"]).out.strip() and time.time() < deadline:
+        time.sleep(0.5)
+    try:
+        for state in ("DOWN", "DRAIN"):
+            run(["scontrol", "update", "nodename=n2", f"state={state}", "reason=distft-test"])
+            assert listed() == ["n1:2"], state
+            run(["scontrol", "update", "nodename=n2", "state=resume"])
+            wait_listed(["n1:2", "n2:2"])
+    finally:
+        run(["scontrol", "update", "nodename=n2", "state=resume"])
+    # `distft slurm --template=elastic` points the job at this script, wherever it runs.
+    path = slurm.write_script("elastic", str(tmp_path / "job.sbatch"), 2, 0, 1, "00:10:00", None,
+                              None, {"model": "m.keras", "lr": 0.01})
+    text = open(path).read()
+    assert f"DISCOVER=${{DISCOVER:-{script}}}" in text and "#SBATCH --no-kill" in text
+    assert "EXTRA_ARGS=${EXTRA_ARGS:---lr=0.01}" in text
+    test = run(["sbatch", "--test-only", path], timeout=30)
+    assert "to start at" in test.out, test.out
