@@ -33,6 +33,7 @@ JITS = ("auto", "on", "off")
 CONTROLLERS = ("gloo", "mpi")
 AUGMENTATIONS = ("flip", "crop", "rotate", "color")
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
+QUANTIZATIONS = ("int8",)
 
 
 @dataclass(frozen=True)
@@ -167,6 +168,9 @@ class TrainConfig:
                 "do not train whole; in a Keras Hub backbone those its enable_lora picks)"})
     lora_alpha: Optional[float] = field(default=None, metadata={"group": "methods",
         "help": "LoRA scale: updates are alpha/rank * A @ B (default: the rank)"})
+    quantize: Optional[str] = field(default=None, metadata={"group": "methods",
+        "help": "int8: the frozen weights quantized (Keras 3's quantize), LoRA trains on top; "
+                "model.keras is the float base with the factors merged"})
     save_adapter: bool = field(default=False, metadata={"group": "methods",
         "help": "with --lora: also write the factors alone to adapter.npz"})
     # Run
@@ -255,6 +259,8 @@ class TrainConfig:
         if self.sequence_length is not None:
             _positive("sequence_length", self.sequence_length)
         self.text()  # --prompt_key and --response_key together
+        if self.quantize not in (None, *QUANTIZATIONS):
+            raise DistftError(f"--quantize={self.quantize} is not one of {', '.join(QUANTIZATIONS)}")
         if not 0.0 <= self.val_split < 1.0:
             raise DistftError(f"--val_split must be in [0, 1), got {self.val_split}")
         if self.val_split and self.val_data:

@@ -138,6 +138,8 @@ CASES = {
     # Validated on held-out texts each epoch (loss, perplexity and token accuracy, summed).
     "causal_lm": Case({"unfreeze": "all"}, data="lm"),
     "causal_lm_lora": Case({"lora": 4, "unfreeze": "none"}, data="lm"),
+    # The frozen layers quantized to int8 (Keras's own quantize), the factors on top.
+    "causal_lm_int8_lora": Case({"lora": 4, "unfreeze": "none", "quantize": "int8"}, data="lm"),
     "causal_lm_pairs": Case({"lora": 4, "unfreeze": "none", "prompt_key": "prompt",
                              "response_key": "response"}, data="lm_pairs"),
     # Negative control: 1 worker at batch B makes twice the updates; the comparison must fail.

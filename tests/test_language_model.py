@@ -68,6 +68,8 @@ def launch(hub) -> SharedLaunch:
     runs = [
         {"name": "lora", "argv": lm_args(hub, "lora", f"--data={hub}/train.jsonl",
                                          f"--val_data={hub}/held.txt", "--epochs=12")},
+        {"name": "int8", "argv": lm_args(hub, "int8", f"--data={hub}/train.jsonl",
+                                         f"--val_data={hub}/held.txt", "--epochs=12", "--quantize=int8")},
         {"name": "pairs", "argv": lm_args(hub, "pairs", f"--data={hub}/pairs.jsonl", "--val_split=0.2",
                                           "--prompt_key=prompt", "--response_key=response", "--epochs=12")},
         {"name": "evaluate", "argv": ["evaluate", f"--model={lora_model}", f"--data={hub}/held.jsonl",
@@ -117,6 +119,33 @@ def test_lora_on_raw_text_learns_the_pattern_and_the_merged_model_generates_it(h
     print(f"generated: {said['generated']}")
     assert said["generated"][0].startswith("five six seven eight"), said
     assert said["generated"][1].startswith("twelve thirteen fourteen fifteen"), said
+
+
+def test_int8_base_under_lora_learns_as_the_float_base_and_saves_the_float_weights(hub, launch):
+    """--quantize=int8: the frozen layers train as int8 (the tied embedding excepted, see
+    model/lora.py), the factors on top learn as much as on the float base, and model.keras is
+    the float model of the file with the factors merged: the layers without LoRA hold the file's
+    own weights, bit for bit, not their int8 round trip."""
+    import keras
+
+    out = launch.output("int8")
+    line = one_line(out, "frozen layers quantized")
+    assert "int8:" in line and "model.keras holds the model file's float weights" in line, line
+    assert "moving statistics" not in one_line(out, "distft weights:")  # int8 weights are frozen
+    int8, float_ = metrics(hub, "int8")["validation"], metrics(hub, "lora")["validation"]
+    print(f"held-out loss {int8['loss']:.4f} on an int8 base, {float_['loss']:.4f} on the float base")
+    assert int8["sparse_categorical_accuracy"] > 0.6
+    assert abs(int8["loss"] - float_["loss"]) < 0.1 * float_["loss"]
+    saved = keras.saving.load_model(f"{hub}/runs/int8/model.keras")
+    base = keras.saving.load_model(f"{hub}/gemma.keras")
+    assert all(v.dtype == "float32" for v in saved.weights) and "int8" not in json.dumps(saved.get_config())
+    saved_w, base_w = ({v.path: np.asarray(v) for v in m.weights} for m in (saved, base))
+    assert saved_w.keys() == base_w.keys()
+    ffw = [p for p in base_w if "ffw" in p]
+    merged = [p for p in base_w if "attention/query/kernel" in p or "attention/value/kernel" in p]
+    assert ffw and merged
+    assert all(np.array_equal(saved_w[p], base_w[p]) for p in ffw)
+    assert all(np.abs(saved_w[p] - base_w[p]).max() > 1e-4 for p in merged)
 
 
 def test_each_epoch_tensorboard_shows_what_the_model_says(hub, launch):

@@ -20,7 +20,9 @@ stock keras_hub opens it as the task it was, and generates.
 Example:
     paths = enable(body_layers, whole=set(), rank=8, alpha=None, pattern="query|value")
     paths = enable(body_layers, whole=set(), rank=8, model=model)  # a Keras Hub model: query, value
+    quantize(model, body_layers, whole=set(), mode="int8")   # frozen weights int8, before enable
     plain = merged(model)                      # no lora_rank in its config; same predictions
+    plain = merged(onto(float_model, quantized))   # float base weights, the factors merged
     save_adapter(model, "runs/a/adapter.npz")  # the factors alone, by variable path
 """
 from __future__ import annotations
@@ -97,6 +99,20 @@ def enable(leaves: list[keras.layers.Layer], whole: set[int], rank: int,
     return [l.path for _, l in chosen]
 
 
+def quantize(model: keras.Model, leaves: list[keras.layers.Layer], whole: set[int], mode: str) -> list[str]:
+    """Quantize the frozen weights (Keras 3's own `quantize(mode)`: int8 kernels and embeddings
+    with per-channel scales) of the layers in `leaves` outside `whole` (indices of layers that
+    train whole), before LoRA goes on them; the paths of the layers it quantized.
+
+    Not a reversible embedding (a Keras Hub language model's tied input and output embedding):
+    its int8 output projection quantizes its inputs with no gradient through them, so nothing
+    before it would train (Keras 3.15)."""
+    frozen = {id(sub) for i, leaf in enumerate(leaves) if i not in whole
+              for sub in leaf._flatten_layers() if sub.weights and not hasattr(sub, "tie_weights")}
+    model.quantize(mode, filters=lambda layer: id(layer) in frozen)
+    return [l.path for l in model._flatten_layers() if getattr(l, "quantization_mode", None) == mode]
+
+
 def hub_targets(model: keras.Model) -> Optional[set[int]]:
     """The ids of the layers that Keras Hub's `backbone.enable_lora(rank)` enables, over the Keras
     Hub backbones in `model` (layers with weights named as `default_lora_layer_names()` says,
@@ -116,6 +132,19 @@ def summary(model: keras.Model) -> dict[str, Any]:
             "layers": [l.path for l in layers],
             "factor_params": int(sum(np.prod(v.shape) for l in layers for v in l.weights
                                      if is_factor(v)))}
+
+
+def onto(base: keras.Model, trained: keras.Model) -> keras.Model:
+    """`base` (the same model prepared without quantization: float layers, LoRA on the same
+    layers) holding every weight of `trained` that it holds in the same shape and dtype: the
+    factors and all that trained, not the quantized frozen weights, which keep their float
+    values from the model file."""
+    found = {v.path: v for v in trained.weights}
+    for variable in base.weights:
+        other = found.get(variable.path)
+        if other is not None and other.shape == variable.shape and other.dtype == variable.dtype:
+            variable.assign(other)
+    return base
 
 
 def merged(model: keras.Model) -> keras.Model:

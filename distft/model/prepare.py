@@ -91,11 +91,12 @@ def prepare(model: str, num_classes: Optional[int] = None, unfreeze: Optional[st
             target_shape: Union[tuple, dict] = (), head: Optional[str] = None,
             loss_weights: Optional[str] = None, lora_rank: int = 0,
             lora_layers: Optional[str] = None, lora_alpha: Optional[float] = None,
-            file_objective: bool = True) -> FineTuneModel:
+            file_objective: bool = True, quantize: Optional[str] = None) -> FineTuneModel:
     """Load `model`, replace its head if `num_classes` (with several outputs: the head of output
     `head`), and set which layers train; with `lora_rank`, LoRA factors on `lora_layers`
-    (model/lora.py) train beside `unfreeze` (default none). `file_objective=False`: the head's
-    default objective even for a file compiled with its own (for a look at the layers).
+    (model/lora.py) train beside `unfreeze` (default none); `quantize` ("int8"): the frozen
+    layers' weights quantized first (model/lora.py's `quantize`). `file_objective=False`: the
+    head's default objective even for a file compiled with its own (for a look at the layers).
 
     The default loss and metrics are the ones the model file was compiled with for a kept
     head, else they follow the head and `target_shape` (the data's per-record target shape;
@@ -137,6 +138,8 @@ def prepare(model: str, num_classes: Optional[int] = None, unfreeze: Optional[st
     body = [l for l in unfreezing.flatten(full) if id(l) not in head_ids]
     spec = unfreeze if unfreeze is not None else ("none" if num_classes or lora_rank else "all")
     chosen = unfreezing.select(body, spec, train_bn)
+    if quantize:
+        lora.quantize(full, body, chosen, quantize)
     if lora_rank:
         lora.enable(body, chosen, lora_rank, lora_alpha, lora_layers, model=full)
     unfreezing.apply(full, body, chosen, train_bn)

@@ -7,7 +7,8 @@ share, once):
 - trainable: what the optimizer updates now (`model.trainable_variables`, in that order);
 - frozen: weights that do not change: every weight of a leaf layer that does not train, and in
   one that trains those created trainable and frozen since (under LoRA the layer's kernel and
-  bias, which `enable_lora` and distft froze);
+  bias, which `enable_lora` and distft froze), and a quantized layer's weights and scales
+  (--quantize);
 - statistics: the variables created non-trainable in a layer that trains, which training
   changes outside the gradients (BatchNormalization's moving mean and variance under
   --train_bn); a BatchNormalization layer that does not train holds frozen ones instead;
@@ -54,6 +55,7 @@ def classify(model: keras.Model, ever_trainable: Optional[Iterable[str]] = None)
             owner.setdefault(id(v), leaf)
     layers = model._flatten_layers(include_self=True, recursive=True)
     created_trainable = {id(v) for l in layers for v in l._trainable_variables}
+    quantized = {id(v) for l in layers if getattr(l, "quantization_mode", None) for v in l._non_trainable_variables}
     seed_states = {id(g.state) for l in layers for g in l._seed_generators}
     now = {id(v) for v in model.trainable_variables}
     trainable, later, frozen, statistics, seeds = [], [], [], [], []
@@ -69,7 +71,7 @@ def classify(model: keras.Model, ever_trainable: Optional[Iterable[str]] = None)
             trainable.append(v)
         elif id(v) in seed_states:
             seeds.append(v)
-        elif not (trains or some_stage):
+        elif not (trains or some_stage) or id(v) in quantized:
             frozen.append(v)
         elif id(v) in created_trainable:
             (later if some_stage else frozen).append(v)

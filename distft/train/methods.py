@@ -75,6 +75,12 @@ def describe(cfg: TrainConfig, the_plan: stages.Plan, xla: bool) -> None:
                  info["alpha"], len(info["layers"]), ", ".join(info["layers"][:6]) +
                  (" ..." if len(info["layers"]) > 6 else ""), info["factor_params"],
                  ", adapter.npz the factors alone" if cfg.save_adapter else "")
+    if cfg.quantize:
+        quantized = [l.path for l in the_plan.ft.model._flatten_layers()
+                     if getattr(l, "quantization_mode", None) == cfg.quantize]
+        log.info("%s: %d frozen layers quantized (%s), in training only: model.keras holds the "
+                 "model file's float weights (the factors merged)", cfg.quantize, len(quantized),
+                 ", ".join(quantized[:4]) + (" ..." if len(quantized) > 4 else ""))
     if cfg.ema:
         log.info("EMA of the weights, decay %g: validated as val_ema_*, saved as model_ema.keras",
                  cfg.ema)

@@ -25,7 +25,7 @@ from distft.train.run_callbacks import Callbacks, fmt
 from distft.train.runtime import Worker
 from distft.train.setup import Setup
 from distft.train.state import RunState
-from distft.train.trainee import Trainee
+from distft.train.trainee import Trainee, saved_model
 
 
 def announce(setup: Setup, trainee: Trainee, worker: Worker, state: RunState, placement: list[str]) -> None:
@@ -98,10 +98,10 @@ def differing_layers(per_rank: list[dict[str, str]]) -> list[str]:
 def _save(setup: Setup, trainee: Trainee, worker: Worker, metrics: dict[str, Any], identical: bool) -> None:
     """Rank 0: the model (and EMA model, adapter), metrics.json and the summary lines."""
     cfg, ft, folder = setup.cfg, trainee.ft, setup.folder
-    path = folder.save_model(_plain(ft.model))
+    path = folder.save_model(_plain(saved_model(setup, trainee)))
     if trainee.ema:
         with trainee.ema.swapped():
-            folder.save_model(_plain(ft.model, f"{ft.model.name}_ema"), "model_ema.keras")
+            folder.save_model(_plain(saved_model(setup, trainee), f"{ft.model.name}_ema"), "model_ema.keras")
     if cfg.save_adapter:
         atomic_write(folder.file("adapter.npz"), lambda tmp: lora.save_adapter(ft.model, tmp))
     folder.write_json("metrics.json", metrics)

@@ -129,4 +129,18 @@ def _prepare(cfg: TrainConfig, data: Source) -> FineTuneModel:
     return prepare(cfg.model, cfg.num_classes, cfg.unfreeze, cfg.head_dropout, cfg.train_bn,
                    cfg.weights, cfg.input_shape, cfg.loss, cfg.metrics, cfg.seed,
                    cfg.unsafe_deserialization, cfg.precision, data.layout.target_shape, cfg.head,
-                   cfg.loss_weights, cfg.lora, cfg.lora_layers, cfg.lora_alpha)
+                   cfg.loss_weights, cfg.lora, cfg.lora_layers, cfg.lora_alpha,
+                   quantize=cfg.quantize)
+
+
+def saved_model(setup: Setup, trainee: Trainee) -> keras.Model:
+    """The model to save (before `lora.plain`): with --quantize, the same model prepared in
+    float holding what trained (model/lora.py's `onto`), so that the file keeps the base's dtype."""
+    if not setup.cfg.quantize:
+        return trainee.ft.model
+    import dataclasses as dc
+
+    from distft.model import lora
+
+    base = _prepare(dc.replace(setup.cfg, quantize=None), setup.train_data).model
+    return lora.onto(base, trainee.ft.model)
