@@ -14,7 +14,7 @@ from typing import Any, Optional, Sequence, Union
 
 from distft import log, scaling
 from distft.config import TrainConfig, evaluation_options
-from distft.data.formats.text import TextOptions
+from distft.data.text_options import TextOptions
 from distft.errors import DistftError
 from distft.launch.environment import Environment, detect
 

@@ -19,7 +19,7 @@ import traceback
 from typing import Any, Optional
 
 from distft.config import TrainConfig, coerce, field_name, option_groups, option_name, to_bool
-from distft.data.formats.text import TextOptions
+from distft.data.text_options import TextOptions
 from distft.errors import DistftError
 from distft.launch.environment import detect
 

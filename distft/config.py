@@ -20,7 +20,7 @@ from typing import Any, Callable, Optional, Union, get_args, get_origin, get_typ
 import yaml
 
 from distft.errors import DistftError
-from distft.data.formats.text import TextOptions
+from distft.data.text_options import TextOptions
 from distft.files import load_yaml
 from distft.model import specs
 from distft.model.families import PREPROCESSING

@@ -24,34 +24,8 @@ import tensorflow as tf
 
 from distft.data.formats.base import Decoder, Layout
 from distft.data.formats.tfrecord import _TFRecordFile, _first_features
+from distft.data.text_options import TextOptions
 from distft.errors import DistftError
-
-
-@dataclass(frozen=True)
-class TextOptions:
-    """Where a record's text is: `text`, or `prompt` and `response` (both given, or neither);
-    `sequence_length` overrides the preprocessor's."""
-
-    text: str = "text"
-    prompt: Optional[str] = None
-    response: Optional[str] = None
-    sequence_length: Optional[int] = None
-
-    def __post_init__(self) -> None:
-        if (self.prompt is None) != (self.response is None):
-            raise DistftError("--prompt_key and --response_key go together: pass both, or neither "
-                              "to train on whole texts (--text_key)")
-
-    @property
-    def paired(self) -> bool:
-        return self.prompt is not None
-
-    @property
-    def names(self) -> tuple[str, ...]:
-        return (self.prompt, self.response) if self.paired else (self.text,)
-
-    def flags(self) -> str:
-        return "--prompt_key/--response_key" if self.paired else "--text_key"
 
 
 def text_preprocessor(model: Any) -> Any:
