@@ -65,6 +65,8 @@ def launch(hub) -> SharedLaunch:
                    "--response_key=response", f"--output_dir={hub}/shards", "--num_shards=4"])
     assert sharded.code == 0, sharded.out[-3000:]
     lora_model = f"{hub}/runs/lora/model.keras"
+    ids = np.random.default_rng(0).integers(4, 24, (64, 17)).astype("int32")  # token ids, not text
+    np.savez(f"{hub}/ids.npz", token_ids=ids[:, :-1], padding_mask=np.ones((64, 16), "int32"), y=ids[:, 1:])
     runs = [
         {"name": "lora", "argv": lm_args(hub, "lora", f"--data={hub}/train.jsonl",
                                          f"--val_data={hub}/held.txt", "--epochs=12")},
@@ -81,6 +83,8 @@ def launch(hub) -> SharedLaunch:
         {"name": "classifier", "argv": ["train", f"--model={hub}/bert.keras", f"--data={hub}/reviews.csv",
                                         "--val_split=0.2", "--epochs=8", "--lr=3e-3", "--batch_size=16",
                                         f"--output_dir={hub}/runs/classifier"]},
+        {"name": "ids_y", "argv": ["train", f"--model={hub}/gemma_ids.keras", f"--data={hub}/ids.npz",
+                                   "--epochs=1", f"--output_dir={hub}/runs/ids_y"]},
         {"name": "no_preprocessor", "argv": ["train", f"--model={hub}/gemma_ids.keras",
                                              f"--data={hub}/train.jsonl", f"--output_dir={hub}/runs/x1"]},
         {"name": "half_pair", "argv": lm_args(hub, "x2", f"--data={hub}/pairs.jsonl", "--prompt_key=prompt")},
@@ -213,6 +217,13 @@ def test_a_text_classifier_keeps_its_logits_head_and_learns_from_a_csv_column(hu
           f" -> {m['validation']['sparse_categorical_accuracy']:.3f}")
     assert m["validation"]["sparse_categorical_accuracy"] > 0.95
     assert m["validation"]["loss"] < m["validation_before"]["loss"] / 4
+
+
+def test_token_ids_in_y_train_a_model_whose_one_output_has_another_name(hub, launch):
+    """GemmaCausalLM's one output is named `token_embedding`; an .npz of its inputs and `y`."""
+    out = launch.output("ids_y")
+    assert "SparseCategoricalCrossentropy(from_logits=True) from the model file" in one_line(out, "distft objective:")
+    assert metrics(hub, "ids_y")["steps_run"] > 0
 
 
 @pytest.mark.parametrize("name, words", [

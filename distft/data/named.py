@@ -3,7 +3,8 @@ as the model's inputs and outputs.
 
 A file set without distft's one-input layout (`x` and `y`) is read as named fields (each
 array or feature: its name, value type and shape per record). `bind` matches them to a model:
-each input takes the field of its name, each output the field of its name as its target. An
+each input takes the field of its name, each output the field of its name as its target (a
+model's one output: or `y`, whatever the output's name). An
 image input (H, W, C) takes pixel arrays ((H, W) or (H, W, C) per record) or encoded PNG/JPEG
 bytes, which are decoded, resized, augmented and preprocessed as one-input images are; any
 other input takes the values, reshaped to its shape (where that has an unknown length, as a
@@ -26,6 +27,8 @@ import tensorflow as tf
 
 from distft.data import images
 from distft.errors import DistftError
+
+TARGET = "y"  # the target of a model's one output, whatever the output's name
 
 
 @dataclass(frozen=True)
@@ -115,11 +118,13 @@ def example_fields(feats) -> tuple[Field, ...]:
 
 def bind(fields: tuple[Field, ...], inputs: tuple[Port, ...], outputs: tuple, targets: bool,
          data: str, kind: str = "array") -> tuple[tuple[Port, ...], tuple[str, ...]]:
-    """The model's inputs (images marked) and the outputs that read a target, checked against
-    `fields` (`kind`: array or feature, for errors): every input needs a field; every output
-    too when `targets`."""
+    """The model's inputs (images marked) and the fields of the outputs' targets, checked
+    against `fields` (`kind`: array or feature, for errors): every input needs a field; every
+    output too when `targets`, named as the output (a model's one output: or `y`)."""
     by_name = {f.name: f for f in fields}
     names = [n for n, _ in outputs]
+    if len(names) == 1 and names[0] not in by_name and TARGET in by_name:
+        names = [TARGET]  # a model's one output reads `y`, whatever its name
     missing = [p.name for p in inputs if p.name not in by_name] + \
               [n for n in names if targets and n not in by_name]
     if missing:
@@ -148,6 +153,11 @@ def bind(fields: tuple[Field, ...], inputs: tuple[Port, ...], outputs: tuple, ta
 
 def _describe(f: Field) -> str:
     return "encoded images" if f.encoded else f"rows of shape {f.shape}"
+
+
+def target_of(shapes: dict, output: str) -> tuple:
+    """A model's one output's target shape among the fields' `shapes`: its own, or `y`'s."""
+    return tuple(shapes.get(output, shapes.get(TARGET, ())))
 
 
 def target_shapes(fields: tuple[Field, ...]) -> dict[str, tuple]:

@@ -13,6 +13,7 @@ from typing import Any, Optional, Union
 import numpy as np
 import keras
 
+from distft.data import named
 from distft.errors import DistftError
 from distft.model import head as heads
 from distft.model import loading, lora, objective, precision as mixed, unfreeze as unfreezing
@@ -154,8 +155,8 @@ def prepare(model: str, num_classes: Optional[int] = None, unfreeze: Optional[st
         shapes = {n: tuple(target_shape.get(n, ())) for n in outputs} if isinstance(target_shape, dict) \
             else {n: () for n in outputs}
     else:  # named data for a one-output model: its output's target
-        target_shape = tuple(target_shape.get(outputs[0], ()) if isinstance(target_shape, dict)
-                             else target_shape)
+        target_shape = named.target_of(target_shape, outputs[0]) if isinstance(target_shape, dict) \
+            else tuple(target_shape)
         shapes = {outputs[0]: target_shape}
     new_outputs = (head or outputs[0],) if num_classes else ()
     chosen = objective.choose(full, shapes, loss, metrics, loss_weights,

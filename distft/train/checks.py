@@ -21,11 +21,13 @@ def check_fit(ft: FineTuneModel, data: Ready, num_classes: Optional[int] = None)
     naming both shapes otherwise."""
     layout = data.layout
     if isinstance(layout, Named):
+        one = len(ft.model.outputs) == 1  # its target may be `y` (data/named.py)
         for name, out in zip(ft.model.output_names, ft.model.outputs):
-            if name in layout.outputs:
-                f = next(f for f in layout.fields if f.name == name)
+            field = layout.outputs[0] if one and layout.outputs else name
+            if field in layout.outputs:
+                f = next(f for f in layout.fields if f.name == field)
                 _check_targets(tuple(out.shape), ft.activation(name), f.shape,
-                               f.is_float, data.counts.ranges.get(name), list(f.classes),
+                               f.is_float, data.counts.ranges.get(field), list(f.classes),
                                num_classes, f"--data's '{name}'", f" --head={name}")
                 _check_loss(tuple(out.shape), *ft.loss_of(name), f.shape, f"--data's '{name}'",
                             f"{name}=" if isinstance(ft.loss, dict) else "")
