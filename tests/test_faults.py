@@ -13,6 +13,28 @@ from conftest import DISTFT, HOROVODRUN, Job, horovodrun, one_line
 pytestmark = pytest.mark.multiworker
 
 
+def resume_and_run_straight(args, run_dir: str, state, steps: int, tmp_path) -> str:
+    """--resume the stopped run in `run_dir` (its checkpoint's `state`, `steps` an epoch) and
+    run the same command straight in another folder, on 2 workers: both must end with the same
+    weights (float tolerance). `args(folder)`: the command's arguments. The straight run's folder."""
+    from test_multiworker import weights_by_layer
+
+    resumed = Job([DISTFT, *args(run_dir), "--np=2", "--resume"], str(tmp_path / "resumed.log"))
+    assert resumed.wait(300) == 0, resumed.out[-3000:]
+    assert f"(from epoch {state.epoch + 1} step {state.step_in_epoch + 1} of {steps})" in resumed.out
+    straight = str(tmp_path / "straight")
+    whole = horovodrun(args(straight))
+    assert whole.code == 0, whole.out[-3000:]
+    a, b = (weights_by_layer(os.path.join(d, "model.keras")) for d in (run_dir, straight))
+    diff = max(float(np.abs(x - y).max()) for layer in a for x, y in zip(a[layer], b[layer]))
+    print(f"stopped at epoch {state.epoch + 1} step {state.step_in_epoch}; resumed vs never "
+          f"stopped: largest weight difference {diff:.3g}")
+    for layer in a:
+        for x, y in zip(a[layer], b[layer]):
+            np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6, err_msg=layer)
+    return straight
+
+
 def train_args(demo_data, run_dir, epochs):
     return ["train", f"--model={demo_data['model']}", f"--data={demo_data['data']}",
             f"--val_data={demo_data['val_data']}", "--num_classes=5", "--unfreeze=last:2",
@@ -58,7 +80,6 @@ def test_sigterm_mid_epoch_then_resume_ends_with_the_uninterrupted_weights(demo_
     epoch goes on at the step after the stop, in the same shuffled order, with the same
     optimizer state and schedule (Adam, cosine)."""
     from distft.train.checkpoint import CheckpointStore
-    from test_multiworker import weights_by_layer
 
     def args(run_dir):  # 400 steps an epoch: the workers compare notes every 10-100 steps
         return [*train_args(demo_data, run_dir, 4), "--steps_per_epoch=400", "--schedule=cosine"]
@@ -76,19 +97,7 @@ def test_sigterm_mid_epoch_then_resume_ends_with_the_uninterrupted_weights(demo_
         f"--resume to continue from epoch {state.epoch + 1} step {state.step_in_epoch + 1}" in line
     assert not os.path.exists(os.path.join(run_dir, "model.keras"))
 
-    resumed = Job([DISTFT, *args(run_dir), "--np=2", "--resume"], str(tmp_path / "log2"))
-    assert resumed.wait(180) == 0, resumed.out[-3000:]
-    assert f"(from epoch {state.epoch + 1} step {state.step_in_epoch + 1} of 400)" in resumed.out
-    straight = str(tmp_path / "straight")
-    whole = horovodrun(args(straight))
-    assert whole.code == 0, whole.out[-3000:]
-    a, b = weights_by_layer(os.path.join(run_dir, "model.keras")), \
-        weights_by_layer(os.path.join(straight, "model.keras"))
-    print(f"stopped at epoch {state.epoch + 1} step {state.step_in_epoch}; resumed vs never "
-          f"stopped: largest weight difference {max(np.abs(x - y).max() for l in a for x, y in zip(a[l], b[l])):.3g}")
-    for layer in a:
-        for x, y in zip(a[layer], b[layer]):
-            np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6, err_msg=layer)
+    straight = resume_and_run_straight(args, run_dir, state, 400, tmp_path)
     for d in (run_dir, straight):
         with open(os.path.join(d, "metrics.json")) as f:
             assert json.load(f)["optimizer_updates"] == 4 * 400

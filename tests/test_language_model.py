@@ -24,7 +24,7 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import DISTFT, Job, SharedLaunch, horovodrun, one_line, run
+from conftest import DISTFT, Job, SharedLaunch, one_line, run
 from test_custom_objects import need_keras_hub
 
 pytestmark = pytest.mark.multiworker
@@ -265,7 +265,7 @@ def test_prompt_tokens_weigh_nothing():
 
 def test_ctrl_c_then_resume_of_a_lora_language_model_ends_with_the_uninterrupted_weights(hub, tmp_path):
     from distft.train.checkpoint import CheckpointStore
-    from test_multiworker import weights_by_layer
+    from test_faults import resume_and_run_straight
 
     def args(run_dir: str) -> list[str]:  # 300 steps an epoch: stopped mid-epoch
         return [*lm_args(hub, "unused", f"--data={hub}/train.jsonl", "--epochs=3", "--steps_per_epoch=300",
@@ -278,14 +278,4 @@ def test_ctrl_c_then_resume_of_a_lora_language_model_ends_with_the_uninterrupted
     assert job.wait(60) == 75, job.out[-3000:]
     _, state = CheckpointStore(os.path.join(run_dir, "checkpoints")).latest()
     assert state.stopped_by == "Ctrl-C (SIGINT)" and 0 < state.step_in_epoch < 300, state
-    resumed = Job([DISTFT, *args(run_dir), "--np=2", "--resume"], str(tmp_path / "log2"))
-    assert resumed.wait(300) == 0, resumed.out[-3000:]
-    assert f"(from epoch {state.epoch + 1} step {state.step_in_epoch + 1} of 300)" in resumed.out
-    straight = str(tmp_path / "straight")
-    whole = horovodrun(args(straight))
-    assert whole.code == 0, whole.out[-3000:]
-    a, b = (weights_by_layer(os.path.join(d, "model.keras")) for d in (run_dir, straight))
-    diff = max(float(np.abs(x - y).max()) for layer in a for x, y in zip(a[layer], b[layer]))
-    print(f"stopped at epoch {state.epoch + 1} step {state.step_in_epoch}; resumed vs never stopped: "
-          f"largest weight difference {diff:.3g}")
-    assert diff < 1e-5
+    resume_and_run_straight(args, run_dir, state, 300, tmp_path)
