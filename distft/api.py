@@ -10,13 +10,16 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Any, Optional, Sequence, Union
 
 from distft import log, scaling
 from distft.config import TrainConfig, evaluation_options
 from distft.data.text_options import TextOptions
 from distft.errors import DistftError
 from distft.launch.environment import Environment, detect
+
+if TYPE_CHECKING:  # the API imports Keras only when it runs
+    import keras
 
 
 # Options for the launcher that `--np` starts, not for its workers.
@@ -221,7 +224,7 @@ def _generated(worker, net, ds, output: str) -> str:
     return output
 
 
-def generate(model: Union[str, "keras.Model"], prompts: Union[str, Sequence[str]],
+def generate(model: Union[str, keras.Model], prompts: Union[str, Sequence[str]],
              sampler: str = "greedy", max_length: int = 64, seed: Optional[int] = None,
              output: Optional[str] = None, batch_size: int = 16) -> list[str]:
     """Continue each prompt with a Keras Hub causal language model: `model` is its .keras file,
