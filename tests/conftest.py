@@ -198,7 +198,7 @@ class Job:
         with open(self.log_path) as f:
             return f.read()
 
-    def wait_for(self, text: str, timeout: float = 180) -> None:
+    def wait_for(self, text: str, timeout: float = 300) -> None:
         deadline = time.time() + timeout
         while text not in self.out:
             if self.proc.poll() is not None or time.time() > deadline:
