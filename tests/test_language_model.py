@@ -267,15 +267,15 @@ def test_ctrl_c_then_resume_of_a_lora_language_model_ends_with_the_uninterrupted
     from distft.train.checkpoint import CheckpointStore
     from test_faults import resume_and_run_straight
 
-    def args(run_dir: str) -> list[str]:  # 300 steps an epoch: stopped mid-epoch
-        return [*lm_args(hub, "unused", f"--data={hub}/train.jsonl", "--epochs=3", "--steps_per_epoch=300",
+    def args(run_dir: str) -> list[str]:  # 200 steps an epoch: stopped mid-epoch
+        return [*lm_args(hub, "unused", f"--data={hub}/train.jsonl", "--epochs=2", "--steps_per_epoch=200",
                          "--batch_size=8", "--schedule=cosine"), f"--output_dir={run_dir}"]
 
     run_dir = str(tmp_path / "stopped")
     job = Job([DISTFT, *args(run_dir), "--np=2"], str(tmp_path / "log"))
-    job.wait_for("epoch 1/3")
+    job.wait_for("epoch 1/2")
     os.killpg(job.proc.pid, signal.SIGINT)
     assert job.wait(60) == 75, job.out[-3000:]
     _, state = CheckpointStore(os.path.join(run_dir, "checkpoints")).latest()
-    assert state.stopped_by == "Ctrl-C (SIGINT)" and 0 < state.step_in_epoch < 300, state
-    resume_and_run_straight(args, run_dir, state, 300, tmp_path)
+    assert state.stopped_by == "Ctrl-C (SIGINT)" and 0 < state.step_in_epoch < 200, state
+    resume_and_run_straight(args, run_dir, state, 200, tmp_path)
