@@ -287,6 +287,14 @@ def vm_hwm_kb(pid: int) -> Optional[int]:
     return None
 
 
+# Runs `distft train` (argv[2:]) and writes the job's ru_maxrss to argv[1]: getrusage(RUSAGE_CHILDREN)
+# is the largest resident set of the processes below it that ended (the launcher, horovodrun and
+# the workers, each waited for by its parent), a check of the polled VmHWM's maximum.
+WRAPPER = ("import json, resource, subprocess, sys; code = subprocess.call(sys.argv[2:]); "
+           "json.dump({'maxrss_kb': resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss}, "
+           "open(sys.argv[1], 'w')); sys.exit(code)")
+
+
 def train(workdir: str, name: str, args: argparse.Namespace, workload: dict[str, Any]) -> dict[str, Any]:
     """One `distft train --np=2` of the workload with `name`'s flags: its figures."""
     out = os.path.join(workdir, "runs", name)
@@ -296,16 +304,21 @@ def train(workdir: str, name: str, args: argparse.Namespace, workload: dict[str,
            f"--data={os.path.join(workdir, 'train.jsonl')}", f"--val_data={os.path.join(workdir, 'held.jsonl')}",
            f"--output_dir={out}", f"--epochs={args.epochs}", f"--steps_per_epoch={args.steps_per_epoch}",
            f"--batch_size={args.batch_size}", f"--lr={lr}", "--log_every=1000", "--overwrite", *flags]
-    started = time.time()
-    log_path = os.path.join(workdir, f"{name}.log")
+    started, load = time.time(), os.getloadavg()[0]
+    log_path, usage = os.path.join(workdir, f"{name}.log"), os.path.join(workdir, f"{name}.rusage.json")
     with open(log_path, "w") as log:
-        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, text=True,
-                                env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+        proc = subprocess.Popen([sys.executable, "-c", WRAPPER, usage, *cmd], cwd=ROOT, stdout=log,
+                                stderr=subprocess.STDOUT, text=True, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
         rss = PeakRSS(proc.pid)
         rss.start()
         code = proc.wait()
         peak = rss.stop()
     seconds = time.time() - started
+    try:
+        with open(usage) as f:
+            job_maxrss_mb = json.load(f)["maxrss_kb"] / 1024
+    except (OSError, ValueError, KeyError):
+        job_maxrss_mb = None
     with open(log_path) as f:
         log_text = f.read()
     metrics_file = os.path.join(out, "metrics.json")
@@ -316,7 +329,8 @@ def train(workdir: str, name: str, args: argparse.Namespace, workload: dict[str,
     with open(metrics_file) as f:
         m = json.load(f)
     result = figures(m, workload, peak)
-    result.update(available=True, flags=flags, lr=lr, job_seconds=round(seconds, 1),
+    result.update(available=True, flags=flags, lr=lr, job_seconds=round(seconds, 1), load=round(load, 2),
+                  job_maxrss_mb=round(job_maxrss_mb, 1) if job_maxrss_mb else None,
                   start_lines=[line for line in log_text.splitlines()
                                if line.startswith("distft") and ("weights:" in line or "LoRA" in line
                                                                  or "quantiz" in line.lower())])
@@ -363,6 +377,8 @@ COLUMNS = [  # label, key, format, whether a ratio to the full row means somethi
     ("held-out loss before", "val_loss_before", "{:.4f}", False),
     ("held-out loss", "val_loss", "{:.4f}", True),
     ("held-out token accuracy", "val_accuracy", "{:.4f}", True),
+    ("job s", "job_seconds", "{:.0f}", False),
+    ("load", "load", "{:.1f}", False),
 ]
 
 
@@ -404,13 +420,18 @@ def table(result: dict[str, Any]) -> str:
             ratios.append(f"{a / b:.3f}" if a is not None and b else "-")
         lines.append(f"| {name} | " + " | ".join(ratios) + " |")
     per_record = w["train"]["real_tokens"] / w["train"]["records"]
+    maxrss = ", ".join(f"{n} {r['job_maxrss_mb']:.0f} MB" for n, r in runs.items() if r.get("job_maxrss_mb"))
     lines += ["",
               f"tokens/s = samples/s of the run's metrics.json (both workers' texts over the epochs after the "
               f"first) x {per_record:.2f} real tokens a text (train.jsonl's {w['train']['real_tokens']:,} "
               f"targets of weight 1 over its {w['train']['records']:,} texts, as the model's "
               f"GemmaCausalLMPreprocessor packs them: padding weighs 0).",
               "peak RSS = VmHWM of /proc/PID/status (the resident set's high-water mark) of each worker "
-              "process, read every 0.1 s until it exited.",
+              "process, read every 0.1 s until it exited"
+              + (f"; check: getrusage(RUSAGE_CHILDREN).ru_maxrss of a process wrapping the job (its "
+                 f"largest process): {maxrss}." if maxrss else "."),
+              "job s: the whole `distft train --np=2` (start-up, validation, the model's save); load: the "
+              "1-minute load average at its start (2 cores; other work shared them).",
               f"bytes allreduced/step = {BYTES_PER_WEIGHT} x the trainable weights of metrics.json (one float32 "
               "gradient allreduce each; plus the 4-byte allreduce of the step's real-token count).",
               "held-out loss and token accuracy: the last epoch's val_loss and val_sparse_categorical_accuracy "
