@@ -235,13 +235,15 @@ def render(name: str, args: argparse.Namespace) -> list[str]:
 class PeakRSS(threading.Thread):
     """Peak RSS of each distft worker below `launcher`: the VmHWM (the kernel's high-water mark
     of the resident set) in /proc/PID/status of every Python process with a HOROVOD_RANK, read
-    every `every` seconds until the job ends; the last value read is the peak up to then."""
+    every `every` seconds until the job ends; the last value read is the peak up to then.
+    `rises[rank]` holds (time.time(), kB) at each rise, for the peak up to a moment (`peak_by`)."""
 
     def __init__(self, launcher: int, every: float = 0.1):
         super().__init__(daemon=True)
         self.launcher, self.every = launcher, every
         self.workers: dict[int, int] = {}  # pid -> rank
         self.peak_kb: dict[int, int] = {}  # rank -> VmHWM kB
+        self.rises: dict[int, list[tuple[float, int]]] = {}
         self.done = threading.Event()
 
     def run(self) -> None:
@@ -266,8 +268,14 @@ class PeakRSS(threading.Thread):
             pass
         for pid, rank in self.workers.items():
             kb = vm_hwm_kb(pid)
-            if kb:
-                self.peak_kb[rank] = max(kb, self.peak_kb.get(rank, 0))
+            if kb and kb > self.peak_kb.get(rank, 0):
+                self.peak_kb[rank] = kb
+                self.rises.setdefault(rank, []).append((time.time(), kb))
+
+    def peak_by(self, moment: float) -> dict[int, float]:
+        """The peak MB by rank up to `moment` (a time.time())."""
+        return {rank: max((kb for t, kb in rises if t <= moment), default=0) / 1024
+                for rank, rises in sorted(self.rises.items())}
 
     def stop(self) -> dict[int, float]:
         """Stop reading: the peak MB by rank."""
@@ -332,12 +340,29 @@ def train(workdir: str, name: str, args: argparse.Namespace, workload: dict[str,
     result.update(available=True, flags=flags, lr=lr, job_seconds=round(seconds, 1), load=round(load, 2),
                   job_maxrss_mb=round(job_maxrss_mb, 1) if job_maxrss_mb else None,
                   start_lines=[line for line in log_text.splitlines()
-                               if line.startswith("distft") and ("weights:" in line or "LoRA" in line
-                                                                 or "quantiz" in line.lower())])
+                               if " distft " in line and ("weights:" in line or "LoRA" in line
+                                                          or "quantized" in line)])
+    trained = training_end(log_text, m["epochs"], started)
+    if trained:  # the log's second, so the peak up to the end of that second
+        by_end = rss.peak_by(trained + 1)
+        result.update(peak_rss_trained_mb={str(r): round(v, 1) for r, v in by_end.items()},
+                      peak_rss_trained_mb_max=round(max(by_end.values()), 1) if by_end else None)
     print(f"  {name}: {result['tokens_per_sec']:.0f} tokens/s, peak RSS "
           f"{' / '.join(f'{v:.0f}' for v in peak.values())} MB, {result['trainable_params']:,} trainable, "
           f"held-out loss {result['val_loss']:.4f} ({seconds:.0f}s)", file=sys.stderr, flush=True)
     return result
+
+
+def training_end(log_text: str, epochs: int, started: float) -> Optional[float]:
+    """The time.time() (to the second) of the log's last epoch line, "HH:MM:SS distft epoch E/E":
+    training and its last validation are over; the model's save is yet to come."""
+    found = re.findall(rf"^(\d\d):(\d\d):(\d\d) distft epoch {epochs}/{epochs}\b", log_text, re.MULTILINE)
+    if not found:
+        return None
+    h, m, sec = map(int, found[-1])
+    day = datetime.datetime.fromtimestamp(started).replace(hour=h, minute=m, second=sec, microsecond=0)
+    moment = day.timestamp()
+    return moment + 86400 if moment < started - 60 else moment  # past midnight
 
 
 def accuracy_key(metrics: dict[str, float]) -> Optional[str]:
@@ -372,6 +397,7 @@ COLUMNS = [  # label, key, format, whether a ratio to the full row means somethi
     ("tokens/s", "tokens_per_sec", "{:.0f}", True),
     ("peak RSS MB (rank 0 / rank 1)", "peak_rss_mb", None, False),
     ("peak RSS MB (max)", "peak_rss_mb_max", "{:.0f}", True),
+    ("peak RSS MB by training's end (max)", "peak_rss_trained_mb_max", "{:.0f}", True),
     ("trainable weights", "trainable_params", "{:,}", True),
     ("bytes allreduced/step", "bytes_per_step", "{:,}", True),
     ("held-out loss before", "val_loss_before", "{:.4f}", False),
@@ -429,7 +455,9 @@ def table(result: dict[str, Any]) -> str:
               "peak RSS = VmHWM of /proc/PID/status (the resident set's high-water mark) of each worker "
               "process, read every 0.1 s until it exited"
               + (f"; check: getrusage(RUSAGE_CHILDREN).ru_maxrss of a process wrapping the job (its "
-                 f"largest process): {maxrss}." if maxrss else "."),
+                 f"largest process): {maxrss}." if maxrss else ".")
+              + " By training's end: the peak up to the log's last epoch line (to the second), before "
+              "the model's save.",
               "job s: the whole `distft train --np=2` (start-up, validation, the model's save); load: the "
               "1-minute load average at its start (2 cores; other work shared them).",
               f"bytes allreduced/step = {BYTES_PER_WEIGHT} x the trainable weights of metrics.json (one float32 "

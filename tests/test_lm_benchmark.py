@@ -49,7 +49,7 @@ def test_the_int8_row_follows_distft_train_help():
     [row] = [line for line in lines if line.startswith("| int8_lora | `--lora=4` `--quantize=int8` |")]
     assert "not available" in row
     ratios = [line for line in lines if line.startswith("| lora | ") and "`" not in line]
-    assert ratios == ["| lora | 0.750 | 0.900 | 0.005 | 0.005 | 1.133 | 0.400 |"]
+    assert ratios == ["| lora | 0.750 | 0.900 | - | 0.005 | 0.005 | 1.133 | 0.400 |"]
     assert not any(line.startswith("| int8_lora | 0") for line in lines)
     assert any(line.startswith("tokens/s = samples/s") and "100.00 real tokens a text" in line for line in lines)
 
@@ -62,3 +62,16 @@ def test_quick_saves_outside_the_tracked_results(tmp_path):
     assert path(quick=True, workdir=str(tmp_path)) == str(tmp_path / "lm-quick.json")
     assert os.path.dirname(path(quick=True)) != os.path.dirname(lm.RESULTS)
     assert path(quick=True, output="mine.json") == "mine.json"
+
+
+def test_training_ends_at_the_last_epoch_line():
+    import datetime
+
+    started = datetime.datetime(2026, 1, 2, 23, 59, 0).timestamp()
+    log = ("23:59:10 distft epoch 1/2  loss 8.7  (2 samples/s, 25.9s)\n"
+           "00:00:05 distft epoch 2/2  loss 8.0  (9 samples/s, 5.6s)\n00:00:20 distft weights identical\n")
+    assert lm.training_end(log, 2, started) == started + 65  # past midnight
+    assert lm.training_end(log, 3, started) is None
+    rss = lm.PeakRSS(0)
+    rss.rises = {0: [(started + 60, 1000 * 1024), (started + 65.5, 1100 * 1024), (started + 70, 1500 * 1024)]}
+    assert rss.peak_by(started + 66) == {0: 1100.0}
