@@ -20,6 +20,10 @@ epochs, steps, batch and seed.
 Example (from the repository root):
     python -m benchmarks lm                 # 2 epochs of 12 steps, batch 8 a worker
     python -m benchmarks lm --quick         # 2 epochs of 3 steps: a look, not saved in results/
+    python -m benchmarks lm --rounds=3      # the three runs in turn 3 times: medians
+
+On a shared machine a run's tokens/s moves with the other work; `--rounds` runs them in turn,
+so that drift hits all alike, and reports medians. Peak RSS and the losses barely move.
 """
 from __future__ import annotations
 
@@ -64,6 +68,8 @@ def main(argv: list[str]) -> int:
     p.add_argument("--records", type=int, default=2048, help="training texts")
     p.add_argument("--held", type=int, default=64, help="held-out texts")
     p.add_argument("--runs", default=",".join(RUNS), help=f"comma-separated, of {','.join(RUNS)}")
+    p.add_argument("--rounds", type=int, default=1, help="every run once a round, in turn; figures are "
+                   "medians over rounds, ratios medians of each round's ratios")
     p.add_argument("--quick", action="store_true", help="2 epochs of 3 steps: a look, saved in --workdir "
                    "(or the temp folder), not in benchmarks/results/")
     p.add_argument("--workdir", help="folder for the model, data and runs (kept; default: a temp folder)")
@@ -91,28 +97,30 @@ def main(argv: list[str]) -> int:
               f"({workload['train']['tokens_per_record']:.1f} real tokens each on average), "
               f"{workload['held']['records']} held-out", file=sys.stderr, flush=True)
         flags = distft_flags()
-        runs = {}
-        for name in names:
-            missing = NEEDS.get(name)
-            if missing and not has_flag(flags, missing):
-                runs[name] = {"available": False, "flags": render(name, args),
-                              "why": f"`distft train --help` does not list {missing}"}
-                print(f"  {name}: not available ({runs[name]['why']})", file=sys.stderr, flush=True)
-                continue
-            runs[name] = train(workdir, name, args, workload)
+        missing = {name: {"available": False, "flags": render(name, args),
+                          "why": f"`distft train --help` does not list {NEEDS[name]}"}
+                   for name in names if name in NEEDS and not has_flag(flags, NEEDS[name])}
+        for name, why in missing.items():
+            print(f"  {name}: not available ({why['why']})", file=sys.stderr, flush=True)
+        rounds = []
+        for r in range(1, args.rounds + 1):  # the runs in turn, so the machine's drift hits all alike
+            rounds.append({name: missing.get(name) or train(workdir, name, args, workload, r, args.rounds)
+                           for name in names})
     finally:
         if not args.workdir:
             shutil.rmtree(workdir, ignore_errors=True)
+    runs, ratios = summarize(rounds)
     result = {"benchmark": "lm", "command": invocation(),
               "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
               "settings": {k: v for k, v in vars(args).items() if k not in ("workdir", "output", "prepare")},
-              "environment": environment(), "load": os.getloadavg(), "workload": workload, "runs": runs}
+              "environment": environment(), "load": os.getloadavg(), "workload": workload, "runs": runs,
+              "ratios": ratios, "rounds": rounds}
     print(table(result))
     output = output_path(args)
     save(result, output)
     if args.quick and not args.output:
         print(f"--quick: saved in {os.path.dirname(output)} (benchmarks/results/ unchanged)")
-    return 1 if any(r.get("failed") for r in runs.values()) else 0
+    return 1 if any(r.get("failed") for row in rounds for r in row.values()) else 0
 
 
 def output_path(args: argparse.Namespace) -> str:
@@ -303,7 +311,8 @@ WRAPPER = ("import json, resource, subprocess, sys; code = subprocess.call(sys.a
            "open(sys.argv[1], 'w')); sys.exit(code)")
 
 
-def train(workdir: str, name: str, args: argparse.Namespace, workload: dict[str, Any]) -> dict[str, Any]:
+def train(workdir: str, name: str, args: argparse.Namespace, workload: dict[str, Any], round_: int = 1,
+          rounds: int = 1) -> dict[str, Any]:
     """One `distft train --np=2` of the workload with `name`'s flags: its figures."""
     out = os.path.join(workdir, "runs", name)
     flags = render(name, args)
@@ -313,7 +322,8 @@ def train(workdir: str, name: str, args: argparse.Namespace, workload: dict[str,
            f"--output_dir={out}", f"--epochs={args.epochs}", f"--steps_per_epoch={args.steps_per_epoch}",
            f"--batch_size={args.batch_size}", f"--lr={lr}", "--log_every=1000", "--overwrite", *flags]
     started, load = time.time(), os.getloadavg()[0]
-    log_path, usage = os.path.join(workdir, f"{name}.log"), os.path.join(workdir, f"{name}.rusage.json")
+    log_path, usage = (os.path.join(workdir, f"{name}-{round_}.log"),
+                       os.path.join(workdir, f"{name}-{round_}.rusage.json"))
     with open(log_path, "w") as log:
         proc = subprocess.Popen([sys.executable, "-c", WRAPPER, usage, *cmd], cwd=ROOT, stdout=log,
                                 stderr=subprocess.STDOUT, text=True, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
@@ -347,7 +357,7 @@ def train(workdir: str, name: str, args: argparse.Namespace, workload: dict[str,
         by_end = rss.peak_by(trained + 1)
         result.update(peak_rss_trained_mb={str(r): round(v, 1) for r, v in by_end.items()},
                       peak_rss_trained_mb_max=round(max(by_end.values()), 1) if by_end else None)
-    print(f"  {name}: {result['tokens_per_sec']:.0f} tokens/s, peak RSS "
+    print(f"  {f'round {round_}/{rounds} ' if rounds > 1 else ''}{name}: {result['tokens_per_sec']:.0f} tokens/s, peak RSS "
           f"{' / '.join(f'{v:.0f}' for v in peak.values())} MB, {result['trainable_params']:,} trainable, "
           f"held-out loss {result['val_loss']:.4f} ({seconds:.0f}s)", file=sys.stderr, flush=True)
     return result
@@ -363,6 +373,48 @@ def training_end(log_text: str, epochs: int, started: float) -> Optional[float]:
     day = datetime.datetime.fromtimestamp(started).replace(hour=h, minute=m, second=sec, microsecond=0)
     moment = day.timestamp()
     return moment + 86400 if moment < started - 60 else moment  # past midnight
+
+
+def summarize(rounds: list[dict[str, dict[str, Any]]]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(each run's figures, the median over `rounds` of every number; each run's ratios to the
+    full row, the median over the rounds of each round's ratio)."""
+    names = list(rounds[0])
+    runs = {}
+    for name in names:
+        done = [r[name] for r in rounds if r[name].get("available", True) and not r[name].get("failed")]
+        if not done:
+            runs[name] = rounds[-1][name]
+            continue
+        run = dict(done[-1])
+        for key, value in done[-1].items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                run[key] = median([d[key] for d in done if d.get(key) is not None])
+            elif isinstance(value, dict) and value and all(isinstance(v, (int, float)) for v in value.values()):
+                run[key] = {k: median([d[key][k] for d in done if k in (d.get(key) or {})]) for k in value}
+        run["rounds"] = len(done)
+        runs[name] = run
+    ratios = {}
+    for name in names:
+        if name == "full":
+            continue
+        per_key: dict[str, list[float]] = {}
+        for r in rounds:
+            a, b = r[name], r["full"]
+            if a.get("failed") or b.get("failed") or not a.get("available", True):
+                continue
+            for _, key, _, is_ratio in COLUMNS:
+                if is_ratio and a.get(key) is not None and b.get(key):
+                    per_key.setdefault(key, []).append(a[key] / b[key])
+        if per_key:
+            ratios[name] = {key: median(values) for key, values in per_key.items()}
+    return runs, ratios
+
+
+def median(values: list[float]) -> float:
+    import statistics
+
+    found = statistics.median(values)
+    return int(found) if all(isinstance(v, int) for v in values) and found == int(found) else found
 
 
 def accuracy_key(metrics: dict[str, float]) -> Optional[str]:
@@ -419,12 +471,13 @@ def cell(run: dict[str, Any], key: str, fmt: Optional[str]) -> str:
 
 def table(result: dict[str, Any]) -> str:
     s, w, runs = result["settings"], result["workload"], result["runs"]
-    full = runs["full"]
     any_run = next((r for r in runs.values() if r.get("steps_per_epoch")), {})
     head = "| run | flags | " + " | ".join(c[0] for c in COLUMNS) + " |"
     lines = [f"\n### {w['model']} of {w['params']:,} weights (vocabulary {w['vocabulary']:,}, sequence "
              f"length {w['sequence_length']}), 2 workers, batch {s['batch_size']} each, {s['epochs']} "
-             f"epochs of {any_run.get('steps_per_epoch', s['steps_per_epoch'])} steps\n",
+             f"epochs of {any_run.get('steps_per_epoch', s['steps_per_epoch'])} steps"
+             + (f"; medians of {len(result['rounds'])} rounds" if len(result.get("rounds") or []) > 1 else "")
+             + "\n",
              head, "|---|---|" + "---:|" * len(COLUMNS)]
     for name, run in runs.items():
         flags = " ".join(f"`{f}`" for f in run["flags"])
@@ -435,16 +488,17 @@ def table(result: dict[str, Any]) -> str:
         else:
             lines.append(f"| {name} | {flags} | " + " | ".join(cell(run, k, f) for _, k, f, _ in COLUMNS) + " |")
     ratio_columns = [c for c in COLUMNS if c[3]]
-    lines += ["", "| run / full | " + " | ".join(c[0] for c in ratio_columns) + " |",
-              "|---|" + "---:|" * len(ratio_columns)]
-    for name, run in runs.items():
-        if name == "full" or full.get("failed") or not run.get("available", True) or run.get("failed"):
-            continue
-        ratios = []
-        for _, key, _, _ in ratio_columns:
-            a, b = run.get(key), full.get(key)
-            ratios.append(f"{a / b:.3f}" if a is not None and b else "-")
-        lines.append(f"| {name} | " + " | ".join(ratios) + " |")
+    rounds = len(result.get("rounds") or [None])
+    lines += ["", f"| run / full{' (median of the rounds)' if rounds > 1 else ''} | "
+              + " | ".join(c[0] for c in ratio_columns) + " |", "|---|" + "---:|" * len(ratio_columns)]
+    ratios = result.get("ratios") or summarize([runs])[1]
+    for name, row in ratios.items():
+        lines.append(f"| {name} | " + " | ".join("-" if row.get(key) is None else f"{row[key]:.3f}"
+                                                 for _, key, _, _ in ratio_columns) + " |")
+    if rounds > 1:
+        lines.append("\ntokens/s by round: " + "; ".join(
+            f"{n} " + " / ".join(f"{r[n]['tokens_per_sec']:.0f}" if r[n].get("tokens_per_sec") else "-"
+                                 for r in result["rounds"]) for n in runs))
     per_record = w["train"]["real_tokens"] / w["train"]["records"]
     maxrss = ", ".join(f"{n} {r['job_maxrss_mb']:.0f} MB" for n, r in runs.items() if r.get("job_maxrss_mb"))
     lines += ["",

@@ -53,6 +53,16 @@ def test_the_int8_row_follows_distft_train_help():
     assert not any(line.startswith("| int8_lora | 0") for line in lines)
     assert any(line.startswith("tokens/s = samples/s") and "100.00 real tokens a text" in line for line in lines)
 
+    # Rounds: each figure the median over the rounds, each ratio the median of the rounds' ratios.
+    fast = {**full, "tokens_per_sec": 1600.0}
+    runs, ratios = lm.summarize([{"full": full, "lora": lora, "int8_lora": missing},
+                                 {"full": fast, "lora": lora, "int8_lora": missing},
+                                 {"full": full, "lora": {**lora, "tokens_per_sec": 900.0}, "int8_lora": missing}])
+    assert runs["full"]["tokens_per_sec"] == 800.0 and runs["lora"]["tokens_per_sec"] == 600.0
+    assert runs["full"]["trainable_params"] == 10_000 and runs["int8_lora"] == missing
+    assert ratios["lora"]["tokens_per_sec"] == pytest.approx(0.75)  # of 0.75, 0.375, 1.125
+    assert set(ratios) == {"lora"}
+
 
 def test_quick_saves_outside_the_tracked_results(tmp_path):
     def path(**given):
