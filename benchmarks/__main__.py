@@ -10,7 +10,7 @@ from __future__ import annotations
 import sys
 from typing import Callable
 
-from benchmarks import (bytes_read, cluster, elastic, frozen_cache, input, layouts, lora, memory,
+from benchmarks import (bytes_read, cluster, elastic, frozen_cache, input, layouts, lm, lora, memory,
                         overhead, report, tensorboard_cost, tuning)
 
 BENCHMARKS: dict[str, Callable[[list[str]], int]] = {
@@ -22,6 +22,8 @@ BENCHMARKS: dict[str, Callable[[list[str]], int]] = {
     "layouts": layouts.main,
     # Bring your own model (issue 20)
     "lora": lora.main,
+    # Language models (issue 30)
+    "lm": lm.main,
     # Elastic training (issue 21)
     "elastic": elastic.main,
     # Performance where clusters spend it (issue 22): an emulated multi-node network
