@@ -136,13 +136,13 @@ class Source:
         outputs (`targets=False`: only the inputs are needed); distft's one-input layout, as
         opened, for other models (and None)."""
         preprocessor = text_preprocessor(model)
-        if isinstance(self.layout, Text) or (preprocessor is not None and self._holds_text()):
+        layout = self.layout if isinstance(self.layout, Text) else \
+            self._as_text() if preprocessor is not None else None
+        if layout is not None:
             if preprocessor is None:
                 raise DistftError(f"--{self.flag} holds text and the model has no preprocessor to "
                                   "tokenize it: use a Keras Hub task saved with its preprocessor, "
                                   "or token ids")
-            layout = self.layout if isinstance(self.layout, Text) else \
-                text_layout(self.files[0], self.text, self.label)
             layout = layout.bind(preprocessor, self.flag, self.text.sequence_length)
             return dataclasses.replace(self, layout=layout, located=None)
         is_named = isinstance(self.layout, Named)
@@ -159,13 +159,13 @@ class Source:
         layout = layout.bind(named.model_ports(model), targets, data)
         return dataclasses.replace(self, layout=layout, located=layout.locate(self.files))
 
-    def _holds_text(self) -> bool:
-        """CSV or TFRecord records that hold the text fields (else: token ids, say)."""
+    def _as_text(self) -> Optional[Text]:
+        """The text layout of CSV or TFRecord records that hold the text fields (None: they do
+        not, e.g. token ids)."""
         try:
-            text_layout(self.files[0], self.text, self.label)
+            return text_layout(self.files[0], self.text, self.label)
         except DistftError:
-            return False
-        return True
+            return None
 
     def _counted(self, workers: Workers) -> Ready:
         """Count records per file; worker `rank` reads every `size`-th file, `gather` shares.
