@@ -202,7 +202,8 @@ class TrainConfig:
     commit_every: int = field(default=100, metadata={"group": "distribution",
         "help": "elastic: steps between in-memory commits of the training state"})
     elastic_timeout: int = field(default=120, metadata={"group": "distribution",
-        "help": "elastic --np: seconds to wait for --min_np workers after a loss before stopping"})
+        "help": "elastic --np: seconds to wait for workers: for --min_np after a loss, for a joining "
+                "worker's start"})
     debug: bool = field(default=False, metadata={
         "group": "output", "help": "show tracebacks and all ranks' logs"})
     # TensorBoard

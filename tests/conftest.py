@@ -185,11 +185,11 @@ def one_line(out: str, prefix: str) -> str:
 class Job:
     """A job started in the background, its output collected in a file, for fault tests."""
 
-    def __init__(self, cmd: list[str], log_path: str, cwd: str | None = None):
+    def __init__(self, cmd: list[str], log_path: str, cwd: str | None = None, env: dict | None = None):
         self.log_path = log_path
         self.log = open(log_path, "w")
         env = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
-                   PYTHONUNBUFFERED="1")
+                   PYTHONUNBUFFERED="1", **(env or {}))
         self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, cwd=cwd,
                                      env=env, start_new_session=True)
 

@@ -48,6 +48,7 @@ def test_a_killed_worker_leaves_two_that_finish_in_sync(demo_data, tmp_path):
     killed = time.time()
     job.wait_for("lost: continuing with 2 workers", timeout=90)
     going_on = time.time() - killed
+    assert going_on < 30, going_on  # not Gloo's time-out (--elastic_timeout, 120 s): links broken
     assert job.wait(240) == 0, job.out[-3000:]
     line = one_line(job.out, "lost: continuing")
     assert "rank 2 (host " in line and "from epoch 2 step " in line, line
@@ -73,9 +74,14 @@ def test_a_killed_worker_leaves_two_that_finish_in_sync(demo_data, tmp_path):
           f"(undisturbed {b['validation']['accuracy']:.4f})")
 
 
-def test_a_host_joins_then_rank_0_is_killed(demo_data, tmp_path):
-    """A discovery script lists two hosts, then a third: the job grows to 3 workers. Then rank 0
-    is killed: the next rank 0 finishes the run, writing into the same run folder."""
+def test_a_slow_host_joins_then_rank_0_is_killed(demo_data, tmp_path):
+    """A discovery script lists two hosts, then a third, whose worker takes 30 s more than the
+    others to start (as a new node does): the job waits for it and grows to 3 workers. Then
+    rank 0 is killed: the next rank 0 finishes the run, writing into the same run folder."""
+    slow = tmp_path / "slow"  # a sitecustomize that delays the third host's worker
+    slow.mkdir()
+    (slow / "sitecustomize.py").write_text(
+        f"import os, time\nif os.environ.get('HOROVOD_HOSTNAME') == {HOSTS[2]!r}:\n    time.sleep(30)\n")
     listed = tmp_path / "hosts.txt"
     listed.write_text(f"{HOSTS[0]}:1\n{HOSTS[1]}:1\n")
     script = tmp_path / "discover.sh"
@@ -83,10 +89,13 @@ def test_a_host_joins_then_rank_0_is_killed(demo_data, tmp_path):
     script.chmod(0o755)
     out = tmp_path / "run"
     job = Job([DISTFT, *args(demo_data, out, epochs=5), "--np=2", "--min_np=2", "--max_np=3",
-               f"--host_discovery={script}"], str(tmp_path / "log"))
+               f"--host_discovery={script}"], str(tmp_path / "log"),
+              env={"PYTHONPATH": os.pathsep.join(filter(None, [str(slow), os.environ.get("PYTHONPATH")]))})
     job.wait_for("epoch 1/5  step 20/")
     listed.write_text(f"{HOSTS[0]}:1\n{HOSTS[1]}:1\n{HOSTS[2]}:1\n")
-    job.wait_for("continuing with 3 workers", timeout=120)
+    listed_at = time.time()
+    job.wait_for("continuing with 3 workers", timeout=180)
+    assert time.time() - listed_at > 30  # the others waited for the slow worker's start
     assert f"a worker joined (host {HOSTS[2]})" in one_line(job.out, "continuing with 3 workers")
     job.wait_for("epoch 3/5  step 20/")
     os.kill(job.worker_pid(0), signal.SIGKILL)

@@ -77,7 +77,7 @@ def test_elastic_options_make_horovodrun_command(scripts):
     cmd = horovodrun_command(["train", "--epochs=1"], 3, None, "gloo", Elastic.of(cfg))
     assert cmd[1:] == ["-np", "3", "--host-discovery-script", str(scripts / "hosts.sh"),
                        "--min-np", "2", "--elastic-timeout", "30", "--gloo-timeout-seconds",
-                       os.environ.get("HOROVOD_GLOO_TIMEOUT_SECONDS", "10"), "--gloo", sys.executable,
+                       os.environ.get("HOROVOD_GLOO_TIMEOUT_SECONDS", "30"), "--gloo", sys.executable,
                        "-m", "distft", "train", "--epochs=1"]
     assert horovodrun_command(["x"], 2, None, "mpi")[1:5] == ["-np", "2", "-H", "localhost:2"]
     # A fixed host list becomes a discovery script that lives as long as the job.

@@ -21,13 +21,6 @@ from typing import Iterator, Optional
 from distft.errors import DistftError
 
 
-# Seconds after which a worker waiting on a silent peer gives the peer up (Gloo's default is
-# 30). A dead worker's direct peers notice at once (the connection breaks), but a survivor that
-# was waiting on another survivor only at this timeout; Horovod's background threads exchange
-# messages every cycle, so a peer that is busy (a checkpoint, a slow step) is not silent.
-GLOO_TIMEOUT = 10
-
-
 @dataclass(frozen=True)
 class Elastic:
     """What `distft train --min_np/--max_np/--host_discovery` asks of horovodrun."""
@@ -35,7 +28,7 @@ class Elastic:
     min_np: Optional[int] = None
     max_np: Optional[int] = None
     host_discovery: Optional[str] = None
-    timeout: Optional[int] = None  # seconds to wait for --min_np workers (Horovod's 600 s if None)
+    timeout: Optional[int] = None  # seconds to wait for workers (Horovod's 600 s if None)
 
     @classmethod
     def of(cls, cfg) -> Optional[Elastic]:
@@ -88,7 +81,11 @@ class Elastic:
             args += ["--max-np", str(self.max_np)]
         if self.timeout is not None:
             args += ["--elastic-timeout", str(self.timeout)]
-        gloo_timeout = os.environ.get("HOROVOD_GLOO_TIMEOUT_SECONDS", str(GLOO_TIMEOUT))
+        # Gloo's time-out bounds the rendezvous after a reset, where the others wait for a
+        # joining worker's whole start (a new node takes 10-30 s; a loaded one longer). A lost
+        # worker does not wait on it: a survivor whose collective failed shuts its connections
+        # down (Worker.break_links), so the survivors blocked on it fail over at once too.
+        gloo_timeout = os.environ.get("HOROVOD_GLOO_TIMEOUT_SECONDS", str(self.timeout or 600))
         return args + ["--gloo-timeout-seconds", gloo_timeout]
 
 

@@ -153,6 +153,7 @@ def train(state: ElasticState, attempt: Callable[[], Any], reset: Callable[[str]
             except Exception as e:  # noqa: BLE001 - only a failed collective is handled
                 if not lost_peer(e):
                     raise
+                state.worker.break_links()  # the others blocked on this worker learn it now
                 log.info("a collective failed (a worker lost?): back to the commit at %s",
                          state.committed.position.next_step())
                 state.restore()

@@ -41,6 +41,7 @@ class Worker:
     device: str
     horovod: dict  # the HOROVOD_DEFAULTS settings in effect (the user's or distft's)
     previous_rank: Optional[int] = None  # elastic mode: the rank before the last reset
+    links: tuple[tuple[int, str], ...] = ()  # the sockets hvd.init() connected to the other workers (Gloo)
 
     @classmethod
     def start(cls, threads: Optional[int] = None, pin_cores: bool = True) -> Worker:
@@ -51,19 +52,33 @@ class Worker:
             os.environ.setdefault(name, value)
         hvd = horovod_install.load()  # the core ops: Horovod's Keras layer breaks on Keras 3
 
-        hvd.init()
+        links = _connected_by(hvd.init)
         return cls(hvd.rank(), hvd.size(), hvd.local_rank(), hvd.local_size(), env, threads, inter_op,
-                   device, {name: os.environ[name] for name in HOROVOD_DEFAULTS})
+                   device, {name: os.environ[name] for name in HOROVOD_DEFAULTS}, links=links)
 
     def reset(self) -> None:
         """Start Horovod again with the workers there are now (elastic mode, after a worker was
         lost or a host added): new rank and size."""
         self.previous_rank = self.rank
         self.hvd.shutdown()
-        self.hvd.init()
+        self.links = _connected_by(self.hvd.init)
         self.rank, self.size = self.hvd.rank(), self.hvd.size()
         self.local_rank, self.local_size = self.hvd.local_rank(), self.hvd.local_size()
         log.rank_changed(self.rank, self.size)
+
+    def break_links(self) -> None:
+        """Shut this worker's connections to the others down (elastic mode, after a collective
+        failed here): a survivor blocked on this worker in another collective sees its
+        connection close at once, instead of after Gloo's time-out, which must be long enough
+        for a joining worker's start. The sockets stay open for Horovod to close."""
+        for fd, inode in self.links:
+            try:
+                if os.readlink(f"/proc/self/fd/{fd}") != inode:  # closed, its number reused
+                    continue
+                with socket.socket(fileno=os.dup(fd)) as link:
+                    link.shutdown(socket.SHUT_RDWR)
+            except OSError:  # already closed or shut down
+                pass
 
     def alone(self) -> Worker:
         """This worker as if it were the only one: every check runs here, no collective. For
@@ -156,6 +171,38 @@ class Worker:
         if errors:
             raise DistftError(errors[0])
         return value
+
+
+def _connected_by(init: Callable[[], Any]) -> tuple[tuple[int, str], ...]:
+    """Run `init` (hvd.init); return the TCP connections it opened and left open (Gloo's links
+    to the other workers; not its listening socket), each as (fd, its /proc link)."""
+    before = set(_sockets())
+    init()
+    links = []
+    for fd, inode in _sockets():
+        if (fd, inode) in before:
+            continue
+        try:
+            with socket.socket(fileno=os.dup(fd)) as s:
+                if s.type == socket.SOCK_STREAM and s.family in (socket.AF_INET, socket.AF_INET6) \
+                        and not s.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
+                    links.append((fd, inode))
+        except OSError:
+            continue
+    return tuple(links)
+
+
+def _sockets() -> list[tuple[int, str]]:
+    """This process's socket file descriptors, with their /proc links (`socket:[INODE]`)."""
+    found = []
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{name}")
+        except OSError:
+            continue
+        if target.startswith("socket:"):
+            found.append((int(name), target))
+    return found
 
 
 def _tf_variable(v: Any) -> tf.Variable:
