@@ -215,6 +215,8 @@ class TrainConfig:
         "group": "output", "help": "...for this many epochs in a row"})
     histograms: int = field(default=0, metadata={"group": "output",
         "help": "every N epochs: weight histograms and each layer's relative change (0: off)"})
+    generations: int = field(default=1, metadata={"group": "output",
+        "help": "causal LM: every N epochs, what it says to a few validation prompts (Text tab; 0: off)"})
     profile: Optional[str] = field(default=None, metadata={"group": "output",
         "help": "START:END: TensorFlow profiler trace of these steps (Profile tab)"})
     profile_ranks: Optional[tuple] = field(default=None, metadata={"group": "output",
@@ -361,6 +363,9 @@ class TrainConfig:
             raise DistftError(f"--elastic_timeout must be at least 1 second, got {self.elastic_timeout}: "
                               f"pass e.g. --elastic_timeout={TrainConfig.elastic_timeout}")
     def _check_tensorboard(self) -> None:
+        if self.generations < 0:
+            raise DistftError(f"--generations must be >= 0 (epochs between generations; 0: off), "
+                              f"got {self.generations}: pass e.g. --generations=1")
         if self.histograms < 0:
             raise DistftError(f"--histograms must be >= 0 (epochs between histograms; 0: off), "
                               f"got {self.histograms}: pass e.g. --histograms=1")

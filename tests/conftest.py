@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 
@@ -30,19 +31,43 @@ class Result:
         return self.out.splitlines()
 
 
+class Started:
+    """A command started in the background, its output going to a temporary file (not a pipe,
+    so that several can run side by side); `result()` waits for it, and a hang fails the test
+    (the whole process group is killed)."""
+
+    def __init__(self, cmd: list[str], timeout: float = 300, cwd: str | None = None, env: dict | None = None):
+        full_env = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
+                        PYTHONUNBUFFERED="1", **(env or {}))
+        self.cmd, self.timeout, self.deadline = cmd, timeout, time.time() + timeout
+        self.ended: float | None = None  # when poll() first saw it done
+        self.log = tempfile.TemporaryFile("w+")
+        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, text=True,
+                                     cwd=cwd, env=full_env, start_new_session=True)
+
+    def poll(self) -> bool:
+        """Whether it ended (or its time is up)."""
+        if self.ended is None and self.proc.poll() is not None:
+            self.ended = time.time()
+        return self.ended is not None or time.time() > self.deadline
+
+    def result(self) -> Result:
+        try:
+            self.proc.wait(timeout=max(0.0, self.deadline - time.time()))
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, 9)
+            self.proc.wait()
+            pytest.fail(f"timed out after {self.timeout}s: {' '.join(self.cmd)}\n{self._out()[-4000:]}")
+        return Result(self.proc.returncode, self._out())
+
+    def _out(self) -> str:
+        self.log.seek(0)
+        return self.log.read()
+
+
 def run(cmd: list[str], timeout: float = 300, cwd: str | None = None, env: dict | None = None) -> Result:
     """Run a command; a hang fails the test (the whole process group is killed)."""
-    full_env = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
-                    PYTHONUNBUFFERED="1", **(env or {}))
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            cwd=cwd, env=full_env, start_new_session=True)
-    try:
-        out, _ = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, 9)
-        out, _ = proc.communicate()
-        pytest.fail(f"timed out after {timeout}s: {' '.join(cmd)}\n{out[-4000:]}")
-    return Result(proc.returncode, out)
+    return Started(cmd, timeout, cwd, env).result()
 
 
 def horovodrun(args: list[str], np: int = 2, controller: str = "gloo", **kw) -> Result:
@@ -58,27 +83,34 @@ CLI_RUNNER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "cli_runne
 
 
 class SharedLaunch:
-    """Several `distft` commands, each as `distft ARGV` would run it, in one 2-worker launch
-    under horovodrun (tests/cli_runner.py): the tests of a module assert on the runs of one
-    launch instead of starting workers, TensorFlow and Horovod for each. `runs`: a list of
-    {"name", "argv", optional "cwd"}."""
+    """Several `distft` commands, each as `distft ARGV` would run it, in a 2-worker launch under
+    horovodrun (tests/cli_runner.py): the tests of a module assert on the runs of one launch
+    instead of starting workers, TensorFlow and Horovod for each. `runs`: a list of
+    {"name", "argv", optional "cwd", optional "launch"}. Runs of another `launch` number go to
+    another launch, started at the same time (a launch leaves the cores idle much of the time:
+    start-up, rank 0 alone, saving); a launch runs its runs one after another, in order."""
 
     def __init__(self, folder: str, runs: list[dict], timeout: float = 900):
         from cli_runner import segments
 
-        listing, status = os.path.join(folder, "runs.json"), os.path.join(folder, "status.json")
-        with open(listing, "w") as f:
-            json.dump(runs, f)
-        started = time.time()
-        self.result = run([HOROVODRUN, "-np", "2", "-H", "localhost:2", "--gloo", sys.executable,
-                           CLI_RUNNER, listing, status], timeout=timeout)
+        started, launches = time.time(), []
+        for number in sorted({r.get("launch", 0) for r in runs}):
+            listing = os.path.join(folder, f"runs-{number}.json")
+            status = os.path.join(folder, f"status-{number}.json")
+            with open(listing, "w") as f:
+                json.dump([r for r in runs if r.get("launch", 0) == number], f)
+            launches.append((status, Started([HOROVODRUN, "-np", "2", "-H", "localhost:2", "--gloo",
+                                              sys.executable, CLI_RUNNER, listing, status], timeout=timeout)))
+        results = [(status, launch.result()) for status, launch in launches]
         self.seconds = time.time() - started
-        self.status = {}
-        if os.path.exists(status):
-            with open(status) as f:
-                self.status = json.load(f)
-        self.outputs = segments(self.result.out)
-        self.every_rank = segments(self.result.out, every_rank=True)
+        self.status, self.outputs, self.every_rank = {}, {}, {}
+        for status, result in results:
+            if os.path.exists(status):
+                with open(status) as f:
+                    self.status.update(json.load(f))
+            self.outputs.update(segments(result.out))
+            self.every_rank.update(segments(result.out, every_rank=True))
+        self.out = "\n".join(result.out for _, result in results)
 
     def output(self, name: str) -> str:
         """The output of run `name`, which must have ended with exit code 0."""
@@ -90,7 +122,7 @@ class SharedLaunch:
         """Run `name`'s exit code and output (rank 0's, or with `every_rank` every rank's lines
         with their `[RANK]<stdout|stderr>:` prefixes)."""
         if name not in self.status:
-            pytest.fail(f"the shared launch did not finish {name}:\n{self.result.out[-4000:]}")
+            pytest.fail(f"the shared launch did not finish {name}:\n{self.out[-4000:]}")
         return self.status[name]["code"], (self.every_rank if every_rank else self.outputs).get(name, "")
 
 

@@ -152,7 +152,7 @@ def bad_runs(demo_data, tmp_path_factory):
                 "--unfreeze": "last:2", "--output_dir": str(out)}
         args.update({k: v.format(b=folder) for k, v in change.items()})
         runs.append({"name": f"case-{i}", "argv": ["train", *(f"{k}={v}" for k, v in args.items())],
-                     "cwd": str(folder)})
+                     "cwd": str(folder), "launch": i % 2})  # two launches, side by side
     launch = SharedLaunch(str(folder), runs)
     return lambda i: (folder / f"run-{i}", launch)
 

@@ -41,6 +41,7 @@ def test_saved_config_round_trips(tmp_path):
     ({"profile_ranks": "1"}, "--profile_ranks needs --profile=START:END"),
     ({"profile": "5:15", "profile_ranks": "0,x"}, "--profile_ranks=0,x is not a list of ranks"),
     ({"histograms": -1}, "--histograms must be >= 0"),
+    ({"generations": -1}, "--generations must be >= 0"),
     ({"slow_rank": 0}, "--slow_rank must be > 0"),
     ({"steps_per_execution": 0}, "--steps_per_execution must be positive, got 0: pass e.g. "
                                  "--steps_per_execution=1"),

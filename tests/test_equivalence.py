@@ -1,8 +1,9 @@
 """Exactness under distribution (issue 19): 2 workers at batch B end where 1 worker at batch 2B
 ends, option by option, on the same records in the same order.
 
-The whole matrix costs two launches, each running every case one after another in one process
-(tests/equivalence_runner.py): 2 workers under horovodrun, then 1 worker without a launcher.
+The whole matrix costs two launches, side by side, each running every case one after another in
+one process (tests/equivalence_runner.py): 2 workers under horovodrun, and 1 worker without a
+launcher.
 Each case is then one test that compares the two runs' saved weights layer by layer, checks
 that training moved them and that the 2 ranks ended identical. The records are one file split
 by record (rank r reads records r, r+2, ...), unshuffled, so a global batch of the 2-worker run
@@ -25,7 +26,7 @@ from typing import Optional
 import numpy as np
 import pytest
 
-from conftest import HOROVODRUN, run
+from conftest import HOROVODRUN, Started, run
 from distft.demo import write_tfrecords
 from test_multiworker import weights_by_layer
 
@@ -43,7 +44,7 @@ RECORDS = 2 * B * STEPS + REMAINDER
 BN = {"unfreeze": "from:bn1", "train_bn": True, "optimizer": "sgd", "lr": 0.01}
 COMMON = {"epochs": 2, "batch_size": B, "lr": 3e-3, "num_classes": 5, "unfreeze": "last:2",
           "shuffle_buffer": 0, "scale_lr": False, "rank_health": False, "keep_checkpoints": 1,
-          "log_every": 1000, "seed": 1}
+          "log_every": 1000, "seed": 1, "generations": 0}
 RUNNER = os.path.join(os.path.dirname(__file__), "equivalence_runner.py")
 MAKE_HUB_TEXT = os.path.join(os.path.dirname(__file__), "data", "make_hub_text.py")
 HUB = sys.version_info >= (3, 11)  # keras-hub's Python
@@ -239,21 +240,27 @@ class Matrix:
     def __init__(self, folder: str, cases: dict, base_model: str, records: int):
         self.folder, self.kinds = folder, write_data(folder, base_model, records)
         self.status, self.out, self.seconds, self.diffs = {}, {}, {}, {}
-        for workers in (2, 1):
+        launches = {}
+        for workers in (2, 1):  # side by side: each leaves the cores idle much of the time
             listing = os.path.join(folder, f"runs-{workers}w.json")
-            status = os.path.join(folder, f"status-{workers}w.json")
             with open(listing, "w") as f:
                 json.dump({name: options(name, c, self.kinds, folder, workers, extra)
                            for n, c in cases.items() if c.data in self.kinds
                            for name, extra in runs(n, c).items()}, f)
             launcher = [HOROVODRUN, "-np", "2", "-H", "localhost:2", "--gloo"] if workers == 2 else []
-            started = time.time()
-            result = run([*launcher, sys.executable, RUNNER, listing, status], timeout=700)
-            self.seconds[workers] = time.time() - started
-            self.out[workers] = result.out
-            if os.path.exists(status):
-                with open(status) as f:
+            launches[workers] = (time.time(), Started([*launcher, sys.executable, RUNNER, listing,
+                                                       self.status_path(workers)], timeout=900))
+        while not all(launch.poll() for _, launch in launches.values()):
+            time.sleep(1)
+        for workers, (started, launch) in launches.items():
+            self.out[workers] = launch.result().out
+            self.seconds[workers] = (launch.ended or time.time()) - started
+            if os.path.exists(self.status_path(workers)):
+                with open(self.status_path(workers)) as f:
                     self.status[workers] = json.load(f)
+
+    def status_path(self, workers: int) -> str:
+        return os.path.join(self.folder, f"status-{workers}w.json")
 
     def run_dir(self, name: str, workers: int) -> str:
         return os.path.join(self.folder, f"{workers}w", name)
@@ -272,7 +279,8 @@ class Matrix:
         times and every case's largest weight difference, after the tests' own lines."""
         terminalreporter.section("equal to one big batch")
         terminalreporter.write_line(f"2-worker launch {self.seconds[2]:.0f}s, 1-worker launch "
-                                    f"{self.seconds[1]:.0f}s; largest absolute weight difference:")
+                                    f"{self.seconds[1]:.0f}s (side by side); largest absolute "
+                                    "weight difference:")
         for (name, file), diff in self.diffs.items():
             terminalreporter.write_line(f"  {name:<34} {file:<16} {diff:.3g}")
 

@@ -1,6 +1,6 @@
 """Fine-tuning methods: staged unfreezing, layer-wise learning rates, cached frozen features,
 mixed precision and XLA, EMA of the weights. Mechanisms in-process, runs on 2 real workers (the
-fine-tunes that the tests only read run one after another in one launch: `methods`)."""
+fine-tunes that the tests only read run in two launches side by side: `methods`)."""
 import json
 import os
 import shutil
@@ -178,7 +178,7 @@ def train(demo_data, out, *flags, np_=2, timeout=300):
 
 SCHEDULE = ["--unfreeze_schedule=0:none,1:last:1,2:all", "--lr_mult=re:^conv1$=0", "--ema=0.9",
             "--epochs=3", "--keep_checkpoints=0"]
-# The 2-worker fine-tunes the tests below read, by name: one launch runs them all (`methods`).
+# The 2-worker fine-tunes the tests below read, by name: two launches run them all (`methods`).
 METHODS = {"staged": SCHEDULE,
            "plain": ["--unfreeze=last:2", "--epochs=2"],
            "cached": ["--unfreeze=last:2", "--epochs=2", "--cache_frozen"],
@@ -193,10 +193,11 @@ class Run:
 
 @pytest.fixture(scope="module")
 def methods(demo_data, tmp_path_factory):
-    """Each of METHODS on 2 workers, one after another in one launch: name -> Run."""
+    """Each of METHODS on 2 workers, in two launches side by side: name -> Run."""
     root = str(tmp_path_factory.mktemp("methods"))
-    launch = SharedLaunch(root, [{"name": name, "argv": train_argv(demo_data, os.path.join(root, name), *flags)}
-                                 for name, flags in METHODS.items()])
+    launch = SharedLaunch(root, [{"name": name, "launch": i % 2,  # two launches, side by side
+                                  "argv": train_argv(demo_data, os.path.join(root, name), *flags)}
+                                 for i, (name, flags) in enumerate(METHODS.items())])
     return {name: Run(os.path.join(root, name), launch.output(name)) for name in METHODS}
 
 

@@ -50,7 +50,7 @@ def layout(name):
 
 @pytest.fixture(scope="module")
 def trained(demo_data, digits, tmp_path_factory):
-    """Every fine-tune of this module on 2 workers, in one launch; `trained(name)` is the run's
+    """Every fine-tune of this module on 2 workers, in two launches; `trained(name)` is the run's
     folder, metrics and output (the workers' weights agree)."""
     import pathlib
 
@@ -59,7 +59,8 @@ def trained(demo_data, digits, tmp_path_factory):
     for name, writer in LAYOUTS:
         folder = root / name
         folder.mkdir()
-        runs.append({"name": name, "argv": train_argv(writer(folder, demo_data, digits), folder / "run")})
+        runs.append({"name": name, "launch": len(runs) % 2,  # two launches, side by side
+                     "argv": train_argv(writer(folder, demo_data, digits), folder / "run")})
     launch = SharedLaunch(str(root), runs)
 
     def get(name):

@@ -103,7 +103,7 @@ def mobilenet_run(folder):
 
 @pytest.fixture(scope="module")
 def trained(demo_data, tmp_path_factory):
-    """The fine-tunes below on 2 workers (horovodrun, Gloo), one after another in one launch:
+    """The fine-tunes below on 2 workers (horovodrun, Gloo), in two launches side by side:
     `trained(name)` is the run's folder (its data beside `run`) and output."""
     root = str(tmp_path_factory.mktemp("trained"))
     runs = []
@@ -111,7 +111,7 @@ def trained(demo_data, tmp_path_factory):
         os.makedirs(os.path.join(root, name))
         runs.append({"name": name, "argv": uneven_run(demo_data, os.path.join(root, name), sizes)})
     os.makedirs(os.path.join(root, "mobilenet"))
-    runs.append({"name": "mobilenet", "argv": mobilenet_run(os.path.join(root, "mobilenet"))})
+    runs.append({"name": "mobilenet", "launch": 1, "argv": mobilenet_run(os.path.join(root, "mobilenet"))})
     launch = SharedLaunch(root, runs)
 
     def get(name):

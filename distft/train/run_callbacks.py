@@ -100,9 +100,9 @@ def callbacks(setup: Setup, trainee: Trainee, worker: Worker, state: RunState, f
             found.append(confusion)
             if first and not position.epoch:
                 confusion.measure(0)
-    if tb and trainee.averager.tokens:  # what the causal LM says, each epoch
+    if tb and trainee.averager.tokens and cfg.generations:  # what the causal LM says
         samples = Generations(ft.model, _prompts(trainee), folder.file("tensorboard/validation"),
-                              _generated_length(trainee), worker.rank)
+                              _generated_length(trainee), worker.rank, every=cfg.generations)
         found.append(samples)
         if not position.epoch and not position.skip:
             samples.write(0)

@@ -26,12 +26,14 @@ TAG = "generations"
 class Generations(keras.callbacks.Callback):
     """`model_or_fn`: the Keras Hub `CausalLM` to generate with, or a function that returns it
     (called at each write: the run's current model); `max_length`: tokens in all, prompt
-    included; `rank`: this worker's (default: the launcher's), only rank 0 writes."""
+    included; `rank`: this worker's (default: the launcher's), only rank 0 writes; `every`:
+    epochs between writes."""
 
     def __init__(self, model_or_fn: Union[keras.Model, Callable[[], keras.Model]],
                  prompts: Sequence[str], writer_folder: str, max_length: int = 64,
-                 rank: Optional[int] = None, tag: str = TAG):
+                 rank: Optional[int] = None, tag: str = TAG, every: int = 1):
         super().__init__()
+        self.every = every
         self.model_or_fn, self.prompts = model_or_fn, list(prompts)
         self.writer_folder, self.max_length, self.tag = writer_folder, int(max_length), tag
         self.rank = detect().rank if rank is None else rank
@@ -62,7 +64,8 @@ class Generations(keras.callbacks.Callback):
         self.writer.flush()
 
     def on_epoch_end(self, epoch, logs=None):
-        self.write(epoch + 1)
+        if (epoch + 1) % self.every == 0:
+            self.write(epoch + 1)
 
 
 def markdown(prompts: Sequence[str], texts: Sequence[str]) -> str:
