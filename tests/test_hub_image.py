@@ -7,6 +7,7 @@ import json
 import os
 import sys
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -116,3 +117,41 @@ def test_an_explicit_preprocess_is_refused_with_the_models_own(hub):
     assert len(errors) == 1 and errors[0].endswith(
         "--preprocess=scale: the model's ResNetImageClassifierPreprocessor (resize to 16x16, scale "
         "0.003922) resizes and scales the images, and distft feeds them to it: leave --preprocess out"), out[-2000:]
+
+
+# --- in one process, no launch -------------------------------------------------------------------
+
+def test_pixel_arrays_of_another_size_reach_the_model_as_its_preprocessor_makes_them(tmp_path):
+    """Grey 24x24 uint8 arrays in an .npz: each worker's stream holds what the model's own
+    preprocessor makes of the RGB pixels (16x16, times 1/255, minus 0.5: not what any
+    --preprocess makes), and the feed says so."""
+    from hub_image_model import classifier
+
+    from distft.data.dataset import Source, load
+    from distft.model.preprocessing import choose
+
+    model = classifier()
+    model.preprocessor.image_converter.offset = -0.5
+    grey = np.random.default_rng(0).integers(0, 256, (6, 24, 24), np.uint8)
+    np.savez(tmp_path / "grey.npz", x=grey, y=np.arange(6) % 5)
+    data = load(Source.open(str(tmp_path / "grey.npz")), model).train
+    assert choose("auto", model, data.layout).note.startswith(
+        "the model's ResNetImageClassifierPreprocessor (resize to 16x16, scale 0.003922, offset -0.5)")
+    x, _ = next(iter(data.stream(0, 1, 6, (16, 16, 3), training=False, preprocess="auto")))
+    expected = model.preprocessor(np.repeat(grey[..., None], 3, axis=-1).astype(np.float32))
+    np.testing.assert_allclose(x.numpy(), keras.ops.convert_to_numpy(expected), rtol=1e-6, atol=1e-6)
+    assert x.shape == (6, 16, 16, 3) and float(np.min(x)) < 0
+
+
+def test_a_preprocessor_of_another_size_than_the_input_is_one_error_line(tmp_path):
+    from hub_image_model import classifier
+
+    from distft.data.dataset import Source, load
+    from distft.errors import DistftError
+
+    model = classifier()
+    model.preprocessor.image_converter.image_size = (20, 20)
+    np.savez(tmp_path / "rgb.npz", x=np.zeros((4, 24, 24, 3), np.uint8), y=np.arange(4))
+    layout = load(Source.open(str(tmp_path / "rgb.npz")), model).train.layout
+    with pytest.raises(DistftError, match=r"makes images of 20x20 but the model's input is \(16, 16, 3\)"):
+        layout.check_input((16, 16, 3))

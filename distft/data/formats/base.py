@@ -173,6 +173,11 @@ class XY(Layout):
         if self.x_kind == "pixels" and {self.x_shape[-1], shape[-1]} not in ({1, 3}, {shape[-1]}):
             raise DistftError(f"--data images have {self.x_shape[-1]} channels but the model's input "
                               f"{shape} has {shape[-1]}: use images with 1 or 3 channels")
+        size = own_preprocessor.image_size(self.preprocessor) if self.preprocessor is not None else None
+        if size and None not in shape[:2] and size != tuple(shape[:2]):
+            raise DistftError(f"{own_preprocessor.describe(self.preprocessor)} makes images of "
+                              f"{size[0]}x{size[1]} but the model's input is {shape}: save the model "
+                              "with a preprocessor of its input size")
 
     def decoders(self, input_shape: tuple, classes: tuple) -> tuple[Decoder, Decoder]:
         """Images: record -> (float32 image in [0, 255] of `input_shape`, target), one by one,
