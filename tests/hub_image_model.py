@@ -5,7 +5,7 @@ saved one on the raw images of an image folder.
 
 Example:
     python tests/hub_image_model.py write hub.keras
-    python tests/hub_image_model.py predict run/model.keras val/ probabilities.npy
+    python tests/hub_image_model.py predict val/ run/model.keras probabilities.npy [MODEL OUT ...]
 """
 import os
 import sys
@@ -40,6 +40,9 @@ if __name__ == "__main__":
     if sys.argv[1] == "write":
         classifier().save(sys.argv[2])
     else:
-        model = keras.saving.load_model(sys.argv[2])
-        assert type(model.preprocessor).__name__ == "ResNetImageClassifierPreprocessor", model.preprocessor
-        np.save(sys.argv[4], model.predict(folder_images(sys.argv[3]), verbose=0))  # its preprocessor runs
+        images = folder_images(sys.argv[2])
+        for path, out in zip(sys.argv[3::2], sys.argv[4::2]):
+            model = keras.saving.load_model(path)
+            assert type(model).__name__ == "ImageClassifier", model
+            assert type(model.preprocessor).__name__ == "ResNetImageClassifierPreprocessor", model.preprocessor
+            np.save(out, model.predict(images, verbose=0))  # its preprocessor runs

@@ -1,8 +1,9 @@
 """A Keras Hub image classifier saved with its ImageClassifierPreprocessor, written by stock
 keras_hub (tests/hub_image_model.py: a tiny ResNet, 16x16 inputs, scale 1/255), fine-tuned on 2
-workers from a folder of 24x24 PNGs: its own preprocessor resizes and scales the raw pixels on
-each worker, in training, evaluate and predict alike, and the saved model.keras predicts as
-stock keras_hub does with that preprocessor. One launch holds every run (the `hub` fixture)."""
+workers from a folder of 24x24 PNGs, with its head kept or a new one: its own preprocessor
+resizes and scales the raw pixels on each worker, in training, evaluate and predict alike, and
+the saved model.keras is still that task, which predicts as stock keras_hub does with that
+preprocessor. One launch holds every run (the `hub` fixture)."""
 import json
 import os
 import sys
@@ -31,8 +32,9 @@ def write_pngs(folder, images: np.ndarray, labels: np.ndarray) -> None:
 
 @pytest.fixture(scope="module")
 def hub(tmp_path_factory):
-    """Train, evaluate, predict and a refused --preprocess in one 2-worker launch, then stock
-    keras_hub's predictions of the fine-tuned model: `hub(name)` is a run's (exit code, output)."""
+    """Train (kept head), evaluate, predict, train and predict with a new head, and a refused
+    --preprocess in one 2-worker launch, then stock keras_hub's predictions of both fine-tuned
+    models: `hub(name)` is a run's (exit code, output), `hub("stock")` stock keras_hub's."""
     from conftest import SharedLaunch
     from distft.demo import load_digits
 
@@ -48,16 +50,19 @@ def hub(tmp_path_factory):
     runs = {"train": [*train, "--output_dir=run"],
             "evaluate": ["evaluate", "--model=run/model.keras", "--data=val", "--output=evaluated.json"],
             "predict": ["predict", "--model=run/model.keras", "--data=val", "--output=predicted.npy"],
+            "new_head": [*train, "--num_classes=5", "--unfreeze=all", "--output_dir=new"],
+            "new_head_predict": ["predict", "--model=new/model.keras", "--data=val", "--output=new.npy"],
             "explicit": [*train, "--preprocess=scale", "--output_dir=refused"]}
     launch = SharedLaunch(str(root), [{"name": n, "argv": argv, "cwd": str(root)} for n, argv in runs.items()])
-    stock = run([sys.executable, SCRIPT, "predict", str(root / "run" / "model.keras"), str(root / "val"),
-                 str(root / "stock.npy")], timeout=180)
+    stock = run([sys.executable, SCRIPT, "predict", str(root / "val"), str(root / "run" / "model.keras"),
+                 str(root / "stock.npy"), str(root / "new" / "model.keras"), str(root / "stock_new.npy")],
+                timeout=180)
     print(f"launch {launch.seconds:.0f}s: {launch.status}")
 
     def get(name):
-        if name == "stock":
+        if name.startswith("stock"):
             assert stock.code == 0, stock.out[-3000:]
-            return np.load(root / "stock.npy")
+            return np.load(root / f"{name}.npy")
         return launch.ended(name)
 
     get.root = root
@@ -107,6 +112,24 @@ def test_predict_agrees_with_stock_keras_hub_on_the_raw_images(hub):
     with open(hub.root / "run" / "metrics.json") as f:
         trained = json.load(f)["validation"][ACCURACY]
     assert np.mean(predicted.argmax(axis=1) == labels) == pytest.approx(trained, abs=1e-6)
+
+
+@pytest.mark.multiworker
+def test_a_new_head_keeps_the_task_and_its_preprocessor(hub):
+    """--num_classes on the task: the same ImageClassifier with a softmax head, still fed by (and
+    saved with) its own preprocessor, so stock keras_hub predicts what distft predicts."""
+    for name in ("new_head", "new_head_predict"):
+        code, out = hub(name)
+        assert code == 0, out[-3000:]
+        assert OWN in out
+    with open(hub.root / "new" / "metrics.json") as f:
+        metrics = json.load(f)
+    before, after = metrics["validation_before"]["accuracy"], metrics["validation"]["accuracy"]
+    print(f"new head: validation accuracy {before:.3f} -> {after:.3f}")
+    assert before < 0.35 and after > 0.7, (before, after)
+    predicted = np.load(hub.root / "new.npy")
+    np.testing.assert_allclose(predicted.sum(axis=1), 1.0, rtol=1e-5)  # softmax
+    np.testing.assert_allclose(predicted, hub("stock_new"), rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.multiworker
