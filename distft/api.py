@@ -158,6 +158,7 @@ def predict(model: str, data: str, output: str, batch_size: int = 256, label: st
     `import_`: modules to import first, as in `evaluate`."""
     _setup_logging(detect().rank, detect().size, False)
 
+    import keras
     import numpy as np
 
     from distft.model import loading
@@ -187,7 +188,8 @@ def predict(model: str, data: str, output: str, batch_size: int = 256, label: st
     # Split by record (every worker reads all files) so the outputs interleave back in order.
     stream = ds.stream(worker.rank, worker.size, batch_size, tuple(net.input_shape[1:]),
                        training=False, by_record=True, preprocess=feed).map(lambda x, y: x)
-    mine = net.predict(stream, verbose=0)
+    # Keras's own predict, not a Keras Hub task's, which would run its preprocessor again.
+    mine = keras.Model.predict(net, stream, verbose=0)
     parts = worker.gather(mine if len(outputs) > 1 else [mine])
     if worker.rank == 0:
         merged = {}

@@ -134,7 +134,8 @@ class TrainConfig:
     preprocess: str = field(default="auto", metadata={"group": "data",
         "help": "images: auto ([0,255] when the model starts with Rescaling or Normalization, "
                 "else [0,1]), scale to [0,1], none ([0,255]), or a keras.applications family's "
-                "preprocess_input (mobilenet_v2, resnet50, efficientnet, ...)"})
+                "preprocess_input (mobilenet_v2, resnet50, efficientnet, ...); a Keras Hub image "
+                "task saved with its preprocessor: that one, always (leave --preprocess out)"})
     augment: Optional[tuple] = field(default=None, metadata={"group": "data",
         "help": "images, training only: any of flip,crop,rotate,color"})
     cache: Optional[str] = field(default=None, metadata={"group": "data",

@@ -26,9 +26,10 @@ import tensorflow as tf
 
 from distft import log
 from distft.data import images, named, sharding
-from distft.data.formats import FORMATS, UNREADABLE, CsvLayout, ImageFolderLayout, Layout, Named, Text, \
-    TextOptions, damaged, infer_layout, layout_type, named_layout, text_layout, text_preprocessor
+from distft.data.formats import FORMATS, UNREADABLE, XY, CsvLayout, ImageFolderLayout, Layout, Named, Text, \
+    TextOptions, damaged, infer_layout, layout_type, named_layout, text_layout
 from distft.data.manifest import NAME, Manifest
+from distft.data.own_preprocessor import image_preprocessor, text_preprocessor
 from distft.errors import DistftError
 
 AUTOTUNE = tf.data.AUTOTUNE
@@ -132,9 +133,10 @@ class Source:
 
     def _bound(self, model: Optional[keras.Model], targets: bool) -> Source:
         """Matched to `model`'s inputs and outputs (see data/named.py): text records to a model
-        that takes text (its preprocessor's); named fields for a model with several inputs or
-        outputs (`targets=False`: only the inputs are needed); distft's one-input layout, as
-        opened, for other models (and None)."""
+        that takes text (its preprocessor's); images to a model with its own image preprocessor
+        (a Keras Hub image task's, see data/own_preprocessor.py); named fields for a model with
+        several inputs or outputs (`targets=False`: only the inputs are needed); distft's
+        one-input layout, as opened, for other models (and None)."""
         preprocessor = text_preprocessor(model)
         layout = self.layout if isinstance(self.layout, Text) else \
             self._as_text() if preprocessor is not None else None
@@ -146,6 +148,9 @@ class Source:
             layout = layout.bind(preprocessor, self.flag, self.text.sequence_length)
             return dataclasses.replace(self, layout=layout, located=None)
         is_named = isinstance(self.layout, Named)
+        own = image_preprocessor(model)
+        if own is not None and isinstance(self.layout, XY):
+            return dataclasses.replace(self, layout=self.layout.bind(own))
         if model is None or not named.is_multi(model):
             if is_named:  # the one-input layout's own error, naming what is missing
                 infer_layout(self.files[0], self.label, allow_named=False)
@@ -361,13 +366,18 @@ class Ready:
         streams are finite and keep every record of the worker's share exactly once;
         `by_record` splits records in the files' order, one file after another, so that the
         workers' records interleave back to it. Images are decoded, resized to `input_shape`,
-        augmented (training only) and preprocessed record by record.
+        augmented (training only) and preprocessed record by record; bound to the model's own
+        preprocessor (see `Source._bound`), they are decoded through it (`preprocess` is not
+        applied) and then augmented.
         """
-        image = self.layout.has_images
+        image, own = self.layout.has_images, self.layout.preprocessor is not None
         if not image and (augment or preprocess not in ("scale", "none")):
             raise DistftError("--augment and --preprocess apply to image data, and --data holds "
                               "feature records: leave them out")
-        if image and 0 in self.layout.pixel_scales and preprocess != "none":
+        if image and own and "color" in augment:
+            raise DistftError("--augment=color changes pixels in [0, 255], and the model's own "
+                              "preprocessor has scaled them already: use flip, crop or rotate")
+        if image and not own and 0 in self.layout.pixel_scales and preprocess != "none":
             raise DistftError("--data's 'x' holds float images whose values are not pixels in "
                               "[0, 1] or [0, 255] (already normalised?): pass --preprocess=none "
                               "to feed them as they are")
@@ -397,9 +407,10 @@ class Ready:
                     lambda i, r: (self.layout.on_images(r[0], lambda x: fn(x, tf.stack([tf.cast(rank, tf.int64), i]))),
                                   r[1]),
                     num_parallel_calls=AUTOTUNE, deterministic=True)
-            prep = images.preprocessor(preprocess)
-            ds = ds.map(lambda x, y: (self.layout.on_images(x, prep), y), num_parallel_calls=AUTOTUNE,
-                        deterministic=True)
+            if not own:
+                prep = images.preprocessor(preprocess)
+                ds = ds.map(lambda x, y: (self.layout.on_images(x, prep), y), num_parallel_calls=AUTOTUNE,
+                            deterministic=True)
         ds = ds.batch(batch_size, drop_remainder=training)
         if per_batch is not None:
             # Plain TF ops: autograph's conversion would add seconds to every start.

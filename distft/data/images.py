@@ -43,21 +43,25 @@ def scan(folder: str, flag: str = "input") -> tuple[list[str], list[int], list[s
     return paths, labels, classes
 
 
-def decode(data: tf.Tensor, input_shape: tuple) -> tf.Tensor:
-    """Encoded PNG/JPEG bytes -> float32 image of `input_shape`, values in [0, 255]."""
+def decode(data: tf.Tensor, input_shape: tuple, resize: bool = True) -> tf.Tensor:
+    """Encoded PNG/JPEG bytes -> float32 image of `input_shape`, values in [0, 255]
+    (`resize` False: of its own height and width, with the channels of `input_shape`)."""
     h, w, c = input_shape
-    img = tf.io.decode_image(data, channels=c, expand_animations=False)
-    img = tf.image.resize(tf.cast(img, tf.float32), (h, w))
-    return tf.ensure_shape(img, (h, w, c))
+    img = tf.cast(tf.io.decode_image(data, channels=c, expand_animations=False), tf.float32)
+    if not resize:
+        return tf.ensure_shape(img, (None, None, c))
+    return tf.ensure_shape(tf.image.resize(img, (h, w)), (h, w, c))
 
 
-def from_pixels(x: tf.Tensor, input_shape: tuple, scale: float) -> tf.Tensor:
+def from_pixels(x: tf.Tensor, input_shape: tuple, scale: float, resize: bool = True) -> tf.Tensor:
     """An (H, W, C) pixel array -> float32 image of `input_shape`: times `scale` (to [0, 255];
-    0 keeps the values), grey/RGB converted, resized when the sizes differ."""
+    0 keeps the values), grey/RGB converted, resized when the sizes differ (and `resize`)."""
     h, w, c = input_shape
     img = tf.cast(x, tf.float32) * (scale or 1.0)
     if img.shape[-1] != c:
         img = tf.image.grayscale_to_rgb(img) if c == 3 else tf.image.rgb_to_grayscale(img)
+    if not resize:
+        return img
     if tuple(img.shape[:2]) != (h, w):
         img = tf.image.resize(img, (h, w))
     return tf.ensure_shape(img, (h, w, c))

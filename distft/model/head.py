@@ -46,6 +46,22 @@ def replace_head(base: keras.Model, num_classes: int, dropout: float = 0.0, seed
     return keras.Model(base.inputs[0], x, name=f"{base.name}_ft"), head
 
 
+def replace_task_head(task: keras.Model, num_classes: int, dropout: float = 0.0, seed: int = 0
+                      ) -> tuple[keras.Model, list[keras.layers.Layer]]:
+    """A Keras Hub classifier task (saved with its own preprocessor) with a new softmax head of
+    `num_classes`: the same task class on the same backbone and preprocessor, so that it stays
+    that task, which keras_hub opens with its preprocessor; returns (task, head layers)."""
+    from distft.model.unfreeze import flatten
+
+    config = {k: v for k, v in task.get_config().items() if k not in ("backbone", "preprocessor")}
+    config.update({k: v for k, v in (("activation", "softmax"), ("dropout", dropout)) if k in config})
+    new = type(task)(backbone=task.backbone, preprocessor=task.preprocessor, **{**config, "num_classes": num_classes})
+    dense = new.layers[-1]
+    dense.kernel.assign(keras.initializers.GlorotUniform(seed=seed)(dense.kernel.shape))
+    body = {id(l) for l in flatten(task.backbone)}
+    return new, [l for l in flatten(new) if id(l) not in body]
+
+
 def _replace_output(base: keras.Model, output: str, num_classes: int, dropout: float,
                     seed: int) -> tuple[keras.Model, list[keras.layers.Layer]]:
     names = list(base.output_names)

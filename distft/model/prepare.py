@@ -14,6 +14,7 @@ import numpy as np
 import keras
 
 from distft.data import named
+from distft.data.own_preprocessor import image_preprocessor
 from distft.errors import DistftError
 from distft.model import head as heads
 from distft.model import loading, lora, objective, precision as mixed, unfreeze as unfreezing
@@ -128,7 +129,9 @@ def prepare(model: str, num_classes: Optional[int] = None, unfreeze: Optional[st
         raise DistftError(f"--model={model} is a SavedModel, which Keras 3 loads as one opaque "
                           "layer whose head cannot be replaced: drop --num_classes to fine-tune "
                           "it whole, or save the model as .keras or .h5 and pass that")
-    if num_classes:
+    if num_classes and image_preprocessor(base) is not None and not several:
+        full, new_head = heads.replace_task_head(base, num_classes, head_dropout, seed)
+    elif num_classes:
         full, new_head = heads.replace_head(base, num_classes, head_dropout, seed, head,
                                             headless=flags.headless)
     elif flags.headless:

@@ -7,6 +7,11 @@ before it (RandomFlip, Resizing, ...) and nesting are looked through. Other mode
 scaled to [0, 1], as before. Evaluate and predict feed what the training run fed: its
 config.yaml beside the model records the value it used.
 
+A Keras Hub image task saved with its preprocessor (an ImageClassifierPreprocessor) brings its
+own: the data is bound to it (data/own_preprocessor.py), which resizes and scales the raw pixels
+in [0, 255], in training, evaluate and predict alike, as stock keras_hub does in the task's
+`predict`. An explicit --preprocess is then refused: the model's own is the one it was made for.
+
 Example:
     feed = choose("auto", keras.applications.MobileNetV3Small(weights=None), data.layout)
     feed.preprocess   # "none": pixels in [0, 255], as they are
@@ -25,6 +30,8 @@ from keras.src.layers.preprocessing.image_preprocessing.base_image_preprocessing
     BaseImagePreprocessingLayer)
 
 from distft import log
+from distft.data.own_preprocessor import describe
+from distft.errors import DistftError
 from distft.files import load_yaml
 from distft.model.families import PREPROCESSING
 from distft.data.formats import Layout
@@ -86,6 +93,12 @@ def choose(preprocess: str, model: keras.Model, layout: Layout, trained: Optiona
     """The --preprocess to use for `model` on data of `layout`. `auto` feeds what the training
     run fed (`trained`, from its config.yaml), else what the model's first layers expect; an
     explicit value wins, with a warning when it differs from that."""
+    if layout.has_images and layout.preprocessor is not None:
+        own = describe(layout.preprocessor)
+        if preprocess != AUTO:
+            raise DistftError(f"--preprocess={preprocess}: {own} resizes and scales the images, and "
+                              "distft feeds them to it: leave --preprocess out")
+        return Feed(AUTO, f"{own}, applied to the raw pixels in [0, 255] on each worker")
     if not layout.has_images or 0 in layout.pixel_scales:  # features, or floats that are not pixels
         return Feed("scale" if preprocess == AUTO else preprocess)
     found = detect(model)

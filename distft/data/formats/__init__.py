@@ -18,14 +18,14 @@ from distft.data.formats.csvtable import CsvLayout, NamedCsvLayout
 from distft.data.formats.folder import ImageFolderLayout
 from distft.data.formats.npz import NamedNpzLayout, NpzLayout
 from distft.data.formats.text import TEXT_FORMATS, JsonlTextLayout, Text, TextOptions, TFRecordTextLayout, \
-    TxtLayout, text_preprocessor
+    TxtLayout
 from distft.data.formats.tfrecord import NamedTFRecordLayout, TFRecordLayout
 from distft.errors import DistftError
 
 __all__ = ["FORMATS", "UNREADABLE", "CsvLayout", "ImageFolderLayout", "Layout", "Named", "NamedCsvLayout",
            "NamedNpzLayout", "NamedTFRecordLayout", "NpzLayout", "TFRecordLayout", "TFRecordTextLayout", "Text",
            "TextOptions",
-           "XY", "damaged", "infer_layout", "layout_type", "named_layout", "text_layout", "text_preprocessor"]
+           "XY", "damaged", "infer_layout", "layout_type", "named_layout", "text_layout"]
 
 FORMATS = {".tfrecord": TFRecordLayout, ".tfrecords": TFRecordLayout, ".tfrec": TFRecordLayout,
            ".gz": TFRecordLayout, ".npz": NpzLayout, ".csv": CsvLayout, ".jsonl": JsonlTextLayout,

@@ -5,13 +5,13 @@ from __future__ import annotations
 import dataclasses
 import math
 import zipfile
-from dataclasses import dataclass
-from typing import Callable, ClassVar, Iterator, Optional
+from dataclasses import dataclass, field
+from typing import Any, Callable, ClassVar, Iterator, Optional
 
 import numpy as np
 import tensorflow as tf
 
-from distft.data import columns, images, named
+from distft.data import columns, images, named, own_preprocessor
 from distft.errors import DistftError, root_cause
 
 X_KEYS = ("x", "image")  # the features distft looks for by default, in this order
@@ -31,6 +31,7 @@ class Layout:
 
     format: ClassVar[str]  # as errors name it: tfrecord | npz | csv | folder | jsonl | txt
     token_weighted: ClassVar[bool] = False  # targets weighted per token (see Text)
+    preprocessor: ClassVar[Any] = None  # bound: the model's own (see data/own_preprocessor.py)
 
     @property
     def has_images(self) -> bool:
@@ -118,6 +119,7 @@ class XY(Layout):
     y_float: bool = False  # float targets (regression, soft labels) rather than integers
     x_dtype: str = "float32"  # pixels: uint8 or float32
     pixel_scale: float = 1.0  # pixels: factor to [0, 255]; 0: not pixel values (--preprocess=none)
+    preprocessor: Any = field(default=None, compare=False, repr=False, kw_only=True)  # bound: the model's
 
     @property
     def x_size(self) -> int:
@@ -139,6 +141,11 @@ class XY(Layout):
 
     def describe_y(self) -> str:
         return f"(N, {', '.join(map(str, self.y_shape))})" if self.y_shape else "(N,)"
+
+    def bind(self, preprocessor: Any) -> XY:
+        """Images given the model's own image preprocessor (see data/own_preprocessor.py), which
+        resizes and scales them in place of `--preprocess`; features stay as they are."""
+        return dataclasses.replace(self, preprocessor=preprocessor) if self.has_images else self
 
     def split(self, *record) -> tuple[tf.Tensor, tf.Tensor]:
         """(x, y) of a raw record, or of a batch of them."""
@@ -166,16 +173,28 @@ class XY(Layout):
         if self.x_kind == "pixels" and {self.x_shape[-1], shape[-1]} not in ({1, 3}, {shape[-1]}):
             raise DistftError(f"--data images have {self.x_shape[-1]} channels but the model's input "
                               f"{shape} has {shape[-1]}: use images with 1 or 3 channels")
+        size = own_preprocessor.image_size(self.preprocessor) if self.preprocessor is not None else None
+        if size and None not in shape[:2] and size != tuple(shape[:2]):
+            raise DistftError(f"{own_preprocessor.describe(self.preprocessor)} makes images of "
+                              f"{size[0]}x{size[1]} but the model's input is {shape}: save the model "
+                              "with a preprocessor of its input size")
 
     def decoders(self, input_shape: tuple, classes: tuple) -> tuple[Decoder, Decoder]:
         """Images: record -> (float32 image in [0, 255] of `input_shape`, target), one by one,
-        so that augmentation and `--preprocess` follow; features: a batch at a time."""
+        so that augmentation and `--preprocess` follow; bound to the model's own preprocessor,
+        the image as it is (any size) through that preprocessor instead (the images of a batch
+        may differ in size until it resizes them). Features: a batch at a time."""
+        own = self.preprocessor
+        resize = own is None or own_preprocessor.image_size(own) is None
+
         def image(x: tf.Tensor) -> tf.Tensor:
             if self.x_kind == "image":
-                return images.decode(x, input_shape)
-            if x.dtype == tf.string:  # raw pixels in a TFRecord
-                x = tf.reshape(tf.io.decode_raw(x, tf.uint8), self.x_shape)
-            return images.from_pixels(x, input_shape, self.pixel_scale)
+                img = images.decode(x, input_shape, resize)
+            else:
+                if x.dtype == tf.string:  # raw pixels in a TFRecord
+                    x = tf.reshape(tf.io.decode_raw(x, tf.uint8), self.x_shape)
+                img = images.from_pixels(x, input_shape, self.pixel_scale, resize)
+            return img if own is None else tf.ensure_shape(own(img), input_shape)
 
         def record(*raw):
             x, y = self.split(*raw)

@@ -28,13 +28,6 @@ from distft.data.text_options import TextOptions
 from distft.errors import DistftError
 
 
-def text_preprocessor(model: Any) -> Any:
-    """The model's own preprocessor when it turns raw text into the model's inputs (a Keras Hub
-    task's, with a tokenizer); None otherwise."""
-    preprocessor = getattr(model, "preprocessor", None)
-    return preprocessor if getattr(preprocessor, "tokenizer", None) is not None else None
-
-
 def is_causal_lm(preprocessor: Any) -> bool:
     """A causal LM's preprocessor: (token ids, next tokens, a weight per token) from text."""
     return any(c.__name__ == "CausalLMPreprocessor" for c in type(preprocessor).__mro__)
