@@ -33,7 +33,7 @@ def write_pngs(folder, images: np.ndarray, labels: np.ndarray) -> None:
 @pytest.fixture(scope="module")
 def hub(tmp_path_factory):
     """Train (kept head), evaluate, predict, train and predict with a new head, and a refused
-    --preprocess in one 2-worker launch, then stock keras_hub's predictions of both fine-tuned
+    --preprocess in two 2-worker launches, then stock keras_hub's predictions of both fine-tuned
     models: `hub(name)` is a run's (exit code, output), `hub("stock")` stock keras_hub's."""
     from conftest import SharedLaunch
     from distft.demo import load_digits
@@ -53,7 +53,9 @@ def hub(tmp_path_factory):
             "new_head": [*train, "--num_classes=5", "--unfreeze=all", "--output_dir=new"],
             "new_head_predict": ["predict", "--model=new/model.keras", "--data=val", "--output=new.npy"],
             "explicit": [*train, "--preprocess=scale", "--output_dir=refused"]}
-    launch = SharedLaunch(str(root), [{"name": n, "argv": argv, "cwd": str(root)} for n, argv in runs.items()])
+    launch = SharedLaunch(str(root), [{"name": n, "argv": argv, "cwd": str(root),
+                                       "launch": int(n.startswith("new"))}  # two launches, side by side
+                                      for n, argv in runs.items()])
     stock = run([sys.executable, SCRIPT, "predict", str(root / "val"), str(root / "run" / "model.keras"),
                  str(root / "stock.npy"), str(root / "new" / "model.keras"), str(root / "stock_new.npy")],
                 timeout=180)
