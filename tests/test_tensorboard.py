@@ -1,6 +1,5 @@
 """Rank 0's TensorBoard log, read from the event files and from a real tensorboard server: one
 2-worker run with histograms and a profile window serves every view; one run with a slowed rank."""
-import base64
 import glob
 import gzip
 import json
@@ -123,14 +122,23 @@ def test_real_tensorboard_server_serves_the_scalars(server):
 
 
 RANK_TAGS = ["ranks/step_time_ms", "ranks/busy_ms", "ranks/allreduce_wait_ms", "ranks/input_wait_ms",
-             "ranks/input_share"]
+             "ranks/input_share", "ranks/over_median_ms", "ranks/over_own_best"]
 
 
 def test_per_rank_health_one_series_per_rank_overlaid(server):
     tags = server.get("data/plugin/scalars/tags")
+    busy = {}
     for rank in ("rank_0", "rank_1"):
         assert set(RANK_TAGS) <= set(tags[rank]), tags[rank]
         figures = {tag: dict(server.scalars(rank, tag)) for tag in RANK_TAGS}
+        busy[rank] = figures["ranks/busy_ms"]
+        # Straggler scores: over the median rank (of 2, their mean) and over its own best so far.
+        for epoch in (1, 2, 3):
+            median = (dict(server.scalars("rank_0", "ranks/busy_ms"))[epoch] +
+                      dict(server.scalars("rank_1", "ranks/busy_ms"))[epoch]) / 2
+            assert figures["ranks/over_median_ms"][epoch] == pytest.approx(busy[rank][epoch] - median, abs=1e-3)
+            best = min(busy[rank][e] for e in range(1, epoch + 1))
+            assert figures["ranks/over_own_best"][epoch] == pytest.approx(busy[rank][epoch] / best, rel=1e-4)
         assert all(sorted(points) == [1, 2, 3] for points in figures.values()), figures
         for epoch in (1, 2, 3):
             step = figures["ranks/step_time_ms"][epoch]
@@ -186,6 +194,16 @@ def test_profile_run_in_the_profile_tab(server):
     assert len(runs) == 1  # rank 0 only
     tools = server.get(f"data/plugin/profile/run_tools?run={runs[0]}")
     assert "trace_viewer@" in tools and "overview_page" in tools
+
+
+def test_a_rank_is_slow_only_over_both_floors():
+    """Over the median by the fraction --slow_rank and by SLOW_RANK_MS (5 ms): a tenth of a
+    millisecond on a tiny step is noise, as is a few ms on a long one."""
+    from distft.train.callbacks.rank_health import is_slow
+
+    assert not is_slow(0.8, 0.7, 0.2)  # 23% over, but 0.1 ms: the issue's tiny job
+    assert not is_slow(206.0, 200.0, 0.2)  # 6 ms, but 3%
+    assert is_slow(39.3, 29.4, 0.2) and not is_slow(39.3, 29.4, 0.4)
 
 
 def test_slow_rank_is_named_with_its_host_and_cores(demo_data, tmp_path):

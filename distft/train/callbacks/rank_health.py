@@ -37,6 +37,9 @@ from distft.train.runtime import Worker
 # about 1-2 ms on CPU, so steps of a few ms read high without waiting for input.
 INPUT_BOUND = 0.3
 INPUT_BOUND_MS = 5.0
+# A rank is slow only when it is also this much over the median: on steps of a millisecond, a
+# 20% difference is noise (0.1 ms fired the warning on a tiny job).
+SLOW_RANK_MS = 5.0
 
 
 class StepClock:
@@ -105,6 +108,7 @@ class RankHealth(StepCounter):
         self.clock, self.worker, self.placement = clock, worker, placement
         self.slow, self.slow_epochs, self.report = slow, slow_epochs, report
         self._streak = [0] * worker.size
+        self._best: list[float] = []  # each rank's least busy time per step so far (rank 0)
         self._input_warned = False
 
     def on_epoch_begin(self, epoch, logs=None):
@@ -128,6 +132,7 @@ class RankHealth(StepCounter):
         ranks = [_per_step(*r) for r in self.worker.gather_floats(
             [self._steps, self._wall, step, allreduce], name="distft_rank_health")]
         if self.worker.rank == 0:
+            self._best = straggling(ranks, self._best)
             if self.report:
                 self.report(ranks, epoch)
             self._judge(ranks, epoch)
@@ -136,7 +141,7 @@ class RankHealth(StepCounter):
         median = statistics.median(r["busy_ms"] for r in ranks)
         for rank, r in enumerate(ranks):
             slower = r["busy_ms"] / max(median, 1e-9) - 1
-            self._streak[rank] = self._streak[rank] + 1 if slower > self.slow else 0
+            self._streak[rank] = self._streak[rank] + 1 if is_slow(r["busy_ms"], median, self.slow) else 0
             if self._streak[rank] == self.slow_epochs:
                 log.warning("rank %d (%s) is slow: busy %.1f ms per step, %.0f%% over the median "
                             "rank's %.1f ms, for %d epochs in a row (to epoch %d); every other rank "
@@ -160,6 +165,26 @@ def _per_step(steps: int, wall: float, step: float, allreduce: float) -> dict[st
     return {"step_time_ms": 1000 * wall / steps, "busy_ms": 1000 * (step - allreduce) / steps,
             "allreduce_wait_ms": 1000 * allreduce / steps, "input_wait_ms": 1000 * waiting / steps,
             "input_share": waiting / wall if wall else 0.0}
+
+
+def is_slow(busy_ms: float, median_ms: float, slow: float) -> bool:
+    """Whether a rank busy `busy_ms` per step is slow beside the median rank: over it by more
+    than the fraction `slow` and by more than SLOW_RANK_MS."""
+    return busy_ms - median_ms > SLOW_RANK_MS and busy_ms > median_ms * (1 + slow)
+
+
+def straggling(ranks: list[dict[str, float]], best: list[float]) -> list[float]:
+    """Add each rank's straggler scores to its figures: `over_median_ms`, its busy time per step
+    over the median rank's, and `over_own_best`, its busy time over its own least so far (1:
+    as fast as it has been). `best`: those least times before this epoch ([] at first); returns
+    them with this epoch's."""
+    median = statistics.median(r["busy_ms"] for r in ranks)
+    best = [min(b, r["busy_ms"]) for b, r in zip(best, ranks)] if len(best) == len(ranks) \
+        else [r["busy_ms"] for r in ranks]
+    for r, least in zip(ranks, best):
+        r["over_median_ms"] = r["busy_ms"] - median
+        r["over_own_best"] = r["busy_ms"] / max(least, 1e-9)
+    return best
 
 
 def spread(ranks: list[dict[str, float]]) -> float:

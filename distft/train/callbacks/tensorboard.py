@@ -34,7 +34,9 @@ from distft.train.callbacks.timing import Timing
 RANK_TAGS = {"busy_ms": "busy (computing), ms per step",
              "allreduce_wait_ms": "gradient allreduce wait, ms per step",
              "input_wait_ms": "waiting for the next batch, ms per step",
-             "step_time_ms": "step time, ms", "input_share": "input-bound share of the step"}
+             "step_time_ms": "step time, ms", "input_share": "input-bound share of the step",
+             "over_median_ms": "straggling: busy ms per step over the median rank's",
+             "over_own_best": "straggling: busy time over the rank's own best epoch"}
 
 
 class TensorBoardLogger(StepCounter):
