@@ -2,13 +2,15 @@
 stops every worker at the same step with a checkpoint that --resume continues from."""
 import json
 import os
+import re
 import signal
+import subprocess
 import time
 
 import numpy as np
 import pytest
 
-from conftest import DISTFT, HOROVODRUN, Job, horovodrun, one_line
+from conftest import DISTFT, HOROVODRUN, Job, distft, horovodrun, one_line
 
 pytestmark = pytest.mark.multiworker
 
@@ -39,6 +41,34 @@ def train_args(demo_data, run_dir, epochs):
     return ["train", f"--model={demo_data['model']}", f"--data={demo_data['data']}",
             f"--val_data={demo_data['val_data']}", "--num_classes=5", "--unfreeze=last:2",
             f"--epochs={epochs}", "--batch_size=8", "--log_every=1000", f"--output_dir={run_dir}"]
+
+
+def test_a_full_disk_keeps_the_last_checkpoint_and_resume_goes_on(demo_data, tmp_path):
+    """The output disk fills mid-run (a 1.5 MB tmpfs, room for 3 checkpoints): one line names
+    the folder, why, the space left and the checkpoint that is intact, exit 75 (as a stop), no
+    half-written folder; with room again, --resume goes on from that checkpoint and finishes."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1500k", "tmpfs", str(disk)], check=True)
+    try:
+        out = disk / "run"
+        args = [*train_args(demo_data, out, 12), "--steps_per_epoch=5", "--keep_checkpoints=0", "--np=2"]
+        full = distft(args)
+        assert full.code == 75, full.out[-3000:]
+        line = one_line(full.out, "distft: error:")
+        assert f"checkpoint in {out}/checkpoints (No space left on device; " in line, line
+        assert " MB free): the epoch " in line and line.endswith("run the same command with --resume"), line
+        kept = re.search(r"the epoch (\d+) checkpoint \((\S+)\) is intact", line)
+        assert kept and os.path.exists(os.path.join(kept.group(2), "state.json")), line
+        assert not [n for n in os.listdir(out / "checkpoints") if n.startswith(".tmp-")]
+        assert "Traceback" not in full.out and "SaveV2" not in full.out
+        subprocess.run(["mount", "-o", "remount,size=64m", str(disk)], check=True)
+        resumed = distft([*args, "--resume"])
+        assert resumed.code == 0, resumed.out[-3000:]
+        assert f"{kept.group(2)}: {kept.group(1)} epoch(s) done" in one_line(resumed.out, "resuming from")
+        assert os.path.exists(out / "model.keras")
+    finally:
+        subprocess.run(["umount", "-l", str(disk)])
 
 
 @pytest.mark.parametrize("controller", ["gloo", "mpi"])

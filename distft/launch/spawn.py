@@ -36,6 +36,7 @@ _BELOW_MIN = re.compile(r"at least (\d+) Horovod processes\. Timeout after (\d+)
 _TEARDOWN = re.compile(r"^Terminating remaining workers after failure of Process \d+")
 _GLOO_EXIT = re.compile(r"^Process (\d+) exit with status code (\d+)")
 _MPI_SIGNAL = re.compile(r"process rank (\d+) with PID \d+ on node \S+ exited on signal (\d+)")
+_MPI_EXIT = re.compile(r"^\s*Exit code:\s+(\d+)")
 
 
 def horovodrun_command(args: list[str], np: int, hosts: str | None, controller: str,
@@ -94,6 +95,7 @@ class JobLog:
         # (SIGTERM, then SIGKILL 5 s later for a worker in its set-up, which defers a stop).
         self.teardown = False
         self.below_min: tuple[int, int] | None = None  # elastic: (min_np, seconds waited)
+        self.exit_code: int | None = None  # the first worker's own exit code (not a signal's)
 
     def relay(self, line: str) -> None:
         m = _PREFIX.match(line)
@@ -102,6 +104,9 @@ class JobLog:
         death = _death(text)
         if death and not self.teardown:
             self.deaths.append(death)
+        exited = _GLOO_EXIT.search(text) or _MPI_EXIT.search(text)
+        if exited and 0 < int(exited.groups()[-1]) <= 128 and self.exit_code is None:
+            self.exit_code = int(exited.groups()[-1])
         below = _BELOW_MIN.search(line)
         if below:
             self.below_min = int(below.group(1)), int(below.group(2))
@@ -132,8 +137,8 @@ class JobLog:
             raise DistftError(f"{(killed or self.deaths)[0]}; the job was stopped", exit_code=code)
         if self.errors:
             print(self.errors[0], file=sys.stderr, flush=True)
-            # A worker that reported a DistftError exited 2 (bad input); the launcher says 1.
-            raise DistftError(self.errors[0], exit_code=2, reported=True)
+            # The worker's own code (2: bad input; 75: resume later), not the launcher's 1.
+            raise DistftError(self.errors[0], exit_code=self.exit_code or 2, reported=True)
         raise DistftError("a worker failed (see its output above); the job was stopped",
                           exit_code=code)
 

@@ -19,6 +19,7 @@ from typing import Optional
 
 import tensorflow as tf
 
+from distft.errors import DistftError, Stopped, root_cause
 from distft.train.state import RunState
 
 _NAME = re.compile(r"^epoch-(\d+)$")
@@ -34,9 +35,13 @@ class CheckpointStore:
         final = os.path.join(self.folder, f"epoch-{state.epoch:04d}")
         tmp = os.path.join(self.folder, f".tmp-epoch-{state.epoch:04d}-{os.getpid()}")
         shutil.rmtree(tmp, ignore_errors=True)
-        checkpoint.write(os.path.join(tmp, "ckpt"))
-        with open(os.path.join(tmp, "state.json"), "w") as f:
-            json.dump(state.to_json(), f)
+        try:
+            checkpoint.write(os.path.join(tmp, "ckpt"))
+            with open(os.path.join(tmp, "state.json"), "w") as f:
+                json.dump(state.to_json(), f)
+        except (tf.errors.OpError, OSError) as e:  # a full or read-only disk: keep what is there
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise self._unwritten(state.epoch, e) from e
         if os.path.exists(final):  # the same epoch again (a resumed run): replace it whole
             old = final + f".old-{os.getpid()}"
             os.replace(final, old)
@@ -68,6 +73,25 @@ class CheckpointStore:
             except (OSError, ValueError, TypeError):
                 continue  # unreadable state: fall back to an older checkpoint
         return None
+
+    def _unwritten(self, epoch: int, error: Exception) -> DistftError:
+        """The one line for a checkpoint that could not be written: why, the space left, the
+        checkpoint that is intact, and how to go on (exit code 75, as a stop: resume later)."""
+        if isinstance(error, tf.errors.OpError):  # "{{function_node ...}} PATH; No space left on device [Op:SaveV2]"
+            first = (error.message or "").strip().splitlines()[:1] or [root_cause(error.message)]
+            why = re.sub(r"\s*\[Op:\w+\]$", "", first[0].split("; ")[-1])
+        else:
+            why = error.strerror or str(error)
+        try:
+            free = f"{shutil.disk_usage(self.folder).free / 2**20:.2f} MB free"
+        except OSError:
+            free = "free space unknown"
+        latest = self.latest()
+        kept = f"the epoch {latest[1].epoch} checkpoint ({latest[0]}) is intact" if latest else \
+            "no earlier checkpoint is complete, so --resume starts over"
+        return DistftError(f"could not write the epoch {epoch} checkpoint in {self.folder} ({why}; "
+                           f"{free}): {kept}; make room there, then run the same command with --resume",
+                           exit_code=Stopped.EXIT_CODE, local=True)
 
     @staticmethod
     def restore(checkpoint: tf.train.Checkpoint, path: str) -> None:
