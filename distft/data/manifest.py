@@ -109,9 +109,7 @@ class Manifest:
         if saved and saved["x_kind"] == "tokens":
             return TFRecordTokenLayout.from_record(saved, self.schema["features"], self.compression)
         if saved and saved["x_kind"] == "text":
-            fields = saved["fields"]
-            keys = TextOptions(fields[0]) if len(fields) == 1 else TextOptions(prompt=fields[0], response=fields[1])
-            return TFRecordTextLayout(keys, saved["label"], compression=self.compression)
+            return TFRecordTextLayout(TextOptions.of(saved["fields"]), saved["label"], compression=self.compression)
         if saved and saved["x_kind"] == RECORD["x_kind"]:
             return NamedTFRecordLayout(fields=named.from_dicts(saved["fields"]), compression=self.compression)
         if saved:

@@ -57,9 +57,7 @@ class TFRecordTokenLayout(TFRecordTextLayout):
     @classmethod
     def from_record(cls, saved: dict, features: dict, compression: str) -> TFRecordTokenLayout:
         """The layout a manifest's record (see `record`) and features describe."""
-        fields = saved["fields"]
-        keys = TextOptions(fields[0]) if len(fields) == 1 else TextOptions(prompt=fields[0], response=fields[1])
-        return cls(dataclasses.replace(keys, sequence_length=int(saved["sequence_length"])), saved["label"],
+        return cls(TextOptions.of(saved["fields"], int(saved["sequence_length"])), saved["label"],
                    compression=compression,
                    tensors=tuple((k, f["dtype"], tuple(f["shape"])) for k, f in features.items()),
                    inputs=tuple(saved["inputs"]), preprocessor_class=saved["preprocessor"],
