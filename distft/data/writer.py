@@ -28,8 +28,9 @@ import numpy as np
 
 from distft import log
 from distft.data import images, manifest
-from distft.data.formats import FORMATS, Layout, Text, TextOptions, TFRecordLayout, TFRecordTextLayout, \
+from distft.data.formats import FORMATS, Layout, TextOptions, TFRecordLayout, TFRecordTextLayout, \
     TFRecordTokenLayout, Tokenizer, infer_layout, layout_type, text_layout
+from distft.data.formats.text import TEXT_FORMATS
 from distft.data.manifest import NAME, Manifest, sha256
 from distft.errors import DistftError
 
@@ -195,7 +196,7 @@ def _open_source(path: str, label: str, seed: int, x_key: Optional[str], y_key: 
         source = Files(files, label, layout=previous.to_layout())
         source.class_names = previous.class_names
         return source
-    if as_text and not issubclass(layout_type(files[0]), Text):
+    if as_text and layout_type(files[0]).format in TEXT_FORMATS:  # CSV and TFRecord too
         return Files(files, label, layout=text_layout(files[0], text, label))
     return Files(files, label, x_key, y_key, text=text)
 
