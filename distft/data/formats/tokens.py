@@ -146,10 +146,11 @@ class Tokenizer:
         x, *targets = next(iter(self._tokenized(tf.data.Dataset.from_tensors(tf.constant(examples)))))
         values = {k: v.numpy().astype(np.int64).reshape(len(examples), -1)
                   for k, v in _named_tensors(x, targets).items()}
-        f = tf.train.Feature
-        return [tf.train.Example(features=tf.train.Features(feature={
-            k: f(int64_list=tf.train.Int64List(value=v[i])) for k, v in values.items()})).SerializeToString()
-            for i in range(len(examples))]
+        rows = ({k: tf.train.Feature(int64_list=tf.train.Int64List(value=v[i])) for k, v in values.items()}
+                for i in range(len(examples)))
+        # Deterministic: the same bytes (and sha256) whichever process writes them.
+        return [tf.train.Example(features=tf.train.Features(feature=row)).SerializeToString(deterministic=True)
+                for row in rows]
 
 
 def _named_tensors(x: dict, targets: list) -> dict:
