@@ -359,11 +359,14 @@ def inspect(model: str, num_classes: Optional[int] = None, unfreeze: Optional[st
 def shard(input: Optional[str], output_dir: str, num_shards: int = 0, compression: str = "",
           label: str = "label", seed: int = 0, workers: int = 1, overwrite: bool = False,
           verify: bool = False, x_key: Optional[str] = None, y_key: Optional[str] = None,
-          text: TextOptions = TextOptions()) -> str:
+          text: TextOptions = TextOptions(), model: Optional[str] = None) -> str:
     """Write `num_shards` balanced TFRecord shards of `input` and a manifest.json; return its path.
 
     `input`: a folder of class subfolders of JPEG/PNG images, or TFRecord, .npz or .csv files,
-    or text (.jsonl, .txt; `text`: where records hold it), written as TFRecord strings.
+    or text (.jsonl, .txt; `text`: where records hold it), written as TFRecord strings; with
+    `model` (a Keras Hub task saved with its preprocessor), text tokenized once by that
+    preprocessor (`text.sequence_length` tokens a record, default its own) and written as the
+    token ids the model takes (data/formats/tokens.py).
     `verify`: instead, check the shards in `output_dir` against their manifest (sizes, sha256).
     """
     _setup_logging(0, 1, False)
@@ -380,8 +383,25 @@ def shard(input: Optional[str], output_dir: str, num_shards: int = 0, compressio
         if not input:
             raise DistftError("--input is required: pass --input=SRC (or --verify to check shards)")
         m = write(input, output_dir, num_shards, compression, label, seed, workers, overwrite,
-                  x_key, y_key, text)
+                  x_key, y_key, text, _tokenizing(model, text))
     return os.path.join(m.folder, "manifest.json")
+
+
+def _tokenizing(model: Optional[str], text: TextOptions) -> Any:
+    """The preprocessor of `model` that `distft shard --model` tokenizes with (None: no model)."""
+    if model is None:
+        if text.sequence_length is not None:
+            raise DistftError("--sequence_length is for token ids (--model): text shards take it "
+                              "when they train; leave it out, or pass --model")
+        return None
+    from distft.data.own_preprocessor import text_preprocessor
+    from distft.model import loading
+
+    preprocessor = text_preprocessor(loading.load(model))
+    if preprocessor is None:
+        raise DistftError(f"--model={model} has no preprocessor to tokenize text with: pass a Keras "
+                          "Hub task saved with its preprocessor")
+    return preprocessor
 
 
 def _flags(values: dict[str, Any], defaults: dict[str, Any], skip: tuple = ()) -> list[str]:

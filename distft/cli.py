@@ -6,7 +6,7 @@
     distft generate --model=DIR_OR_FILE (--prompt=TEXT | --prompts=FILE) [--sampler=greedy|top_k]
     distft inspect  --model=PATH [--num_classes=K --unfreeze=SPEC]
     distft inspect  --model=PATH --unfreeze=SPEC --workers=8,64,512 --link=25gbit [--step_ms=MS]
-    distft shard    --input=SRC --output_dir=DIR --num_shards=K [--compression=GZIP]
+    distft shard    --input=SRC --output_dir=DIR --num_shards=K [--compression=GZIP] [--model=M]
     distft demo
     distft install-horovod [--gpu] [--rebuild]
 """
@@ -149,22 +149,31 @@ class Commands:
               compression: str = "", label: str = "label", seed: int = 0, workers: int = 1,
               overwrite: bool = False, verify: bool = False, x_key: Optional[str] = None,
               y_key: Optional[str] = None, text_key: str = "text", prompt_key: Optional[str] = None,
-              response_key: Optional[str] = None) -> None:
+              response_key: Optional[str] = None, model: Optional[str] = None,
+              sequence_length: Optional[int] = None) -> None:
         """Write NUM_SHARDS balanced TFRecord shards of INPUT (image folder with one subfolder per
         class, TFRecord/.npz/.csv files, or text: .jsonl/.txt, as train reads it) and a
         manifest.json into OUTPUT_DIR; --verify checks the shards of OUTPUT_DIR against their
-        manifest (sizes and sha256).
+        manifest (sizes and sha256). With MODEL (a Keras Hub task saved with its preprocessor),
+        text is tokenized once by that preprocessor (SEQUENCE_LENGTH tokens a record, default
+        its own) and the shards hold the token ids the model takes.
 
         Example:
             distft shard --input=flowers/ --output_dir=shards/ --num_shards=64 --workers=2
+            distft shard --input=train.jsonl --model=gemma.keras --sequence_length=256 \\
+                --output_dir=tokens/ --num_shards=64
             distft shard --output_dir=shards/ --verify
         """
         from distft import api
 
+        length = None if sequence_length is None else _integer("sequence_length", sequence_length)
+        if length is not None and length < 1:
+            raise DistftError(f"--sequence_length={length} must be at least 1")
         api.shard(input and str(input), str(output_dir), _integer("num_shards", num_shards),
                   str(compression or ""), _str(label), _integer("seed", seed),
                   _integer("workers", workers), to_bool(overwrite), to_bool(verify), _str(x_key),
-                  _str(y_key), TextOptions(str(text_key), _str(prompt_key), _str(response_key)))
+                  _str(y_key), TextOptions(str(text_key), _str(prompt_key), _str(response_key), length),
+                  _str(model))
 
     def slurm(self, template: str = "multi-node", nodes: int = 2, gpus_per_node: int = 4,
               cpus_per_task: int = 8, time: str = "04:00:00", partition: Optional[str] = None,

@@ -26,7 +26,7 @@ from typing import Optional
 import numpy as np
 import pytest
 
-from conftest import HOROVODRUN, Started, run
+from conftest import DISTFT, HOROVODRUN, Started, run
 from distft.demo import write_tfrecords
 from test_multiworker import weights_by_layer
 
@@ -143,6 +143,10 @@ CASES = {
     "causal_lm_int8_lora": Case({"lora": 4, "unfreeze": "none", "quantize": "int8"}, data="lm"),
     "causal_lm_pairs": Case({"lora": 4, "unfreeze": "none", "prompt_key": "prompt",
                              "response_key": "response"}, data="lm_pairs"),
+    # 12 tokens a record (--sequence_length) instead of the preprocessor's 16: the longer texts cut.
+    "causal_lm_sequence_length": Case({"unfreeze": "all", "sequence_length": 12}, data="lm"),
+    # The same texts as token-id shards (`distft shard --model`, one shard): no tokenizing.
+    "causal_lm_token_shards": Case({"unfreeze": "all"}, data="lm_tokens"),
     # Negative control: 1 worker at batch B makes twice the updates; the comparison must fail.
     "control_one_worker_at_batch_b": Case(single={"batch_size": B}, equal=False),
 }
@@ -154,7 +158,8 @@ def write_data(folder: str, base_model: str, records: int) -> dict[str, dict]:
     a new softmax head; the digit's 4 binary digits under a sigmoid head; 2 regression targets
     under a linear head; the class ids under a logits head (5 linear outputs), saved compiled
     with from_logits (`logits`) and not compiled (`logits_plain`); an image + (mean, std) model with a digit head (new, 5 classes) and a
-    linear size head (the ink's mean), its arrays named so. Returns each kind's
+    linear size head (the ink's mean), its arrays named so; a Keras Hub causal LM's text, as
+    JSONL and as token-id shards, and prompt/response pairs. Returns each kind's
     `distft.train` options."""
     import keras
     from distft.demo import load_digits
@@ -210,6 +215,11 @@ def write_data(folder: str, base_model: str, records: int) -> dict[str, dict]:
         kinds["lm"] = {**lm, "data": os.path.join(folder, "train.jsonl"),
                        "val_data": os.path.join(folder, "held.jsonl")}
         kinds["lm_pairs"] = {**lm, "data": os.path.join(folder, "pairs.jsonl")}
+        tokens = os.path.join(folder, "lm_tokens")
+        result = run([DISTFT, "shard", f"--input={kinds['lm']['data']}", f"--model={lm['model']}",
+                      f"--output_dir={tokens}", "--num_shards=1"])
+        assert result.code == 0, result.out[-3000:]
+        kinds["lm_tokens"] = {**kinds["lm"], "data": tokens}
     return kinds
 
 

@@ -7,9 +7,12 @@ their preprocessors in a process without distft (tests/data/make_hub_text.py), f
   token accuracy are reported, TensorBoard's Text tab shows what the model says each epoch,
   and the merged model.keras, opened in stock keras_hub, generates the pattern it learnt.
 - The same with prompt/response pairs (the prompts' tokens weigh 0).
+- Text shards, and token-id shards of the same pairs (`distft shard --model`): training on the
+  token ids ends with the weights of the same run on the text.
 - A BERT text classifier (logits head, kept with its file's objective) on a CSV text column.
-- Text for a model without a preprocessor, half a prompt/response pair, and a missing text
-  field: one error line each.
+- Text for a model without a preprocessor, half a prompt/response pair, a missing text field,
+  and token ids for a model of another vocabulary or with another --sequence_length: one
+  error line each.
 - Ctrl-C, then --resume, of a LoRA causal-LM run ends where a run never stopped ends.
 
 tests/test_equivalence.py holds the exactness rows (2 workers against 1 on the doubled batch).
@@ -26,6 +29,7 @@ import pytest
 
 from conftest import DISTFT, Job, SharedLaunch, one_line, run
 from test_custom_objects import need_keras_hub
+from test_multiworker import weights_by_layer
 
 pytestmark = pytest.mark.multiworker
 
@@ -61,9 +65,15 @@ def lm_args(hub: str, name: str, *more: str) -> list[str]:
 
 @pytest.fixture(scope="module")
 def launch(hub) -> SharedLaunch:
-    sharded = run([DISTFT, "shard", f"--input={hub}/pairs.jsonl", "--prompt_key=prompt",
-                   "--response_key=response", f"--output_dir={hub}/shards", "--num_shards=4"])
-    assert sharded.code == 0, sharded.out[-3000:]
+    from concurrent.futures import ThreadPoolExecutor
+
+    pairs = [DISTFT, "shard", f"--input={hub}/pairs.jsonl", "--prompt_key=prompt", "--response_key=response",
+             "--num_shards=4"]  # as text, and as token ids of 12 tokens a record: in the same order
+    with ThreadPoolExecutor() as pool:
+        for sharded in pool.map(run, [[*pairs, f"--output_dir={hub}/shards"],
+                                      [*pairs, f"--output_dir={hub}/token_shards", f"--model={hub}/gemma.keras",
+                                       "--sequence_length=12"]]):
+            assert sharded.code == 0, sharded.out[-3000:]
     lora_model = f"{hub}/runs/lora/model.keras"
     ids = np.random.default_rng(0).integers(4, 24, (64, 17)).astype("int32")  # token ids, not text
     np.savez(f"{hub}/ids.npz", token_ids=ids[:, :-1], padding_mask=np.ones((64, 16), "int32"), y=ids[:, 1:])
@@ -83,6 +93,9 @@ def launch(hub) -> SharedLaunch:
         {"name": "shards", "launch": 1, "argv": lm_args(hub, "shards", f"--data={hub}/shards", "--val_split=0.2",
                                            "--sequence_length=12", "--cache=memory", "--epochs=6",
                                            "--generations=0")},
+        {"name": "token_shards", "launch": 1, "argv": lm_args(
+            hub, "token_shards", f"--data={hub}/token_shards", "--val_split=0.2", "--sequence_length=12",
+            "--cache=memory", "--epochs=6", "--generations=0")},
         {"name": "classifier", "argv": ["train", f"--model={hub}/bert.keras", f"--data={hub}/reviews.csv",
                                         "--val_split=0.2", "--epochs=8", "--lr=3e-3", "--batch_size=16",
                                         f"--output_dir={hub}/runs/classifier"]},
@@ -92,6 +105,10 @@ def launch(hub) -> SharedLaunch:
                                              f"--data={hub}/train.jsonl", f"--output_dir={hub}/runs/x1"]},
         {"name": "half_pair", "argv": lm_args(hub, "x2", f"--data={hub}/pairs.jsonl", "--prompt_key=prompt")},
         {"name": "missing_field", "argv": lm_args(hub, "x3", f"--data={hub}/pairs.jsonl")},
+        {"name": "tokens_other_model", "argv": ["train", f"--model={hub}/gemma_other.keras",
+                                                f"--data={hub}/token_shards", f"--output_dir={hub}/runs/x4"]},
+        {"name": "tokens_other_length", "argv": lm_args(hub, "x5", f"--data={hub}/token_shards",
+                                                        "--sequence_length=10")},
     ]
     os.makedirs(os.path.join(hub, "runs"), exist_ok=True)
     return SharedLaunch(os.path.join(hub, "runs"), runs)
@@ -202,6 +219,31 @@ def test_text_shards_train_with_another_sequence_length(hub, launch):
     assert "weights identical on all 2 workers" in out
 
 
+def test_token_shards_train_as_the_text_they_hold(hub, launch):
+    """`distft shard --model` writes the pairs as what the model's preprocessor makes of them
+    (token ids, targets, the prompts' tokens weighing 0), 12 tokens a record, in the text
+    shards' order (the same seed), and its manifest names the preprocessor. Training on them
+    (no tokenizing) ends where the same run on the text shards (tokenized per batch) ends."""
+    with open(f"{hub}/token_shards/manifest.json") as f:
+        manifest = json.load(f)
+    assert manifest["schema"]["record"] == {
+        "x_kind": "tokens", "fields": ["prompt", "response"], "label": None, "inputs": ["token_ids", "padding_mask"],
+        "sequence_length": 12, "preprocessor": "GemmaCausalLMPreprocessor", "vocabulary_size": 24}
+    assert {k: f["shape"] for k, f in manifest["schema"]["features"].items()} == {
+        "token_ids": [12], "padding_mask": [12], "y": [12], "sample_weight": [12]}
+    assert sorted(s["records"] for s in manifest["shards"]) == [65, 65, 65, 66]
+    assert "weights identical on all 2 workers" in launch.output("token_shards")
+    launch.output("shards")
+    tokens, text = metrics(hub, "token_shards"), metrics(hub, "shards")
+    assert tokens["validation"] == pytest.approx(text["validation"], rel=1e-5)
+    a, b = (weights_by_layer(f"{hub}/runs/{name}/model.keras") for name in ("token_shards", "shards"))
+    diff = max(float(np.max(np.abs(x - y))) for layer in a for x, y in zip(a[layer], b[layer]))
+    print(f"token shards against text shards: largest weight difference {diff:.3g}")
+    for layer in a:
+        for x, y in zip(a[layer], b[layer]):
+            np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6, err_msg=layer)
+
+
 def test_prompt_response_pairs_learn_the_responses(hub, launch):
     out = launch.output("pairs")
     m = metrics(hub, "pairs")
@@ -233,6 +275,9 @@ def test_token_ids_in_y_train_a_model_whose_one_output_has_another_name(hub, lau
     ("no_preprocessor", ["holds text", "no preprocessor", "Keras Hub task"]),
     ("half_pair", ["--prompt_key and --response_key go together"]),
     ("missing_field", ["line 1 has no 'text'", "--text_key"]),
+    ("tokens_other_model", ["holds token ids written by GemmaCausalLMPreprocessor (a vocabulary of 24)",
+                            "the model's preprocessor is GemmaCausalLMPreprocessor (a vocabulary of 26)"]),
+    ("tokens_other_length", ["--sequence_length=10", "token ids of 12 tokens a record"]),
 ])
 def test_bad_text_input_is_one_error_line(launch, name, words):
     code, out = launch.ended(name)

@@ -11,6 +11,8 @@ import tensorflow as tf
 import distft
 from distft.data.dataset import Source, load
 from distft.data.manifest import Manifest, sha256
+from distft.data.text_options import TextOptions
+from distft.data.writer import open_source
 from distft.demo import write_tfrecords
 from distft.errors import DistftError
 from conftest import DISTFT, Job, distft as run_distft
@@ -235,3 +237,15 @@ def test_image_arrays_stay_images_and_class_names_stay_names(tmp_path):
     _, records = records_of(tmp_path / "b")
     assert {(int(r["x"][0]) % 3, r["y"][0]) for r in records} == {(0, 2), (1, 1), (2, 0)}
     assert m.endswith("manifest.json")
+
+
+def test_token_ids_need_a_model_and_text(tmp_path):
+    """`--sequence_length` is for token ids (`--model`), and `--model` tokenizes text only: one
+    error each, before any work (the token-id shards themselves: tests/test_language_model.py)."""
+    (tmp_path / "t.jsonl").write_text('{"text": "a b"}\n')
+    with pytest.raises(DistftError, match="--sequence_length is for token ids"):
+        distft.shard(str(tmp_path / "t.jsonl"), str(tmp_path / "a"), num_shards=1,
+                     text=TextOptions(sequence_length=8))
+    np.savez(tmp_path / "xy.npz", x=np.zeros((4, 2), np.float32), y=np.zeros(4, np.int64))
+    with pytest.raises(DistftError, match="--model tokenizes text and --input holds no text"):
+        open_source(str(tmp_path / "xy.npz"), "label", 0, preprocessor=object())

@@ -142,9 +142,7 @@ class Source:
             self._as_text() if preprocessor is not None else None
         if layout is not None:
             if preprocessor is None:
-                raise DistftError(f"--{self.flag} holds text and the model has no preprocessor to "
-                                  "tokenize it: use a Keras Hub task saved with its preprocessor, "
-                                  "or token ids")
+                raise layout.without_preprocessor(self.flag)
             layout = layout.bind(preprocessor, self.flag, self.text.sequence_length)
             return dataclasses.replace(self, layout=layout, located=None)
         is_named = isinstance(self.layout, Named)

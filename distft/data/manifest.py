@@ -21,7 +21,8 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from distft.data import named
-from distft.data.formats import Layout, NamedTFRecordLayout, TFRecordLayout, TFRecordTextLayout, Text, TextOptions
+from distft.data.formats import Layout, NamedTFRecordLayout, TFRecordLayout, TFRecordTextLayout, TFRecordTokenLayout, \
+    Text, TextOptions
 from distft.errors import DistftError
 from distft.files import write_json
 
@@ -35,10 +36,10 @@ RECORD = {"x_kind": "named", "x_shape": (), "y_shape": (), "y_float": False, "x_
 
 
 def record(layout: Layout) -> dict[str, Any]:
-    """schema["record"] of shards of `layout` (a TFRecordLayout, NamedTFRecordLayout or
-    TFRecordTextLayout: x_kind "text", its fields and label)."""
+    """schema["record"] of shards of `layout` (a TFRecordLayout, NamedTFRecordLayout, or a
+    TFRecordTextLayout or TFRecordTokenLayout: its own record)."""
     if isinstance(layout, Text):
-        return {"x_kind": "text", "fields": list(layout.keys.names), "label": layout.label}
+        return layout.record()
     values = dataclasses.asdict(layout)
     return {k: values.get(k, default) for k, default in RECORD.items()}
 
@@ -105,10 +106,10 @@ class Manifest:
     def to_layout(self) -> Layout:
         """The layout of the shards."""
         saved = self.schema.get("record")
+        if saved and saved["x_kind"] == "tokens":
+            return TFRecordTokenLayout.from_record(saved, self.schema["features"], self.compression)
         if saved and saved["x_kind"] == "text":
-            fields = saved["fields"]
-            keys = TextOptions(fields[0]) if len(fields) == 1 else TextOptions(prompt=fields[0], response=fields[1])
-            return TFRecordTextLayout(keys, saved["label"], compression=self.compression)
+            return TFRecordTextLayout(TextOptions.of(saved["fields"]), saved["label"], compression=self.compression)
         if saved and saved["x_kind"] == RECORD["x_kind"]:
             return NamedTFRecordLayout(fields=named.from_dicts(saved["fields"]), compression=self.compression)
         if saved:

@@ -23,6 +23,13 @@ class TextOptions:
             raise DistftError("--prompt_key and --response_key go together: pass both, or neither "
                               "to train on whole texts (--text_key)")
 
+    @classmethod
+    def of(cls, names: list, sequence_length: Optional[int] = None) -> TextOptions:
+        """The options whose `names` are these: a text's field, or a prompt's and a response's."""
+        if len(names) == 1:
+            return cls(names[0], sequence_length=sequence_length)
+        return cls(prompt=names[0], response=names[1], sequence_length=sequence_length)
+
     @property
     def paired(self) -> bool:
         return self.prompt is not None

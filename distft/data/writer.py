@@ -22,13 +22,15 @@ import random
 import sys
 import time
 import traceback
-from typing import Callable, Iterator, Optional
+from typing import Any, Callable, Iterator, Optional
 
 import numpy as np
 
 from distft import log
 from distft.data import images, manifest
-from distft.data.formats import FORMATS, Layout, TextOptions, TFRecordLayout, infer_layout, layout_type
+from distft.data.formats import FORMATS, Layout, TextOptions, TFRecordLayout, TFRecordTextLayout, \
+    TFRecordTokenLayout, Tokenizer, infer_layout, layout_type, text_layout
+from distft.data.formats.text import TEXT_FORMATS
 from distft.data.manifest import NAME, Manifest, sha256
 from distft.errors import DistftError
 
@@ -139,10 +141,42 @@ class Files(Source):
                 yield pos[kept], [e for e, k in zip(examples, kept) if k], labels[kept]
 
 
+class Tokenized(Source):
+    """The text records of `text` as token ids (see data/formats/tokens.py): each chunk's kept
+    records tokenized by the model's `preprocessor`, `sequence_length` tokens a record (None:
+    the preprocessor's)."""
+
+    def __init__(self, text: Source, preprocessor: Any, sequence_length: Optional[int]):
+        layout = text.shard_layout
+        if not isinstance(layout, TFRecordTextLayout) or isinstance(layout, TFRecordTokenLayout):
+            what = "token ids already" if isinstance(layout, TFRecordTokenLayout) else "no text"
+            raise DistftError(f"--model tokenizes text and --input holds {what}: leave --model out")
+        self.text, self.tokenizer = text, Tokenizer(layout, preprocessor, sequence_length)
+        self.shard_layout, self.class_names = self.tokenizer.layout, text.class_names
+        self.description = (f"{text.description} as token ids of {self.shard_layout.preprocessor_class}, "
+                            f"{self.shard_layout.keys.sequence_length} a record")
+
+    def count(self) -> int:
+        return self.text.count()
+
+    def read(self, keep):
+        for pos, examples, labels in self.text.read(keep):
+            yield pos, self.tokenizer(examples), labels
+
+
 def open_source(path: str, label: str, seed: int, x_key: Optional[str] = None,
-                y_key: Optional[str] = None, text: TextOptions = TextOptions()) -> Source:
+                y_key: Optional[str] = None, text: TextOptions = TextOptions(),
+                preprocessor: Any = None) -> Source:
     """An image folder (class subfolders), or a file, folder or glob of TFRecord/.npz/.csv, or
-    of text (.jsonl, .txt: where `text` says)."""
+    of text (.jsonl, .txt: where `text` says); with a model's `preprocessor`, text (CSV and
+    TFRecord too) as token ids."""
+    source = _open_source(path, label, seed, x_key, y_key, text, preprocessor is not None)
+    return source if preprocessor is None else Tokenized(source, preprocessor, text.sequence_length)
+
+
+def _open_source(path: str, label: str, seed: int, x_key: Optional[str], y_key: Optional[str],
+                 text: TextOptions, as_text: bool) -> Source:
+    """`open_source`'s records as they are (`as_text`: a CSV or TFRecord file's text fields)."""
     from distft.data.dataset import resolve_files
 
     if os.path.isdir(path) and not any(os.path.splitext(f)[1].lower() in FORMATS
@@ -162,6 +196,8 @@ def open_source(path: str, label: str, seed: int, x_key: Optional[str] = None,
         source = Files(files, label, layout=previous.to_layout())
         source.class_names = previous.class_names
         return source
+    if as_text and layout_type(files[0]).format in TEXT_FORMATS:  # CSV and TFRecord too
+        return Files(files, label, layout=text_layout(files[0], text, label))
     return Files(files, label, x_key, y_key, text=text)
 
 
@@ -169,8 +205,9 @@ def open_source(path: str, label: str, seed: int, x_key: Optional[str] = None,
 
 def write(input: str, output_dir: str, num_shards: int, compression: str = "", label: str = "label",
           seed: int = 0, workers: int = 1, overwrite: bool = False, x_key: Optional[str] = None,
-          y_key: Optional[str] = None, text: TextOptions = TextOptions()) -> Manifest:
-    """Write `num_shards` balanced shards of `input` and their manifest into `output_dir`."""
+          y_key: Optional[str] = None, text: TextOptions = TextOptions(), preprocessor: Any = None) -> Manifest:
+    """Write `num_shards` balanced shards of `input` and their manifest into `output_dir`; with
+    a model's `preprocessor`, text as its token ids (see open_source)."""
     compression = (compression or "").upper().replace("NONE", "")
     if compression not in COMPRESSIONS:
         raise DistftError(f"--compression={compression} is not one of GZIP or none")
@@ -178,7 +215,7 @@ def write(input: str, output_dir: str, num_shards: int, compression: str = "", l
         raise DistftError(f"--num_shards and --workers must be at least 1, got {num_shards} and {workers}")
     _check_output(output_dir, overwrite)
     started = time.time()
-    source = open_source(input, label, seed, x_key, y_key, text)
+    source = open_source(input, label, seed, x_key, y_key, text, preprocessor)
     total = source.count()
     if total < num_shards:
         raise DistftError(f"--input has {total} records for --num_shards={num_shards}: ask for "

@@ -141,7 +141,7 @@ def _prompts(trainee: Trainee, n: int = 3) -> list[str]:
 
 def _generated_length(trainee: Trainee) -> int:
     """Tokens in all of a generation: the length the model trains on."""
-    return trainee.cfg.sequence_length or trainee.train_data.layout.preprocessor.sequence_length
+    return trainee.train_data.layout.packed_length
 
 
 def _val_stream(setup: Setup, trainee: Trainee, worker: Worker) -> Optional[tf.data.Dataset]:

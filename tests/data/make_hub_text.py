@@ -2,7 +2,7 @@
 random weights, and text data they know nothing of.
 
 - gemma.keras: a GemmaCausalLM (a SentencePiece word vocabulary trained here); gemma_ids.keras,
-  the same without a preprocessor. Data of one pattern, each word followed by the next of a
+  the same without a preprocessor; gemma_other.keras, one of a vocabulary of two more words. Data of one pattern, each word followed by the next of a
   cycle of WORDS: train.jsonl (RECORDS texts of 2 to 12 words), pairs.jsonl (the same texts as
   a one-word prompt and its response), held.jsonl and held.txt (other texts).
 - bert.keras: a BertTextClassifier (a WordPiece vocabulary of WORDS; logits, as Keras Hub's
@@ -31,21 +31,27 @@ def texts(rng: np.random.Generator, n: int) -> list:
     return [" ".join(WORDS[(s + i) % len(WORDS)] for i in range(k)) for s, k in zip(starts, lengths)]
 
 
-def main(folder: str, records: int = 128, seed: int = 0) -> None:
-    os.makedirs(folder, exist_ok=True)
+def gemma(words: list) -> tuple:
+    """(a tiny GemmaBackbone, its GemmaCausalLMPreprocessor) for a word vocabulary of `words`."""
     proto = io.BytesIO()
     spm.SentencePieceTrainer.train(
-        sentence_iterator=iter([" ".join(WORDS)] * 4), model_writer=proto, vocab_size=len(WORDS) + 4,
+        sentence_iterator=iter([" ".join(words)] * 4), model_writer=proto, vocab_size=len(words) + 4,
         model_type="word", pad_id=0, unk_id=1, bos_id=2, eos_id=3, pad_piece="<pad>",
         unk_piece="<unk>", bos_piece="<bos>", eos_piece="<eos>", minloglevel=2)
     tokenizer = keras_hub.models.GemmaTokenizer(proto=proto.getvalue())
-    keras.utils.set_random_seed(seed)
     backbone = keras_hub.models.GemmaBackbone(
         vocabulary_size=tokenizer.vocabulary_size(), num_layers=2, num_query_heads=2,
         num_key_value_heads=1, hidden_dim=32, intermediate_dim=64, head_dim=16)
-    preprocessor = keras_hub.models.GemmaCausalLMPreprocessor(tokenizer, sequence_length=LENGTH)
+    return backbone, keras_hub.models.GemmaCausalLMPreprocessor(tokenizer, sequence_length=LENGTH)
+
+
+def main(folder: str, records: int = 128, seed: int = 0) -> None:
+    os.makedirs(folder, exist_ok=True)
+    keras.utils.set_random_seed(seed)
+    backbone, preprocessor = gemma(WORDS)
     keras_hub.models.GemmaCausalLM(backbone, preprocessor).save(os.path.join(folder, "gemma.keras"))
     keras_hub.models.GemmaCausalLM(backbone, None).save(os.path.join(folder, "gemma_ids.keras"))
+    keras_hub.models.GemmaCausalLM(*gemma(WORDS + ["twenty", "thirty"])).save(os.path.join(folder, "gemma_other.keras"))
     rng = np.random.default_rng(seed)
     train, held = texts(rng, records), texts(rng, 32)
     with open(os.path.join(folder, "held.txt"), "w") as f:

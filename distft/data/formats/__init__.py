@@ -20,11 +20,12 @@ from distft.data.formats.npz import NamedNpzLayout, NpzLayout
 from distft.data.formats.text import TEXT_FORMATS, JsonlTextLayout, Text, TextOptions, TFRecordTextLayout, \
     TxtLayout
 from distft.data.formats.tfrecord import NamedTFRecordLayout, TFRecordLayout
+from distft.data.formats.tokens import TFRecordTokenLayout, Tokenizer
 from distft.errors import DistftError
 
 __all__ = ["FORMATS", "UNREADABLE", "CsvLayout", "ImageFolderLayout", "Layout", "Named", "NamedCsvLayout",
-           "NamedNpzLayout", "NamedTFRecordLayout", "NpzLayout", "TFRecordLayout", "TFRecordTextLayout", "Text",
-           "TextOptions",
+           "NamedNpzLayout", "NamedTFRecordLayout", "NpzLayout", "TFRecordLayout", "TFRecordTextLayout",
+           "TFRecordTokenLayout", "Text", "TextOptions", "Tokenizer",
            "XY", "damaged", "infer_layout", "layout_type", "named_layout", "text_layout"]
 
 FORMATS = {".tfrecord": TFRecordLayout, ".tfrecords": TFRecordLayout, ".tfrec": TFRecordLayout,

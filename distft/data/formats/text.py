@@ -82,6 +82,11 @@ class Text(Layout):
                               "name it with --label")
         return dataclasses.replace(self, preprocessor=preprocessor)
 
+    def without_preprocessor(self, flag: str) -> DistftError:
+        """The error for a model without a preprocessor."""
+        return DistftError(f"--{flag} holds text and the model has no preprocessor to tokenize it: "
+                           "use a Keras Hub task saved with its preprocessor, or token ids")
+
     def bounds(self, record) -> tuple[tf.Tensor, tf.Tensor]:
         y = tf.cast(record[self.label], tf.float32)
         return y[None], y[None]
@@ -108,18 +113,28 @@ class Text(Layout):
     def on_images(self, x, fn):
         return x
 
+    @property
+    def packed_length(self) -> int:
+        """Tokens a record: `--sequence_length`, else the bound preprocessor's."""
+        return self.keys.sequence_length or self.preprocessor.sequence_length
+
     def prompts(self, path: str, n: int = -1, whole: bool = False) -> list[str]:
         """The first `n` records' prompts (-1: all), to see what a causal LM makes of them: a
         pair's prompt, or a text (`whole`), or the first half of its words."""
         found = []
         for record in self.read(tf.constant(path)).take(n):
-            if self.keys.paired:
-                found.append(record[self.keys.prompt].numpy().decode())
-                continue
-            text = record[self.keys.text].numpy().decode()
+            text = self._said(record)
             words = text.split()
-            found.append(text if whole else " ".join(words[:max(1, len(words) // 2)]))
+            found.append(text if whole or self.keys.paired else " ".join(words[:max(1, len(words) // 2)]))
         return found
+
+    def _said(self, record: dict) -> str:
+        """A record's prompt (a pair's), or its whole text."""
+        return record[self.keys.prompt if self.keys.paired else self.keys.text].numpy().decode()
+
+    def record(self) -> dict[str, Any]:
+        """What the manifest records of shards of this layout (schema["record"])."""
+        return {"x_kind": "text", "fields": list(self.keys.names), "label": self.label}
 
     def shards(self) -> Layout:
         return TFRecordTextLayout(dataclasses.replace(self.keys, sequence_length=None), self.label)
