@@ -31,7 +31,9 @@ class Layout:
 
     format: ClassVar[str]  # as errors name it: tfrecord | npz | csv | folder | jsonl | txt
     token_weighted: ClassVar[bool] = False  # targets weighted per token (see Text)
-    preprocessor: ClassVar[Any] = None  # bound: the model's own (see data/own_preprocessor.py)
+    # Bound: the model's own (see data/own_preprocessor.py). Not annotated: a ClassVar here
+    # would put a subclass's `preprocessor` field first in its constructor's arguments.
+    preprocessor = None
 
     @property
     def has_images(self) -> bool:
