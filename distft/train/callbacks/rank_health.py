@@ -38,8 +38,9 @@ from distft.train.runtime import Worker
 INPUT_BOUND = 0.3
 INPUT_BOUND_MS = 5.0
 # A rank is slow only when it is also this much over the median: on steps of a millisecond, a
-# 20% difference is noise (0.1 ms fired the warning on a tiny job).
-SLOW_RANK_MS = 5.0
+# 20% difference is noise (0.1 ms fired the warning on a tiny job). Not more: with 2 ranks the
+# median is their mean, so a rank twice as busy as the other is only a third over it.
+SLOW_RANK_MS = 1.0
 
 
 class StepClock:
