@@ -255,10 +255,15 @@ def _installed(name: str = "horovod") -> Optional[str]:
         return None
 
 
+def cache_dir() -> str:
+    """distft's cache folder: $XDG_CACHE_HOME/distft, else ~/.cache/distft."""
+    cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(cache, "distft")
+
+
 def _wheel_cache() -> str:
     """Where built Horovod wheels are kept: $DISTFT_WHEEL_CACHE, else ~/.cache/distft/wheels."""
-    cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return os.environ.get("DISTFT_WHEEL_CACHE") or os.path.join(cache, "distft", "wheels")
+    return os.environ.get("DISTFT_WHEEL_CACHE") or os.path.join(cache_dir(), "wheels")
 
 
 def _pip(*args: str, fix: str, env: Optional[dict] = None) -> None:

@@ -19,6 +19,9 @@ SLURM = os.path.join(ROOT, "slurm")
 BIN = os.path.dirname(sys.executable)
 DISTFT = os.path.join(BIN, "distft")
 HOROVODRUN = os.path.join(BIN, "horovodrun")
+# Horovod's own launcher less its per-launch build check (distft/launch/horovodrun.py), as
+# `distft --np` runs it: for the harness launches that run many distft commands at once.
+LAUNCHER = [sys.executable, "-m", "distft.launch.horovodrun"]
 
 
 @dataclass
@@ -99,7 +102,7 @@ class SharedLaunch:
             status = os.path.join(folder, f"status-{number}.json")
             with open(listing, "w") as f:
                 json.dump([r for r in runs if r.get("launch", 0) == number], f)
-            launches.append((status, Started([HOROVODRUN, "-np", "2", "-H", "localhost:2", "--gloo",
+            launches.append((status, Started([*LAUNCHER, "-np", "2", "-H", "localhost:2", "--gloo",
                                               sys.executable, CLI_RUNNER, listing, status], timeout=timeout)))
         results = [(status, launch.result()) for status, launch in launches]
         self.seconds = time.time() - started

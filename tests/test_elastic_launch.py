@@ -75,11 +75,12 @@ def test_elastic_options_make_horovodrun_command(scripts):
     assert not TrainConfig.resolve(model="m", data="d", np=3).elastic
     assert TrainConfig().commit_every == 100
     cmd = horovodrun_command(["train", "--epochs=1"], 3, None, "gloo", Elastic.of(cfg))
-    assert cmd[1:] == ["-np", "3", "--host-discovery-script", str(scripts / "hosts.sh"),
+    assert cmd[:3] == [sys.executable, "-m", "distft.launch.horovodrun"]
+    assert cmd[3:] == ["-np", "3", "--host-discovery-script", str(scripts / "hosts.sh"),
                        "--min-np", "2", "--elastic-timeout", "30", "--gloo-timeout-seconds",
                        os.environ.get("HOROVOD_GLOO_TIMEOUT_SECONDS", "30"), "--gloo", sys.executable,
                        "-m", "distft", "train", "--epochs=1"]
-    assert horovodrun_command(["x"], 2, None, "mpi")[1:5] == ["-np", "2", "-H", "localhost:2"]
+    assert horovodrun_command(["x"], 2, None, "mpi")[3:7] == ["-np", "2", "-H", "localhost:2"]
     # A fixed host list becomes a discovery script that lives as long as the job.
     with Elastic(max_np=3).resolved("n1:2, n2") as ready:
         script = ready.host_discovery
@@ -95,7 +96,7 @@ def test_elastic_workers_and_a_job_below_min_np(tmp_path, capsys, monkeypatch):
     HOROVOD_ELASTIC_TIMEOUT horovodrun stops the survivor, and the log ends in one clear line."""
     with Elastic(min_np=2).resolved("localhost:1,127.0.0.1:1") as ready:
         cmd = horovodrun_command([], 2, None, "gloo", ready)
-        cmd = cmd[:cmd.index("-m")] + ["-c", WORKER]
+        cmd = cmd[:-2] + ["-c", WORKER]  # [..., python, "-m", "distft"]
         monkeypatch.setenv("HOROVOD_ELASTIC_TIMEOUT", "3")
         monkeypatch.setenv("HOROVOD_GLOO_TIMEOUT_SECONDS", "5")  # a lost peer is noticed in 5 s
         job = Job(cmd, str(tmp_path / "job.log"))

@@ -26,7 +26,7 @@ from typing import Optional
 import numpy as np
 import pytest
 
-from conftest import DISTFT, HOROVODRUN, Started, run
+from conftest import DISTFT, LAUNCHER, Started, run
 from distft.demo import write_tfrecords
 from test_multiworker import weights_by_layer
 
@@ -257,7 +257,7 @@ class Matrix:
                 json.dump({name: options(name, c, self.kinds, folder, workers, extra)
                            for n, c in cases.items() if c.data in self.kinds
                            for name, extra in runs(n, c).items()}, f)
-            launcher = [HOROVODRUN, "-np", "2", "-H", "localhost:2", "--gloo"] if workers == 2 else []
+            launcher = [*LAUNCHER, "-np", "2", "-H", "localhost:2", "--gloo"] if workers == 2 else []
             launches[workers] = (time.time(), Started([*launcher, sys.executable, RUNNER, listing,
                                                        self.status_path(workers)], timeout=900))
         while not all(launch.poll() for _, launch in launches.values()):

@@ -1,4 +1,5 @@
-"""Start N workers through Horovod's own launcher (`horovodrun`) and relay one clean log.
+"""Start N workers through Horovod's own launcher (`horovodrun`, less its per-launch build check:
+see launch/horovodrun.py) and relay one clean log.
 
 Example:
     spawn(["train", "--config=run.yaml"], np=2, hosts=None, controller="gloo")
@@ -16,7 +17,7 @@ import sys
 import psutil  # Horovod's own dependency; imported now, not inside a signal handler
 
 from distft.errors import DistftError, Stopped
-from distft.horovod_install import horovodrun, require
+from distft.horovod_install import require
 from distft.launch.elastic import Elastic
 from distft.launch.environment import LAUNCHED_AT, launched_at
 
@@ -44,7 +45,7 @@ def horovodrun_command(args: list[str], np: int, hosts: str | None, controller: 
     """horovodrun's command line for `distft ARGS` on `np` workers; an elastic job's hosts
     come from its discovery script (see `Elastic.resolved`)."""
     where = elastic.horovodrun_args() if elastic else ["-H", hosts or f"localhost:{np}"]
-    return [horovodrun(), "-np", str(np), *where, f"--{controller}",
+    return [sys.executable, "-m", "distft.launch.horovodrun", "-np", str(np), *where, f"--{controller}",
             sys.executable, "-m", "distft", *args]
 
 
