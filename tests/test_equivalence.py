@@ -147,6 +147,10 @@ CASES = {
     "causal_lm_sequence_length": Case({"unfreeze": "all", "sequence_length": 12}, data="lm"),
     # The same texts as token-id shards (`distft shard --model`, one shard): no tokenizing.
     "causal_lm_token_shards": Case({"unfreeze": "all"}, data="lm_tokens"),
+    # A Keras Hub ImageClassifier (a tiny ResNet) saved with its preprocessor, on 24x24 RGB
+    # pixels in [0, 255], which its own preprocessor resizes to 16x16 and scales on each worker;
+    # its logits head kept with its own objective.
+    "hub_image_preprocessor": Case(data="hub_image"),
     # Negative control: 1 worker at batch B makes twice the updates; the comparison must fail.
     "control_one_worker_at_batch_b": Case(single={"batch_size": B}, equal=False),
 }
@@ -159,7 +163,8 @@ def write_data(folder: str, base_model: str, records: int) -> dict[str, dict]:
     under a linear head; the class ids under a logits head (5 linear outputs), saved compiled
     with from_logits (`logits`) and not compiled (`logits_plain`); an image + (mean, std) model with a digit head (new, 5 classes) and a
     linear size head (the ink's mean), its arrays named so; a Keras Hub causal LM's text, as
-    JSONL and as token-id shards, and prompt/response pairs. Returns each kind's
+    JSONL and as token-id shards, and prompt/response pairs; a Keras Hub image classifier and
+    the digits as 24x24 RGB pixels. Returns each kind's
     `distft.train` options."""
     import keras
     from distft.demo import load_digits
@@ -208,9 +213,20 @@ def write_data(folder: str, base_model: str, records: int) -> dict[str, dict]:
              size=targets["regression"][:, 1])
     kinds["two_heads"] = {"model": model_path, "data": path, "val_data": path, "head": "digit",
                           "loss_weights": "size=0.5"}
-    if HUB:  # stock keras_hub writes the causal LM and its text (tests/data/make_hub_text.py)
-        result = run([sys.executable, MAKE_HUB_TEXT, folder, str(records)], timeout=300)
-        assert result.code == 0, result.out[-3000:]
+    if HUB:  # stock keras_hub writes the causal LM and its text, and the image classifier
+        from test_hub_image import SCRIPT as HUB_IMAGE
+
+        written = [Started([sys.executable, MAKE_HUB_TEXT, folder, str(records)], timeout=300),
+                   Started([sys.executable, HUB_IMAGE, "write", os.path.join(folder, "hub_image.keras")],
+                           timeout=300)]
+        # The 24x24 RGB pixels in [0, 255] (uint8) the PNGs of tests/test_hub_image.py hold, in
+        # one file (split by record: an image folder's files go to workers whole).
+        pixels = np.repeat(np.repeat(d.images[order] * (255 / 16), 3, axis=1), 3, axis=2)[..., None]
+        np.savez(os.path.join(folder, "pixels.npz"), x=np.repeat(pixels, 3, axis=-1).round().astype(np.uint8), y=y)
+        for result in (w.result() for w in written):
+            assert result.code == 0, result.out[-3000:]
+        kinds["hub_image"] = {"model": os.path.join(folder, "hub_image.keras"), "num_classes": None,
+                              "data": os.path.join(folder, "pixels.npz")}
         lm = {"model": os.path.join(folder, "gemma.keras"), "num_classes": None}
         kinds["lm"] = {**lm, "data": os.path.join(folder, "train.jsonl"),
                        "val_data": os.path.join(folder, "held.jsonl")}
@@ -311,7 +327,7 @@ def largest_difference(a: dict, b: dict) -> float:
 @pytest.mark.parametrize("name", [
     pytest.param(n, marks=[pytest.mark.xfail(strict=True, reason=c.xfail)] if c.xfail else
                  [pytest.mark.skip(reason="keras-hub requires Python 3.11 or newer")]
-                 if c.data.startswith("lm") and not HUB else [])
+                 if c.data.startswith(("lm", "hub")) and not HUB else [])
     for n, c in CASES.items()])
 def test_equal_to_one_big_batch(matrix, name):
     case = CASES[name]
