@@ -327,3 +327,26 @@ def test_ctrl_c_then_resume_of_a_lora_language_model_ends_with_the_uninterrupted
     _, state = CheckpointStore(os.path.join(run_dir, "checkpoints")).latest()
     assert state.stopped_by == "Ctrl-C (SIGINT)" and 0 < state.step_in_epoch < 200, state
     resume_and_run_straight(args, run_dir, state, 200, tmp_path)
+
+
+def test_a_killed_worker_leaves_an_elastic_lora_run_on_text_that_finishes(hub, tmp_path):
+    """Elastic mode on raw text: rank 1 killed mid-epoch, the survivor re-reads its new share of
+    the texts (all of them) from the last commit and finishes the run; the merged model learnt."""
+    out = tmp_path / "run"
+    job = Job([DISTFT, *lm_args(hub, "unused", f"--data={hub}/train.jsonl", f"--val_data={hub}/held.txt",
+                                "--epochs=6", "--batch_size=4", "--generations=0", "--log_every=8"),
+               f"--output_dir={out}", "--commit_every=8", "--np=2", "--min_np=1",
+               "--hosts=localhost:1,127.0.0.1:1"], str(tmp_path / "log"))
+    job.wait_for("epoch 2/6  step 16/")
+    os.kill(job.worker_pid(1), signal.SIGKILL)
+    assert job.wait(300) == 0, job.out[-3000:]
+    line = one_line(job.out, "lost: continuing with 1 worker")
+    assert "rank 1 (host " in line and "from epoch 2 step " in line, line
+    with open(out / "metrics.json") as f:
+        m = json.load(f)
+    accuracy = m["validation"]["sparse_categorical_accuracy"]
+    print(f"{line}; held-out token accuracy {m['validation_before']['sparse_categorical_accuracy']:.3f} "
+          f"-> {accuracy:.3f}")
+    assert m["workers"] == 1 and m["elastic"]["resets"] == 1
+    assert accuracy > 0.5 and os.path.exists(out / "model.keras")
+    assert "Traceback" not in job.out and "distft: error" not in job.out
