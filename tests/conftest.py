@@ -73,9 +73,13 @@ def run(cmd: list[str], timeout: float = 300, cwd: str | None = None, env: dict 
     return Started(cmd, timeout, cwd, env).result()
 
 
+def horovodrun_command(args: list[str], np: int = 2, controller: str = "gloo") -> list[str]:
+    """`distft ARGS` on `np` workers under (stock) horovodrun."""
+    return [HOROVODRUN, "-np", str(np), "-H", f"localhost:{np}", f"--{controller}", DISTFT, *args]
+
+
 def horovodrun(args: list[str], np: int = 2, controller: str = "gloo", **kw) -> Result:
-    return run([HOROVODRUN, "-np", str(np), "-H", f"localhost:{np}", f"--{controller}",
-                DISTFT, *args], **kw)
+    return run(horovodrun_command(args, np, controller), **kw)
 
 
 def distft(args: list[str], **kw) -> Result:

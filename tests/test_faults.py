@@ -10,22 +10,24 @@ import time
 import numpy as np
 import pytest
 
-from conftest import DISTFT, HOROVODRUN, Job, distft, horovodrun, one_line
+from conftest import DISTFT, HOROVODRUN, Job, Started, distft, horovodrun_command, one_line
 
 pytestmark = pytest.mark.multiworker
 
 
 def resume_and_run_straight(args, run_dir: str, state, steps: int, tmp_path) -> str:
     """--resume the stopped run in `run_dir` (its checkpoint's `state`, `steps` an epoch) and
-    run the same command straight in another folder, on 2 workers: both must end with the same
-    weights (float tolerance). `args(folder)`: the command's arguments. The straight run's folder."""
+    run the same command straight in another folder (side by side), on 2 workers: both must end
+    with the same weights (float tolerance). `args(folder)`: the command's arguments. The
+    straight run's folder."""
     from test_multiworker import weights_by_layer
 
-    resumed = Job([DISTFT, *args(run_dir), "--np=2", "--resume"], str(tmp_path / "resumed.log"))
-    assert resumed.wait(300) == 0, resumed.out[-3000:]
-    assert f"(from epoch {state.epoch + 1} step {state.step_in_epoch + 1} of {steps})" in resumed.out
     straight = str(tmp_path / "straight")
-    whole = horovodrun(args(straight))
+    whole = Started(horovodrun_command(args(straight)), timeout=400)
+    resumed = Job([DISTFT, *args(run_dir), "--np=2", "--resume"], str(tmp_path / "resumed.log"))
+    assert resumed.wait(400) == 0, resumed.out[-3000:]
+    assert f"(from epoch {state.epoch + 1} step {state.step_in_epoch + 1} of {steps})" in resumed.out
+    whole = whole.result()
     assert whole.code == 0, whole.out[-3000:]
     a, b = (weights_by_layer(os.path.join(d, "model.keras")) for d in (run_dir, straight))
     diff = max(float(np.abs(x - y).max()) for layer in a for x, y in zip(a[layer], b[layer]))

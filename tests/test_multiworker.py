@@ -8,7 +8,7 @@ import pytest
 import keras
 import tensorflow as tf
 
-from conftest import ACCEPTANCE, SharedLaunch, distft, horovodrun
+from conftest import ACCEPTANCE, DISTFT, SharedLaunch, Started, horovodrun, horovodrun_command
 from distft.demo import write_tfrecords
 
 pytestmark = pytest.mark.multiworker
@@ -180,10 +180,17 @@ def test_evaluate_and_predict_split_across_workers(demo_data, tmp_path):
     folder = demo_data["folder"]
     model = demo_data["model"]
     val = demo_data["val_data"]
-    single = distft(["predict", f"--model={model}", f"--data={val}", f"--output={tmp_path}/one.npy"])
+    # Evaluate on 3 of the 4 shards: 2 workers read 2 files and 1 (uneven shares).
+    data = os.path.join(folder, "shards", "train-0[0-2].tfrecord")
+    names = ["accuracy", "auc", "precision", "recall", "f1_score", "mae"]
+    started = [  # side by side
+        Started([DISTFT, "predict", f"--model={model}", f"--data={val}", f"--output={tmp_path}/one.npy"]),
+        Started(horovodrun_command(["predict", f"--model={model}", f"--data={demo_data['data']}",
+                                    f"--output={tmp_path}/two.npy"])),
+        *(Started([DISTFT, "evaluate", f"--model={model}", f"--data={data}", f"--metrics={','.join(names)}",
+                   f"--np={n}", f"--output={tmp_path}/eval{n}.json"]) for n in (1, 2))]
+    single, double, *evaluated = (s.result() for s in started)
     assert single.code == 0, single.out[-2000:]
-    double = horovodrun(["predict", f"--model={model}", f"--data={demo_data['data']}",
-                         f"--output={tmp_path}/two.npy"])
     assert double.code == 0, double.out[-2000:]
     ref = keras.models.load_model(model, compile=False)
     import glob
@@ -194,13 +201,8 @@ def test_evaluate_and_predict_split_across_workers(demo_data, tmp_path):
     np.testing.assert_allclose(np.load(f"{tmp_path}/two.npy"), ref.predict(xs, verbose=0), atol=1e-5)
     assert np.load(f"{tmp_path}/one.npy").shape == (demo_data["val_records"], 5)
 
-    # Evaluate on 3 of the 4 shards: 2 workers read 2 files and 1 (uneven shares).
-    data = os.path.join(folder, "shards", "train-0[0-2].tfrecord")
-    names = ["accuracy", "auc", "precision", "recall", "f1_score", "mae"]
     figures = {}
-    for n in (1, 2):
-        result = distft(["evaluate", f"--model={model}", f"--data={data}", f"--metrics={','.join(names)}",
-                         f"--np={n}", f"--output={tmp_path}/eval{n}.json"])
+    for n, result in zip((1, 2), evaluated):
         assert result.code == 0, result.out[-2000:]
         assert result.out.count("records): loss") == 1  # one log line, from rank 0
         with open(f"{tmp_path}/eval{n}.json") as f:

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import DISTFT, HOROVODRUN, Job, horovodrun, one_line
+from conftest import DISTFT, HOROVODRUN, Job, Started, horovodrun, horovodrun_command, one_line
 from distft.train.callbacks.resumed import ResumedRun
 from distft.train.callbacks.steps import StepCounter
 from distft.train.execution import Execution
@@ -127,6 +127,7 @@ def test_four_steps_a_call_stopped_and_resumed_ends_where_one_step_a_call_ends(d
     from test_tensorboard import scalars
 
     run_dir, straight = str(tmp_path / "n4"), str(tmp_path / "n1")
+    whole = Started(horovodrun_command(train(demo_data, straight, 1)), timeout=400)  # side by side
     job = Job([HOROVODRUN, "-np", "2", "-H", "localhost:2", "--gloo", DISTFT, *train(demo_data, run_dir, N)],
               str(tmp_path / "log"))
     job.wait_for("steps/epoch of 8 per worker")  # set-up: the first stop check, after step 10, sees it
@@ -141,7 +142,7 @@ def test_four_steps_a_call_stopped_and_resumed_ends_where_one_step_a_call_ends(d
     assert "(from epoch 1 step 13 of 30)" in resumed.out
     assert "profiler: steps 13-24 traced" in resumed.out  # the calls that hold steps 15-22
     assert os.listdir(os.path.join(run_dir, "tensorboard", "plugins", "profile"))
-    whole = horovodrun(train(demo_data, straight, 1), timeout=240)
+    whole = whole.result()
     assert whole.code == 0, whole.out[-3000:]
 
     for name in ("model.keras", "model_ema.keras"):  # the EMA is updated every step, in the step
