@@ -152,20 +152,22 @@ def test_sigusr1_to_one_worker_stops_all_at_the_same_step(demo_data, tmp_path, c
     assert state.step_in_epoch % 10 == 0 or state.step_in_epoch == 0
 
 
-@pytest.mark.parametrize("attempt", range(3))  # a race before: repeat it
-def test_ctrl_c_is_a_stop_request_every_time(demo_data, tmp_path, attempt):
-    run_dir = str(tmp_path / "run")
-    job = Job([DISTFT, *train_args(demo_data, run_dir, 500), "--np=2"], str(tmp_path / "log"))
-    job.wait_for(f"epoch {2 + attempt}/500")
-    os.killpg(job.proc.pid, signal.SIGINT)  # what the terminal sends its foreground group
-    assert job.wait(60) == 75, job.out[-3000:]
-    line = one_line(job.out, "distft: stopped:")
-    assert "Ctrl-C (SIGINT) received" in line and "--resume" in line, line
-    assert "distft: error:" not in job.out and "died" not in job.out, job.out[-3000:]
+def test_ctrl_c_is_a_stop_request_every_time(demo_data, tmp_path):
+    """A race before: three jobs side by side, each stopped at another epoch."""
     from distft.train.checkpoint import CheckpointStore
 
-    _, state = CheckpointStore(os.path.join(run_dir, "checkpoints")).latest()
-    assert state.stopped_by == "Ctrl-C (SIGINT)" and state.epoch >= 1 + attempt
+    jobs = [Job([DISTFT, *train_args(demo_data, tmp_path / f"run{attempt}", 500), "--np=2"],
+                str(tmp_path / f"log{attempt}")) for attempt in range(3)]
+    for attempt, job in enumerate(jobs):
+        job.wait_for(f"epoch {2 + attempt}/500")
+        os.killpg(job.proc.pid, signal.SIGINT)  # what the terminal sends its foreground group
+    for attempt, job in enumerate(jobs):
+        assert job.wait(90) == 75, job.out[-3000:]
+        line = one_line(job.out, "distft: stopped:")
+        assert "Ctrl-C (SIGINT) received" in line and "--resume" in line, line
+        assert "distft: error:" not in job.out and "died" not in job.out, job.out[-3000:]
+        _, state = CheckpointStore(str(tmp_path / f"run{attempt}" / "checkpoints")).latest()
+        assert state.stopped_by == "Ctrl-C (SIGINT)" and state.epoch >= 1 + attempt
 
 
 def test_a_second_ctrl_c_stops_at_once(demo_data, tmp_path):
