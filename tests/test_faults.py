@@ -75,9 +75,9 @@ def test_a_full_disk_keeps_the_last_checkpoint_and_resume_goes_on(demo_data, tmp
 
 @pytest.mark.parametrize("controller", ["gloo", "mpi"])
 def test_killed_worker_ends_the_job_within_60s(demo_data, tmp_path, controller):
-    job = Job([DISTFT, *train_args(demo_data, tmp_path / "run", 500), "--np=2",
+    job = Job([DISTFT, *train_args(demo_data, tmp_path / "run", 100), "--np=2",
                f"--controller={controller}"], str(tmp_path / "log"))
-    job.wait_for("epoch 2/500")
+    job.wait_for("epoch 2/100")
     killed = time.time()
     os.kill(job.worker_pid(1), signal.SIGKILL)
     code = job.wait(60)
@@ -94,10 +94,10 @@ def test_worker_that_fails_mid_run_ends_the_job(demo_data, tmp_path):
     for name in os.listdir(os.path.dirname(demo_data["data"])):
         if name.startswith("train-"):
             os.symlink(os.path.join(os.path.dirname(demo_data["data"]), name), data / name)
-    args = train_args(demo_data, tmp_path / "run", 500)
+    args = train_args(demo_data, tmp_path / "run", 100)
     args[2] = f"--data={data}/*.tfrecord"
     job = Job([DISTFT, *args, "--np=2"], str(tmp_path / "log"))
-    job.wait_for("epoch 2/500")
+    job.wait_for("epoch 2/100")
     os.remove(data / "train-01.tfrecord")
     os.remove(data / "train-03.tfrecord")
     failed = time.time()
@@ -139,8 +139,8 @@ def test_sigterm_mid_epoch_then_resume_ends_with_the_uninterrupted_weights(demo_
 def test_sigusr1_to_one_worker_stops_all_at_the_same_step(demo_data, tmp_path, controller):
     run_dir = str(tmp_path / "run")
     job = Job([HOROVODRUN, "-np", "2", "-H", "localhost:2", f"--{controller}", DISTFT,
-               *train_args(demo_data, run_dir, 500)], str(tmp_path / "log"))
-    job.wait_for("epoch 2/500")
+               *train_args(demo_data, run_dir, 100)], str(tmp_path / "log"))
+    job.wait_for("epoch 2/100")
     os.kill(job.worker_pid(1), signal.SIGUSR1)
     assert job.wait(60) != 0
     line = one_line(job.out, "distft: stopped:")
@@ -156,10 +156,10 @@ def test_ctrl_c_is_a_stop_request_every_time(demo_data, tmp_path):
     """A race before: three jobs side by side, each stopped at another epoch."""
     from distft.train.checkpoint import CheckpointStore
 
-    jobs = [Job([DISTFT, *train_args(demo_data, tmp_path / f"run{attempt}", 500), "--np=2"],
+    jobs = [Job([DISTFT, *train_args(demo_data, tmp_path / f"run{attempt}", 100), "--np=2"],
                 str(tmp_path / f"log{attempt}")) for attempt in range(3)]
     for attempt, job in enumerate(jobs):
-        job.wait_for(f"epoch {2 + attempt}/500")
+        job.wait_for(f"epoch {2 + attempt}/100")
         os.killpg(job.proc.pid, signal.SIGINT)  # what the terminal sends its foreground group
     for attempt, job in enumerate(jobs):
         assert job.wait(90) == 75, job.out[-3000:]
@@ -173,9 +173,9 @@ def test_ctrl_c_is_a_stop_request_every_time(demo_data, tmp_path):
 def test_a_second_ctrl_c_stops_at_once(demo_data, tmp_path):
     import psutil
 
-    job = Job([DISTFT, *train_args(demo_data, tmp_path / "run", 500), "--np=2"],
+    job = Job([DISTFT, *train_args(demo_data, tmp_path / "run", 100), "--np=2"],
               str(tmp_path / "log"))
-    job.wait_for("epoch 2/500")
+    job.wait_for("epoch 2/100")
     workers = [job.worker_pid(0), job.worker_pid(1)]
     os.killpg(job.proc.pid, signal.SIGINT)
     # A second press, as a user makes it: Python runs one handler for signals that arrive
