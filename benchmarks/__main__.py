@@ -10,7 +10,7 @@ from __future__ import annotations
 import sys
 from typing import Callable
 
-from benchmarks import (bytes_read, cluster, elastic, frozen_cache, input, layouts, lm, lora, memory,
+from benchmarks import (bytes_read, cluster, elastic, frozen_cache, input, launch, layouts, lm, lora, memory,
                         overhead, report, tensorboard_cost, tuning)
 
 BENCHMARKS: dict[str, Callable[[list[str]], int]] = {
@@ -28,6 +28,8 @@ BENCHMARKS: dict[str, Callable[[list[str]], int]] = {
     "elastic": elastic.main,
     # Performance where clusters spend it (issue 22): an emulated multi-node network
     "cluster": cluster.main,
+    # The launcher's own cost (distft/launch/horovodrun.py)
+    "launch": launch.main,
 }
 BY_NAME_ONLY = ("cluster",)  # root, network namespaces and hours: run it by name
 

@@ -187,6 +187,24 @@ def test_resumed_stream_continues_where_an_uninterrupted_one_is(tmp_path, files,
     assert all(not np.array_equal(by_epoch[e], by_epoch[e + 1]) for e in range(4))  # shuffled anew
 
 
+@pytest.mark.parametrize("files, cache", [(5, None), (1, None), (5, "memory")],
+                         ids=["files", "split-by-record", "cached"])
+def test_one_pipeline_over_the_epochs_reads_what_epochs_built_one_by_one_read(tmp_path, monkeypatch,
+                                                                              files, cache):
+    """The epochs as one flat_map over their numbers (built once, whatever their number) give
+    the records, order and shuffles of each epoch built on its own in Python and concatenated."""
+    from distft.data import dataset
+
+    x, _ = arrays(60)
+    write_tfrecords(x, np.arange(60), str(tmp_path / "p-{}.tfrecord"), files)
+    ds = load(Source.open(str(tmp_path))).train
+    kw = dict(seed=3, shuffle_buffer=8, cache=cache, epochs=(1, 6))
+    one_pipeline = labels_by_step(ds, 1, 2, 4, **kw)
+    monkeypatch.setattr(dataset, "_global_seed_is_zero", lambda: True)  # the Python-built epochs
+    np.testing.assert_array_equal(np.array(labels_by_step(ds, 1, 2, 4, **kw)), np.array(one_pipeline))
+    assert len(one_pipeline) == 5 * (60 // 8)
+
+
 def test_shuffled_epochs_build_under_a_global_seed_of_zero(tmp_path):
     """tf.random.set_seed(0) (keras.utils.set_random_seed(0), --seed=0) made TensorFlow's
     get_seed compare a traced per-epoch shuffle seed in Python, and the stream failed to build."""

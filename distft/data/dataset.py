@@ -445,18 +445,21 @@ class Ready:
                                 deterministic=True)
 
     def _epoch_files(self, rank: int, size: int, seed: int, epochs: Optional[tuple[int, int]]
-                     ) -> Callable[[int], tf.data.Dataset]:
-        """For epoch e in range(*epochs): the raw records of worker `rank`'s files in epoch e, once."""
+                     ) -> Callable[[Union[int, tf.Tensor]], tf.data.Dataset]:
+        """For epoch e in range(*epochs) (a number or a traced scalar): the raw records of worker
+        `rank`'s files in epoch e, once."""
         first, last = epochs or (0, 1)
-        shares = {e: sharding.assign(list(self.part_counts()), rank, size, epoch=e, seed=seed).files
-                  for e in range(first, last)}
-        most = max(len(f) for f in shares.values())  # one cycle length for every epoch
+        shares = [sharding.assign(list(self.part_counts()), rank, size, epoch=e, seed=seed).files
+                  for e in range(first, last)]
+        most = max(len(f) for f in shares)  # one cycle length for every epoch
+        # Each epoch's files as a row of a table (padded with -1), so that a traced epoch picks its own.
+        table = tf.constant([list(f) + [-1] * (most - len(f)) for f in shares], tf.int64)
+        paths = tf.constant(self.files, tf.string)
 
-        def epoch(e: int) -> tf.data.Dataset:
-            idx = list(shares[e])
-            files = tf.data.Dataset.from_tensor_slices(
-                (tf.constant([self.files[i] for i in idx], tf.string), tf.constant(idx, tf.int64)))
-            return self._interleaved(files, most)
+        def epoch(e: Union[int, tf.Tensor]) -> tf.data.Dataset:
+            row = tf.gather(table, tf.cast(e, tf.int64) - first)
+            idx = tf.boolean_mask(row, row >= 0)
+            return self._interleaved(tf.data.Dataset.from_tensor_slices((tf.gather(paths, idx), idx)), most)
 
         return epoch
 
@@ -487,19 +490,21 @@ def _known(names: list[str], classes: list[str], where: str) -> None:
                           f"have ({', '.join(classes[:10])}): use data of the same classes")
 
 
-def epoch_stream(source: Callable[[int], tf.data.Dataset], records: int,
+def epoch_stream(source: Callable[[Union[int, tf.Tensor]], tf.data.Dataset], records: int,
                  epochs: Optional[tuple[int, int]], seed: int, rank: int, shuffle_buffer: int,
                  skip: int = 0) -> tf.data.Dataset:
     """`records` records for each epoch e in range(*epochs) (default: epoch 0 again and
     again): `source(e)` shuffled with a seed of (seed, rank, e), so that no epoch's order
     depends on the epochs before it, repeated as needed; the first `skip` records left out.
 
-    The epochs are built here, one pipeline each, rather than in a `flat_map` over epoch
-    numbers: a shuffle seed computed from a traced epoch number fails in TensorFlow when the
-    global seed is 0 (`tf.random.set_seed(0)`; its `get_seed` compares the seed in Python)."""
+    The epochs are one `flat_map` over the epoch numbers: a pipeline built once, whatever the
+    number of epochs (built epoch by epoch in Python, 500 epochs took 10 s at start). A shuffle
+    seed computed from the traced epoch number fails in TensorFlow when the global seed is 0
+    (`tf.random.set_seed(0)`: its `get_seed` compares the seed in Python), so there each epoch
+    is built in Python with its seed a number, and the epochs concatenated."""
     base = (seed * 1000003 + rank) * 1000003 % (1 << 31)
 
-    def epoch(e: int) -> tf.data.Dataset:
+    def epoch(e: Union[int, tf.Tensor]) -> tf.data.Dataset:
         ds = source(e)
         if shuffle_buffer > 1:
             ds = ds.shuffle(shuffle_buffer, seed=(base + e) % (1 << 31))
@@ -507,7 +512,18 @@ def epoch_stream(source: Callable[[int], tf.data.Dataset], records: int,
 
     if not epochs:
         return epoch(0).repeat().skip(skip)
-    return _concatenated([epoch(e) for e in range(*epochs)]).skip(skip)
+    if shuffle_buffer > 1 and _global_seed_is_zero():
+        return _concatenated([epoch(e) for e in range(*epochs)]).skip(skip)
+    return tf.data.Dataset.range(*epochs).flat_map(epoch).skip(skip)
+
+
+def _global_seed_is_zero() -> bool:
+    """Whether TensorFlow's global seed is set and truncates to 0 (see epoch_stream)."""
+    from tensorflow.python.eager import context
+    from tensorflow.python.framework import random_seed
+
+    seed = context.global_seed() if tf.executing_eagerly() else tf.compat.v1.get_default_graph().seed
+    return seed is not None and random_seed._truncate_seed(seed) == 0
 
 
 def _concatenated(parts: list[tf.data.Dataset]) -> tf.data.Dataset:

@@ -1,0 +1,89 @@
+"""The cost of a launch: stock `horovodrun` against distft's (distft/launch/horovodrun.py, whose
+build check reads a cache instead of forking a process that imports TensorFlow).
+
+Each contender starts 2 workers that run `python -c pass`, so what is measured is the launcher:
+seconds from start to exit, and CPU seconds of the launcher and everything it started
+(getrusage of children). The contenders alternate round by round; distft's cache is warm (the
+first round writes it, untimed).
+
+Example (from the repository root):
+    python -m benchmarks launch --rounds=5
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from typing import Any
+
+from benchmarks.common import environment, invocation, result_file, save
+
+RESULTS = result_file("launch.json")
+HOROVODRUN = os.path.join(os.path.dirname(sys.executable), "horovodrun")
+CONTENDERS = {"horovodrun": [HOROVODRUN], "distft": [sys.executable, "-m", "distft.launch.horovodrun"]}
+
+
+def main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks launch", description=__doc__.split("\n")[0])
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--np", type=int, default=2, help="workers")
+    p.add_argument("--output", default=RESULTS, help="result JSON")
+    args = p.parse_args(argv)
+    command = invocation()
+    print(f"command: {command}", flush=True)
+    launch("distft", args.np)  # the cache, written once
+    rounds = []
+    for r in range(1, args.rounds + 1):
+        row: dict[str, Any] = {"round": r, "load": os.getloadavg()[0]}
+        for name in CONTENDERS:
+            row[name] = launch(name, args.np)
+        row["wall_ratio"] = row["horovodrun"]["seconds"] / row["distft"]["seconds"]
+        row["cpu_ratio"] = row["horovodrun"]["cpu_seconds"] / row["distft"]["cpu_seconds"]
+        print(f"  round {r}/{args.rounds}: horovodrun {row['horovodrun']['seconds']:.2f}s "
+              f"({row['horovodrun']['cpu_seconds']:.2f} CPU-s), distft {row['distft']['seconds']:.2f}s "
+              f"({row['distft']['cpu_seconds']:.2f} CPU-s)", file=sys.stderr, flush=True)
+        rounds.append(row)
+    result = {
+        "benchmark": "launch", "command": command,
+        "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "settings": {"rounds": args.rounds, "np": args.np, "worker": "python -c pass"},
+        "environment": environment(), "rounds": rounds,
+        "median_wall_ratio": statistics.median(r["wall_ratio"] for r in rounds),
+        "median_cpu_ratio": statistics.median(r["cpu_ratio"] for r in rounds),
+    }
+    print(table(result))
+    save(result, args.output)
+    return 0
+
+
+def launch(name: str, np: int) -> dict[str, float]:
+    """One launch of `np` idle workers by contender `name`: its seconds and CPU seconds."""
+    before, started = resource.getrusage(resource.RUSAGE_CHILDREN), time.time()
+    subprocess.run([*CONTENDERS[name], "-np", str(np), "-H", f"localhost:{np}", "--gloo",
+                    sys.executable, "-c", "pass"], check=True, capture_output=True,
+                   env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+    seconds, after = time.time() - started, resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
+    return {"seconds": round(seconds, 3), "cpu_seconds": round(cpu, 3)}
+
+
+def table(result: dict[str, Any]) -> str:
+    lines = [f"\n### A launch of {result['settings']['np']} idle workers: stock horovodrun / distft's",
+             "", "| round | load | horovodrun s | distft s | ratio | horovodrun CPU-s | distft CPU-s | ratio |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in result["rounds"]:
+        h, d = r["horovodrun"], r["distft"]
+        lines.append(f"| {r['round']} | {r['load']:.1f} | {h['seconds']:.2f} | {d['seconds']:.2f} | "
+                     f"{r['wall_ratio']:.2f} | {h['cpu_seconds']:.2f} | {d['cpu_seconds']:.2f} | {r['cpu_ratio']:.2f} |")
+    lines += ["", f"median: stock horovodrun takes {result['median_wall_ratio']:.2f}x the seconds and "
+              f"{result['median_cpu_ratio']:.2f}x the CPU seconds of distft's launcher"]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
