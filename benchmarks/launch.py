@@ -1,10 +1,13 @@
-"""The cost of a launch: stock `horovodrun` against distft's (distft/launch/horovodrun.py, whose
-build check reads a cache instead of forking a process that imports TensorFlow).
+"""The cost of starting: stock `horovodrun` against distft's launcher (distft/launch/horovodrun.py,
+whose build check reads a cache instead of forking a process that imports TensorFlow), and the
+training stream built as one pipeline over the epochs against one pipeline an epoch.
 
-Each contender starts 2 workers that run `python -c pass`, so what is measured is the launcher:
+Each launcher starts 2 workers that run `python -c pass`, so what is measured is the launcher:
 seconds from start to exit, and CPU seconds of the launcher and everything it started
-(getrusage of children). The contenders alternate round by round; distft's cache is warm (the
-first round writes it, untimed).
+(getrusage of children). distft's cache is warm (the first launch writes it, untimed). The
+streams are the demo's training data on rank 0 of 2, shuffled, for `--epochs` epochs, built in
+this process: the epoch-by-epoch build is the one distft keeps for a global seed of 0. The
+contenders alternate round by round.
 
 Example (from the repository root):
     python -m benchmarks launch --rounds=5
@@ -32,11 +35,13 @@ def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks launch", description=__doc__.split("\n")[0])
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--np", type=int, default=2, help="workers")
+    p.add_argument("--epochs", type=int, default=500, help="epochs of the training stream")
     p.add_argument("--output", default=RESULTS, help="result JSON")
     args = p.parse_args(argv)
     command = invocation()
     print(f"command: {command}", flush=True)
     launch("distft", args.np)  # the cache, written once
+    data = demo_training_data()
     rounds = []
     for r in range(1, args.rounds + 1):
         row: dict[str, Any] = {"round": r, "load": os.getloadavg()[0]}
@@ -44,17 +49,24 @@ def main(argv: list[str]) -> int:
             row[name] = launch(name, args.np)
         row["wall_ratio"] = row["horovodrun"]["seconds"] / row["distft"]["seconds"]
         row["cpu_ratio"] = row["horovodrun"]["cpu_seconds"] / row["distft"]["cpu_seconds"]
+        row["stream_by_epoch"], row["stream_one"] = (stream_seconds(data, args.epochs, by_epoch)
+                                                     for by_epoch in (True, False))
+        row["stream_ratio"] = row["stream_by_epoch"] / row["stream_one"]
         print(f"  round {r}/{args.rounds}: horovodrun {row['horovodrun']['seconds']:.2f}s "
               f"({row['horovodrun']['cpu_seconds']:.2f} CPU-s), distft {row['distft']['seconds']:.2f}s "
-              f"({row['distft']['cpu_seconds']:.2f} CPU-s)", file=sys.stderr, flush=True)
+              f"({row['distft']['cpu_seconds']:.2f} CPU-s); stream of {args.epochs} epochs "
+              f"{row['stream_by_epoch']:.2f}s by epoch, {row['stream_one']:.2f}s as one",
+              file=sys.stderr, flush=True)
         rounds.append(row)
     result = {
         "benchmark": "launch", "command": command,
         "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-        "settings": {"rounds": args.rounds, "np": args.np, "worker": "python -c pass"},
+        "settings": {"rounds": args.rounds, "np": args.np, "worker": "python -c pass",
+                     "epochs": args.epochs},
         "environment": environment(), "rounds": rounds,
         "median_wall_ratio": statistics.median(r["wall_ratio"] for r in rounds),
         "median_cpu_ratio": statistics.median(r["cpu_ratio"] for r in rounds),
+        "median_stream_ratio": statistics.median(r["stream_ratio"] for r in rounds),
     }
     print(table(result))
     save(result, args.output)
@@ -72,6 +84,34 @@ def launch(name: str, np: int) -> dict[str, float]:
     return {"seconds": round(seconds, 3), "cpu_seconds": round(cpu, 3)}
 
 
+def demo_training_data():
+    """The demo's training shards, made ready (counted) for streams."""
+    import tempfile
+
+    import tensorflow as tf
+
+    from distft.data.dataset import Source, load
+    from distft.demo import make_demo_data
+
+    paths = make_demo_data(tempfile.mkdtemp(prefix="distft-bench-"))
+    tf.random.set_seed(42)  # distft's default --seed (the demo's pretraining set 0)
+    return load(Source.open(paths["data"])).train
+
+
+def stream_seconds(data, epochs: int, by_epoch: bool) -> float:
+    """Seconds to build rank 0 of 2's shuffled training stream of `epochs` epochs."""
+    from distft.data import dataset
+
+    built_by_epoch = dataset._global_seed_is_zero
+    dataset._global_seed_is_zero = lambda: by_epoch
+    try:
+        started = time.time()
+        data.stream(0, 2, 8, (8, 8, 1), training=True, seed=42, epochs=(0, epochs))
+        return round(time.time() - started, 3)
+    finally:
+        dataset._global_seed_is_zero = built_by_epoch
+
+
 def table(result: dict[str, Any]) -> str:
     lines = [f"\n### A launch of {result['settings']['np']} idle workers: stock horovodrun / distft's",
              "", "| round | load | horovodrun s | distft s | ratio | horovodrun CPU-s | distft CPU-s | ratio |",
@@ -81,7 +121,12 @@ def table(result: dict[str, Any]) -> str:
         lines.append(f"| {r['round']} | {r['load']:.1f} | {h['seconds']:.2f} | {d['seconds']:.2f} | "
                      f"{r['wall_ratio']:.2f} | {h['cpu_seconds']:.2f} | {d['cpu_seconds']:.2f} | {r['cpu_ratio']:.2f} |")
     lines += ["", f"median: stock horovodrun takes {result['median_wall_ratio']:.2f}x the seconds and "
-              f"{result['median_cpu_ratio']:.2f}x the CPU seconds of distft's launcher"]
+              f"{result['median_cpu_ratio']:.2f}x the CPU seconds of distft's launcher",
+              "", f"### The training stream of {result['settings']['epochs']} epochs, built",
+              "", "| round | epoch by epoch s | one pipeline s | ratio |", "|---|---|---|---|"]
+    lines += [f"| {r['round']} | {r['stream_by_epoch']:.2f} | {r['stream_one']:.3f} | {r['stream_ratio']:.0f} |"
+              for r in result["rounds"]]
+    lines += ["", f"median: the epoch-by-epoch build takes {result['median_stream_ratio']:.0f}x the seconds"]
     return "\n".join(lines)
 
 
