@@ -44,11 +44,19 @@ def problem() -> Optional[str]:
         import horovod
     except ImportError:
         return f"Horovod is not installed in {sys.executable}: run '{COMMAND}'"
-    ops = os.path.join(os.path.dirname(horovod.__file__), "tensorflow", "mpi_lib")
-    if not any(os.path.exists(ops + suffix) for suffix in importlib.machinery.EXTENSION_SUFFIXES):
+    if ops_library() is None:
         return (f"Horovod {horovod.__version__} in {sys.executable} was built without TensorFlow: "
                 f"run '{COMMAND}'")
     return None
+
+
+def ops_library() -> Optional[str]:
+    """The path of Horovod's TensorFlow ops library (its `mpi_lib` extension), or None."""
+    import horovod
+
+    ops = os.path.join(os.path.dirname(horovod.__file__), "tensorflow", "mpi_lib")
+    found = [ops + s for s in importlib.machinery.EXTENSION_SUFFIXES if os.path.exists(ops + s)]
+    return found[0] if found else None
 
 
 def require() -> None:

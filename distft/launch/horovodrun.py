@@ -12,29 +12,20 @@ Example:
 """
 from __future__ import annotations
 
-import glob
 import json
 import os
 import sys
 from typing import Optional
 
-from distft.horovod_install import cache_dir, require
+from distft.horovod_install import cache_dir, ops_library, require
 
 CACHE = "horovod-built.json"
-
-
-def _extension() -> str:
-    """The path of Horovod's TensorFlow ops library."""
-    import horovod
-
-    found = glob.glob(os.path.join(os.path.dirname(horovod.__file__), "tensorflow", "mpi_lib*"))
-    return sorted(found)[0]
 
 
 def built() -> dict[str, bool]:
     """{"gloo": ..., "mpi": ...}: what Horovod's extension was built with, checked by Horovod's
     own functions once per build of the extension."""
-    path = _extension()
+    path = ops_library()  # there: main() calls require() first
     st = os.stat(path)
     key = f"{os.path.realpath(path)}:{st.st_size}:{st.st_mtime_ns}"
     cache = os.path.join(cache_dir(), CACHE)
