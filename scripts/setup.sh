@@ -100,4 +100,7 @@ fi
 # environment): the wheel is kept in ~/.cache/distft/wheels per Python and TensorFlow, so a
 # second set-up on this machine (another clone, CI) installs it in seconds instead of compiling.
 unwarned "$VENV/bin/distft" install-horovod
+# distft's own bytecode, written once: where PYTHONDONTWRITEBYTECODE is set (some CI images),
+# each worker would otherwise compile distft's modules again (~0.1 CPU-s a process).
+"$VENV/bin/python" -m compileall -q distft tests benchmarks
 say "ready: source $VENV/bin/activate"
