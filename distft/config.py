@@ -130,6 +130,15 @@ class TrainConfig:
         "group": "optimisation", "help": "seed for weights of the new head and shuffling"})
     shuffle_buffer: int = field(default=10000, metadata={
         "group": "data", "help": "records in each worker's shuffle buffer"})
+    callbacks: Optional[str] = field(default=None, metadata={"group": "optimisation",
+        "help": "Keras callbacks on every worker, e.g. \"keras.callbacks.EarlyStopping(monitor="
+                "'val_loss', patience=2)\": CLASS(KEY=VALUE, ...) with literal values, several "
+                "separated by ';' (YAML: a list); CLASS in keras.callbacks or MODULE.CLASS of "
+                "--import; they see the metrics over all workers, and a stop_training on any "
+                "worker stops all at the same step"})
+    early_stopping: Optional[str] = field(default=None, metadata={"group": "optimisation",
+        "help": "METRIC[:patience=N:min_delta=D:mode=min|max]: Keras's EarlyStopping on METRIC "
+                "(e.g. val_loss:patience=3; Keras's defaults: patience 0, mode from the metric)"})
     # Data pipeline
     preprocess: str = field(default="auto", metadata={"group": "data",
         "help": "images: auto ([0,255] when the model starts with Rescaling or Normalization, "
@@ -183,6 +192,9 @@ class TrainConfig:
         "group": "output", "help": "steps between step-level logs"})
     keep_checkpoints: int = field(default=3, metadata={
         "group": "output", "help": "newest checkpoints kept (0: all)"})
+    keep_best: Optional[str] = field(default=None, metadata={"group": "output",
+        "help": "METRIC[:mode=min|max]: model.keras holds the weights of the epoch with the best "
+                "METRIC (e.g. val_loss; direction as Keras infers it), not the last epoch's"})
     resume: bool = field(default=False, metadata={
         "group": "output", "help": "continue from the last checkpoint"})
     overwrite: bool = field(default=False, metadata={
@@ -301,6 +313,7 @@ class TrainConfig:
         if self.resume and self.overwrite:
             raise DistftError("--resume and --overwrite exclude each other: pass one")
         self._check_objective()
+        self._check_callbacks()
         self._check_methods()
         self._check_tensorboard()
         self._check_elastic()
@@ -310,6 +323,16 @@ class TrainConfig:
         and arguments is checked with the model: --import may register them)."""
         specs.parse_all(self.loss.split(",") if self.loss else [], "loss")
         specs.parse_all(list(self.metrics or ()), "metrics")
+
+    def _check_callbacks(self) -> None:
+        """--callbacks, --early_stopping and --keep_best parse, and a val_ metric they monitor
+        has validation data (whether Keras knows the classes is checked on the workers)."""
+        from distft.train.callbacks import user
+
+        for option, metric in user.monitored(self):
+            if metric.startswith("val_") and not (self.val_data or self.val_split):
+                raise DistftError(f"{option}: {metric} is a validation metric and the run has no "
+                                  "validation data: pass --val_data or --val_split")
 
     def _check_methods(self) -> None:
         """The fine-tuning methods' flags (their layer specs are checked against the model later)."""
@@ -519,6 +542,8 @@ def coerce(cls: type, name: str, value: Any) -> Any:
             if isinstance(value, bool):
                 raise ValueError
             return float(value)
+        if name == "callbacks" and isinstance(value, (list, tuple)):  # YAML: a list of calls
+            return "; ".join(str(v) for v in value)
         if name in ("loss", "metrics") and not isinstance(value, str):
             # YAML: a name, {name: NAME, KEY: VALUE}, a list, or a mapping by output
             found = specs.items(value, name)

@@ -29,6 +29,9 @@ def one_error(result, expected: str, launcher: bool = False):
     (["--histograms=-1"], "--histograms must be >= 0 (epochs between histograms; 0: off), got -1: "
                           "pass e.g. --histograms=1"),
     (["--steps_per_execution=0"], "--steps_per_execution must be positive, got 0"),
+    (["--callbacks=__import__('os').system('ls')"], "--callbacks: __import__('os').system in "
+     "__import__('os').system('ls') is not a class name"),
+    (["--callbacks=keras.callbacks.EarlyStopping(patience=2,"], "not a call ("),
 ])
 def test_option_errors_before_any_work(tmp_path, args, expected):
     result = distft(["train", "--model=m.h5", "--data=d", f"--output_dir={tmp_path}/o", *args],

@@ -18,6 +18,17 @@ def test_flags_override_yaml_and_types_are_coerced(tmp_path):
     assert cfg.metrics == ("accuracy", "mae")
 
 
+def test_callbacks_from_yaml_are_a_list(tmp_path):
+    cfg_file = tmp_path / "c.yaml"
+    cfg_file.write_text(yaml.safe_dump({**REQUIRED, "val_split": 0.1, "callbacks": [
+        "keras.callbacks.EarlyStopping(monitor='val_loss', patience=2)", "ReduceLROnPlateau(factor=0.5)"]}))
+    cfg = TrainConfig.resolve(str(cfg_file))
+    assert cfg.callbacks == ("keras.callbacks.EarlyStopping(monitor='val_loss', patience=2); "
+                             "ReduceLROnPlateau(factor=0.5)")
+    cfg.save(str(tmp_path / "config.yaml"))
+    assert TrainConfig.resolve(str(tmp_path / "config.yaml")) == cfg
+
+
 def test_saved_config_round_trips(tmp_path):
     cfg = TrainConfig.resolve(**REQUIRED, epochs=5, input_shape=(8, 8, 1))
     cfg.save(str(tmp_path / "config.yaml"))
@@ -46,6 +57,19 @@ def test_saved_config_round_trips(tmp_path):
     ({"steps_per_execution": 0}, "--steps_per_execution must be positive, got 0: pass e.g. "
                                  "--steps_per_execution=1"),
     ({"steps_per_execution": "2.5"}, "--steps_per_execution='2.5' is not an integer"),
+    ({"callbacks": "__import__('os')"}, "--callbacks: __import__ in __import__('os') is not a class name"),
+    ({"callbacks": "EarlyStopping(monitor=__import__('os').getcwd())"},
+     "--callbacks: __import__('os').getcwd() in EarlyStopping(monitor=__import__('os').getcwd()) is "
+     "not a literal, and nothing is evaluated: write CLASS(KEY=VALUE, ...)"),
+    ({"callbacks": "EarlyStopping(patience=2"}, "--callbacks=EarlyStopping(patience=2: not a call ("),
+    ({"callbacks": "import os"}, "--callbacks: import os is not a call of a callback class"),
+    ({"callbacks": "EarlyStopping(**{'patience': 2})"}, "**arguments are not literals"),
+    ({"early_stopping": "loss:patiense=3"}, "--early_stopping=loss:patiense=3: patiense is not one of its "
+                                            "arguments (patience, min_delta, mode, baseline, start_from_epoch)"),
+    ({"early_stopping": "val_loss"}, "--early_stopping=val_loss: val_loss is a validation metric and the "
+                                     "run has no validation data: pass --val_data or --val_split"),
+    ({"callbacks": "EarlyStopping(monitor='val_auc')"}, "val_auc is a validation metric"),
+    ({"keep_best": "loss:mode=up"}, "--keep_best=loss:mode=up: mode is one of auto|min|max"),
 ])
 def test_bad_values_are_one_clear_error(bad, message):
     with pytest.raises(DistftError) as e:

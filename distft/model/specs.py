@@ -31,7 +31,8 @@ from distft.errors import DistftError
 _NAME = re.compile(r"[A-Za-z_][\w.>]*")
 _KEY = re.compile(r"[A-Za-z_]\w*")
 EXAMPLES = {"loss": "sparse_categorical_crossentropy:from_logits=true",
-            "metrics": "accuracy,sparse_top_k_categorical_accuracy:k=3"}
+            "metrics": "accuracy,sparse_top_k_categorical_accuracy:k=3",
+            "early_stopping": "val_loss:patience=3", "keep_best": "val_accuracy"}
 SYNTAX = "NAME:KEY=VALUE[:KEY=VALUE...]"
 
 

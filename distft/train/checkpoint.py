@@ -29,11 +29,13 @@ class CheckpointStore:
     def __init__(self, folder: str, keep: int = 3):
         self.folder, self.keep = folder, keep
 
-    def save(self, checkpoint: tf.train.Checkpoint, state: RunState) -> str:
-        """Write checkpoint + state for `state.epoch`; return the final folder."""
+    def save(self, checkpoint: tf.train.Checkpoint, state: RunState, name: Optional[str] = None) -> str:
+        """Write checkpoint + state for `state.epoch` (as `name`, default `epoch-NNNN`; another
+        name is never pruned, nor found by `latest`); return the final folder."""
         os.makedirs(self.folder, exist_ok=True)
-        final = os.path.join(self.folder, f"epoch-{state.epoch:04d}")
-        tmp = os.path.join(self.folder, f".tmp-epoch-{state.epoch:04d}-{os.getpid()}")
+        name = name or f"epoch-{state.epoch:04d}"
+        final = os.path.join(self.folder, name)
+        tmp = os.path.join(self.folder, f".tmp-{name}-{os.getpid()}")
         shutil.rmtree(tmp, ignore_errors=True)
         try:
             checkpoint.write(os.path.join(tmp, "ckpt"))

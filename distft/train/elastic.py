@@ -178,6 +178,9 @@ def run(cfg: TrainConfig, worker: Worker) -> dict[str, Any]:
         # worker crash in hvd.init() (SIGSEGV) instead of going on.
         raise DistftError("HOROVOD_FUSION_THRESHOLD is set, and Horovod 0.28.1 crashes on an elastic "
                           "reset when it is: unset it for elastic jobs (Horovod's 128 MB applies)")
+    if cfg.keep_best:  # its best so far is not part of the in-memory commits (RunState.best)
+        raise DistftError("--keep_best does not work in elastic mode yet: leave it out, and pick "
+                          "the best epoch's checkpoint by the metrics in its state.json")
     alone = worker.alone()
     setup = Setup.open(cfg, alone)
     trainee = Trainee.build(setup, alone)

@@ -20,6 +20,7 @@ from distft.model import head as heads
 from distft.model import lora, objective
 from distft.model.prepare import combined_checksum, layer_checksums
 from distft.train import methods
+from distft.train.callbacks.agreed_stop import stop_line
 from distft.train.metrics import objective as objective_for
 from distft.train.run_callbacks import Callbacks, fmt
 from distft.train.runtime import Worker
@@ -80,8 +81,14 @@ def finish(setup: Setup, trainee: Trainee, worker: Worker, state: RunState, hist
         metrics["ema_checksums"] = worker.gather(trainee.ema.checksum(ft.model))
     if cfg.lora:
         metrics["lora"] = lora.summary(ft.model)
+    if cbs.agreed and cbs.agreed.stopped:
+        metrics["early_stop"] = cbs.agreed.stopped
+    if cbs.best and cbs.best.record:
+        metrics["best"] = cbs.best.record
     metrics.update(extra or {})
     if worker.rank == 0:
+        if "best" in metrics:  # after the workers' weights were compared: model.keras is the best epoch's
+            cbs.best.restore()
         _save(setup, trainee, worker, metrics, not differing)
     if differing:  # after the save: a run's result is never lost to this check
         raise DistftError(f"workers ended with different weights in {', '.join(differing[:8])}"
@@ -112,7 +119,11 @@ def _save(setup: Setup, trainee: Trainee, worker: Worker, metrics: dict[str, Any
     log.info("done in %.0fs (first step %s after launch), %.0f samples/s: %s", metrics["seconds"],
              f"{first:.1f}s" if first is not None else "-", metrics["samples_per_sec"],
              fmt({**metrics["train"], **{f"val_{k}": v for k, v in metrics["validation"].items()}}))
-    log.info("model: %s", path)
+    if "early_stop" in metrics:
+        log.info("%s", stop_line(metrics["early_stop"]))
+    best = metrics.get("best")
+    log.info("model: %s%s", path, f" (the weights of epoch {best['epoch']}, the best {best['monitor']}: "
+             f"{best['value']:.4f})" if best else "")
     log.info("watch: tensorboard --logdir %s --host 127.0.0.1 --port 6006", folder.file("tensorboard"))
 
 

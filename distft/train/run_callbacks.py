@@ -6,9 +6,11 @@
 3. the exact epoch metrics, timing, and the stop check (its mid-epoch checkpoint averages the
    statistics itself);
 4. validation, then the confusion matrix and the EMA's validation, which read the same weights;
-5. on rank 0: histograms, TensorBoard (after validation: it writes its figures), progress, and
+5. the user's callbacks (--callbacks, --early_stopping), their stop agreed by all workers, then
+   --keep_best: after every figure of the epoch's logs, the same on every worker;
+6. on rank 0: histograms, TensorBoard (after validation: it writes its figures), progress, and
    the epoch's checkpoint last, so it holds every other callback's work;
-6. the profiler, and `last` (elastic mode's commit: after everything else of the step).
+7. the profiler, and `last` (elastic mode's commit: after everything else of the step).
 
 Example:
     cbs = callbacks(setup, trainee, worker, state, data, placement)
@@ -24,10 +26,12 @@ import keras
 import tensorflow as tf
 
 from distft import log
+from distft.train.callbacks.agreed_stop import AgreedStop
 from distft.train.callbacks.checkpointing import Checkpointing
 from distft.train.callbacks.confusion import ConfusionMatrix
 from distft.train.callbacks.ema import EMA
 from distft.train.callbacks.epoch_metrics import EpochMetrics
+from distft.train.callbacks.keep_best import KeepBest
 from distft.train.callbacks.profiler import Profiler
 from distft.train.callbacks.progress import Progress
 from distft.train.callbacks.rank_health import RankHealth
@@ -37,6 +41,7 @@ from distft.train.callbacks.stopping import GracefulStop
 from distft.train.callbacks.tensorboard import TensorBoardLogger
 from distft.train.callbacks.timing import Timing
 from distft.train.callbacks.unfreezing import StagedUnfreezing
+from distft.train.callbacks.user import keep_best
 from distft.train.callbacks.samples import Generations
 from distft.train.callbacks.validation import Validation
 from distft.train.callbacks.weights import WeightChanges
@@ -58,6 +63,8 @@ class Callbacks:
     unfreezing: StagedUnfreezing
     tensorboard: Optional[TensorBoardLogger]
     before: dict
+    agreed: Optional[AgreedStop]  # the user's callbacks
+    best: Optional[KeepBest]  # --keep_best
 
 
 def callbacks(setup: Setup, trainee: Trainee, worker: Worker, state: RunState, fit_model: keras.Model,
@@ -82,9 +89,11 @@ def callbacks(setup: Setup, trainee: Trainee, worker: Worker, state: RunState, f
         if first and not position.epoch:
             tb.write_validation(before, 0)
     statistics = LayerStatistics(ft.model, worker)
+    agreed = AgreedStop(list(setup.user_callbacks), worker, cfg.epochs) if setup.user_callbacks else None
+    best = _keep_best(setup, trainee, worker, state)
     stop = GracefulStop(setup.signals, worker.size, folder.checkpoints if worker.rank == 0 else None,
                         trainee.checkpoint, before_save=statistics.average, steps=position.steps,
-                        state=lambda at: _state(trainee, state, at, stop))
+                        state=lambda at: _state(trainee, state, at, stop, best), vote=agreed)
     unfreezing = StagedUnfreezing(trainee.plan, tb.write_epoch if tb else None)
     found: list[keras.callbacks.Callback] = [
         *trainee.execution.callbacks(position.steps), unfreezing, statistics, EpochMetrics(worker),
@@ -108,16 +117,17 @@ def callbacks(setup: Setup, trainee: Trainee, worker: Worker, state: RunState, f
             samples.write(0)
     if trainee.ema:
         found.append(EMA(trainee.ema, validate))
+    found += [c for c in (agreed, best) if c]
     if tb:
         if cfg.histograms:
             found.append(WeightChanges(ft.model, tb.train_writer, cfg.histograms, position.epoch))
         found += [tb, Progress(cfg.epochs, position.steps, cfg.log_every, bar=not worker.env.is_launched),
                   Checkpointing(folder.checkpoints, trainee.checkpoint, lambda epoch, logs: _state(
-                      trainee, state, Position(epoch, 0, position.steps), stop, logs))]
+                      trainee, state, Position(epoch, 0, position.steps), stop, best, logs))]
     if cfg.profile:
         found += _profiler(setup, worker, position)
     return Callbacks(ResumedRun(found + list(last), fit_model, cfg.epochs, position.steps, position.skip),
-                     timing, stop, unfreezing, tb, before)
+                     timing, stop, unfreezing, tb, before, agreed, best)
 
 
 def fmt(metrics: dict[str, float]) -> str:
@@ -125,12 +135,22 @@ def fmt(metrics: dict[str, float]) -> str:
 
 
 def _state(trainee: Trainee, state: RunState, at: Position, stop: GracefulStop,
-           logs: Optional[dict] = None) -> RunState:
+           best: Optional[KeepBest], logs: Optional[dict] = None) -> RunState:
     """The run's state at `at`, as a checkpoint records it: `stage` is the one that trained the
     step before it."""
     trained = at.epoch if at.skip else max(0, at.epoch - 1)
     return state.at(at, stage=trainee.plan.index_at(trained), stopped_by=stop.stopped_by,
-                    logs={k: float(v) for k, v in (logs or {}).items()})
+                    logs={k: float(v) for k, v in (logs or {}).items()},
+                    best=best.record if best else state.best)
+
+
+def _keep_best(setup: Setup, trainee: Trainee, worker: Worker, state: RunState) -> Optional[KeepBest]:
+    """--keep_best's callback, going on from the best so far of a resumed run."""
+    named = keep_best(setup.cfg.keep_best)
+    if named is None:
+        return None
+    return KeepBest(named.name, named.kwargs.get("mode", "auto"), worker, setup.folder.checkpoints,
+                    tf.train.Checkpoint(model=trainee.ft.model), state.best)
 
 
 def _prompts(trainee: Trainee, n: int = 3) -> list[str]:

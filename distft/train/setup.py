@@ -1,4 +1,5 @@
-"""A run's first stage: stop signals caught, the run folder agreed and checked, the data opened.
+"""A run's first stage: stop signals caught, the user's callbacks built, the run folder agreed
+and checked, the data opened.
 
 Example (under `horovodrun -np 2`):
     setup = Setup.open(cfg, Worker.start())
@@ -16,6 +17,7 @@ from distft import log
 from distft.config import TrainConfig
 from distft.data.dataset import Source
 from distft.errors import DistftError
+from distft.train.callbacks import user
 from distft.train.callbacks.stopping import StopSignals
 from distft.train.gpu import check_gpus
 from distft.train.output import RunFolder
@@ -25,8 +27,9 @@ from distft.train.runtime import Worker
 @dataclass(frozen=True)
 class Setup:
     """What a run starts from: its options (run folder decided), the stop signals it listens
-    to, its folder and the checkpoint to resume from, and its data as opened (made ready for
-    the model by the trainee)."""
+    to, the user's callbacks (--callbacks, --early_stopping: made once, so that elastic mode's
+    attempts share them), its folder and the checkpoint to resume from, and its data as opened
+    (made ready for the model by the trainee)."""
 
     cfg: TrainConfig
     signals: StopSignals
@@ -35,6 +38,7 @@ class Setup:
     resume_from: Optional[str]
     train_data: Source
     val_data: Optional[Source]
+    user_callbacks: tuple[user.UserCallback, ...] = ()
     refused: Optional[DistftError] = None  # elastic mode: the folder's error, raised unless the run is underway
 
     @classmethod
@@ -44,6 +48,7 @@ class Setup:
         signals.install()  # remember a signal that arrives while the run is being set up
         keras.utils.set_random_seed(cfg.seed)
         check_gpus(worker, cfg.require_gpu)
+        user_callbacks = tuple(user.build(cfg))  # the same options on every worker: all raise alike
         if cfg.profile:
             cfg.profiled_ranks(worker.size)  # before the run folder is written
         chosen = cfg.with_run_folder(worker.agree)  # launched without --output_dir: rank 0's choice
@@ -58,7 +63,8 @@ class Setup:
                 raise
             refused = e  # a worker that joins a run underway finds its folder in use
         train_data, val_data = worker.all_ok(lambda: _open_data(cfg))
-        return cls(chosen, signals, folder, started, resume_from, train_data, val_data, refused)
+        return cls(chosen, signals, folder, started, resume_from, train_data, val_data, user_callbacks,
+                   refused)
 
 
 def _open_data(cfg: TrainConfig) -> tuple[Source, Optional[Source]]:

@@ -65,6 +65,7 @@ class RunState:
     logs: dict = field(default_factory=dict)  # the metrics of the epoch that ended here
     before: dict = field(default_factory=dict)  # validation before fine-tuning
     steps_run: int = 0  # steps trained over all attempts (TensorBoard's step)
+    best: dict = field(default_factory=dict)  # --keep_best's best epoch so far: {monitor, value, epoch}
     # Elastic mode's, in memory: whether rank 0 announced the run, the worker count that the
     # learning rate's `lr_offset` was set for, and the resets so far.
     announced: bool = False

@@ -1,0 +1,29 @@
+"""A user's own callback, in a module passed with --import (tests/test_user_callbacks.py)."""
+import keras
+
+from distft.launch.environment import detect
+
+
+class StopOnOneRank(keras.callbacks.Callback):
+    """Sets `stop_training` on rank `rank` alone, after step `step` of epoch `epoch` (1-based),
+    or at that epoch's end without `step`: the callback that leaves the other workers of a
+    plain Horovod job waiting for ever."""
+
+    def __init__(self, rank: int = 1, epoch: int = 1, step: int = 0):
+        super().__init__()
+        self.rank, self.epoch, self.step, self.now = rank, epoch, step, 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.now = epoch + 1
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.step and (self.now, batch + 1) == (self.epoch, self.step):
+            self._stop()
+
+    def on_epoch_end(self, epoch, logs=None):
+        if not self.step and epoch + 1 == self.epoch:
+            self._stop()
+
+    def _stop(self):
+        if detect().rank == self.rank:
+            self.model.stop_training = True
