@@ -41,14 +41,13 @@ class Progress:
         """This rank is now in phase `name` (out of any train step)."""
         self._phase, self._in_step = name, False
         self.moves += 1
-        if self._phases[-1] != name:
-            with self._lock:
-                self._phases.append(name)
 
     @contextmanager
     def phase(self, name: str) -> Iterator[None]:
-        """In phase `name` for the block, then back in the phase before it."""
+        """In phase `name` for the block (kept in the history), then back in the phase before it."""
         before = self._phase
+        with self._lock:
+            self._phases.append(name)
         self.enter(name)
         try:
             yield

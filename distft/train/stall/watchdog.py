@@ -134,8 +134,9 @@ class Watchdog:
         hint = _within(ANSWER_WAIT, self._resume_hint, "the run folder does not answer, so which "
                        "checkpoint is intact is unknown; run the same command with --resume")
         print(f"distft: error: {verdict.line}; {hint}; {report}", file=sys.stderr, flush=True)
-        if self.hub:
-            self.hub.ask([r for r in live if r != self.rank], "exit")
+        others = [r for r in live if r != self.rank]
+        if self.hub and others:  # they leave quietly, not with Horovod's error at this exit
+            self.hub.ask(others, "exit")
             time.sleep(2 * INTERVAL)  # their next heartbeat
         _exit()
 
