@@ -92,6 +92,33 @@ def test_a_stopped_rank_is_named_and_resume_goes_on(demo_data, tmp_path):
     print(f"wall time with the resumed run: {time.time() - started:.0f} s")
 
 
+def test_a_stopped_rank_0_is_named_by_rank_1(demo_data, tmp_path):
+    """Rank 0 SIGSTOPped (its watchdog with it): rank 1 misses its answers and names it."""
+    timeout, run_dir = 15, tmp_path / "run"
+    job = Job([DISTFT, *train_args(demo_data, run_dir, 100), f"--stall_timeout={timeout}", "--np=2"],
+              str(tmp_path / "log"))
+    job.wait_for("epoch 2/100")
+    pid = job.worker_pid(0)
+    os.kill(pid, signal.SIGSTOP)
+    stopped = time.time()
+    try:
+        code = job.wait(timeout + 60)
+        ended = time.time() - stopped
+    finally:
+        for sig in (signal.SIGKILL, signal.SIGCONT):
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+    line = one_line(job.out, "distft: error:")
+    print(f"SIGSTOP of rank 0 to the job's end with the line: {ended:.1f} s")
+    assert code == 75 and ended < timeout + 10, (code, ended, job.out[-3000:])
+    assert line.startswith(f"distft: error: rank 0 (host localhost, pid {pid}) made no progress for "), line
+    assert ": stopped (state T); last seen in " in line and "--resume" in line, line
+    with open(run_dir / "stall-report.txt") as f:
+        assert "written by rank 1" in f.read()
+
+
 def test_a_full_disk_keeps_the_last_checkpoint_and_resume_goes_on(demo_data, tmp_path):
     """The output disk fills mid-run (a 1.5 MB tmpfs, room for 3 checkpoints): one line names
     the folder, why, the space left and the checkpoint that is intact, exit 75 (as a stop), no

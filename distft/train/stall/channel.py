@@ -2,9 +2,10 @@
 
 Rank 0 runs a `Hub` (a small server in daemon threads); every rank, rank 0 included, keeps a
 `Link` to it that sends a heartbeat every `interval` seconds (one JSON line) and reads the
-answer: nothing, a request for this rank's Python stack (every thread's, by faulthandler), or
-the order to exit. The hub keeps each rank's last heartbeat, when it came and when that rank's
-progress last moved; a link keeps when the hub last answered.
+answer: rank 0's phase, with nothing else, a request for this rank's Python stack (every
+thread's, by faulthandler), or the order to exit. The hub keeps each rank's last heartbeat, when
+it came and when that rank's progress last moved; a link keeps when the hub last answered, and
+rank 0's phase then.
 
 Example:
     hub = Hub()                                         # rank 0
@@ -63,7 +64,7 @@ class Hub:
     def port(self) -> int:
         return self._server.server_address[1]
 
-    def _heard(self, message: dict[str, Any]) -> dict[str, Optional[str]]:
+    def _heard(self, message: dict[str, Any]) -> dict[str, Any]:
         rank, now = message["rank"], time.monotonic()
         with self._lock:
             if message.get("left"):
@@ -75,7 +76,7 @@ class Hub:
             if rank not in self.beats or self.beats[rank][0].get("moves") != beat.get("moves"):
                 moved = now
             self.beats[rank] = (beat, now, moved)
-            return {"do": self._asked.pop(rank, None)}
+            return {"do": self._asked.pop(rank, None), "phase": self.beats.get(0, ({},))[0].get("phase")}
 
     def seen(self, rank: int) -> tuple[dict, float, float]:
         """`rank`'s last heartbeat ({} if none yet), seconds since it came and since its
@@ -98,13 +99,14 @@ class Hub:
 class Link:
     """A rank's end: a heartbeat (`beat()`) every `interval` seconds to the hub at `address`;
     a stack sent when asked; `on_exit()` when told to exit. `answered`: when the hub last
-    answered (time.monotonic())."""
+    answered (time.monotonic()), `hub_phase`: rank 0's phase then."""
 
     def __init__(self, address: tuple[str, int], rank: int, beat: Callable[[], dict],
                  on_exit: Callable[[], None], interval: float = INTERVAL):
         self.address, self.rank, self.beat, self.on_exit = address, rank, beat, on_exit
         self.interval = interval
         self.answered = time.monotonic()
+        self.hub_phase: Optional[str] = None
         self._sock: Optional[socket.socket] = None
         self._buffer = b""
         self._stop = threading.Event()
@@ -161,5 +163,6 @@ class Link:
                 raise ConnectionError("the hub closed the link")
             self._buffer += data
         line, self._buffer = self._buffer.split(b"\n", 1)
-        self.answered = time.monotonic()
-        return json.loads(line)["do"]
+        answer = json.loads(line)
+        self.answered, self.hub_phase = time.monotonic(), answer["phase"]
+        return answer["do"]

@@ -46,7 +46,7 @@ class RankView:
 
     @property
     def phase(self) -> str:
-        return self.beat.get("phase") or "an unknown phase (no heartbeat yet)"
+        return self.beat.get("phase") or "an unknown phase"
 
     @property
     def place(self) -> str:

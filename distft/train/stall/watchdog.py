@@ -115,7 +115,8 @@ class Watchdog:
                 silent = time.monotonic() - self.link.answered
                 if silent <= late:
                     continue
-                views = [self._view(0, {}, silent, silent), self._view(self.rank, _beat(), 0, 0)]
+                last = {"phase": self.link.hub_phase} if self.link.hub_phase else {}
+                views = [self._view(0, last, silent, silent), self._view(self.rank, _beat(), 0, 0)]
                 verdict = judge(views[:1], self.timeout)
             if verdict:
                 self._give(verdict, views)
