@@ -217,6 +217,10 @@ class TrainConfig:
     elastic_timeout: int = field(default=120, metadata={"group": "distribution",
         "help": "elastic --np: seconds to wait for workers: for --min_np after a loss, for a joining "
                 "worker's start"})
+    stall_timeout: int = field(default=300, metadata={"group": "distribution",
+        "help": "seconds the others may wait for a rank that makes no progress (stopped, hung, "
+                "blocked in a read, in another collective): then it is named, every rank's stack "
+                "goes to stall-report.txt, and the job exits 75 to --resume (0: off; elastic: off)"})
     debug: bool = field(default=False, metadata={
         "group": "output", "help": "show tracebacks and all ranks' logs"})
     # TensorBoard
@@ -383,6 +387,9 @@ class TrainConfig:
         if self.commit_every < 1:
             raise DistftError(f"--commit_every must be at least 1, got {self.commit_every}: pass "
                               f"e.g. --commit_every={TrainConfig.commit_every}")
+        if self.stall_timeout < 0:
+            raise DistftError(f"--stall_timeout must be >= 0 seconds (0: off), got {self.stall_timeout}: "
+                              f"pass e.g. --stall_timeout={TrainConfig.stall_timeout}")
         if self.elastic_timeout < 1:
             raise DistftError(f"--elastic_timeout must be at least 1 second, got {self.elastic_timeout}: "
                               f"pass e.g. --elastic_timeout={TrainConfig.elastic_timeout}")

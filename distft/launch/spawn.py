@@ -13,6 +13,8 @@ import re
 import signal
 import subprocess
 import sys
+import threading
+import time
 
 import psutil  # Horovod's own dependency; imported now, not inside a signal handler
 
@@ -76,6 +78,8 @@ def spawn(args: list[str], np: int, hosts: str | None = None, controller: str = 
         log = JobLog(debug)
         for line in proc.stdout:
             log.relay(line)
+            if log.teardown and not stop.reaping:
+                stop.reap_stopped()
         code = proc.wait()
     if stop.killed:
         raise Stopped("Ctrl-C (SIGINT) twice: the workers were killed at once, without a "
@@ -152,7 +156,7 @@ class _StopRelay:
 
     def __init__(self, proc: subprocess.Popen, relay: signal.Signals):
         self.proc, self.relay = proc, relay
-        self.interrupts, self.killed = 0, False
+        self.interrupts, self.killed, self.reaping = 0, False, False
 
     def handle(self, signum: int, frame) -> None:
         if signum == signal.SIGINT:
@@ -171,13 +175,35 @@ class _StopRelay:
     def kill(self) -> None:
         """SIGKILL the launcher and everything it started on this machine."""
         self.killed = True
+        for p in self._family():
+            _signal(p.pid, signal.SIGKILL)
+
+    def reap_stopped(self) -> None:
+        """While the launcher tears the job down, SIGKILL its stopped processes on this machine
+        at once: a stopped worker (SIGSTOP, named by the stall watchdog) cannot take the SIGTERM
+        that horovodrun sends first, nor can the process horovodrun freezes before killing it,
+        and horovodrun waits 5 s for each before its SIGKILL."""
+        self.reaping = True
+
+        def reap() -> None:
+            while self.proc.poll() is None:
+                for p in self._family():
+                    try:
+                        if p.status() == psutil.STATUS_STOPPED:
+                            _signal(p.pid, signal.SIGKILL)
+                    except psutil.NoSuchProcess:
+                        continue
+                time.sleep(0.2)
+
+        threading.Thread(target=reap, name="distft-reaper", daemon=True).start()
+
+    def _family(self) -> list[psutil.Process]:
+        """The launcher and everything it started on this machine."""
         try:
             family = [psutil.Process(self.proc.pid)]
-            family += family[0].children(recursive=True)
+            return family + family[0].children(recursive=True)
         except psutil.NoSuchProcess:
-            return
-        for p in family:
-            _signal(p.pid, signal.SIGKILL)
+            return []
 
 
 def _local_workers(launcher: int) -> list[int]:

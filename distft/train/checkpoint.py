@@ -88,12 +88,15 @@ class CheckpointStore:
             free = f"{shutil.disk_usage(self.folder).free / 2**20:.2f} MB free"
         except OSError:
             free = "free space unknown"
-        latest = self.latest()
-        kept = f"the epoch {latest[1].epoch} checkpoint ({latest[0]}) is intact" if latest else \
-            "no earlier checkpoint is complete, so --resume starts over"
         return DistftError(f"could not write the epoch {epoch} checkpoint in {self.folder} ({why}; "
-                           f"{free}): {kept}; make room there, then run the same command with --resume",
+                           f"{free}): {self.intact()}; make room there, then run the same command with --resume",
                            exit_code=Stopped.EXIT_CODE, local=True)
+
+    def intact(self) -> str:
+        """Which checkpoint `--resume` goes on from: 'the epoch 3 checkpoint (PATH) is intact'."""
+        latest = self.latest()
+        return f"the epoch {latest[1].epoch} checkpoint ({latest[0]}) is intact" if latest else \
+            "no earlier checkpoint is complete, so --resume starts over"
 
     @staticmethod
     def restore(checkpoint: tf.train.Checkpoint, path: str) -> None:

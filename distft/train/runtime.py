@@ -10,14 +10,17 @@ from __future__ import annotations
 import dataclasses
 import os
 import socket
+import sys
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Iterator, Mapping, Optional
 
 import tensorflow as tf
 
 from distft import horovod_install, log
 from distft.errors import DistftError
 from distft.launch.environment import Environment, detect
+from distft.train.stall.progress import PROGRESS
 
 # Horovod settings for distft's workers unless set in the environment (the start log shows
 # them): Horovod's own 1 ms cycle, re-measured in the cluster lab (`python -m benchmarks
@@ -39,22 +42,25 @@ class Worker:
     threads: Optional[int]  # TF intra-op threads set; None: TensorFlow's default (GPU, no --threads)
     inter_op: str  # TF inter-op threads in effect, for the log
     device: str
-    horovod: dict  # the HOROVOD_DEFAULTS settings in effect (the user's or distft's)
+    horovod: dict  # the Horovod settings distft makes, as in effect (the user's or distft's)
     previous_rank: Optional[int] = None  # elastic mode: the rank before the last reset
     links: tuple[tuple[int, str], ...] = ()  # the sockets hvd.init() connected to the other workers (Gloo)
 
     @classmethod
-    def start(cls, threads: Optional[int] = None, pin_cores: bool = True) -> Worker:
-        """Pin cores/GPU for this local rank, set TF threads, then `hvd.init()`."""
+    def start(cls, threads: Optional[int] = None, pin_cores: bool = True,
+              horovod: Mapping[str, str] = {}) -> Worker:
+        """Pin cores/GPU for this local rank, set TF threads, then `hvd.init()` with
+        HOROVOD_DEFAULTS and `horovod` (Horovod's settings; the environment's win)."""
         env = detect()
         device, threads, inter_op = _place(env, threads, pin_cores)
-        for name, value in HOROVOD_DEFAULTS.items():  # read by hvd.init()
+        settings = {**HOROVOD_DEFAULTS, **horovod}
+        for name, value in settings.items():  # read by hvd.init()
             os.environ.setdefault(name, value)
         hvd = horovod_install.load()  # the core ops: Horovod's Keras layer breaks on Keras 3
 
         links = _connected_by(hvd.init)
         return cls(hvd.rank(), hvd.size(), hvd.local_rank(), hvd.local_size(), env, threads, inter_op,
-                   device, {name: os.environ[name] for name in HOROVOD_DEFAULTS}, links=links)
+                   device, {name: os.environ[name] for name in settings}, links=links)
 
     def reset(self) -> None:
         """Start Horovod again with the workers there are now (elastic mode, after a worker was
@@ -96,6 +102,21 @@ class Worker:
         return socket.gethostname()
 
     @property
+    def address(self) -> str:
+        """An IPv4 address of this worker that the others reach: the local end of a link that
+        Horovod opened to them, else the host name's."""
+        for fd, inode in self.links:
+            try:
+                if os.readlink(f"/proc/self/fd/{fd}") == inode:
+                    with socket.socket(fileno=os.dup(fd)) as link:
+                        host = link.getsockname()[0].removeprefix("::ffff:")
+                    if "." in host:
+                        return host
+            except OSError:
+                continue
+        return socket.gethostbyname(socket.gethostname())
+
+    @property
     def placement(self) -> str:
         """Node and, on CPU, the cores this worker may run on."""
         if self.device != "CPU":
@@ -110,25 +131,32 @@ class Worker:
 
     def gather(self, obj: Any) -> list[Any]:
         """Every worker's `obj`, in rank order, on every worker."""
-        return self.hvd.allgather_object(obj) if self.size > 1 else [obj]
+        if self.size == 1:
+            return [obj]
+        with _collective("gather"):
+            return self.hvd.allgather_object(obj)
 
     def gather_floats(self, values: list[float], name: str) -> list[list[float]]:
         """Every worker's `values` (the same length on all), in rank order: one allgather, cheaper
         than `gather`'s pickling for figures sent every epoch."""
         if self.size == 1:
             return [list(values)]
-        rows = self.hvd.allgather(tf.constant([values], tf.float64), name=name)
-        return rows.numpy().tolist()
+        with _collective(f"gather {name}"):
+            return self.hvd.allgather(tf.constant([values], tf.float64), name=name).numpy().tolist()
 
     def broadcast(self, obj: Any) -> Any:
         """Rank 0's `obj` on every worker."""
-        return self.hvd.broadcast_object(obj, root_rank=0) if self.size > 1 else obj
+        if self.size == 1:
+            return obj
+        with _collective("broadcast"):
+            return self.hvd.broadcast_object(obj, root_rank=0)
 
     def broadcast_variables(self, variables: list) -> None:
         """Assign rank 0's values to `variables` (tf.Variables or Keras 3 Variables) on every
         worker, in one traced group of broadcasts."""
         if self.size > 1 and variables:
-            self.hvd.broadcast_variables([_tf_variable(v) for v in variables], root_rank=0)
+            with _collective("broadcast of the variables"):
+                self.hvd.broadcast_variables([_tf_variable(v) for v in variables], root_rank=0)
 
     def allreduce(self, tensors: list, name: str, average: bool = False) -> list[tf.Tensor]:
         """Every worker's `tensors` summed (or averaged) elementwise over all workers, in one
@@ -142,20 +170,22 @@ class Worker:
         if self.size == 1 or not tensors:
             return tensors
         flat = tf.concat([tf.reshape(tf.cast(t, tf.float64), [-1]) for t in tensors], 0)
-        reduced = self.hvd.allreduce(flat, op=self.hvd.Average if average else self.hvd.Sum,
-                                     name=name)
+        with _collective(f"allreduce {name}"):
+            reduced = self.hvd.allreduce(flat, op=self.hvd.Average if average else self.hvd.Sum,
+                                         name=name)
         parts = tf.split(reduced, [int(tf.size(t)) for t in tensors])
         return [tf.cast(tf.reshape(p, t.shape), t.dtype) for p, t in zip(parts, tensors)]
 
     def agree(self, fn: Callable[[], Any]) -> Any:
         """Run `fn` on rank 0 only; its DistftError is raised on every rank, its value returned."""
         result: tuple[Optional[str], Any] = (None, None)
-        if self.rank == 0:
-            try:
-                result = (None, fn())
-            except DistftError as e:
-                result = (str(e), None)
-        error, value = self.broadcast(result)
+        with PROGRESS.phase(f"agree: {_name(fn)}"):
+            if self.rank == 0:
+                try:
+                    result = (None, fn())
+                except DistftError as e:
+                    result = (str(e), None)
+            error, value = self.broadcast(result)
         if error:
             raise DistftError(error)
         return value
@@ -163,14 +193,34 @@ class Worker:
     def all_ok(self, fn: Callable[[], Any]) -> Any:
         """Run `fn` on every rank; if any rank fails, every rank raises the lowest rank's error."""
         value, error = None, None
-        try:
-            value = fn()
-        except DistftError as e:
-            error = f"{e}" if self.rank == 0 else f"rank {self.rank}: {e}"
-        errors = [err for err in self.gather(error) if err]  # only the errors travel, not values
+        with PROGRESS.phase(f"all_ok: {_name(fn)}"):
+            try:
+                value = fn()
+            except DistftError as e:
+                error = f"{e}" if self.rank == 0 else f"rank {self.rank}: {e}"
+            errors = [err for err in self.gather(error) if err]  # only the errors travel, not values
         if errors:
             raise DistftError(errors[0])
         return value
+
+
+@contextmanager
+def _collective(kind: str) -> Iterator[None]:
+    """Inside a collective of `kind` (for the stall watchdog), named after the code that
+    called the Worker's method: `gather from RankHealth.on_epoch_end`."""
+    frame = sys._getframe(2)
+    while frame is not None and frame.f_code.co_filename == __file__:
+        frame = frame.f_back
+    with PROGRESS.collective(f"{kind} from {_name(frame) if frame else 'an unknown caller'}"):
+        yield
+
+
+def _name(fn: Any) -> str:
+    """The qualified name of a function, lambda or frame, less `<locals>`: `Setup.open.<lambda>`."""
+    code = getattr(fn, "__code__", None) or getattr(fn, "f_code", None)
+    if code is None:
+        return type(fn).__name__
+    return getattr(code, "co_qualname", code.co_name).replace(".<locals>", "")
 
 
 def _connected_by(init: Callable[[], Any]) -> tuple[tuple[int, str], ...]:

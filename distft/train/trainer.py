@@ -11,22 +11,31 @@ from __future__ import annotations
 from typing import Any, Optional
 
 from distft.config import TrainConfig
+from distft.launch.environment import detect
 from distft.train.phases import fit, inputs, restore, sync
 from distft.train.report import announce, finish
 from distft.train.run_callbacks import callbacks
 from distft.train.runtime import Worker
 from distft.train.setup import Setup
+from distft.train.stall.watchdog import horovod_settings, watching
 from distft.train.trainee import Trainee
 
 
 def run(cfg: TrainConfig, worker: Optional[Worker] = None) -> dict[str, Any]:
     """Fine-tune as one worker of the job; returns the final metrics (same on every worker)."""
-    worker = worker or Worker.start(cfg.threads)  # hvd.init(), a GPU or cores for this local rank
+    # hvd.init(), a GPU or cores for this local rank; Horovod's time-outs after the watchdog's
+    worker = worker or Worker.start(cfg.threads, horovod=horovod_settings(cfg.stall_timeout, detect().elastic))
     if worker.env.elastic:
         from distft.train import elastic
 
         return elastic.run(cfg, worker)
     setup = Setup.open(cfg, worker)          # stop signals caught, run folder checked, data opened
+    with watching(worker, cfg.stall_timeout, setup.folder):  # a stalled rank named, exit 75
+        return _train(setup, worker)
+
+
+def _train(setup: Setup, worker: Worker) -> dict[str, Any]:
+    """The run after its set-up, in a fixed-size job."""
     trainee = Trainee.build(setup, worker)   # model bound to the data, optimizer, averager, EMA
     state = restore(setup, trainee, worker)  # --resume: the checkpoint, and where to go on from
     placement = sync(setup, trainee, worker, state.position)  # the step for these workers; rank 0's state

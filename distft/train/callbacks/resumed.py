@@ -7,7 +7,8 @@ once each, and each batch of the resumed epoch under its index in the whole epoc
 counters, stop positions and logs go on where the stopped run left them. With
 `--steps_per_execution=N` Keras ends an epoch's last execution at index N - 1 past its first
 even when the epoch ends sooner (distft's train function stops there: train/execution.py); the
-callbacks see the epoch's last index.
+callbacks see the epoch's last index. Each step and each callback's epoch end is recorded as
+this rank's progress, for the stall watchdog (train/stall/).
 
 Example:
     callbacks = ResumedRun(callbacks, model, epochs=10, steps=100, skip=40)
@@ -18,6 +19,11 @@ Example:
 from __future__ import annotations
 
 import keras
+from keras.src.utils import python_utils
+
+from distft.train.stall.progress import PROGRESS
+
+AFTER_STEP = "the callbacks after a train step"
 
 
 class ResumedRun(keras.callbacks.CallbackList):
@@ -26,6 +32,7 @@ class ResumedRun(keras.callbacks.CallbackList):
         super().__init__(callbacks, add_history=True, model=model, epochs=epochs, steps=steps,
                          verbose=0)
         self.steps, self.skip, self._begun, self._ending = steps, skip, False, not skip
+        self._epoch = 0
 
     def last_call(self) -> None:
         """The next `fit` is the last: its end ends the training for the callbacks."""
@@ -40,12 +47,21 @@ class ResumedRun(keras.callbacks.CallbackList):
         if self._ending:
             super().on_train_end(logs)
 
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = epoch
+        super().on_epoch_begin(epoch, logs)
+
     def on_train_batch_begin(self, batch, logs=None):
         super().on_train_batch_begin(batch + self.skip, logs)
+        PROGRESS.step(self._epoch, batch + self.skip)  # the step itself runs next
 
     def on_train_batch_end(self, batch, logs=None):
+        PROGRESS.enter(AFTER_STEP)
         super().on_train_batch_end(min(batch + self.skip, self.steps - 1), logs)
 
     def on_epoch_end(self, epoch, logs=None):
         self.skip = 0
-        super().on_epoch_end(epoch, logs)
+        logs = python_utils.pythonify_logs(logs)  # as Keras's CallbackList, a phase a callback
+        for callback in self.callbacks:
+            with PROGRESS.phase(f"callback {type(callback).__name__}.on_epoch_end"):
+                callback.on_epoch_end(epoch, logs)

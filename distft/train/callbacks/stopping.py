@@ -35,11 +35,12 @@ from typing import TYPE_CHECKING, Callable, Optional
 import tensorflow as tf
 
 from distft.train.callbacks.steps import StepCounter
+from distft.train.checkpoint import CheckpointStore
+from distft.train.stall.progress import PROGRESS
+from distft.train.state import Position, RunState
 
 if TYPE_CHECKING:
     from distft.train.callbacks.agreed_stop import AgreedStop
-from distft.train.checkpoint import CheckpointStore
-from distft.train.state import Position, RunState
 
 SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
 
@@ -112,9 +113,10 @@ class GracefulStop(StepCounter):
         if self.size > 1:
             import horovod.tensorflow as hvd_tf
 
-            signum, step_seconds, voted = hvd_tf.allreduce(
-                tf.constant([float(signum), step_seconds, voted], tf.float64), op=hvd_tf.Max,
-                name="distft_stop").numpy()
+            with PROGRESS.collective("allreduce distft_stop from GracefulStop"):
+                signum, step_seconds, voted = hvd_tf.allreduce(
+                    tf.constant([float(signum), step_seconds, voted], tf.float64), op=hvd_tf.Max,
+                    name="distft_stop").numpy()
             signum = int(signum)
         if step_seconds > 0:  # a multiple of 10: checks fall on steps 10, 20, ... of an epoch
             self.every = 10 * max(1, min(100, int(self.interval / step_seconds / 10)))

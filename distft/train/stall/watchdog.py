@@ -1,0 +1,206 @@
+"""The stall watchdog of a fixed-size job (`--stall_timeout`): a rank that keeps the others
+waiting is named in one line, every live rank's Python stack and last phases and collectives
+go to `stall-report.txt` in the run folder, and the job exits with code 75 (resume later) from
+its last checkpoint, which is intact (checkpoints are renamed into place whole).
+
+Rank 0 judges (train/stall/verdict.py) what every rank's heartbeat says, each second; the
+other ranks judge rank 0 by its answers, so a stalled rank 0 is named too (by rank 1 first,
+the others a little later). Horovod's own stall warning and Gloo's time-out are moved past the
+watchdog's (`horovod_settings`), so its line comes first. Off with --stall_timeout=0, on one
+worker, and in elastic mode (where a lost worker is Horovod's to handle).
+
+Example (on every rank):
+    worker = Worker.start(threads, horovod=horovod_settings(cfg.stall_timeout, elastic=False))
+    with watching(worker, cfg.stall_timeout, RunFolder("runs/a")):
+        train()
+"""
+from __future__ import annotations
+
+import os
+import socket
+import sys
+import threading
+import time
+from contextlib import contextmanager
+from typing import Callable, Iterator, Optional, TypeVar
+
+from distft import log
+from distft.errors import Stopped
+from distft.train.output import RunFolder
+from distft.train.runtime import Worker
+from distft.train.stall import proc
+from distft.train.stall.channel import INTERVAL, Hub, Link, stack
+from distft.train.stall.progress import PROGRESS
+from distft.train.stall.verdict import RankView, Verdict, judge
+
+REPORT = "stall-report.txt"
+# Seconds that Gloo's time-out and Horovod's stall warning come after the watchdog's line.
+HOROVOD_MARGIN = 60
+ANSWER_WAIT = 5.0  # seconds to wait for the live ranks' stacks, and for the run folder
+T = TypeVar("T")
+
+
+def horovod_settings(timeout: int, elastic: bool) -> dict[str, str]:
+    """Horovod's settings (for `hvd.init()`) that leave a stall to the watchdog: Gloo's
+    collective time-out (30 s by default, whose raw error would end the job first) and
+    Horovod's stall warning (60 s) after it. None at --stall_timeout=0 or in elastic mode."""
+    if not timeout or elastic:
+        return {}
+    later = str(timeout + HOROVOD_MARGIN)
+    return {"HOROVOD_GLOO_TIMEOUT_SECONDS": later, "HOROVOD_STALL_CHECK_TIME_SECONDS": later}
+
+
+@contextmanager
+def watching(worker: Worker, timeout: int, folder: RunFolder) -> Iterator[None]:
+    """The watchdog on this rank for the block (off at `timeout` 0, alone, or elastic)."""
+    dog = Watchdog.start(worker, timeout, folder) if timeout and worker.size > 1 and \
+        not worker.env.elastic else None
+    try:
+        yield
+    finally:
+        if dog:
+            dog.stop()
+
+
+class Watchdog:
+    """One rank's watchdog: its link to rank 0's hub, and the thread that judges (rank 0: every
+    rank; the others: rank 0)."""
+
+    def __init__(self, worker: Worker, timeout: int, folder: RunFolder, hub: Optional[Hub], link: Link,
+                 peers: list[tuple[str, str, int]]):
+        self.rank, self.timeout, self.folder, self.hub, self.link = worker.rank, timeout, folder, hub, link
+        self.peers = peers  # each rank's (node name, host name, pid)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="distft-stall-watchdog", daemon=True)
+        self._thread.start()
+
+    @classmethod
+    def start(cls, worker: Worker, timeout: int, folder: RunFolder) -> Optional[Watchdog]:
+        """Rank 0's hub up, every rank linked to it (its address travels by Horovod, while
+        that still works); None, with a warning, if a rank cannot reach it."""
+        hub = Hub() if worker.rank == 0 else None
+        address = tuple(worker.broadcast((worker.address, hub.port) if hub else None))
+        peers = worker.gather((worker.node_name, socket.gethostname(), os.getpid()))
+        link, error = None, None
+        try:
+            link = Link(address, worker.rank, _beat, on_exit=_exit)
+        except OSError as e:
+            error = f"rank {worker.rank} cannot reach rank 0 at {address[0]}:{address[1]} ({e})"
+        errors = [e for e in worker.gather(error) if e]
+        if errors:
+            log.warning("no stall watchdog (--stall_timeout): %s", errors[0])
+            for end in (link, hub):
+                if end:
+                    end.close()
+            return None
+        return cls(worker, timeout, folder, hub, link, peers)
+
+    def stop(self) -> None:
+        """This rank's run ended: leave the hub (rank 0: close it)."""
+        self._stop.set()
+        self._thread.join()
+        self.link.close()
+        if self.hub:
+            self.hub.close()
+
+    def _watch(self) -> None:
+        # The lowest live rank names a stalled rank 0 first; the next ranks a little later.
+        late = self.timeout + 2 * INTERVAL * max(0, self.rank - 1)
+        while not self._stop.wait(INTERVAL):
+            if self.hub:
+                views = [self._view(rank, *self.hub.seen(rank)) for rank in range(len(self.peers))
+                         if rank not in self.hub.left]
+                verdict = judge(views, self.timeout)
+            else:
+                silent = time.monotonic() - self.link.answered
+                if silent <= late:
+                    continue
+                last = {"phase": self.link.hub_phase} if self.link.hub_phase else {}
+                views = [self._view(0, last, silent, silent), self._view(self.rank, _beat(), 0, 0)]
+                verdict = judge(views[:1], self.timeout)
+            if verdict:
+                self._give(verdict, views)
+
+    def _view(self, rank: int, beat: dict, silent: float, still: float) -> RankView:
+        node, host, pid = self.peers[rank]
+        here = host == socket.gethostname() and silent > 2 * INTERVAL
+        return RankView(rank, node, pid, silent, still, beat, proc.state(pid) if here else None)
+
+    def _give(self, verdict: Verdict, views: list[RankView]) -> None:
+        """Name the stalled rank(s), write the report, tell the live ranks to exit, exit 75."""
+        live = [v.rank for v in views if v.silent <= self.timeout]
+        stacks = self._stacks(live)
+        report = _within(ANSWER_WAIT, lambda: self._report(verdict, views, stacks),
+                         f"no {REPORT}: the run folder {self.folder.path} does not answer")
+        hint = _within(ANSWER_WAIT, self._resume_hint, "the run folder does not answer, so which "
+                       "checkpoint is intact is unknown; run the same command with --resume")
+        print(f"distft: error: {verdict.line}; {hint}; {report}", file=sys.stderr, flush=True)
+        others = [r for r in live if r != self.rank]
+        if self.hub and others:  # they leave quietly, not with Horovod's error at this exit
+            self.hub.ask(others, "exit")
+            time.sleep(2 * INTERVAL)  # their next heartbeat
+        _exit()
+
+    def _stacks(self, live: list[int]) -> dict[int, str]:
+        """Each live rank's Python stack (all threads); rank 0 asks over the hub."""
+        if not self.hub:
+            return {self.rank: stack()}
+        self.hub.ask(live, "stack")
+        deadline = time.monotonic() + ANSWER_WAIT
+        while time.monotonic() < deadline and not set(live) <= set(self.hub.stacks):
+            time.sleep(0.1)
+        return dict(self.hub.stacks)
+
+    def _resume_hint(self) -> str:
+        store = self.folder.checkpoints
+        latest = store.latest()
+        then = f" to continue from {latest[1].position.next_step()}" if latest else ""
+        return f"{store.intact()}; run the same command with --resume{then}"
+
+    def _report(self, verdict: Verdict, views: list[RankView], stacks: dict[int, str]) -> str:
+        """Write stall-report.txt; the line's mention of it."""
+        path = self.folder.file(REPORT)
+        parts = [f"distft stall report, {time.strftime('%Y-%m-%d %H:%M:%S')}, written by rank "
+                 f"{self.rank} (--stall_timeout={self.timeout})", "", verdict.line]
+        for v in views:
+            beat = v.beat
+            parts += ["", f"== {v.who}: last heartbeat {v.silent:.1f} s ago, progress last moved "
+                          f"{v.still:.1f} s ago{f', {v.state}' if v.state else ''}",
+                      f"phase: {v.phase}" + (f" ({beat['read']})" if beat.get("read") else ""),
+                      f"last train step: {beat.get('last_step') or 'none'}",
+                      f"last phases (oldest first): {' > '.join(beat.get('phases', [])) or 'unknown'}",
+                      "last collectives (oldest first):",
+                      *[f"  #{seq} {name}" for seq, name in beat.get("collectives", [])],
+                      "Python stack:" if v.rank in stacks else "Python stack: none (it did not answer)",
+                      stacks.get(v.rank, "").rstrip()]
+        os.makedirs(self.folder.path, exist_ok=True)
+        with open(path, "w") as f:
+            f.write("\n".join(parts) + "\n")
+        return f"every live rank's stack and last collectives are in {path}"
+
+
+def _beat() -> dict:
+    """This rank's heartbeat: its progress, and the file it is blocked reading, if any."""
+    beat = PROGRESS.snapshot()
+    beat["read"] = proc.blocked_read()
+    return beat
+
+
+def _exit() -> None:
+    """Leave at once with exit code 75 (resume later): the main thread may be blocked in a
+    collective that never returns."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(Stopped.EXIT_CODE)
+
+
+def _within(seconds: float, fn: Callable[[], T], otherwise: T) -> T:
+    """`fn()`, or `otherwise` if it does not return within `seconds` (a hung file system)."""
+    result: list = []
+    done = threading.Thread(target=lambda: result.append(fn()), daemon=True)
+    done.start()
+    done.join(seconds)
+    return result[0] if result else otherwise
