@@ -1,6 +1,9 @@
 """The cost of starting: stock `horovodrun` against distft's launcher (distft/launch/horovodrun.py,
-whose build check reads a cache instead of forking a process that imports TensorFlow), and the
-training stream built as one pipeline over the epochs against one pipeline an epoch.
+whose build check reads a cache instead of forking a process that imports TensorFlow), the
+training stream built as one pipeline over the epochs against one pipeline an epoch, and a
+worker's imports as distft makes them (log.import_tensorflow: matplotlib hidden from Keras,
+ml_dtypes < 0.7) against a plain `import keras` beside ml_dtypes 0.7.0 (pip installs it into a
+temporary folder put first on the path).
 
 Each launcher starts 2 workers that run `python -c pass`, so what is measured is the launcher:
 seconds from start to exit, and CPU seconds of the launcher and everything it started
@@ -42,6 +45,7 @@ def main(argv: list[str]) -> int:
     print(f"command: {command}", flush=True)
     launch("distft", args.np)  # the cache, written once
     data = demo_training_data()
+    old_ml_dtypes = ml_dtypes_070()
     rounds = []
     for r in range(1, args.rounds + 1):
         row: dict[str, Any] = {"round": r, "load": os.getloadavg()[0]}
@@ -52,10 +56,13 @@ def main(argv: list[str]) -> int:
         row["stream_by_epoch"], row["stream_one"] = (stream_seconds(data, args.epochs, by_epoch)
                                                      for by_epoch in (True, False))
         row["stream_ratio"] = row["stream_by_epoch"] / row["stream_one"]
+        row["imports_before"], row["imports_distft"] = (worker_imports(path) for path in (old_ml_dtypes, None))
+        row["imports_ratio"] = row["imports_before"] / row["imports_distft"]
         print(f"  round {r}/{args.rounds}: horovodrun {row['horovodrun']['seconds']:.2f}s "
               f"({row['horovodrun']['cpu_seconds']:.2f} CPU-s), distft {row['distft']['seconds']:.2f}s "
               f"({row['distft']['cpu_seconds']:.2f} CPU-s); stream of {args.epochs} epochs "
-              f"{row['stream_by_epoch']:.2f}s by epoch, {row['stream_one']:.2f}s as one",
+              f"{row['stream_by_epoch']:.2f}s by epoch, {row['stream_one']:.2f}s as one; a worker's "
+              f"imports {row['imports_before']:.2f} CPU-s before, {row['imports_distft']:.2f} now",
               file=sys.stderr, flush=True)
         rounds.append(row)
     result = {
@@ -67,6 +74,7 @@ def main(argv: list[str]) -> int:
         "median_wall_ratio": statistics.median(r["wall_ratio"] for r in rounds),
         "median_cpu_ratio": statistics.median(r["cpu_ratio"] for r in rounds),
         "median_stream_ratio": statistics.median(r["stream_ratio"] for r in rounds),
+        "median_imports_ratio": statistics.median(r["imports_ratio"] for r in rounds),
     }
     print(table(result))
     save(result, args.output)
@@ -82,6 +90,34 @@ def launch(name: str, np: int) -> dict[str, float]:
     seconds, after = time.time() - started, resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
     return {"seconds": round(seconds, 3), "cpu_seconds": round(cpu, 3)}
+
+
+# What a worker imports before it trains, as distft imports it or as a plain script would.
+IMPORTS = {"distft": "from distft import log; log.import_tensorflow(); import horovod.tensorflow",
+           "before": "import keras, horovod.tensorflow"}
+
+
+def ml_dtypes_070() -> str:
+    """A folder holding ml_dtypes 0.7.0 alone (the release before distft's pin)."""
+    import tempfile
+
+    folder = tempfile.mkdtemp(prefix="distft-bench-ml_dtypes-")
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", folder,
+                    "ml_dtypes==0.7.0"], check=True)
+    return folder
+
+
+def worker_imports(old_ml_dtypes: str | None) -> float:
+    """CPU seconds of a process that imports what a worker imports: distft's way (None), or
+    plainly with ml_dtypes 0.7.0 from `old_ml_dtypes` first on the path."""
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    if old_ml_dtypes:
+        env["PYTHONPATH"] = os.pathsep.join([old_ml_dtypes, os.getcwd()])
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    subprocess.run([sys.executable, "-c", IMPORTS["before" if old_ml_dtypes else "distft"]], check=True,
+                   capture_output=True, env=env)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return round((after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime), 3)
 
 
 def demo_training_data():
@@ -126,7 +162,12 @@ def table(result: dict[str, Any]) -> str:
               "", "| round | epoch by epoch s | one pipeline s | ratio |", "|---|---|---|---|"]
     lines += [f"| {r['round']} | {r['stream_by_epoch']:.2f} | {r['stream_one']:.3f} | {r['stream_ratio']:.0f} |"
               for r in result["rounds"]]
-    lines += ["", f"median: the epoch-by-epoch build takes {result['median_stream_ratio']:.0f}x the seconds"]
+    lines += ["", f"median: the epoch-by-epoch build takes {result['median_stream_ratio']:.0f}x the seconds",
+              "", "### A worker's imports (TensorFlow, Keras, Horovod), CPU seconds",
+              "", "| round | plain, ml_dtypes 0.7.0 | distft's | ratio |", "|---|---|---|---|"]
+    lines += [f"| {r['round']} | {r['imports_before']:.2f} | {r['imports_distft']:.2f} | {r['imports_ratio']:.2f} |"
+              for r in result["rounds"]]
+    lines += ["", f"median: the plain imports take {result['median_imports_ratio']:.2f}x the CPU seconds"]
     return "\n".join(lines)
 
 

@@ -184,7 +184,7 @@ def test_bad_input_under_a_users_own_horovodrun(demo_data, tmp_path):
     (out / "keep.txt").write_text("earlier work")
     started = time.time()
     result = horovodrun(["train", f"--model={demo_data['model']}", "--data=nothing/*.tfrecord",
-                         "--num_classes=5", f"--output_dir={out}"], timeout=90)
+                         "--num_classes=5", f"--output_dir={out}"], stock=True, timeout=90)
     assert time.time() - started < 60
     assert one_error(result, "matches no data file", launcher=True).startswith("[0]<stderr>:")
     assert sorted(os.listdir(out)) == ["keep.txt"]

@@ -185,11 +185,11 @@ def test_fp16_averaging_does_not_overflow_where_one_worker_does_not(tmp_path):
     Average with fp16 compression); dividing first gives the mean."""
     import sys
 
-    from conftest import HOROVODRUN, run
+    from conftest import LAUNCHER, run
 
     script = tmp_path / "fp16_sum.py"
     script.write_text(FP16_SUM)
-    result = run([HOROVODRUN, "-np", "2", "-H", "localhost:2", "--gloo", sys.executable, str(script)],
+    result = run([*LAUNCHER, "-np", "2", "-H", "localhost:2", "--gloo", sys.executable, str(script)],
                  timeout=180)
     assert result.code == 0, result.out[-3000:]
     line = next(l for l in result.lines if "fp16 mean" in l)

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import DISTFT, HOROVODRUN, Job, Started, horovodrun, horovodrun_command, one_line
+from conftest import Job, Started, horovodrun, horovodrun_command, one_line
 from distft.train.callbacks.resumed import ResumedRun
 from distft.train.callbacks.steps import StepCounter
 from distft.train.execution import Execution
@@ -128,8 +128,7 @@ def test_four_steps_a_call_stopped_and_resumed_ends_where_one_step_a_call_ends(d
 
     run_dir, straight = str(tmp_path / "n4"), str(tmp_path / "n1")
     whole = Started(horovodrun_command(train(demo_data, straight, 1)), timeout=400)  # side by side
-    job = Job([HOROVODRUN, "-np", "2", "-H", "localhost:2", "--gloo", DISTFT, *train(demo_data, run_dir, N)],
-              str(tmp_path / "log"))
+    job = Job(horovodrun_command(train(demo_data, run_dir, N)), str(tmp_path / "log"))
     job.wait_for("steps/epoch of 8 per worker")  # set-up: the first stop check, after step 10, sees it
     os.kill(job.worker_pid(1), signal.SIGTERM)
     assert job.wait(120) != 0

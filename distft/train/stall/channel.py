@@ -50,8 +50,11 @@ class Hub:
 
         class Handler(socketserver.StreamRequestHandler):
             def handle(self):
-                for line in self.rfile:
-                    self.wfile.write((json.dumps(hub._heard(json.loads(line))) + "\n").encode())
+                try:
+                    for line in self.rfile:
+                        self.wfile.write((json.dumps(hub._heard(json.loads(line))) + "\n").encode())
+                except (OSError, ValueError):  # the rank ended mid-line (its socket reset): no beats
+                    pass
 
         self._server = socketserver.ThreadingTCPServer(("", 0), Handler, bind_and_activate=False)
         self._server.daemon_threads = True
