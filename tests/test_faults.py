@@ -4,6 +4,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import time
 
@@ -39,6 +40,9 @@ def resume_and_run_straight(args, run_dir: str, state, steps: int, tmp_path) -> 
     return straight
 
 
+USER_CALLBACKS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "user_callbacks.py")
+
+
 def train_args(demo_data, run_dir, epochs):
     return ["train", f"--model={demo_data['model']}", f"--data={demo_data['data']}",
             f"--val_data={demo_data['val_data']}", "--num_classes=5", "--unfreeze=last:2",
@@ -49,7 +53,9 @@ def test_a_stopped_rank_is_named_and_resume_goes_on(demo_data, tmp_path):
     """Two jobs side by side, rank 1 SIGSTOPped mid-epoch in one and rank 0 (its watchdog with
     it) in the other: within --stall_timeout + 10 s one line names the rank (host, pid,
     stopped; rank 1 names a stopped rank 0), stall-report.txt holds the live rank's stack, the
-    job exits 75 with the resume hint, and --resume goes on from the checkpoint kept to the end."""
+    job exits 75 with the resume hint, and --resume goes on from the checkpoint kept to the end.
+    A third job beside them, whose user callback calls a collective on rank 0 alone, ends the
+    same way with rank 0 named as the divergence, with the line of the callback's call."""
     from distft.train.checkpoint import CheckpointStore
 
     timeout, started = 15, time.time()
@@ -57,6 +63,10 @@ def test_a_stopped_rank_is_named_and_resume_goes_on(demo_data, tmp_path):
     args = {rank: [*train_args(demo_data, runs[rank], 5 if rank else 100), f"--stall_timeout={timeout}",
                    "--np=2"] for rank in runs}
     jobs = {rank: Job([DISTFT, *args[rank]], str(tmp_path / f"rank{rank}.log")) for rank in runs}
+    # A third job, beside them: a user callback calls a collective on rank 0 alone (a divergence).
+    planted = Job([DISTFT, *train_args(demo_data, tmp_path / "planted", 100), f"--stall_timeout={timeout}",
+                   "--np=2", f"--import={USER_CALLBACKS}",
+                   "--callbacks=user_callbacks.CollectiveOnOneRank(rank=0, epoch=2)"], str(tmp_path / "planted.log"))
     pids, stopped = {}, {}
     for rank, job in jobs.items():
         job.wait_for("epoch 2/")
@@ -81,6 +91,11 @@ def test_a_stopped_rank_is_named_and_resume_goes_on(demo_data, tmp_path):
                                "progress for "), line
         assert "Traceback" not in job.out and "Horovod has been shut down" not in job.out
     assert ": stopped (state T); last seen in " in lines[0] and "--resume" in lines[0], lines[0]
+    assert planted.wait(timeout + 120) == 75, planted.out[-3000:]
+    line = one_line(planted.out, "distft: error:")
+    assert re.match(r"distft: error: rank 0 \(host localhost, pid \d+\) entered a different collective "
+                    r"from the others: Horovod allreduce from user_callbacks\.py:\d+ in on_epoch_end ", line), line
+    assert "while rank 1 is in collective #" in line and "--resume" in line, line
     with open(runs[0] / "stall-report.txt") as f:
         assert "written by rank 1" in f.read()
 
@@ -162,7 +177,9 @@ def test_worker_that_fails_mid_run_ends_the_job(demo_data, tmp_path):
     failed = time.time()
     assert job.wait(60) != 0 and time.time() - failed < 60
     line = one_line(job.out, "distft: error:")
-    assert "rank 1: training failed: NotFoundError" in line, line
+    assert re.match(rf"distft: error: rank 1: could not read {data}/train-0[13]\.tfrecord mid-run on host "
+                    rf"{socket.gethostname()} \(No such file or directory\): make it readable again, then "
+                    r"run the same command with --resume", line), line
     assert "Traceback" not in job.out
 
 

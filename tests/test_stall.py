@@ -7,7 +7,7 @@ import time
 
 from distft.train.stall import proc
 from distft.train.stall.channel import Hub, Link
-from distft.train.stall.progress import Progress
+from distft.train.stall.progress import Progress, horovod_call
 from distft.train.stall.verdict import RankView, judge
 
 TIMEOUT = 60
@@ -77,6 +77,50 @@ def test_rank_0_alone_in_a_collective_is_named_as_divergent():
         "rank 0 (host n1, pid 100) entered a different collective from the others: collective #9 "
         "broadcast from Rank0Only.on_epoch_end, while rank 1 is in collective #9 allreduce "
         "distft_evaluate from summed_results")
+
+
+def test_a_horovod_call_of_the_users_own_code_is_named_as_the_divergence():
+    """Rank 0's callback called Horovod itself (its own collective, not numbered by distft);
+    rank 1 went on to distft's next collective, which it first enters: rank 0 is named."""
+    call = "Horovod allreduce from user_callbacks.py:40 in on_epoch_end"
+    rank0 = dict(beat("", 4, history=["allreduce distft_evaluate from summed_results"] * 3),
+                 phase=f"{call} (not one of distft's collectives; in callback AgreedStop.on_epoch_end)",
+                 collective=[None, call], waiting=True)
+    views = [view(0, rank0), view(1, beat("", 5, "gather distft_callbacks_stop"))]
+    verdict = judge(views, TIMEOUT)
+    assert verdict.ranks == (0,)
+    assert verdict.line.startswith(f"rank 0 (host n1, pid 100) entered a different collective from the "
+                                   f"others: {call} (not one of distft's collectives"), verdict.line
+
+
+def test_a_thread_inside_horovods_python_is_found_with_its_caller(tmp_path):
+    """horovod_call walks a thread's frames: the outermost Horovod one and the line that called it."""
+    package = tmp_path / "horovod"
+    package.mkdir()
+    (package / "fake_ops.py").write_text("def allreduce(event):\n    event.wait(10)\n")
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("fake_ops", package / "fake_ops.py")
+    ops = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ops)
+    release = threading.Event()
+
+    def on_epoch_end():
+        ops.allreduce(release)
+
+    thread = threading.Thread(target=on_epoch_end)
+    thread.start()
+    try:
+        deadline = time.time() + 5
+        while horovod_call(thread.ident) is None and time.time() < deadline:
+            time.sleep(0.01)
+        found = horovod_call(thread.ident)
+    finally:
+        release.set()
+        thread.join()
+    line = on_epoch_end.__code__.co_firstlineno + 1
+    assert found == f"allreduce from test_stall.py:{line} in on_epoch_end", found
+    assert horovod_call(threading.get_ident()) is None  # this thread is in no Horovod code
 
 
 def test_the_odd_rank_out_is_named_and_an_uneven_loop_names_the_rank_that_left_it():

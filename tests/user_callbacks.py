@@ -27,3 +27,19 @@ class StopOnOneRank(keras.callbacks.Callback):
     def _stop(self):
         if detect().rank == self.rank:
             self.model.stop_training = True
+
+
+class CollectiveOnOneRank(keras.callbacks.Callback):
+    """At the end of epoch `epoch` (1-based), rank `rank` alone calls a Horovod allreduce: the
+    divergence that leaves every rank waiting in a collective the others never enter."""
+
+    def __init__(self, rank: int = 0, epoch: int = 2):
+        super().__init__()
+        self.rank, self.epoch = rank, epoch
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch + 1 == self.epoch and detect().rank == self.rank:
+            import horovod.tensorflow as hvd
+            import tensorflow as tf
+
+            hvd.allreduce(tf.constant(1.0), name="planted")

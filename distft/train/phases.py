@@ -12,6 +12,8 @@ Example (under `horovodrun -np 2`):
 """
 from __future__ import annotations
 
+import re
+import socket
 from dataclasses import dataclass
 from typing import Callable, Optional
 
@@ -114,14 +116,29 @@ def fit(setup: Setup, position: Position, data: Inputs, cbs: Callbacks):
         if cbs.tensorboard:
             cbs.tensorboard.on_train_end()
     except tf.errors.OpError as e:  # e.g. a shard that vanished or broke mid-run
-        raise DistftError(f"training failed: {type(e).__name__}: {root_cause(e.message)}",
-                          exit_code=1, local=True) from e
+        raise failed(e) from e
     if cbs.stop.requested:
         where = cbs.stop.position
         raise Stopped(f"{setup.signals.name} received: stopped at {where.stopped_at()} with a "
                       f"checkpoint in {setup.folder.checkpoints.folder}; run the same command with "
                       f"--resume to continue from {where.next_step()}")
     return history
+
+
+# A data file that became unreadable mid-run: TensorFlow's message starts with its path.
+_UNREADABLE = re.compile(r"(?P<path>/[^;]+); (?P<why>.+?)(?: \[Op:\w+\])?$")
+
+
+def failed(e: tf.errors.OpError) -> DistftError:
+    """The line of a step that failed on this rank (`local`: the CLI prefixes the rank): a data
+    file that could not be read is named with the host and what to do."""
+    cause = root_cause(e.message)
+    found = _UNREADABLE.match(cause)
+    if found and isinstance(e, (tf.errors.NotFoundError, tf.errors.PermissionDeniedError)):
+        return DistftError(f"could not read {found['path']} mid-run on host {socket.gethostname()} "
+                           f"({found['why']}): make it readable again, then run the same command with "
+                           "--resume (the last checkpoint is kept)", exit_code=1, local=True)
+    return DistftError(f"training failed: {type(e).__name__}: {cause}", exit_code=1, local=True)
 
 
 def _fit(model: keras.Model, stream: tf.data.Dataset, streams: Callable[..., tf.data.Dataset],

@@ -15,12 +15,15 @@ Example:
 """
 from __future__ import annotations
 
+import os
+import sys
 import threading
 from collections import deque
 from contextlib import contextmanager
 from typing import Any, Iterator, Optional
 
 HISTORY = 20  # phases and collectives kept for the stall report
+HOROVOD = f"{os.sep}horovod{os.sep}"  # in the path of Horovod's own Python files
 
 
 class Progress:
@@ -36,6 +39,7 @@ class Progress:
         self._phases: deque[str] = deque([self._phase], maxlen=history)
         self._collectives: deque[tuple[int, str]] = deque(maxlen=history)
         self._lock = threading.Lock()  # the histories, against the reader's copy
+        self._main = threading.main_thread().ident  # the thread that trains
 
     def enter(self, name: str) -> None:
         """This rank is now in phase `name` (out of any train step)."""
@@ -80,7 +84,12 @@ class Progress:
         inside, step, in_step = self._inside, self._step, self._in_step
         with self._lock:
             phases, collectives = list(self._phases), [list(c) for c in self._collectives]
-        if inside:
+        if not inside and not in_step:  # a collective of the user's own code (a callback's)?
+            call = horovod_call(self._main)
+            inside = (None, f"Horovod {call}") if call else None
+        if inside and inside[0] is None:
+            where = f"{inside[1]} (not one of distft's collectives; in {self._phase})"
+        elif inside:
             where = f"collective #{inside[0]} {inside[1]}"
         elif in_step and step:
             where = f"train step {step[1] + 1} of epoch {step[0] + 1}"
@@ -90,6 +99,21 @@ class Progress:
                 "seq": self.seq, "collective": list(inside) if inside else None,
                 "last_step": f"epoch {step[0] + 1} step {step[1] + 1}" if step else None,
                 "phases": phases, "collectives": collectives}
+
+
+def horovod_call(thread: int) -> Optional[str]:
+    """The Horovod function that `thread` is in, with the line that called it (e.g. "allreduce
+    from callbacks.py:31 in on_epoch_end"), or None: a collective distft did not enter itself.
+    Inside a train step Horovod's ops run in TensorFlow's graph, not in Python frames."""
+    frame, found = sys._current_frames().get(thread), None
+    while frame is not None:  # from the innermost frame out
+        if HOROVOD in frame.f_code.co_filename:
+            found = frame
+        elif found is not None:
+            code = frame.f_code
+            return f"{found.f_code.co_name} from {os.path.basename(code.co_filename)}:{frame.f_lineno} in {code.co_name}"
+        frame = frame.f_back
+    return None
 
 
 PROGRESS = Progress()  # this process's: one rank a process

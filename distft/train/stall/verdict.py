@@ -7,9 +7,10 @@ In the order tried:
    b. a rank busy elsewhere (a callback, a checkpoint, rank 0's part of an `agree`) while the
       others wait in a collective;
    c. a rank that entered a different collective from the others (the divergence of a
-      callback that calls a collective on one rank only, or of an uneven loop): the odd one
-      out, or else the rank in a collective that no other rank ever entered, or else the one in
-      a collective while the others are in a train step;
+      callback that calls a collective on one rank only, or of an uneven loop): the rank in a
+      Horovod call of its own code (not one of distft's collectives) while the others are not,
+      else the odd one out, else the rank in a collective that no other rank ever entered, else
+      the one in a collective while the others are in a train step;
    d. every rank waiting at the same place: all are named.
 While no rank waits (all compute, however long), nothing is decided.
 
@@ -93,6 +94,9 @@ def judge(views: list[RankView], timeout: float) -> Optional[Verdict]:
 
 def _odd(views: list[RankView]) -> list[RankView]:
     """The ranks whose place (or collective number) differs from the others', [] if none."""
+    foreign = [v for v in views if v.beat.get("collective") and v.beat["collective"][0] is None]
+    if 0 < len(foreign) < len(views):  # a user's callback called Horovod on these ranks only
+        return foreign
     for key in (lambda v: v.place, lambda v: v.beat.get("seq")):
         groups = Counter(key(v) for v in views)
         if len(groups) == 1:
