@@ -302,8 +302,9 @@ def main(argv: Optional[list[str]] = None) -> None:
     except DistftError as e:
         if debug:
             traceback.print_exc()
-        rank = detect().rank
-        if e.local and rank:
+        env = detect()
+        rank = env.rank
+        if e.local and env.size > 1:  # this rank's alone: named, rank 0 too
             print(f"distft: {e.label}: rank {rank}: {e}", file=sys.stderr, flush=True)
         elif rank == 0 and not e.reported:
             print(f"distft: {e.label}: {e}", file=sys.stderr, flush=True)

@@ -69,6 +69,10 @@ fi
 say "installing distft (editable, with dev extras)"
 pip_install -e ".[dev]"
 pip_install -e ".[profile]"  # TensorBoard's Profile tab (distft train --profile)
+# ml_dtypes 0.7.0, which TensorFlow 2.21 takes (>= 0.5.1), spends ~0.5 CPU-s in its own import,
+# in every worker; 0.6.0 does not (python -m benchmarks launch). Not a dependency of distft's:
+# `pip install distft` changes no package already installed (docs/install.md suggests it).
+pip_install "ml_dtypes>=0.5.1,<0.7"
 # tf-keras (Keras 2 on this TensorFlow) for the benchmark's MultiWorkerMirroredStrategy contender,
 # without its dependencies: it requires the 'tensorflow' package, which pip would install over
 # tensorflow-cpu (the same files), breaking TensorFlow.

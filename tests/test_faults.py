@@ -162,7 +162,7 @@ def test_killed_worker_ends_the_job_within_60s(demo_data, tmp_path, controller):
 
 
 def test_worker_that_fails_mid_run_ends_the_job(demo_data, tmp_path):
-    # Rank 1 reads train-01 and train-03 (balanced whole files); they vanish mid-run.
+    # Two of the four files vanish mid-run: the worker that reads one names it.
     data = tmp_path / "data"
     data.mkdir()
     for name in os.listdir(os.path.dirname(demo_data["data"])):
@@ -177,7 +177,8 @@ def test_worker_that_fails_mid_run_ends_the_job(demo_data, tmp_path):
     failed = time.time()
     assert job.wait(60) != 0 and time.time() - failed < 60
     line = one_line(job.out, "distft: error:")
-    assert re.match(rf"distft: error: rank 1: could not read {data}/train-0[13]\.tfrecord mid-run on host "
+    # Rank 1 read them first; shards move between workers each epoch, so either may hit it.
+    assert re.match(rf"distft: error: rank [01]: could not read {data}/train-0[13]\.tfrecord mid-run on host "
                     rf"{socket.gethostname()} \(No such file or directory\): make it readable again, then "
                     r"run the same command with --resume", line), line
     assert "Traceback" not in job.out
