@@ -14,6 +14,12 @@ from dataclasses import dataclass
 
 import pytest
 
+# Open MPI's ranks poll busily while they wait in a collective: on this suite's 2 cores, shared by
+# 2-4 workers and the other tests, they take the CPU from the very workers they wait for (a
+# 2-worker MPI run here: ~1 CPU-s less when idle ranks yield, more under load). Open MPI yields on
+# its own only when it knows a node is oversubscribed.
+os.environ.setdefault("OMPI_MCA_mpi_yield_when_idle", "1")
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SLURM = os.path.join(ROOT, "slurm")
 BIN = os.path.dirname(sys.executable)

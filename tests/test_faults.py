@@ -184,6 +184,35 @@ def test_worker_that_fails_mid_run_ends_the_job(demo_data, tmp_path):
     assert "Traceback" not in job.out
 
 
+def test_a_worker_killed_by_the_oom_killer_is_named_with_memory(demo_data, tmp_path):
+    """The job runs in a memory cgroup of its own (2.5 GB) and rank 1 fills 4 GB: the kernel's
+    OOM killer ends it, and the job's one line says so, with the host."""
+    from distft.launch.oom import memory_cgroup
+
+    parent, version = memory_cgroup()
+    cgroup = os.path.join(parent, f"distft-oom-test-{os.getpid()}")
+    os.mkdir(cgroup)
+    try:
+        with open(os.path.join(cgroup, "memory.limit_in_bytes" if version == 1 else "memory.max"), "w") as f:
+            f.write(str(2500 * 2 ** 20))
+        enter = f'echo $$ > {cgroup}/cgroup.procs && exec "$0" "$@"'  # the launcher, and so its workers
+        job = Job(["sh", "-c", enter, DISTFT, *train_args(demo_data, tmp_path / "run", 100), "--np=2",
+                   f"--import={USER_CALLBACKS}", "--callbacks=user_callbacks.Allocate(rank=1, epoch=2)"],
+                  str(tmp_path / "log"))
+        assert job.wait(240) != 0
+    finally:
+        for _ in range(50):  # its processes leave the cgroup as they end
+            try:
+                os.rmdir(cgroup)
+                break
+            except OSError:
+                time.sleep(0.2)
+    line = one_line(job.out, "distft: error:")
+    assert line == (f"distft: error: rank 1 died (SIGKILL, exit code 137): out of memory (the kernel's OOM "
+                    f"killer, on host {socket.gethostname()}); give the job more memory or lower "
+                    "--batch_size; the job was stopped"), job.out[-3000:]
+
+
 def test_sigterm_mid_epoch_then_resume_ends_with_the_uninterrupted_weights(demo_data, tmp_path):
     """Stopped mid-epoch and resumed, a run ends where a run never stopped ends: the resumed
     epoch goes on at the step after the stop, in the same shuffled order, with the same

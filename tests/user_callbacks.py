@@ -43,3 +43,18 @@ class CollectiveOnOneRank(keras.callbacks.Callback):
             import tensorflow as tf
 
             hvd.allreduce(tf.constant(1.0), name="planted")
+
+
+class Allocate(keras.callbacks.Callback):
+    """At the start of epoch `epoch` (1-based), rank `rank` alone fills `megabytes` of memory
+    (a leak, or a batch too large for its host)."""
+
+    def __init__(self, rank: int = 1, epoch: int = 2, megabytes: int = 4000):
+        super().__init__()
+        self.rank, self.epoch, self.megabytes, self.held = rank, epoch, megabytes, None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if epoch + 1 == self.epoch and detect().rank == self.rank:
+            import numpy as np
+
+            self.held = np.ones(self.megabytes * 2 ** 20, np.uint8)  # touched: resident

@@ -11,6 +11,7 @@ import contextlib
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -22,6 +23,7 @@ from distft.errors import DistftError, Stopped
 from distft.horovod_install import require
 from distft.launch.elastic import Elastic
 from distft.launch.environment import LAUNCHED_AT, launched_at
+from distft.launch.oom import killed_since, oom_kills
 
 # horovodrun prefixes worker lines: "[1]<stdout>:" (Gloo) or "[1,0]<stdout>:" (MPI).
 _PREFIX = re.compile(r"^\[(\d+)(?:,(\d+))?\]<(stdout|stderr)>:")
@@ -66,6 +68,7 @@ def spawn(args: list[str], np: int, hosts: str | None = None, controller: str = 
                PYTHONUNBUFFERED="1", **{LAUNCHED_AT: str(launched_at())})
     if controller == "mpi" and os.geteuid() == 0:
         env.update(OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
+    oom_before = oom_kills()  # this machine's workers share this process's memory cgroup
     with elastic.resolved(hosts) if elastic else contextlib.nullcontext() as ready:
         cmd = horovodrun_command(args, np, hosts, controller, ready)
         # Its own session: a Ctrl-C at the terminal reaches this process alone, which turns it
@@ -84,7 +87,7 @@ def spawn(args: list[str], np: int, hosts: str | None = None, controller: str = 
     if stop.killed:
         raise Stopped("Ctrl-C (SIGINT) twice: the workers were killed at once, without a "
                       "checkpoint; --resume continues from the last one written", exit_code=130)
-    log.finish(code)
+    log.finish(code, out_of_memory=killed_since(oom_before))
 
 
 class JobLog:
@@ -123,8 +126,9 @@ class JobLog:
         elif self.debug or not (m or _LAUNCHER_NOISE.search(line)):
             sys.stdout.write(line)
 
-    def finish(self, code: int) -> None:
-        """Raise the job's outcome for horovodrun's exit code `code`."""
+    def finish(self, code: int, out_of_memory: bool = False) -> None:
+        """Raise the job's outcome for horovodrun's exit code `code`; `out_of_memory`: the
+        kernel's OOM killer ended a process of this machine's part of the job."""
         if self.stopped:
             raise Stopped("the workers stopped on a signal; see above", reported=True)
         if not code:
@@ -139,7 +143,11 @@ class JobLog:
                               f"and no new host within {waited} s; continue from the last "
                               "checkpoint with --resume", exit_code=Stopped.EXIT_CODE)
         if killed or (self.deaths and not self.errors):
-            raise DistftError(f"{(killed or self.deaths)[0]}; the job was stopped", exit_code=code)
+            death = (killed or self.deaths)[0]
+            if out_of_memory and "SIGKILL" in death:
+                death += (f": out of memory (the kernel's OOM killer, on host {socket.gethostname()}); "
+                          "give the job more memory or lower --batch_size")
+            raise DistftError(f"{death}; the job was stopped", exit_code=code)
         if self.errors:
             print(self.errors[0], file=sys.stderr, flush=True)
             # The worker's own code (2: bad input; 75: resume later), not the launcher's 1.
