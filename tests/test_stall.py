@@ -199,3 +199,21 @@ def test_heartbeats_stacks_and_orders_travel_over_the_side_channel():
         link.close()
         hub.close()
     assert 1 in hub.left
+
+
+def test_a_link_whose_hub_went_first_closes_quietly():
+    """Rank 0 (the hub) ended first, as when a data error ends every rank: a rank's link that
+    lost it closes without an error (no traceback after the job's one line)."""
+    import socket
+
+    server = socket.create_server(("127.0.0.1", 0))
+    link = Link(server.getsockname(), 1, lambda: {"phase": "train step 1 of epoch 1", "moves": 0},
+                on_exit=lambda: None, interval=0.05)
+    conn, _ = server.accept()
+    conn.close()  # the hub's end of the link, gone with its process
+    server.close()
+    deadline = time.time() + 5
+    while link._sock is not None and time.time() < deadline:  # it noticed, and dropped its socket
+        time.sleep(0.02)
+    assert link._sock is None
+    link.close()

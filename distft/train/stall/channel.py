@@ -121,12 +121,13 @@ class Link:
         """Tell the hub this rank's run has ended, and stop."""
         self._stop.set()
         self._thread.join()
+        if self._sock is None:  # the hub went first (its rank ended): nobody to tell
+            return
         try:
             self._send({"left": True})
         except OSError:
             pass
-        if self._sock:
-            self._sock.close()
+        self._sock.close()
 
     def _connect(self) -> None:
         self._sock = socket.create_connection(self.address, timeout=self.interval)
