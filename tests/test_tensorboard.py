@@ -1,5 +1,6 @@
 """Rank 0's TensorBoard log, read from the event files and from a real tensorboard server: one
 2-worker run with histograms and a profile window serves every view; one run with a slowed rank."""
+import contextlib
 import glob
 import gzip
 import json
@@ -208,33 +209,55 @@ def test_a_rank_is_slow_only_over_both_floors():
 
 
 def test_slow_rank_is_named_with_its_host_and_cores(demo_data, tmp_path):
-    """A competing process on rank 1's core, at a higher priority (its own autogroup, nice -5),
-    slows rank 1 for real."""
+    """Rank 1 moves itself into a cgroup with a CPU quota of a tenth of a core (the kernel's CFS
+    bandwidth control) as training starts: it computes several times slower for real, however
+    busy the machine is otherwise."""
     core = sorted(os.sched_getaffinity(0))[1]  # distft pins local rank 1 to the second core
-    hog = subprocess.Popen([sys.executable, "-c", HOG, str(core)], start_new_session=True)
-    try:
+    with cpu_quota(share=0.1) as cgroup:
         result = horovodrun(["train", f"--model={demo_data['model']}", f"--data={demo_data['data']}",
                              "--num_classes=5", "--unfreeze=all", "--batch_size=128",
                              "--steps_per_epoch=8", "--epochs=4", "--slow_rank=0.1", "--slow_rank_epochs=2",
-                             "--cache=memory",  # the hog slows its compute, not its input pipeline
+                             "--cache=memory",  # the quota slows its compute, not its input pipeline
+                             f"--import={USER_CALLBACKS}",
+                             f"--callbacks=user_callbacks.Throttle(rank=1, cgroup='{cgroup}')",
                              f"--output_dir={tmp_path}/run"])
-    finally:
-        hog.kill()
-        hog.wait()
     assert result.code == 0, result.out[-3000:]
     named = [l for l in result.lines if "is slow: busy" in l]
     print("\n".join(named))
     assert named and all(f"rank 1 (localhost cores {core}) is slow" in l for l in named), result.out[-3000:]
 
 
-HOG = """
-import os, sys
-os.sched_setaffinity(0, {int(sys.argv[1])})
-try:
-    with open("/proc/self/autogroup", "w") as f:  # above the workers' share (root only)
-        f.write("-5")
-except OSError:
-    pass
-while True:
-    pass
-"""
+USER_CALLBACKS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "user_callbacks.py")
+
+
+@contextlib.contextmanager
+def cpu_quota(share: float, period_us: int = 20000):
+    """A new cpu cgroup (v1's `cpu` controller, or v2's `cpu.max`) beside this process's, whose
+    processes together get `share` of one core; removed once its processes have ended."""
+    with open("/proc/self/cgroup") as f:
+        lines = [line.rstrip("\n").split(":", 2) for line in f]
+    for _, controllers, path in lines:
+        if "cpu" in controllers.split(","):
+            mount = os.path.join("/sys/fs/cgroup", controllers)
+            mount = mount if os.path.isdir(mount) else "/sys/fs/cgroup/cpu"
+            folder = os.path.join(mount, path.lstrip("/"), f"distft-slow-test-{os.getpid()}")
+            os.mkdir(folder)
+            limits = {"cpu.cfs_period_us": period_us, "cpu.cfs_quota_us": int(share * period_us)}
+            break
+    else:
+        path = next(path for _, controllers, path in lines if controllers == "")
+        folder = os.path.join("/sys/fs/cgroup", path.lstrip("/"), f"distft-slow-test-{os.getpid()}")
+        os.mkdir(folder)
+        limits = {"cpu.max": f"{int(share * period_us)} {period_us}"}
+    try:
+        for name, value in limits.items():
+            with open(os.path.join(folder, name), "w") as f:
+                f.write(str(value))
+        yield folder
+    finally:
+        for _ in range(50):  # its processes leave the cgroup as they end
+            try:
+                os.rmdir(folder)
+                break
+            except OSError:
+                time.sleep(0.2)

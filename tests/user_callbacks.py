@@ -58,3 +58,19 @@ class Allocate(keras.callbacks.Callback):
             import numpy as np
 
             self.held = np.ones(self.megabytes * 2 ** 20, np.uint8)  # touched: resident
+
+
+class Throttle(keras.callbacks.Callback):
+    """As training starts, rank `rank` alone moves itself into the cgroup `cgroup` (a CPU quota
+    the test set): that rank computes slower for real, whatever else runs on the machine."""
+
+    def __init__(self, cgroup: str, rank: int = 1):
+        super().__init__()
+        self.cgroup, self.rank = cgroup, rank
+
+    def on_train_begin(self, logs=None):
+        if detect().rank == self.rank:
+            import os
+
+            with open(os.path.join(self.cgroup, "cgroup.procs"), "w") as f:
+                f.write(str(os.getpid()))  # every thread of the process
