@@ -393,6 +393,22 @@ class TrainConfig:
         if self.elastic_timeout < 1:
             raise DistftError(f"--elastic_timeout must be at least 1 second, got {self.elastic_timeout}: "
                               f"pass e.g. --elastic_timeout={TrainConfig.elastic_timeout}")
+        if self.elastic:  # the launcher refuses before it starts a worker; distft.train.elastic again
+            self.check_elastic_mode()
+
+    def check_elastic_mode(self) -> None:
+        """Raise DistftError for what an elastic job cannot do."""
+        if not self.output_dir:
+            raise DistftError("elastic mode needs --output_dir: every worker, a late one too, must "
+                              "write to the same run folder")
+        if "HOROVOD_FUSION_THRESHOLD" in os.environ:
+            # Seen here with 64 MB and with Horovod's own default, 128 MB: the survivors of a lost
+            # worker crash in hvd.init() (SIGSEGV) instead of going on.
+            raise DistftError("HOROVOD_FUSION_THRESHOLD is set, and Horovod 0.28.1 crashes on an elastic "
+                              "reset when it is: unset it for elastic jobs (Horovod's 128 MB applies)")
+        if self.keep_best:  # its best so far is not part of the in-memory commits (RunState.best)
+            raise DistftError("--keep_best does not work in elastic mode yet: leave it out, and pick "
+                              "the best epoch's checkpoint by the metrics in its state.json")
     def _check_tensorboard(self) -> None:
         if self.generations < 0:
             raise DistftError(f"--generations must be >= 0 (epochs between generations; 0: off), "

@@ -23,7 +23,6 @@ Example (under `horovodrun -np 3 --min-np 2 ...`, which sets HOROVOD_ELASTIC=1):
 from __future__ import annotations
 
 import dataclasses
-import os
 import re
 import time
 from typing import Any, Callable, Optional
@@ -34,7 +33,6 @@ from horovod.common.exceptions import HorovodInternalError, HostsUpdatedInterrup
 
 from distft import log
 from distft.config import TrainConfig
-from distft.errors import DistftError
 from distft.train import optim
 from distft.train.callbacks.steps import StepCounter, crossed
 from distft.train.phases import fit, inputs, restore, sync
@@ -170,17 +168,7 @@ def run(cfg: TrainConfig, worker: Worker) -> dict[str, Any]:
     """Fine-tune in elastic mode: every worker sets up alone (no collective), since one may
     join while the others train; then the workers fit in attempts, each from the last commit
     on the workers there are. Returns the final metrics."""
-    if not cfg.output_dir:
-        raise DistftError("elastic mode needs --output_dir: every worker, a late one too, must "
-                          "write to the same run folder")
-    if "HOROVOD_FUSION_THRESHOLD" in os.environ:
-        # Seen here with 64 MB and with Horovod's own default, 128 MB: the survivors of a lost
-        # worker crash in hvd.init() (SIGSEGV) instead of going on.
-        raise DistftError("HOROVOD_FUSION_THRESHOLD is set, and Horovod 0.28.1 crashes on an elastic "
-                          "reset when it is: unset it for elastic jobs (Horovod's 128 MB applies)")
-    if cfg.keep_best:  # its best so far is not part of the in-memory commits (RunState.best)
-        raise DistftError("--keep_best does not work in elastic mode yet: leave it out, and pick "
-                          "the best epoch's checkpoint by the metrics in its state.json")
+    cfg.check_elastic_mode()  # under a user's own elastic horovodrun, too
     alone = worker.alone()
     setup = Setup.open(cfg, alone)
     trainee = Trainee.build(setup, alone)
