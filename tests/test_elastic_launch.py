@@ -68,9 +68,24 @@ def test_elastic_flag_errors(scripts, args, expected):
     one_error(result, expected)
 
 
+def test_what_elastic_mode_cannot_do_is_refused_before_a_worker_starts(monkeypatch):
+    """The launcher's config check refuses it (distft.train.elastic checks again on workers
+    that a user's own elastic horovodrun started)."""
+    elastic = dict(model="m", data="d", np=2, min_np=1)
+    with pytest.raises(DistftError, match="elastic mode needs --output_dir"):
+        TrainConfig.resolve(**elastic)
+    with pytest.raises(DistftError, match="--keep_best does not work in elastic mode yet"):
+        TrainConfig.resolve(**elastic, output_dir="o", keep_best="val_loss", val_split=0.2)
+    TrainConfig.resolve(**elastic, output_dir="o")
+    TrainConfig.resolve(model="m", data="d", np=2, keep_best="val_loss", val_split=0.2)  # a fixed job
+    monkeypatch.setenv("HOROVOD_FUSION_THRESHOLD", "67108864")
+    with pytest.raises(DistftError, match="HOROVOD_FUSION_THRESHOLD is set"):
+        TrainConfig.resolve(**elastic, output_dir="o")
+
+
 def test_elastic_options_make_horovodrun_command(scripts):
-    cfg = TrainConfig.resolve(model="m", data="d", np=3, min_np=2, commit_every=20, elastic_timeout=30,
-                              host_discovery=str(scripts / "hosts.sh"))
+    cfg = TrainConfig.resolve(model="m", data="d", output_dir="out", np=3, min_np=2, commit_every=20,
+                              elastic_timeout=30, host_discovery=str(scripts / "hosts.sh"))
     assert (cfg.elastic, cfg.commit_every) == (True, 20)
     assert not TrainConfig.resolve(model="m", data="d", np=3).elastic
     assert TrainConfig().commit_every == 100
