@@ -20,6 +20,12 @@ import pytest
 # its own only when it knows a node is oversubscribed.
 os.environ.setdefault("OMPI_MCA_mpi_yield_when_idle", "1")
 
+# In-process tests import TensorFlow as a worker does: its objects then stay out of the garbage
+# collector's scans (distft.log.import_tensorflow).
+from distft import log  # noqa: E402
+
+log.import_tensorflow()
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SLURM = os.path.join(ROOT, "slurm")
 BIN = os.path.dirname(sys.executable)

@@ -90,14 +90,18 @@ def test_installed_horovod_has_tensorflow_mpi_and_gloo_and_no_keras_layer_in_use
 
 def test_a_worker_imports_tensorflow_without_matplotlib_and_can_still_plot():
     """log.import_tensorflow hides matplotlib while Keras imports (its plotting helpers cost every
-    worker ~0.6 CPU-s); matplotlib itself still imports afterwards, for the confusion matrix."""
+    worker ~0.6 CPU-s); matplotlib itself still imports afterwards, for the confusion matrix.
+    The garbage collector is on again afterwards, with TensorFlow's objects frozen out of its
+    scans."""
     import subprocess
     import sys
 
-    code = ("import sys; from distft import log; log.import_tensorflow(); import keras;"
+    code = ("import gc, sys; from distft import log; log.import_tensorflow(); import keras;"
             "print('before', 'matplotlib' in sys.modules);"
+            "print('collector', gc.isenabled(), gc.get_freeze_count() > 100000, gc.get_count()[2] == 0);"
             "from distft.train.callbacks.confusion import render; import numpy as np;"
             "png = render(np.array([[3, 1], [0, 4]]), ['a', 'b'], 't'); print('png', png[:4] == b'\\x89PNG')")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
-    assert out.stdout.split() == ["before", "False", "png", "True"], out.stdout
+    assert out.stdout.split() == ["before", "False", "collector", "True", "True", "True", "png", "True"], \
+        out.stdout
