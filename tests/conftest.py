@@ -102,6 +102,16 @@ def distft(args: list[str], **kw) -> Result:
     return run([DISTFT, *args], **kw)
 
 
+def remove_cgroup(folder: str) -> None:
+    """Remove a cgroup a test made, once its processes have left it (as they end)."""
+    for _ in range(50):
+        try:
+            os.rmdir(folder)
+            return
+        except OSError:
+            time.sleep(0.2)
+
+
 CLI_RUNNER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "cli_runner.py")
 
 

@@ -11,7 +11,7 @@ import time
 import numpy as np
 import pytest
 
-from conftest import DISTFT, Job, Started, distft, horovodrun_command, one_line
+from conftest import DISTFT, Job, Started, distft, horovodrun_command, one_line, remove_cgroup
 
 pytestmark = pytest.mark.multiworker
 
@@ -201,12 +201,7 @@ def test_a_worker_killed_by_the_oom_killer_is_named_with_memory(demo_data, tmp_p
                   str(tmp_path / "log"))
         assert job.wait(240) != 0
     finally:
-        for _ in range(50):  # its processes leave the cgroup as they end
-            try:
-                os.rmdir(cgroup)
-                break
-            except OSError:
-                time.sleep(0.2)
+        remove_cgroup(cgroup)
     line = one_line(job.out, "distft: error:")
     assert line == (f"distft: error: rank 1 died (SIGKILL, exit code 137): out of memory (the kernel's OOM "
                     f"killer, on host {socket.gethostname()}); give the job more memory or lower "

@@ -16,7 +16,7 @@ import pytest
 import tensorflow as tf
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from conftest import horovodrun
+from conftest import horovodrun, remove_cgroup
 
 pytestmark = pytest.mark.multiworker
 
@@ -255,9 +255,4 @@ def cpu_quota(share: float, period_us: int = 20000):
                 f.write(str(value))
         yield folder
     finally:
-        for _ in range(50):  # its processes leave the cgroup as they end
-            try:
-                os.rmdir(folder)
-                break
-            except OSError:
-                time.sleep(0.2)
+        remove_cgroup(folder)
