@@ -409,6 +409,7 @@ class TrainConfig:
         if self.keep_best:  # its best so far is not part of the in-memory commits (RunState.best)
             raise DistftError("--keep_best does not work in elastic mode yet: leave it out, and pick "
                               "the best epoch's checkpoint by the metrics in its state.json")
+
     def _check_tensorboard(self) -> None:
         if self.generations < 0:
             raise DistftError(f"--generations must be >= 0 (epochs between generations; 0: off), "

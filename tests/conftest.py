@@ -112,6 +112,8 @@ def remove_cgroup(folder: str) -> None:
             time.sleep(0.2)
 
 
+# The test module of user callbacks that jobs load with --import (tests/test_user_callbacks.py).
+USER_CALLBACKS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "user_callbacks.py")
 CLI_RUNNER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "cli_runner.py")
 
 

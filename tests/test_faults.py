@@ -11,7 +11,8 @@ import time
 import numpy as np
 import pytest
 
-from conftest import DISTFT, Job, Started, distft, horovodrun_command, one_line, remove_cgroup
+from conftest import (DISTFT, USER_CALLBACKS, Job, Started, distft, horovodrun_command, one_line,
+                      remove_cgroup)
 
 pytestmark = pytest.mark.multiworker
 
@@ -38,9 +39,6 @@ def resume_and_run_straight(args, run_dir: str, state, steps: int, tmp_path) -> 
         for x, y in zip(a[layer], b[layer]):
             np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6, err_msg=layer)
     return straight
-
-
-USER_CALLBACKS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "user_callbacks.py")
 
 
 def train_args(demo_data, run_dir, epochs):

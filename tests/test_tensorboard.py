@@ -16,7 +16,7 @@ import pytest
 import tensorflow as tf
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from conftest import horovodrun, remove_cgroup
+from conftest import USER_CALLBACKS, horovodrun, remove_cgroup
 
 pytestmark = pytest.mark.multiworker
 
@@ -227,9 +227,6 @@ def test_slow_rank_is_named_with_its_host_and_cores(demo_data, tmp_path):
     assert named and all(f"rank 1 (localhost cores {core}) is slow" in l for l in named), result.out[-3000:]
 
 
-USER_CALLBACKS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "user_callbacks.py")
-
-
 @contextlib.contextmanager
 def cpu_quota(share: float, period_us: int = 20000):
     """A new cpu cgroup (v1's `cpu` controller, or v2's `cpu.max`) beside this process's, whose
@@ -240,15 +237,13 @@ def cpu_quota(share: float, period_us: int = 20000):
         if "cpu" in controllers.split(","):
             mount = os.path.join("/sys/fs/cgroup", controllers)
             mount = mount if os.path.isdir(mount) else "/sys/fs/cgroup/cpu"
-            folder = os.path.join(mount, path.lstrip("/"), f"distft-slow-test-{os.getpid()}")
-            os.mkdir(folder)
             limits = {"cpu.cfs_period_us": period_us, "cpu.cfs_quota_us": int(share * period_us)}
             break
     else:
-        path = next(path for _, controllers, path in lines if controllers == "")
-        folder = os.path.join("/sys/fs/cgroup", path.lstrip("/"), f"distft-slow-test-{os.getpid()}")
-        os.mkdir(folder)
+        mount, path = "/sys/fs/cgroup", next(path for _, controllers, path in lines if controllers == "")
         limits = {"cpu.max": f"{int(share * period_us)} {period_us}"}
+    folder = os.path.join(mount, path.lstrip("/"), f"distft-slow-test-{os.getpid()}")
+    os.mkdir(folder)
     try:
         for name, value in limits.items():
             with open(os.path.join(folder, name), "w") as f:

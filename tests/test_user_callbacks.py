@@ -15,7 +15,7 @@ import time
 import numpy as np
 import pytest
 
-from conftest import CLI_RUNNER, SharedLaunch, Started, one_line
+from conftest import CLI_RUNNER, USER_CALLBACKS, SharedLaunch, Started, one_line
 
 B = 8  # batch per worker; the 1-worker run takes 2 * B
 EPOCHS = 20
@@ -24,7 +24,6 @@ EPOCHS = 20
 # (0.568), then rises as the noise is learnt (0.612, 0.665), so patience=2 stops after epoch 8
 # of 20. 75 validation records: rank 0's share is 38, rank 1's 37.
 EARLY_STOPPING = "keras.callbacks.EarlyStopping(monitor='val_loss', patience=2)"
-CALLBACKS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "user_callbacks.py")
 
 
 def write_data(folder: str) -> dict:
@@ -61,7 +60,7 @@ def runs(demo_data, tmp_path_factory) -> dict:
             demo_data, data, os.path.join(folder, "1w", "early_stop"), 2 * B, f"--callbacks={EARLY_STOPPING}")}], f)
     started = time.time()
     one = Started([sys.executable, CLI_RUNNER, listing, status], timeout=600)  # beside the launch
-    stop_one = f"--import={CALLBACKS}"
+    stop_one = f"--import={USER_CALLBACKS}"
     two = SharedLaunch(folder, [
         {"name": "early_stop", "argv": args("early_stop", f"--callbacks={EARLY_STOPPING}",
                                             "--keep_best=val_loss", "--keep_checkpoints=0")},
@@ -174,7 +173,7 @@ def test_callbacks_are_built_from_keras_and_imported_modules():
     from distft.model.custom import import_modules
     from distft.train.callbacks.user import build
 
-    import_modules(CALLBACKS)
+    import_modules(USER_CALLBACKS)
     cfg = TrainConfig.resolve(model="m", data="d", callbacks=[
         "EarlyStopping(monitor='loss', patience=2); keras.callbacks.ReduceLROnPlateau(factor=0.5)",
         "user_callbacks.StopOnOneRank(rank=0, epoch=3)"], early_stopping="accuracy:patience=4:mode=max")
