@@ -41,6 +41,7 @@ _BELOW_MIN = re.compile(r"at least (\d+) Horovod processes\. Timeout after (\d+)
 _TEARDOWN = re.compile(r"^Terminating remaining workers after failure of Process \d+")
 _GLOO_EXIT = re.compile(r"^Process (\d+) exit with status code (\d+)")
 _MPI_SIGNAL = re.compile(r"process rank (\d+) with PID \d+ on node \S+ exited on signal (\d+)")
+_MPI_NAME = re.compile(r"^\s*Process name:\s+\[\[\d+,\d+\],(\d+)\]")  # then "Exit code: N"
 _MPI_EXIT = re.compile(r"^\s*Exit code:\s+(\d+)")
 
 
@@ -103,7 +104,10 @@ class JobLog:
         # (SIGTERM, then SIGKILL 5 s later for a worker in its set-up, which defers a stop).
         self.teardown = False
         self.below_min: tuple[int, int] | None = None  # elastic: (min_np, seconds waited)
-        self.exit_code: int | None = None  # the first worker's own exit code (not a signal's)
+        # Each worker's own exit code (not a signal's), by rank, in the order the launcher saw them.
+        self.exit_codes: dict[int | None, int] = {}
+        self._mpi_rank: int | None = None  # the rank of mpirun's "Exit code:" line that follows
+        self._error_rank: int | None = None  # the rank of the first error line
 
     def relay(self, line: str) -> None:
         m = _PREFIX.match(line)
@@ -112,19 +116,29 @@ class JobLog:
         death = _death(text)
         if death and not self.teardown:
             self.deaths.append(death)
-        exited = _GLOO_EXIT.search(text) or _MPI_EXIT.search(text)
-        if exited and 0 < int(exited.groups()[-1]) <= 128 and self.exit_code is None:
-            self.exit_code = int(exited.groups()[-1])
+        self._exited(text)
         below = _BELOW_MIN.search(line)
         if below:
             self.below_min = int(below.group(1)), int(below.group(2))
         if m and text.startswith("distft: error:"):
+            if not self.errors:
+                self._error_rank = int(m.group(2) or m.group(1))
             self.errors.append(text.rstrip())
         elif m and not (_WORKER_NOISE.search(text) and not self.debug):
             self.stopped |= text.startswith("distft: stopped:")
             (sys.stderr if m.group(3) == "stderr" else sys.stdout).write(text)
         elif self.debug or not (m or _LAUNCHER_NOISE.search(line)):
             sys.stdout.write(line)
+
+    def _exited(self, text: str) -> None:
+        named = _MPI_NAME.search(text)
+        if named:
+            self._mpi_rank = int(named.group(1))
+        gloo, mpi = _GLOO_EXIT.search(text), _MPI_EXIT.search(text)
+        rank, code = (int(gloo.group(1)), int(gloo.group(2))) if gloo else \
+            (self._mpi_rank, int(mpi.group(1))) if mpi else (None, 0)
+        if 0 < code <= 128:
+            self.exit_codes.setdefault(rank, code)
 
     def finish(self, code: int, out_of_memory: bool = False) -> None:
         """Raise the job's outcome for horovodrun's exit code `code`; `out_of_memory`: the
@@ -150,8 +164,11 @@ class JobLog:
             raise DistftError(f"{death}; the job was stopped", exit_code=code)
         if self.errors:
             print(self.errors[0], file=sys.stderr, flush=True)
-            # The worker's own code (2: bad input; 75: resume later), not the launcher's 1.
-            raise DistftError(self.errors[0], exit_code=self.exit_code or 2, reported=True)
+            # The code of the rank that said it (2: bad input; 75: resume later), not the
+            # launcher's 1 nor that of a rank which failed in turn and exited first.
+            first = next(iter(self.exit_codes.values()), 2)
+            raise DistftError(self.errors[0], exit_code=self.exit_codes.get(self._error_rank, first),
+                              reported=True)
         raise DistftError("a worker failed (see its output above); the job was stopped",
                           exit_code=code)
 
