@@ -203,15 +203,22 @@ class Lab:
         with open(os.path.join(folder, "hosts"), "w") as f:
             f.write("\n".join(lines) + "\n")
 
-    def _shape(self, ns: str, dev: str) -> None:
+    def set_rate(self, node: int, rate: str) -> None:
+        """Shape `node`'s link (both directions) to `rate` from now on, e.g. a slow link."""
+        for ns, dev in ((namespace(node), IFACE), (SWITCH, f"{PREFIX}p{node}")):
+            sh("ip", "netns", "exec", ns, "tc", "qdisc", "del", "dev", dev, "root")
+            self._shape(ns, dev, rate)
+
+    def _shape(self, ns: str, dev: str, rate: Optional[str] = None) -> None:
+        rate = rate or self.rate
         tc = ["ip", "netns", "exec", ns, "tc", "qdisc", "add", "dev", dev]
         parent = ["root"]
         if self.delay_applied:
             sh(*tc, "root", "handle", "1:", "netem", "delay", f"{self.delay_ms / 2}ms", "limit", "100000")
             parent = ["parent", "1:1"]
         # A bucket of 4 ms at the rate (at least 256 KiB: veths pass 64 KiB GSO packets).
-        burst = max(262144, rate_bits(self.rate) // 2000)
-        sh(*tc, *parent, "handle", "10:", "tbf", "rate", self.rate, "burst", str(burst), "latency", "20ms")
+        burst = max(262144, rate_bits(rate) // 2000)
+        sh(*tc, *parent, "handle", "10:", "tbf", "rate", rate, "burst", str(burst), "latency", "20ms")
 
     def _write_ssh(self) -> None:
         cases = "\n".join(f"  {namespace(k)}|{address(k)}) ns={namespace(k)} core={self.core(k)};;"
