@@ -17,9 +17,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Optional
 
-from distft.doctor import hosts as hosts_
 from distft.doctor import network, problems
-from distft.doctor.hosts import Probe, ProbeFailed
+from distft.doctor.hosts import Probe, ProbeFailed, command, hosts_of
 
 START_TIMEOUT = 90.0  # seconds for every probe's report (a first run imports Horovod's ops once)
 REPLY_TIMEOUT = network.TIMEOUT + 10  # seconds for an answer to one request
@@ -80,12 +79,12 @@ def run(hosts: Optional[str] = None, data: Optional[str] = None, output_dir: Opt
         network_interface: Optional[str] = None) -> Report:
     """Probe `hosts` (horovodrun's `h1:2,h2:2`; default: this Slurm allocation's nodes, else
     localhost) and return the Report; see distft.api.doctor."""
-    names, slurm = hosts_.hosts_of(hosts)
+    names, slurm = hosts_of(hosts)
     report = Report(names, network_interface=network_interface, slurm=slurm)
     args = [f"--first={names[0]}", *(f"--{k}={v}" for k, v in
                                      (("interface", network_interface), ("data", data),
                                       ("output_dir", output_dir)) if v)]
-    probes = {h: Probe(h, hosts_.command(h, slurm, args)) for h in names}
+    probes = {h: Probe(h, command(h, slurm, args)) for h in names}
     try:
         deadline = time.monotonic() + START_TIMEOUT
         for h, probe in probes.items():
