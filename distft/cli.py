@@ -226,7 +226,8 @@ class Commands:
                output_dir: Optional[str] = None, network_interface: Optional[str] = None) -> None:
         """Check the hosts before a run, in seconds: versions, Horovod's ops, the network
         (interface, reachability, throughput), DATA visible, OUTPUT_DIR writable, GPUs. HOSTS:
-        horovodrun's h1:2,h2:2 (default: the Slurm allocation's nodes, else localhost).
+        horovodrun's h1:2,h2:2 (default: the Slurm allocation's nodes, else localhost);
+        NETWORK_INTERFACE: the one to check (default: the one that routes to the first host).
         Prints a table, then a line for each problem; exit code 1 when there is one.
 
         Example:

@@ -79,8 +79,9 @@ def test_the_healthy_lab_passes(lab):
     assert result.code == 0, result.out
     pairs = [line for line in result.lines if " -> distftlab-node" in line]
     assert len(pairs) == 3 and all("Mbit/s" in p or "Gbit/s" in p for p in pairs), result.out
-    for k in (1, 2, 3):
-        assert f"distftlab-eth {netlab.address(k)}" in result.out
+    for k in (1, 2, 3):  # each reached by the two others
+        row = next(line for line in result.lines if line.startswith(netlab.namespace(k) + " "))
+        assert f"distftlab-eth {netlab.address(k)}  2/2 " in row, result.out
 
 
 def test_a_missing_interface_is_named_on_every_host(lab):

@@ -47,8 +47,9 @@ class Report:
     def table(self) -> str:
         """The hosts one a row, then the measured pairs, then the verdict."""
         head = ["host", "python", "tensorflow", "keras", "horovod", "distft", "horovod ops",
-                "interface", "GPUs", "data", "output"]
+                "interface", "reached by", "GPUs", "data", "output"]
         rows = [head]
+        peers = [h for h, p in self.probes.items() if p["listen"]]
         for h in self.hosts:
             p = self.probes.get(h)
             if p is None:  # the problems say why
@@ -60,6 +61,8 @@ class Report:
                          "-" if p["ops"] is None else ",".join(p["ops"]) or "none",
                          f"{p['interface'] or '-'} {p['address'] or ''}".strip()
                          + (f" ({speed} Mbit/s)" if speed else ""),
+                         f"{len(peers) - 1 - sum(m['to'] == h for m in self.unreachable)}/"
+                         f"{len(peers) - 1}" if h in peers else "-",
                          str(len(p["gpus"])),
                          "-" if not p["data"] else f"{p['data']['files']} files",
                          "-" if not p["output"] else "writable" if not p["output"]["error"] else "NOT writable"])
@@ -69,7 +72,8 @@ class Report:
             lines += ["", "throughput (one TCP stream a pair, at most 1 s):"]
             for b in self.bandwidth:
                 shown = problems.rate(b["bits_per_s"]) if b["bits_per_s"] else f"failed: {b['error']}"
-                lines.append(f"  {b['from']} -> {b['to']}: {shown}")
+                nominal = f" (nominal {b['nominal_mbit']} Mbit/s)" if b["nominal_mbit"] else ""
+                lines.append(f"  {b['from']} -> {b['to']}: {shown}{nominal}")
         lines += ["", f"{len(self.hosts)} host(s): " + ("healthy" if self.healthy else
                                                         f"{len(self.problems)} problem(s)")]
         return "\n".join(lines)
