@@ -54,6 +54,11 @@ def test_a_healthy_machine_reports_its_real_versions_ops_and_data(tmp_path):
     report = distft.doctor(data=str(data / "*.tfrecord"), output_dir=str(tmp_path))
     assert report.healthy and report.probes["localhost"]["data"]["files"] == 3
     assert report.probes["localhost"]["versions"]["tensorflow"] == tf.__version__
+    taken = tmp_path / "taken"
+    taken.write_text("a file, not a folder")
+    result = run([*DOCTOR, f"--output_dir={taken}"], timeout=120)
+    assert result.code == 1 and list(problems(result)) == ["localhost"], result.out
+    assert f"--output_dir={taken} is not writable (a file is there" in result.out
 
 
 @pytest.fixture(scope="module")

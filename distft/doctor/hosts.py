@@ -64,7 +64,7 @@ def command(host: str, slurm: bool, args: list[str]) -> list[str]:
         return probe
     env = [f"{k}={os.environ[k]}" for k in PASSED_ON if k in os.environ]
     remote = f"cd {shlex.quote(os.getcwd())} && {shlex.join(['env', *env, *probe])}"
-    return ["ssh", "-o", "PasswordAuthentication=no", "-o", "StrictHostKeyChecking=no",
+    return ["ssh", "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no",
             "-o", f"ConnectTimeout={SSH_TIMEOUT}", host, remote]
 
 

@@ -97,6 +97,8 @@ def check_output(folder: str) -> dict:
     nearest existing parent must take a (temporary) folder of the same depth, so that hosts
     sharing the file system check it side by side and nothing is left behind."""
     folder = os.path.abspath(os.path.expanduser(folder))
+    if os.path.exists(folder) and not os.path.isdir(folder):
+        return {"dir": folder, "error": "a file is there, not a folder"}
     base = folder
     while not os.path.isdir(base):
         base = os.path.dirname(base)
