@@ -88,8 +88,14 @@ def run(hosts: Optional[str] = None, data: Optional[str] = None, output_dir: Opt
     args = [f"--first={names[0]}", *(f"--{k}={v}" for k, v in
                                      (("interface", network_interface), ("data", data),
                                       ("output_dir", output_dir)) if v)]
-    probes = {h: Probe(h, command(h, slurm, args)) for h in names}
+    probes: dict[str, Probe] = {}
     try:
+        for h in names:
+            cmd = command(h, slurm, args)
+            try:
+                probes[h] = Probe(h, cmd)
+            except OSError as e:  # no ssh or srun here
+                report.failed[h] = f"cannot run {cmd[0]}: {e.strerror}"
         deadline = time.monotonic() + START_TIMEOUT
         for h, probe in probes.items():
             try:

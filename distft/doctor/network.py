@@ -57,21 +57,30 @@ def nominal_mbit(name: str) -> Optional[int]:
 def interface_for(first_host: str, name: Optional[str],
                   found: Optional[dict[str, dict]] = None) -> tuple[Optional[str], Optional[str], Optional[str]]:
     """(interface, its address, problem): `name` when given, else the interface holding the
-    address this host's traffic to `first_host` leaves from; problem is None when one is found."""
+    address this host's traffic to `first_host` leaves from. The problem (None when there is
+    none) says what is wrong and the fix."""
     found = interfaces() if found is None else found
     if name:
         if name not in found:
-            return None, None, f"no interface {name} (here: {', '.join(sorted(found))})"
+            return None, None, (f"--network_interface={name} is missing here (interfaces: "
+                                f"{', '.join(sorted(found))}): pass one that every host has")
         if not found[name]["addresses"]:
-            return name, None, f"interface {name} has no IPv4 address"
+            return name, None, f"interface {name} has no IPv4 address: give it one, or pass another"
         return name, found[name]["addresses"][0], None
     try:
         target = socket.gethostbyname(first_host)
+    except OSError as e:
+        return None, None, (f"the first host's name {first_host} does not resolve here "
+                            f"({e.strerror or e}): add it to DNS or /etc/hosts")
+    try:
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
             s.connect((target, 9))  # UDP: the kernel picks the route, nothing is sent
             source = s.getsockname()[0]
     except OSError as e:
-        return None, None, f"no route to {first_host}: {e.strerror or e}"
+        down = [n for n, i in found.items() if not i["up"] and i["addresses"]]
+        return None, None, (f"unreachable: no route to {first_host} ({e.strerror or e})"
+                            f"{'; down here: ' + ', '.join(down) if down else ''}: bring its link "
+                            "up (ip link set IF up), or pass --network_interface")
     for iface, info in found.items():
         if source in info["addresses"]:
             return iface, source, None

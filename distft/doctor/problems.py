@@ -33,7 +33,7 @@ def find(report: "Report") -> list[str]:
     found += _odd_ones({h: p for h, p in probes.items() if p["ops"] is not None},
                        lambda p: ",".join(p["ops"]) or "no ops", "Horovod built with",
                        "build Horovod alike everywhere (distft install-horovod --rebuild)")
-    found += _interfaces(report)
+    found += [f"host {h}: {p['interface_error']}" for h, p in probes.items() if p["interface_error"]]
     found += _unreachable(report)
     found += _slow(report)
     found += _data(probes)
@@ -67,22 +67,6 @@ def _reach_fix(report: "Report", host: str) -> str:
         return f"check that `srun --nodelist={host}` starts {report.python} there"
     return (f"check that `ssh {host}` works without a password and that {report.python} exists "
             "there (the same Python path on every host, as horovodrun needs)")
-
-
-def _interfaces(report: "Report") -> list[str]:
-    found = []
-    for h, p in report.probes.items():
-        if not p["interface_error"]:
-            continue
-        if report.network_interface:
-            found.append(f"host {h}: --network_interface={report.network_interface} is missing: "
-                         f"{p['interface_error']}: pass an interface that every host has")
-            continue
-        down = [name for name, i in p["interfaces"].items() if not i["up"] and i["addresses"]]
-        found.append(f"host {h}: unreachable: {p['interface_error']}"
-                     f"{'; down here: ' + ', '.join(down) if down else ''}: bring its link up "
-                     "(ip link set IF up) or pass --network_interface")
-    return found
 
 
 def _unreachable(report: "Report") -> list[str]:
