@@ -18,6 +18,8 @@ import tensorflow as tf
 import distft
 from benchmarks import netlab
 from conftest import Result, run
+from distft.doctor import Report
+from distft.doctor.problems import find as problems_of
 from distft.doctor.probe import OPS
 
 DOCTOR = [sys.executable, "-m", "distft", "doctor"]
@@ -59,6 +61,21 @@ def test_a_healthy_machine_reports_its_real_versions_ops_and_data(tmp_path):
     result = run([*DOCTOR, f"--output_dir={taken}"], timeout=120)
     assert result.code == 1 and list(problems(result)) == ["localhost"], result.out
     assert f"--output_dir={taken} is not writable (a file is there" in result.out
+
+
+def test_a_host_with_other_versions_or_another_horovod_build_is_named():
+    """Hosts that differ from the others, found in real reports (this machine's, as three hosts
+    whose third has another TensorFlow and a Horovod without MPI)."""
+    mine = distft.doctor().probes["localhost"]
+    hosts = ["n1", "n2", "n3"]
+    odd = {**mine, "versions": {**mine["versions"], "tensorflow": "2.20.0"},
+           "ops": [op for op in mine["ops"] if op != "MPI"]}
+    found = problems_of(Report(hosts, probes={"n1": mine, "n2": mine, "n3": odd}))
+    assert found == [
+        f"host n3: TensorFlow 2.20.0 where n1, n2 have {tf.__version__}: install the same version "
+        "on every host",
+        f"host n3: Horovod built with {','.join(odd['ops'])} where n1, n2 have {','.join(mine['ops'])}: "
+        "build Horovod alike everywhere (distft install-horovod --rebuild)"]
 
 
 @pytest.fixture(scope="module")

@@ -25,7 +25,7 @@ def find(report: "Report") -> list[str]:
     probes = report.probes
     found = [f"host {h}: no report: {why}: {_reach_fix(report, h)}" for h, why in report.failed.items()]
     for key, label in LABELS.items():
-        found += _odd_ones(probes, lambda p: p["versions"].get(key), f"{label}",
+        found += _odd_ones(probes, lambda p: p["versions"].get(key), label,
                            "install the same version on every host")
     for h, p in probes.items():
         if p["ops_error"]:
