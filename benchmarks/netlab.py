@@ -12,7 +12,8 @@ interface `distftlab-eth` (the same name everywhere, as Horovod's common interfa
 its switch port) with half the delay, so a packet from node to node is delayed by `delay_ms`
 once and limited to `rate` both ways. Leaving the `with` block (also on an error or Ctrl-C)
 kills what still runs in the namespaces and deletes them, which removes their veths, the bridge
-and the qdiscs.
+and the qdiscs. One lab runs at a time on a machine (the names are fixed): another `Lab` waits
+on a lock for it to end.
 
 Example (as root):
     with Lab(nodes=2, rate="1gbit") as lab:
@@ -22,6 +23,7 @@ Example (as root):
 """
 from __future__ import annotations
 
+import fcntl
 import glob
 import os
 import re
@@ -38,6 +40,8 @@ BRIDGE = PREFIX + "br"
 IFACE = PREFIX + "eth"  # every node's link, the lab's network interface for Horovod and MPI
 SUBNET = "10.77.0"
 ETC = "/etc/netns"  # per-namespace files that `ip netns exec` mounts over /etc
+# One lab at a time on a machine (its names are fixed): a second waits for the first to end.
+LOCK = "/run/distftlab.lock"
 # A fake `ssh HOST COMMAND` for horovodrun and mpirun: runs COMMAND in HOST's namespace, pinned
 # to its core. Options before and after HOST (-o X, -p N, -i F, -x, ...; OpenSSH takes both,
 # and horovodrun puts -o ConnectTimeout=N after HOST) are skipped.
@@ -144,21 +148,27 @@ class Lab:
         self.home = os.path.join(bin_dir, "home") if bin_dir else None  # a HOME for launchers
         self.cores = sorted(os.sched_getaffinity(0))
         self.delay_applied = False  # set on entry: whether this kernel has netem
+        self._lock: Optional[int] = None
 
 
     def __enter__(self) -> "Lab":
         check()
+        self._lock = os.open(LOCK, os.O_CREAT | os.O_RDWR, 0o600)
+        fcntl.flock(self._lock, fcntl.LOCK_EX)  # released when this process ends, too
         remove()  # what a killed run left behind
         self.delay_applied = bool(self.delay_ms) and has_netem()
         try:
             self._build()
         except BaseException:
-            remove()
+            self.__exit__()
             raise
         return self
 
     def __exit__(self, *exc) -> None:
-        remove()
+        try:
+            remove()
+        finally:
+            os.close(self._lock)  # the lock goes with it
 
     def core(self, node: int) -> int:
         return self.cores[(node - 1) % len(self.cores)]
@@ -203,15 +213,22 @@ class Lab:
         with open(os.path.join(folder, "hosts"), "w") as f:
             f.write("\n".join(lines) + "\n")
 
-    def _shape(self, ns: str, dev: str) -> None:
+    def set_rate(self, node: int, rate: str) -> None:
+        """Shape `node`'s link (both directions) to `rate` from now on, e.g. a slow link."""
+        for ns, dev in ((namespace(node), IFACE), (SWITCH, f"{PREFIX}p{node}")):
+            sh("ip", "netns", "exec", ns, "tc", "qdisc", "del", "dev", dev, "root")
+            self._shape(ns, dev, rate)
+
+    def _shape(self, ns: str, dev: str, rate: Optional[str] = None) -> None:
+        rate = rate or self.rate
         tc = ["ip", "netns", "exec", ns, "tc", "qdisc", "add", "dev", dev]
         parent = ["root"]
         if self.delay_applied:
             sh(*tc, "root", "handle", "1:", "netem", "delay", f"{self.delay_ms / 2}ms", "limit", "100000")
             parent = ["parent", "1:1"]
         # A bucket of 4 ms at the rate (at least 256 KiB: veths pass 64 KiB GSO packets).
-        burst = max(262144, rate_bits(self.rate) // 2000)
-        sh(*tc, *parent, "handle", "10:", "tbf", "rate", self.rate, "burst", str(burst), "latency", "20ms")
+        burst = max(262144, rate_bits(rate) // 2000)
+        sh(*tc, *parent, "handle", "10:", "tbf", "rate", rate, "burst", str(burst), "latency", "20ms")
 
     def _write_ssh(self) -> None:
         cases = "\n".join(f"  {namespace(k)}|{address(k)}) ns={namespace(k)} core={self.core(k)};;"

@@ -21,6 +21,8 @@ from distft.launch.environment import Environment, detect
 if TYPE_CHECKING:  # the API imports Keras only when it runs
     import keras
 
+    from distft.doctor import Report
+
 
 # Options for the launcher that `--np` starts, not for its workers.
 LAUNCHER_OPTIONS = ("np", "hosts", "controller", "min_np", "max_np", "host_discovery", "elastic_timeout")
@@ -354,6 +356,28 @@ def inspect(model: str, num_classes: Optional[int] = None, unfreeze: Optional[st
               "compression": compression, "latency_ms": latency_ms, "overlap": overlap}
     return {"inputs": inputs, "rows": scaling.predict(workers, compute, ft.trainable_params, link,
                                                       batch_size, compression, latency_ms, overlap)}
+
+
+def doctor(hosts: Optional[str] = None, data: Optional[str] = None,
+           output_dir: Optional[str] = None, network_interface: Optional[str] = None) -> "Report":
+    """Check the hosts a job would run on, in seconds: on each, the Python, TensorFlow, Keras,
+    Horovod and distft versions, Horovod's built-in ops, the network interface (`network_interface`,
+    else the one that routes to the first host) and whether every other host reaches it, the
+    throughput between each pair, `data` (files matched and readable), `output_dir` (writable),
+    and the GPUs. `hosts`: horovodrun's `h1:2,h2:2` (default: this Slurm allocation's nodes,
+    else localhost); other hosts are reached by ssh, or srun in an allocation.
+
+    Returns a `distft.doctor.Report`: `.problems` (one line each, naming the host and the fix;
+    empty when healthy), `.table()`, and the probes' reports.
+
+    Example:
+        report = distft.doctor(hosts="n1:4,n2:4", data="shards/*.tfrecord", output_dir="runs")
+        print(report.table())
+        assert report.healthy, report.problems
+    """
+    from distft.doctor import run
+
+    return run(hosts, data, output_dir, network_interface)
 
 
 def shard(input: Optional[str], output_dir: str, num_shards: int = 0, compression: str = "",

@@ -9,6 +9,7 @@
     distft shard    --input=SRC --output_dir=DIR --num_shards=K [--compression=GZIP] [--model=M]
     distft demo
     distft install-horovod [--gpu] [--rebuild]
+    distft doctor   [--hosts=h1:2,h2:2] [--data=PATTERN] [--output_dir=DIR] [--network_interface=IF]
 """
 from __future__ import annotations
 
@@ -220,6 +221,26 @@ class Commands:
         from distft.horovod_install import install
 
         install(None if gpu is None else to_bool(gpu), to_bool(rebuild))
+
+    def doctor(self, hosts: Optional[str] = None, data: Optional[str] = None,
+               output_dir: Optional[str] = None, network_interface: Optional[str] = None) -> None:
+        """Check the hosts before a run, in seconds: versions, Horovod's ops, the network
+        (interface, reachability, throughput), DATA visible, OUTPUT_DIR writable, GPUs. HOSTS:
+        horovodrun's h1:2,h2:2 (default: the Slurm allocation's nodes, else localhost);
+        NETWORK_INTERFACE: the one to check (default: the one that routes to the first host).
+        Prints a table, then a line for each problem; exit code 1 when there is one.
+
+        Example:
+            distft doctor --hosts=node1:4,node2:4 --data='shards/*.tfrecord' --output_dir=runs
+        """
+        from distft import api
+
+        report = api.doctor(_str(hosts), _str(data), _str(output_dir), _str(network_interface))
+        print(report.table(), flush=True)
+        for line in report.problems:
+            print(f"distft: doctor: {line}", file=sys.stderr, flush=True)
+        if report.problems:
+            raise DistftError(f"{len(report.problems)} problem(s)", exit_code=1, reported=True)
 
 
 def _str(value: Any) -> Optional[str]:

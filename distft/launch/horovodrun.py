@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import os
 import sys
-from typing import Optional
+from typing import Callable, Optional
 
 from distft.horovod_install import cache_dir, ops_library, require
 
@@ -25,10 +25,25 @@ CACHE = "horovod-built.json"
 def built() -> dict[str, bool]:
     """{"gloo": ..., "mpi": ...}: what Horovod's extension was built with, checked by Horovod's
     own functions once per build of the extension."""
-    path = ops_library()  # there: main() calls require() first
+    def check() -> dict[str, bool]:
+        from horovod.common import util
+
+        return {"gloo": bool(util.gloo_built()), "mpi": bool(util.mpi_built())}
+
+    return cached(CACHE, check)
+
+
+def cached(name: str, compute: Callable[[], dict]) -> dict:
+    """`compute()`, kept in the cache file `name` for as long as Horovod's extension is not
+    rebuilt (keyed by its path, size and modification time).
+
+    Example:
+        cached("horovod-built.json", lambda: {"gloo": bool(util.gloo_built())})
+    """
+    path = ops_library()  # there: the callers call require() first
     st = os.stat(path)
     key = f"{os.path.realpath(path)}:{st.st_size}:{st.st_mtime_ns}"
-    cache = os.path.join(cache_dir(), CACHE)
+    cache = os.path.join(cache_dir(), name)
     try:
         with open(cache) as f:
             kept = json.load(f)
@@ -36,9 +51,7 @@ def built() -> dict[str, bool]:
             return kept["built"]
     except (OSError, ValueError, KeyError, AttributeError):
         pass
-    from horovod.common import util
-
-    found = {"gloo": bool(util.gloo_built()), "mpi": bool(util.mpi_built())}
+    found = compute()
     try:
         os.makedirs(os.path.dirname(cache), exist_ok=True)
         partial = f"{cache}.{os.getpid()}"
