@@ -104,8 +104,10 @@ class Watchdog:
             self.hub.close()
 
     def _watch(self) -> None:
-        # The lowest live rank names a stalled rank 0 first; the next ranks a little later.
-        late = self.timeout + 2 * INTERVAL * max(0, self.rank - 1)
+        # Rank 0 names a silent rank first (for a lost link between two nodes, each side finds
+        # the other silent: rank 0's view, which sees every rank, is the one to give); then
+        # rank 1 names a stalled rank 0, the next ranks a little later.
+        late = self.timeout + 2 * INTERVAL * self.rank
         while not self._stop.wait(INTERVAL):
             if self.hub:
                 views = [self._view(rank, *self.hub.seen(rank)) for rank in range(len(self.peers))
@@ -123,7 +125,8 @@ class Watchdog:
 
     def _view(self, rank: int, beat: dict, silent: float, still: float) -> RankView:
         node, host, pid = self.peers[rank]
-        here = host == socket.gethostname() and silent > 2 * INTERVAL
+        # Its process state only where it runs here (the lab's nodes share one host name).
+        here = (node, host) == self.peers[self.rank][:2] and silent > 2 * INTERVAL
         return RankView(rank, node, pid, silent, still, beat, proc.state(pid) if here else None)
 
     def _give(self, verdict: Verdict, views: list[RankView]) -> None:
