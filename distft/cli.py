@@ -22,7 +22,7 @@ from typing import Any, Optional
 from distft.config import TrainConfig, coerce, field_name, option_groups, option_name, to_bool
 from distft.data.text_options import TextOptions
 from distft.errors import DistftError
-from distft.launch.environment import detect
+from distft.launch.environment import detect, tell_exit_code
 
 
 class Commands:
@@ -325,6 +325,7 @@ def main(argv: Optional[list[str]] = None) -> None:
             traceback.print_exc()
         env = detect()
         rank = env.rank
+        tell_exit_code(e.exit_code)
         if e.local and env.size > 1:  # this rank's alone: named, rank 0 too
             print(f"distft: {e.label}: rank {rank}: {e}", file=sys.stderr, flush=True)
         elif rank == 0 and not e.reported:

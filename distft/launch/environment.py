@@ -13,10 +13,21 @@ Example:
 from __future__ import annotations
 
 import os
+import sys
 import time
 from dataclasses import dataclass, replace
 
 LAUNCHED_AT = "DISTFT_LAUNCHED_AT"  # set by `distft --np` for its workers
+# A worker of `distft --np` says the code it exits with on a line of its own, so that the job
+# ends with the code of the rank whose error line the launcher prints, not that of a rank which
+# failed in turn and exited first.
+EXIT_CODE_LINE = "distft: exit code "
+
+
+def tell_exit_code(code: int) -> None:
+    """Tell `distft --np`, if it started this worker, that this worker exits with `code`."""
+    if os.environ.get(LAUNCHED_AT):
+        print(f"{EXIT_CODE_LINE}{code}", file=sys.stderr, flush=True)
 
 
 def launched_at() -> float:

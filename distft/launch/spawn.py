@@ -22,7 +22,7 @@ import psutil  # Horovod's own dependency; imported now, not inside a signal han
 from distft.errors import DistftError, Stopped
 from distft.horovod_install import require
 from distft.launch.elastic import Elastic
-from distft.launch.environment import LAUNCHED_AT, launched_at
+from distft.launch.environment import EXIT_CODE_LINE, LAUNCHED_AT, launched_at
 from distft.launch.oom import killed_since, oom_kills
 
 # horovodrun prefixes worker lines: "[1]<stdout>:" (Gloo) or "[1,0]<stdout>:" (MPI).
@@ -41,8 +41,6 @@ _BELOW_MIN = re.compile(r"at least (\d+) Horovod processes\. Timeout after (\d+)
 _TEARDOWN = re.compile(r"^Terminating remaining workers after failure of Process \d+")
 _GLOO_EXIT = re.compile(r"^Process (\d+) exit with status code (\d+)")
 _MPI_SIGNAL = re.compile(r"process rank (\d+) with PID \d+ on node \S+ exited on signal (\d+)")
-_MPI_NAME = re.compile(r"^\s*Process name:\s+\[\[\d+,\d+\],(\d+)\]")  # then "Exit code: N"
-_MPI_EXIT = re.compile(r"^\s*Exit code:\s+(\d+)")
 
 
 def horovodrun_command(args: list[str], np: int, hosts: str | None, controller: str,
@@ -104,9 +102,7 @@ class JobLog:
         # (SIGTERM, then SIGKILL 5 s later for a worker in its set-up, which defers a stop).
         self.teardown = False
         self.below_min: tuple[int, int] | None = None  # elastic: (min_np, seconds waited)
-        # Each worker's own exit code (not a signal's), by rank, in the order the launcher saw them.
-        self.exit_codes: dict[int | None, int] = {}
-        self._mpi_rank: int | None = None  # the rank of mpirun's "Exit code:" line that follows
+        self.told: dict[int, int] = {}  # the exit code each rank said it exits with
         self._error_rank: int | None = None  # the rank of the first error line
 
     def relay(self, line: str) -> None:
@@ -116,29 +112,21 @@ class JobLog:
         death = _death(text)
         if death and not self.teardown:
             self.deaths.append(death)
-        self._exited(text)
         below = _BELOW_MIN.search(line)
         if below:
             self.below_min = int(below.group(1)), int(below.group(2))
-        if m and text.startswith("distft: error:"):
+        rank = int(m.group(2) or m.group(1)) if m else None
+        if m and text.startswith(EXIT_CODE_LINE):
+            self.told[rank] = int(text[len(EXIT_CODE_LINE):])
+        elif m and text.startswith("distft: error:"):
             if not self.errors:
-                self._error_rank = int(m.group(2) or m.group(1))
+                self._error_rank = rank
             self.errors.append(text.rstrip())
         elif m and not (_WORKER_NOISE.search(text) and not self.debug):
             self.stopped |= text.startswith("distft: stopped:")
             (sys.stderr if m.group(3) == "stderr" else sys.stdout).write(text)
         elif self.debug or not (m or _LAUNCHER_NOISE.search(line)):
             sys.stdout.write(line)
-
-    def _exited(self, text: str) -> None:
-        named = _MPI_NAME.search(text)
-        if named:
-            self._mpi_rank = int(named.group(1))
-        gloo, mpi = _GLOO_EXIT.search(text), _MPI_EXIT.search(text)
-        rank, code = (int(gloo.group(1)), int(gloo.group(2))) if gloo else \
-            (self._mpi_rank, int(mpi.group(1))) if mpi else (None, 0)
-        if 0 < code <= 128:
-            self.exit_codes.setdefault(rank, code)
 
     def finish(self, code: int, out_of_memory: bool = False) -> None:
         """Raise the job's outcome for horovodrun's exit code `code`; `out_of_memory`: the
@@ -166,9 +154,7 @@ class JobLog:
             print(self.errors[0], file=sys.stderr, flush=True)
             # The code of the rank that said it (2: bad input; 75: resume later), not the
             # launcher's 1 nor that of a rank which failed in turn and exited first.
-            first = next(iter(self.exit_codes.values()), 2)
-            raise DistftError(self.errors[0], exit_code=self.exit_codes.get(self._error_rank, first),
-                              reported=True)
+            raise DistftError(self.errors[0], exit_code=self.told.get(self._error_rank, 2), reported=True)
         raise DistftError("a worker failed (see its output above); the job was stopped",
                           exit_code=code)
 

@@ -26,6 +26,7 @@ from typing import Callable, Iterator, Optional, TypeVar
 
 from distft import log
 from distft.errors import Stopped
+from distft.launch.environment import tell_exit_code
 from distft.train.output import RunFolder
 from distft.train.runtime import Worker
 from distft.train.stall import proc
@@ -137,6 +138,7 @@ class Watchdog:
                          f"no {REPORT}: the run folder {self.folder.path} does not answer")
         hint = _within(ANSWER_WAIT, self._resume_hint, "the run folder does not answer, so which "
                        "checkpoint is intact is unknown; run the same command with --resume")
+        tell_exit_code(Stopped.EXIT_CODE)
         print(f"distft: error: {verdict.line}; {hint}; {report}", file=sys.stderr, flush=True)
         others = [r for r in live if r != self.rank]
         if self.hub and others:  # they leave quietly, not with Horovod's error at this exit
