@@ -27,7 +27,8 @@ EXIT_CODE_LINE = "distft: exit code "
 def tell_exit_code(code: int) -> None:
     """Tell `distft --np`, if it started this worker, that this worker exits with `code`."""
     if os.environ.get(LAUNCHED_AT):
-        print(f"{EXIT_CODE_LINE}{code}", file=sys.stderr, flush=True)
+        sys.stderr.write(f"{EXIT_CODE_LINE}{code}\n")  # one write: mpirun tags each write
+        sys.stderr.flush()
 
 
 def launched_at() -> float:

@@ -38,6 +38,7 @@ _LAUNCHER_NOISE = re.compile(r"Traceback|^\s+File |^\s+raise |^\s|RuntimeError: 
 _WORKER_NOISE = re.compile(r"Horovod background loop uncaught exception|^(Terminated|Killed)$")
 # horovodrun's elastic driver giving up when fewer than --min-np workers are left.
 _BELOW_MIN = re.compile(r"at least (\d+) Horovod processes\. Timeout after (\d+) seconds")
+_TOLD = re.compile(re.escape(EXIT_CODE_LINE) + r"(\d+)")
 _TEARDOWN = re.compile(r"^Terminating remaining workers after failure of Process \d+")
 _GLOO_EXIT = re.compile(r"^Process (\d+) exit with status code (\d+)")
 _MPI_SIGNAL = re.compile(r"process rank (\d+) with PID \d+ on node \S+ exited on signal (\d+)")
@@ -116,8 +117,9 @@ class JobLog:
         if below:
             self.below_min = int(below.group(1)), int(below.group(2))
         rank = int(m.group(2) or m.group(1)) if m else None
-        if m and text.startswith(EXIT_CODE_LINE):
-            self.told[rank] = int(text[len(EXIT_CODE_LINE):])
+        told = _TOLD.match(text) if m else None
+        if told:
+            self.told[rank] = int(told.group(1))
         elif m and text.startswith("distft: error:"):
             if not self.errors:
                 self._error_rank = rank
