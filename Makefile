@@ -10,7 +10,7 @@ demo: setup
 	$(PY) -m distft demo
 
 test: setup
-	$(PY) -m pytest -v -rA --durations=25 -n 2 --dist loadfile --no-loadscope-reorder tests
+	$(PY) -m pytest -v -rA --durations=25 -n 2 --dist loadfile tests
 
 # The whole suite with XLA compiling every step's compute (--jit's default; --sync_bn excepted).
 test-jit: setup

@@ -35,23 +35,6 @@ HOROVODRUN = os.path.join(BIN, "horovodrun")
 # `distft --np` runs it: for the harness launches that run many distft commands at once.
 LAUNCHER = [sys.executable, "-m", "distft.launch.horovodrun"]
 
-# The test files that take longest, longest first (a full run's durations on 2 cores, summed by
-# file): `make test` (--no-loadscope-reorder) hands them to the pytest workers first, so that the
-# two end together instead of one running a long file alone at the end. The others follow.
-# The two files that use the cluster lab (one lab at a time) stay far apart: the lab faults
-# early, the doctor late.
-LONGEST_FIRST = ["test_equivalence.py", "test_language_model.py", "test_lab_faults.py", "test_faults.py",
-                 "test_shard.py", "test_elastic.py", "test_layouts.py", "test_finetune_methods.py",
-                 "test_slurm.py", "test_multiworker.py", "test_own_environment.py", "test_objective.py",
-                 "test_user_callbacks.py", "test_cli_errors.py", "test_preprocess.py", "test_generate.py",
-                 "test_lora.py", "test_custom_objects.py", "test_tensorboard.py", "test_hub_image.py",
-                 "test_hub_lora.py", "test_multi_io.py", "test_doctor.py", "test_steps_per_execution.py"]
-
-
-def pytest_collection_modifyitems(items: list) -> None:
-    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
-    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: files stay whole
-
 
 @dataclass
 class Result:
