@@ -18,12 +18,18 @@ from __future__ import annotations
 import os
 import sys
 import threading
+import time
 from collections import deque
 from contextlib import contextmanager
 from typing import Any, Iterator, Optional
 
 HISTORY = 20  # phases and collectives kept for the stall report
 HOROVOD = f"{os.sep}horovod{os.sep}"  # in the path of Horovod's own Python files
+# Seconds without a move before a heartbeat looks into the main thread's frames for a collective
+# of the user's own code: reading another thread's frames (sys._current_frames) while it runs
+# Python is not free of risk (a full test run once saw a general protection fault in libpython
+# in a worker thread), and a rank waiting in such a collective does not move.
+STILL = 2.0
 
 
 class Progress:
@@ -40,6 +46,7 @@ class Progress:
         self._collectives: deque[tuple[int, str]] = deque(maxlen=history)
         self._lock = threading.Lock()  # the histories, against the reader's copy
         self._main = threading.main_thread().ident  # the thread that trains
+        self._seen: tuple[int, float] = (0, time.monotonic())  # (moves, when a snapshot saw them change)
 
     def enter(self, name: str) -> None:
         """This rank is now in phase `name` (out of any train step)."""
@@ -84,7 +91,11 @@ class Progress:
         inside, step, in_step = self._inside, self._step, self._in_step
         with self._lock:
             phases, collectives = list(self._phases), [list(c) for c in self._collectives]
-        if not inside and not in_step:  # a collective of the user's own code (a callback's)?
+        now = time.monotonic()
+        if self._seen[0] != self.moves:
+            self._seen = (self.moves, now)
+        # A collective of the user's own code (a callback's)?
+        if not inside and not in_step and now - self._seen[1] > STILL:
             call = horovod_call(self._main)
             inside = (None, f"Horovod {call}") if call else None
         if inside and inside[0] is None:
