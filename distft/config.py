@@ -34,6 +34,9 @@ CONTROLLERS = ("gloo", "mpi")
 AUGMENTATIONS = ("flip", "crop", "rotate", "color")
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 QUANTIZATIONS = ("int8",)
+# Seconds that Horovod's own time-outs (Gloo's, its stall warning) come after --stall_timeout,
+# so that the watchdog names a stalled rank first.
+STALL_MARGIN = 60
 
 
 @dataclass(frozen=True)
@@ -220,7 +223,8 @@ class TrainConfig:
     stall_timeout: int = field(default=300, metadata={"group": "distribution",
         "help": "seconds the others may wait for a rank that makes no progress (stopped, hung, "
                 "blocked in a read, in another collective): then it is named, every rank's stack "
-                "goes to stall-report.txt, and the job exits 75 to --resume (0: off; elastic: off)"})
+                "goes to stall-report.txt, and the job exits 75 to --resume (elastic: the rank is evicted "
+                "and the others go on; 0: off)"})
     debug: bool = field(default=False, metadata={
         "group": "output", "help": "show tracebacks and all ranks' logs"})
     # TensorBoard

@@ -4,6 +4,7 @@ takes only its own host out. Workers are killed with SIGKILL mid-epoch; a discov
 host mid-run."""
 import json
 import os
+import re
 import signal
 import socket
 import time
@@ -71,6 +72,51 @@ def test_a_killed_worker_leaves_two_that_finish_in_sync(demo_data, tmp_path):
     assert sizes == [3.0, 2.0], sizes
     print(f"kill -> going on: {going_on:.1f}s; validation accuracy {m['validation']['accuracy']:.4f} "
           f"(undisturbed {b['validation']['accuracy']:.4f})")
+
+
+def test_a_stopped_worker_is_evicted_and_the_other_two_finish_in_sync(demo_data, tmp_path):
+    """3 workers in elastic mode, rank 1 SIGSTOPped mid-epoch (as a rank hung in a dead NFS read
+    would be): within --stall_timeout + 10 s the watchdog names it (host, pid, stopped) and
+    evicts it, stall-report.txt holds the live ranks' stacks, and the other two go on from their
+    last commit and finish with identical weights."""
+    # The survivors' set-up for 2 workers (a new train function, their shards) took 16 s and more
+    # on a loaded machine: not a stall.
+    timeout, out = 30, tmp_path / "run"
+    job = Job([DISTFT, *args(demo_data, out), "--np=3", "--min_np=2", f"--hosts={hosts(3)}",
+               f"--stall_timeout={timeout}", "--keep_checkpoints=0"], str(tmp_path / "log"))
+    job.wait_for("epoch 2/4  step 20/")
+    pid = job.worker_pid(1)
+    os.kill(pid, signal.SIGSTOP)
+    stopped = time.time()
+    try:
+        job.wait_for("lost: continuing with 2 workers", timeout=timeout + 60)
+        going_on = time.time() - stopped
+        code = job.wait(240)
+    finally:  # were it left, it must not stay stopped
+        for sig in (signal.SIGKILL, signal.SIGCONT):
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+    print(f"SIGSTOP of rank 1 -> going on with 2 workers: {going_on:.1f} s (--stall_timeout={timeout})")
+    assert going_on < timeout + 10 and code == 0, (going_on, code, job.out[-3000:])
+    line = one_line(job.out, "evicted")
+    # Its state is read from /proc only on its own node (the 3 hosts here are 3 names of this
+    # machine, as the lab's nodes are namespaces of it): no heartbeat, as from another machine.
+    assert re.search(rf"rank 1 \(host [^,]+, pid {pid}\) made no progress for \d+ s: no heartbeat "
+                     r"\(hung hard, or unreachable\); last seen in .*; evicted: the others go on from "
+                     r"their last commit; every live rank's stack .* in .*stall-report.txt", line), line
+    assert "rank 1 (host " in one_line(job.out, "lost: continuing with 2 workers")
+    report = (out / "stall-report.txt").read_text()
+    sections = {int(part.split()[0]): part for part in report.split("\n== rank ")[1:]}
+    assert re.match(rf"1 \(host [^,]+, pid {pid}\): last heartbeat ", sections[1]), report
+    assert "Python stack: none (it did not answer)" in sections[1], report
+    assert all(" in fit" in sections[rank] for rank in (0, 2)), report  # the live ranks' stacks
+    m = metrics(out)
+    assert m["workers"] == 2 and m["elastic"]["resets"] == 1
+    assert len(m["weights_checksums"]) == 2 and len(set(m["weights_checksums"])) == 1
+    assert m["validation"]["accuracy"] > 0.9
+    assert "Traceback" not in job.out and "distft: error" not in job.out
 
 
 def test_a_slow_host_joins_then_rank_0_is_killed(demo_data, tmp_path):

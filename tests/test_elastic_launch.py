@@ -1,6 +1,7 @@
 """The launcher side of elastic training: flag checks, horovodrun's elastic command, the
 environment a worker sees under it, and the log of a job that falls below --min_np
 (tests/test_slurm.py runs the Slurm discovery script on the real local cluster)."""
+import dataclasses
 import os
 import re
 import subprocess
@@ -10,7 +11,7 @@ import time
 import pytest
 
 from conftest import Job, distft
-from distft.config import TrainConfig
+from distft.config import STALL_MARGIN, TrainConfig
 from distft.errors import DistftError
 from distft.launch import environment
 from distft.launch.elastic import Elastic
@@ -91,10 +92,13 @@ def test_elastic_options_make_horovodrun_command(scripts):
     assert TrainConfig().commit_every == 100
     cmd = horovodrun_command(["train", "--epochs=1"], 3, None, "gloo", Elastic.of(cfg))
     assert cmd[:3] == [sys.executable, "-m", "distft.launch.horovodrun"]
+    # Gloo's time-out (its collectives' too) comes after the stall watchdog's, which evicts.
+    gloo = os.environ.get("HOROVOD_GLOO_TIMEOUT_SECONDS", str(TrainConfig.stall_timeout + STALL_MARGIN))
     assert cmd[3:] == ["-np", "3", "--host-discovery-script", str(scripts / "hosts.sh"),
                        "--min-np", "2", "--elastic-timeout", "30", "--gloo-timeout-seconds",
-                       os.environ.get("HOROVOD_GLOO_TIMEOUT_SECONDS", "30"), "--gloo", sys.executable,
-                       "-m", "distft", "train", "--epochs=1"]
+                       gloo, "--gloo", sys.executable, "-m", "distft", "train", "--epochs=1"]
+    off = Elastic.of(dataclasses.replace(cfg, stall_timeout=0)).horovodrun_args()
+    assert off[-1] == os.environ.get("HOROVOD_GLOO_TIMEOUT_SECONDS", "30")  # --elastic_timeout's
     assert horovodrun_command(["x"], 2, None, "mpi")[3:7] == ["-np", "2", "-H", "localhost:2"]
     # A fixed host list becomes a discovery script that lives as long as the job.
     with Elastic(max_np=3).resolved("n1:2, n2") as ready:

@@ -18,6 +18,7 @@ import tempfile
 from dataclasses import dataclass, replace
 from typing import Iterator, Optional
 
+from distft.config import STALL_MARGIN
 from distft.errors import DistftError
 
 
@@ -29,6 +30,7 @@ class Elastic:
     max_np: Optional[int] = None
     host_discovery: Optional[str] = None
     timeout: Optional[int] = None  # seconds to wait for workers (Horovod's 600 s if None)
+    stall_timeout: int = 0  # the stall watchdog's (--stall_timeout), which Gloo's must follow
 
     @classmethod
     def of(cls, cfg) -> Optional[Elastic]:
@@ -60,7 +62,7 @@ class Elastic:
             raise DistftError("elastic mode needs at least 2 hosts (a lost worker takes its whole "
                               "host out of the job): pass --hosts=h1:N,h2:N,... or "
                               "--host_discovery=SCRIPT")
-        return cls(cfg.min_np, cfg.max_np, cfg.host_discovery, cfg.elastic_timeout)
+        return cls(cfg.min_np, cfg.max_np, cfg.host_discovery, cfg.elastic_timeout, cfg.stall_timeout)
 
     @contextlib.contextmanager
     def resolved(self, hosts: Optional[str]) -> Iterator[Elastic]:
@@ -85,7 +87,10 @@ class Elastic:
         # joining worker's whole start (a new node takes 10-30 s; a loaded one longer). A lost
         # worker does not wait on it: a survivor whose collective failed shuts its connections
         # down (Worker.break_links), so the survivors blocked on it fail over at once too.
-        gloo_timeout = os.environ.get("HOROVOD_GLOO_TIMEOUT_SECONDS", str(self.timeout or 600))
+        # A stalled worker is the watchdog's to evict: Gloo's time-out (a collective's too)
+        # comes after it.
+        wait = max(self.timeout or 600, self.stall_timeout + STALL_MARGIN if self.stall_timeout else 0)
+        gloo_timeout = os.environ.get("HOROVOD_GLOO_TIMEOUT_SECONDS", str(wait))
         return args + ["--gloo-timeout-seconds", gloo_timeout]
 
 

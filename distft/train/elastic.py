@@ -1,9 +1,10 @@
 """Elastic training: a job that loses a worker, or gains one, goes on without a restart.
 
 Under an elastic launcher (`distft train --np=3 --min_np=2`, or `horovodrun --min-np ...`
-directly) the workers train in attempts. Every `--commit_every` steps and at every epoch's
-end they commit their training state in memory (`ElasticState`: the variables training
-changes, and where in the run they are). When a collective fails (a worker died), the
+directly) the workers train in attempts, each watched by the stall watchdog (which evicts a
+rank that keeps the others waiting: train/stall/watchdog.py). Every `--commit_every` steps and
+at every epoch's end they commit their training state in memory (`ElasticState`: the
+variables training changes, and where in the run they are). When a collective fails (a worker died), the
 survivors restore the last commit, start Horovod again with the workers that are left, take
 rank 0's state and go on from the commit's epoch and step; when the launcher finds a new host,
 all workers stop at the next commit and go on with the newcomer, which takes rank 0's state.
@@ -40,6 +41,8 @@ from distft.train.report import announce, finish
 from distft.train.run_callbacks import callbacks
 from distft.train.runtime import Worker
 from distft.train.setup import Setup
+from distft.train.stall.progress import PROGRESS
+from distft.train.stall.watchdog import watching
 from distft.train.state import Position, RunState
 from distft.train.trainee import Trainee
 
@@ -176,6 +179,11 @@ def run(cfg: TrainConfig, worker: Worker) -> dict[str, Any]:
     placement: list[str] = []  # the last attempt's, for the log of what changed
 
     def attempt() -> tuple[Any, Any, RunState]:
+        PROGRESS.enter(f"the set-up for {worker.size} workers")  # out of the last attempt's step
+        with watching(worker, cfg.stall_timeout, setup.folder):  # a stalled rank evicted
+            return attempt_on()
+
+    def attempt_on() -> tuple[Any, Any, RunState]:
         nonlocal placement
         size, steps, run = worker.size, trainee.steps(worker.size), state.run
         position = run.position.rescaled(steps)

@@ -11,7 +11,6 @@ from __future__ import annotations
 from typing import Any, Optional
 
 from distft.config import TrainConfig
-from distft.launch.environment import detect
 from distft.train.phases import fit, inputs, restore, sync
 from distft.train.report import announce, finish
 from distft.train.run_callbacks import callbacks
@@ -24,7 +23,7 @@ from distft.train.trainee import Trainee
 def run(cfg: TrainConfig, worker: Optional[Worker] = None) -> dict[str, Any]:
     """Fine-tune as one worker of the job; returns the final metrics (same on every worker)."""
     # hvd.init(), a GPU or cores for this local rank; Horovod's time-outs after the watchdog's
-    worker = worker or Worker.start(cfg.threads, horovod=horovod_settings(cfg.stall_timeout, detect().elastic))
+    worker = worker or Worker.start(cfg.threads, horovod=horovod_settings(cfg.stall_timeout))
     if worker.env.elastic:
         from distft.train import elastic
 

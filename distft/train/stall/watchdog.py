@@ -1,23 +1,27 @@
-"""The stall watchdog of a fixed-size job (`--stall_timeout`): a rank that keeps the others
-waiting is named in one line, every live rank's Python stack and last phases and collectives
-go to `stall-report.txt` in the run folder, and the job exits with code 75 (resume later) from
-its last checkpoint, which is intact (checkpoints are renamed into place whole).
+"""The stall watchdog (`--stall_timeout`): a rank that keeps the others waiting is named in one
+line, and every live rank's Python stack and last phases and collectives go to
+`stall-report.txt` in the run folder. A fixed-size job then exits with code 75 (resume later)
+from its last checkpoint, which is intact (checkpoints are renamed into place whole); an
+elastic job evicts the named rank (SIGKILL, over ssh on another host), so that the others fail
+over to their last commit and go on without it.
 
 Rank 0 judges (train/stall/verdict.py) what every rank's heartbeat says, each second; the
 other ranks judge rank 0 by its answers, so a stalled rank 0 is named too (by rank 1 first,
 the others a little later). Horovod's own stall warning and Gloo's time-out are moved past the
-watchdog's (`horovod_settings`), so its line comes first. Off with --stall_timeout=0, on one
-worker, and in elastic mode (where a lost worker is Horovod's to handle).
+watchdog's (`horovod_settings`; an elastic launch's Gloo time-out in launch/elastic.py), so its
+line comes first. Off with --stall_timeout=0 and on one worker.
 
-Example (on every rank):
-    worker = Worker.start(threads, horovod=horovod_settings(cfg.stall_timeout, elastic=False))
+Example (on every rank; in elastic mode around each attempt):
+    worker = Worker.start(threads, horovod=horovod_settings(cfg.stall_timeout))
     with watching(worker, cfg.stall_timeout, RunFolder("runs/a")):
         train()
 """
 from __future__ import annotations
 
 import os
+import signal
 import socket
+import subprocess
 import sys
 import threading
 import time
@@ -25,6 +29,7 @@ from contextlib import contextmanager
 from typing import Callable, Iterator, Optional, TypeVar
 
 from distft import log
+from distft.config import STALL_MARGIN
 from distft.errors import Stopped
 from distft.launch.environment import tell_exit_code
 from distft.train.output import RunFolder
@@ -35,27 +40,24 @@ from distft.train.stall.progress import PROGRESS
 from distft.train.stall.verdict import RankView, Verdict, judge
 
 REPORT = "stall-report.txt"
-# Seconds that Gloo's time-out and Horovod's stall warning come after the watchdog's line.
-HOROVOD_MARGIN = 60
 ANSWER_WAIT = 5.0  # seconds to wait for the live ranks' stacks, and for the run folder
 T = TypeVar("T")
 
 
-def horovod_settings(timeout: int, elastic: bool) -> dict[str, str]:
+def horovod_settings(timeout: int) -> dict[str, str]:
     """Horovod's settings (for `hvd.init()`) that leave a stall to the watchdog: Gloo's
     collective time-out (30 s by default, whose raw error would end the job first) and
-    Horovod's stall warning (60 s) after it. None at --stall_timeout=0 or in elastic mode."""
-    if not timeout or elastic:
+    Horovod's stall warning (60 s) after it. None at --stall_timeout=0."""
+    if not timeout:
         return {}
-    later = str(timeout + HOROVOD_MARGIN)
+    later = str(timeout + STALL_MARGIN)
     return {"HOROVOD_GLOO_TIMEOUT_SECONDS": later, "HOROVOD_STALL_CHECK_TIME_SECONDS": later}
 
 
 @contextmanager
 def watching(worker: Worker, timeout: int, folder: RunFolder) -> Iterator[None]:
-    """The watchdog on this rank for the block (off at `timeout` 0, alone, or elastic)."""
-    dog = Watchdog.start(worker, timeout, folder) if timeout and worker.size > 1 and \
-        not worker.env.elastic else None
+    """The watchdog on this rank for the block (off at `timeout` 0 or alone)."""
+    dog = Watchdog.start(worker, timeout, folder) if timeout and worker.size > 1 else None
     try:
         yield
     finally:
@@ -65,12 +67,13 @@ def watching(worker: Worker, timeout: int, folder: RunFolder) -> Iterator[None]:
 
 class Watchdog:
     """One rank's watchdog: its link to rank 0's hub, and the thread that judges (rank 0: every
-    rank; the others: rank 0)."""
+    rank; the others: rank 0). In elastic mode it evicts the ranks it names."""
 
     def __init__(self, worker: Worker, timeout: int, folder: RunFolder, hub: Optional[Hub], link: Link,
                  peers: list[tuple[str, str, int]]):
         self.rank, self.timeout, self.folder, self.hub, self.link = worker.rank, timeout, folder, hub, link
         self.peers = peers  # each rank's (node name, host name, pid)
+        self.evict = worker.env.elastic
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._watch, name="distft-stall-watchdog", daemon=True)
         self._thread.start()
@@ -123,6 +126,7 @@ class Watchdog:
                 verdict = judge(views[:1], self.timeout)
             if verdict:
                 self._give(verdict, views)
+                return
 
     def _view(self, rank: int, beat: dict, silent: float, still: float) -> RankView:
         node, host, pid = self.peers[rank]
@@ -131,11 +135,18 @@ class Watchdog:
         return RankView(rank, node, pid, silent, still, beat, proc.state(pid) if here else None)
 
     def _give(self, verdict: Verdict, views: list[RankView]) -> None:
-        """Name the stalled rank(s), write the report, tell the live ranks to exit, exit 75."""
+        """Name the stalled rank(s) and write the report; then evict them (elastic mode, when
+        others are left), or tell the live ranks to exit and exit 75."""
         live = [v.rank for v in views if v.silent <= self.timeout]
         stacks = self._stacks(live)
         report = _within(ANSWER_WAIT, lambda: self._report(verdict, views, stacks),
                          f"no {REPORT}: the run folder {self.folder.path} does not answer")
+        if self.evict and set(verdict.ranks) < {v.rank for v in views}:
+            log.warning("%s; evicted: the others go on from their last commit; %s", verdict.line, report)
+            failed = [why for why in map(self._kill, verdict.ranks) if why]
+            if not failed:
+                return
+            log.warning("could not evict: %s", "; ".join(failed))
         hint = _within(ANSWER_WAIT, self._resume_hint, "the run folder does not answer, so which "
                        "checkpoint is intact is unknown; run the same command with --resume")
         tell_exit_code(Stopped.EXIT_CODE)
@@ -145,6 +156,24 @@ class Watchdog:
             self.hub.ask(others, "exit")
             time.sleep(2 * INTERVAL)  # their next heartbeat
         _exit()
+
+    def _kill(self, rank: int) -> Optional[str]:
+        """SIGKILL `rank`'s process, here or over ssh on its node; why not, if it failed."""
+        node, host, pid = self.peers[rank]
+        if host == socket.gethostname():  # this host (the lab's nodes share one, and its pids)
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass  # gone already
+            except OSError as e:
+                return f"kill {pid} on {host}: {e}"
+            return None
+        try:
+            done = subprocess.run(["ssh", "-o", "BatchMode=yes", "-o", "ConnectTimeout=10", node,
+                                   "kill", "-KILL", str(pid)], capture_output=True, text=True, timeout=30)
+        except (OSError, subprocess.TimeoutExpired) as e:
+            return f"ssh {node} kill -KILL {pid}: {e}"
+        return f"ssh {node} kill -KILL {pid}: {done.stderr.strip()}" if done.returncode else None
 
     def _stacks(self, live: list[int]) -> dict[int, str]:
         """Each live rank's Python stack (all threads); rank 0 asks over the hub."""
