@@ -4,14 +4,15 @@ Usage (from the repository root):
     python -m benchmarks report                # the performance report (make bench)
     python -m benchmarks                       # every benchmark but the cluster lab, default options
     python -m benchmarks overhead [OPTIONS]    # one benchmark; `overhead --help` lists OPTIONS
+    python -m benchmarks faults                # the fault tests, as they are and beside a CPU hog
 """
 from __future__ import annotations
 
 import sys
 from typing import Callable
 
-from benchmarks import (bytes_read, cluster, elastic, frozen_cache, input, launch, layouts, lm, lora, memory,
-                        overhead, report, tensorboard_cost, tuning)
+from benchmarks import (bytes_read, cluster, elastic, faults, frozen_cache, input, launch, layouts, lm, lora,
+                        memory, overhead, report, tensorboard_cost, tuning)
 
 BENCHMARKS: dict[str, Callable[[list[str]], int]] = {
     "report": report.main, "overhead": overhead.main, "tuning": tuning.main,
@@ -26,12 +27,14 @@ BENCHMARKS: dict[str, Callable[[list[str]], int]] = {
     "lm": lm.main,
     # Elastic training (issue 21)
     "elastic": elastic.main,
+    # Faults under load: the elastic and stall tests beside a CPU hog (issue 31)
+    "faults": faults.main,
     # Performance where clusters spend it (issue 22): an emulated multi-node network
     "cluster": cluster.main,
     # The launcher's own cost (distft/launch/horovodrun.py)
     "launch": launch.main,
 }
-BY_NAME_ONLY = ("cluster",)  # root, network namespaces and hours: run it by name
+BY_NAME_ONLY = ("cluster", "faults")  # root and network namespaces, or a test run: by name
 
 
 def main(argv: list[str]) -> int:
