@@ -22,7 +22,7 @@ import yaml
 from distft.errors import DistftError
 from distft.data.text_options import TextOptions
 from distft.files import load_yaml
-from distft.model import specs
+from distft.model import callback_specs, specs
 from distft.model.families import PREPROCESSING
 
 OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
@@ -335,9 +335,7 @@ class TrainConfig:
     def _check_callbacks(self) -> None:
         """--callbacks, --early_stopping and --keep_best parse, and a val_ metric they monitor
         has validation data (whether Keras knows the classes is checked on the workers)."""
-        from distft.train.callbacks import user
-
-        for option, metric in user.monitored(self):
+        for option, metric in callback_specs.monitored(self.callbacks, self.early_stopping, self.keep_best):
             if metric.startswith("val_") and not (self.val_data or self.val_split):
                 raise DistftError(f"{option}: {metric} is a validation metric and the run has no "
                                   "validation data: pass --val_data or --val_split")

@@ -26,6 +26,7 @@ import keras
 import tensorflow as tf
 
 from distft import log
+from distft.model.callback_specs import keep_best
 from distft.train.callbacks.agreed_stop import AgreedStop
 from distft.train.callbacks.checkpointing import Checkpointing
 from distft.train.callbacks.confusion import ConfusionMatrix
@@ -41,7 +42,6 @@ from distft.train.callbacks.stopping import GracefulStop
 from distft.train.callbacks.tensorboard import TensorBoardLogger
 from distft.train.callbacks.timing import Timing
 from distft.train.callbacks.unfreezing import StagedUnfreezing
-from distft.train.callbacks.user import keep_best
 from distft.train.callbacks.samples import Generations
 from distft.train.callbacks.validation import Validation
 from distft.train.callbacks.weights import WeightChanges
