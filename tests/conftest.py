@@ -269,16 +269,28 @@ class Job:
         deadline = time.time() + timeout
         while text not in self.out:
             if self.proc.poll() is not None or time.time() > deadline:
+                self.dump_stacks()
                 self.kill()
-                pytest.fail(f"never saw {text!r}:\n{self.out[-3000:]}")
+                pytest.fail(f"never saw {text!r}:\n{self.out[-6000:]}")
             time.sleep(0.2)
 
     def wait(self, timeout: float) -> int:
         try:
             return self.proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
+            self.dump_stacks()
             self.kill()
-            pytest.fail(f"still running after {timeout}s (a hang):\n{self.out[-3000:]}")
+            pytest.fail(f"still running after {timeout}s (a hang):\n{self.out[-6000:]}")
+
+    def dump_stacks(self) -> None:
+        """Each live worker's Python stacks into the job's output (SIGQUIT: distft's workers
+        print them), for the failure message of a job that hangs."""
+        for pid in self.worker_pids():
+            try:
+                os.kill(pid, signal.SIGQUIT)
+            except ProcessLookupError:
+                pass
+        time.sleep(2)
 
     def kill(self) -> None:
         try:
@@ -298,8 +310,18 @@ class Job:
         return False
 
     def worker_pid(self, rank: int) -> int:
-        """The pid of the worker of `rank` among this job's processes (Gloo or MPI)."""
-        keys = (f"HOROVOD_RANK={rank}".encode(), f"OMPI_COMM_WORLD_RANK={rank}".encode())
+        """The pid of the worker that started as `rank` among this job's processes (Gloo or
+        MPI; in elastic mode a reset may have given it another rank since)."""
+        found = self.worker_pids(rank)
+        if not found:
+            raise AssertionError(f"no worker of rank {rank} found")
+        return found[0]
+
+    def worker_pids(self, rank: int | None = None) -> list[int]:
+        """This job's distft workers (of the rank they started as, if given)."""
+        ranks = ("" if rank is None else str(rank)).encode()
+        keys = (b"HOROVOD_RANK=" + ranks, b"OMPI_COMM_WORLD_RANK=" + ranks)
+        found = []
         for pid in os.listdir("/proc"):
             if not pid.isdigit():
                 continue
@@ -310,7 +332,8 @@ class Job:
                     environ = f.read().split(b"\0")
             except OSError:
                 continue
-            if b"distft" in cmd and b"horovodrun" not in cmd and any(k in environ for k in keys) \
+            matches = (lambda v: v.startswith(keys)) if rank is None else (lambda v: v in keys)
+            if b"distft" in cmd and b"horovodrun" not in cmd and any(map(matches, environ)) \
                     and self._descends(int(pid)):
-                return int(pid)
-        raise AssertionError(f"no worker of rank {rank} found")
+                found.append(int(pid))
+        return found

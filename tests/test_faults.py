@@ -149,9 +149,15 @@ def test_a_full_disk_keeps_the_last_checkpoint_and_resume_goes_on(demo_data, tmp
 
 @pytest.mark.parametrize("controller", ["gloo", "mpi"])
 def test_killed_worker_ends_the_job_within_60s(demo_data, tmp_path, controller):
+    """SIGQUIT to a worker prints its Python stacks (it goes on); SIGKILL ends the job, the rank
+    named."""
     job = Job([DISTFT, *train_args(demo_data, tmp_path / "run", 100), "--np=2",
                f"--controller={controller}"], str(tmp_path / "log"))
     job.wait_for("epoch 2/100")
+    # SIGQUIT first: the worker prints every thread's Python stack and goes on.
+    os.kill(job.worker_pid(1), signal.SIGQUIT)
+    job.wait_for(" in fit", timeout=20)
+    assert "Thread 0x" in job.out and "in _run" in job.out  # its threads', the stall link's too
     killed = time.time()
     os.kill(job.worker_pid(1), signal.SIGKILL)
     code = job.wait(60)

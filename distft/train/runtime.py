@@ -8,7 +8,9 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import faulthandler
 import os
+import signal
 import socket
 import sys
 from contextlib import contextmanager
@@ -50,7 +52,10 @@ class Worker:
     def start(cls, threads: Optional[int] = None, pin_cores: bool = True,
               horovod: Mapping[str, str] = {}) -> Worker:
         """Pin cores/GPU for this local rank, set TF threads, then `hvd.init()` with
-        HOROVOD_DEFAULTS and `horovod` (Horovod's settings; the environment's win)."""
+        HOROVOD_DEFAULTS and `horovod` (Horovod's settings; the environment's win). From here
+        on, `kill -QUIT PID` makes this worker print every thread's Python stack (a hang's
+        diagnosis, without stopping it)."""
+        faulthandler.register(signal.SIGQUIT, all_threads=True, chain=False)
         env = detect()
         device, threads, inter_op = _place(env, threads, pin_cores)
         settings = {**HOROVOD_DEFAULTS, **horovod}
