@@ -285,12 +285,14 @@ class Job:
     def dump_stacks(self) -> None:
         """Each live worker's Python stacks into the job's output (SIGQUIT: distft's workers
         print them), for the failure message of a job that hangs."""
-        for pid in self.worker_pids():
+        pids = self.worker_pids()
+        for pid in pids:
             try:
                 os.kill(pid, signal.SIGQUIT)
             except ProcessLookupError:
                 pass
-        time.sleep(2)
+        if pids:  # their stacks reach the log
+            time.sleep(2)
 
     def kill(self) -> None:
         try:
@@ -319,8 +321,9 @@ class Job:
 
     def worker_pids(self, rank: int | None = None) -> list[int]:
         """This job's distft workers (of the rank they started as, if given)."""
-        ranks = ("" if rank is None else str(rank)).encode()
-        keys = (b"HOROVOD_RANK=" + ranks, b"OMPI_COMM_WORLD_RANK=" + ranks)
+        keys = tuple(f"{name}={'' if rank is None else rank}".encode()
+                     for name in ("HOROVOD_RANK", "OMPI_COMM_WORLD_RANK"))
+        matches = (lambda v: v.startswith(keys)) if rank is None else (lambda v: v in keys)
         found = []
         for pid in os.listdir("/proc"):
             if not pid.isdigit():
@@ -332,7 +335,6 @@ class Job:
                     environ = f.read().split(b"\0")
             except OSError:
                 continue
-            matches = (lambda v: v.startswith(keys)) if rank is None else (lambda v: v in keys)
             if b"distft" in cmd and b"horovodrun" not in cmd and any(map(matches, environ)) \
                     and self._descends(int(pid)):
                 found.append(int(pid))

@@ -4,10 +4,11 @@ Under an elastic launcher (`distft train --np=3 --min_np=2`, or `horovodrun --mi
 directly) the workers train in attempts, each watched by the stall watchdog (which evicts a
 rank that keeps the others waiting: train/stall/watchdog.py). Every `--commit_every` steps and
 at every epoch's end they commit their training state in memory (`ElasticState`: the
-variables training changes, and where in the run they are). When a collective fails (a worker died), the
-survivors restore the last commit, start Horovod again with the workers that are left, take
-rank 0's state and go on from the commit's epoch and step; when the launcher finds a new host,
-all workers stop at the next commit and go on with the newcomer, which takes rank 0's state.
+variables training changes, and where in the run they are). When a collective fails (a worker
+died), the survivors restore the last commit, start Horovod again with the workers that are
+left, take rank 0's state and go on from the commit's epoch and step; when the launcher finds a
+new host, all workers stop at the next commit and go on with the newcomer, which takes rank 0's
+state.
 
 Horovod's own `hvd.elastic.run` is not used as it is: its TensorFlow wrapper turns only some
 failed ops into a reset (by op name; distft's grouped allreduce is not among them) and
